@@ -1,0 +1,186 @@
+"""SwiGLU: ``silu(a) * b``, the gated activation of Llama-style MLPs.
+
+One pass forward (read a, b; write c) and one backward that recomputes the activation instead
+of storing it (read dc, a, b; write da, db): 8 tensor passes in all, the memory floor. The
+kernels here also serve GeGLU (``ops/geglu.py``) through the ``ACTIVATION`` constexpr.
+"""
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from liger_kernel.ops.utils import (
+    check_float,
+    check_same_device,
+    check_same_dtype,
+    check_same_shape,
+    empty_output,
+    fallback_backward,
+    fallback_forward,
+)
+from liger_kernel.utils import use_triton
+
+SQRT_2_OVER_PI = 0.7978845608028654
+GELU_CUBIC = 0.044715
+
+
+@triton.jit
+def _activation_and_slope(a, ACTIVATION: tl.constexpr):
+    """act(a) and act'(a) in fp32 for ``silu`` or tanh-approximated ``gelu``."""
+    if ACTIVATION == "silu":
+        s = tl.sigmoid(a)
+        act = a * s
+        slope = s * (1.0 + a * (1.0 - s))
+    else:
+        inner = 0.7978845608028654 * (a + 0.044715 * a * a * a)
+        t = 2.0 * tl.sigmoid(2.0 * inner) - 1.0  # tanh without libdevice
+        act = 0.5 * a * (1.0 + t)
+        slope = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * a * a)
+    return act, slope
+
+
+@triton.jit
+def _gated_forward_kernel(
+    a_ptr, b_ptr, c_ptr, stride_a, stride_b, n_cols, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    a = tl.load(a_ptr + row * stride_a + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * stride_b + cols, mask=mask, other=0.0).to(tl.float32)
+    act, _ = _activation_and_slope(a, ACTIVATION)
+    tl.store(c_ptr + row * n_cols + cols, (act * b).to(c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _gated_backward_kernel(
+    dc_ptr,
+    a_ptr,
+    b_ptr,
+    da_ptr,
+    db_ptr,
+    stride_dc,
+    stride_a,
+    stride_b,
+    stride_da,
+    stride_db,
+    n_cols,
+    ACTIVATION: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dc = tl.load(dc_ptr + row * stride_dc + cols, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + row * stride_a + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * stride_b + cols, mask=mask, other=0.0).to(tl.float32)
+    act, slope = _activation_and_slope(a, ACTIVATION)
+    tl.store(da_ptr + row * stride_da + cols, (dc * b * slope).to(da_ptr.dtype.element_ty), mask=mask)
+    tl.store(db_ptr + row * stride_db + cols, (dc * act).to(db_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 2-D [rows, cols] view with unit column stride, copying only when that's impossible."""
+    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
+    if t2.stride(-1) != 1 or (t2.shape[0] > 1 and t2.stride(0) < t2.shape[1]):
+        t2 = t2.contiguous()
+    return t2
+
+
+def _launch_settings(n_cols: int) -> tuple[int, int]:
+    block = min(triton.next_power_of_2(n_cols), 2048)
+    return block, 8 if block >= 2048 else 4
+
+
+def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Tensor:
+    a2, b2 = _rows(a), _rows(b)
+    c = empty_output(a.shape, a)
+    n_rows, n_cols = a2.shape
+    if c.numel():
+        block, warps = _launch_settings(n_cols)
+        grid = (n_rows, triton.cdiv(n_cols, block))
+        _gated_forward_kernel[grid](a2, b2, c, a2.stride(0), b2.stride(0), n_cols, activation, block, num_warps=warps)
+    return c
+
+
+def gated_backward(dc, a, b, activation: str, in_place: bool):
+    """``(da, db)``; with ``in_place`` they overwrite ``a`` and ``b`` (no new memory)."""
+    dc2, a2, b2 = _rows(dc), _rows(a), _rows(b)
+    if in_place and a2.data_ptr() == a.data_ptr() and b2.data_ptr() == b.data_ptr():
+        da2, db2 = a2, b2
+    else:
+        da2, db2 = empty_output(a2.shape, a2), empty_output(b2.shape, b2)
+    n_rows, n_cols = a2.shape
+    if a2.numel():
+        block, warps = _launch_settings(n_cols)
+        grid = (n_rows, triton.cdiv(n_cols, block))
+        _gated_backward_kernel[grid](
+            dc2,
+            a2,
+            b2,
+            da2,
+            db2,
+            dc2.stride(0),
+            a2.stride(0),
+            b2.stride(0),
+            da2.stride(0),
+            db2.stride(0),
+            n_cols,
+            activation,
+            block,
+            num_warps=warps,
+        )
+    return da2.view(a.shape) if da2 is not a2 else a, db2.view(b.shape) if db2 is not b2 else b
+
+
+def check_gated_inputs(a, b):
+    check_float("a", a)
+    check_float("b", b)
+    check_same_device(a=a, b=b)
+    check_same_dtype(a=a, b=b)
+    check_same_shape(a=a, b=b)
+
+
+def make_gated_function(name: str, activation: str, reference):
+    """The autograd Function ``(a, b, in_place=False) -> act(a) * b`` for one activation.
+
+    ``in_place=True`` writes the gradients into the storage of ``a`` and ``b`` (saving two
+    tensors of memory); safe only when nothing else reads them afterwards, as in an MLP where
+    they are the fresh outputs of the gate and up projections.
+    """
+
+    def forward(ctx, a, b, in_place=False):
+        check_gated_inputs(a, b)
+        ctx.use_triton = use_triton(a)
+        if not ctx.use_triton:
+            return fallback_forward(ctx, reference, a, b)
+        ctx.in_place = in_place
+        ctx.save_for_backward(a, b)
+        return gated_forward(a, b, activation)
+
+    def backward(ctx, dc):
+        if not ctx.use_triton:
+            return fallback_backward(ctx, dc)
+        a, b = ctx.saved_tensors
+        da, db = gated_backward(dc, a, b, activation, ctx.in_place)
+        return da, db, None
+
+    return type(
+        name,
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(forward),
+            "backward": staticmethod(backward),
+            "__doc__": f"``{activation}(a) * b`` with a fused Triton forward and backward.",
+            "__module__": reference.__module__,
+        },
+    )
+
+
+def swiglu_reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The spec: ``silu(a) * b`` in the inputs' dtype, as Hugging Face computes it."""
+    return F.silu(a) * b
+
+
+LigerSiLUMulFunction = make_gated_function("LigerSiLUMulFunction", "silu", swiglu_reference)

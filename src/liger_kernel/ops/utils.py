@@ -1,0 +1,153 @@
+"""Helpers shared by every op: launch settings, argument checks, output allocation and the
+CPU / ``LIGER_KERNEL_IMPL=torch`` fallback to each op's PyTorch reference."""
+
+import functools
+import importlib.metadata
+import operator as _operator
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
+
+# Widest row one program holds in registers at once; wider rows are processed in a loop.
+MAX_FUSED_SIZE = 65536
+
+torch_to_triton_dtype = {
+    torch.float32: tl.float32,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float64: tl.float64,
+}
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def calculate_settings(n: int) -> tuple[int, int]:
+    """Block size (next power of two of ``n``) and warps for a program that holds one row of ``n``."""
+    block_size = triton.next_power_of_2(n)
+    if block_size > MAX_FUSED_SIZE:
+        raise RuntimeError(
+            f"Cannot launch a Triton kernel on rows of {n} elements: the widest row held in one "
+            f"block is {MAX_FUSED_SIZE}."
+        )
+    num_warps = 4
+    if block_size >= 32768:
+        num_warps = 32
+    elif block_size >= 8192:
+        num_warps = 16
+    elif block_size >= 2048:
+        num_warps = 8
+    return block_size, num_warps
+
+
+def ensure_contiguous(fn):
+    """Decorator: make every tensor argument of ``fn`` contiguous before the call."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args, **kwargs):
+        args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]
+        kwargs = {k: (v.contiguous() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        return fn(ctx, *args, **kwargs)
+
+    return wrapper
+
+
+def compare_version(package: str, operator, target: str) -> bool:
+    """``operator(installed version of package, target)``; False if the package is missing."""
+    try:
+        installed = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return operator(Version(installed), Version(target))
+
+
+def triton_at_least(target: str) -> bool:
+    return compare_version("triton", _operator.ge, target)
+
+
+def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """``torch.empty`` for a kernel's output. With ``LIGER_KERNEL_POISON=1`` (the tests set it)
+    float outputs are filled with NaN first, so an element the kernel fails to write shows."""
+    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+    if os.environ.get("LIGER_KERNEL_POISON") == "1" and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"`{name}` must be float32, float16 or bfloat16, got {t.dtype}.")
+
+
+def check_same_device(**tensors) -> None:
+    """All given tensors (None skipped) must live on one device."""
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"`{name}` is on {t.device} but `{first_name}` is on {first.device}: move them to one device."
+            )
+
+
+def check_same_dtype(**tensors) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"`{name}` is {t.dtype} but `{first_name}` is {first.dtype}: cast them to one dtype.")
+
+
+def check_same_shape(**tensors) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.shape != first.shape:
+            raise ValueError(
+                f"`{name}` has shape {tuple(t.shape)} but `{first_name}` has {tuple(first.shape)}: they must match."
+            )
+
+
+# ----------------------------------------------------------------------------- reference fallback
+
+
+def fallback_forward(ctx, reference, *args):
+    """Inside an autograd Function's forward: run ``reference(*args)`` with autograd on, so that
+    ``fallback_backward`` can differentiate it. Returns the reference's outputs, detached."""
+    inputs = [
+        a.detach().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+        for a in args
+    ]
+    with torch.enable_grad():
+        outputs = reference(*inputs)
+    ctx.fallback = (inputs, outputs)
+    if isinstance(outputs, tuple):
+        return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in outputs)
+    return outputs.detach()
+
+
+def fallback_backward(ctx, *grad_outputs):
+    """Gradients of every forward argument (None where there is none) through the reference."""
+    inputs, outputs = ctx.fallback
+    del ctx.fallback
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if isinstance(o, torch.Tensor) and o.requires_grad]
+    wanted = [i for i, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = [None] * len(inputs)
+    if pairs and wanted:
+        found = torch.autograd.grad(
+            [o for o, _ in pairs],
+            [inputs[i] for i in wanted],
+            [g if g is not None else torch.zeros_like(o) for o, g in pairs],
+            allow_unused=True,
+        )
+        for i, g in zip(wanted, found):
+            grads[i] = g
+    return tuple(grads)
