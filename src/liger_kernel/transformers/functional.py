@@ -1,12 +1,18 @@
 """``liger_*`` functions: thin, argument-checked entries to the ops' autograd Functions."""
 
 from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 
 
 def liger_swiglu(a, b):
     """``silu(a) * b`` for tensors of one shape."""
     return LigerSiLUMulFunction.apply(a, b)
+
+
+def liger_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
+    """RoPE of q [B, Hq, T, D] and k [B, Hk, T, D] in HF's rotate_half layout; ``(q_embed, k_embed)``."""
+    return LigerRopeFunction.apply(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
 
 
 def liger_geglu(a, b):
