@@ -1,0 +1,359 @@
+"""The row-normalization kernel family shared by RMSNorm (``ops/rms_norm.py``) and LayerNorm
+(``ops/layer_norm.py``): one forward and one backward kernel, RMSNorm being LayerNorm without
+the mean (constexpr ``IS_RMS``).
+
+Memory traffic is the floor of 5 row passes: the forward reads X and writes Y, saving per-row
+fp32 ``rstd`` (and ``mean``) so that the backward reads dY and X once and writes dX without
+redoing the statistics' pass over X. The weight (and bias) gradient is reduced from fp32
+partials: the backward runs a fixed grid of about (#SMs x a few) programs, each looping over
+a strided set of row tiles and summing ``dY * x_hat`` in registers; one ``torch.sum`` over the
+[programs, H] partials finishes it. No atomics.
+
+Rows up to ``FWD_MAX_BLOCK`` / ``BWD_MAX_BLOCK`` columns are held in registers whole; wider
+rows (up to ``MAX_HIDDEN``) loop over column blocks: the forward merges per-block statistics
+(Chan's formula, stable for LayerNorm's variance) and re-reads X to normalize; the backward
+re-reads each row block for its second pass and adds its dW block into the program's own
+partial row in memory (private to the program, so still no atomics).
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from liger_kernel.ops.utils import check_float, check_same_device, empty_output
+from liger_kernel.utils import interpreting
+
+# Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
+# ([programs, H]) grow with H; 2^20 keeps them under ~1 GB with the largest grid.
+MAX_HIDDEN = 1 << 20
+# Widest column block held in registers (elements). The backward holds about 5 fp32 values per
+# element (x, dY, w, dW and dB accumulators): 8192 over 16 warps is 16 per thread for each,
+# within the 128 registers a 512-thread program may use; the forward holds 2.
+FWD_MAX_BLOCK = 16384
+BWD_MAX_BLOCK = 8192
+# Elements of one program's tile when rows are narrow: several rows per program, so a program
+# still moves enough bytes per step to hide memory latency.
+TILE = 4096
+
+# RMSNorm casting modes (constexpr values in the kernels). LayerNorm computes as GEMMA does.
+LLAMA, GEMMA, NONE = 0, 1, 2
+CASTING_MODES = {"llama": LLAMA, "gemma": GEMMA, "none": NONE}
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _load_weight(W, cols, col_mask, offset, x_dtype, CASTING: tl.constexpr):
+    """``offset + W`` in fp32 (``none`` mode rounds it to the input dtype, as its reference does)."""
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) + offset
+    if CASTING == 2:
+        w = w.to(x_dtype).to(tl.float32)
+    return w
+
+
+@triton.jit
+def _x_hat(x, mean, rstd, IS_RMS: tl.constexpr):
+    if IS_RMS:
+        return x * rstd[:, None]
+    else:
+        return (x - mean[:, None]) * rstd[:, None]
+
+
+@triton.jit
+def _rounded(x_hat, x_dtype, CASTING: tl.constexpr):
+    """x_hat as the weight sees it: ``llama`` and ``none`` round it to the input dtype first."""
+    if CASTING != 1:
+        x_hat = x_hat.to(x_dtype).to(tl.float32)
+    return x_hat
+
+
+@triton.jit
+def _write_output(
+    x, mean, rstd, Y, W, B, y_rows, cols, mask, col_mask, offset,
+    IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+):  # fmt: skip
+    y = _rounded(_x_hat(x, mean, rstd, IS_RMS), Y.dtype.element_ty, CASTING)
+    if HAS_W:
+        y = y * _load_weight(W, cols, col_mask, offset, Y.dtype.element_ty, CASTING)[None, :]
+    if HAS_B:
+        y = y + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_rows + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_forward_kernel(
+    X, Y, W, B, MEAN, RSTD,
+    stride_x, n_rows, n_cols, eps, offset,
+    IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+):  # fmt: skip
+    """One tile of BLOCK_ROWS rows: statistics, then ``Y = x_hat * (offset + W) + B``."""
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_mask = rows < n_rows
+    x_rows = X + rows.to(tl.int64)[:, None] * stride_x
+    y_rows = Y + rows.to(tl.int64)[:, None] * n_cols
+    cols = tl.arange(0, BLOCK_N)
+    if SINGLE:  # the whole row in registers: exact two-pass statistics, X read once
+        col_mask = cols < n_cols
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if IS_RMS:
+            mean = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+            m2 = tl.sum(x * x, axis=1)
+        else:
+            mean = tl.sum(x, axis=1) / n_cols
+            d = tl.where(mask, x - mean[:, None], 0.0)
+            m2 = tl.sum(d * d, axis=1)
+    else:  # column blocks, merged by Chan's formula (exact centring inside each block)
+        mean = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        m2 = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        count = 0.0
+        for start in range(0, n_cols, BLOCK_N):
+            c = start + cols
+            mask = row_mask[:, None] & (c < n_cols)[None, :]
+            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            if IS_RMS:
+                m2 += tl.sum(x * x, axis=1)
+            else:
+                n_b = tl.minimum(n_cols - start, BLOCK_N).to(tl.float32)
+                mean_b = tl.sum(x, axis=1) / n_b
+                d = tl.where(mask, x - mean_b[:, None], 0.0)
+                delta = mean_b - mean
+                total = count + n_b
+                mean += delta * (n_b / total)
+                m2 += tl.sum(d * d, axis=1) + delta * delta * (count * n_b / total)
+                count = total
+    rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
+    if CASTING == 2:
+        rstd = rstd.to(Y.dtype.element_ty).to(tl.float32)
+    tl.store(RSTD + rows, rstd, mask=row_mask)
+    if not IS_RMS:
+        tl.store(MEAN + rows, mean, mask=row_mask)
+    if SINGLE:
+        _write_output(x, mean, rstd, Y, W, B, y_rows, cols, mask, col_mask, offset, IS_RMS, CASTING, HAS_W, HAS_B)
+    else:
+        for start in range(0, n_cols, BLOCK_N):
+            c = start + cols
+            col_mask = c < n_cols
+            mask = row_mask[:, None] & col_mask[None, :]
+            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            _write_output(x, mean, rstd, Y, W, B, y_rows, c, mask, col_mask, offset, IS_RMS, CASTING, HAS_W, HAS_B)
+
+
+@triton.jit
+def _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS: tl.constexpr, HAS_W: tl.constexpr):
+    """g = dY * w' and x_hat, and the row sums sum(g * x_hat), sum(g) the dX formula needs."""
+    x_hat = tl.where(mask, _x_hat(x, mean, rstd, IS_RMS), 0.0)
+    g = dy
+    if HAS_W:
+        g = dy * w[None, :]
+    return g, x_hat, tl.sum(g * x_hat, axis=1), tl.sum(g, axis=1)
+
+
+@triton.jit
+def _input_gradient(g, x_hat, rstd, gx_mean, g_mean, IS_RMS: tl.constexpr):
+    """dX = rstd * (g - x_hat * mean(g x_hat) [- mean(g) for LayerNorm])."""
+    if IS_RMS:
+        return (g - x_hat * gx_mean[:, None]) * rstd[:, None]
+    else:
+        return (g - g_mean[:, None] - x_hat * gx_mean[:, None]) * rstd[:, None]
+
+
+@triton.jit
+def _norm_backward_kernel(
+    DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART,
+    stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
+    IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, DW: tl.constexpr, DB: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+):  # fmt: skip
+    """A persistent program: row tiles pid, pid + P, ...; its dW / dB sums go to partial row pid."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(n_rows, BLOCK_ROWS)
+    cols = tl.arange(0, BLOCK_N)
+    x_dtype = X.dtype.element_ty
+    part_row = pid.to(tl.int64) * n_cols
+    if SINGLE:
+        col_mask = cols < n_cols
+        w = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if HAS_W:
+            w = _load_weight(W, cols, col_mask, offset, x_dtype, CASTING)
+        dw = tl.zeros([BLOCK_N], dtype=tl.float32)
+        db = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for tile in range(pid, n_tiles, tl.num_programs(0)):
+            rows = tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+            row_mask = rows < n_rows
+            rows64 = rows.to(tl.int64)[:, None]
+            mask = row_mask[:, None] & col_mask[None, :]
+            dy = tl.load(DY + rows64 * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(X + rows64 * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
+            mean = rstd
+            if not IS_RMS:
+                mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
+            g, x_hat, gx_sum, g_sum = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
+            dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
+            tl.store(DX + rows64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            if DW:
+                dw += tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0)
+            if DB:
+                db += tl.sum(dy, axis=0)
+        if DW:
+            tl.store(DW_PART + part_row + cols, dw, mask=col_mask)
+        if DB:
+            tl.store(DB_PART + part_row + cols, db, mask=col_mask)
+    else:
+        for tile in range(pid, n_tiles, tl.num_programs(0)):
+            rows = tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+            row_mask = rows < n_rows
+            rows64 = rows.to(tl.int64)[:, None]
+            rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
+            mean = rstd
+            if not IS_RMS:
+                mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
+            gx_sum = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+            g_sum = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+            for start in range(0, n_cols, BLOCK_N):  # pass 1: the row sums
+                c = start + cols
+                col_mask = c < n_cols
+                mask = row_mask[:, None] & col_mask[None, :]
+                dy = tl.load(DY + rows64 * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(X + rows64 * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                w = tl.zeros([BLOCK_N], dtype=tl.float32)
+                if HAS_W:
+                    w = _load_weight(W, c, col_mask, offset, x_dtype, CASTING)
+                _, _, gx_b, g_b = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
+                gx_sum += gx_b
+                g_sum += g_b
+            for start in range(0, n_cols, BLOCK_N):  # pass 2: dX, and dW / dB into the partial row
+                c = start + cols
+                col_mask = c < n_cols
+                mask = row_mask[:, None] & col_mask[None, :]
+                dy = tl.load(DY + rows64 * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(X + rows64 * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+                w = tl.zeros([BLOCK_N], dtype=tl.float32)
+                if HAS_W:
+                    w = _load_weight(W, c, col_mask, offset, x_dtype, CASTING)
+                g, x_hat, _, _ = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
+                dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
+                tl.store(DX + rows64 * stride_dx + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+                if DW:
+                    p = DW_PART + part_row + c
+                    tl.store(
+                        p,
+                        tl.load(p, mask=col_mask) + tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0),
+                        mask=col_mask,
+                    )
+                if DB:
+                    p = DB_PART + part_row + c
+                    tl.store(p, tl.load(p, mask=col_mask) + tl.sum(dy, axis=0), mask=col_mask)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _settings(n_rows: int, n_cols: int, max_block: int) -> tuple[int, int, int]:
+    """(BLOCK_ROWS, BLOCK_N, num_warps): whole rows up to ``max_block``, several rows per program
+    when they are narrow, and about 16 elements per thread (two 16-byte loads of bf16)."""
+    block_n = min(triton.next_power_of_2(max(n_cols, 1)), max_block)
+    block_rows = max(1, min(TILE // block_n, triton.next_power_of_2(max(n_rows, 1))))
+    num_warps = min(16, max(4, block_rows * block_n // 512))
+    return block_rows, block_n, num_warps
+
+
+@functools.lru_cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _num_programs(n_tiles: int, device: torch.device, num_warps: int) -> int:
+    """The backward's persistent grid: a few programs per SM on a GPU (32 warps' worth); a
+    handful under the interpreter, where each program is slow but must still loop over tiles."""
+    if interpreting() or device.type != "cuda":
+        return max(1, min(n_tiles, 3))
+    return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, 32 // num_warps)))
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as [rows, H] with unit column stride, copying only when no such view exists."""
+    t2 = t.reshape(-1, t.shape[-1])
+    if t2.stride(-1) != 1 or (t2.shape[0] > 1 and t2.stride(0) < t2.shape[1]):
+        t2 = t2.contiguous()
+    return t2
+
+
+def check_norm_inputs(X, W, B=None) -> None:
+    """Shapes, dtypes and devices of a norm's inputs. W (and B) may be None. Allowed dtype
+    pairings: W (B) in X's dtype, or fp32 with any X (what mixed precision gives: fp32
+    parameters, bf16/fp16 activations). The output is always in X's dtype."""
+    check_float("X", X)
+    if X.dim() == 0:
+        raise ValueError("`X` must have at least one dimension: the hidden size is its last.")
+    hidden = X.shape[-1]
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"`X` has rows of {hidden} elements; the widest supported is {MAX_HIDDEN} (2^20).")
+    for name, t in (("W", W), ("B", B)):
+        if t is None:
+            continue
+        check_float(name, t)
+        if t.dim() != 1 or t.shape[0] != hidden:
+            raise ValueError(
+                f"`{name}` has shape {tuple(t.shape)} but `X` has hidden size {hidden}: `{name}` must be [{hidden}]."
+            )
+        if t.dtype not in (X.dtype, torch.float32):
+            raise TypeError(f"`{name}` is {t.dtype} with `X` {X.dtype}: `{name}` must be {X.dtype} or float32.")
+    check_same_device(X=X, W=W, B=B)
+
+
+def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
+    """Y (X's shape and dtype), X as [rows, H] (saved for backward), per-row fp32 mean (None for
+    RMSNorm) and rstd."""
+    X2 = as_rows(X)
+    n_rows, n_cols = X2.shape
+    Y = empty_output(X.shape, X)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=X.device)
+    mean = None if is_rms else torch.empty(n_rows, dtype=torch.float32, device=X.device)
+    if Y.numel():
+        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK)
+        _norm_forward_kernel[(triton.cdiv(n_rows, block_rows),)](
+            X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
+            X2.stride(0), n_rows, n_cols, eps, offset,
+            is_rms, casting, W is not None, B is not None,
+            block_rows, block_n, block_n >= n_cols,
+            num_warps=num_warps,
+        )  # fmt: skip
+    return Y, X2, mean, rstd
+
+
+def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bool, need_dw, need_db, in_place):
+    """(dX as [rows, H], dW and dB as fp32 sums (the caller casts them) or None).
+
+    ``in_place`` writes dX into dY's buffer when dY is a dense [rows, H] tensor of X's dtype; a
+    dY that had to be copied to rows is our own buffer and takes dX either way."""
+    n_rows, n_cols = X2.shape
+    dY2 = as_rows(dY)
+    copied = dY2.data_ptr() != dY.data_ptr()
+    dense = dY2.stride(0) == n_cols and dY2.dtype == X2.dtype
+    dX2 = dY2 if dense and (in_place or copied) else empty_output(X2.shape, X2)
+    if dX2.numel() == 0:
+        zeros = torch.zeros(n_cols, dtype=torch.float32, device=X2.device)
+        return dX2, zeros if need_dw else None, zeros if need_db else None
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK)
+    single = block_n >= n_cols
+    n_programs = _num_programs(triton.cdiv(n_rows, block_rows), X2.device, num_warps)
+    # Partials: every program stores its row when it holds dW in registers; the looped path adds
+    # block by block into it, so it starts at zero.
+    alloc = torch.empty if single else torch.zeros
+    dw_part = alloc((n_programs, n_cols), dtype=torch.float32, device=X2.device) if need_dw else None
+    db_part = alloc((n_programs, n_cols), dtype=torch.float32, device=X2.device) if need_db else None
+    _norm_backward_kernel[(n_programs,)](
+        dY2, X2, X2 if W is None else W, rstd if mean is None else mean, rstd, dX2,
+        X2 if dw_part is None else dw_part, X2 if db_part is None else db_part,
+        dY2.stride(0), X2.stride(0), dX2.stride(0), n_rows, n_cols, offset,
+        is_rms, casting, W is not None, need_dw, need_db,
+        block_rows, block_n, single,
+        num_warps=num_warps,
+    )  # fmt: skip
+    return dX2, None if dw_part is None else dw_part.sum(0), None if db_part is None else db_part.sum(0)
