@@ -1,10 +1,15 @@
 """``liger_*`` functions: thin, argument-checked entries to the ops' autograd Functions."""
 
+import torch
+
+from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
+from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 from liger_kernel.ops.geglu import LigerGELUMulFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.transformers.cross_entropy import pack_outputs
 
 
 def liger_swiglu(a, b):
@@ -30,3 +35,78 @@ def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
 def liger_layer_norm(X, W, B, eps):
     """LayerNorm of X [..., H] with weight W [H] and bias B [H] (or None)."""
     return LigerLayerNormFunction.apply(X, W, B, eps)
+
+
+def liger_cross_entropy(
+    input,
+    target,
+    weight=None,
+    size_average=None,
+    ignore_index=-100,
+    reduce=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    lse_square_scale=0.0,
+    softcap=None,
+    return_z_loss=False,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+):
+    """``F.cross_entropy`` of logits [BT, V] and labels [BT] plus z-loss, softcap and token accuracy.
+    Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested. The gradient
+    overwrites the logits buffer (see ``LigerCrossEntropyFunction``)."""
+    if size_average is not None or reduce is not None:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+    outputs = LigerCrossEntropyFunction.apply(
+        input,
+        target,
+        weight,
+        ignore_index,
+        lse_square_scale,
+        label_smoothing,
+        reduction,
+        softcap,
+        return_z_loss,
+        return_token_accuracy,
+        return_predicted_tokens,
+    )
+    return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
+
+
+def liger_fused_linear_cross_entropy(
+    input,
+    weight,
+    target,
+    bias=None,
+    ce_weight=None,
+    ignore_index=-100,
+    lse_square_scale=0.0,
+    label_smoothing=0.0,
+    reduction="mean",
+    softcap=None,
+    return_z_loss=False,
+    accum_dtype=None,
+    use_token_scaling=False,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+):
+    """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
+    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested."""
+    outputs = LigerFusedLinearCrossEntropyFunction.apply(
+        input,
+        weight,
+        target,
+        bias,
+        ce_weight,
+        ignore_index,
+        lse_square_scale,
+        label_smoothing,
+        reduction,
+        softcap,
+        return_z_loss,
+        accum_dtype,
+        use_token_scaling,
+        return_token_accuracy,
+        return_predicted_tokens,
+    )
+    return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)

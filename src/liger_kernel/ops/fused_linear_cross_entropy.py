@@ -1,0 +1,338 @@
+"""Fused linear cross-entropy: ``cross_entropy(x @ W.T + b, y)`` without the ``[BT, V]`` logits.
+
+The tokens are split into chunks whose logits ``[C, V]`` fit ``CHUNK_BUDGET_BYTES``. Per chunk:
+``logits = x_c @ W.T (+ b)`` (cuBLAS), the cross-entropy kernel turns them into ``dlogits`` in
+place (already divided by the mean normalizer, known up front from the labels), then
+``grad_x_c = dlogits @ W`` into its slice of the input gradient, ``grad_W += dlogits.T @ x_c`` and
+``grad_b += dlogits.sum(0)`` into preallocated buffers. Gradients are computed in the forward
+and returned by the backward (scaled in place when the upstream gradient is not exactly 1).
+
+Why a byte budget and not a fixed ``V / H`` rule: each chunk re-reads and re-writes the whole
+``[V, H]`` weight gradient, so chunks should be as large as memory allows. At N=8192, H=4096,
+V=128256 bf16 the default budget gives 5 chunks of 1664 tokens (427 MB of logits) where a
+``V / H`` rule gives 31 chunks of 264 tokens and rewrites the 1 GB weight gradient 31 times.
+
+``reduction="none"`` with gradients: per-token upstream gradients are only known in backward, so
+the forward computes the loss alone and the backward recomputes each chunk's logits (4 matmuls
+per chunk instead of 3).
+"""
+
+import torch
+import triton
+
+from liger_kernel.ops.cross_entropy import (
+    RemembersGradMode,
+    caller_grad_mode,
+    ce_rows_launch,
+    check_ce_options,
+    check_target,
+    cross_entropy_core,
+    label_stats,
+    mark_extras_non_differentiable,
+    raise_if_bad_labels,
+    reduce_outputs,
+    scale_by_upstream,
+)
+from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, fallback_backward, fallback_forward
+from liger_kernel.utils import use_triton
+
+# Bytes of one chunk's logits (their gradient is written over them). Overridable at run time:
+# ``liger_kernel.ops.fused_linear_cross_entropy.CHUNK_BUDGET_BYTES = ...``. 448 MiB keeps the
+# peak extra memory at N=8192, H=4096, V=128256 bf16 near 1.55 GB (weight gradient 1.05 GB,
+# input gradient 67 MB, logits chunk 427 MB) while the chunks stay large enough for the weight
+# gradient's matmul (K = chunk rows) to run near the matmul rate.
+CHUNK_BUDGET_BYTES = 448 * 2**20
+
+# Chunk rows are a multiple of this (tensor-core friendly shapes for the three matmuls).
+CHUNK_ALIGN = 128
+
+
+def chunk_rows(n_rows: int, n_cols: int, element_size: int) -> int:
+    """Rows per chunk: as many as the budget allows, balanced so the chunks are near-equal."""
+    limit = max(1, CHUNK_BUDGET_BYTES // max(1, n_cols * element_size))
+    if limit >= CHUNK_ALIGN:
+        limit -= limit % CHUNK_ALIGN
+    n_chunks = triton.cdiv(max(n_rows, 1), limit)
+    rows = triton.cdiv(max(n_rows, 1), n_chunks)
+    if limit >= CHUNK_ALIGN:
+        rows = min(triton.cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit)
+    return rows
+
+
+_OUT_DTYPE_MM = {"ok": None}  # whether torch.mm/addmm take out_dtype here (CUDA, torch >= 2.8)
+
+
+def accumulate_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """``out = a @ b`` (``first``) or ``out += a @ b``, with ``out`` possibly wider than ``a``, ``b``
+    (bf16 products accumulated in fp32 without an fp32 copy of the operands where cuBLAS can)."""
+    if out.dtype == a.dtype:
+        if first:
+            torch.mm(a, b, out=out)
+        else:
+            out.addmm_(a, b)
+        return
+    if out.is_cuda and _OUT_DTYPE_MM["ok"] is not False:
+        try:
+            if first:
+                torch.mm(a, b, out_dtype=out.dtype, out=out)
+            else:
+                torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+            _OUT_DTYPE_MM["ok"] = True
+            return
+        except (TypeError, RuntimeError):
+            _OUT_DTYPE_MM["ok"] = False
+    if first:
+        torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
+    else:
+        out.addmm_(a.to(out.dtype), b.to(out.dtype))
+
+
+def flce_chunks(
+    x,
+    weight,
+    target,
+    bias,
+    ce_weight,
+    ignore_index,
+    lse_square_scale,
+    label_smoothing,
+    reduction,
+    softcap,
+    return_z_loss,
+    accum_dtype,
+    use_token_scaling,
+    return_token_accuracy,
+    return_predicted_tokens,
+    needs=(False, False, False),
+    row_scale=None,
+):
+    """The chunk loop. ``x`` [N, H] contiguous, ``target`` [N]. ``needs`` says which of the input,
+    weight and bias gradients to compute; ``row_scale`` [N] multiplies each token's gradient
+    (the upstream gradient of ``reduction="none"``). Returns the 4-tuple and the 3 gradients."""
+    n_rows, hidden = x.shape
+    n_cols = weight.shape[0]
+    w = None if ce_weight is None else ce_weight.to(torch.float32).contiguous()
+    mask, norm, wsum = label_stats(target, w, ignore_index, n_cols)
+    loss_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    z_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device) if return_z_loss else None
+    want_pred = return_token_accuracy or return_predicted_tokens
+    pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
+    bad = torch.zeros(1, dtype=torch.int32, device=x.device)
+    need_x, need_w, need_b = needs
+    need_b = need_b and bias is not None
+    grad_dtype = accum_dtype or weight.dtype
+    grad_x = torch.empty_like(x) if need_x else None
+    grad_w = torch.empty(weight.shape, dtype=grad_dtype, device=x.device) if need_w else None
+    grad_b = torch.empty(n_cols, dtype=grad_dtype, device=x.device) if need_b else None
+    write_grad = need_x or need_w or need_b
+
+    rows = chunk_rows(n_rows, n_cols, x.element_size())
+    logits_buf = torch.empty(min(rows, n_rows), n_cols, dtype=x.dtype, device=x.device)
+    w_t = weight.t()
+    for start in range(0, n_rows, rows):
+        end = min(start + rows, n_rows)
+        x_c = x[start:end]
+        logits = logits_buf[: end - start]
+        if bias is None:
+            torch.mm(x_c, w_t, out=logits)
+        else:
+            torch.addmm(bias, x_c, w_t, out=logits)
+        ce_rows_launch(
+            logits,
+            target[start:end],
+            w,
+            norm,
+            wsum,
+            loss_rows[start:end],
+            None if z_rows is None else z_rows[start:end],
+            None if pred is None else pred[start:end],
+            bad,
+            ignore_index,
+            lse_square_scale,
+            label_smoothing,
+            softcap,
+            mean=reduction == "mean",
+            write_grad=write_grad,
+            token_scaling=use_token_scaling,
+            row_scale=None if row_scale is None else row_scale[start:end],
+        )
+        if need_x:
+            torch.mm(logits, weight, out=grad_x[start:end])
+        if need_w:
+            accumulate_mm(grad_w, logits.t(), x_c, first=start == 0)
+        if need_b:
+            if start == 0:
+                torch.sum(logits, 0, dtype=grad_dtype, out=grad_b)
+            else:
+                grad_b += logits.sum(0, dtype=grad_dtype)
+    if n_rows == 0:  # no chunk ran: the gradients are zero
+        for g in (grad_x, grad_w, grad_b):
+            if g is not None:
+                g.zero_()
+    raise_if_bad_labels(bad, n_cols, ignore_index)
+    outputs = reduce_outputs(
+        loss_rows, z_rows, pred, target, mask, norm, reduction, return_token_accuracy, target.shape
+    )
+    if not return_predicted_tokens:
+        outputs = outputs[:3] + (None,)
+    return outputs, (grad_x, grad_w, grad_b)
+
+
+def fused_linear_cross_entropy_reference(
+    _input,
+    weight,
+    target,
+    bias=None,
+    ce_weight=None,
+    ignore_index=-100,
+    lse_square_scale=0.0,
+    label_smoothing=0.0,
+    reduction="mean",
+    softcap=None,
+    return_z_loss=False,
+    accum_dtype=None,
+    use_token_scaling=False,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+):
+    """The spec and the CPU fallback: the logits ``_input @ weight.T + bias`` in the input dtype
+    (as a Hugging Face ``lm_head`` computes them), then the cross-entropy of
+    ``ops/cross_entropy.py`` on them upcast to fp32. ``accum_dtype`` only affects the kernels."""
+    logits = torch.nn.functional.linear(_input, weight, bias)
+    return cross_entropy_core(
+        logits,
+        target,
+        ce_weight,
+        ignore_index,
+        lse_square_scale,
+        label_smoothing,
+        reduction,
+        softcap,
+        return_z_loss,
+        return_token_accuracy,
+        return_predicted_tokens,
+        use_token_scaling,
+    )
+
+
+def check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype):
+    check_float("_input", _input)
+    check_float("weight", weight)
+    if bias is not None:
+        check_float("bias", bias)
+    check_same_dtype(_input=_input, weight=weight, bias=bias)
+    if weight.dim() != 2 or _input.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"`weight` must be [V, H] with H = _input.shape[-1] = {_input.shape[-1]}; got {tuple(weight.shape)}."
+        )
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"`bias` must have shape ({weight.shape[0]},), got {tuple(bias.shape)}.")
+    if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"`accum_dtype` must be None, torch.float32, torch.bfloat16 or torch.float16; got {accum_dtype}."
+        )
+    n_rows = _input.numel() // max(_input.shape[-1], 1)
+    check_target(target, n_rows, ce_weight, weight.shape[0], {"_input": _input, "weight": weight, "bias": bias})
+    check_same_device(_input=_input, weight=weight)
+
+
+class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
+    """Cross-entropy of ``_input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without
+    materializing the logits; options as ``LigerCrossEntropyFunction`` plus ``bias``,
+    ``accum_dtype`` (dtype of the weight and bias gradient accumulation; None: the weight's dtype)
+    and ``use_token_scaling`` (each token's loss and gradient times its detached ``p[y]``).
+    Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``; only ``loss`` is differentiable.
+    Under ``torch.no_grad()``, or when no tensor input needs a gradient, only the loss is computed.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        _input,
+        weight,
+        target,
+        bias=None,
+        ce_weight=None,
+        ignore_index=-100,
+        lse_square_scale=0.0,
+        label_smoothing=0.0,
+        reduction="mean",
+        softcap=None,
+        return_z_loss=False,
+        accum_dtype=None,
+        use_token_scaling=False,
+        return_token_accuracy=False,
+        return_predicted_tokens=False,
+    ):
+        check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
+        check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
+        args = (
+            _input,
+            weight,
+            target,
+            bias,
+            ce_weight,
+            ignore_index,
+            lse_square_scale,
+            label_smoothing,
+            reduction,
+            softcap,
+            return_z_loss,
+            accum_dtype,
+            use_token_scaling,
+            return_token_accuracy,
+            return_predicted_tokens,
+        )
+        grad_on = caller_grad_mode.enabled
+        needs = tuple(grad_on and ctx.needs_input_grad[i] for i in (0, 1, 3))
+        ctx.use_triton = use_triton(_input) and _input.dtype != torch.float64
+        if not ctx.use_triton:
+            if not any(needs):
+                with torch.no_grad():
+                    return mark_extras_non_differentiable(ctx, fused_linear_cross_entropy_reference(*args))
+            outputs = fallback_forward(ctx, fused_linear_cross_entropy_reference, *args)
+            return mark_extras_non_differentiable(ctx, outputs)
+
+        x = _input.reshape(-1, _input.shape[-1]).contiguous()
+        y = target.reshape(-1)
+        flat_args = (x, weight.contiguous(), y, None if bias is None else bias.contiguous()) + args[4:]
+        ctx.input_shape = _input.shape
+        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.recompute = reduction == "none" and any(needs)
+        if ctx.recompute:
+            outputs, _ = flce_chunks(*flat_args)
+            ctx.flat_args, ctx.needs = flat_args[4:], needs
+            ctx.save_for_backward(*flat_args[:4])
+        else:
+            outputs, grads = flce_chunks(*flat_args, needs=needs)
+            ctx.save_for_backward(*grads)
+        loss, z_loss, accuracy, pred = outputs
+        if reduction == "none":
+            loss = loss.view(target.shape)
+            z_loss = None if z_loss is None else z_loss.view(target.shape)
+        if pred is not None:
+            pred = pred.view(target.shape)
+        return mark_extras_non_differentiable(ctx, (loss, z_loss, accuracy, pred))
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        if not ctx.use_triton:
+            return fallback_backward(ctx, grad_loss, None, None, None)
+        if ctx.recompute:
+            x, weight, y, bias = ctx.saved_tensors
+            row_scale = grad_loss.reshape(-1).to(torch.float32)
+            _, grads = flce_chunks(x, weight, y, bias, *ctx.flat_args, needs=ctx.needs, row_scale=row_scale)
+        else:
+            grads = ctx.saved_tensors
+            for g in grads:
+                if g is not None:
+                    scale_by_upstream(g, grad_loss, per_row=False)
+        grad_x, grad_w, grad_b = grads
+        if grad_x is not None:
+            grad_x = grad_x.view(ctx.input_shape)
+        w_dtype, b_dtype = ctx.param_dtypes
+        if grad_w is not None and grad_w.dtype != w_dtype:
+            grad_w = grad_w.to(w_dtype)
+        if grad_b is not None and grad_b.dtype != b_dtype:
+            grad_b = grad_b.to(b_dtype)
+        return (grad_x, grad_w, None, grad_b) + (None,) * 11
