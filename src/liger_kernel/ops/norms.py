@@ -50,7 +50,7 @@ def _load_weight(W, cols, col_mask, offset, x_dtype, CASTING: tl.constexpr):
     """``offset + W`` in fp32 (``none`` mode rounds it to the input dtype, as its reference does)."""
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) + offset
     if CASTING == 2:
-        w = w.to(x_dtype).to(tl.float32)
+        w = _round(w, x_dtype)
     return w
 
 
@@ -63,10 +63,23 @@ def _x_hat(x, mean, rstd, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def _round(x, dtype):
+    """fp32 ``x`` rounded to ``dtype`` (to nearest even), returned in fp32."""
+    if dtype == tl.bfloat16:
+        # By hand, because Triton's interpreter truncates fp32 -> bf16 casts (the GPU rounds);
+        # a few integer ops, and the same bits as the GPU's cast.
+        u = x.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _rounded(x_hat, x_dtype, CASTING: tl.constexpr):
     """x_hat as the weight sees it: ``llama`` and ``none`` round it to the input dtype first."""
     if CASTING != 1:
-        x_hat = x_hat.to(x_dtype).to(tl.float32)
+        x_hat = _round(x_hat, x_dtype)
     return x_hat
 
 
@@ -128,7 +141,7 @@ def _norm_forward_kernel(
                 count = total
     rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
     if CASTING == 2:
-        rstd = rstd.to(Y.dtype.element_ty).to(tl.float32)
+        rstd = _round(rstd, Y.dtype.element_ty)
     tl.store(RSTD + rows, rstd, mask=row_mask)
     if not IS_RMS:
         tl.store(MEAN + rows, mean, mask=row_mask)
