@@ -103,32 +103,42 @@ def _ce_kernel(
             tl.store(bad_ptr, 1)
         y = tl.where(out_of_range, 0, y)
 
-        # Pass 1: online max and sum of exp (one exp per element), the smoothing sum, the argmax.
-        m = float("-inf")
-        d = 0.0
-        smooth = 0.0
-        best = float("-inf")
-        best_idx = 0
+        # Pass 1: per-lane running max and sum of exp, one exp per element and no cross-warp
+        # reduction inside the loop (t = exp(-|x - m|) serves both cases of the update); the lanes
+        # are combined once at the end. -1e30 rather than -inf keeps masked lanes free of NaN.
+        m = tl.full([BLOCK], -1e30, tl.float32)
+        d = tl.zeros([BLOCK], tl.float32)
+        if SMOOTHING:
+            smooth = tl.zeros([BLOCK], tl.float32)
+        if ARGMAX:
+            best = tl.full([BLOCK], float("-inf"), tl.float32)
+            best_idx = tl.zeros([BLOCK], tl.int32)
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             mask = cols < n_cols
             x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
             if ARGMAX:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
-                block_best = tl.max(x, 0)
-                block_idx = tl.argmax(x, 0)
-                best_idx = tl.where(block_best > best, start + block_idx, best_idx)
-                best = tl.maximum(best, block_best)
+                better = x > best  # strict: each lane keeps its first maximum
+                best_idx = tl.where(better, cols, best_idx)
+                best = tl.where(better, x, best)
             if SOFTCAP:
                 x = tl.where(mask, softcap * _tanh(x / softcap), float("-inf"))
-            m_new = tl.maximum(m, tl.max(x, 0))
-            d = d * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
-            m = m_new
+            t = tl.exp(-tl.abs(x - m))
+            grows = x > m
+            d = tl.where(grows, d * t + 1.0, d + t)
+            m = tl.where(grows, x, m)
             if SMOOTHING:
                 xs = tl.where(mask, x, 0.0)
                 if HAS_WEIGHT:
                     xs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
-                smooth += tl.sum(xs, 0)
-        lse = m + tl.log(d)
+                smooth += xs
+        m_row = tl.max(m, 0)
+        lse = m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
+        if SMOOTHING:
+            smooth_sum = tl.sum(smooth, 0)
+        if ARGMAX:
+            best_row = tl.max(best, 0)
+            best_col = tl.min(tl.where(best == best_row, best_idx, n_cols), 0)
 
         z_y = tl.load(x_row + y).to(tl.float32)
         if SOFTCAP:
@@ -145,7 +155,7 @@ def _ce_kernel(
                 wsum = tl.load(wsum_ptr)
             else:
                 wsum = n_cols * 1.0
-            loss += eps / n_cols * (wsum * lse - smooth)
+            loss += eps / n_cols * (wsum * lse - smooth_sum)
             coef_p += eps / n_cols * wsum
         z_loss = 0.0
         if Z_LOSS:
@@ -161,7 +171,7 @@ def _ce_kernel(
         if WRITE_Z:
             tl.store(z_ptr + row, z_loss)
         if ARGMAX:
-            tl.store(pred_ptr + row, best_idx.to(tl.int64))
+            tl.store(pred_ptr + row, best_col.to(tl.int64))
 
         # Pass 2: the gradient of this row's (reduced, upstream-scaled) loss over the logits.
         if WRITE_GRAD:
