@@ -129,19 +129,15 @@ def test_transformers_sees_this_package():
     assert is_liger_kernel_available()
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        None,
-        {"rope": True, "swiglu": True, "rms_norm": True, "fused_linear_cross_entropy": True, "cross_entropy": False},
-    ],
-    ids=["default-config", "explicit-config"],
-)
-def test_trainer_use_liger_kernel(tmp_path, restore_llama, config):
+def test_trainer_use_liger_kernel(tmp_path, restore_llama):
     from liger_kernel.transformers import LigerRMSNorm, LigerSwiGLUMLP
 
+    # Every flag the Trainer may forward, plus one this family does not take (geglu): the
+    # instance patch must pass each function only what its signature accepts.
+    config = {"rope": True, "swiglu": True, "geglu": True, "rms_norm": True, "fused_linear_cross_entropy": True}
     stock_model = tiny_llama()
     liger_model = copy.deepcopy(stock_model)
+    initial = {name: p.detach().clone() for name, p in stock_model.named_parameters()}
 
     stock, stock_classes, stock_eval, stock_logits = run_trainer(stock_model, tmp_path / "stock", False)
     liger, liger_classes, liger_eval, liger_logits = run_trainer(liger_model, tmp_path / "liger", True, config)
@@ -160,8 +156,13 @@ def test_trainer_use_liger_kernel(tmp_path, restore_llama, config):
     assert len(stock.losses) == len(liger.losses) == STEPS
     assert liger.losses[0] == pytest.approx(stock.losses[0], rel=1e-5)
     assert liger.losses == pytest.approx(stock.losses, rel=1e-4)
+    # AdamW's step is about lr * sign(grad): an element whose gradient is a near-total cancellation
+    # can take a visibly different step from rounding alone. So compare each tensor's whole update
+    # in norm: rounding moves it by ~1e-5 of its size, a wrong gradient by O(1).
     for (name, p), q in zip(stock.model.named_parameters(), liger.model.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        update = (p - initial[name]).norm()
+        assert update > 0, f"{name} did not train"
+        assert (q - p).norm() <= 1e-3 * update, f"{name}: {(q - p).norm():.2e} vs update {update:.2e}"
 
     # Evaluation with prediction_loss_only: the stock run computed logits, the patched one took the
     # fused path (no logits) and got the same loss.
