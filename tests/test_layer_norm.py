@@ -77,7 +77,7 @@ def test_large_mean_is_stable():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(37, 301), (3, 5, 129)])
+@pytest.mark.parametrize("shape", [(13, 301), (3, 5, 129)])
 @pytest.mark.parametrize("affine", list(AFFINE))
 def test_rows_wider_than_a_block(small_blocks, shape, dtype, affine):
     """The looped path: block statistics merged, dW / dB added block by block into the partials."""
@@ -85,7 +85,7 @@ def test_rows_wider_than_a_block(small_blocks, shape, dtype, affine):
 
 
 def test_rows_wider_than_a_block_large_mean(small_blocks):
-    run_parity((37, 301), torch.float32, mean=300.0)
+    run_parity((13, 301), torch.float32, mean=300.0)
 
 
 def test_non_contiguous_input_and_gradient():

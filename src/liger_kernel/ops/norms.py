@@ -332,7 +332,7 @@ def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool)
         block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK)
         _norm_forward_kernel[(triton.cdiv(n_rows, block_rows),)](
             X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
-            X2.stride(0), n_rows, n_cols, eps, offset,
+            X2.stride(0), n_rows, n_cols, float(eps), float(offset),
             is_rms, casting, W is not None, B is not None,
             block_rows, block_n, block_n >= n_cols,
             num_warps=num_warps,
@@ -364,7 +364,7 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
     _norm_backward_kernel[(n_programs,)](
         dY2, X2, X2 if W is None else W, rstd if mean is None else mean, rstd, dX2,
         X2 if dw_part is None else dw_part, X2 if db_part is None else db_part,
-        dY2.stride(0), X2.stride(0), dX2.stride(0), n_rows, n_cols, offset,
+        dY2.stride(0), X2.stride(0), dX2.stride(0), n_rows, n_cols, float(offset),
         is_rms, casting, W is not None, need_dw, need_db,
         block_rows, block_n, single,
         num_warps=num_warps,
