@@ -1,0 +1,1 @@
+"""The generic causal-LM forward and its losses (``causal_lm``, ``loss_utils``)."""

@@ -1,0 +1,266 @@
+"""One-line Hugging Face patching, generated from the table in ``model_specs``.
+
+``apply_liger_kernel_to_<model>()`` swaps the family's RMSNorm and MLP classes and its RoPE
+function in ``transformers.models.<m>.modeling_<m>`` (models built afterwards use our kernels)
+and gives the causal-LM class the generic forward, whose loss is the fused linear
+cross-entropy. With ``model=`` it also converts that model's norm and MLP modules in place,
+keeping their parameters. ``revert_liger_kernel_to_<model>()`` undoes both. Every swapped
+symbol's original is kept in ``_ORIGINALS``, the one place a revert reads from.
+"""
+
+import importlib
+import inspect
+import logging
+
+import torch
+import torch.nn as nn
+
+from liger_kernel.transformers.geglu import LigerGEGLUMLP
+from liger_kernel.transformers.model.causal_lm import causal_lm_forward
+from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy
+from liger_kernel.transformers.model_specs import GEGLU, MODEL_SPECS, PHI3, SWIGLU
+from liger_kernel.transformers.rms_norm import LigerRMSNorm
+from liger_kernel.transformers.rope import liger_rotary_pos_emb
+from liger_kernel.transformers.swiglu import SILU_NAMES, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
+
+logger = logging.getLogger(__name__)
+
+# (owner, attribute name) -> the owner's own value before the first patch (_MISSING: it had none).
+_ORIGINALS = {}
+_MISSING = object()
+# (modeling module, stock class name) -> its Liger adapter class, built once so identity is stable.
+_ADAPTERS = {}
+
+_MLP_BASES = {SWIGLU: LigerSwiGLUMLP, PHI3: LigerPhi3SwiGLUMLP, GEGLU: LigerGEGLUMLP}
+# What each fused kernel computes: silu, or GELU's tanh form (HF's "gelu_pytorch_tanh"/"gelu_new").
+_MLP_ACTIVATIONS = {SWIGLU: SILU_NAMES, PHI3: SILU_NAMES, GEGLU: ("gelu_pytorch_tanh", "gelu_new")}
+# Plain attributes of every nn.Module: never copied when converting a module in place.
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def _swap(owner, name, value):
+    """Set ``owner.name = value``, remembering the owner's own original the first time."""
+    _ORIGINALS.setdefault((owner, name), vars(owner).get(name, _MISSING))
+    setattr(owner, name, value)
+
+
+def _original(owner, name):
+    """``owner.name`` as it was before any patch."""
+    return _ORIGINALS[(owner, name)] if (owner, name) in _ORIGINALS else getattr(owner, name)
+
+
+def _restore(owners):
+    for owner, name in [key for key in _ORIGINALS if key[0] in owners]:
+        value = _ORIGINALS.pop((owner, name))
+        if value is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
+
+
+def _mlp_supported(spec, config) -> bool:
+    """Our MLP modules have bias-free projections and one fixed activation."""
+    return (
+        not getattr(config, "mlp_bias", False)
+        and getattr(config, spec.activation, None) in _MLP_ACTIVATIONS[spec.mlp_kind]
+    )
+
+
+def _norm_adapter(spec, modeling, name):
+    """``LigerRMSNorm`` with the family's numerics and the stock constructor ``(size, eps)``
+    (Gemma 3 passes the size as ``dim=``). Its name keeps "RMSNorm", which Hugging Face's
+    weight init keys on (ones, or zeros for Gemma)."""
+    key = (modeling.__name__, name)
+    if key not in _ADAPTERS:
+        numerics = spec.norm
+
+        def __init__(self, hidden_size=None, eps=1e-6, *, dim=None):
+            LigerRMSNorm.__init__(
+                self,
+                hidden_size if hidden_size is not None else dim,
+                eps,
+                offset=numerics.offset,
+                casting_mode=numerics.casting_mode,
+                init_fn=numerics.init_fn,
+                in_place=numerics.in_place,
+            )
+
+        _ADAPTERS[key] = type(
+            f"Liger{name}",
+            (LigerRMSNorm,),
+            {"__init__": __init__, "__module__": __name__, "stock_class": _original(modeling, name)},
+        )
+    return _ADAPTERS[key]
+
+
+def _mlp_adapter(spec, modeling, name):
+    """The family's Liger MLP under the stock constructor. A config it cannot reproduce (biased
+    projections, another activation) gets the stock MLP instead, so patching never changes a
+    model's math."""
+    key = (modeling.__name__, name)
+    if key not in _ADAPTERS:
+
+        def __new__(cls, config, *args, **kwargs):
+            if not _mlp_supported(spec, config):
+                logger.warning("%s kept stock: Liger's %s MLP cannot reproduce this config.", name, spec.mlp_kind)
+                return cls.stock_class(config, *args, **kwargs)
+            return nn.Module.__new__(cls)
+
+        _ADAPTERS[key] = type(
+            f"Liger{name}",
+            (_MLP_BASES[spec.mlp_kind],),
+            {"__new__": __new__, "__module__": __name__, "stock_class": _original(modeling, name)},
+        )
+    return _ADAPTERS[key]
+
+
+def _convert(module, adapter, *args):
+    """Turn ``module`` into an ``adapter`` in place: same object, same Parameters and hooks.
+    A meta-device instance supplies the plain attributes the Liger forward reads."""
+    with torch.device("meta"):
+        fresh = adapter(*args)
+    for key, value in vars(fresh).items():
+        if key not in _MODULE_INTERNALS:
+            setattr(module, key, value)
+    module.__class__ = adapter
+
+
+def _patch_instance(model, spec, modeling, rms_norm, mlp):
+    """Convert the model's stock norms and MLPs; returns counts and the reasons for what was left."""
+    norms = {_original(modeling, n): n for n in spec.norms} if rms_norm else {}
+    mlps = {_original(modeling, n): n for n in spec.mlps} if mlp else {}
+    done = {"rms_norm": 0, "mlp": 0}
+    kept = []
+    for path, module in model.named_modules():
+        cls = type(module)
+        if cls in norms:
+            eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+            _convert(module, _norm_adapter(spec, modeling, norms[cls]), module.weight.shape[0], eps)
+            done["rms_norm"] += 1
+        elif cls in mlps:
+            if not _mlp_supported(spec, module.config):
+                kept.append(f"{path} ({cls.__name__}: config not reproducible by the {spec.mlp_kind} kernel)")
+                continue
+            args = (module.config, module.down_proj.in_features) if spec.mlp_kind == SWIGLU else (module.config,)
+            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), *args)
+            done["mlp"] += 1
+    return done, kept
+
+
+def _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, mlp, model):
+    if cross_entropy and fused_linear_cross_entropy:
+        raise ValueError(
+            "cross_entropy and fused_linear_cross_entropy cannot both be True: the fused linear "
+            "cross-entropy already computes the loss without logits. Pass only one of them."
+        )
+    spec = MODEL_SPECS[model_type]
+    modeling = importlib.import_module(spec.module)
+    causal_lm = getattr(modeling, spec.causal_lm)
+    if rope:
+        _swap(modeling, spec.rope, liger_rotary_pos_emb)
+    if rms_norm:
+        for name in spec.norms:
+            _swap(modeling, name, _norm_adapter(spec, modeling, name))
+    if mlp:
+        for name in spec.mlps:
+            _swap(modeling, name, _mlp_adapter(spec, modeling, name))
+    if cross_entropy:
+        # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
+        # attribute hooks this family only, leaving transformers' shared loss functions alone.
+        _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy))
+    if fused_linear_cross_entropy:
+        _swap(causal_lm, "forward", causal_lm_forward)
+    if model is not None:
+        done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp)
+        logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+
+
+def _revert(model_type, model):
+    spec = MODEL_SPECS[model_type]
+    modeling = importlib.import_module(spec.module)
+    _restore({modeling, getattr(modeling, spec.causal_lm)})
+    if model is not None:
+        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in spec.norms + spec.mlps} - {None}
+        for module in model.modules():
+            if type(module) in adapters:
+                module.__class__ = type(module).stock_class
+
+
+def _make_apply(model_type):
+    spec = MODEL_SPECS[model_type]
+    if spec.mlp_flag == "geglu":
+
+        def apply(
+            rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None
+        ):
+            _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, geglu, model)
+
+    else:
+
+        def apply(
+            rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None
+        ):
+            _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu, model)
+
+    apply.__doc__ = f"""Patch {spec.module} with Liger kernels.
+
+    rope: RoPE kernel for ``{spec.rope}``. cross_entropy: Liger cross-entropy as the loss on
+    logits. fused_linear_cross_entropy: the generic causal-LM forward, whose training loss
+    never materializes logits (exclusive with ``cross_entropy``). rms_norm: {", ".join(spec.norms)}.
+    {spec.mlp_flag}: {", ".join(spec.mlps) or "nothing (the MoE experts stay stock)"}.
+    model: an already-built model (PEFT-wrapped too) to convert in place, keeping its weights.
+    """
+    return apply
+
+
+def _make_revert(model_type):
+    def revert(model=None):
+        _revert(model_type, model)
+
+    revert.__doc__ = f"""Undo ``apply_liger_kernel_to_{model_type}``: restore the stock symbols and
+    forward, and with ``model=`` turn that model's converted modules back into the stock classes."""
+    return revert
+
+
+MODEL_TYPE_TO_APPLY_LIGER_FN = {}
+__all__ = ["MODEL_TYPE_TO_APPLY_LIGER_FN", "_apply_liger_kernel", "_apply_liger_kernel_to_instance"]
+for _model_type in MODEL_SPECS:
+    for _prefix, _factory in (("apply", _make_apply), ("revert", _make_revert)):
+        _fn = _factory(_model_type)
+        _fn.__name__ = _fn.__qualname__ = f"{_prefix}_liger_kernel_to_{_model_type}"
+        _fn.__module__ = __name__
+        globals()[_fn.__name__] = _fn
+        __all__.append(_fn.__name__)
+    MODEL_TYPE_TO_APPLY_LIGER_FN[_model_type] = globals()[f"apply_liger_kernel_to_{_model_type}"]
+
+
+def _accepted(fn, kwargs):
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}, sorted(set(kwargs) - set(params))
+
+
+def _apply_liger_kernel(model_type: str, **kwargs) -> None:
+    """Class-level patch for ``model_type``, passing only the keyword arguments its function takes."""
+    fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if fn is None:
+        logger.info("No Liger kernels for model type %r: nothing patched.", model_type)
+        return
+    accepted, ignored = _accepted(fn, kwargs)
+    if ignored:
+        logger.info("%s ignores %s", fn.__name__, ignored)
+    fn(**accepted)
+
+
+def _apply_liger_kernel_to_instance(model, **kwargs) -> None:
+    """Patch an already-built model (or PEFT wrapper) by its ``config.model_type``, passing only
+    the keyword arguments that family's function takes. Unknown types are logged and left as they are."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
+    if fn is None:
+        logger.warning("No Liger kernels for model type %r: the model is left unchanged.", model_type)
+        return
+    accepted, ignored = _accepted(fn, kwargs)
+    accepted.pop("model", None)
+    if ignored:
+        logger.info("%s ignores %s", fn.__name__, ignored)
+    fn(model=model, **accepted)

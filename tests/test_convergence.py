@@ -1,0 +1,265 @@
+"""Convergence: a mini model of every family, random init, trained a few AdamW steps stock and
+patched from the same initial state. Per-step losses and final parameters of the patched run
+must be as close to a float64 stock run as the stock run in the same dtype is (the parity
+yardstick, ``assert_matches``), in fp32 and bf16. Also: gradient checkpointing, a LoRA adapter,
+gradient accumulation through ``num_items_in_batch``, and the forward's logits options."""
+
+import copy
+
+import pytest
+import torch
+from parity import DEVICE, FLOOR, assert_matches, sizes
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+from liger_kernel.transformers import monkey_patch  # noqa: E402
+from liger_kernel.transformers.model_specs import MODEL_SPECS  # noqa: E402
+from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance  # noqa: E402
+
+# Odd sizes on CPU (the kernels run in Triton's interpreter there); a 1024-hidden 4-layer model on GPU.
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, VOCAB, BATCH, SEQ = sizes(
+    cpu=(48, 88, 2, 4, 331, 2, 13), gpu=(1024, 2816, 4, 16, 8191, 4, 255)
+)
+STEPS = 4
+LR = 1e-3
+
+FAMILY_CONFIG = {
+    # All experts active: a near-tie in routing cannot flip a token's expert between two runs.
+    "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 2, "output_router_logits": True},
+    # One dense layer (mlp_only_layers) so the patched Qwen3MoeMLP is exercised next to the experts.
+    "qwen3_moe": {
+        "num_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": INTERMEDIATE // 2,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [0],
+        "output_router_logits": True,
+    },
+    # A cap low enough to bend these small logits: softcapping must be in the fused loss.
+    "gemma2": {"final_logit_softcapping": 2.0},
+    "gemma3_text": {"final_logit_softcapping": 2.0, "sliding_window": 8},
+    "granite": {"logits_scaling": 4.0},
+}
+
+
+def make_config(model_type, **overrides):
+    kwargs = dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS // 2,
+        head_dim=HIDDEN // HEADS,
+        vocab_size=VOCAB,
+        max_position_embeddings=2 * SEQ,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.1,
+        attn_implementation="eager",
+        experts_implementation="eager",  # the grouped-matmul path has no float64 reference run
+    )
+    kwargs.update(FAMILY_CONFIG.get(model_type, {}), **overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def revert_all():
+    yield
+    for model_type in MODEL_SPECS:
+        getattr(monkey_patch, f"revert_liger_kernel_to_{model_type}")()
+
+
+def float64_causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, **kwargs):
+    """Hugging Face's causal-LM loss without its cast of the logits to fp32."""
+    target = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].reshape(-1)
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), target, reduction=reduction)
+    return loss if num_items_in_batch is None else loss / num_items_in_batch
+
+
+def float64_copy(model):
+    """The float64 reference run of a stock model, loss included."""
+    model64 = copy.deepcopy(model).double()
+    model64.loss_function = float64_causal_lm_loss
+    return model64
+
+
+def make_batch(seed, batch=BATCH, seq=SEQ):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, seq), generator=g)
+    labels = ids.clone()
+    labels[:, : seq // 4] = -100  # a prompt that is not trained on
+    return ids.to(DEVICE), labels.to(DEVICE)
+
+
+def build(model_type, dtype, seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(make_config(model_type, **overrides))
+    return model.to(DEVICE, dtype)
+
+
+def train(model, steps=STEPS):
+    """AdamW steps in train mode; returns the per-step losses (float64) and the first step's
+    gradients (before AdamW has touched the weights)."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
+    losses, first_grads = [], None
+    for step in range(steps):
+        ids, labels = make_batch(100 + step)
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        if first_grads is None:
+            first_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach().double())
+    return torch.stack(losses), first_grads
+
+
+def assert_trained_matches(name, actual, reference, baseline, initial, factor=2.0, chaos=0.01):
+    """Trained weights against the float64 run, in root-mean-square over the tensor.
+
+    AdamW divides each gradient element by its own running RMS, so where a gradient element is
+    near zero, rounding decides the sign and size of its update (up to ``lr`` per step): even two
+    correct stock runs (eager vs SDPA attention) then differ in a few elements by far more than
+    the rounding of the rest. The bound is the parity one (``factor`` times stock's error plus
+    the dtype floor) in RMS, plus ``chaos`` times the RMS of the float64 run's whole update for
+    those few elements. A wrong gradient or a lost update moves every element: it fails.
+    """
+    ref = reference.detach().double()
+    rms = lambda t: t.pow(2).mean().sqrt().item()
+    err = rms(actual.detach().double() - ref)
+    bound = factor * rms(baseline.detach().double() - ref) + chaos * rms(ref - initial) + FLOOR[actual.dtype] * rms(ref)
+    assert err <= bound, f"{name}: RMS error {err:.3e} > bound {bound:.3e} ({actual.dtype})"
+
+
+def assert_converges(name, model64, stock, make_patched):
+    """Train float64 and same-dtype stock copies, then patch (a class-level patch also reaches
+    already-built models: their forward and RoPE) and train the patched copy. Its per-step
+    losses and first gradients must track the float64 run per element as well as stock does,
+    its trained weights in RMS (``assert_trained_matches``)."""
+    initial = {n: p.detach().clone() for n, p in model64.named_parameters()}
+    (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
+    patched = make_patched()
+    losses, grads = train(patched)
+    dtype = next(stock.parameters()).dtype
+    assert_matches(f"{name} losses", losses, losses64, losses_stock, floor=FLOOR[dtype])
+    for pname, grad in grads.items():
+        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], grads_stock[pname])
+    named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
+    for pname, p in patched.named_parameters():
+        if p.requires_grad:
+            assert_trained_matches(f"{name} {pname}", p, named64[pname], named_stock[pname], initial[pname])
+
+
+def instance_patched(model):
+    """A deferred in-place patch of ``model`` (PEFT-wrapped or not), by its model type."""
+
+    def make():
+        _apply_liger_kernel_to_instance(model)
+        return model
+
+    return make
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("model_type", sorted(MODEL_SPECS))
+def test_family_converges(model_type, dtype):
+    """Class-level patch, model built afterwards, loaded with the stock model's initial weights."""
+    stock = build(model_type, dtype)
+    model64 = float64_copy(stock)
+    initial = copy.deepcopy(stock.state_dict())
+
+    def make():
+        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]()
+        patched = build(model_type, dtype, seed=1)
+        patched.load_state_dict(initial)
+        return patched
+
+    assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_gradient_checkpointing(model_type):
+    stock = build(model_type, torch.float32)
+    model64, patched = float64_copy(stock), copy.deepcopy(stock)
+    for model in (model64, stock, patched):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert_converges(f"{model_type} checkpointing", model64, stock, instance_patched(patched))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+def test_lora_adapter(model_type):
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])
+    base = build(model_type, torch.float32)
+    models = []
+    for dtype in (torch.float64, torch.float32, torch.float32):
+        torch.manual_seed(7)
+        models.append(peft.get_peft_model(copy.deepcopy(base).to(dtype), lora))
+    models[0].base_model.model.loss_function = float64_causal_lm_loss
+    for model in models:  # LoRA's B starts at zero: give it a value so both factors train from the start
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.05, generator=torch.Generator(p.device).manual_seed(len(name)))
+    model64, stock, patched = models
+    assert_converges(f"{model_type} lora", model64, stock, instance_patched(patched))
+
+
+def test_gradient_accumulation_matches_one_batch():
+    """Micro-batches with the loss summed over num_items_in_batch equal one big batch exactly."""
+    stock = build("llama", torch.float32)
+    model64, patched = float64_copy(stock), copy.deepcopy(stock)
+    ids, labels = make_batch(5, batch=2 * BATCH)
+    num_items = (labels[:, 1:] != -100).sum()
+    for model in (model64, stock):
+        model.train()
+        model(input_ids=ids, labels=labels).loss.backward()
+
+    instance_patched(patched)()
+    patched.train()
+    for half in (slice(0, BATCH), slice(BATCH, 2 * BATCH)):
+        patched(input_ids=ids[half], labels=labels[half], num_items_in_batch=num_items).loss.backward()
+    named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
+    for name, p in patched.named_parameters():
+        assert_matches(f"accumulated grad {name}", p.grad, named64[name].grad, named_stock[name].grad)
+
+
+def test_logits_options():
+    """skip_logits defaults to training-with-labels; logits_to_keep and token accuracy match stock."""
+    stock = build("gemma2", torch.float32)  # softcapping on the logits path too
+    patched = copy.deepcopy(stock)
+    ids, labels = make_batch(3)
+    stock.eval()
+    with torch.no_grad():
+        ref = stock(input_ids=ids, labels=labels)
+    target = labels[:, 1:]
+    valid = target != -100
+    accuracy = (((ref.logits[:, :-1].argmax(-1) == target) & valid).sum() / valid.sum()).item()
+    one_token = 1.0 / valid.sum().item()  # an argmax may flip on a near-tie, no more
+
+    instance_patched(patched)()
+    patched.train()
+    out = patched(input_ids=ids, labels=labels)
+    assert out.logits is None and out.loss is not None
+    out = patched(input_ids=ids, labels=labels, skip_logits=False)
+    assert out.logits is not None
+    with pytest.raises(ValueError, match="skip_logits"):
+        patched(input_ids=ids, skip_logits=True)
+
+    patched.eval()
+    with torch.no_grad():
+        got = patched(input_ids=ids, labels=labels, return_token_accuracy=True)
+        assert_matches("eval logits", got.logits, ref.logits.double(), ref.logits)
+        assert_matches("eval loss", got.loss, ref.loss.double(), ref.loss)
+        assert abs(got.token_accuracy.item() - accuracy) <= one_token
+        fused = patched(input_ids=ids, labels=labels, skip_logits=True, return_token_accuracy=True)
+        assert fused.logits is None
+        assert_matches("fused eval loss", fused.loss, ref.loss.double(), ref.loss)
+        assert abs(fused.token_accuracy.item() - accuracy) <= one_token
+        last = patched(input_ids=ids, logits_to_keep=1)
+        assert last.logits.shape == (BATCH, 1, VOCAB)
+        assert_matches("last logits", last.logits, ref.logits[:, -1:].double(), ref.logits[:, -1:])
