@@ -6,6 +6,9 @@ and raise an ImportError saying so when it is missing.
 
 import importlib
 
+from liger_kernel.transformers.model_specs import MODEL_SPECS
+from liger_kernel.utils import TRANSFORMERS_AVAILABLE
+
 _LAZY = {
     "LigerRMSNorm": "rms_norm",
     "LigerLayerNorm": "layer_norm",
@@ -18,10 +21,23 @@ _LAZY = {
     "LigerFusedLinearCrossEntropyLoss": "fused_linear_cross_entropy",
 }
 
-__all__ = list(_LAZY)
+# Patching names: they need transformers (one apply/revert pair per family of the table).
+_PATCHING = {
+    "AutoLigerKernelForCausalLM": "auto_model",
+    "MODEL_TYPE_TO_APPLY_LIGER_FN": "monkey_patch",
+    "_apply_liger_kernel": "monkey_patch",
+    "_apply_liger_kernel_to_instance": "monkey_patch",
+    **{f"{verb}_liger_kernel_to_{family}": "monkey_patch" for family in MODEL_SPECS for verb in ("apply", "revert")},
+}
+
+__all__ = list(_LAZY) + (list(_PATCHING) if TRANSFORMERS_AVAILABLE else [])
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _PATCHING:
+        if not TRANSFORMERS_AVAILABLE:
+            raise ImportError(f"{name} patches Hugging Face models and needs transformers: pip install transformers")
+        return getattr(importlib.import_module(f"{__name__}.{_PATCHING[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
