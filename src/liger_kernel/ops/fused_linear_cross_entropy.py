@@ -66,7 +66,7 @@ def chunk_rows(n_rows: int, n_cols: int, element_size: int) -> int:
     n_chunks = triton.cdiv(max(n_rows, 1), limit)
     rows = triton.cdiv(max(n_rows, 1), n_chunks)
     if limit >= CHUNK_ALIGN:
-        rows = min(triton.cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit)
+        rows = min(triton.cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit, max(n_rows, 1))
     return rows
 
 
@@ -143,7 +143,7 @@ def flce_chunks(
     write_grad = need_x or need_w or need_b
 
     rows = chunk_rows(n_rows, n_cols, x.element_size())
-    logits_buf = torch.empty(min(rows, n_rows), n_cols, dtype=x.dtype, device=x.device)
+    logits_buf = torch.empty(rows, n_cols, dtype=x.dtype, device=x.device)
     w_t = weight.t()
     for start in range(0, n_rows, rows):
         end = min(start + rows, n_rows)

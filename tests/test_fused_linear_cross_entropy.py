@@ -1,0 +1,339 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from parity import DEVICE, DTYPES, ON_GPU, as64, assert_matches, randn, sizes
+from test_cross_entropy import torch_ce
+
+from liger_kernel.ops import fused_linear_cross_entropy as flce_ops
+from liger_kernel.ops.fused_linear_cross_entropy import (
+    LigerFusedLinearCrossEntropyFunction,
+    chunk_rows,
+    fused_linear_cross_entropy_reference,
+)
+from liger_kernel.transformers import CrossEntropyOutput, LigerFusedLinearCrossEntropyLoss
+from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+CE_NAMES = ("ignore_index", "lse_square_scale", "label_smoothing", "reduction", "softcap")
+CE_DEFAULTS = dict(ignore_index=-100, lse_square_scale=0.0, label_smoothing=0.0, reduction="mean", softcap=None)
+
+SHAPES = sizes(
+    cpu=[(21, 16, 37), (37, 24, 1000)],  # N, H, V: odd everything, several chunks and a remainder
+    gpu=[(4096, 4096, 128256), (2048, 2048, 32000), (1023, 512, 50257)],
+)
+OPTION_SHAPE = sizes(cpu=(29, 24, 300), gpu=(1536, 1024, 32000))
+
+CASES = {
+    "bias": dict(bias=True),
+    "bias+accum fp32": dict(bias=True, accum_dtype=torch.float32),
+    "accum bf16 (one chunk)": dict(accum_dtype=torch.bfloat16, one_chunk=True),
+    "weight+smoothing+ignore": dict(ce_weight=True, label_smoothing=0.2, ignore=True),
+    "softcap+z-loss": dict(softcap=4.0, lse_square_scale=1e-2, ignore=True),
+    "token scaling": dict(use_token_scaling=True, ignore=True),
+    "token scaling+z-loss+bias": dict(use_token_scaling=True, lse_square_scale=1e-2, bias=True, ignore=True),
+    "sum": dict(reduction="sum", ignore=True),
+    "none": dict(reduction="none", ignore=True, bias=True),
+    "none+everything": dict(
+        reduction="none",
+        ignore=True,
+        bias=True,
+        ce_weight=True,
+        label_smoothing=0.1,
+        softcap=4.0,
+        lse_square_scale=1e-2,
+    ),
+}
+
+
+def torch_flce(x, w, y, b, opts, ce_weight=None, use_token_scaling=False):
+    """The yardstick: HF's path, ``lm_head`` in the input dtype, logits upcast to fp32 (kept in
+    fp64 for fp64 inputs), then torch_ce; token scaling by the detached probability of the label."""
+    logits = F.linear(x, w, b)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    cw = None if ce_weight is None else ce_weight.to(logits.dtype)
+    if not use_token_scaling:
+        return torch_ce(logits, y, weight=cw, **opts)
+    per, per_z = torch_ce(logits, y, weight=cw, **dict(opts, reduction="none"))
+    z = logits if opts["softcap"] is None else opts["softcap"] * torch.tanh(logits / opts["softcap"])
+    mask = y != opts["ignore_index"]
+    safe = torch.where(mask, y, 0)
+    p_y = torch.softmax(z, -1).gather(-1, safe[:, None]).squeeze(-1).detach()
+    per, per_z = per * p_y, per_z * p_y
+    if opts["reduction"] == "none":
+        return per, per_z
+    if opts["reduction"] == "sum":
+        return per.sum(), per_z.sum()
+    norm = mask.sum() if cw is None else torch.where(mask, cw[safe], 0).sum()
+    return per.sum() / norm, per_z.sum() / norm
+
+
+def make_case(n, h, v, dtype, case, seed=0):
+    torch.manual_seed(seed)
+    x = randn(n, h, dtype=dtype, requires_grad=True)
+    w = randn(v, h, dtype=dtype, requires_grad=True, scale=2.0 / h**0.5)
+    b = randn(v, dtype=dtype, requires_grad=True, scale=0.5) if case.get("bias") else None
+    y = torch.randint(0, v, (n,), device=DEVICE)
+    opts = dict(CE_DEFAULTS)
+    opts.update({k: val for k, val in case.items() if k in CE_NAMES})
+    if case.get("ignore"):
+        y[::3] = opts["ignore_index"]
+    cw = torch.rand(v, device=DEVICE) + 0.1 if case.get("ce_weight") else None
+    return x, w, b, y, opts, cw
+
+
+def liger(x, w, y, b, opts, ce_weight=None, accum_dtype=None, use_token_scaling=False, z=False, acc=False, pred=False):
+    return LigerFusedLinearCrossEntropyFunction.apply(
+        x, w, y, b, ce_weight, *[opts[k] for k in CE_NAMES], z, accum_dtype, use_token_scaling, acc, pred
+    )
+
+
+def small_chunks(monkeypatch, n_cols, rows=8):
+    """On the CPU, a budget of a few rows so that every test runs several chunks and a remainder."""
+    if not ON_GPU:
+        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
+
+
+def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_scaling=False, grad_out=None):
+    x64, w64, b64 = as64(x, w, b)
+    cw64 = None if cw is None else cw.double()
+    ref, ref_z = torch_flce(x64, w64, y, b64, opts, cw64, use_token_scaling)
+    grad_out = torch.ones_like(ref) if grad_out is None else grad_out
+    ref.backward(grad_out.double())
+    # PyTorch in the inputs' dtype (HF's numerics) is the yardstick.
+    xt, wt, bt = [None if t is None else t.detach().clone().requires_grad_() for t in (x, w, b)]
+    base, base_z = torch_flce(xt, wt, y, bt, opts, cw, use_token_scaling)
+    base.backward(grad_out.to(base.dtype))
+
+    loss, z_loss, _, _ = liger(x, w, y, b, opts, cw, accum_dtype, use_token_scaling, z=True)
+    loss.backward(grad_out.to(loss.dtype))
+    assert loss.dtype == torch.float32
+    assert_matches("loss", loss, ref.detach(), base.detach())
+    assert_matches("z_loss", z_loss, ref_z.detach(), base_z.detach())
+    assert_matches("grad x", x.grad, x64.grad, xt.grad)
+    assert_matches("grad W", w.grad, w64.grad, wt.grad)
+    assert x.grad.dtype == x.dtype and w.grad.dtype == w.dtype
+    if b is not None:
+        assert_matches("grad bias", b.grad, b64.grad, bt.grad)
+        assert b.grad.dtype == b.dtype
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parity(monkeypatch, shape, dtype):
+    small_chunks(monkeypatch, shape[2])
+    x, w, b, y, opts, _ = make_case(*shape, dtype, {})
+    check_against_torch(x, w, b, y, opts)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_options(monkeypatch, case, dtype):
+    spec = CASES[case]
+    if spec.get("accum_dtype") == torch.bfloat16 and dtype != torch.bfloat16:
+        pytest.skip("bf16 accumulation is for bf16 weights")
+    if not spec.get("one_chunk"):
+        small_chunks(monkeypatch, OPTION_SHAPE[2])
+    x, w, b, y, opts, cw = make_case(*OPTION_SHAPE, dtype, spec)
+    grad_out = randn(OPTION_SHAPE[0]) if opts["reduction"] == "none" else None
+    check_against_torch(
+        x, w, b, y, opts, cw, spec.get("accum_dtype"), spec.get("use_token_scaling", False), grad_out=grad_out
+    )
+
+
+def test_chunk_count_does_not_change_the_result(monkeypatch):
+    x, w, b, y, opts, cw = make_case(37, 24, 1000, torch.float32, CASES["none+everything"] | {"reduction": "sum"})
+    opts["reduction"] = "sum"
+    results = []
+    for rows in (1000, 16, 5):
+        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * 1000 * 4)
+        xs, ws, bs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        loss = liger(xs, ws, y, bs, opts, cw)[0]
+        loss.backward()
+        results.append([loss, xs.grad, ws.grad, bs.grad])
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+
+
+def test_chunk_rows_follow_the_budget(monkeypatch):
+    monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", 448 * 2**20)
+    assert chunk_rows(8192, 128256, 2) == 1664  # 5 near-equal chunks of 427 MB, not 31 of V/H rows
+    assert chunk_rows(1000, 128256, 2) == 1000  # small batches: one chunk
+    for n, v, size in [(8192, 128256, 2), (16384, 256000, 2), (32768, 32000, 4), (7, 50, 2)]:
+        rows = chunk_rows(n, v, size)
+        assert rows * v * size <= flce_ops.CHUNK_BUDGET_BYTES and rows % 128 == 0 or rows == n
+    monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", 10)  # budget below one row: one row per chunk
+    assert chunk_rows(5, 1000, 2) == 1
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    small_chunks(monkeypatch, 37)
+    x, w, b, y, opts, _ = make_case(21, 16, 37, torch.float32, dict(bias=True, reduction=reduction))
+    y.fill_(-100)
+    out = liger_fused_linear_cross_entropy(
+        x, w, y, b, ce_weight=torch.rand(37, device=DEVICE), label_smoothing=0.1, lse_square_scale=1e-3,
+        reduction=reduction, return_token_accuracy=True,
+    )  # fmt: skip
+    out.loss.sum().backward()
+    assert torch.equal(out.loss, torch.zeros_like(out.loss)) and out.token_accuracy.item() == 0.0
+    for g in (x.grad, w.grad, b.grad):
+        assert torch.equal(g, torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+def test_out_of_range_label_is_an_error(monkeypatch, impl):
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    x, w, _, y, _, _ = make_case(9, 16, 37, torch.float32, {})
+    y[4] = 37
+    with pytest.raises(ValueError, match=r"`target` holds a label outside \[0, 37\)"):
+        liger_fused_linear_cross_entropy(x, w, y)
+
+
+def test_gradient_accumulation_matches_one_batch(monkeypatch):
+    """Two micro-batches with reduction="sum" divided by the global token count = one big batch."""
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.float32, dict(bias=True, ignore=True))
+    total = (y != -100).sum()
+    for part in (slice(0, 10), slice(10, None)):
+        (liger_fused_linear_cross_entropy(x[part], w, y[part], b, reduction="sum") / total).backward()
+    acc = [t.grad.clone() for t in (x, w, b)]
+    x64, w64, b64 = as64(x, w, b)
+    torch_flce(x64, w64, y, b64, opts)[0].backward()
+    for name, a, r in zip("xWb", acc, (x64.grad, w64.grad, b64.grad)):
+        assert_matches(f"accumulated grad {name}", a, r)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_non_unit_upstream_gradient(monkeypatch, reduction):
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True, reduction=reduction))
+    check_against_torch(x, w, b, y, opts, grad_out=torch.tensor(-2.75, device=DEVICE))
+
+
+def test_no_grad_and_inputs_without_grad(monkeypatch):
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True))
+    ref = fused_linear_cross_entropy_reference(*as64(x, w), y, as64(b)[0])[0].detach()
+    base = fused_linear_cross_entropy_reference(x.detach(), w.detach(), y, b.detach())[0]  # bf16 logits
+    with torch.no_grad():
+        loss = liger_fused_linear_cross_entropy(x, w, y, b)
+    assert loss.grad_fn is None
+    assert_matches("no_grad loss", loss, ref, base)
+    # Only the weight needs a gradient (a frozen trunk): x and bias get none, W gets the right one.
+    xs, bs = x.detach(), b.detach()
+    loss = liger_fused_linear_cross_entropy(xs, w, y, bs)
+    loss.backward()
+    assert xs.grad is None and bs.grad is None
+    w64, wt = as64(w)[0], w.detach().clone().requires_grad_()
+    fused_linear_cross_entropy_reference(*as64(xs), w64, y, as64(bs)[0])[0].backward()
+    fused_linear_cross_entropy_reference(xs, wt, y, bs)[0].backward()
+    assert_matches("grad W alone", w.grad, w64.grad, wt.grad)
+
+
+def test_token_accuracy_and_predicted_tokens(monkeypatch):
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, _, _ = make_case(*OPTION_SHAPE, torch.float32, dict(ignore=True))
+    logits = F.linear(x, w).detach()
+    y[1::4] = logits[1::4].argmax(-1)
+    out = LigerFusedLinearCrossEntropyLoss(return_token_accuracy=True, return_predicted_tokens=True)(w, x, y)
+    mask = y != -100
+    expected = torch.where(mask, logits.argmax(-1), -100)
+    assert isinstance(out, CrossEntropyOutput) and out.z_loss is None
+    assert torch.equal(out.predicted_tokens, expected)
+    assert out.token_accuracy.item() == pytest.approx(((expected == y) & mask).sum().item() / mask.sum().item())
+
+
+def test_module_functional_and_leading_dims(monkeypatch):
+    small_chunks(monkeypatch, 37)
+    torch.manual_seed(0)
+    x = randn(3, 7, 16, requires_grad=True)
+    w = randn(37, 16, requires_grad=True, scale=0.5)
+    y = torch.randint(0, 37, (3, 7), device=DEVICE)
+    loss = LigerFusedLinearCrossEntropyLoss(reduction="none")(w, x, y)
+    assert loss.shape == (3, 7)
+    loss.sum().backward()
+    x64, w64 = as64(x, w)
+    F.cross_entropy(F.linear(x64, w64).view(21, 37), y.view(21), reduction="sum").backward()
+    assert x.grad.shape == x.shape
+    assert_matches("grad x", x.grad, x64.grad)
+    assert_matches("grad W", w.grad, w64.grad)
+    assert isinstance(liger_fused_linear_cross_entropy(x, w, y), torch.Tensor)
+    out = liger_fused_linear_cross_entropy(x, w, y, lse_square_scale=1e-3, return_z_loss=True)
+    assert isinstance(out, CrossEntropyOutput) and out.z_loss.item() > 0
+
+
+def test_empty_batch():
+    x = randn(0, 16, requires_grad=True)
+    w = randn(37, 16, requires_grad=True)
+    b = randn(37, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss = liger_fused_linear_cross_entropy(x, w, y, b)
+    loss.backward()
+    assert loss.item() == 0.0 and x.grad.shape == (0, 16)
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_torch_impl_switch(monkeypatch):
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    x, w, b, y, opts, cw = make_case(*OPTION_SHAPE, torch.float32, CASES["token scaling+z-loss+bias"])
+    check_against_torch(x, w, b, y, opts, cw, use_token_scaling=True)
+
+
+def test_bad_inputs_name_the_argument():
+    x, w = randn(4, 16), randn(37, 16)
+    y = torch.zeros(4, dtype=torch.long, device=DEVICE)
+    with pytest.raises(TypeError, match="`weight` is torch.bfloat16"):
+        liger_fused_linear_cross_entropy(x, w.bfloat16(), y)
+    with pytest.raises(ValueError, match="`weight` must be \\[V, H\\]"):
+        liger_fused_linear_cross_entropy(x, randn(37, 15), y)
+    with pytest.raises(ValueError, match="`bias` must have shape"):
+        liger_fused_linear_cross_entropy(x, w, y, randn(36))
+    with pytest.raises(ValueError, match="`target` has 3 labels"):
+        liger_fused_linear_cross_entropy(x, w, y[:3])
+    with pytest.raises(ValueError, match="`weight` must have shape"):  # the class weights
+        liger_fused_linear_cross_entropy(x, w, y, ce_weight=torch.ones(5, device=DEVICE))
+    with pytest.raises(TypeError, match="`accum_dtype`"):
+        liger_fused_linear_cross_entropy(x, w, y, accum_dtype=torch.int32)
+
+
+STABILITY = sizes(cpu=(96, 32, 5003), gpu=(16384, 2304, 256000))  # GPU: Gemma-2-2B's lm_head at 16k tokens
+
+
+def test_bf16_stability_at_large_vocab():
+    """bf16 inputs: the loss matches an fp32 reference to 1e-3 relative, gradients finite."""
+    n, h, v = STABILITY
+    torch.manual_seed(0)
+    x = randn(n, h, dtype=torch.bfloat16, requires_grad=True, scale=3.0)
+    w = randn(v, h, dtype=torch.bfloat16, requires_grad=True, scale=1.0 / h**0.5)
+    y = torch.randint(0, v, (n,), device=DEVICE)
+    y[::7] = -100
+    total, count = 0.0, 0
+    with torch.no_grad():  # fp32 reference, chunked so that it fits
+        for s in range(0, n, 1024):
+            logits = x[s : s + 1024].float() @ w.float().t()
+            total += F.cross_entropy(logits, y[s : s + 1024], reduction="sum").item()
+        count = (y != -100).sum().item()
+    loss = liger_fused_linear_cross_entropy(x, w, y)
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - total / count) <= 1e-3 * abs(total / count)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_default_accumulation_is_fp32_for_bf16_weights(monkeypatch):
+    """With the default accum_dtype, a bf16 weight gradient summed over 16 chunks is the one-chunk
+    result to within one bf16 rounding; accumulating in bf16 drifts by several roundings."""
+    x, w, b, y, opts, _ = make_case(64, 16, 200, torch.bfloat16, dict(bias=True))
+    grads = {}
+    for label, rows, accum in [("one", 64, None), ("many", 4, None), ("many bf16", 4, torch.bfloat16)]:
+        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * 200 * 2)
+        ws = w.detach().clone().requires_grad_()
+        liger(x.detach(), ws, y, b.detach(), opts, accum_dtype=accum)[0].backward()
+        grads[label] = ws.grad.float()
+    one = grads["one"]
+    ulp = one.abs() * 2.0**-7 + 1e-30  # one bf16 rounding, at most
+    assert torch.all((grads["many"] - one).abs() <= ulp)
+    assert not torch.all((grads["many bf16"] - one).abs() <= ulp)
