@@ -4,8 +4,16 @@ One program per row loops over the vocabulary twice: an online max / sum-exp in 
 log-sum-exp (and the argmax, the smoothing sum), then a second loop writes the gradient
 ``softmax - onehot`` (with the smoothing, class-weight, z-loss and softcap terms, already scaled
 for the reduction) over the logits. Forward plus backward is therefore 3 passes over the logits
-(read, read, write) and no memory beyond the ``[BT]`` per-row results; backward returns the stored
-gradient untouched when the upstream gradient is exactly 1.
+(read, read, write) and no memory beyond the ``[BT]`` per-row results.
+
+Backward: the stored gradient is multiplied by the upstream gradient (per row for
+``reduction="none"``) by a small kernel that reads that gradient on the device and does nothing
+where it is exactly 1.0, so the usual ``loss.backward()`` returns the stored gradient as it is for
+the cost of one tiny launch, with no host sync (a host-side ``== 1`` test would sync every step).
+
+Labels outside ``[0, V)`` other than ``ignore_index`` raise a ValueError: the kernel raises a flag
+while it reads the label (no extra pass), and the host reads that 4-byte flag after the launch
+(one sync per call; ``CHECK_LABELS = False`` removes it).
 
 Per non-ignored token ``i`` with label ``y``, logits ``z`` (after ``z = softcap * tanh(x / softcap)``
 when ``softcap`` is set), ``lse = logsumexp(z)``, smoothing ``eps``, class weights ``w`` (all ones
@@ -19,6 +27,8 @@ sum over tokens by the normalizer PyTorch uses, ``sum(w[y])`` over non-ignored t
 without weights), z-loss included; ignored tokens contribute 0 and zero gradient, and a batch with
 no normalizer (all ignored) gives loss 0, never NaN. With token scaling (the fused linear op's
 ``use_token_scaling``) each token's loss, z-loss included, is multiplied by the detached ``p[y]``.
+The z-loss is not multiplied by the class weights. ``token_accuracy`` is a scalar for every
+reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
 """
 
 import threading
@@ -173,15 +183,17 @@ def _ce_kernel(
         if ARGMAX:
             tl.store(pred_ptr + row, best_col.to(tl.int64))
 
-        # Pass 2: the gradient of this row's (reduced, upstream-scaled) loss over the logits.
+        # Pass 2: the gradient of this row's (reduced, upstream-scaled) loss over the logits,
+        # walking the blocks backwards: the last ones read by pass 1 are the likeliest in L2.
         if WRITE_GRAD:
             scale = token_scale
             if MEAN:
                 scale = scale / tl.load(norm_ptr)
             if ROW_SCALE:
                 scale = scale * tl.load(gscale_ptr + row * stride_gscale).to(tl.float32)
-            for start in range(0, n_cols, BLOCK):
-                cols = start + offs
+            last = tl.cdiv(n_cols, BLOCK) - 1
+            for i in range(0, last + 1):
+                cols = (last - i) * BLOCK + offs
                 mask = cols < n_cols
                 x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
                 if SOFTCAP:

@@ -15,12 +15,14 @@ V=128256 bf16 the default budget gives 5 chunks of 1664 tokens (427 MB of logits
 ``accum_dtype=None`` accumulates the weight and bias gradients in fp32 when the weight is bf16 or
 fp16 (then casts once), in the weight's dtype otherwise. Each chunk's product is exact to fp32
 inside cuBLAS, but a bf16 accumulator rounds once per chunk, so its error grows with the chunk
-count: measured on a [8192, 128] gradient over 16384 tokens, max error relative to the largest
-entry 0.31% for one bf16 matmul (PyTorch's own), 1.1% over 5 bf16 chunks, 1.6% over 19 (V=256k
-at 16k tokens with the default budget), 4.4% over 62; fp32 accumulation stays at 0.31% for any
-count. That is what keeps bf16 training at a 256k vocabulary on PyTorch's numerics; the cost is a
-transient fp32 weight gradient (2x the bf16 one) and an estimated 15% more time in the weight-gradient
-matmul. ``accum_dtype=torch.bfloat16`` reproduces Liger Kernel's default (the weight's dtype).
+count. Measured (CPU emulation of the chunked sums) on a [8192, 128] gradient over 16384 tokens,
+max error relative to the largest entry: 0.31% for one bf16 matmul (PyTorch's own), 1.1% over 5
+bf16 chunks, 1.6% over 19 (V=256k at 16k tokens with the default budget), 4.4% over 62; fp32
+accumulation stays at 0.31% for any count. That is what keeps bf16 training at a 256k vocabulary
+on PyTorch's numerics; the cost is a transient fp32 weight gradient (2x the bf16 one) and an
+estimated 15% more time in the weight-gradient matmul. ``accum_dtype=torch.bfloat16`` reproduces
+Liger Kernel's default (the weight's dtype) and its memory: pass it when comparing with Liger at
+its default.
 Loss, log-sum-exp and softmax are fp32 whatever ``accum_dtype``.
 
 ``reduction="none"`` with gradients: per-token upstream gradients are only known in backward, so
