@@ -156,7 +156,7 @@ def op_markdown(name, entry):
     return "\n".join(out)
 
 
-def _fmt_ceilings(c):
+def fmt_ceilings(c):
     if not c:
         return "not measured"
     return (
@@ -207,7 +207,7 @@ def markdown(results):
         + (", ".join(f"{g} = {ver}" for g, ver in sorted(peers.items())) or "none")
         + " (each in its own process).",
         "",
-        f"Ceilings measured in the run: {_fmt_ceilings(m.get('ceilings'))}.",
+        f"Ceilings measured in the run: {fmt_ceilings(m.get('ceilings'))}.",
         "",
         f"Reproduce: `bash benchmarks/setup_peers.sh && {m['command']}`.",
         "",
@@ -227,7 +227,7 @@ def markdown(results):
         out += [summary_markdown(results), ""]
     for name, e in results["ops"].items():
         if e["meta"].get("date") != m["date"]:
-            out.append(f"(`{name}` from the run of {e['meta']['date']}: {_fmt_ceilings(e['meta'].get('ceilings'))})")
+            out.append(f"(`{name}` from the run of {e['meta']['date']}: {fmt_ceilings(e['meta'].get('ceilings'))})")
             out.append("")
         out.append(op_markdown(name, e))
     if "e2e" in results:
@@ -259,7 +259,8 @@ def plot(name, entry, path):
         for p in entry["providers"]:
             pts = [(x, rs.get((c, p))) for x, c in sw["points"]]
             t = [(x, _ms(r)) for x, r in pts if _ms(r) is not None]
-            mem = [(x, r["peak_mb"]) for x, r in pts if _ms(r) is not None and r.get("peak_mb") is not None]
+            # a log axis: an op that allocates nothing extra shows at 0.01 MB
+            mem = [(x, max(r["peak_mb"], 0.01)) for x, r in pts if _ms(r) is not None and r.get("peak_mb") is not None]
             style = dict(marker="o", ms=4, color=COLORS.get(p), label=LABELS.get(p, p))
             if t:
                 ax_t.plot(*zip(*t), **style)

@@ -182,6 +182,18 @@ def _describe(e):
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
+def _norm_and_finite(t):
+    """The float64 2-norm of ``t`` and whether it's all finite, in chunks: a float64 copy of a
+    [8192, 256000] gradient would take 16 GB."""
+    import torch
+
+    total, finite = 0.0, True
+    for chunk in t.detach().reshape(-1).split(1 << 26):
+        total += float(chunk.double().square().sum())
+        finite = finite and bool(torch.isfinite(chunk).all())
+    return total**0.5, finite
+
+
 def run_task(task, device, timer, meta):
     import bench_ops
     import torch
@@ -193,6 +205,9 @@ def run_task(task, device, timer, meta):
         return {**res, "status": "error", "error": meta["lib_error"]}
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:  # hand back what the last task cached (after an OOM, say): each task starts clean
+        gc.collect()
+        torch.cuda.empty_cache()
     op = bench_ops.OPS[task["op"]]
     p = task["params"]
     state = {}
@@ -217,8 +232,9 @@ def run_task(task, device, timer, meta):
         grads = torch.autograd.grad(outs, gin, grad_outs)
         sync()
         res["first_call_s"] = time.perf_counter() - t0
-        res["norms"] = [float(t.detach().double().norm()) for t in (*outs, *grads)]
-        res["finite"] = all(bool(torch.isfinite(t).all()) for t in (*outs, *grads))
+        checked = [_norm_and_finite(t) for t in (*outs, *grads)]
+        res["norms"] = [n for n, _ in checked]
+        res["finite"] = all(f for _, f in checked)
         del outs, grads
         gc.collect()
 
@@ -243,9 +259,6 @@ def run_task(task, device, timer, meta):
         res["fatal"] = cuda and any(s in str(e) for s in ("CUDA error", "illegal memory", "unspecified launch"))
     finally:
         state.clear()
-        gc.collect()
-        if cuda and not res.get("fatal"):
-            torch.cuda.empty_cache()
     return res
 
 
@@ -504,12 +517,8 @@ def parent_main(args):
         "ceilings": ceilings,
         "ceilings_error": None if ceilings else (got[0].get("error") if got else "no result"),
     }
-    print(f"== {meta['gpu']} | {meta['date']} | level {level} | ceilings: ", end="")
-    print(
-        f"copy {ceilings['copy_tbps']:.2f} TB/s, bf16 matmul {ceilings['matmul_tflops']:.0f} TFLOP/s"
-        if ceilings
-        else meta["ceilings_error"]
-    )
+    what = report.fmt_ceilings(ceilings) if ceilings else meta["ceilings_error"]
+    print(f"== {meta['gpu']}, level {level}; ceilings: {what}")
 
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"ops": {}}
@@ -533,7 +542,9 @@ def parent_main(args):
         path.write_text(json.dumps(results, indent=1))
 
     report.write(out, results)
-    print(f"\n== summary (fwd+bwd ms, % of floor, peak MB); {time.time() - start:.0f} s in all; see {out}/results.md")
+    print(f"\n== {meta['gpu']}, {meta['date']}, level {level}, {time.time() - start:.0f} s; {out}/results.md")
+    print(f"== ceilings: {report.fmt_ceilings(meta['ceilings'])}")
+    print("== fwd+bwd ms (% of floor); MB = peak extra memory; ours/Liger = time ratio, memory ratio")
     print(report.summary_text(results, [o for o in ops if o in results["ops"]]))
 
 
