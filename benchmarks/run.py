@@ -354,8 +354,11 @@ class Worker:
 
     def _stop(self):
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()  # the worker this runner started, by its own handle
-            self.proc.wait()
+            try:
+                self.proc.wait(timeout=5)  # one that is exiting on its own
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # the worker this runner started, by its own handle
+                self.proc.wait()
         self.proc = None
 
     def run(self, tasks, on_result):
@@ -375,8 +378,12 @@ class Worker:
             while True:  # until the worker says the batch is done (or dies)
                 kind, obj = self._next(self.args.task_timeout_s)
                 if kind == "result":
+                    fatal = obj.get("fatal")
                     on_result(obj)
                     pending = [t for t in pending if _key(t) != _key(obj)]
+                    if fatal:  # the worker exits after a broken CUDA context: a fresh one takes the rest
+                        self._stop()
+                        break
                 elif kind == "done":
                     break
                 else:  # died or hung on pending[0]: record it, restart for the rest
