@@ -292,7 +292,7 @@ def _cell(r, key):
     if r is None:
         return "not run"
     if r["status"] != "ok":
-        return r["status"]
+        return r["status"] if key == "tokens_per_s" else "-"
     if key == "tokens_per_s":
         return f"{r['tokens_per_s']:,.0f}"
     return "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
@@ -333,7 +333,9 @@ def markdown(result):
     lines += [
         "",
         f"{m['gpu']}, {m['date']}; torch {v.get('torch')}, triton {v.get('triton')}, transformers "
-        f"{v.get('transformers')}; peer Liger Kernel {m.get('peer_version') or '0.8.5'}. Random-init models, "
+        f"{v.get('transformers')}"
+        + (f"; peer Liger Kernel {m.get('peer_version') or '0.8.5'}" if "liger085" in provs else "")
+        + ". Random-init models, "
         f"bf16 weights, AdamW, {'/'.join(attn) or 'sdpa'} attention, no gradient checkpointing; "
         f"{m['warmup']} warm-up steps then {m['steps']} timed; peak = `torch.cuda.max_memory_allocated` "
         "(weights, gradients and optimizer state included). Each run in its own process. "
@@ -362,6 +364,9 @@ def plot(result, path):
                 x = i + (j - (len(provs) - 1) / 2) * width
                 val = r.get(key) if r and r["status"] == "ok" else None
                 ax.bar(x, val or 0, width, color=f"C{j}", label=PROVIDERS[p] if i == 0 else None)
+                if val is not None:
+                    text = f"{val / 1000:.1f}k" if key == "tokens_per_s" else f"{val:.1f}"
+                    ax.text(x, val, text, ha="center", va="bottom", fontsize=7)
                 if val is None:
                     ax.text(
                         x,
