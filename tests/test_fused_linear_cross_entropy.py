@@ -185,6 +185,7 @@ def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
 
 @pytest.mark.parametrize("impl", ["kernel", "torch"])
 def test_out_of_range_label_is_an_error(monkeypatch, impl):
+    monkeypatch.setenv("LIGER_KERNEL_CHECK_LABELS", "sync")  # a GPU would otherwise assert asynchronously
     if impl == "torch":
         monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
     x, w, _, y, _, _ = make_case(9, 16, 37, torch.float32, {})
@@ -203,8 +204,12 @@ def test_gradient_accumulation_matches_one_batch(monkeypatch):
     acc = [t.grad.clone() for t in (x, w, b)]
     x64, w64, b64 = as64(x, w, b)
     torch_flce(x64, w64, y, b64, opts)[0].backward()
-    for name, a, r in zip("xWb", acc, (x64.grad, w64.grad, b64.grad)):
-        assert_matches(f"accumulated grad {name}", a, r)
+    # PyTorch's own fp32 error on the same accumulation (fp32 matmul rounding grows with H and V).
+    x32, w32, b32 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    for part in (slice(0, 10), slice(10, None)):
+        (fused_linear_cross_entropy_reference(x32[part], w32, y[part], b32, reduction="sum")[0] / total).backward()
+    for name, a, r, base in zip("xWb", acc, (x64.grad, w64.grad, b64.grad), (x32.grad, w32.grad, b32.grad)):
+        assert_matches(f"accumulated grad {name}", a, r, base)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

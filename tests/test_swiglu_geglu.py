@@ -105,8 +105,11 @@ class Config:
     hidden_activation = "gelu_pytorch_tanh"
 
 
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
 @pytest.mark.parametrize("module_cls", [LigerSwiGLUMLP, LigerPhi3SwiGLUMLP, LigerGEGLUMLP])
-def test_mlp_modules_match_eager(module_cls):
+def test_mlp_modules_match_eager(monkeypatch, module_cls, impl):
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
     torch.manual_seed(0)
     mlp = module_cls(Config()).to(DEVICE)
     x = randn(2, 7, 24, requires_grad=True)

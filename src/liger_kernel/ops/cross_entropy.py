@@ -11,9 +11,11 @@ Backward: the stored gradient is multiplied by the upstream gradient (per row fo
 where it is exactly 1.0, so the usual ``loss.backward()`` returns the stored gradient as it is for
 the cost of one tiny launch, with no host sync (a host-side ``== 1`` test would sync every step).
 
-Labels outside ``[0, V)`` other than ``ignore_index`` raise a ValueError: the kernel raises a flag
-while it reads the label (no extra pass), and the host reads that 4-byte flag after the launch
-(one sync per call; ``CHECK_LABELS = False`` removes it).
+Labels outside ``[0, V)`` other than ``ignore_index`` are an error: the kernel raises a flag while
+it reads the label (no extra pass). On CPU the flag raises a ValueError at once. On a GPU, reading
+it would cost a host sync per call (2.17 ms -> 2.74 ms at 8192 x 128256 on H100), so by default it
+goes to an asynchronous device-side assert, as PyTorch's own cross-entropy does with bad labels;
+``LIGER_KERNEL_CHECK_LABELS=sync`` reads it on the host for a Python ValueError instead.
 
 Per non-ignored token ``i`` with label ``y``, logits ``z`` (after ``z = softcap * tanh(x / softcap)``
 when ``softcap`` is set), ``lse = logsumexp(z)``, smoothing ``eps``, class weights ``w`` (all ones
@@ -33,6 +35,8 @@ reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
 
 import threading
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -42,11 +46,9 @@ from liger_kernel.utils import use_triton
 
 # Vocabulary block one program handles per loop step (8192 bf16 = 16 KB in flight per program).
 MAX_BLOCK = 8192
+# Software-pipelining depth of the row loops (Triton's default).
+NUM_STAGES = 3
 
-# Out-of-range labels are flagged by the kernel itself (no extra pass) and raised after it, which
-# costs one host sync on a 4-byte flag per call. Set to False to skip that sync; an out-of-range
-# label then silently reads class 0.
-CHECK_LABELS = True
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -335,15 +337,22 @@ def ce_rows_launch(
         ARGMAX=pred is not None,
         BLOCK=block,
         num_warps=warps,
+        num_stages=NUM_STAGES,
     )
 
 
 def raise_if_bad_labels(bad: torch.Tensor, n_cols: int, ignore_index: int) -> None:
-    if CHECK_LABELS and bad.item():
-        raise ValueError(
-            f"`target` holds a label outside [0, {n_cols}) that is not ignore_index={ignore_index}: "
-            "every label must be a class index of the logits or the ignore_index."
-        )
+    """Fail on the kernel's out-of-range-label flag: at once on CPU (or with
+    ``LIGER_KERNEL_CHECK_LABELS=sync``), else through an asynchronous device assert (no sync)."""
+    message = (
+        f"`target` holds a label outside [0, {n_cols}) that is not ignore_index={ignore_index}: "
+        "every label must be a class index of the logits or the ignore_index."
+    )
+    if bad.device.type == "cpu" or os.environ.get("LIGER_KERNEL_CHECK_LABELS") == "sync":
+        if bad.item():
+            raise ValueError(message)
+    else:
+        torch._assert_async(bad == 0, message)
 
 
 def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, reduction, want_acc, target_shape):
@@ -450,7 +459,7 @@ def check_target(target, n_rows: int, weight, n_cols: int, device_of) -> None:
 def check_labels_host(target, ignore_index: int, n_cols: int) -> None:
     """The reference's label check (one sync; the kernels check on the device instead)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= n_cols))
-    if CHECK_LABELS and bool(bad.any()):
+    if bool(bad.any()):
         raise ValueError(
             f"`target` holds a label outside [0, {n_cols}) that is not ignore_index={ignore_index}: "
             "every label must be a class index of the logits or the ignore_index."

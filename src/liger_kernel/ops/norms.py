@@ -36,6 +36,10 @@ BWD_MAX_BLOCK = 8192
 # Elements of one program's tile when rows are narrow: several rows per program, so a program
 # still moves enough bytes per step to hide memory latency.
 TILE = 4096
+# Warps' worth of backward programs per SM in the persistent grid.
+BWD_WARPS_PER_SM = 64
+# Elements per warp when choosing num_warps (16 per thread).
+ELEMENTS_PER_WARP = 512
 
 # RMSNorm casting modes (constexpr values in the kernels). LayerNorm computes as GEMMA does.
 LLAMA, GEMMA, NONE = 0, 1, 2
@@ -272,7 +276,7 @@ def _settings(n_rows: int, n_cols: int, max_block: int) -> tuple[int, int, int]:
     when they are narrow, and about 16 elements per thread (two 16-byte loads of bf16)."""
     block_n = min(triton.next_power_of_2(max(n_cols, 1)), max_block)
     block_rows = max(1, min(TILE // block_n, triton.next_power_of_2(max(n_rows, 1))))
-    num_warps = min(16, max(4, block_rows * block_n // 512))
+    num_warps = min(16, max(4, block_rows * block_n // ELEMENTS_PER_WARP))
     return block_rows, block_n, num_warps
 
 
@@ -286,7 +290,7 @@ def _num_programs(n_tiles: int, device: torch.device, num_warps: int) -> int:
     handful under the interpreter, where each program is slow but must still loop over tiles."""
     if interpreting() or device.type != "cuda":
         return max(1, min(n_tiles, 3))
-    return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, 32 // num_warps)))
+    return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, BWD_WARPS_PER_SM // num_warps)))
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:

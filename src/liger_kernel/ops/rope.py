@@ -27,6 +27,7 @@ from liger_kernel.utils import use_triton
 TILE = 2048
 # Below this many programs, blocks of positions are split further to keep every SM busy.
 MIN_PROGRAMS = 1024
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -221,7 +222,7 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bo
         PASS_PAD=triton.next_power_of_2(pass_dims) if pass_dims else 1,
         INVERSE=inverse,
         COMPUTE=tl.float64 if q.dtype == torch.float64 else tl.float32,
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )  # fmt: skip
     return qo, ko
 

@@ -161,7 +161,7 @@ def make_gated_function(name: str, activation: str, reference):
 
     def backward(ctx, dc):
         if not ctx.use_triton:
-            return fallback_backward(ctx, dc)
+            return (*fallback_backward(ctx, dc), None)
         a, b = ctx.saved_tensors
         da, db = gated_backward(dc, a, b, activation, ctx.in_place)
         return da, db, None
