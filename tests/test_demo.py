@@ -4,10 +4,13 @@ the patched one through our modules, and the per-step losses agree."""
 import math
 
 import pytest
+import torch
 
 pytest.importorskip("transformers")
 
 from liger_kernel import demo  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def test_sample_text_ships_with_the_package():
@@ -18,13 +21,15 @@ def test_sample_text_ships_with_the_package():
 
 def test_demo_tiny_matches_stock(capsys):
     steps = 3
-    stock, liger = demo.main(["--size", "tiny", "--steps", str(steps), "--device", "cpu"])
+    stock, liger = demo.main(["--size", "tiny", "--steps", str(steps), "--device", DEVICE])
     out = capsys.readouterr().out
 
     rows = [line.split() for line in out.splitlines() if line.split()[:1] and line.split()[0].isdigit()]
     assert [int(r[0]) for r in rows] == list(range(1, steps + 1)), out
     assert [float(r[1]) for r in rows] == pytest.approx([round(x, 4) for x in stock.losses], abs=1e-4)
     assert "tokens/s" in out and "peak memory" in out
+    if DEVICE == "cuda":
+        assert stock.peak_bytes > 0 and liger.peak_bytes > 0
 
     assert len(stock.losses) == len(liger.losses) == steps
     assert stock.liger_modules == 0, "the stock run must not use our modules (was the patch reverted?)"
