@@ -227,7 +227,7 @@ def run_one(case, provider, smoke, warmup, steps, timeout_s):
     return r
 
 
-def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=300):
+def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=180):
     """Every (case, provider) in its own process; the JSON-able result (``markdown()`` renders it)."""
     smoke = level == "smoke" or device == "cpu"
     table = SMOKE_CASES if smoke else CASES
@@ -408,7 +408,7 @@ def main():
     ap.add_argument("--providers", help=f"comma-separated subset of {list(PROVIDERS)}")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --smoke)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; 2 with --smoke)")
-    ap.add_argument("--timeout-s", type=int, default=300, help="per (case, provider) process")
+    ap.add_argument("--timeout-s", type=int, default=180, help="per (case, provider) process")
     ap.add_argument(
         "--out", help="results folder (default benchmarks/results/<gpu>; with --smoke nothing is written unless given)"
     )

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from liger_kernel.utils import interpreting
+
 SIZES = {
     # name: (hidden, layers, heads, kv heads, intermediate, vocab, batch, seq, lr)
     "tiny": (48, 2, 4, 2, 136, 320, 2, 32, 3e-3),
@@ -172,14 +174,17 @@ def run(steps=None, device=None, size=None, seed=0):
         if revert is not None:
             revert()
 
-    where = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU, PyTorch fallback"
+    if torch.device(device).type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = "CPU, " + ("Triton interpreter" if interpreting() else "PyTorch fallback")
     header = (
         f"liger_kernel demo: Llama-style model, {layers} layers, hidden {hidden}, vocab {vocab} "
         f"(bytes of the shipped text, padded), batch {batch} x seq {seq}, {str(dtype).removeprefix('torch.')} "
         f"on {device} ({where}), {steps} AdamW steps, ln(vocab) = {math.log(vocab):.2f}"
     )
     text = report(stock, liger, header)
-    if torch.device(device).type == "cpu":
+    if torch.device(device).type == "cpu" and not interpreting():
         text += (
             "\n(on a CPU both runs are plain PyTorch: the Triton kernels, their speed and memory savings need a GPU)"
         )
