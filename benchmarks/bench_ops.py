@@ -287,8 +287,8 @@ class FusedLinearCrossEntropy(Op):
     title = "Fused linear cross-entropy: loss of x [N,H] @ W[V,H].T without logits (bf16, mean)"
     extra_providers = ("ours_fp32", "cce")
     notes = {
-        "ours": "accum_dtype=None (Liger 0.8.5's default)",
-        "ours_fp32": "accum_dtype=torch.float32",
+        "ours": "accum_dtype=torch.bfloat16: the weight's dtype, as Liger 0.8.5 accumulates by default",
+        "ours_fp32": "accum_dtype=None: our default, fp32 accumulation for bf16 weights",
         "eager": "HF: logits = x @ W.T; F.cross_entropy(logits.float(), target)",
         "cce": "Apple cut-cross-entropy 25.1.1 linear_cross_entropy, defaults",
     }
@@ -331,7 +331,7 @@ class FusedLinearCrossEntropy(Op):
 
         if provider == "liger085":
             return lambda x, w, target: first(flce(x, w, target))
-        accum = torch.float32 if provider == "ours_fp32" else None
+        accum = None if provider == "ours_fp32" else torch.bfloat16  # all cases are bf16
         return lambda x, w, target: first(flce(x, w, target, accum_dtype=accum))
 
     def cce(self, p):

@@ -10,7 +10,7 @@ from pathlib import Path
 LABELS = {
     "ours": "ours",
     "ours_out": "ours (in_place=False)",
-    "ours_fp32": "ours (accum fp32)",
+    "ours_fp32": "ours (default: accum fp32)",
     "liger085": "Liger 0.8.5",
     "cce": "Apple CCE 25.1.1",
     "compile": "torch.compile",
