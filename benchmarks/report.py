@@ -190,6 +190,40 @@ def summary_markdown(results):
     return "\n".join(out)
 
 
+def _graph_cell(r, floor_ms):
+    if not r or r.get("status") != "ok":
+        return "-"
+    if r.get("graph_ms") is None:
+        return "not capturable" if r.get("graph_error") else "-"
+    pct = f" ({100 * floor_ms / r['graph_ms']:.0f}%)" if floor_ms else ""
+    return f"{r['graph_ms']:.3f}{pct}"
+
+
+def graph_summary_markdown(results):
+    """The anchors again, timed as CUDA-graph replays: the kernels' GPU time without CPU launch
+    overhead, which on the lent machine's CPU is of the order of the memory-bound ops' GPU time."""
+    provs = ("ours", "liger085", "compile", "eager")
+    out = [
+        "## Anchor shapes, GPU time alone (fwd+bwd replayed from a CUDA graph; ms, % of floor)",
+        "",
+        "| op | shape | floor ms | " + " | ".join(LABELS.get(p, p) for p in provs) + " | ours / Liger |",
+        "|---|---|---|" + "---|" * (len(provs) + 1),
+    ]
+    for name, e in results["ops"].items():
+        rs, c = _rows(e), e["anchor"]
+        case = e["cases"][c]
+        fl = case.get("floor_ms")
+        ours, peer = rs.get((c, "ours")), rs.get((c, "liger085"))
+        ratio = "-"
+        if ours and peer and ours.get("graph_ms") and peer.get("graph_ms"):
+            ratio = _ratio(ours["graph_ms"], peer["graph_ms"]) + (
+                " ✓" if ours["graph_ms"] <= peer["graph_ms"] else " ✗"
+            )
+        cells = [name, case["shape"], f"{fl:.3f}" if fl else "-"] + [_graph_cell(rs.get((c, p)), fl) for p in provs]
+        out.append("| " + " | ".join(cells + [ratio]) + " |")
+    return "\n".join(out)
+
+
 def markdown(results):
     m = results["meta"]
     v = m.get("versions") or {}
@@ -224,7 +258,7 @@ def markdown(results):
         "",
     ]
     if results["ops"]:
-        out += [summary_markdown(results), ""]
+        out += [summary_markdown(results), "", graph_summary_markdown(results), ""]
     for name, e in results["ops"].items():
         if e["meta"].get("date") != m["date"]:
             out.append(f"(`{name}` from the run of {e['meta']['date']}: {fmt_ceilings(e['meta'].get('ceilings'))})")
@@ -311,7 +345,9 @@ def summary_text(results, ops):
             cells = [f" {_cell_time(rs.get((c, p))):>15}" for p in provs]
             mem = f"{_cell_mem(rs.get((c, 'ours')))}/{_cell_mem(rs.get((c, 'liger085')))}"
             vs = _vs_liger(rs, c) if "liger085" in provs and "ours" in provs else ""
-            lines.append(f" {star}{case['shape'][:34]:<34}" + "".join(cells) + f"  {mem:>11}  {vs}")
+            g = [rs.get((c, p), {}).get("graph_ms") for p in ("ours", "liger085")]
+            graph = "  graph " + "/".join("-" if t is None else f"{t:.3f}" for t in g)
+            lines.append(f" {star}{case['shape'][:34]:<34}" + "".join(cells) + f"  {mem:>11}  {vs}{graph}")
     return "\n".join(lines)
 
 

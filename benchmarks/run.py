@@ -194,6 +194,35 @@ def _norm_and_finite(t):
     return total**0.5, finite
 
 
+def graph_time(fn, calls=10, reps=7):
+    """Median ms of one ``fn()`` replayed from a CUDA graph of ``calls`` back-to-back calls: GPU
+    time alone, free of CPU launch overhead (METHOD.md: many small launches)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    del graph
+    return sorted(times)[reps // 2]
+
+
 def run_task(task, device, timer, meta):
     import bench_ops
     import torch
@@ -251,6 +280,12 @@ def run_task(task, device, timer, meta):
         res["bwd_ms"] = timer.after(fwd, lambda outs: torch.autograd.grad(outs, gin, grad_outs))
         res["full_ms"] = timer(fwd_bwd)
         res["status"] = "ok"
+        if cuda:  # the kernels' own time, without this machine's CPU launch overhead
+            try:
+                res["graph_ms"] = graph_time(fwd_bwd)
+            except Exception as e:  # e.g. a host sync inside the op: not capturable
+                res["graph_error"] = _describe(e)
+                torch.cuda.synchronize()
     except Exception as e:
         msg = _describe(e)
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()

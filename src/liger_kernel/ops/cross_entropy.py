@@ -33,9 +33,8 @@ The z-loss is not multiplied by the class weights. ``token_accuracy`` is a scala
 reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
 """
 
-import threading
-
 import os
+import threading
 
 import torch
 import triton
