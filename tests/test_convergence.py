@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from parity import DEVICE, FLOOR, assert_matches, sizes
+from parity import DEVICE, FLOOR, ON_GPU, assert_matches, sizes
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
@@ -19,10 +19,16 @@ from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN,
 
 # Odd sizes on CPU (the kernels run in Triton's interpreter there); a 1024-hidden 4-layer model on GPU.
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, VOCAB, BATCH, SEQ = sizes(
-    cpu=(48, 88, 2, 4, 331, 2, 13), gpu=(1024, 2816, 4, 16, 8191, 4, 255)
+    cpu=(48, 88, 2, 4, 331, 2, 7), gpu=(1024, 2816, 4, 16, 8191, 4, 255)
 )
-STEPS = 4
+STEPS = sizes(cpu=3, gpu=5)
 LR = 1e-3
+# AdamW's eps, raised from 1e-8 to the size of a bf16 gradient's rounding error. With the default,
+# an element whose gradient is within rounding of zero gets an update of +-lr decided by that
+# rounding (the first step is lr * sign(grad)), so two correct runs (even stock eager vs stock
+# SDPA attention) differ there by 2 * lr: the final weights would say nothing about the kernels.
+# With this eps the update is a smooth function of the gradient, as the comparison needs.
+EPS = 1e-2
 
 FAMILY_CONFIG = {
     # All experts active: a near-tie in routing cannot flip a token's expert between two runs.
@@ -105,7 +111,7 @@ def train(model, steps=STEPS):
     gradients (before AdamW has touched the weights)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=LR, eps=EPS, weight_decay=0.01)
     losses, first_grads = [], None
     for step in range(steps):
         ids, labels = make_batch(100 + step)
@@ -119,29 +125,11 @@ def train(model, steps=STEPS):
     return torch.stack(losses), first_grads
 
 
-def assert_trained_matches(name, actual, reference, baseline, initial, factor=2.0, chaos=0.01):
-    """Trained weights against the float64 run, in root-mean-square over the tensor.
-
-    AdamW divides each gradient element by its own running RMS, so where a gradient element is
-    near zero, rounding decides the sign and size of its update (up to ``lr`` per step): even two
-    correct stock runs (eager vs SDPA attention) then differ in a few elements by far more than
-    the rounding of the rest. The bound is the parity one (``factor`` times stock's error plus
-    the dtype floor) in RMS, plus ``chaos`` times the RMS of the float64 run's whole update for
-    those few elements. A wrong gradient or a lost update moves every element: it fails.
-    """
-    ref = reference.detach().double()
-    rms = lambda t: t.pow(2).mean().sqrt().item()
-    err = rms(actual.detach().double() - ref)
-    bound = factor * rms(baseline.detach().double() - ref) + chaos * rms(ref - initial) + FLOOR[actual.dtype] * rms(ref)
-    assert err <= bound, f"{name}: RMS error {err:.3e} > bound {bound:.3e} ({actual.dtype})"
-
-
 def assert_converges(name, model64, stock, make_patched):
     """Train float64 and same-dtype stock copies, then patch (a class-level patch also reaches
     already-built models: their forward and RoPE) and train the patched copy. Its per-step
     losses and first gradients must track the float64 run per element as well as stock does,
-    its trained weights in RMS (``assert_trained_matches``)."""
-    initial = {n: p.detach().clone() for n, p in model64.named_parameters()}
+    and so must its trained weights."""
     (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
     patched = make_patched()
     losses, grads = train(patched)
@@ -152,14 +140,15 @@ def assert_converges(name, model64, stock, make_patched):
     named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
     for pname, p in patched.named_parameters():
         if p.requires_grad:
-            assert_trained_matches(f"{name} {pname}", p, named64[pname], named_stock[pname], initial[pname])
+            assert_matches(f"{name} {pname}", p, named64[pname], named_stock[pname])
 
 
-def instance_patched(model):
-    """A deferred in-place patch of ``model`` (PEFT-wrapped or not), by its model type."""
+def instance_patched(model, rope=ON_GPU):
+    """A deferred in-place patch of ``model`` (PEFT-wrapped or not), by its model type; RoPE
+    only where asked on CPU (see test_family_converges)."""
 
     def make():
-        _apply_liger_kernel_to_instance(model)
+        _apply_liger_kernel_to_instance(model, rope=rope)
         return model
 
     return make
@@ -168,13 +157,16 @@ def instance_patched(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("model_type", sorted(MODEL_SPECS))
 def test_family_converges(model_type, dtype):
-    """Class-level patch, model built afterwards, loaded with the stock model's initial weights."""
+    """Class-level patch, model built afterwards, loaded with the stock model's initial weights.
+    On CPU the RoPE kernel (one interpreted program per token, ~10 s a run) is patched only
+    for Llama and for Phi-3's partial rotation (the other families' rotary functions are Llama's); its parity is in test_rope.py. On a GPU every family runs everything."""
+    rope = ON_GPU or (model_type in ("llama", "phi3") and dtype == torch.float32)
     stock = build(model_type, dtype)
     model64 = float64_copy(stock)
     initial = copy.deepcopy(stock.state_dict())
 
     def make():
-        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]()
+        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type](rope=rope)
         patched = build(model_type, dtype, seed=1)
         patched.load_state_dict(initial)
         return patched
@@ -182,16 +174,16 @@ def test_family_converges(model_type, dtype):
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+@pytest.mark.parametrize("model_type", ["llama"])
 def test_gradient_checkpointing(model_type):
     stock = build(model_type, torch.float32)
     model64, patched = float64_copy(stock), copy.deepcopy(stock)
     for model in (model64, stock, patched):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert_converges(f"{model_type} checkpointing", model64, stock, instance_patched(patched))
+    assert_converges(f"{model_type} checkpointing", model64, stock, instance_patched(patched, rope=True))
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+@pytest.mark.parametrize("model_type", ["qwen3"])
 def test_lora_adapter(model_type):
     peft = pytest.importorskip("peft")
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "gate_proj", "down_proj"])

@@ -1,0 +1,246 @@
+"""Patching: class-level and instance patches reach every norm and MLP (checked by class
+identity), keep the weights, undo cleanly; flags, signatures, unknown types and the auto class."""
+
+import importlib
+import inspect
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+
+import liger_kernel.transformers as lk  # noqa: E402
+from liger_kernel.transformers import (  # noqa: E402
+    AutoLigerKernelForCausalLM,
+    LigerGEGLUMLP,
+    LigerPhi3SwiGLUMLP,
+    LigerRMSNorm,
+    LigerSwiGLUMLP,
+    liger_rotary_pos_emb,
+)
+from liger_kernel.transformers import monkey_patch as mp  # noqa: E402
+from liger_kernel.transformers.model.causal_lm import causal_lm_forward  # noqa: E402
+from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy  # noqa: E402
+from liger_kernel.transformers.model_specs import GEGLU, MODEL_SPECS, PHI3  # noqa: E402
+
+FAMILIES = sorted(MODEL_SPECS)
+LIGER_MLP = {GEGLU: LigerGEGLUMLP, PHI3: LigerPhi3SwiGLUMLP}
+EXTRA_CONFIG = {
+    "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 1},
+    "qwen3_moe": {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16, "mlp_only_layers": [0]},
+}
+
+
+def tiny_config(model_type, **overrides):
+    kwargs = dict(
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=97,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    kwargs.update(EXTRA_CONFIG.get(model_type, {}), **overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def tiny_model(model_type, **overrides):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides))
+
+
+def modeling(model_type):
+    return importlib.import_module(MODEL_SPECS[model_type].module)
+
+
+def stock_symbols(model_type):
+    spec, module = MODEL_SPECS[model_type], modeling(model_type)
+    names = (*spec.norms, *spec.mlps, spec.rope)
+    causal_lm = getattr(module, spec.causal_lm)
+    return {name: getattr(module, name) for name in names}, causal_lm.forward, causal_lm.__dict__.get("_loss_function")
+
+
+def apply_fn(model_type):
+    return mp.MODEL_TYPE_TO_APPLY_LIGER_FN[model_type]
+
+
+def revert_fn(model_type):
+    return getattr(mp, f"revert_liger_kernel_to_{model_type}")
+
+
+@pytest.fixture(autouse=True)
+def revert_all():
+    yield
+    for model_type in FAMILIES:
+        revert_fn(model_type)()
+
+
+def count_converted(model, model_type):
+    """(norms, MLPs, stock norms left, stock MLPs left) in ``model``, by class."""
+    spec = MODEL_SPECS[model_type]
+    stock_norms = {mp._original(modeling(model_type), n) for n in spec.norms}
+    stock_mlps = {mp._original(modeling(model_type), n) for n in spec.mlps}
+    liger_mlp = LIGER_MLP.get(spec.mlp_kind, LigerSwiGLUMLP)
+    modules = list(model.modules())
+    return (
+        sum(isinstance(m, LigerRMSNorm) for m in modules),
+        sum(isinstance(m, liger_mlp) for m in modules),
+        sum(type(m) in stock_norms for m in modules),
+        sum(type(m) in stock_mlps for m in modules),
+    )
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_class_patch_builds_liger_modules_and_reverts(model_type):
+    stock = tiny_model(model_type)
+    n_norms, n_mlps = count_converted(stock, model_type)[2:]
+    assert n_norms >= 2 * 2 + 1  # two per layer and the final one, at least
+    symbols, forward, loss_fn = stock_symbols(model_type)
+
+    apply_fn(model_type)()
+    module, spec = modeling(model_type), MODEL_SPECS[model_type]
+    assert getattr(module, spec.rope) is liger_rotary_pos_emb
+    assert getattr(module, spec.causal_lm).forward is causal_lm_forward
+    patched = tiny_model(model_type)
+    assert count_converted(patched, model_type) == (n_norms, n_mlps, 0, 0)
+    # Hugging Face's init keys on the class name: Gemma norms must still start at zero (1 + w).
+    norm = next(m for m in patched.modules() if isinstance(m, LigerRMSNorm))
+    assert torch.all(norm.weight == (0.0 if spec.norm.offset else 1.0))
+
+    revert_fn(model_type)()
+    assert stock_symbols(model_type) == (symbols, forward, loss_fn)
+    assert count_converted(tiny_model(model_type), model_type) == (0, 0, n_norms, n_mlps)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_instance_patch_converts_in_place_keeping_weights(model_type):
+    model = tiny_model(model_type)
+    n_norms, n_mlps = count_converted(model, model_type)[2:]
+    params = {name: (p, p.data_ptr()) for name, p in model.named_parameters()}
+    modules = dict(model.named_modules())
+
+    apply_fn(model_type)(model=model)
+    assert count_converted(model, model_type) == (n_norms, n_mlps, 0, 0)
+    assert dict(model.named_modules()).keys() == modules.keys()
+    assert all(model.get_submodule(name) is m for name, m in modules.items())  # converted, not replaced
+    for name, p in model.named_parameters():
+        assert p is params[name][0] and p.data_ptr() == params[name][1], name
+
+    revert_fn(model_type)(model=model)
+    assert count_converted(model, model_type) == (0, 0, n_norms, n_mlps)
+
+
+def test_instance_patch_output_matches_stock():
+    model = tiny_model("qwen3")  # q/k norms on the head dimension too
+    ids = torch.randint(3, 97, (2, 5))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        mp._apply_liger_kernel_to_instance(model)
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_peft_wrapped_model():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=2, target_modules=["q_proj", "up_proj"]))
+    lora_modules = [m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    mp._apply_liger_kernel_to_instance(model)
+    assert count_converted(model, "llama")[2:] == (0, 0)
+    assert count_converted(model, "llama")[1] == 2
+    assert lora_modules == [m for m in model.modules() if isinstance(m, peft.tuners.lora.LoraLayer)]
+    ids = torch.randint(3, 97, (1, 6))
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits is None  # the fused loss ran
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_unsupported_model_type_changes_nothing(caplog):
+    config = AutoConfig.for_model("gpt2", n_embd=32, n_layer=1, n_head=2, vocab_size=97)
+    model = AutoModelForCausalLM.from_config(config)
+    classes = [type(m) for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    forward = type(model).forward
+    with caplog.at_level(logging.INFO, logger=mp.__name__):
+        mp._apply_liger_kernel_to_instance(model, rope=True)
+        mp._apply_liger_kernel("gpt2")
+    assert "gpt2" in caplog.text
+    assert classes == [type(m) for m in model.modules()]
+    assert type(model).forward is forward
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_conflicting_loss_flags_raise(model_type):
+    symbols = stock_symbols(model_type)
+    with pytest.raises(ValueError, match="cross_entropy and fused_linear_cross_entropy"):
+        apply_fn(model_type)(cross_entropy=True, fused_linear_cross_entropy=True)
+    assert stock_symbols(model_type) == symbols  # nothing half-applied
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_signatures(model_type):
+    mlp = MODEL_SPECS[model_type].mlp_flag
+    params = inspect.signature(apply_fn(model_type)).parameters
+    assert list(params) == ["rope", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", mlp, "model"]
+    assert [p.default for p in params.values()] == [True, False, True, True, True, None]
+    assert getattr(lk, f"apply_liger_kernel_to_{model_type}") is apply_fn(model_type)
+
+
+def test_instance_patch_filters_keyword_arguments(caplog):
+    model = tiny_model("llama")
+    rope = modeling("llama").apply_rotary_pos_emb
+    with caplog.at_level(logging.INFO, logger=mp.__name__):
+        # geglu is Gemma's switch, not Llama's; unknown is nobody's: both are dropped and logged.
+        mp._apply_liger_kernel_to_instance(model, rope=False, geglu=False, unknown=1, rms_norm=False)
+    assert "geglu" in caplog.text and "unknown" in caplog.text
+    assert modeling("llama").apply_rotary_pos_emb is rope
+    assert count_converted(model, "llama")[:3] == (0, 2, 5)  # MLPs converted, norms left stock
+
+
+def test_mlp_the_kernel_cannot_reproduce_stays_stock():
+    apply_fn("llama")()
+    biased = tiny_model("llama", mlp_bias=True)
+    gelu = tiny_model("llama", hidden_act="gelu")
+    stock_mlp = mp._original(modeling("llama"), "LlamaMLP")
+    for model in (biased, gelu):
+        assert all(type(layer.mlp) is stock_mlp for layer in model.model.layers)
+
+
+def test_cross_entropy_flag_hooks_the_family_loss():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (2, 7))
+    expected = model(input_ids=ids, labels=ids).loss
+    apply_fn("llama")(cross_entropy=True, fused_linear_cross_entropy=False)
+    assert model.loss_function is liger_causal_lm_cross_entropy
+    assert type(model).forward is stock_symbols("llama")[1]
+    assert tiny_model("qwen2").loss_function is not liger_causal_lm_cross_entropy  # other families untouched
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, expected)
+    revert_fn("llama")()
+    assert "_loss_function" not in type(model).__dict__
+
+
+def test_auto_model_from_config_and_pretrained(tmp_path):
+    config = tiny_config("gemma")
+    model = AutoLigerKernelForCausalLM.from_config(config, rms_norm=False)
+    assert count_converted(model, "gemma")[:3] == (0, 2, 5)
+    model.save_pretrained(tmp_path)
+    revert_fn("gemma")()
+    loaded = AutoLigerKernelForCausalLM.from_pretrained(tmp_path, geglu=False)
+    assert count_converted(loaded, "gemma")[:2] == (5, 0)
+    for name, p in loaded.named_parameters():
+        torch.testing.assert_close(p, model.get_parameter(name), rtol=0, atol=0)
+
+
+def test_patching_names_need_transformers(monkeypatch):
+    monkeypatch.setattr(lk, "TRANSFORMERS_AVAILABLE", False)
+    with pytest.raises(ImportError, match="pip install transformers"):
+        lk.__getattr__("apply_liger_kernel_to_llama")
+    assert lk.LigerRMSNorm is LigerRMSNorm  # the modules need only torch
