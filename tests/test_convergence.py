@@ -159,7 +159,8 @@ def instance_patched(model, rope=ON_GPU):
 def test_family_converges(model_type, dtype):
     """Class-level patch, model built afterwards, loaded with the stock model's initial weights.
     On CPU the RoPE kernel (one interpreted program per token, ~10 s a run) is patched only
-    for Llama and for Phi-3's partial rotation (the other families' rotary functions are Llama's); its parity is in test_rope.py. On a GPU every family runs everything."""
+    for Llama and for Phi-3's partial rotation (the other families' rotary functions are
+    Llama's); its parity is in test_rope.py. On a GPU every family runs everything."""
     rope = ON_GPU or (model_type in ("llama", "phi3") and dtype == torch.float32)
     stock = build(model_type, dtype)
     model64 = float64_copy(stock)
