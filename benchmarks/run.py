@@ -285,7 +285,7 @@ def run_task(task, device, timer, meta):
                 res["graph_ms"] = graph_time(fwd_bwd)
             except Exception as e:  # e.g. a host sync inside the op: not capturable
                 res["graph_error"] = _describe(e)
-                torch.cuda.synchronize()
+                res["fatal"] = True  # a failed capture leaves the RNG and allocator unusable: restart
     except Exception as e:
         msg = _describe(e)
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()

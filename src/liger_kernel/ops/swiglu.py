@@ -88,9 +88,16 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2
 
 
+# Widest column block of one program, and elements per warp. Swept on H100 at 8192x14336 bf16
+# (CUDA-graph GPU time): 8192 over 16 warps -> forward 99%, backward 99% of the memory floor;
+# 2048 over 8 warps -> 98% / 97%.
+BLOCK = 8192
+ELEMENTS_PER_WARP = 512
+
+
 def _launch_settings(n_cols: int) -> tuple[int, int]:
-    block = min(triton.next_power_of_2(n_cols), 2048)
-    return block, 8 if block >= 2048 else 4
+    block = min(triton.next_power_of_2(n_cols), BLOCK)
+    return block, max(4, min(16, block // ELEMENTS_PER_WARP))
 
 
 def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Tensor:
