@@ -15,7 +15,7 @@ DEFAULTS = dict(
 
 SHAPES = sizes(
     cpu=[(13, 37), (7, 1000), (5, 8193)],  # tiny odd vocab; one block; just past a block of 8192
-    gpu=[(8192, 128256), (4096, 32000), (1023, 256000)],
+    gpu=[(4096, 128256), (4096, 32000), (1023, 256000)],  # float64 references of 8192x128256 need ~60 GB
 )
 OPTION_SHAPE = sizes(cpu=(19, 1000), gpu=(2048, 32000))
 

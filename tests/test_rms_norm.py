@@ -82,7 +82,9 @@ def test_llama_mode_rounds_x_hat_before_the_weight():
     LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", False).backward(dy)
     xt, wt = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     rms_norm_reference(xt, wt, EPS).backward(dy)
-    assert (w.grad - wt.grad).abs().max() <= 1e-5 * wt.grad.abs().max()
+    # Mean, not max: an fp32 rstd one ulp off (kernel 1/sqrt vs torch.rsqrt on a GPU) may flip the
+    # rounding of a rare x_hat element; skipping the rounding moves every element (~1e-3 mean).
+    assert (w.grad - wt.grad).abs().mean() <= 1e-4 * wt.grad.abs().mean()
 
 
 @pytest.mark.parametrize("mode,offset", MODES)

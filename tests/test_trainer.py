@@ -160,7 +160,7 @@ def test_trainer_use_liger_kernel(tmp_path, restore_llama):
     # can take a visibly different step from rounding alone. So compare each tensor's whole update
     # in norm: rounding moves it by ~1e-5 of its size, a wrong gradient by O(1).
     for (name, p), q in zip(stock.model.named_parameters(), liger.model.parameters()):
-        update = (p - initial[name]).norm()
+        update = (p - initial[name].to(p.device)).norm()
         assert update > 0, f"{name} did not train"
         assert (q - p).norm() <= 1e-3 * update, f"{name}: {(q - p).norm():.2e} vs update {update:.2e}"
 
