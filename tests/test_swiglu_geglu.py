@@ -3,7 +3,7 @@ import torch
 from parity import DEVICE, DTYPES, as64, assert_matches, randn, sizes
 
 from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_reference
-from liger_kernel.ops.swiglu import LigerSiLUMulFunction, swiglu_reference
+from liger_kernel.ops.swiglu import LigerGatedMLPFunction, LigerSiLUMulFunction, gated_mlp_reference, swiglu_reference
 from liger_kernel.transformers import LigerGEGLUMLP, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
 from liger_kernel.transformers.functional import liger_geglu, liger_swiglu
 
@@ -136,3 +136,203 @@ def test_swiglu_mlp_rejects_other_activation():
     cfg.hidden_act = "relu"
     with pytest.raises(ValueError, match="hidden_act"):
         LigerSwiGLUMLP(cfg)
+
+
+# ----------------------------------------------------------------------------- fused MLP Function
+
+MLP_ACTIVATIONS = {LigerSwiGLUMLP: "silu", LigerPhi3SwiGLUMLP: "silu", LigerGEGLUMLP: "gelu_tanh"}
+FUSED = "LigerGatedMLPFunctionBackward"
+MLP_SHAPES = sizes(  # (leading dims, hidden, intermediate)
+    cpu=[((3, 5), 21, 37), ((2, 1, 3), 16, 300), ((1,), 8, 9)],  # odd; three leading dims, wide; one token
+    gpu=[((2, 2048), 2048, 8192), ((3, 333), 1000, 2750)],  # Llama-3.2-1B MLP; odd
+)
+
+
+def make_mlp(module_cls, hidden, inter, dtype=torch.float32):
+    cfg = Config()
+    cfg.hidden_size, cfg.intermediate_size = hidden, inter
+    torch.manual_seed(0)
+    return module_cls(cfg).to(DEVICE, dtype)
+
+
+def mlp_weights(mlp):
+    """(gate, up, down) weights as ``gated_mlp_reference`` takes them (Phi-3: stacked, up None)."""
+    if isinstance(mlp, LigerPhi3SwiGLUMLP):
+        return mlp.gate_up_proj.weight, None, mlp.down_proj.weight
+    return mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
+
+
+def unfused(mlp, x):
+    """The MLP through its Linear modules and the gated Function: what the modules did before fusing."""
+    fn = LigerGELUMulFunction if isinstance(mlp, LigerGEGLUMLP) else LigerSiLUMulFunction
+    if isinstance(mlp, LigerPhi3SwiGLUMLP):
+        a, b = mlp.gate_up_proj(x).chunk(2, dim=-1)
+    else:
+        a, b = mlp.gate_proj(x), mlp.up_proj(x)
+    return mlp.down_proj(fn.apply(a, b, True))
+
+
+def grads(x, weights):
+    return [x.grad] + [None if w is None else w.grad for w in weights]
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+@pytest.mark.parametrize("shape", MLP_SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_mlp_parity(module_cls, shape, dtype):
+    lead, hidden, inter = shape
+    activation = MLP_ACTIVATIONS[module_cls]
+    mlp = make_mlp(module_cls, hidden, inter, dtype)
+    weights = mlp_weights(mlp)
+    x = randn(*lead, hidden, dtype=dtype, requires_grad=True, scale=2.0)
+    dy = randn(*lead, hidden, dtype=dtype)
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ == FUSED
+    y.backward(dy)
+
+    ref = as64(x, *weights)
+    y64 = gated_mlp_reference(*ref, activation)
+    y64.backward(dy.double())
+    base = [None if t is None else t.to(dtype).detach().requires_grad_() for t in ref]
+    yt = gated_mlp_reference(*base, activation)  # eager PyTorch in the same dtype: the yardstick
+    yt.backward(dy)
+
+    assert_matches("out", y, y64, yt)
+    for name, g, g64, gt in zip(
+        ("dx", "d_gate", "d_up", "d_down"), grads(x, weights), grads(*ref[:1], ref[1:]), grads(*base[:1], base[1:])
+    ):
+        if g64 is not None:
+            assert_matches(name, g, g64, gt)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+@pytest.mark.parametrize("trainable", ["down", "x_only", "weights_only"])
+def test_fused_mlp_frozen_weights(module_cls, trainable):
+    """LoRA-style frozen base weights: gradients only where asked, the rest None."""
+    mlp = make_mlp(module_cls, 21, 37)
+    weights = [w for w in mlp_weights(mlp) if w is not None]
+    for w in weights[:-1]:
+        w.requires_grad_(trainable == "weights_only")
+    weights[-1].requires_grad_(trainable != "x_only")
+    x = randn(3, 5, 21, requires_grad=trainable != "weights_only")
+    dy = randn(3, 5, 21)
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ == FUSED
+    y.backward(dy)
+    ref = as64(x, *mlp_weights(mlp))
+    gated_mlp_reference(*ref, MLP_ACTIVATIONS[module_cls]).backward(dy.double())
+    for name, g, g64 in zip(("dx", "d_gate", "d_up", "d_down"), grads(x, mlp_weights(mlp)), grads(*ref[:1], ref[1:])):
+        assert (g is None) == (g64 is None), name
+        if g is not None:
+            assert_matches(name, g, g64)
+
+
+class Wrapped(torch.nn.Module):
+    """Stands in for PEFT's LoRA layer: a module that is not nn.Linear around one."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.base_layer = linear
+
+    def forward(self, x):
+        return self.base_layer(x)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+def test_wrapped_projection_takes_unfused_path(module_cls):
+    mlp = make_mlp(module_cls, 21, 37)
+    x = randn(3, 5, 21, requires_grad=True)
+    expected = unfused(mlp, x)
+    name = "gate_up_proj" if module_cls is LigerPhi3SwiGLUMLP else "up_proj"
+    setattr(mlp, name, Wrapped(getattr(mlp, name)))
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ != FUSED
+    assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+def test_projection_hooks_keep_working(module_cls):
+    """A forward hook on a projection forces the unfused path, so the hook runs and its change counts."""
+    mlp = make_mlp(module_cls, 21, 37)
+    x = randn(3, 5, 21, requires_grad=True)
+    calls = []
+    handle = mlp.down_proj.register_forward_pre_hook(lambda m, args: calls.append(1) or (args[0] * 2,))
+    y = mlp(x)
+    handle.remove()
+    assert calls and type(y.grad_fn).__name__ != FUSED
+    fused = mlp(x)
+    assert type(fused.grad_fn).__name__ == FUSED
+    assert_matches("hooked", y, 2 * fused.detach().double())
+
+
+def test_fused_mlp_torch_impl(monkeypatch):
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    mlp = make_mlp(LigerSwiGLUMLP, 21, 37)
+    x = randn(3, 5, 21, requires_grad=True)
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ != FUSED  # the modules call their Linears
+    weights = mlp_weights(mlp)
+    # The Function itself falls back to the reference and differentiates it.
+    yf = LigerGatedMLPFunction.apply(x, *weights, "silu")
+    yf.backward(torch.ones_like(yf))
+    ref = as64(x, *weights)
+    gated_mlp_reference(*ref, "silu").backward(torch.ones_like(ref[0][..., :21]))
+    assert_matches("out", y, gated_mlp_reference(*as64(x, *weights), "silu").detach())
+    assert_matches("fn out", yf, gated_mlp_reference(*as64(x, *weights), "silu").detach())
+    for name, g, g64 in zip(("dx", "d_gate", "d_up", "d_down"), grads(x, weights), grads(*ref[:1], ref[1:])):
+        assert_matches(name, g, g64)
+
+
+def test_autocast_takes_unfused_path():
+    mlp = make_mlp(LigerSwiGLUMLP, 21, 37)
+    x = randn(3, 5, 21)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        y = mlp(x)
+        expected = unfused(mlp, x)
+    assert type(y.grad_fn).__name__ != FUSED and y.dtype == torch.bfloat16
+    assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+def test_fused_mlp_saves_one_intermediate_less(module_cls):
+    """Bytes kept for backward (distinct storages) by one MLP forward: fusing drops exactly c."""
+    tokens, hidden, inter = 15, 21, 37
+    mlp = make_mlp(module_cls, hidden, inter, torch.bfloat16)
+    x = randn(3, 5, hidden, dtype=torch.bfloat16, requires_grad=True)
+
+    def saved_bytes(forward):
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = forward(mlp, x)
+        return sum(storages.values()), y
+
+    fused, y = saved_bytes(lambda m, t: m(t))
+    plain, _ = saved_bytes(unfused)
+    assert type(y.grad_fn).__name__ == FUSED
+    assert plain - fused == tokens * inter * 2, (plain, fused)
+
+
+def test_fused_mlp_empty_tokens():
+    mlp = make_mlp(LigerSwiGLUMLP, 16, 24)
+    x = randn(0, 16, requires_grad=True)
+    y = mlp(x)
+    y.sum().backward()
+    assert y.shape == (0, 16) and x.grad.shape == (0, 16)
+    assert torch.equal(mlp.down_proj.weight.grad, torch.zeros_like(mlp.down_proj.weight))
+
+
+def test_fused_mlp_bad_inputs_name_the_argument():
+    x, w, wd = randn(4, 8), randn(6, 8), randn(8, 6)
+    with pytest.raises(ValueError, match="`activation`"):
+        LigerGatedMLPFunction.apply(x, w, w, wd, "relu")
+    with pytest.raises(ValueError, match="`up_weight`"):
+        LigerGatedMLPFunction.apply(x, w, randn(5, 8), wd, "silu")
+    with pytest.raises(ValueError, match="`down_weight`"):
+        LigerGatedMLPFunction.apply(x, w, w, randn(8, 5), "silu")
+    with pytest.raises(TypeError, match="`down_weight`.*bfloat16"):
+        LigerGatedMLPFunction.apply(x, w, w, wd.bfloat16(), "silu")

@@ -1,8 +1,10 @@
-"""GeGLU MLP of Gemma-family models, running the fused ``gelu_tanh(gate) * up`` kernel."""
+"""GeGLU MLP of Gemma-family models, running the fused MLP Function (``gelu_tanh(gate) * up`` kernel)."""
 
 import torch.nn as nn
 
 from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.swiglu import LigerGatedMLPFunction
+from liger_kernel.transformers.swiglu import fusable
 
 
 class LigerGEGLUMLP(nn.Module):
@@ -19,4 +21,7 @@ class LigerGEGLUMLP(nn.Module):
         self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
 
     def forward(self, x):
+        if fusable(x, self.gate_proj, self.up_proj, self.down_proj):
+            w = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+            return LigerGatedMLPFunction.apply(x, *w, "gelu_tanh")
         return self.down_proj(LigerGELUMulFunction.apply(self.gate_proj(x), self.up_proj(x), True))
