@@ -1,3 +1,5 @@
+"""Refresh the benchmark tables in README.md from benchmarks/results/h100 (run from the repo root)."""
+
 import sys, json, re
 sys.path.insert(0, 'benchmarks'); import report
 res = json.load(open('benchmarks/results/h100/results.json'))
@@ -12,6 +14,6 @@ s = open('README.md').read()
 start = s.index("## Benchmarks"); end = s.index("Reproduce (one H100")
 body = s[start:end]
 body = re.sub(r"BENCH_TABLES|### Anchor shapes.*?(?=\n### End-to-end)", lambda m: tables, body, flags=re.S)
-body = re.sub(r"E2E_TABLE|(?<=sdpa attention\)\n\n).*?(?=\n\nReproduce|\Z)", lambda m: e2e, body, count=1, flags=re.S)
+body = re.sub(r"E2E_TABLE|(?<=sdpa attention\)\n\n).*?(?=\n\nReproduce|\Z)", lambda m: e2e + "\n", body, count=1, flags=re.S)
 s = s[:start] + body + s[end:]
 open('README.md', 'w').write(s)
