@@ -35,6 +35,7 @@ reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
 
 import os
 import threading
+from typing import NamedTuple
 
 import torch
 import triton
@@ -50,6 +51,37 @@ NUM_STAGES = 3
 
 
 REDUCTIONS = ("mean", "sum", "none")
+
+
+class CEOptions(NamedTuple):
+    """The options of a public cross-entropy entry, built once from its arguments and passed whole
+    through the internals (meanings in the module docstring; the last two are the fused linear
+    op's)."""
+
+    ignore_index: int = -100
+    lse_square_scale: float = 0.0
+    label_smoothing: float = 0.0
+    reduction: str = "mean"
+    softcap: float | None = None
+    return_z_loss: bool = False
+    return_token_accuracy: bool = False
+    return_predicted_tokens: bool = False
+    use_token_scaling: bool = False
+    accum_dtype: torch.dtype | None = None
+
+    def check(self) -> "CEOptions":
+        """``self`` once every option is valid; else an error naming the option."""
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {self.reduction!r}.")
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}.")
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"`softcap` must be None or > 0, got {self.softcap}.")
+        if not isinstance(self.ignore_index, int):
+            raise TypeError(f"`ignore_index` must be an int, got {type(self.ignore_index).__name__}.")
+        if self.lse_square_scale < 0:
+            raise ValueError(f"`lse_square_scale` must be >= 0, got {self.lse_square_scale}.")
+        return self
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -267,18 +299,32 @@ def scale_by_upstream(t: torch.Tensor, grad_output: torch.Tensor, per_row: bool)
 
 
 def label_stats(target, weight, ignore_index: int, n_cols: int):
-    """Device tensors ``(mask, norm, wsum)``: non-ignored tokens, the mean normalizer (1 where it
-    would be 0, so an all-ignored batch gives 0 rather than NaN) and ``sum(weight)``. No sync."""
+    """Device tensors ``(w, mask, norm, wsum)``: the class weights in fp32 (or None), non-ignored
+    tokens, the mean normalizer (1 where it would be 0, so an all-ignored batch gives 0 rather
+    than NaN) and ``sum(w)``. No sync."""
+    w = None if weight is None else weight.to(torch.float32).contiguous()
     mask = target != ignore_index
-    if weight is None:
+    if w is None:
         norm = mask.sum(dtype=torch.float32)
         wsum = None
     else:
         safe = torch.where(mask, target, 0).clamp_(0, n_cols - 1)
-        norm = (weight[safe] * mask).sum(dtype=torch.float32)
-        wsum = weight.sum(dtype=torch.float32).reshape(1)
+        norm = (w[safe] * mask).sum(dtype=torch.float32)
+        wsum = w.sum(dtype=torch.float32).reshape(1)
     norm = torch.where(norm != 0, norm, 1.0).reshape(1)
-    return mask, norm, wsum
+    return w, mask, norm, wsum
+
+
+def row_outputs(n_rows: int, like: torch.Tensor, opts: CEOptions):
+    """The row kernel's outputs ``(loss_rows, z_rows, pred, bad)``: fp32 loss per token, z-loss per
+    token (None unless asked), argmax per token (None unless accuracy or predictions are asked)
+    and the bad-label flag."""
+    loss_rows = empty_output((n_rows,), like, torch.float32)
+    z_rows = empty_output((n_rows,), like, torch.float32) if opts.return_z_loss else None
+    want_pred = opts.return_token_accuracy or opts.return_predicted_tokens
+    pred = torch.empty(n_rows, dtype=torch.int64, device=like.device) if want_pred else None
+    bad = torch.zeros(1, dtype=torch.int32, device=like.device)
+    return loss_rows, z_rows, pred, bad
 
 
 def ce_rows_launch(
@@ -291,19 +337,15 @@ def ce_rows_launch(
     z_rows,
     pred,
     bad,
-    ignore_index,
-    lse_square_scale,
-    label_smoothing,
-    softcap,
-    mean,
+    opts: CEOptions,
     write_grad,
-    token_scaling=False,
     row_scale=None,
 ):
     """Launch the row kernel on logits ``x`` [n, V] (unit column stride), in place when ``write_grad``."""
     n_rows, n_cols = x.shape
     if n_rows == 0:
         return
+    softcap, label_smoothing, lse_square_scale = opts.softcap, opts.label_smoothing, opts.lse_square_scale
     block, warps = ce_settings(n_cols)
     dummy = loss_rows
     _ce_kernel[(n_rows,)](
@@ -320,7 +362,7 @@ def ce_rows_launch(
         target if pred is None else pred,
         bad,
         n_cols,
-        ignore_index,
+        opts.ignore_index,
         float(lse_square_scale),
         float(label_smoothing),
         float(softcap or 1.0),
@@ -328,8 +370,8 @@ def ce_rows_launch(
         SMOOTHING=label_smoothing > 0,
         Z_LOSS=lse_square_scale != 0,
         SOFTCAP=softcap is not None,
-        TOKEN_SCALING=token_scaling,
-        MEAN=mean,
+        TOKEN_SCALING=opts.use_token_scaling,
+        MEAN=opts.reduction == "mean",
         ROW_SCALE=row_scale is not None,
         WRITE_GRAD=write_grad,
         WRITE_Z=z_rows is not None,
@@ -354,8 +396,10 @@ def raise_if_bad_labels(bad: torch.Tensor, n_cols: int, ignore_index: int) -> No
         torch._assert_async(bad == 0, message)
 
 
-def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, reduction, want_acc, target_shape):
-    """The 4-tuple from per-token results: reduced loss and z-loss, token accuracy, predictions."""
+def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, opts: CEOptions, target_shape):
+    """The 4-tuple from per-token results: reduced loss and z-loss, token accuracy, predictions
+    (each None unless asked; per-token tensors in ``target_shape``)."""
+    reduction = opts.reduction
     if reduction == "mean":
         loss = loss_rows.sum() / norm[0]
         z_loss = None if z_rows is None else z_rows.sum() / norm[0]
@@ -366,81 +410,28 @@ def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, reduction, want_
         loss = loss_rows.view(target_shape)
         z_loss = None if z_rows is None else z_rows.view(target_shape)
     accuracy = None
-    if want_acc:
+    if opts.return_token_accuracy:
         accuracy = ((pred == target) & mask).sum(dtype=torch.float32) / mask.sum().clamp(min=1)
-    return loss, z_loss, accuracy, pred
+    return loss, z_loss, accuracy, pred.view(target_shape) if opts.return_predicted_tokens else None
 
 
-def cross_entropy_forward(
-    x,
-    target,
-    weight,
-    ignore_index,
-    lse_square_scale,
-    label_smoothing,
-    reduction,
-    softcap,
-    return_z_loss,
-    return_token_accuracy,
-    return_predicted_tokens,
-    write_grad,
-):
+def cross_entropy_forward(x, target, weight, opts: CEOptions, write_grad):
     """``(loss, z_loss, token_accuracy, predicted_tokens, grad)``; ``grad`` is ``x``'s 2-D view
     holding d(loss)/d(logits), written over the logits, or None when ``write_grad`` is False."""
-    target_shape = target.shape
     n_cols = x.shape[-1]
     x2 = x.reshape(-1, n_cols)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     y = target.reshape(-1)
-    w = None if weight is None else weight.to(torch.float32).contiguous()
-    n_rows = x2.shape[0]
-    mask, norm, wsum = label_stats(y, w, ignore_index, n_cols)
-    loss_rows = empty_output((n_rows,), x2, torch.float32)
-    z_rows = empty_output((n_rows,), x2, torch.float32) if return_z_loss else None
-    want_pred = return_token_accuracy or return_predicted_tokens
-    pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
-    bad = torch.zeros(1, dtype=torch.int32, device=x.device)
-    ce_rows_launch(
-        x2,
-        y,
-        w,
-        norm,
-        wsum,
-        loss_rows,
-        z_rows,
-        pred,
-        bad,
-        ignore_index,
-        lse_square_scale,
-        label_smoothing,
-        softcap,
-        mean=reduction == "mean",
-        write_grad=write_grad,
-    )
-    raise_if_bad_labels(bad, n_cols, ignore_index)
-    loss, z_loss, accuracy, pred = reduce_outputs(
-        loss_rows, z_rows, pred, y, mask, norm, reduction, return_token_accuracy, target_shape
-    )
-    if pred is not None:
-        pred = pred.view(target_shape) if return_predicted_tokens else None
-    return loss, z_loss, accuracy, pred, (x2 if write_grad else None)
+    w, mask, norm, wsum = label_stats(y, weight, opts.ignore_index, n_cols)
+    loss_rows, z_rows, pred, bad = row_outputs(x2.shape[0], x2, opts)
+    ce_rows_launch(x2, y, w, norm, wsum, loss_rows, z_rows, pred, bad, opts, write_grad)
+    raise_if_bad_labels(bad, n_cols, opts.ignore_index)
+    outputs = reduce_outputs(loss_rows, z_rows, pred, y, mask, norm, opts, target.shape)
+    return *outputs, (x2 if write_grad else None)
 
 
 # ----------------------------------------------------------------------------- checks
-
-
-def check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap):
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}, got {reduction!r}.")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"`label_smoothing` must be in [0, 1], got {label_smoothing}.")
-    if softcap is not None and not softcap > 0:
-        raise ValueError(f"`softcap` must be None or > 0, got {softcap}.")
-    if not isinstance(ignore_index, int):
-        raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}.")
-    if lse_square_scale < 0:
-        raise ValueError(f"`lse_square_scale` must be >= 0, got {lse_square_scale}.")
 
 
 def check_target(target, n_rows: int, weight, n_cols: int, device_of) -> None:
@@ -468,62 +459,50 @@ def check_labels_host(target, ignore_index: int, n_cols: int) -> None:
 # ----------------------------------------------------------------------------- reference
 
 
-def cross_entropy_core(
-    logits,
-    target,
-    weight=None,
-    ignore_index=-100,
-    lse_square_scale=0.0,
-    label_smoothing=0.0,
-    reduction="mean",
-    softcap=None,
-    return_z_loss=False,
-    return_token_accuracy=False,
-    return_predicted_tokens=False,
-    use_token_scaling=False,
-):
+def cross_entropy_core(logits, target, weight, opts: CEOptions):
     """The math of the module docstring in plain PyTorch (fp32, or fp64 for fp64 logits)."""
+    eps, softcap = opts.label_smoothing, opts.softcap
     n_cols = logits.shape[-1]
     target_shape = target.shape
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     raw = logits.reshape(-1, n_cols).to(compute)
     y = target.reshape(-1)
-    check_labels_host(y, ignore_index, n_cols)
-    mask = y != ignore_index
+    check_labels_host(y, opts.ignore_index, n_cols)
+    mask = y != opts.ignore_index
     safe = torch.where(mask, y, 0)
     z = raw if softcap is None else softcap * torch.tanh(raw / softcap)
     lse = torch.logsumexp(z, dim=-1)
     nll = lse - z.gather(-1, safe[:, None]).squeeze(-1)
     w = None if weight is None else weight.to(compute)
     w_y = 1.0 if w is None else w[safe]
-    loss = (1.0 - label_smoothing) * w_y * nll
-    if label_smoothing > 0:
+    loss = (1.0 - eps) * w_y * nll
+    if eps > 0:
         smooth = n_cols * lse - z.sum(-1) if w is None else w.sum() * lse - (z * w).sum(-1)
-        loss = loss + label_smoothing / n_cols * smooth
-    z_loss = lse_square_scale * lse * lse
+        loss = loss + eps / n_cols * smooth
+    z_loss = opts.lse_square_scale * lse * lse
     loss = loss + z_loss
-    if use_token_scaling:
+    if opts.use_token_scaling:
         p_y = torch.exp(-nll).detach()
         loss, z_loss = loss * p_y, z_loss * p_y
     zero = torch.zeros((), dtype=compute, device=raw.device)
     loss, z_loss = torch.where(mask, loss, zero), torch.where(mask, z_loss, zero)
     norm = mask.sum().to(compute) if w is None else (w_y * mask).sum()
     norm = torch.where(norm != 0, norm, 1.0)
-    if reduction == "mean":
+    if opts.reduction == "mean":
         loss, z_loss = loss.sum() / norm, z_loss.sum() / norm
-    elif reduction == "sum":
+    elif opts.reduction == "sum":
         loss, z_loss = loss.sum(), z_loss.sum()
     else:
         loss, z_loss = loss.view(target_shape), z_loss.view(target_shape)
-    pred = torch.where(mask, raw.argmax(-1), ignore_index)
+    pred = torch.where(mask, raw.argmax(-1), opts.ignore_index)
     accuracy = None
-    if return_token_accuracy:
+    if opts.return_token_accuracy:
         accuracy = ((pred == y) & mask).sum().to(torch.float32) / mask.sum().clamp(min=1)
     return (
         loss,
-        z_loss if return_z_loss else None,
+        z_loss if opts.return_z_loss else None,
         accuracy,
-        pred.view(target_shape) if return_predicted_tokens else None,
+        pred.view(target_shape) if opts.return_predicted_tokens else None,
     )
 
 
@@ -547,10 +526,7 @@ def cross_entropy_reference(
     fraction of non-ignored tokens whose argmax is the label (None unless asked); the argmax per
     token as int64, ``ignore_index`` at ignored tokens (None unless asked).
     """
-    return cross_entropy_core(
-        _input,
-        target,
-        weight,
+    opts = CEOptions(
         ignore_index,
         lse_square_scale,
         label_smoothing,
@@ -560,6 +536,7 @@ def cross_entropy_reference(
         return_token_accuracy,
         return_predicted_tokens,
     )
+    return cross_entropy_core(_input, target, weight, opts)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -586,6 +563,20 @@ class RemembersGradMode(torch.autograd.Function):
 def mark_extras_non_differentiable(ctx, outputs):
     ctx.mark_non_differentiable(*[o for o in outputs[1:] if o is not None])
     return outputs
+
+
+def reference_forward(ctx, core, write_grad, *args):
+    """The Functions' forward without the kernels: ``core(*args)``, differentiable when
+    ``write_grad`` (then ``fallback_backward`` differentiates it)."""
+    if not write_grad:
+        with torch.no_grad():
+            return mark_extras_non_differentiable(ctx, core(*args))
+    return mark_extras_non_differentiable(ctx, fallback_forward(ctx, core, *args))
+
+
+def one_grad_per_argument(grads, n_args: int):
+    """``grads`` padded with None to one per forward argument, as autograd wants."""
+    return tuple(grads) + (None,) * (n_args - len(grads))
 
 
 class LigerCrossEntropyFunction(RemembersGradMode):
@@ -616,19 +607,23 @@ class LigerCrossEntropyFunction(RemembersGradMode):
         check_float("_input", _input)
         if _input.dim() < 1:
             raise ValueError("`_input` must have a class dimension: [BT, V].")
-        check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
+        opts = CEOptions(
+            ignore_index,
+            lse_square_scale,
+            label_smoothing,
+            reduction,
+            softcap,
+            return_z_loss,
+            return_token_accuracy,
+            return_predicted_tokens,
+        ).check()
         n_cols = _input.shape[-1]
         check_target(target, _input.numel() // max(n_cols, 1), weight, n_cols, {"_input": _input})
-        args = (_input, target, weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
-        extras = (return_z_loss, return_token_accuracy, return_predicted_tokens)
         write_grad = caller_grad_mode.enabled and ctx.needs_input_grad[0]
         ctx.use_triton = use_triton(_input) and _input.dtype != torch.float64
         if not ctx.use_triton:
-            if not write_grad:
-                with torch.no_grad():
-                    return mark_extras_non_differentiable(ctx, cross_entropy_reference(*args, *extras))
-            return mark_extras_non_differentiable(ctx, fallback_forward(ctx, cross_entropy_reference, *args, *extras))
-        loss, z_loss, accuracy, pred, grad = cross_entropy_forward(*args, *extras, write_grad=write_grad)
+            return reference_forward(ctx, cross_entropy_core, write_grad, _input, target, weight, opts)
+        loss, z_loss, accuracy, pred, grad = cross_entropy_forward(_input, target, weight, opts, write_grad)
         ctx.reduction = reduction
         ctx.input_shape = _input.shape
         if grad is not None:
@@ -638,7 +633,7 @@ class LigerCrossEntropyFunction(RemembersGradMode):
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if not ctx.use_triton:
-            return fallback_backward(ctx, grad_loss, None, None, None)
+            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 11)
         (grad,) = ctx.saved_tensors
         scale_by_upstream(grad, grad_loss, per_row=ctx.reduction == "none")
-        return (grad.view(ctx.input_shape),) + (None,) * 10
+        return one_grad_per_argument((grad.view(ctx.input_shape),), 11)

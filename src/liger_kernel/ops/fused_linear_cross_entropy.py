@@ -34,19 +34,22 @@ import torch
 import triton
 
 from liger_kernel.ops.cross_entropy import (
+    CEOptions,
     RemembersGradMode,
     caller_grad_mode,
     ce_rows_launch,
-    check_ce_options,
     check_target,
     cross_entropy_core,
     label_stats,
     mark_extras_non_differentiable,
+    one_grad_per_argument,
     raise_if_bad_labels,
     reduce_outputs,
+    reference_forward,
+    row_outputs,
     scale_by_upstream,
 )
-from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, fallback_backward, fallback_forward
+from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, fallback_backward
 from liger_kernel.utils import use_triton
 
 # Bytes of one chunk's logits (their gradient is written over them). Overridable at run time:
@@ -105,40 +108,19 @@ def accumulate_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bo
         out.addmm_(a.to(out.dtype), b.to(out.dtype))
 
 
-def flce_chunks(
-    x,
-    weight,
-    target,
-    bias,
-    ce_weight,
-    ignore_index,
-    lse_square_scale,
-    label_smoothing,
-    reduction,
-    softcap,
-    return_z_loss,
-    accum_dtype,
-    use_token_scaling,
-    return_token_accuracy,
-    return_predicted_tokens,
-    needs=(False, False, False),
-    row_scale=None,
-):
-    """The chunk loop. ``x`` [N, H] contiguous, ``target`` [N]. ``needs`` says which of the input,
-    weight and bias gradients to compute; ``row_scale`` [N] multiplies each token's gradient
-    (the upstream gradient of ``reduction="none"``). Returns the 4-tuple and the 3 gradients."""
+def flce_chunks(x, weight, target, bias, ce_weight, opts: CEOptions, needs=(False, False, False), row_scale=None):
+    """The chunk loop. ``x`` [N, H] contiguous, ``target`` N labels of any shape. ``needs`` says
+    which of the input, weight and bias gradients to compute; ``row_scale`` [N] multiplies each
+    token's gradient (the upstream gradient of ``reduction="none"``). Returns the 4-tuple and the
+    3 gradients."""
     n_rows, hidden = x.shape
     n_cols = weight.shape[0]
-    w = None if ce_weight is None else ce_weight.to(torch.float32).contiguous()
-    mask, norm, wsum = label_stats(target, w, ignore_index, n_cols)
-    loss_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device)
-    z_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device) if return_z_loss else None
-    want_pred = return_token_accuracy or return_predicted_tokens
-    pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
-    bad = torch.zeros(1, dtype=torch.int32, device=x.device)
+    y = target.reshape(-1)
+    w, mask, norm, wsum = label_stats(y, ce_weight, opts.ignore_index, n_cols)
+    loss_rows, z_rows, pred, bad = row_outputs(n_rows, x, opts)
     need_x, need_w, need_b = needs
     need_b = need_b and bias is not None
-    grad_dtype = accum_dtype or default_accum_dtype(weight.dtype)
+    grad_dtype = opts.accum_dtype or default_accum_dtype(weight.dtype)
     grad_x = torch.empty_like(x) if need_x else None
     grad_w = torch.empty(weight.shape, dtype=grad_dtype, device=x.device) if need_w else None
     grad_b = torch.empty(n_cols, dtype=grad_dtype, device=x.device) if need_b else None
@@ -157,7 +139,7 @@ def flce_chunks(
             torch.addmm(bias, x_c, w_t, out=logits)
         ce_rows_launch(
             logits,
-            target[start:end],
+            y[start:end],
             w,
             norm,
             wsum,
@@ -165,13 +147,8 @@ def flce_chunks(
             None if z_rows is None else z_rows[start:end],
             None if pred is None else pred[start:end],
             bad,
-            ignore_index,
-            lse_square_scale,
-            label_smoothing,
-            softcap,
-            mean=reduction == "mean",
-            write_grad=write_grad,
-            token_scaling=use_token_scaling,
+            opts,
+            write_grad,
             row_scale=None if row_scale is None else row_scale[start:end],
         )
         if need_x:
@@ -193,12 +170,8 @@ def flce_chunks(
         grad_w = grad_w.to(weight.dtype)
     if grad_b is not None and grad_b.dtype != bias.dtype:
         grad_b = grad_b.to(bias.dtype)
-    raise_if_bad_labels(bad, n_cols, ignore_index)
-    outputs = reduce_outputs(
-        loss_rows, z_rows, pred, target, mask, norm, reduction, return_token_accuracy, target.shape
-    )
-    if not return_predicted_tokens:
-        outputs = outputs[:3] + (None,)
+    raise_if_bad_labels(bad, n_cols, opts.ignore_index)
+    outputs = reduce_outputs(loss_rows, z_rows, pred, y, mask, norm, opts, target.shape)
     return outputs, (grad_x, grad_w, grad_b)
 
 
@@ -222,11 +195,7 @@ def fused_linear_cross_entropy_reference(
     """The spec and the CPU fallback: the logits ``_input @ weight.T + bias`` in the input dtype
     (as a Hugging Face ``lm_head`` computes them), then the cross-entropy of
     ``ops/cross_entropy.py`` on them upcast to fp32. ``accum_dtype`` only affects the kernels."""
-    logits = torch.nn.functional.linear(_input, weight, bias)
-    return cross_entropy_core(
-        logits,
-        target,
-        ce_weight,
+    opts = CEOptions(
         ignore_index,
         lse_square_scale,
         label_smoothing,
@@ -236,7 +205,14 @@ def fused_linear_cross_entropy_reference(
         return_token_accuracy,
         return_predicted_tokens,
         use_token_scaling,
+        accum_dtype,
     )
+    return fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts)
+
+
+def fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts: CEOptions):
+    """The reference's math with the options as one record."""
+    return cross_entropy_core(torch.nn.functional.linear(_input, weight, bias), target, ce_weight, opts)
 
 
 def check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype):
@@ -290,62 +266,45 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         return_predicted_tokens=False,
     ):
         check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
-        check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
-        args = (
-            _input,
-            weight,
-            target,
-            bias,
-            ce_weight,
+        opts = CEOptions(
             ignore_index,
             lse_square_scale,
             label_smoothing,
             reduction,
             softcap,
             return_z_loss,
-            accum_dtype,
-            use_token_scaling,
             return_token_accuracy,
             return_predicted_tokens,
-        )
+            use_token_scaling,
+            accum_dtype,
+        ).check()
         grad_on = caller_grad_mode.enabled
         needs = tuple(grad_on and ctx.needs_input_grad[i] for i in (0, 1, 3))
         ctx.use_triton = use_triton(_input) and _input.dtype != torch.float64
         if not ctx.use_triton:
-            if not any(needs):
-                with torch.no_grad():
-                    return mark_extras_non_differentiable(ctx, fused_linear_cross_entropy_reference(*args))
-            outputs = fallback_forward(ctx, fused_linear_cross_entropy_reference, *args)
-            return mark_extras_non_differentiable(ctx, outputs)
+            args = (_input, weight, target, bias, ce_weight, opts)
+            return reference_forward(ctx, fused_linear_cross_entropy_core, any(needs), *args)
 
         x = _input.reshape(-1, _input.shape[-1]).contiguous()
-        y = target.reshape(-1)
-        flat_args = (x, weight.contiguous(), y, None if bias is None else bias.contiguous()) + args[4:]
+        tensors = (x, weight.contiguous(), target, None if bias is None else bias.contiguous())
         ctx.input_shape = _input.shape
         ctx.recompute = reduction == "none" and any(needs)
         if ctx.recompute:
-            outputs, _ = flce_chunks(*flat_args)
-            ctx.flat_args, ctx.needs = flat_args[4:], needs
-            ctx.save_for_backward(*flat_args[:4])
+            outputs, _ = flce_chunks(*tensors, ce_weight, opts)
+            ctx.ce_weight, ctx.opts, ctx.needs = ce_weight, opts, needs
+            ctx.save_for_backward(*tensors)
         else:
-            outputs, grads = flce_chunks(*flat_args, needs=needs)
+            outputs, grads = flce_chunks(*tensors, ce_weight, opts, needs=needs)
             ctx.save_for_backward(*grads)
-        loss, z_loss, accuracy, pred = outputs
-        if reduction == "none":
-            loss = loss.view(target.shape)
-            z_loss = None if z_loss is None else z_loss.view(target.shape)
-        if pred is not None:
-            pred = pred.view(target.shape)
-        return mark_extras_non_differentiable(ctx, (loss, z_loss, accuracy, pred))
+        return mark_extras_non_differentiable(ctx, outputs)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if not ctx.use_triton:
-            return fallback_backward(ctx, grad_loss, None, None, None)
+            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 15)
         if ctx.recompute:
-            x, weight, y, bias = ctx.saved_tensors
             row_scale = grad_loss.reshape(-1).to(torch.float32)
-            _, grads = flce_chunks(x, weight, y, bias, *ctx.flat_args, needs=ctx.needs, row_scale=row_scale)
+            _, grads = flce_chunks(*ctx.saved_tensors, ctx.ce_weight, ctx.opts, needs=ctx.needs, row_scale=row_scale)
         else:
             grads = ctx.saved_tensors
             for g in grads:
@@ -354,4 +313,4 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         grad_x, grad_w, grad_b = grads
         if grad_x is not None:
             grad_x = grad_x.view(ctx.input_shape)
-        return (grad_x, grad_w, None, grad_b) + (None,) * 11
+        return one_grad_per_argument((grad_x, grad_w, None, grad_b), 15)

@@ -183,6 +183,22 @@ def _input_gradient(g, x_hat, rstd, gx_mean, g_mean, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def _load_column_block(
+    DY, X, W, rows64, row_mask, c, n_cols, stride_dy, stride_x, offset, x_dtype,
+    CASTING: tl.constexpr, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Columns ``c`` of the looped backward's row tile: ``(dy, x, w, col_mask, mask)``, fp32."""
+    col_mask = c < n_cols
+    mask = row_mask[:, None] & col_mask[None, :]
+    dy = tl.load(DY + rows64 * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(X + rows64 * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if HAS_W:
+        w = _load_weight(W, c, col_mask, offset, x_dtype, CASTING)
+    return dy, x, w, col_mask, mask
+
+
+@triton.jit
 def _norm_backward_kernel(
     DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART,
     stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
@@ -237,25 +253,17 @@ def _norm_backward_kernel(
             g_sum = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
             for start in range(0, n_cols, BLOCK_N):  # pass 1: the row sums
                 c = start + cols
-                col_mask = c < n_cols
-                mask = row_mask[:, None] & col_mask[None, :]
-                dy = tl.load(DY + rows64 * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                x = tl.load(X + rows64 * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                w = tl.zeros([BLOCK_N], dtype=tl.float32)
-                if HAS_W:
-                    w = _load_weight(W, c, col_mask, offset, x_dtype, CASTING)
+                dy, x, w, col_mask, mask = _load_column_block(
+                    DY, X, W, rows64, row_mask, c, n_cols, stride_dy, stride_x, offset, x_dtype, CASTING, HAS_W, BLOCK_N
+                )
                 _, _, gx_b, g_b = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
                 gx_sum += gx_b
                 g_sum += g_b
             for start in range(0, n_cols, BLOCK_N):  # pass 2: dX, and dW / dB into the partial row
                 c = start + cols
-                col_mask = c < n_cols
-                mask = row_mask[:, None] & col_mask[None, :]
-                dy = tl.load(DY + rows64 * stride_dy + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                x = tl.load(X + rows64 * stride_x + c[None, :], mask=mask, other=0.0).to(tl.float32)
-                w = tl.zeros([BLOCK_N], dtype=tl.float32)
-                if HAS_W:
-                    w = _load_weight(W, c, col_mask, offset, x_dtype, CASTING)
+                dy, x, w, col_mask, mask = _load_column_block(
+                    DY, X, W, rows64, row_mask, c, n_cols, stride_dy, stride_x, offset, x_dtype, CASTING, HAS_W, BLOCK_N
+                )
                 g, x_hat, _, _ = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
                 dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
                 tl.store(DX + rows64 * stride_dx + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)

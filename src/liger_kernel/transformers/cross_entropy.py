@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction, check_ce_options
+from liger_kernel.ops.cross_entropy import CEOptions, LigerCrossEntropyFunction
 
 
 @dataclass
@@ -31,6 +31,22 @@ def pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted
     return outputs[0]
 
 
+def keep_options(module: nn.Module, **options) -> None:
+    """A loss module's ``__init__``: check the options and keep each as an attribute of its name.
+    They come in the order of the Function's arguments after the tensors (see ``apply_options``)."""
+    CEOptions(**{name: value for name, value in options.items() if name in CEOptions._fields}).check()
+    for name, value in options.items():
+        setattr(module, name, value)
+    module._option_names = tuple(options)
+
+
+def apply_options(function, module: nn.Module, *tensors):
+    """A loss module's ``forward``: ``function`` on the tensors and the module's current options,
+    packed by ``pack_outputs``."""
+    outputs = function.apply(*tensors, *(getattr(module, name) for name in module._option_names))
+    return pack_outputs(outputs, module.return_z_loss, module.return_token_accuracy, module.return_predicted_tokens)
+
+
 class LigerCrossEntropyLoss(nn.Module):
     """Cross-entropy of logits [BT, V] against labels [BT]; options as ``F.cross_entropy`` plus
     z-loss (``lse_square_scale``), tanh ``softcap`` and token accuracy / predicted tokens.
@@ -52,29 +68,18 @@ class LigerCrossEntropyLoss(nn.Module):
         return_predicted_tokens=False,
     ):
         super().__init__()
-        check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
-        self.weight = weight
-        self.ignore_index = ignore_index
-        self.lse_square_scale = lse_square_scale
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.softcap = softcap
-        self.return_z_loss = return_z_loss
-        self.return_token_accuracy = return_token_accuracy
-        self.return_predicted_tokens = return_predicted_tokens
+        keep_options(
+            self,
+            weight=weight,
+            ignore_index=ignore_index,
+            lse_square_scale=lse_square_scale,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            softcap=softcap,
+            return_z_loss=return_z_loss,
+            return_token_accuracy=return_token_accuracy,
+            return_predicted_tokens=return_predicted_tokens,
+        )
 
     def forward(self, _input, target):
-        outputs = LigerCrossEntropyFunction.apply(
-            _input,
-            target,
-            self.weight,
-            self.ignore_index,
-            self.lse_square_scale,
-            self.label_smoothing,
-            self.reduction,
-            self.softcap,
-            self.return_z_loss,
-            self.return_token_accuracy,
-            self.return_predicted_tokens,
-        )
-        return pack_outputs(outputs, self.return_z_loss, self.return_token_accuracy, self.return_predicted_tokens)
+        return apply_options(LigerCrossEntropyFunction, self, _input, target)

@@ -3,9 +3,8 @@ without the ``[BT, V]`` logits."""
 
 import torch.nn as nn
 
-from liger_kernel.ops.cross_entropy import check_ce_options
 from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
-from liger_kernel.transformers.cross_entropy import pack_outputs
+from liger_kernel.transformers.cross_entropy import apply_options, keep_options
 
 
 class LigerFusedLinearCrossEntropyLoss(nn.Module):
@@ -31,35 +30,20 @@ class LigerFusedLinearCrossEntropyLoss(nn.Module):
         return_predicted_tokens=False,
     ):
         super().__init__()
-        check_ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap)
-        self.ce_weight = ce_weight
-        self.ignore_index = ignore_index
-        self.lse_square_scale = lse_square_scale
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.softcap = softcap
-        self.return_z_loss = return_z_loss
-        self.accum_dtype = accum_dtype
-        self.use_token_scaling = use_token_scaling
-        self.return_token_accuracy = return_token_accuracy
-        self.return_predicted_tokens = return_predicted_tokens
+        keep_options(
+            self,
+            ce_weight=ce_weight,
+            ignore_index=ignore_index,
+            lse_square_scale=lse_square_scale,
+            label_smoothing=label_smoothing,
+            reduction=reduction,
+            softcap=softcap,
+            return_z_loss=return_z_loss,
+            accum_dtype=accum_dtype,
+            use_token_scaling=use_token_scaling,
+            return_token_accuracy=return_token_accuracy,
+            return_predicted_tokens=return_predicted_tokens,
+        )
 
     def forward(self, lin_weight, _input, target, bias=None):
-        outputs = LigerFusedLinearCrossEntropyFunction.apply(
-            _input,
-            lin_weight,
-            target,
-            bias,
-            self.ce_weight,
-            self.ignore_index,
-            self.lse_square_scale,
-            self.label_smoothing,
-            self.reduction,
-            self.softcap,
-            self.return_z_loss,
-            self.accum_dtype,
-            self.use_token_scaling,
-            self.return_token_accuracy,
-            self.return_predicted_tokens,
-        )
-        return pack_outputs(outputs, self.return_z_loss, self.return_token_accuracy, self.return_predicted_tokens)
+        return apply_options(LigerFusedLinearCrossEntropyFunction, self, _input, lin_weight, target, bias)
