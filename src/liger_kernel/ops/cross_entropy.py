@@ -41,7 +41,15 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import check_float, check_same_device, empty_output, fallback_backward, fallback_forward
+from liger_kernel.ops.utils import (
+    cdiv,
+    check_float,
+    check_same_device,
+    empty_output,
+    fallback_backward,
+    fallback_forward,
+    next_power_of_2,
+)
 from liger_kernel.utils import use_triton
 
 # Vocabulary block one program handles per loop step (8192 bf16 = 16 KB in flight per program).
@@ -278,7 +286,7 @@ def _scale_kernel(ptr, stride_row, n_rows, n_cols, g_ptr, stride_g, PER_ROW: tl.
 
 def ce_settings(n_cols: int) -> tuple[int, int]:
     """Vocabulary block and warps for one row of ``n_cols`` logits."""
-    block = min(triton.next_power_of_2(max(n_cols, 1)), MAX_BLOCK)
+    block = min(next_power_of_2(max(n_cols, 1)), MAX_BLOCK)
     warps = 16 if block >= 8192 else 8 if block >= 2048 else 4
     return block, warps
 
@@ -292,8 +300,8 @@ def scale_by_upstream(t: torch.Tensor, grad_output: torch.Tensor, per_row: bool)
     t2 = t.view(1, -1) if t.dim() == 1 else t
     g = grad_output.reshape(-1) if per_row else grad_output.reshape(1)
     n_rows, n_cols = t2.shape
-    block = min(triton.next_power_of_2(n_cols), 4096)
-    n_col_blocks = triton.cdiv(n_cols, block)
+    block = min(next_power_of_2(n_cols), 4096)
+    n_col_blocks = cdiv(n_cols, block)
     grid = (n_rows, n_col_blocks) if per_row else (min(n_rows * n_col_blocks, 1024),)
     _scale_kernel[grid](t2, t2.stride(0), n_rows, n_cols, g, g.stride(0), per_row, block, num_warps=8)
 

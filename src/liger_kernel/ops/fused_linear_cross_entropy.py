@@ -31,7 +31,6 @@ per chunk instead of 3).
 """
 
 import torch
-import triton
 
 from liger_kernel.ops.cross_entropy import (
     CEOptions,
@@ -49,7 +48,13 @@ from liger_kernel.ops.cross_entropy import (
     row_outputs,
     scale_by_upstream,
 )
-from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, fallback_backward
+from liger_kernel.ops.utils import (
+    cdiv,
+    check_float,
+    check_same_device,
+    check_same_dtype,
+    fallback_backward,
+)
 from liger_kernel.utils import use_triton
 
 # Bytes of one chunk's logits (their gradient is written over them). Overridable at run time:
@@ -68,10 +73,10 @@ def chunk_rows(n_rows: int, n_cols: int, element_size: int) -> int:
     limit = max(1, CHUNK_BUDGET_BYTES // max(1, n_cols * element_size))
     if limit >= CHUNK_ALIGN:
         limit -= limit % CHUNK_ALIGN
-    n_chunks = triton.cdiv(max(n_rows, 1), limit)
-    rows = triton.cdiv(max(n_rows, 1), n_chunks)
+    n_chunks = cdiv(max(n_rows, 1), limit)
+    rows = cdiv(max(n_rows, 1), n_chunks)
     if limit >= CHUNK_ALIGN:
-        rows = min(triton.cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit, max(n_rows, 1))
+        rows = min(cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit, max(n_rows, 1))
     return rows
 
 

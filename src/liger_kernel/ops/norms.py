@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import check_float, check_same_device, empty_output
+from liger_kernel.ops.utils import cdiv, check_float, check_same_device, empty_output, next_power_of_2
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
@@ -285,8 +285,8 @@ def _norm_backward_kernel(
 def _settings(n_rows: int, n_cols: int, max_block: int) -> tuple[int, int, int]:
     """(BLOCK_ROWS, BLOCK_N, num_warps): whole rows up to ``max_block``, several rows per program
     when they are narrow, and about 16 elements per thread (two 16-byte loads of bf16)."""
-    block_n = min(triton.next_power_of_2(max(n_cols, 1)), max_block)
-    block_rows = max(1, min(TILE // block_n, triton.next_power_of_2(max(n_rows, 1))))
+    block_n = min(next_power_of_2(max(n_cols, 1)), max_block)
+    block_rows = max(1, min(TILE // block_n, next_power_of_2(max(n_rows, 1))))
     num_warps = min(MAX_WARPS, max(4, block_rows * block_n // ELEMENTS_PER_WARP))
     return block_rows, block_n, num_warps
 
@@ -345,7 +345,7 @@ def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool)
     mean = None if is_rms else torch.empty(n_rows, dtype=torch.float32, device=X.device)
     if Y.numel():
         block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK)
-        _norm_forward_kernel[(triton.cdiv(n_rows, block_rows),)](
+        _norm_forward_kernel[(cdiv(n_rows, block_rows),)](
             X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
             X2.stride(0), n_rows, n_cols, float(eps), float(offset),
             is_rms, casting, W is not None, B is not None,
@@ -370,7 +370,7 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
         return dX2, zeros if need_dw else None, zeros if need_db else None
     block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK)
     single = block_n >= n_cols
-    n_programs = _num_programs(triton.cdiv(n_rows, block_rows), X2.device, num_warps)
+    n_programs = _num_programs(cdiv(n_rows, block_rows), X2.device, num_warps)
     # Partials: every program stores its row when it holds dW in registers; the looped path adds
     # block by block into it, so it starts at zero.
     alloc = torch.empty if single else torch.zeros

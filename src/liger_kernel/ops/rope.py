@@ -13,12 +13,14 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    cdiv,
     check_float,
     check_same_device,
     check_same_dtype,
     empty_output,
     fallback_backward,
     fallback_forward,
+    next_power_of_2,
 )
 from liger_kernel.utils import use_triton
 
@@ -183,11 +185,11 @@ def _strides(x: torch.Tensor):
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_HQ cap, number of position blocks)."""
-    block_h = max(1, min(triton.next_power_of_2(n_q_heads), TILE // half_pad))
-    block_t = max(1, min(TILE // (block_h * half_pad), triton.next_power_of_2(seq_len), 64))
-    while block_t > 1 and batch * triton.cdiv(seq_len, block_t) < MIN_PROGRAMS:
+    block_h = max(1, min(next_power_of_2(n_q_heads), TILE // half_pad))
+    block_t = max(1, min(TILE // (block_h * half_pad), next_power_of_2(seq_len), 64))
+    while block_t > 1 and batch * cdiv(seq_len, block_t) < MIN_PROGRAMS:
         block_t //= 2
-    return block_t, block_h, triton.cdiv(seq_len, block_t)
+    return block_t, block_h, cdiv(seq_len, block_t)
 
 
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bool, orders):
@@ -203,10 +205,10 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bo
     if batch * seq_len == 0:
         return qo, ko
     half = rotary_dim // 2
-    half_pad = triton.next_power_of_2(half)
+    half_pad = next_power_of_2(half)
     pass_dims = head_dim - rotary_dim
     block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, n_q_heads, half_pad)
-    block_hk = max(1, min(triton.next_power_of_2(n_k_heads), block_h))
+    block_hk = max(1, min(next_power_of_2(n_k_heads), block_h))
 
     def cos_strides(c):
         return (0 if c.shape[0] == 1 else c.stride(0)), c.stride(1), c.stride(2)
@@ -221,7 +223,7 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bo
         BLOCK_HQ=block_h,
         BLOCK_HK=block_hk,
         HALF_PAD=half_pad,
-        PASS_PAD=triton.next_power_of_2(pass_dims) if pass_dims else 1,
+        PASS_PAD=next_power_of_2(pass_dims) if pass_dims else 1,
         INVERSE=inverse,
         COMPUTE=tl.float64 if q.dtype == torch.float64 else tl.float32,
         num_warps=NUM_WARPS,

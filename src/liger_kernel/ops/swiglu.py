@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    cdiv,
     check_float,
     check_same_device,
     check_same_dtype,
@@ -24,6 +25,7 @@ from liger_kernel.ops.utils import (
     empty_output,
     fallback_backward,
     fallback_forward,
+    next_power_of_2,
 )
 from liger_kernel.utils import use_triton
 
@@ -102,7 +104,7 @@ ELEMENTS_PER_WARP = 512
 
 
 def _launch_settings(n_cols: int) -> tuple[int, int]:
-    block = min(triton.next_power_of_2(n_cols), BLOCK)
+    block = min(next_power_of_2(n_cols), BLOCK)
     return block, max(4, min(16, block // ELEMENTS_PER_WARP))
 
 
@@ -112,7 +114,7 @@ def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Te
     n_rows, n_cols = a2.shape
     if c.numel():
         block, warps = _launch_settings(n_cols)
-        grid = (n_rows, triton.cdiv(n_cols, block))
+        grid = (n_rows, cdiv(n_cols, block))
         _gated_forward_kernel[grid](a2, b2, c, a2.stride(0), b2.stride(0), n_cols, activation, block, num_warps=warps)
     return c
 
@@ -127,7 +129,7 @@ def gated_backward(dc, a, b, activation: str, in_place: bool):
     n_rows, n_cols = a2.shape
     if a2.numel():
         block, warps = _launch_settings(n_cols)
-        grid = (n_rows, triton.cdiv(n_cols, block))
+        grid = (n_rows, cdiv(n_cols, block))
         _gated_backward_kernel[grid](
             dc2,
             a2,

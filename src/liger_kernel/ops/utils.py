@@ -7,7 +7,6 @@ import operator as _operator
 import os
 
 import torch
-import triton
 import triton.language as tl
 from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
 
@@ -24,9 +23,21 @@ torch_to_triton_dtype = {
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1). Plain Python: ``triton.next_power_of_2`` is a
+    constexpr function in recent Triton and costs ~4 us a call on the host, a dozen of which per
+    forward+backward showed up in the ops' launch overhead."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division of ints (host-side twin of ``triton.cdiv``)."""
+    return -(-int(a) // int(b))
+
+
 def calculate_settings(n: int) -> tuple[int, int]:
     """Block size (next power of two of ``n``) and warps for a program that holds one row of ``n``."""
-    block_size = triton.next_power_of_2(n)
+    block_size = next_power_of_2(n)
     if block_size > MAX_FUSED_SIZE:
         raise RuntimeError(
             f"Cannot launch a Triton kernel on rows of {n} elements: the widest row held in one "
