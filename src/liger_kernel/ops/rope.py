@@ -174,13 +174,15 @@ def _empty_in_order(shape, like: torch.Tensor, order: list[int]) -> torch.Tensor
     natively, and what lets the gradient flow back through the transpose and the projection's
     ``view`` without a copy. Contiguous inputs get contiguous outputs.
     """
+    if order == sorted(order):
+        return empty_output(shape, like)
     out = empty_output([shape[i] for i in order], like)
     return out.permute([order.index(i) for i in range(len(shape))])
 
 
 def _strides(x: torch.Tensor):
     """(b, h, t, d) strides of a [B, H, T, D] view."""
-    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+    return x.stride()
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
@@ -211,7 +213,8 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bo
     block_hk = max(1, min(next_power_of_2(n_k_heads), block_h))
 
     def cos_strides(c):
-        return (0 if c.shape[0] == 1 else c.stride(0)), c.stride(1), c.stride(2)
+        s = c.stride()
+        return (0 if c.shape[0] == 1 else s[0]), s[1], s[2]
 
     _rope_kernel[(batch * n_t_blocks,)](
         q4, k4, qo4, ko4, cos, sin,
@@ -250,7 +253,7 @@ def check_rope_inputs(q, k, cos, sin, unsqueeze_dim, rotary_dim) -> int:
         raise ValueError(
             f"`k` has shape {tuple(k.shape)} but `q` has {tuple(q.shape)}: batch and sequence lengths must match."
         )
-    if cos.shape != sin.shape:
+    if tuple(cos.shape) != tuple(sin.shape):
         raise ValueError(f"`sin` has shape {tuple(sin.shape)} but `cos` has {tuple(cos.shape)}: they must match.")
     if cos.dim() not in (2, 3) or cos.shape[-2] != seq_len or (cos.dim() == 3 and cos.shape[0] not in (1, batch)):
         raise ValueError(
