@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    as_rows,
     cdiv,
     check_float,
     check_same_device,
@@ -390,13 +391,17 @@ def ce_rows_launch(
     )
 
 
-def raise_if_bad_labels(bad: torch.Tensor, n_cols: int, ignore_index: int) -> None:
-    """Fail on the kernel's out-of-range-label flag: at once on CPU (or with
-    ``LIGER_KERNEL_CHECK_LABELS=sync``), else through an asynchronous device assert (no sync)."""
-    message = (
+def bad_label_message(n_cols: int, ignore_index: int) -> str:
+    return (
         f"`target` holds a label outside [0, {n_cols}) that is not ignore_index={ignore_index}: "
         "every label must be a class index of the logits or the ignore_index."
     )
+
+
+def raise_if_bad_labels(bad: torch.Tensor, n_cols: int, ignore_index: int) -> None:
+    """Fail on the kernel's out-of-range-label flag: at once on CPU (or with
+    ``LIGER_KERNEL_CHECK_LABELS=sync``), else through an asynchronous device assert (no sync)."""
+    message = bad_label_message(n_cols, ignore_index)
     if bad.device.type == "cpu" or os.environ.get("LIGER_KERNEL_CHECK_LABELS") == "sync":
         if bad.item():
             raise ValueError(message)
@@ -427,9 +432,7 @@ def cross_entropy_forward(x, target, weight, opts: CEOptions, write_grad):
     """``(loss, z_loss, token_accuracy, predicted_tokens, grad)``; ``grad`` is ``x``'s 2-D view
     holding d(loss)/d(logits), written over the logits, or None when ``write_grad`` is False."""
     n_cols = x.shape[-1]
-    x2 = x.reshape(-1, n_cols)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x)
     y = target.reshape(-1)
     w, mask, norm, wsum = label_stats(y, weight, opts.ignore_index, n_cols)
     loss_rows, z_rows, pred, bad = row_outputs(x2.shape[0], x2, opts)
@@ -458,10 +461,7 @@ def check_labels_host(target, ignore_index: int, n_cols: int) -> None:
     """The reference's label check (one sync; the kernels check on the device instead)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= n_cols))
     if bool(bad.any()):
-        raise ValueError(
-            f"`target` holds a label outside [0, {n_cols}) that is not ignore_index={ignore_index}: "
-            "every label must be a class index of the logits or the ignore_index."
-        )
+        raise ValueError(bad_label_message(n_cols, ignore_index))
 
 
 # ----------------------------------------------------------------------------- reference

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import cdiv, check_float, check_same_device, empty_output, next_power_of_2
+from liger_kernel.ops.utils import as_rows, cdiv, check_float, check_same_device, empty_output, next_power_of_2
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
@@ -302,14 +302,6 @@ def _num_programs(n_tiles: int, device: torch.device, num_warps: int) -> int:
     if interpreting() or device.type != "cuda":
         return max(1, min(n_tiles, 3))
     return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, BWD_WARPS_PER_SM // num_warps)))
-
-
-def as_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as [rows, H] with unit column stride, copying only when no such view exists."""
-    t2 = t.reshape(-1, t.shape[-1])
-    if t2.stride(-1) != 1 or (t2.shape[0] > 1 and t2.stride(0) < t2.shape[1]):
-        t2 = t2.contiguous()
-    return t2
 
 
 def check_norm_inputs(X, W, B=None) -> None:

@@ -3,7 +3,6 @@ CPU / ``LIGER_KERNEL_IMPL=torch`` fallback to each op's PyTorch reference."""
 
 import functools
 import importlib.metadata
-import operator as _operator
 import os
 
 import torch
@@ -74,8 +73,13 @@ def compare_version(package: str, operator, target: str) -> bool:
     return operator(Version(installed), Version(target))
 
 
-def triton_at_least(target: str) -> bool:
-    return compare_version("triton", _operator.ge, target)
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a 2-D [rows, H] view with unit column stride and non-overlapping rows, copying only
+    when no such view exists (the kernels index rows by one stride and may write into them)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    if t2.stride(-1) != 1 or (t2.shape[0] > 1 and t2.stride(0) < t2.shape[1]):
+        t2 = t2.contiguous()
+    return t2
 
 
 def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
