@@ -1,0 +1,120 @@
+"""Where a provider's forward+backward spends its time outside the kernels (CUDA only).
+
+    PYTHONPATH=src python benchmarks/host_cost.py --ops rms_norm,rope --level quick
+    PYTHONPATH=.peer/liger085 python benchmarks/host_cost.py --provider liger085 ...
+
+For each op at its anchor shape and its smallest sweep shape, one line: do_bench median of
+fwd+bwd, the CUDA-graph time (the kernels alone), the host time to enqueue one fwd+bwd (20 calls
+back to back, no synchronization: when it exceeds the graph time, do_bench measures the CPU),
+and the number of host synchronizations torch reports in one call. ``--profile`` adds a
+``torch.profiler`` table of one do_bench-like loop (CUDA kernels and CUDA runtime calls) and a
+``cProfile`` of the Python side.
+"""
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_ops  # noqa: E402
+from run import graph_time  # noqa: E402
+
+
+def fwd_bwd_fn(op, p, provider):
+    torch.manual_seed(0)
+    args, grad_idx, grad_outs = op.inputs(p, "cuda")
+    gin = [args[i] for i in grad_idx]
+    fn = bench_ops.provider_fn(op, p, provider)
+
+    def fwd_bwd():
+        out = fn(*args)
+        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return torch.autograd.grad(outs, gin, grad_outs)
+
+    return fwd_bwd
+
+
+def host_us(fn, calls=20):
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    return (t1 - t0) / calls * 1e6
+
+
+def syncs(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def profile(fn, rows):
+    cache = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(5):
+            cache.zero_()
+            fn()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60))
+    runtime = [e for e in prof.key_averages() if e.key.startswith(("cuda", "cu")) and not e.key.startswith("cutlass")]
+    print("  CUDA runtime calls (5 iterations):", ", ".join(f"{e.key} x{e.count}" for e in runtime))
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(20):
+        fn()
+    pr.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(pr).sort_stats("tottime").print_stats(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ops", default="rms_norm,layer_norm,rope,swiglu,geglu,cross_entropy")
+    ap.add_argument("--provider", default="ours")
+    ap.add_argument("--level", default="quick")
+    ap.add_argument("--profile", default="", help="comma list of ops to profile at the anchor")
+    args = ap.parse_args()
+    import liger_kernel
+
+    print(f"liger_kernel from {liger_kernel.__file__}; torch {torch.__version__}; {torch.cuda.get_device_name()}")
+    print(f"{'op':<26}{'shape':<28}{'do_bench':>10}{'graph':>10}{'host':>10}{'syncs':>7}   ({args.provider}, ms)")
+    for name in args.ops.split(","):
+        op = bench_ops.OPS[name]
+        shapes = {"anchor": op.anchor(args.level)}
+        smallest = op.sweeps(args.level)[0].points[0][1]
+        if bench_ops.case_id(smallest) != bench_ops.case_id(shapes["anchor"]):
+            shapes["small"] = smallest
+        for label, p in shapes.items():
+            fn = fwd_bwd_fn(op, p, args.provider)
+            for _ in range(3):
+                fn()
+            bench = do_bench(fn, warmup=25, rep=100)
+            graph = graph_time(fn)
+            print(
+                f"{name + ' ' + label:<26}{op.shape_str(p):<28}{bench:>10.3f}{graph:>10.3f}"
+                f"{host_us(fn) / 1e3:>10.3f}{syncs(fn):>7}",
+                flush=True,
+            )
+            if name in args.profile.split(",") and label == "anchor":
+                profile(fn, 14)
+            del fn
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
