@@ -136,7 +136,7 @@ def _patch(family, provider):
     return liger_kernel.__file__
 
 
-def worker(case, provider, smoke, warmup, steps):
+def worker(case, provider, smoke, warmup, steps, profile=False):
     import torch
     import transformers
 
@@ -165,17 +165,21 @@ def worker(case, provider, smoke, warmup, steps):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     losses = []
+
+    def step(i):
+        loss = model(input_ids=ids[i], labels=ids[i]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
     try:
         for i in range(warmup + steps):
             if i == warmup:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-            loss = model(input_ids=ids[i], labels=ids[i]).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            step(i)
         if device == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -191,6 +195,13 @@ def worker(case, provider, smoke, warmup, steps):
         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         losses=[float(x) for x in losses],
     )
+    if profile:  # one more step under the profiler: where the GPU time goes, by kernel
+        with torch.profiler.profile() as prof:
+            step(warmup + steps - 1)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70))
     return out
 
 
@@ -413,9 +424,10 @@ def main():
         "--out", help="results folder (default benchmarks/results/<gpu>; with --smoke nothing is written unless given)"
     )
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "PROVIDER"), help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help="with --worker: print a kernel profile of one step")
     args = ap.parse_args()
     if args.worker:
-        r = worker(*args.worker, args.smoke, args.warmup, args.steps)
+        r = worker(*args.worker, args.smoke, args.warmup, args.steps, args.profile)
         print(RESULT + json.dumps(r), flush=True)
         return
 

@@ -6,9 +6,9 @@ kernels here also serve GeGLU (``ops/geglu.py``) through the ``ACTIVATION`` cons
 
 ``LigerGatedMLPFunction`` is the whole MLP ``down(act(gate(x)) * up(x))`` as one autograd node
 that keeps x, a = gate(x) and b = up(x) for backward but not c = act(a) * b, which the down
-projection's weight gradient needs: backward recomputes c with one more elementwise pass
-(~0.1 ms per layer) and saves one [tokens, intermediate] tensor per layer (256 MB at 16384
-tokens x 8192 in bf16).
+projection's weight gradient needs: the backward kernel recomputes c in the pass that gives da
+and db (one more write, written over dc) and saves one [tokens, intermediate] tensor per layer
+(256 MB at 16384 tokens x 8192 in bf16).
 """
 
 import torch
@@ -50,95 +50,96 @@ def _activation_and_slope(a, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def _block_offsets(n_cols, blocks_per_row, BLOCK: tl.constexpr):
+    """(row, cols, mask) of this program's block: a 1-D grid over rows x column blocks."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // blocks_per_row
+    cols = (pid % blocks_per_row) * BLOCK + tl.arange(0, BLOCK)
+    return row, cols, cols < n_cols
+
+
+@triton.jit
 def _gated_forward_kernel(
-    a_ptr, b_ptr, c_ptr, stride_a, stride_b, n_cols, ACTIVATION: tl.constexpr, BLOCK: tl.constexpr
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    a_ptr, b_ptr, c_ptr, stride_a, stride_b, stride_c, n_cols, blocks_per_row,
+    ACTIVATION: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row, cols, mask = _block_offsets(n_cols, blocks_per_row, BLOCK)
     a = tl.load(a_ptr + row * stride_a + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + row * stride_b + cols, mask=mask, other=0.0).to(tl.float32)
     act, _ = _activation_and_slope(a, ACTIVATION)
-    tl.store(c_ptr + row * n_cols + cols, (act * b).to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptr + row * stride_c + cols, (act * b).to(c_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _gated_backward_kernel(
-    dc_ptr,
-    a_ptr,
-    b_ptr,
-    da_ptr,
-    db_ptr,
-    stride_dc,
-    stride_a,
-    stride_b,
-    stride_da,
-    stride_db,
-    n_cols,
-    ACTIVATION: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    dc_ptr, a_ptr, b_ptr, da_ptr, db_ptr, stride_dc, stride_a, stride_b, stride_da, stride_db,
+    n_cols, blocks_per_row, ACTIVATION: tl.constexpr, STORE_C: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """da = dc * b * act'(a), db = dc * act(a); with ``STORE_C`` also c = act(a) * b, written
+    over dc (each element is read before it is overwritten, by the same program)."""
+    row, cols, mask = _block_offsets(n_cols, blocks_per_row, BLOCK)
     dc = tl.load(dc_ptr + row * stride_dc + cols, mask=mask, other=0.0).to(tl.float32)
     a = tl.load(a_ptr + row * stride_a + cols, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + row * stride_b + cols, mask=mask, other=0.0).to(tl.float32)
     act, slope = _activation_and_slope(a, ACTIVATION)
     tl.store(da_ptr + row * stride_da + cols, (dc * b * slope).to(da_ptr.dtype.element_ty), mask=mask)
     tl.store(db_ptr + row * stride_db + cols, (dc * act).to(db_ptr.dtype.element_ty), mask=mask)
+    if STORE_C:
+        tl.store(dc_ptr + row * stride_dc + cols, (act * b).to(dc_ptr.dtype.element_ty), mask=mask)
 
 
 # Widest column block of one program, and elements per warp. Swept on H100 at 8192x14336 bf16
 # (CUDA-graph GPU time): 8192 over 16 warps -> forward 99%, backward 99% of the memory floor;
-# 2048 over 8 warps -> 98% / 97%.
+# 2048 over 8 warps -> 98% / 97%. Contiguous tensors are launched as one flat row, so no block
+# is partly masked (14336 columns would leave a quarter of every second block idle).
 BLOCK = 8192
 ELEMENTS_PER_WARP = 512
 
 
-def _launch_settings(n_cols: int) -> tuple[int, int]:
+def _as_blocks(*tensors):
+    """The tensors as 2-D [rows, n] views for the kernels, the launch grid and its settings: one
+    flat row when all are contiguous, else rows of the last dimension (copying only what has
+    no row view)."""
+    if all(t.is_contiguous() for t in tensors):
+        views = [t.view(1, t.numel()) for t in tensors]
+    else:
+        views = [as_rows(t) for t in tensors]
+    n_rows, n_cols = views[0].shape
     block = min(next_power_of_2(n_cols), BLOCK)
-    return block, max(4, min(16, block // ELEMENTS_PER_WARP))
+    blocks_per_row = cdiv(n_cols, block)
+    warps = max(4, min(16, block // ELEMENTS_PER_WARP))
+    return views, (n_rows * blocks_per_row,), blocks_per_row, block, warps
 
 
 def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Tensor:
-    a2, b2 = as_rows(a), as_rows(b)
     c = empty_output(a.shape, a)
-    n_rows, n_cols = a2.shape
     if c.numel():
-        block, warps = _launch_settings(n_cols)
-        grid = (n_rows, cdiv(n_cols, block))
-        _gated_forward_kernel[grid](a2, b2, c, a2.stride(0), b2.stride(0), n_cols, activation, block, num_warps=warps)
+        (a2, b2, c2), grid, per_row, block, warps = _as_blocks(a, b, c)
+        _gated_forward_kernel[grid](
+            a2, b2, c2, a2.stride(0), b2.stride(0), c2.stride(0), c2.shape[1], per_row, activation, block,
+            num_warps=warps,
+        )  # fmt: skip
     return c
 
 
-def gated_backward(dc, a, b, activation: str, in_place: bool):
-    """``(da, db)``; with ``in_place`` they overwrite ``a`` and ``b`` (no new memory)."""
-    dc2, a2, b2 = as_rows(dc), as_rows(a), as_rows(b)
+def gated_backward(dc, a, b, activation: str, in_place: bool, store_c: bool = False):
+    """``(da, db)``; with ``in_place`` they overwrite ``a`` and ``b`` (no new memory). With
+    ``store_c``, ``act(a) * b`` is also written over ``dc``, which must then be a contiguous
+    buffer the caller owns (``LigerGatedMLPFunction`` recomputes c this way, in the same pass)."""
+    if not a.numel():
+        return torch.empty_like(a), torch.empty_like(b)
+    (dc2, a2, b2), grid, per_row, block, warps = _as_blocks(dc, a, b)
+    if store_c and dc2.data_ptr() != dc.data_ptr():
+        raise ValueError("`dc` must be contiguous to receive c (store_c=True).")
     if in_place and a2.data_ptr() == a.data_ptr() and b2.data_ptr() == b.data_ptr():
         da2, db2 = a2, b2
     else:
         da2, db2 = empty_output(a2.shape, a2), empty_output(b2.shape, b2)
-    n_rows, n_cols = a2.shape
-    if a2.numel():
-        block, warps = _launch_settings(n_cols)
-        grid = (n_rows, cdiv(n_cols, block))
-        _gated_backward_kernel[grid](
-            dc2,
-            a2,
-            b2,
-            da2,
-            db2,
-            dc2.stride(0),
-            a2.stride(0),
-            b2.stride(0),
-            da2.stride(0),
-            db2.stride(0),
-            n_cols,
-            activation,
-            block,
-            num_warps=warps,
-        )
+    _gated_backward_kernel[grid](
+        dc2, a2, b2, da2, db2, dc2.stride(0), a2.stride(0), b2.stride(0), da2.stride(0), db2.stride(0),
+        a2.shape[1], per_row, activation, store_c, block,
+        num_warps=warps,
+    )  # fmt: skip
     return da2.view(a.shape) if da2 is not a2 else a, db2.view(b.shape) if db2 is not b2 else b
 
 
@@ -270,16 +271,20 @@ class LigerGatedMLPFunction(torch.autograd.Function):
         need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = d_gate = d_up = d_down = None
-        if need_down:
-            # c lives only for this one matmul: the memory the fused MLP saves.
-            d_down = dy2.T @ gated_forward(a, b, ctx.activation)
-        if need_x or need_gate or need_up:
-            da, db = gated_backward(dy2 @ down_weight, a, b, ctx.activation, in_place=True)
-            if ctx.stacked:  # da and db were written over the halves of ab: one matmul each for dW and dx
-                d_gate = ab.T @ x2 if need_gate else None
-                dx = ab @ gate_weight if need_x else None
-            else:
-                d_gate = da.T @ x2 if need_gate else None
-                d_up = db.T @ x2 if need_up else None
-                dx = torch.addmm(da @ gate_weight, db, up_weight) if need_x else None
+        if not (need_x or need_gate or need_up):
+            d_down = dy2.T @ gated_forward(a, b, ctx.activation) if need_down else None
+            return None, None, None, d_down, None
+        # One pass gives da and db (over a and b) and c = act(a) * b (over dc): c, which the down
+        # projection's weight gradient needs, is never stored between forward and backward.
+        dc = dy2 @ down_weight
+        da, db = gated_backward(dc, a, b, ctx.activation, in_place=True, store_c=need_down)
+        d_down = dy2.T @ dc if need_down else None
+        del dc
+        if ctx.stacked:  # da and db were written over the halves of ab: one matmul each for dW and dx
+            d_gate = ab.T @ x2 if need_gate else None
+            dx = ab @ gate_weight if need_x else None
+        else:
+            d_gate = da.T @ x2 if need_gate else None
+            d_up = db.T @ x2 if need_up else None
+            dx = torch.addmm(da @ gate_weight, db, up_weight) if need_x else None
         return None if dx is None else dx.view(ctx.x_shape), d_gate, d_up, d_down, None
