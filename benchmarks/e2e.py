@@ -5,8 +5,9 @@
     python benchmarks/e2e.py --smoke                # CPU: tiny models, checks the pipeline
 
 Random-init models built from a config (no downloads), bf16 weights (``model.to(bfloat16)``, as the
-anchors were measured), AdamW, sdpa attention, gradient checkpointing off (stock Hugging Face's
-default), labels = inputs. Providers: ``hf`` (stock transformers), ``ours`` (this repo's
+anchors were measured), fused AdamW (``torch.optim.AdamW(fused=True)`` on a GPU: the Hugging
+Face Trainer's default optimizer, ``adamw_torch_fused``), sdpa attention, gradient checkpointing
+off (stock Hugging Face's default), labels = inputs. Providers: ``hf`` (stock transformers), ``ours`` (this repo's
 ``apply_liger_kernel_to_<family>()`` before the model is built) and ``liger085`` (Liger Kernel
 0.8.5 from ``.peer/liger085``, see ``benchmarks/setup_peers.sh``; it has our import name and the
 same patch API, so the same code runs under it). Every (case, provider) is a fresh process: its
@@ -156,7 +157,7 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     model.to(torch.bfloat16).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     gen = torch.Generator(device).manual_seed(0)
     ids = torch.randint(0, config.vocab_size, (warmup + steps, batch, seq), device=device, generator=gen)
     out["params"] = sum(p.numel() for p in model.parameters())
@@ -341,13 +342,15 @@ def markdown(result):
         lines.append("| " + " | ".join(cells) + " |")
     v = m.get("versions") or {}
     attn = sorted({r.get("attn") for r in result["rows"] if r.get("attn")})
+    optimizer = "fused AdamW (the Trainer's default)" if m["device"] == "cuda" else "AdamW"
     lines += [
         "",
         f"{m['gpu']}, {m['date']}; torch {v.get('torch')}, triton {v.get('triton')}, transformers "
         f"{v.get('transformers')}"
         + (f"; peer Liger Kernel {m.get('peer_version') or '0.8.5'}" if "liger085" in provs else "")
         + ". Random-init models, "
-        f"bf16 weights, AdamW, {'/'.join(attn) or 'sdpa'} attention, no gradient checkpointing; "
+        f"bf16 weights, {optimizer}, {'/'.join(attn) or 'sdpa'} attention, "
+        "no gradient checkpointing; "
         f"{m['warmup']} warm-up steps then {m['steps']} timed; peak = `torch.cuda.max_memory_allocated` "
         "(weights, gradients and optimizer state included). Each run in its own process. "
         "Gemma 2 without attention-logit softcapping (sdpa cannot apply it); final-logit softcapping on.",
