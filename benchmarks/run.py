@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GROUPS = {"native": REPO / "src", "liger085": REPO / ".peer" / "liger085", "cce": REPO / ".peer" / "cce"}
 PREFIX = "@@"
+MIN_SAMPLES = 20  # timed calls per measurement, however long one call takes
 
 
 def group_of(provider: str) -> str:
@@ -92,9 +93,19 @@ class Timer:
     def __call__(self, fn):
         """[median, p20, p80] in ms."""
         if self.device == "cuda":
+            import torch
             from triton.testing import do_bench
 
-            return [float(t) for t in do_bench(fn, warmup=self.warmup, rep=self.rep, quantiles=[0.5, 0.2, 0.8])]
+            # At least MIN_SAMPLES timed calls: do_bench's rep is milliseconds, so a 40 ms op would
+            # get 2 samples, and the GPU's first second of heavy matmuls runs at a higher clock
+            # than the steady state (fused linear CE: 37.6 ms then 40.2 ms).
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            est = (time.perf_counter() - t0) * 1e3
+            warmup, rep = max(self.warmup, 5 * est), max(self.rep, MIN_SAMPLES * est)
+            return [float(t) for t in do_bench(fn, warmup=warmup, rep=rep, quantiles=[0.5, 0.2, 0.8])]
         t0 = time.perf_counter()
         fn()  # CPU: host clock around a few calls (one when a call is slow, as interpreted kernels are)
         times = []
@@ -128,7 +139,8 @@ class Timer:
             fn(setup())
         torch.cuda.synchronize()
         per_iter = max((time.perf_counter() - t0) * 1e3 / 3, 1e-3)
-        n_warm, n_rep = max(1, int(self.warmup / per_iter)), min(max(3, int(self.rep / per_iter)), 1000)
+        n_warm = max(5, int(self.warmup / per_iter))
+        n_rep = min(max(MIN_SAMPLES, int(self.rep / per_iter)), 1000)
         events = []
         for i in range(n_warm + n_rep):
             arg = setup()
@@ -553,7 +565,8 @@ def parent_main(args):
         "versions": {k: (workers["native"].meta or {}).get(k) for k in ("python", "torch", "triton", "transformers")},
         "commit": _git_commit(),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
-        "timing": f"do_bench(warmup={args.warmup}, rep={args.rep}) median [p20, p80]"
+        "timing": f"do_bench(warmup=max({args.warmup} ms, 5 calls), rep=max({args.rep} ms, {MIN_SAMPLES} calls)) "
+        "median [p20, p80]"
         if args.device == "cuda"
         else "host timer, median of 3 calls",
         "ceilings": ceilings,
