@@ -24,6 +24,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(norms, "FWD_MAX_BLOCK", 64)
     monkeypatch.setattr(norms, "BWD_MAX_BLOCK", 32)
     monkeypatch.setattr(norms, "TILE", 128)
+    monkeypatch.setattr(norms, "BWD_TILE", 128)
 
 
 def run_parity(shape, dtype, mode, offset, with_weight=True, w_dtype=None, in_place=False):

@@ -35,8 +35,12 @@ MAX_HIDDEN = 1 << 20
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 16384
 # Elements of one program's tile when rows are narrow: several rows per program, so a program
-# still moves enough bytes per step to hide memory latency.
+# still moves enough bytes per step to hide memory latency. The backward's larger tile gives 16
+# warps per program, so its persistent grid is one program per SM and its fp32 dW partials one
+# row per SM (at 4096 columns, 8 warps and 147 registers a thread fit one program per SM anyway,
+# and the second program per SM only ran after the first).
 TILE = 4096
+BWD_TILE = 8192
 # Warps' worth of backward programs per SM in the persistent grid. Swept on H100 at 16384x4096
 # bf16 (CUDA-graph GPU time): 16 -> 0.154 ms (87% of the 3-pass floor), 32 -> 0.166, 64 -> 0.164.
 BWD_WARPS_PER_SM = 16
@@ -282,11 +286,12 @@ def _norm_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _settings(n_rows: int, n_cols: int, max_block: int) -> tuple[int, int, int]:
+def _settings(n_rows: int, n_cols: int, max_block: int, tile: int) -> tuple[int, int, int]:
     """(BLOCK_ROWS, BLOCK_N, num_warps): whole rows up to ``max_block``, several rows per program
-    when they are narrow, and about 16 elements per thread (two 16-byte loads of bf16)."""
+    when they are narrow (up to ``tile`` elements), and about 16 elements per thread (two 16-byte
+    loads of bf16)."""
     block_n = min(next_power_of_2(max(n_cols, 1)), max_block)
-    block_rows = max(1, min(TILE // block_n, next_power_of_2(max(n_rows, 1))))
+    block_rows = max(1, min(tile // block_n, next_power_of_2(max(n_rows, 1))))
     num_warps = min(MAX_WARPS, max(4, block_rows * block_n // ELEMENTS_PER_WARP))
     return block_rows, block_n, num_warps
 
@@ -336,7 +341,7 @@ def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=X.device)
     mean = None if is_rms else torch.empty(n_rows, dtype=torch.float32, device=X.device)
     if Y.numel():
-        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK)
+        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, TILE)
         _norm_forward_kernel[(cdiv(n_rows, block_rows),)](
             X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
             X2.stride(0), n_rows, n_cols, float(eps), float(offset),
@@ -360,7 +365,7 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
     if dX2.numel() == 0:
         zeros = torch.zeros(n_cols, dtype=torch.float32, device=X2.device)
         return dX2, zeros if need_dw else None, zeros if need_db else None
-    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK)
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, BWD_TILE)
     single = block_n >= n_cols
     n_programs = _num_programs(cdiv(n_rows, block_rows), X2.device, num_warps)
     # Partials: every program stores its row when it holds dW in registers; the looped path adds
