@@ -6,7 +6,8 @@
 For each op at its anchor shape and its smallest sweep shape, one line: do_bench median of
 fwd+bwd, the CUDA-graph time (the kernels alone), the host time to enqueue one fwd+bwd (20 calls
 back to back, no synchronization: when it exceeds the graph time, do_bench measures the CPU),
-and the number of host synchronizations torch reports in one call. ``--profile`` adds a
+the number of host synchronizations torch reports in one call, and the host time of the
+forward and of the backward call alone. ``--profile`` adds a
 ``torch.profiler`` table of one do_bench-like loop (CUDA kernels and CUDA runtime calls) and a
 ``cProfile`` of the Python side.
 """
@@ -33,12 +34,37 @@ def fwd_bwd_fn(op, p, provider):
     gin = [args[i] for i in grad_idx]
     fn = bench_ops.provider_fn(op, p, provider)
 
-    def fwd_bwd():
+    def fwd():
         out = fn(*args)
-        outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def bwd(outs):
         return torch.autograd.grad(outs, gin, grad_outs)
 
+    def fwd_bwd():
+        return bwd(fwd())
+
+    fwd_bwd.phases = fwd, bwd
     return fwd_bwd
+
+
+def phase_us(fn, calls=50):
+    """Median host time (us) of the forward call and of the backward call, each started on an
+    idle GPU: the launch latency a short kernel cannot hide."""
+    fwd, bwd = fn.phases
+    times = {"fwd": [], "bwd": []}
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outs = fwd()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        bwd(outs)
+        t3 = time.perf_counter()
+        times["fwd"].append(t1 - t0)
+        times["bwd"].append(t3 - t2)
+    return [sorted(v)[calls // 2] * 1e6 for v in times.values()]
 
 
 def host_us(fn, calls=20):
@@ -92,7 +118,10 @@ def main():
     import liger_kernel
 
     print(f"liger_kernel from {liger_kernel.__file__}; torch {torch.__version__}; {torch.cuda.get_device_name()}")
-    print(f"{'op':<26}{'shape':<28}{'do_bench':>10}{'graph':>10}{'host':>10}{'syncs':>7}   ({args.provider}, ms)")
+    print(
+        f"{'op':<26}{'shape':<28}{'do_bench':>10}{'graph':>10}{'host':>10}{'syncs':>7}{'fwd us':>8}{'bwd us':>8}"
+        f"   ({args.provider}, ms)"
+    )
     for name in args.ops.split(","):
         op = bench_ops.OPS[name]
         shapes = {"anchor": op.anchor(args.level)}
@@ -107,7 +136,7 @@ def main():
             graph = graph_time(fn)
             print(
                 f"{name + ' ' + label:<26}{op.shape_str(p):<28}{bench:>10.3f}{graph:>10.3f}"
-                f"{host_us(fn) / 1e3:>10.3f}{syncs(fn):>7}",
+                f"{host_us(fn) / 1e3:>10.3f}{syncs(fn):>7}" + "".join(f"{t:>8.0f}" for t in phase_us(fn)),
                 flush=True,
             )
             if name in args.profile.split(",") and label == "anchor":

@@ -25,9 +25,15 @@ def infer_device() -> str:
     return "cpu"
 
 
+# Triton decides at import whether its kernels run interpreted; so do we (an environment lookup
+# per call costs microseconds of host time).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def interpreting() -> bool:
-    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when Triton kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1`` when this
+    package was imported)."""
+    return _INTERPRETING
 
 
 def use_triton(tensor: torch.Tensor) -> bool:

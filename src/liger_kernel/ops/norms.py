@@ -304,7 +304,7 @@ def _sm_count(device_index: int) -> int:
 def _num_programs(n_tiles: int, device: torch.device, num_warps: int) -> int:
     """The backward's persistent grid: a few programs per SM on a GPU (32 warps' worth); a
     handful under the interpreter, where each program is slow but must still loop over tiles."""
-    if interpreting() or device.type != "cuda":
+    if device.type != "cuda" or interpreting():
         return max(1, min(n_tiles, 3))
     return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, BWD_WARPS_PER_SM // num_warps)))
 

@@ -96,51 +96,51 @@ BLOCK = 8192
 ELEMENTS_PER_WARP = 512
 
 
-def _as_blocks(*tensors):
-    """The tensors as 2-D [rows, n] views for the kernels, the launch grid and its settings: one
-    flat row when all are contiguous, else rows of the last dimension (copying only what has
-    no row view)."""
+def _layout(*tensors):
+    """How the kernels see the tensors: ``(tensors, row strides, n_cols, grid, blocks_per_row,
+    BLOCK, num_warps)``. All contiguous: one flat row of every element, the tensors as they are
+    (no views: each costs microseconds of host time). Otherwise rows of the last dimension
+    (``as_rows`` copies only what has no row view)."""
     if all(t.is_contiguous() for t in tensors):
-        views = [t.view(1, t.numel()) for t in tensors]
+        n_rows, n_cols, strides = 1, tensors[0].numel(), (0,) * len(tensors)
     else:
-        views = [as_rows(t) for t in tensors]
-    n_rows, n_cols = views[0].shape
+        tensors = tuple(as_rows(t) for t in tensors)
+        (n_rows, n_cols), strides = tensors[0].shape, tuple(t.stride(0) for t in tensors)
     block = min(next_power_of_2(n_cols), BLOCK)
     blocks_per_row = cdiv(n_cols, block)
     warps = max(4, min(16, block // ELEMENTS_PER_WARP))
-    return views, (n_rows * blocks_per_row,), blocks_per_row, block, warps
+    return tensors, strides, n_cols, (n_rows * blocks_per_row,), blocks_per_row, block, warps
 
 
 def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Tensor:
     c = empty_output(a.shape, a)
     if c.numel():
-        (a2, b2, c2), grid, per_row, block, warps = _as_blocks(a, b, c)
-        _gated_forward_kernel[grid](
-            a2, b2, c2, a2.stride(0), b2.stride(0), c2.stride(0), c2.shape[1], per_row, activation, block,
-            num_warps=warps,
-        )  # fmt: skip
+        (a2, b2, c2), strides, n_cols, grid, per_row, block, warps = _layout(a, b, c)
+        _gated_forward_kernel[grid](a2, b2, c2, *strides, n_cols, per_row, activation, block, num_warps=warps)
     return c
 
 
 def gated_backward(dc, a, b, activation: str, in_place: bool, store_c: bool = False):
-    """``(da, db)``; with ``in_place`` they overwrite ``a`` and ``b`` (no new memory). With
-    ``store_c``, ``act(a) * b`` is also written over ``dc``, which must then be a contiguous
-    buffer the caller owns (``LigerGatedMLPFunction`` recomputes c this way, in the same pass)."""
+    """``(da, db)``; with ``in_place`` they overwrite ``a`` and ``b`` (no new memory) when those
+    are laid out as the kernels need. With ``store_c``, ``act(a) * b`` is also written over
+    ``dc``, which must then be a contiguous buffer the caller owns (``LigerGatedMLPFunction``
+    recomputes c this way, in the same pass)."""
     if not a.numel():
         return torch.empty_like(a), torch.empty_like(b)
-    (dc2, a2, b2), grid, per_row, block, warps = _as_blocks(dc, a, b)
-    if store_c and dc2.data_ptr() != dc.data_ptr():
+    if store_c and not dc.is_contiguous():
         raise ValueError("`dc` must be contiguous to receive c (store_c=True).")
+    (dc2, a2, b2), strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b)
+    flat = a2 is a  # _layout passes the tensors themselves only when it flattens them
     if in_place and a2.data_ptr() == a.data_ptr() and b2.data_ptr() == b.data_ptr():
-        da2, db2 = a2, b2
+        da, db, da2, db2 = a, b, a2, b2  # written over a and b (through their row views)
     else:
-        da2, db2 = empty_output(a2.shape, a2), empty_output(b2.shape, b2)
+        da, db = empty_output(a.shape, a), empty_output(b.shape, b)
+        da2, db2 = da, db  # contiguous: row stride n_cols
+    out_strides = (0, 0) if flat else (da2.stride(0) if da2 is a2 else n_cols, db2.stride(0) if db2 is b2 else n_cols)
     _gated_backward_kernel[grid](
-        dc2, a2, b2, da2, db2, dc2.stride(0), a2.stride(0), b2.stride(0), da2.stride(0), db2.stride(0),
-        a2.shape[1], per_row, activation, store_c, block,
-        num_warps=warps,
-    )  # fmt: skip
-    return da2.view(a.shape) if da2 is not a2 else a, db2.view(b.shape) if db2 is not b2 else b
+        dc2, a2, b2, da2, db2, *strides, *out_strides, n_cols, per_row, activation, store_c, block, num_warps=warps
+    )
+    return da, db
 
 
 def check_gated_inputs(a, b):

@@ -82,11 +82,16 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return t2
 
 
+# Read once, at import (tests/conftest.py sets it first): an environment lookup per output costs
+# microseconds of host time per call.
+POISON = os.environ.get("LIGER_KERNEL_POISON") == "1"
+
+
 def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """``torch.empty`` for a kernel's output. With ``LIGER_KERNEL_POISON=1`` (the tests set it)
-    float outputs are filled with NaN first, so an element the kernel fails to write shows."""
+    """``torch.empty`` for a kernel's output. With ``LIGER_KERNEL_POISON=1`` at import (the tests
+    set it) float outputs are filled with NaN first, so an element the kernel fails to write shows."""
     out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
-    if os.environ.get("LIGER_KERNEL_POISON") == "1" and out.is_floating_point():
+    if POISON and out.is_floating_point():
         out.fill_(float("nan"))
     return out
 
