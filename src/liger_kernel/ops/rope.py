@@ -176,8 +176,10 @@ def _empty_in_order(shape, like: torch.Tensor, order: list[int]) -> torch.Tensor
     """
     if order == sorted(order):
         return empty_output(shape, like)
-    out = empty_output([shape[i] for i in order], like)
-    return out.permute([order.index(i) for i in range(len(shape))])
+    strides, step = [0] * len(shape), 1
+    for i in reversed(order):
+        strides[i], step = step, step * shape[i]
+    return empty_output(shape, like, strides=strides)
 
 
 def _strides(x: torch.Tensor):

@@ -87,10 +87,15 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
 POISON = os.environ.get("LIGER_KERNEL_POISON") == "1"
 
 
-def empty_output(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
-    """``torch.empty`` for a kernel's output. With ``LIGER_KERNEL_POISON=1`` at import (the tests
-    set it) float outputs are filled with NaN first, so an element the kernel fails to write shows."""
-    out = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+def empty_output(shape, like: torch.Tensor, dtype=None, strides=None) -> torch.Tensor:
+    """``torch.empty`` (``torch.empty_strided`` with ``strides``) for a kernel's output. With
+    ``LIGER_KERNEL_POISON=1`` at import (the tests set it) float outputs are filled with NaN
+    first, so an element the kernel fails to write shows."""
+    dtype = dtype or like.dtype
+    if strides is None:
+        out = torch.empty(shape, dtype=dtype, device=like.device)
+    else:
+        out = torch.empty_strided(shape, strides, dtype=dtype, device=like.device)
     if POISON and out.is_floating_point():
         out.fill_(float("nan"))
     return out
