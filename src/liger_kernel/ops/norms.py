@@ -34,16 +34,9 @@ MAX_HIDDEN = 1 << 20
 # (8192 block, looped) to 0.645 ms, 83% of the floor; LayerNorm from 1.31 to 1.09 ms.
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 16384
-# Elements of one program's tile when rows are narrow: several rows per program, so a program
-# still moves enough bytes per step to hide memory latency. The backward's larger tile gives 16
-# warps per program, so its persistent grid is one program per SM and its fp32 dW partials one
-# row per SM (at 4096 columns, 8 warps and 147 registers a thread fit one program per SM anyway,
-# and the second program per SM only ran after the first).
+# Elements of one forward program's tile when rows are narrow: several rows per program, so a
+# program still moves enough bytes per step to hide memory latency.
 TILE = 4096
-BWD_TILE = 8192
-# Warps' worth of backward programs per SM in the persistent grid. Swept on H100 at 16384x4096
-# bf16 (CUDA-graph GPU time): 16 -> 0.154 ms (87% of the 3-pass floor), 32 -> 0.166, 64 -> 0.164.
-BWD_WARPS_PER_SM = 16
 # Elements per warp when choosing num_warps (16 per thread), up to MAX_WARPS (32 measured slower).
 ELEMENTS_PER_WARP = 512
 MAX_WARPS = 16
@@ -296,17 +289,30 @@ def _settings(n_rows: int, n_cols: int, max_block: int, tile: int) -> tuple[int,
     return block_rows, block_n, num_warps
 
 
+def _backward_tile(block_n: int) -> int:
+    """Elements of one backward tile (whole rows) for a column block of ``block_n``. The backward's
+    persistent grid is one program per SM, so its fp32 dW partials are one row per SM. Measured
+    on H100 (16384 rows bf16, CUDA-graph fwd+bwd, RMSNorm / LayerNorm us), per width:
+    1024: 2 rows, 4 warps 105 / 119 (4 rows, 8 warps: 113 / 158; 8 rows, 16 warps: 136 / 213);
+    2048: 2 rows, 8 warps 156 / 173 (1 row: 195 / 215; 4 rows: 190 / 269);
+    4096: 4 rows, 16 warps 241 / 248 (2 rows: 257 / 265; 1 row, 8 warps: 294 / 319).
+    From 8192 columns one row already needs 16 warps (and more spill registers)."""
+    if block_n <= 2048:
+        return max(2048, 2 * block_n)
+    return 4 * block_n if block_n == 4096 else block_n
+
+
 @functools.lru_cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _num_programs(n_tiles: int, device: torch.device, num_warps: int) -> int:
-    """The backward's persistent grid: a few programs per SM on a GPU (32 warps' worth); a
-    handful under the interpreter, where each program is slow but must still loop over tiles."""
+def _num_programs(n_tiles: int, device: torch.device) -> int:
+    """The backward's persistent grid: one program per SM on a GPU; a handful under the
+    interpreter, where each program is slow but must still loop over tiles."""
     if device.type != "cuda" or interpreting():
         return max(1, min(n_tiles, 3))
-    return max(1, min(n_tiles, _sm_count(device.index or 0) * max(1, BWD_WARPS_PER_SM // num_warps)))
+    return max(1, min(n_tiles, _sm_count(device.index or 0)))
 
 
 def check_norm_inputs(X, W, B=None) -> None:
@@ -365,9 +371,10 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
     if dX2.numel() == 0:
         zeros = torch.zeros(n_cols, dtype=torch.float32, device=X2.device)
         return dX2, zeros if need_dw else None, zeros if need_db else None
-    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, BWD_TILE)
+    block_n = min(next_power_of_2(max(n_cols, 1)), BWD_MAX_BLOCK)
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile(block_n))
     single = block_n >= n_cols
-    n_programs = _num_programs(cdiv(n_rows, block_rows), X2.device, num_warps)
+    n_programs = _num_programs(cdiv(n_rows, block_rows), X2.device)
     # Partials: every program stores its row when it holds dW in registers; the looped path adds
     # block by block into it, so it starts at zero.
     alloc = torch.empty if single else torch.zeros
