@@ -5,9 +5,9 @@ the mean (constexpr ``IS_RMS``).
 Memory traffic is the floor of 5 row passes: the forward reads X and writes Y, saving per-row
 fp32 ``rstd`` (and ``mean``) so that the backward reads dY and X once and writes dX without
 redoing the statistics' pass over X. The weight (and bias) gradient is reduced from fp32
-partials: the backward runs a fixed grid of about (#SMs x a few) programs, each looping over
-a strided set of row tiles and summing ``dY * x_hat`` in registers; one ``torch.sum`` over the
-[programs, H] partials finishes it. No atomics.
+partials: the backward runs a persistent grid of one program per SM, each looping over a
+strided set of row tiles (``_backward_tile``) and summing ``dY * x_hat`` in registers; one
+``torch.sum`` over the [programs, H] partials finishes it. No atomics.
 
 Rows up to ``FWD_MAX_BLOCK`` / ``BWD_MAX_BLOCK`` columns are held in registers whole; wider
 rows (up to ``MAX_HIDDEN``) loop over column blocks: the forward merges per-block statistics
@@ -26,7 +26,7 @@ from liger_kernel.ops.utils import as_rows, cdiv, check_float, check_same_device
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
-# ([programs, H]) grow with H; 2^20 keeps them under ~1 GB with the largest grid.
+# ([programs, H]) grow with H; 2^20 keeps them under ~0.6 GB at 132 SMs.
 MAX_HIDDEN = 1 << 20
 # Widest column block held in registers (elements); wider rows loop over blocks. The backward
 # holds about 5 fp32 values per element (x, dY, w, dW and dB accumulators). Measured on H100 at
