@@ -26,7 +26,7 @@ from liger_kernel.ops.utils import as_rows, cdiv, check_float, check_same_device
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
-# ([programs, H]) grow with H; 2^20 keeps them under ~0.6 GB at 132 SMs.
+# ([programs, H]) grow with H: at 2^20 and 132 SMs, 0.55 GB each for dW and dB.
 MAX_HIDDEN = 1 << 20
 # Widest column block held in registers (elements); wider rows loop over blocks. The backward
 # holds about 5 fp32 values per element (x, dY, w, dW and dB accumulators). Measured on H100 at
