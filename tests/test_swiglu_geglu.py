@@ -3,7 +3,13 @@ import torch
 from parity import DEVICE, DTYPES, as64, assert_matches, randn, sizes
 
 from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_reference
-from liger_kernel.ops.swiglu import LigerGatedMLPFunction, LigerSiLUMulFunction, gated_mlp_reference, swiglu_reference
+from liger_kernel.ops.swiglu import (
+    LigerGatedMLPFunction,
+    LigerSiLUMulFunction,
+    gated_backward,
+    gated_mlp_reference,
+    swiglu_reference,
+)
 from liger_kernel.transformers import LigerGEGLUMLP, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
 from liger_kernel.transformers.functional import liger_geglu, liger_swiglu
 
@@ -336,3 +342,10 @@ def test_fused_mlp_bad_inputs_name_the_argument():
         LigerGatedMLPFunction.apply(x, w, w, randn(8, 5), "silu")
     with pytest.raises(TypeError, match="`down_weight`.*bfloat16"):
         LigerGatedMLPFunction.apply(x, w, w, wd.bfloat16(), "silu")
+
+
+def test_store_c_needs_a_contiguous_dc():
+    """The fused MLP's backward writes c over dc: a dc laid out otherwise is refused, not mangled."""
+    a, b = randn(6, 10), randn(6, 10)
+    with pytest.raises(ValueError, match="`dc` must be contiguous"):
+        gated_backward(randn(10, 6).t(), a, b, "silu", in_place=False, store_c=True)
