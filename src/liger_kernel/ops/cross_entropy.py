@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    LigerFunction,
     as_rows,
     cdiv,
     check_float,
@@ -557,12 +558,13 @@ class _CallerGradMode(threading.local):
 caller_grad_mode = _CallerGradMode()
 
 
-class RemembersGradMode(torch.autograd.Function):
+class RemembersGradMode(LigerFunction):
     """Inside ``forward`` grad mode is always off and ``ctx.needs_input_grad`` ignores
     ``torch.no_grad()``: ``apply`` records the caller's grad mode so that evaluation skips the
     gradient work."""
 
     @classmethod
+    @torch.compiler.disable  # as LigerFunction.apply: one graph break under torch.compile
     def apply(cls, *args, **kwargs):
         caller_grad_mode.enabled = torch.is_grad_enabled()
         return super().apply(*args, **kwargs)

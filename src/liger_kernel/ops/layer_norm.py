@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from liger_kernel.ops.norms import GEMMA, check_norm_inputs, norm_backward, norm_forward
-from liger_kernel.ops.utils import fallback_backward, fallback_forward
+from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -19,7 +19,7 @@ def layer_norm_reference(X, W, B, eps):
     return F.layer_norm(X.to(acc), X.shape[-1:], W, B, eps).to(X.dtype)
 
 
-class LigerLayerNormFunction(torch.autograd.Function):
+class LigerLayerNormFunction(LigerFunction):
     """LayerNorm over the last dimension with a fused forward and backward.
 
     ``apply(X [..., H], W [H], B [H] or None, eps) -> Y [..., H]`` in X's dtype. W and B may be

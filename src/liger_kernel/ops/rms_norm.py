@@ -6,7 +6,7 @@ the mean left out.
 import torch
 
 from liger_kernel.ops.norms import CASTING_MODES, check_norm_inputs, norm_backward, norm_forward
-from liger_kernel.ops.utils import fallback_backward, fallback_forward
+from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -43,7 +43,7 @@ def rms_norm_reference(X, W, eps, offset=0.0, casting_mode="llama"):
     return (x_hat * w).to(X.dtype)
 
 
-class LigerRMSNormFunction(torch.autograd.Function):
+class LigerRMSNormFunction(LigerFunction):
     """RMSNorm over the last dimension with a fused forward and backward.
 
     ``apply(X [..., H], W [H] or None, eps, offset=0.0, casting_mode="llama", in_place=True,

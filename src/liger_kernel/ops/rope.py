@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    LigerFunction,
     cdiv,
     check_float,
     check_same_device,
@@ -294,7 +295,7 @@ def rope_reference(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_di
     return rotate(q), rotate(k)
 
 
-class LigerRopeFunction(torch.autograd.Function):
+class LigerRopeFunction(LigerFunction):
     """RoPE on q and k with one fused Triton launch each way; see ``rope_reference`` for the math.
 
     ``forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None) -> (q_out, k_out)``,

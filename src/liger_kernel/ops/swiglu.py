@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    LigerFunction,
     as_rows,
     cdiv,
     check_float,
@@ -177,7 +178,7 @@ def make_gated_function(name: str, activation: str, reference):
 
     return type(
         name,
-        (torch.autograd.Function,),
+        (LigerFunction,),
         {
             "forward": staticmethod(forward),
             "backward": staticmethod(backward),
@@ -231,7 +232,7 @@ def _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation):
         raise ValueError(f"`down_weight` has shape {tuple(down_weight.shape)}; expected [H_out, {inter}].")
 
 
-class LigerGatedMLPFunction(torch.autograd.Function):
+class LigerGatedMLPFunction(LigerFunction):
     """``down(act(x @ gate_weight.T) * (x @ up_weight.T))`` saving only x, a and b for backward.
 
     x: [..., H]; gate_weight, up_weight: [I, H]; down_weight: [H_out, I]; activation: ``"silu"``
