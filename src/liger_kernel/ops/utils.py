@@ -151,9 +151,12 @@ class LigerFunction(torch.autograd.Function):
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             return _apply_eagerly(cls, *args, **kwargs)
         return super().apply(*args, **kwargs)
+
+
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
 
 
 @torch.compiler.disable
