@@ -81,3 +81,16 @@ def test_patched_model_under_compile():
         revert_liger_kernel_to_llama()
     torch.testing.assert_close(compiled, eager)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_loss_under_compile_and_no_grad():
+    """Evaluation (``torch.no_grad()``) through a compiled fused loss: the loss alone, as eager."""
+    torch.manual_seed(0)
+    lm_head, x = randn(V, H, requires_grad=True), randn(7, H, requires_grad=True)
+    target = torch.randint(0, V, (7,), device=DEVICE)
+    fn = lambda x: LigerFusedLinearCrossEntropyLoss()(lm_head, x, target)  # noqa: E731
+    with torch.no_grad():
+        eager = fn(x)
+        compiled = torch.compile(fn, backend="aot_eager")(x)
+    assert not compiled.requires_grad
+    torch.testing.assert_close(compiled, eager)
