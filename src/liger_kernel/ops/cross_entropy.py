@@ -560,14 +560,12 @@ caller_grad_mode = _CallerGradMode()
 
 class RemembersGradMode(LigerFunction):
     """Inside ``forward`` grad mode is always off and ``ctx.needs_input_grad`` ignores
-    ``torch.no_grad()``: ``apply`` records the caller's grad mode so that evaluation skips the
-    gradient work."""
+    ``torch.no_grad()``: the caller's grad mode is recorded before each application so that
+    evaluation skips the gradient work."""
 
-    @classmethod
-    @torch.compiler.disable  # as LigerFunction.apply: one graph break under torch.compile
-    def apply(cls, *args, **kwargs):
+    @staticmethod
+    def before_apply():
         caller_grad_mode.enabled = torch.is_grad_enabled()
-        return super().apply(*args, **kwargs)
 
 
 def mark_extras_non_differentiable(ctx, outputs):

@@ -153,7 +153,12 @@ class LigerFunction(torch.autograd.Function):
     def apply(cls, *args, **kwargs):
         if _is_compiling():
             return _apply_eagerly(cls, *args, **kwargs)
+        cls.before_apply()
         return super().apply(*args, **kwargs)
+
+    @staticmethod
+    def before_apply():
+        """Runs in the caller's context (its grad mode) just before each application."""
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >= 2.3
@@ -161,7 +166,7 @@ _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch 
 
 @torch.compiler.disable
 def _apply_eagerly(cls, *args, **kwargs):
-    return super(LigerFunction, cls).apply(*args, **kwargs)
+    return cls.apply(*args, **kwargs)  # not compiling in here: the plain path above
 
 
 # ----------------------------------------------------------------------------- reference fallback
