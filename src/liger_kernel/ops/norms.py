@@ -279,12 +279,12 @@ def _norm_backward_kernel(
 # ----------------------------------------------------------------------------- launchers
 
 
-def _settings(n_rows: int, n_cols: int, max_block: int, tile: int) -> tuple[int, int, int]:
+def _settings(n_rows: int, n_cols: int, max_block: int, tile_of) -> tuple[int, int, int]:
     """(BLOCK_ROWS, BLOCK_N, num_warps): whole rows up to ``max_block``, several rows per program
-    when they are narrow (up to ``tile`` elements), and about 16 elements per thread (two 16-byte
-    loads of bf16)."""
+    when they are narrow (up to ``tile_of(BLOCK_N)`` elements), and about 16 elements per thread
+    (two 16-byte loads of bf16)."""
     block_n = min(next_power_of_2(max(n_cols, 1)), max_block)
-    block_rows = max(1, min(tile // block_n, next_power_of_2(max(n_rows, 1))))
+    block_rows = max(1, min(tile_of(block_n) // block_n, next_power_of_2(max(n_rows, 1))))
     num_warps = min(MAX_WARPS, max(4, block_rows * block_n // ELEMENTS_PER_WARP))
     return block_rows, block_n, num_warps
 
@@ -347,7 +347,7 @@ def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=X.device)
     mean = None if is_rms else torch.empty(n_rows, dtype=torch.float32, device=X.device)
     if Y.numel():
-        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, TILE)
+        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, lambda block_n: TILE)
         _norm_forward_kernel[(cdiv(n_rows, block_rows),)](
             X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
             X2.stride(0), n_rows, n_cols, float(eps), float(offset),
@@ -371,8 +371,7 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
     if dX2.numel() == 0:
         zeros = torch.zeros(n_cols, dtype=torch.float32, device=X2.device)
         return dX2, zeros if need_dw else None, zeros if need_db else None
-    block_n = min(next_power_of_2(max(n_cols, 1)), BWD_MAX_BLOCK)
-    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile(block_n))
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile)
     single = block_n >= n_cols
     n_programs = _num_programs(cdiv(n_rows, block_rows), X2.device)
     # Partials: every program stores its row when it holds dW in registers; the looped path adds
