@@ -25,25 +25,12 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ops  # noqa: E402
-from run import graph_time  # noqa: E402
+from run import graph_time, provider_calls  # noqa: E402
 
 
 def fwd_bwd_fn(op, p, provider):
-    torch.manual_seed(0)
-    args, grad_idx, grad_outs = op.inputs(p, "cuda")
-    gin = [args[i] for i in grad_idx]
-    fn = bench_ops.provider_fn(op, p, provider)
-
-    def fwd():
-        out = fn(*args)
-        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-    def bwd(outs):
-        return torch.autograd.grad(outs, gin, grad_outs)
-
-    def fwd_bwd():
-        return bwd(fwd())
-
+    """One fwd+bwd call of ``provider``; its ``phases`` are the forward and the backward alone."""
+    fwd, bwd, fwd_bwd = provider_calls(op, p, provider, "cuda")
     fwd_bwd.phases = fwd, bwd
     return fwd_bwd
 

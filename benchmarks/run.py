@@ -235,6 +235,27 @@ def graph_time(fn, calls=10, reps=7):
     return sorted(times)[reps // 2]
 
 
+def provider_calls(op, p, provider, device):
+    """``(fwd, bwd, fwd_bwd)`` of one provider on seeded inputs (the same in every process):
+    ``fwd()`` -> the outputs as a tuple, ``bwd(outs)`` -> the gradients of the inputs that take one."""
+    import bench_ops
+    import torch
+
+    torch.manual_seed(0)
+    args, grad_idx, grad_outs = op.inputs(p, device)
+    gin = [args[i] for i in grad_idx]
+    fn = bench_ops.provider_fn(op, p, provider)
+
+    def fwd():
+        out = fn(*args)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def bwd(outs):
+        return torch.autograd.grad(outs, gin, grad_outs)
+
+    return fwd, bwd, lambda: bwd(fwd())
+
+
 def run_task(task, device, timer, meta):
     import bench_ops
     import torch
@@ -255,22 +276,11 @@ def run_task(task, device, timer, meta):
     try:
         if task["provider"] == "compile":
             torch._dynamo.reset()
-        torch.manual_seed(0)  # the same inputs in every process
-        args, grad_idx, grad_outs = op.inputs(p, device)
-        gin = [args[i] for i in grad_idx]
-        fn = bench_ops.provider_fn(op, p, task["provider"])
-
-        def fwd():
-            out = fn(*args)
-            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-        def fwd_bwd():
-            return torch.autograd.grad(fwd(), gin, grad_outs)
-
+        fwd, bwd, fwd_bwd = provider_calls(op, p, task["provider"], device)
         # checked call on fresh inputs (in-place providers overwrite them later); also the warm-up
         t0 = time.perf_counter()
         outs = fwd()
-        grads = torch.autograd.grad(outs, gin, grad_outs)
+        grads = bwd(outs)
         sync()
         res["first_call_s"] = time.perf_counter() - t0
         checked = [_norm_and_finite(t) for t in (*outs, *grads)]
@@ -289,7 +299,7 @@ def run_task(task, device, timer, meta):
             del state["r"]
 
         res["fwd_ms"] = timer(fwd)
-        res["bwd_ms"] = timer.after(fwd, lambda outs: torch.autograd.grad(outs, gin, grad_outs))
+        res["bwd_ms"] = timer.after(fwd, bwd)
         res["full_ms"] = timer(fwd_bwd)
         res["status"] = "ok"
         if cuda:  # the kernels' own time, without this machine's CPU launch overhead
