@@ -2,6 +2,7 @@
 against the default configuration's outputs and gradients (same inputs, max relative error).
 
     python benchmarks/sweep_configs.py norm-backward    # backward tile and grid per width
+    python benchmarks/sweep_configs.py norm-wide        # backward of rows wider than one block
     python benchmarks/sweep_configs.py cross-entropy    # vocabulary block and warps
 
 The numbers these gave are in benchmarks/NOTES.md.
@@ -65,6 +66,33 @@ def norm_backward():
             print(f"{name} 16384x{hidden}: " + " | ".join(row), flush=True)
 
 
+def norm_wide():
+    """Rows wider than BWD_MAX_BLOCK: the whole row in one block, in column blocks with register
+    sums (block width x warps), or looped with the sums added into memory."""
+    configs = {
+        "default": {},
+        "1 block": dict(BWD_MAX_BLOCK=16384),
+        "looped": dict(PARTS_MAX_COLS=0),
+        "parts of 4096": dict(RMS_PART=4096, LN_PART=4096),
+        "parts of 8192": dict(RMS_PART=8192, LN_PART=8192),
+        "parts/8w": dict(PART_WARPS=8),
+        "parts/32w": dict(PART_WARPS=32),
+    }
+    for hidden in (12288, 16384):
+        for name in ("rms", "ln"):
+            step, row, reference = _norm_step(name, hidden), [], None
+            for label, overrides in configs.items():
+                saved = {k: getattr(norms, k) for k in overrides}
+                for k, v in overrides.items():
+                    setattr(norms, k, v)
+                ms, outs, err = timed_and_checked(step, reference)
+                for k, v in saved.items():
+                    setattr(norms, k, v)
+                reference = reference or outs
+                row.append(_cell(label, ms, err))
+            print(f"{name} 16384x{hidden}: " + " | ".join(row), flush=True)
+
+
 def _ce_steps(n, v):
     """(timed step, fresh step): cross-entropy fwd+bwd on [n, v] bf16 logits. The kernel writes the
     gradient over its input, so the timed step reuses one buffer and the checked one clones."""
@@ -95,4 +123,4 @@ def cross_entropy():
 
 
 if __name__ == "__main__":
-    {"norm-backward": norm_backward, "cross-entropy": cross_entropy}[sys.argv[1]]()
+    {"norm-backward": norm_backward, "norm-wide": norm_wide, "cross-entropy": cross_entropy}[sys.argv[1]]()

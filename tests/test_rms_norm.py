@@ -12,17 +12,22 @@ MODES = [("llama", 0.0), ("gemma", 1.0), ("none", 0.0)]
 SHAPES = sizes(
     # odd rows narrower than a block, several rows per program and two tiles, just past 2048
     cpu=[(3, 5, 37), (67, 45), (7, 2049)],
-    # Llama-8B / 70B widths, a row looped in the backward (16384), rows of 65536 looped both ways
-    gpu=[(16384, 4096), (8192, 8192), (4096, 16384), (2, 65536), (3, 333, 5000)],
+    # Llama-8B / 70B widths, rows in four column blocks in the backward (16384; 12000: the last
+    # one masked), rows of 65536 looped both ways
+    gpu=[(16384, 4096), (8192, 8192), (4096, 16384), (1000, 12000), (2, 65536), (3, 333, 5000)],
 )
 EPS = 1e-6
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Force column blocks far narrower than the rows, so the looped path runs on small shapes."""
+    """Force column blocks far narrower than the rows, so the looped paths run on small shapes: the
+    backward holds rows of up to 4 x 16 columns in column blocks, and loops over wider ones."""
     monkeypatch.setattr(norms, "FWD_MAX_BLOCK", 64)
-    monkeypatch.setattr(norms, "BWD_MAX_BLOCK", 32)
+    monkeypatch.setattr(norms, "BWD_MAX_BLOCK", 16)
+    monkeypatch.setattr(norms, "PARTS_MAX_COLS", 64)
+    monkeypatch.setattr(norms, "RMS_PART", 16)
+    monkeypatch.setattr(norms, "LN_PART", 16)
     monkeypatch.setattr(norms, "TILE", 128)
     monkeypatch.setattr(norms, "_backward_tile", lambda block_n: 2 * block_n)  # 2 rows a tile: several per program
 
@@ -90,10 +95,11 @@ def test_llama_mode_rounds_x_hat_before_the_weight():
 
 @pytest.mark.parametrize("mode,offset", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(13, 301), (3, 5, 129)])
+@pytest.mark.parametrize("shape", [(13, 301), (3, 5, 129), (11, 63), (5, 3, 37)])
 @pytest.mark.parametrize("with_weight", [True, False])
 def test_rows_wider_than_a_block(small_blocks, shape, dtype, mode, offset, with_weight):
-    """The looped path: statistics over column blocks, dW added block by block into the partials."""
+    """Rows in column blocks: dW summed per block in registers (up to 4 blocks), or looped and added
+    block by block into the partials."""
     run_parity(shape, dtype, mode, offset, with_weight=with_weight)
 
 
