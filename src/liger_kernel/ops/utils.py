@@ -145,9 +145,18 @@ def check_same_shape(**tensors) -> None:
 
 class LigerFunction(torch.autograd.Function):
     """Base of every op's autograd Function. Under ``torch.compile`` the op runs eagerly, as one
-    graph break: its kernels are already fused, and Dynamo cannot trace their launch code (host
-    checks, ``data_ptr`` comparisons, Triton's interpreter on CPU). Outside compilation the
-    check costs a fraction of a microsecond (``torch.compiler.disable`` on every call: ~5 us)."""
+    graph break: its kernels are already fused, and its launch code is not traceable as written
+    (host checks, ``data_ptr`` comparisons, gradients written over inputs). Depending on the
+    torch version Dynamo either traces ``apply`` (which then calls a ``torch.compiler.disable``d
+    apply) or handles ``Function.apply`` itself and traces ``forward`` (Triton launches included,
+    on a GPU: the gradients came out wrong), so each subclass's ``forward`` also starts with a
+    graph break when compiling. Eager calls pay two checks (``torch.compiler.disable`` on every
+    call would cost ~5 us)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__:
+            cls.forward = staticmethod(_breaks_graph(cls.__dict__["forward"].__func__))
 
     @classmethod
     def apply(cls, *args, **kwargs):
@@ -167,6 +176,16 @@ _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch 
 @torch.compiler.disable
 def _apply_eagerly(cls, *args, **kwargs):
     return cls.apply(*args, **kwargs)  # not compiling in here: the plain path above
+
+
+def _breaks_graph(forward):
+    @functools.wraps(forward)
+    def guarded(*args, **kwargs):
+        if _is_compiling():
+            torch._dynamo.graph_break()  # Dynamo then runs the whole apply eagerly
+        return forward(*args, **kwargs)
+
+    return guarded
 
 
 # ----------------------------------------------------------------------------- reference fallback
