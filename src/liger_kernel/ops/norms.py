@@ -29,10 +29,9 @@ from liger_kernel.utils import interpreting
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
 # ([programs, H]) grow with H: at 2^20 and 132 SMs, 0.55 GB each for dW and dB.
 MAX_HIDDEN = 1 << 20
-# Widest column block held in registers (elements); wider rows loop over blocks. The backward
-# holds about 5 fp32 values per element (x, dY, w, dW and dB accumulators). Measured on H100 at
-# 16384x16384 bf16 (CUDA-graph GPU time of the backward): a 16384 block takes RMSNorm from 1.00 ms
-# (8192 block, looped) to 0.645 ms, 83% of the floor; LayerNorm from 1.31 to 1.09 ms.
+# Widest column block held in registers whole (elements); wider rows loop over blocks, or, in the
+# backward, go in column parts (below). The backward holds about 5 fp32 values per element (x,
+# dY, w, dW and dB sums): a whole 16384 block spills registers there.
 FWD_MAX_BLOCK = 16384
 BWD_MAX_BLOCK = 8192
 # Elements of one forward program's tile when rows are narrow: several rows per program, so a
@@ -42,10 +41,11 @@ TILE = 4096
 ELEMENTS_PER_WARP = 512
 MAX_WARPS = 16
 # Rows wider than BWD_MAX_BLOCK, up to PARTS_MAX_COLS, run the backward in column parts (at most
-# four) with their dW / dB sums in registers. Measured on H100, 16384 rows bf16, backward alone:
-# RMSNorm 16384 wide: 2 parts of 8192 over 16 warps 634 us (one 16384 block: 654-685 us, looped
-# with sums in memory: 996 us; 4 parts of 4096: 802 us); LayerNorm 16384: 4 parts of 4096 over 16
-# warps 878 us (one block: 1094-1104 us; 2 parts of 8192: 970 us).
+# four) with their dW / dB sums in registers. Measured on H100, 16384 rows bf16, backward alone
+# (benchmarks/sweep_configs.py norm-wide), 16384 / 12288 columns: RMSNorm in parts of 8192 over
+# 16 warps 557 / 451 us (96% / 89% of the floor; parts of 4096: 664 / 435; one 16384 block:
+# 694 / 589; looped with the sums in memory: 1003 / 811); LayerNorm in parts of 4096: 781 / 461
+# (parts of 8192: 756 / 650; one block: 1078 / 902). 8 or 32 warps: slower.
 PARTS_MAX_COLS = 16384
 RMS_PART = 8192
 LN_PART = 4096
@@ -363,15 +363,17 @@ def _norm_backward_parts_kernel(
         mean = rstd
         if not IS_RMS:
             mean = tl.load(MEAN + row)
-        gx_sum = 0.0
-        g_sum = 0.0
-        for part in tl.static_range(PARTS):
+        gx = tl.zeros([PART], dtype=tl.float32)
+        g_acc = tl.zeros([PART], dtype=tl.float32)
+        for part in tl.static_range(PARTS):  # summed across parts first: one reduction per row
             c = part * PART + cols
             _, g, x_hat = _row_part(
                 dy_row, x_row, W, c, c < n_cols, mean, rstd, offset, x_dtype, IS_RMS, CASTING, HAS_W
             )
-            gx_sum += tl.sum(g * x_hat, axis=0)
-            g_sum += tl.sum(g, axis=0)
+            gx += g * x_hat
+            g_acc += g
+        gx_sum = tl.sum(gx, axis=0)
+        g_sum = tl.sum(g_acc, axis=0)
         for part in tl.static_range(PARTS):
             c = part * PART + cols
             mask = c < n_cols
