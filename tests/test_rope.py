@@ -99,12 +99,24 @@ def test_outputs_and_gradients_keep_the_input_layout():
 
 
 def test_non_contiguous_upstream_gradients():
-    """Transposed and expanded (stride 0, as from ``.sum()``) gradients are read in place."""
+    """An expanded gradient (stride 0, as from ``.sum()``) is read in place; one with its features
+    transposed away from unit stride is copied first."""
     b, hq, hk, t, d, r, _ = SHAPES[0]
     q, k = make_qk(b, hq, hk, t, d, torch.bfloat16, 1)
     dq_out = randn(d, t, hq, b, dtype=torch.bfloat16).permute(3, 2, 1, 0)
     dk_out = randn(1, 1, 1, d, dtype=torch.bfloat16).expand(k.shape)
     run_parity(q, k, *make_cos_sin(b, t, r, "BTD", torch.bfloat16), grads=(dq_out, dk_out))
+
+
+def test_strided_features_and_cos_sin_with_different_strides():
+    """q with every other feature (copied: the kernel takes unit feature stride), and sin a slice of
+    a wider tensor while cos is dense (both copied: the kernel takes one set of strides for them)."""
+    b, hq, hk, t, d, r, _ = SHAPES[0]
+    q = randn(b, t, hq, 2 * d)[..., ::2].transpose(1, 2).requires_grad_()
+    k = randn(b, t, hk, d).transpose(1, 2).requires_grad_()
+    cos = randn(1, t, r)
+    sin = randn(1, t, 2 * r)[..., :r]
+    run_parity(q, k, cos, sin)
 
 
 def test_cos_sin_in_float32_with_bf16_q():

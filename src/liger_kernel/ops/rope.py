@@ -4,8 +4,9 @@
 rest passed through. One launch rotates q and k: a program owns a block of positions of one
 sequence, loads cos/sin there once and reuses them for every head of q and of k. Backward is the
 same kernel running the inverse rotation, so a step moves q and k four times (read + write in each
-direction), the memory floor. Any strides are read in place: Hugging Face's q and k are transposed
-views of the projections, and copying them first would add two passes.
+direction), the memory floor. Any strides with the features at unit stride are read in place:
+Hugging Face's q and k are transposed views of the projections, and copying them first would add
+two passes.
 """
 
 import torch
@@ -42,11 +43,9 @@ def _rotate_heads(
     stride_xb,
     stride_xh,
     stride_xt,
-    stride_xd,
     stride_ob,
     stride_oh,
     stride_ot,
-    stride_od,
     b,
     t,
     t_mask,
@@ -62,7 +61,8 @@ def _rotate_heads(
     PASS_PAD: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``."""
+    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``
+    (features at unit stride)."""
     d = tl.arange(0, HALF_PAD)[None, None, :]
     x_row = x_ptr + b * stride_xb + t * stride_xt
     o_row = o_ptr + b * stride_ob + t * stride_ot
@@ -74,14 +74,14 @@ def _rotate_heads(
         mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
         x = x_row + h * stride_xh
         o = o_row + h * stride_oh
-        x1 = tl.load(x + d * stride_xd, mask=mask_d, other=0.0).to(COMPUTE)
-        x2 = tl.load(x + (d + HALF) * stride_xd, mask=mask_d, other=0.0).to(COMPUTE)
-        tl.store(o + d * stride_od, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
-        tl.store(o + (d + HALF) * stride_od, (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
+        x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
+        x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+        tl.store(o + d, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
+        tl.store(o + (d + HALF), (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
         if PASS > 0:
             p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
             mask_p = mask & (p < 2 * HALF + PASS)
-            tl.store(o + p * stride_od, tl.load(x + p * stride_xd, mask=mask_p, other=0.0), mask=mask_p)
+            tl.store(o + p, tl.load(x + p, mask=mask_p, other=0.0), mask=mask_p)
 
 
 @triton.jit
@@ -95,27 +95,18 @@ def _rope_kernel(
     sqb,
     sqh,
     sqt,
-    sqd,
     skb,
     skh,
     skt,
-    skd,
     sqob,
     sqoh,
     sqot,
-    sqod,
     skob,
     skoh,
     skot,
-    skod,
     scb,
     sct,
-    scd,
-    ssb,
-    sst,
-    ssd,
     seq_len,
-    n_t_blocks,
     n_q_heads,
     n_k_heads,
     HALF: tl.constexpr,
@@ -128,8 +119,10 @@ def _rope_kernel(
     INVERSE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    # One flat grid axis over (sequence, block of positions): no 65535 limit on the batch.
+    # One flat grid axis over (sequence, block of positions): no 65535 limit on the batch. Every
+    # feature dimension has unit stride, and cos and sin share their strides (fewer launch args).
     pid = tl.program_id(0)
+    n_t_blocks = tl.cdiv(seq_len, BLOCK_T)
     b = (pid // n_t_blocks).to(tl.int64)
     t = ((pid % n_t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None, None]
     t_mask = t < seq_len
@@ -137,21 +130,21 @@ def _rope_kernel(
     mask_d = t_mask & (d < HALF)
     # cos/sin once per position, shared by all heads of q and k (stride_b is 0 when broadcast).
     c = cos_ptr + b * scb + t * sct
-    s = sin_ptr + b * ssb + t * sst
-    c1 = tl.load(c + d * scd, mask=mask_d, other=0.0).to(COMPUTE)
-    c2 = tl.load(c + (d + HALF) * scd, mask=mask_d, other=0.0).to(COMPUTE)
-    s1 = tl.load(s + d * ssd, mask=mask_d, other=0.0).to(COMPUTE)
-    s2 = tl.load(s + (d + HALF) * ssd, mask=mask_d, other=0.0).to(COMPUTE)
+    s = sin_ptr + b * scb + t * sct
+    c1 = tl.load(c + d, mask=mask_d, other=0.0).to(COMPUTE)
+    c2 = tl.load(c + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+    s1 = tl.load(s + d, mask=mask_d, other=0.0).to(COMPUTE)
+    s2 = tl.load(s + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
     if INVERSE:
         # The transpose of [[c1, -s1], [s2, c2]] is [[c1, s2], [-s1, c2]]: the forward with the
         # sine negated and its halves swapped (the same thing for HF's duplicated cos/sin halves).
         s1, s2 = -s2, -s1
     _rotate_heads(
-        q_ptr, qo_ptr, sqb, sqh, sqt, sqd, sqob, sqoh, sqot, sqod, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
+        q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
         HALF, PASS, BLOCK_HQ, HALF_PAD, PASS_PAD, COMPUTE,
     )  # fmt: skip
     _rotate_heads(
-        k_ptr, ko_ptr, skb, skh, skt, skd, skob, skoh, skot, skod, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
+        k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
         HALF, PASS, BLOCK_HK, HALF_PAD, PASS_PAD, COMPUTE,
     )  # fmt: skip
 
@@ -183,9 +176,10 @@ def _empty_in_order(shape, like: torch.Tensor, order: list[int]) -> torch.Tensor
     return empty_output(shape, like, strides=strides)
 
 
-def _strides(x: torch.Tensor):
-    """(b, h, t, d) strides of a [B, H, T, D] view."""
-    return x.stride()
+def _unit_feature_stride(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a contiguous copy when its last dimension is not at unit stride (rare: the kernel
+    indexes features directly)."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
@@ -200,11 +194,14 @@ def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) ->
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bool, orders):
     """Rotate (``inverse=False``) or un-rotate q and k in one launch into new tensors whose memory
     orders are ``orders`` (one ``_layout_order`` for q, one for k)."""
-    q4, k4 = _bhtd(q, unsqueeze_dim), _bhtd(k, unsqueeze_dim)
+    q4, k4 = _bhtd(_unit_feature_stride(q), unsqueeze_dim), _bhtd(_unit_feature_stride(k), unsqueeze_dim)
     qo, ko = _empty_in_order(q.shape, q, orders[0]), _empty_in_order(k.shape, k, orders[1])
     qo4, ko4 = _bhtd(qo, unsqueeze_dim), _bhtd(ko, unsqueeze_dim)
     if cos.dim() == 2:
         cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    cos, sin = _unit_feature_stride(cos), _unit_feature_stride(sin)
+    if cos.stride() != sin.stride():  # the kernel takes one set of strides for both
+        cos, sin = cos.contiguous(), sin.contiguous()
     batch, n_q_heads, seq_len, head_dim = q4.shape
     n_k_heads = k4.shape[1]
     if batch * seq_len == 0:
@@ -214,15 +211,15 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bo
     pass_dims = head_dim - rotary_dim
     block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, n_q_heads, half_pad)
     block_hk = max(1, min(next_power_of_2(n_k_heads), block_h))
-
-    def cos_strides(c):
-        s = c.stride()
-        return (0 if c.shape[0] == 1 else s[0]), s[1], s[2]
-
+    sqb, sqh, sqt, _ = q4.stride()
+    skb, skh, skt, _ = k4.stride()
+    sqob, sqoh, sqot, _ = qo4.stride()
+    skob, skoh, skot, _ = ko4.stride()
     _rope_kernel[(batch * n_t_blocks,)](
         q4, k4, qo4, ko4, cos, sin,
-        *_strides(q4), *_strides(k4), *_strides(qo4), *_strides(ko4), *cos_strides(cos), *cos_strides(sin),
-        seq_len, n_t_blocks, n_q_heads, n_k_heads,
+        sqb, sqh, sqt, skb, skh, skt, sqob, sqoh, sqot, skob, skoh, skot,
+        0 if cos.shape[0] == 1 else cos.stride(0), cos.stride(1),  # batch stride 0: broadcast
+        seq_len, n_q_heads, n_k_heads,
         HALF=half,
         PASS=pass_dims,
         BLOCK_T=block_t,
