@@ -502,6 +502,10 @@ def merge_round(kept: dict, new: dict) -> None:
         kept["peak_mb"] = max(new["peak_mb"], kept.get("peak_mb") or 0.0)
 
 
+def _rotated(items: list, k: int) -> list:
+    return items[k % len(items) :] + items[: k % len(items)] if items else items
+
+
 def run_op(op, level, providers, workers, meta, deadline, results, rounds=1):
     """Every (shape, provider) task of one op, through the workers: the op's results entry."""
     import bench_ops
@@ -530,13 +534,14 @@ def run_op(op, level, providers, workers, meta, deadline, results, rounds=1):
 
     # Case by case, every library's process in turn, so that the providers of one shape are timed
     # seconds apart (the lent machine's CPU speed drifts, and small shapes are CPU-bound); each
-    # round repeats the whole sweep and a row keeps its best round (merge_round).
-    for _ in range(rounds):
+    # round repeats the whole sweep, with the processes and the providers in each taking turns to
+    # go first, and a row keeps its best round (merge_round).
+    for r in range(rounds):
         for c, p in cases:
-            for group in GROUPS:
+            for group in _rotated(list(GROUPS), r):
                 tasks = [
                     {"op": op.name, "case": c, "params": p, "provider": pr, "deadline": deadline}
-                    for pr in provs
+                    for pr in _rotated(provs, r)
                     if group_of(pr) == group
                 ]
                 if tasks:
