@@ -235,7 +235,9 @@ def markdown(results):
     out = [
         f"# liger_kernel benchmarks: {m.get('gpu')}",
         "",
-        f"Last run {m['date']}, size level `{m['level']}`, commit {m.get('commit')}; "
+        f"Last run {m['date']}, size level `{m['level']}`, commit {m.get('commit')}"
+        + (f" (sources {m['source_sha1']})" if m.get("source_sha1") else "")
+        + "; "
         f"torch {v.get('torch')}, triton {v.get('triton')}, transformers {v.get('transformers')}, "
         f"python {v.get('python')}; peers: "
         + (", ".join(f"{g} = {ver}" for g, ver in sorted(peers.items())) or "none")

@@ -23,6 +23,7 @@ medians with 20/80% quantiles on CUDA; a host timer on CPU). Results merge into
 import argparse
 import datetime
 import gc
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -475,6 +476,16 @@ def _git_commit():
         return None
 
 
+def source_hash() -> str:
+    """sha1 (12 hex digits) of the package's sources: identifies the code measured even where the
+    machine's git metadata is stale (the lent GPU machine's copy reports an old commit). Compare
+    with ``python benchmarks/run.py --source-hash`` on a checkout."""
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "src").rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def floor_ms(kind, amount, ceilings):
     if not ceilings:
         return None
@@ -609,6 +620,7 @@ def parent_main(args):
         "gpu": (workers["native"].meta or {}).get("device"),
         "versions": {k: (workers["native"].meta or {}).get(k) for k in ("python", "torch", "triton", "transformers")},
         "commit": _git_commit(),
+        "source_sha1": source_hash(),
         "command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
         "timing": f"do_bench(warmup=max({args.warmup} ms, 5 calls), rep=max({args.rep} ms, {MIN_SAMPLES} calls)) "
         f"median [p20, p80], best of {args.rounds} round(s)"
@@ -663,11 +675,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=25, help="do_bench warm-up, ms")
     ap.add_argument("--rep", type=int, default=100, help="do_bench repetition time, ms")
     ap.add_argument("--rounds", type=int, default=1, help="repeat each sweep; every timing keeps its best round")
+    ap.add_argument("--source-hash", action="store_true", help="print the hash of src/ that results record, and exit")
     ap.add_argument("--budget-s", type=float, default=None, help="skip tasks that would start after this many s")
     ap.add_argument("--task-timeout-s", type=float, default=300, help="restart a worker silent for this long")
     ap.add_argument("--e2e", action="store_true", help="also run benchmarks/e2e.py (when present)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.source_hash:
+        print(source_hash())
+        return
     if args.device is None:
         args.device = "cpu" if args.smoke else "cuda"
     if args.worker:
