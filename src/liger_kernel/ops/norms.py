@@ -74,10 +74,12 @@ def _load_weight(W, cols, col_mask, offset, x_dtype, CASTING: tl.constexpr):
 
 @triton.jit
 def _x_hat(x, mean, rstd, IS_RMS: tl.constexpr):
+    """The normalized x; ``mean`` and ``rstd`` broadcast against ``x`` (per-row [rows, 1] columns
+    of a tile, or scalars for one row)."""
     if IS_RMS:
-        return x * rstd[:, None]
+        return x * rstd
     else:
-        return (x - mean[:, None]) * rstd[:, None]
+        return (x - mean) * rstd
 
 
 @triton.jit
@@ -104,7 +106,7 @@ def _write_output(
     x, mean, rstd, Y, W, B, y_rows, cols, mask, col_mask, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
 ):  # fmt: skip
-    y = _rounded(_x_hat(x, mean, rstd, IS_RMS), Y.dtype.element_ty, CASTING)
+    y = _rounded(_x_hat(x, mean[:, None], rstd[:, None], IS_RMS), Y.dtype.element_ty, CASTING)
     if HAS_W:
         y = y * _load_weight(W, cols, col_mask, offset, Y.dtype.element_ty, CASTING)[None, :]
     if HAS_B:
@@ -175,7 +177,7 @@ def _norm_forward_kernel(
 @triton.jit
 def _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS: tl.constexpr, HAS_W: tl.constexpr):
     """g = dY * w' and x_hat, and the row sums sum(g * x_hat), sum(g) the dX formula needs."""
-    x_hat = tl.where(mask, _x_hat(x, mean, rstd, IS_RMS), 0.0)
+    x_hat = tl.where(mask, _x_hat(x, mean[:, None], rstd[:, None], IS_RMS), 0.0)
     g = dy
     if HAS_W:
         g = dy * w[None, :]
@@ -184,11 +186,12 @@ def _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS: tl.constexpr, HAS_W:
 
 @triton.jit
 def _input_gradient(g, x_hat, rstd, gx_mean, g_mean, IS_RMS: tl.constexpr):
-    """dX = rstd * (g - x_hat * mean(g x_hat) [- mean(g) for LayerNorm])."""
+    """dX = rstd * (g - x_hat * mean(g x_hat) [- mean(g) for LayerNorm]); the row values broadcast
+    against ``g`` as in ``_x_hat``."""
     if IS_RMS:
-        return (g - x_hat * gx_mean[:, None]) * rstd[:, None]
+        return (g - x_hat * gx_mean) * rstd
     else:
-        return (g - g_mean[:, None] - x_hat * gx_mean[:, None]) * rstd[:, None]
+        return (g - g_mean - x_hat * gx_mean) * rstd
 
 
 @triton.jit
@@ -220,7 +223,7 @@ def _column_block_backward(
         DY, X, W, rows64, row_mask, c, n_cols, stride_dy, stride_x, mean, rstd, offset, x_dtype,
         IS_RMS, CASTING, HAS_W, BLOCK_N,
     )  # fmt: skip
-    dx = _input_gradient(g, x_hat, rstd, gx_mean, g_mean, IS_RMS)
+    dx = _input_gradient(g, x_hat, rstd[:, None], gx_mean[:, None], g_mean[:, None], IS_RMS)
     tl.store(DX + rows64 * stride_dx + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     return tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0), tl.sum(dy, axis=0)
 
@@ -283,7 +286,7 @@ def _norm_backward_kernel(
             if not IS_RMS:
                 mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
             g, x_hat, gx_sum, g_sum = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
-            dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
+            dx = _input_gradient(g, x_hat, rstd[:, None], (gx_sum / n_cols)[:, None], (g_sum / n_cols)[:, None], IS_RMS)
             tl.store(DX + rows64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
             if DW:
                 dw += tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0)
@@ -333,7 +336,7 @@ def _row_part(
     """Columns ``c`` of one row (1-D): ``(dy, g, x_hat)`` in fp32 (masked columns give zeros)."""
     dy = tl.load(DY_ROW + c, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(X_ROW + c, mask=mask, other=0.0).to(tl.float32)
-    x_hat = x * rstd if IS_RMS else (x - mean) * rstd  # masked: dy = 0, so no term depends on it
+    x_hat = _x_hat(x, mean, rstd, IS_RMS)  # masked: dy = 0, so no term depends on it
     g = dy
     if HAS_W:
         g = dy * _load_weight(W, c, mask, offset, x_dtype, CASTING)
@@ -378,10 +381,7 @@ def _norm_backward_parts_kernel(
             c = part * PART + cols
             mask = c < n_cols
             dy, g, x_hat = _row_part(dy_row, x_row, W, c, mask, mean, rstd, offset, x_dtype, IS_RMS, CASTING, HAS_W)
-            if IS_RMS:
-                dx = (g - x_hat * (gx_sum / n_cols)) * rstd
-            else:
-                dx = (g - g_sum / n_cols - x_hat * (gx_sum / n_cols)) * rstd
+            dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
             tl.store(dx_row + c, dx.to(DX.dtype.element_ty), mask=mask)
             dw0, dw1, dw2, dw3 = _add_to_part(dw0, dw1, dw2, dw3, dy * _rounded(x_hat, x_dtype, CASTING), part)
             db0, db1, db2, db3 = _add_to_part(db0, db1, db2, db3, dy, part)
