@@ -98,11 +98,12 @@ ELEMENTS_PER_WARP = 512
 
 
 def _layout(*tensors):
-    """How the kernels see the tensors: ``(tensors, row strides, n_cols, grid, blocks_per_row,
-    BLOCK, num_warps)``. All contiguous: one flat row of every element, the tensors as they are
-    (no views: each costs microseconds of host time). Otherwise rows of the last dimension
-    (``as_rows`` copies only what has no row view)."""
-    if all(t.is_contiguous() for t in tensors):
+    """How the kernels see the tensors: ``(flat, tensors, row strides, n_cols, grid,
+    blocks_per_row, BLOCK, num_warps)``. All contiguous (``flat``): one flat row of every
+    element, the tensors as they are (no views: each costs microseconds of host time). Otherwise
+    rows of the last dimension (``as_rows`` copies only what has no row view)."""
+    flat = all(t.is_contiguous() for t in tensors)
+    if flat:
         n_rows, n_cols, strides = 1, tensors[0].numel(), (0,) * len(tensors)
     else:
         tensors = tuple(as_rows(t) for t in tensors)
@@ -110,13 +111,13 @@ def _layout(*tensors):
     block = min(next_power_of_2(n_cols), BLOCK)
     blocks_per_row = cdiv(n_cols, block)
     warps = max(4, min(16, block // ELEMENTS_PER_WARP))
-    return tensors, strides, n_cols, (n_rows * blocks_per_row,), blocks_per_row, block, warps
+    return flat, tensors, strides, n_cols, (n_rows * blocks_per_row,), blocks_per_row, block, warps
 
 
 def gated_forward(a: torch.Tensor, b: torch.Tensor, activation: str) -> torch.Tensor:
     c = empty_output(a.shape, a)
     if c.numel():
-        (a2, b2, c2), strides, n_cols, grid, per_row, block, warps = _layout(a, b, c)
+        _, (a2, b2, c2), strides, n_cols, grid, per_row, block, warps = _layout(a, b, c)
         _gated_forward_kernel[grid](a2, b2, c2, *strides, n_cols, per_row, activation, block, num_warps=warps)
     return c
 
@@ -130,8 +131,7 @@ def gated_backward(dc, a, b, activation: str, in_place: bool, store_c: bool = Fa
         return torch.empty_like(a), torch.empty_like(b)
     if store_c and not dc.is_contiguous():
         raise ValueError("`dc` must be contiguous to receive c (store_c=True).")
-    (dc2, a2, b2), strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b)
-    flat = a2 is a  # _layout passes the tensors themselves only when it flattens them
+    flat, (dc2, a2, b2), strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b)
     if in_place and a2.data_ptr() == a.data_ptr() and b2.data_ptr() == b.data_ptr():
         da, db, da2, db2 = a, b, a2, b2  # written over a and b (through their row views)
     else:
