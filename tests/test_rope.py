@@ -129,11 +129,13 @@ def test_cos_sin_in_float32_with_bf16_q():
     assert qo.dtype == ko.dtype == dq.dtype == dk.dtype == torch.bfloat16
 
 
-def test_blocks_of_positions_and_chunks_of_heads(monkeypatch):
+def test_blocks_of_positions_and_chunks_of_heads(monkeypatch, request):
     """Small tiles force the paths realistic shapes take on a GPU: several positions per program
     with a ragged last block, and heads looped over in chunks with a ragged last chunk."""
     monkeypatch.setattr(rope_ops, "MIN_PROGRAMS", 1)
     monkeypatch.setattr(rope_ops, "TILE", 32)  # half of 8 features: 4 heads x 1 position, or 2 x 2 for k
+    rope_ops._launch_plan.cache_clear()  # plans are cached per geometry; these use the small tiles
+    request.addfinalizer(rope_ops._launch_plan.cache_clear)
     b, hq, hk, t, d = 2, 5, 2, 7, 16
     assert rope_ops._launch_settings(b, t, hq, 8)[:2] == (1, 4)
     assert rope_ops._launch_settings(b, t, hk, 8)[:2] == (2, 2)

@@ -9,6 +9,9 @@ Hugging Face's q and k are transposed views of the projections, and copying them
 two passes.
 """
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -149,18 +152,19 @@ def _rope_kernel(
     )  # fmt: skip
 
 
-def _bhtd(x: torch.Tensor, unsqueeze_dim: int) -> torch.Tensor:
-    """The [B, H, T, D] view of a q/k given as [B, H, T, D] (unsqueeze_dim=1) or [B, T, H, D] (2)."""
-    return x if unsqueeze_dim == 1 else x.transpose(1, 2)
+def _bhtd(values: tuple, unsqueeze_dim: int) -> tuple:
+    """Per-dimension ``values`` (shape or strides) of a q/k given as [B, H, T, D]
+    (``unsqueeze_dim=1``) or [B, T, H, D] (2), in [B, H, T, D] order."""
+    return values if unsqueeze_dim == 1 else (values[0], values[2], values[1], values[3])
 
 
-def _layout_order(x: torch.Tensor) -> list[int]:
-    """``x``'s dimensions from outermost to innermost in memory, the feature dimension last."""
-    return sorted(range(x.dim() - 1), key=lambda i: (-x.stride(i), -x.shape[i], i)) + [x.dim() - 1]
+def _layout_order(shape: tuple, strides: tuple) -> tuple:
+    """The dimensions from outermost to innermost in memory, the feature dimension last."""
+    return (*sorted(range(len(shape) - 1), key=lambda i: (-strides[i], -shape[i], i)), len(shape) - 1)
 
 
-def _empty_in_order(shape, like: torch.Tensor, order: list[int]) -> torch.Tensor:
-    """A dense output of ``shape`` whose dimensions lie in memory in ``order``.
+def _dense_strides(shape: tuple, order: tuple) -> tuple:
+    """Strides of a dense tensor of ``shape`` whose dimensions lie in memory in ``order``.
 
     The outputs (and, in backward, the input gradients) take q's and k's memory order. HF's q and
     k are [B, T, H, D] projections viewed as [B, H, T, D]; an output in that same [B, T, H, D]
@@ -168,18 +172,25 @@ def _empty_in_order(shape, like: torch.Tensor, order: list[int]) -> torch.Tensor
     natively, and what lets the gradient flow back through the transpose and the projection's
     ``view`` without a copy. Contiguous inputs get contiguous outputs.
     """
-    if order == sorted(order):
-        return empty_output(shape, like)
     strides, step = [0] * len(shape), 1
     for i in reversed(order):
         strides[i], step = step, step * shape[i]
-    return empty_output(shape, like, strides=strides)
+    return tuple(strides)
 
 
 def _unit_feature_stride(x: torch.Tensor) -> torch.Tensor:
     """``x``, or a contiguous copy when its last dimension is not at unit stride (rare: the kernel
     indexes features directly)."""
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
+def _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_strides) -> bool:
+    """Whether the kernel reads these in place: features at unit stride, cos and sin with one set
+    of strides (fewer launch arguments)."""
+    unit = all(
+        s[-1] == 1 or n[-1] == 1 for n, s in ((q_shape, q_strides), (k_shape, k_strides), (cos_shape, cos_strides))
+    )
+    return unit and cos_strides == sin_strides
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
@@ -191,80 +202,123 @@ def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) ->
     return block_t, block_h, cdiv(seq_len, block_t)
 
 
-def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim: int, inverse: bool, orders):
-    """Rotate (``inverse=False``) or un-rotate q and k in one launch into new tensors whose memory
-    orders are ``orders`` (one ``_layout_order`` for q, one for k)."""
-    q4, k4 = _bhtd(_unit_feature_stride(q), unsqueeze_dim), _bhtd(_unit_feature_stride(k), unsqueeze_dim)
-    qo, ko = _empty_in_order(q.shape, q, orders[0]), _empty_in_order(k.shape, k, orders[1])
-    qo4, ko4 = _bhtd(qo, unsqueeze_dim), _bhtd(ko, unsqueeze_dim)
-    if cos.dim() == 2:
-        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-    cos, sin = _unit_feature_stride(cos), _unit_feature_stride(sin)
-    if cos.stride() != sin.stride():  # the kernel takes one set of strides for both
-        cos, sin = cos.contiguous(), sin.contiguous()
-    batch, n_q_heads, seq_len, head_dim = q4.shape
-    n_k_heads = k4.shape[1]
-    if batch * seq_len == 0:
-        return qo, ko
+class _Plan(NamedTuple):
+    """Everything about one launch that follows from the inputs' shapes and strides."""
+
+    rotary_dim: int
+    readable: bool  # False: copy the inputs with ``_unit_feature_stride`` and plan again
+    orders: tuple  # memory orders of the outputs (q's, k's)
+    out_strides: tuple  # strides of the outputs (q's, k's)
+    grid: tuple  # empty when there is nothing to rotate
+    int_args: tuple  # the kernel's arguments after its six pointers
+    meta: dict  # the kernel's constexprs and num_warps
+
+
+@functools.lru_cache(maxsize=512)
+def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_shape, sin_strides,
+                 unsqueeze_dim, rotary_dim, orders, fp64) -> _Plan:  # fmt: skip
+    """Validate the shapes (errors name the argument) and work out a launch, once per geometry: a
+    forward+backward otherwise spends more host time here than the GPU spends on small inputs.
+    ``orders`` None: the outputs take the inputs' memory orders (forward)."""
+    rotary_dim = check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim)
+    readable = _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_strides)
+    if orders is None:
+        orders = (_layout_order(q_shape, q_strides), _layout_order(k_shape, k_strides))
+    out_strides = (_dense_strides(q_shape, orders[0]), _dense_strides(k_shape, orders[1]))
+    batch, n_q_heads, seq_len, head_dim = _bhtd(q_shape, unsqueeze_dim)
+    n_k_heads = _bhtd(k_shape, unsqueeze_dim)[1]
+    if not readable or batch * seq_len == 0:
+        return _Plan(rotary_dim, readable, orders, out_strides, (), (), {})
     half = rotary_dim // 2
     half_pad = next_power_of_2(half)
     pass_dims = head_dim - rotary_dim
     block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, n_q_heads, half_pad)
-    block_hk = max(1, min(next_power_of_2(n_k_heads), block_h))
-    sqb, sqh, sqt, _ = q4.stride()
-    skb, skh, skt, _ = k4.stride()
-    sqob, sqoh, sqot, _ = qo4.stride()
-    skob, skoh, skot, _ = ko4.stride()
-    _rope_kernel[(batch * n_t_blocks,)](
-        q4, k4, qo4, ko4, cos, sin,
-        sqb, sqh, sqt, skb, skh, skt, sqob, sqoh, sqot, skob, skoh, skot,
-        0 if cos.shape[0] == 1 else cos.stride(0), cos.stride(1),  # batch stride 0: broadcast
-        seq_len, n_q_heads, n_k_heads,
+    # cos/sin as [B or 1, T, R]; batch stride 0 when broadcast over the batch
+    cos_b = 0 if len(cos_shape) == 2 or cos_shape[0] == 1 else cos_strides[0]
+    int_args = (
+        *_bhtd(q_strides, unsqueeze_dim)[:3], *_bhtd(k_strides, unsqueeze_dim)[:3],
+        *_bhtd(out_strides[0], unsqueeze_dim)[:3], *_bhtd(out_strides[1], unsqueeze_dim)[:3],
+        cos_b, cos_strides[-2], seq_len, n_q_heads, n_k_heads,
+    )  # fmt: skip
+    meta = dict(
         HALF=half,
         PASS=pass_dims,
         BLOCK_T=block_t,
         BLOCK_HQ=block_h,
-        BLOCK_HK=block_hk,
+        BLOCK_HK=max(1, min(next_power_of_2(n_k_heads), block_h)),
         HALF_PAD=half_pad,
         PASS_PAD=next_power_of_2(pass_dims) if pass_dims else 1,
-        INVERSE=inverse,
-        COMPUTE=tl.float64 if q.dtype == torch.float64 else tl.float32,
+        COMPUTE=tl.float64 if fp64 else tl.float32,
         num_warps=NUM_WARPS,
+    )
+    return _Plan(rotary_dim, readable, orders, out_strides, (batch * n_t_blocks,), int_args, meta)
+
+
+def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None) -> _Plan:
+    """The launch plan for these tensors (shapes checked); see ``_launch_plan``."""
+    return _launch_plan(
+        q.shape, q.stride(), k.shape, k.stride(), cos.shape, cos.stride(), sin.shape, sin.stride(), unsqueeze_dim,
+        rotary_dim, orders, q.dtype == torch.float64,
     )  # fmt: skip
-    return qo, ko
 
 
-def check_rope_inputs(q, k, cos, sin, unsqueeze_dim, rotary_dim) -> int:
-    """Validate the arguments (errors name the argument); returns the rotary dimension."""
+def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None):
+    """Rotate (``inverse=False``) or un-rotate q and k in one launch into new tensors, laid out in
+    memory as q and k are (``orders`` None) or in the given memory orders. Returns (q_out, k_out,
+    plan)."""
+    plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, orders)
+    if not plan.readable:
+        q, k = _unit_feature_stride(q), _unit_feature_stride(k)
+        cos, sin = _unit_feature_stride(cos), _unit_feature_stride(sin)
+        if cos.stride() != sin.stride():
+            cos, sin = cos.contiguous(), sin.contiguous()
+        plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders)
+    qo = empty_output(q.shape, q, strides=plan.out_strides[0])
+    ko = empty_output(k.shape, k, strides=plan.out_strides[1])
+    if plan.grid:
+        _rope_kernel[plan.grid](q, k, qo, ko, cos, sin, *plan.int_args, INVERSE=inverse, **plan.meta)
+    return qo, ko, plan
+
+
+def check_rope_tensors(q, k, cos, sin) -> None:
+    """Types, dtypes and devices of the inputs (errors name the argument)."""
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         check_float(name, t)
     check_same_device(q=q, k=k, cos=cos, sin=sin)
     check_same_dtype(q=q, k=k)
+
+
+def check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim) -> int:
+    """Validate the shapes (errors name the argument); returns the rotary dimension."""
     if unsqueeze_dim not in (1, 2):
         raise ValueError(f"`unsqueeze_dim` must be 1 (q, k as [B, H, T, D]) or 2 ([B, T, H, D]), got {unsqueeze_dim}.")
-    for name, t in (("q", q), ("k", k)):
-        if t.dim() != 4:
-            raise ValueError(f"`{name}` must be 4-D ([B, H, T, D] or [B, T, H, D]), got shape {tuple(t.shape)}.")
+    for name, shape in (("q", q_shape), ("k", k_shape)):
+        if len(shape) != 4:
+            raise ValueError(f"`{name}` must be 4-D ([B, H, T, D] or [B, T, H, D]), got shape {tuple(shape)}.")
     t_dim = 3 - unsqueeze_dim
-    batch, seq_len, head_dim = q.shape[0], q.shape[t_dim], q.shape[-1]
-    if k.shape[-1] != head_dim:
-        raise ValueError(f"`k` has head_dim {k.shape[-1]} but `q` has {head_dim}: they must match.")
-    if k.shape[0] != batch or k.shape[t_dim] != seq_len:
+    batch, seq_len, head_dim = q_shape[0], q_shape[t_dim], q_shape[-1]
+    if k_shape[-1] != head_dim:
+        raise ValueError(f"`k` has head_dim {k_shape[-1]} but `q` has {head_dim}: they must match.")
+    if k_shape[0] != batch or k_shape[t_dim] != seq_len:
         raise ValueError(
-            f"`k` has shape {tuple(k.shape)} but `q` has {tuple(q.shape)}: batch and sequence lengths must match."
+            f"`k` has shape {tuple(k_shape)} but `q` has {tuple(q_shape)}: batch and sequence lengths must match."
         )
-    if tuple(cos.shape) != tuple(sin.shape):
-        raise ValueError(f"`sin` has shape {tuple(sin.shape)} but `cos` has {tuple(cos.shape)}: they must match.")
-    if cos.dim() not in (2, 3) or cos.shape[-2] != seq_len or (cos.dim() == 3 and cos.shape[0] not in (1, batch)):
+    if tuple(cos_shape) != tuple(sin_shape):
+        raise ValueError(f"`sin` has shape {tuple(sin_shape)} but `cos` has {tuple(cos_shape)}: they must match.")
+    if (
+        len(cos_shape) not in (2, 3)
+        or cos_shape[-2] != seq_len
+        or (len(cos_shape) == 3 and cos_shape[0] not in (1, batch))
+    ):
         raise ValueError(
             f"`cos` and `sin` must be [1, T, R], [B, T, R] or [T, R] with B={batch}, T={seq_len}; "
-            f"got {tuple(cos.shape)}."
+            f"got {tuple(cos_shape)}."
         )
-    rotary_dim = cos.shape[-1] if rotary_dim is None else rotary_dim
-    if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim or rotary_dim > cos.shape[-1]:
+    rotary_dim = cos_shape[-1] if rotary_dim is None else rotary_dim
+    if rotary_dim <= 0 or rotary_dim % 2 or rotary_dim > head_dim or rotary_dim > cos_shape[-1]:
         raise ValueError(
             f"`rotary_dim` must be even, positive and at most head_dim ({head_dim}) and cos.shape[-1] "
-            f"({cos.shape[-1]}); got {rotary_dim}."
+            f"({cos_shape[-1]}); got {rotary_dim}."
         )
     return rotary_dim
 
@@ -302,16 +356,17 @@ class LigerRopeFunction(LigerFunction):
 
     @staticmethod
     def forward(ctx, q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
-        rotary_dim = check_rope_inputs(q, k, cos, sin, unsqueeze_dim, rotary_dim)
+        check_rope_tensors(q, k, cos, sin)
         ctx.use_triton = use_triton(q)
         if not ctx.use_triton:
+            rotary_dim = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim).rotary_dim
             return fallback_forward(
                 ctx, rope_reference, q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim
             )
-        ctx.unsqueeze_dim, ctx.rotary_dim = unsqueeze_dim, rotary_dim
-        ctx.orders = (_layout_order(q), _layout_order(k))
+        qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, rotary_dim, False)
+        ctx.unsqueeze_dim, ctx.rotary_dim, ctx.orders = unsqueeze_dim, plan.rotary_dim, plan.orders
         ctx.save_for_backward(cos, sin)
-        return rope_launch(q, k, cos, sin, unsqueeze_dim, rotary_dim, False, ctx.orders)
+        return qo, ko
 
     @staticmethod
     def backward(ctx, dq, dk):
@@ -319,5 +374,5 @@ class LigerRopeFunction(LigerFunction):
             return fallback_backward(ctx, dq, dk)
         cos, sin = ctx.saved_tensors
         # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
-        dq, dk = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, ctx.rotary_dim, True, ctx.orders)
+        dq, dk, _ = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, ctx.rotary_dim, True, ctx.orders)
         return dq, dk, None, None, None, None, None
