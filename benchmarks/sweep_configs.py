@@ -8,6 +8,7 @@ against the default configuration's outputs and gradients (same inputs, max rela
 The numbers these gave are in benchmarks/NOTES.md.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -51,18 +52,37 @@ def _norm_step(name, hidden):
     return step
 
 
+@contextlib.contextmanager
+def _norm_settings(**overrides):
+    """``ops/norms.py``'s module constants overridden for the duration (its cached launch settings
+    cleared around it)."""
+    saved = {k: getattr(norms, k) for k in overrides}
+    for k, v in overrides.items():
+        setattr(norms, k, v)
+    norms.clear_launch_caches()
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(norms, k, v)
+        norms.clear_launch_caches()
+
+
 def norm_backward():
-    default = norms._backward_tile
-    tiles = {"default": default, "1 row": lambda n: n, "2 rows": lambda n: 2 * n, "4 rows": lambda n: 4 * n}
+    tiles = {
+        "default": norms._backward_tile,
+        "1 row": lambda n: n,
+        "2 rows": lambda n: 2 * n,
+        "4 rows": lambda n: 4 * n,
+    }
     for hidden in (1024, 2048, 4096, 8192):
         for name in ("rms", "ln"):
             step, row, reference = _norm_step(name, hidden), [], None
             for label, tile in tiles.items():
-                norms._backward_tile = tile
-                ms, outs, err = timed_and_checked(step, reference)
+                with _norm_settings(_backward_tile=tile):
+                    ms, outs, err = timed_and_checked(step, reference)
                 reference = reference or outs
                 row.append(_cell(label, ms, err))
-            norms._backward_tile = default
             print(f"{name} 16384x{hidden}: " + " | ".join(row), flush=True)
 
 
@@ -82,12 +102,8 @@ def norm_wide():
         for name in ("rms", "ln"):
             step, row, reference = _norm_step(name, hidden), [], None
             for label, overrides in configs.items():
-                saved = {k: getattr(norms, k) for k in overrides}
-                for k, v in overrides.items():
-                    setattr(norms, k, v)
-                ms, outs, err = timed_and_checked(step, reference)
-                for k, v in saved.items():
-                    setattr(norms, k, v)
+                with _norm_settings(**overrides):
+                    ms, outs, err = timed_and_checked(step, reference)
                 reference = reference or outs
                 row.append(_cell(label, ms, err))
             print(f"{name} 16384x{hidden}: " + " | ".join(row), flush=True)

@@ -19,26 +19,14 @@ EPS = 1e-5
 AFFINE = {"weight_bias": (True, True), "weight_only": (True, False), "none": (False, False)}
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Force column blocks far narrower than the rows, so the looped paths run on small shapes: the
-    backward holds rows of up to 4 x 16 columns in column blocks, and loops over wider ones."""
-    monkeypatch.setattr(norms, "FWD_MAX_BLOCK", 64)
-    monkeypatch.setattr(norms, "BWD_MAX_BLOCK", 16)
-    monkeypatch.setattr(norms, "PARTS_MAX_COLS", 64)
-    monkeypatch.setattr(norms, "RMS_PART", 16)
-    monkeypatch.setattr(norms, "LN_PART", 16)
-    monkeypatch.setattr(norms, "TILE", 128)
-    monkeypatch.setattr(norms, "_backward_tile", lambda block_n: 2 * block_n)  # 2 rows a tile: several per program
-
-
 def run_parity(shape, dtype, affine="weight_bias", param_dtype=None, mean=0.0, x_view=None):
     hidden = shape[-1]
     has_w, has_b = AFFINE[affine]
     # A mean far from zero tests the variance against cancellation.
     x = (randn(*shape, dtype=torch.float32) + mean).to(dtype).requires_grad_()
-    w = randn(hidden, dtype=param_dtype or dtype, requires_grad=True) if has_w else None
-    b = randn(hidden, dtype=param_dtype or dtype, requires_grad=True) if has_b else None
+    w_dtype, b_dtype = param_dtype if isinstance(param_dtype, tuple) else (param_dtype, param_dtype)
+    w = randn(hidden, dtype=w_dtype or dtype, requires_grad=True) if has_w else None
+    b = randn(hidden, dtype=b_dtype or dtype, requires_grad=True) if has_b else None
     dy = randn(*shape, dtype=dtype)
     x64, w64, b64 = as64(x, w, b)
     layer_norm_reference(x64, w64, b64, EPS).backward(dy.double())
@@ -76,6 +64,27 @@ def test_without_bias_or_weight(affine, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_fp32_parameters_with_half_input(dtype):
     run_parity(SHAPES[-1], dtype, param_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("param_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)])
+def test_weight_and_bias_in_different_dtypes(param_dtype):
+    """dW and dB are summed together and cast apart, each to its own parameter's dtype."""
+    run_parity(SHAPES[-1], torch.bfloat16, param_dtype=param_dtype)
+
+
+@pytest.mark.parametrize("frozen", ["W", "B"])
+def test_gradient_of_one_parameter_only(frozen):
+    """A frozen weight or bias gets no gradient; the other one still the right one."""
+    x = randn(13, 37, requires_grad=True)
+    w, b = randn(37, requires_grad=frozen != "W"), randn(37, requires_grad=frozen != "B")
+    dy = randn(13, 37)
+    LigerLayerNormFunction.apply(x, w, b, EPS).backward(dy)
+    x64, w64, b64 = as64(x, w, b)
+    layer_norm_reference(x64, w64, b64, EPS).backward(dy.double())
+    assert_matches("dX", x.grad, x64.grad)
+    frozen_t, trained, trained64 = (w, b, b64) if frozen == "W" else (b, w, w64)
+    assert frozen_t.grad is None
+    assert_matches("d" + ("B" if frozen == "W" else "W"), trained.grad, trained64.grad)
 
 
 def test_large_mean_is_stable():

@@ -19,19 +19,6 @@ SHAPES = sizes(
 EPS = 1e-6
 
 
-@pytest.fixture
-def small_blocks(monkeypatch):
-    """Force column blocks far narrower than the rows, so the looped paths run on small shapes: the
-    backward holds rows of up to 4 x 16 columns in column blocks, and loops over wider ones."""
-    monkeypatch.setattr(norms, "FWD_MAX_BLOCK", 64)
-    monkeypatch.setattr(norms, "BWD_MAX_BLOCK", 16)
-    monkeypatch.setattr(norms, "PARTS_MAX_COLS", 64)
-    monkeypatch.setattr(norms, "RMS_PART", 16)
-    monkeypatch.setattr(norms, "LN_PART", 16)
-    monkeypatch.setattr(norms, "TILE", 128)
-    monkeypatch.setattr(norms, "_backward_tile", lambda block_n: 2 * block_n)  # 2 rows a tile: several per program
-
-
 def run_parity(shape, dtype, mode, offset, with_weight=True, w_dtype=None, in_place=False):
     hidden = shape[-1]
     x = randn(*shape, dtype=dtype, requires_grad=True)

@@ -32,8 +32,8 @@ class LigerLayerNormFunction(LigerFunction):
         ctx.use_triton = use_triton(X) and X.dtype != torch.float64
         if not ctx.use_triton:
             return fallback_forward(ctx, layer_norm_reference, X, W, B, eps)
-        Y, X2, mean, rstd = norm_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
-        ctx.save_for_backward(X2, W, B, mean, rstd)
+        Y, X2, stats = norm_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
+        ctx.save_for_backward(X2, W, B, stats)
         ctx.x_shape = X.shape
         return Y
 
@@ -41,13 +41,8 @@ class LigerLayerNormFunction(LigerFunction):
     def backward(ctx, dY):
         if not ctx.use_triton:
             return fallback_backward(ctx, dY)
-        X2, W, B, mean, rstd = ctx.saved_tensors
+        X2, W, B, stats = ctx.saved_tensors
         need_dw = W is not None and ctx.needs_input_grad[1]
         need_db = B is not None and ctx.needs_input_grad[2]
-        dX, dW, dB = norm_backward(dY, X2, W, mean, rstd, 0.0, GEMMA, False, need_dw, need_db, in_place=False)
-        return (
-            dX.view(ctx.x_shape),
-            None if dW is None else dW.to(W.dtype),
-            None if dB is None else dB.to(B.dtype),
-            None,
-        )
+        dX, dW, dB = norm_backward(dY, X2, W, B, stats, 0.0, GEMMA, False, need_dw, need_db, in_place=False)
+        return dX.view(ctx.x_shape), dW, dB, None

@@ -18,6 +18,7 @@ adding each block's dW into the program's own partial row in memory (still no at
 """
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -115,8 +116,22 @@ def _write_output(
 
 
 @triton.jit
+def _buffers(STATS, PARTIALS, n_rows, n_cols, IS_RMS: tl.constexpr, DW: tl.constexpr):
+    """Pointers to the per-row mean and rstd in STATS ([rstd] or, for LayerNorm, [mean, rstd]
+    rows of n_rows) and to the dW and dB partials in PARTIALS ([dW] and/or [dB] blocks of
+    [programs, n_cols], those that are wanted): one allocation each instead of two."""
+    RSTD = STATS
+    if not IS_RMS:
+        RSTD = STATS + n_rows
+    DB_PART = PARTIALS
+    if DW:
+        DB_PART = PARTIALS + tl.num_programs(0).to(tl.int64) * n_cols
+    return STATS, RSTD, PARTIALS, DB_PART
+
+
+@triton.jit
 def _norm_forward_kernel(
-    X, Y, W, B, MEAN, RSTD,
+    X, Y, W, B, STATS,
     stride_x, n_rows, n_cols, eps, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
@@ -160,6 +175,7 @@ def _norm_forward_kernel(
     rstd = 1.0 / tl.sqrt(m2 / n_cols + eps)
     if CASTING == 2:
         rstd = _round(rstd, Y.dtype.element_ty)
+    MEAN, RSTD, _, _ = _buffers(STATS, STATS, n_rows, n_cols, IS_RMS, False)
     tl.store(RSTD + rows, rstd, mask=row_mask)
     if not IS_RMS:
         tl.store(MEAN + rows, mean, mask=row_mask)
@@ -256,13 +272,14 @@ def _part(a0, a1, a2, a3, p: tl.constexpr):
 
 @triton.jit
 def _norm_backward_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART,
+    DY, X, W, STATS, DX, PARTIALS,
     stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, DW: tl.constexpr, DB: tl.constexpr,
     BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     """A persistent program: row tiles pid, pid + P, ...; its dW / dB sums go to partial row pid."""
     pid = tl.program_id(0)
+    MEAN, RSTD, DW_PART, DB_PART = _buffers(STATS, PARTIALS, n_rows, n_cols, IS_RMS, DW)
     n_tiles = tl.cdiv(n_rows, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_N)
     x_dtype = X.dtype.element_ty
@@ -345,7 +362,7 @@ def _row_part(
 
 @triton.jit
 def _norm_backward_parts_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PART, DB_PART,
+    DY, X, W, STATS, DX, PARTIALS,
     stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, DW: tl.constexpr, DB: tl.constexpr,
     PART: tl.constexpr, PARTS: tl.constexpr,
@@ -355,6 +372,7 @@ def _norm_backward_parts_kernel(
     per program in flight) for dX. Holding a whole wide row and its sums at once spills
     registers; 1-D parts compile to fewer than 2-D [1, PART] tiles (measured)."""
     pid = tl.program_id(0)
+    MEAN, RSTD, DW_PART, DB_PART = _buffers(STATS, PARTIALS, n_rows, n_cols, IS_RMS, DW)
     cols = tl.arange(0, PART)
     x_dtype = X.dtype.element_ty
     dw0 = tl.zeros([PART], dtype=tl.float32)
@@ -425,12 +443,48 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _num_programs(n_tiles: int, device: torch.device) -> int:
-    """The backward's persistent grid: one program per SM on a GPU; a handful under the
-    interpreter, where each program is slow but must still loop over tiles."""
-    if device.type != "cuda" or interpreting():
+def _num_programs(n_tiles: int, device_index: int) -> int:
+    """The backward's persistent grid: one program per SM on a GPU (``device_index`` as
+    ``Tensor.get_device()`` gives it, -1 on the CPU); a handful under the interpreter, where
+    each program is slow but must still loop over tiles."""
+    if device_index < 0 or interpreting():
         return max(1, min(n_tiles, 3))
-    return max(1, min(n_tiles, _sm_count(device.index or 0)))
+    return max(1, min(n_tiles, _sm_count(device_index)))
+
+
+# Launch settings are cached per shape: working them out costs more host time than the GPU spends
+# on a small norm (tests that patch the tile sizes clear these caches).
+@functools.lru_cache(maxsize=1024)
+def _forward_launch(n_rows: int, n_cols: int) -> tuple[int, int, int, int]:
+    """(programs, BLOCK_ROWS, BLOCK_N, num_warps) of the forward."""
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, lambda block_n: TILE)
+    return cdiv(n_rows, block_rows), block_rows, block_n, num_warps
+
+
+class _BackwardLaunch(NamedTuple):
+    n_programs: int
+    block_rows: int
+    block_n: int  # the column part of ``_norm_backward_parts_kernel``
+    num_warps: int
+    single: bool  # whole rows in one block
+    parts: int  # column parts of ``_norm_backward_parts_kernel``; 0: ``_norm_backward_kernel``
+
+
+@functools.lru_cache(maxsize=1024)
+def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) -> _BackwardLaunch:
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile)
+    single = block_n >= n_cols
+    if single or n_cols > PARTS_MAX_COLS:
+        n_programs = _num_programs(cdiv(n_rows, block_rows), device_index)
+        return _BackwardLaunch(n_programs, block_rows, block_n, num_warps, single, 0)
+    part = RMS_PART if is_rms else LN_PART
+    return _BackwardLaunch(_num_programs(n_rows, device_index), 1, part, PART_WARPS, False, cdiv(n_cols, part))
+
+
+def clear_launch_caches() -> None:
+    """Forget the cached launch settings (after changing the tile constants, as tests do)."""
+    _forward_launch.cache_clear()
+    _backward_launch.cache_clear()
 
 
 def check_norm_inputs(X, W, B=None) -> None:
@@ -457,27 +511,27 @@ def check_norm_inputs(X, W, B=None) -> None:
 
 
 def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
-    """Y (X's shape and dtype), X as [rows, H] (saved for backward), per-row fp32 mean (None for
-    RMSNorm) and rstd."""
+    """Y (X's shape and dtype), X as [rows, H] (saved for backward) and the fp32 per-row
+    statistics: [rstd] (RMSNorm) or [mean, rstd] (LayerNorm) rows."""
     X2 = as_rows(X)
     n_rows, n_cols = X2.shape
     Y = empty_output(X.shape, X)
-    rstd = torch.empty(n_rows, dtype=torch.float32, device=X.device)
-    mean = None if is_rms else torch.empty(n_rows, dtype=torch.float32, device=X.device)
+    stats = torch.empty((1 if is_rms else 2, n_rows), dtype=torch.float32, device=X.device)
     if Y.numel():
-        block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, lambda block_n: TILE)
-        _norm_forward_kernel[(cdiv(n_rows, block_rows),)](
-            X2, Y, X2 if W is None else W, X2 if B is None else B, rstd if mean is None else mean, rstd,
+        n_programs, block_rows, block_n, num_warps = _forward_launch(n_rows, n_cols)
+        _norm_forward_kernel[(n_programs,)](
+            X2, Y, X2 if W is None else W, X2 if B is None else B, stats,
             X2.stride(0), n_rows, n_cols, float(eps), float(offset),
             is_rms, casting, W is not None, B is not None,
             block_rows, block_n, block_n >= n_cols,
             num_warps=num_warps,
         )  # fmt: skip
-    return Y, X2, mean, rstd
+    return Y, X2, stats
 
 
-def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bool, need_dw, need_db, in_place):
-    """(dX as [rows, H], dW and dB as fp32 sums (the caller casts them) or None).
+def norm_backward(dY, X2, W, B, stats, offset: float, casting: int, is_rms: bool, need_dw, need_db, in_place):
+    """(dX as [rows, H], dW in W's dtype or None, dB in B's dtype or None); dW and dB are summed
+    in fp32.
 
     ``in_place`` writes dX into dY's buffer when dY is a dense [rows, H] tensor of X's dtype; a
     dY that had to be copied to rows is our own buffer and takes dX either way."""
@@ -486,27 +540,37 @@ def norm_backward(dY, X2, W, mean, rstd, offset: float, casting: int, is_rms: bo
     copied = dY2.data_ptr() != dY.data_ptr()
     dense = dY2.stride(0) == n_cols and dY2.dtype == X2.dtype
     dX2 = dY2 if dense and (in_place or copied) else empty_output(X2.shape, X2)
+    n_sums = need_dw + need_db
     if dX2.numel() == 0:
-        zeros = torch.zeros(n_cols, dtype=torch.float32, device=X2.device)
-        return dX2, zeros if need_dw else None, zeros if need_db else None
-    block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile)
-    single = block_n >= n_cols
-    part = RMS_PART if is_rms else LN_PART
-    parts = cdiv(n_cols, part) if not single and n_cols <= PARTS_MAX_COLS else 0
-    n_programs = _num_programs(n_rows if parts else cdiv(n_rows, block_rows), X2.device)
-    # Partials: every program stores its row when it holds dW in registers; the looped path adds
-    # block by block into it, so it starts at zero.
+        return dX2, *_parameter_grads(torch.zeros(n_sums, 1, n_cols, device=X2.device), W, B, need_dw, need_db)
+    n_programs, block_rows, block_n, num_warps, single, parts = _backward_launch(
+        n_rows, n_cols, is_rms, X2.get_device()
+    )
+    # fp32 partials, [dW and/or dB] x [programs, H]: every program stores its row when it holds the
+    # sums in registers; the looped path adds block by block into it, so it starts at zero.
     alloc = torch.empty if single or parts else torch.zeros
-    dw_part = alloc((n_programs, n_cols), dtype=torch.float32, device=X2.device) if need_dw else None
-    db_part = alloc((n_programs, n_cols), dtype=torch.float32, device=X2.device) if need_db else None
+    partials = alloc((n_sums, n_programs, n_cols), dtype=torch.float32, device=X2.device) if n_sums else X2
     args = (
-        dY2, X2, X2 if W is None else W, rstd if mean is None else mean, rstd, dX2,
-        X2 if dw_part is None else dw_part, X2 if db_part is None else db_part,
+        dY2, X2, X2 if W is None else W, stats, dX2, partials,
         dY2.stride(0), X2.stride(0), dX2.stride(0), n_rows, n_cols, float(offset),
         is_rms, casting, W is not None, need_dw, need_db,
     )  # fmt: skip
     if parts:
-        _norm_backward_parts_kernel[(n_programs,)](*args, part, parts, num_warps=PART_WARPS)
+        _norm_backward_parts_kernel[(n_programs,)](*args, block_n, parts, num_warps=num_warps)
     else:
         _norm_backward_kernel[(n_programs,)](*args, block_rows, block_n, single, num_warps=num_warps)
-    return dX2, None if dw_part is None else dw_part.sum(0), None if db_part is None else db_part.sum(0)
+    return dX2, *_parameter_grads(partials, W, B, need_dw, need_db)
+
+
+def _parameter_grads(partials, W, B, need_dw: bool, need_db: bool):
+    """(dW, dB), each in its parameter's dtype, from the fp32 partials ([dW and/or dB] x
+    [programs, H]); as few torch calls as possible (each costs host time)."""
+    if not (need_dw or need_db):
+        return None, None
+    if not (need_dw and need_db):
+        grad = partials.sum((0, 1)).to((W if need_dw else B).dtype)
+        return (grad, None) if need_dw else (None, grad)
+    sums = partials.sum(1)
+    if W.dtype == B.dtype:
+        return tuple(sums.to(W.dtype).unbind(0))  # one cast for both
+    return sums[0].to(W.dtype), sums[1].to(B.dtype)

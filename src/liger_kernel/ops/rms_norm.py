@@ -61,8 +61,8 @@ class LigerRMSNormFunction(LigerFunction):
         ctx.use_triton = use_triton(X) and X.dtype != torch.float64
         if not ctx.use_triton:
             return fallback_forward(ctx, rms_norm_reference, X, W, eps, offset, mode)
-        Y, X2, _, rstd = norm_forward(X, W, None, eps, offset, CASTING_MODES[mode], is_rms=True)
-        ctx.save_for_backward(X2, W, rstd)
+        Y, X2, stats = norm_forward(X, W, None, eps, offset, CASTING_MODES[mode], is_rms=True)
+        ctx.save_for_backward(X2, W, stats)
         ctx.offset, ctx.casting, ctx.in_place, ctx.x_shape = offset, CASTING_MODES[mode], in_place, X.shape
         return Y
 
@@ -70,7 +70,7 @@ class LigerRMSNormFunction(LigerFunction):
     def backward(ctx, dY):
         if not ctx.use_triton:
             return *fallback_backward(ctx, dY), None, None
-        X2, W, rstd = ctx.saved_tensors
+        X2, W, stats = ctx.saved_tensors
         need_dw = W is not None and ctx.needs_input_grad[1]
-        dX, dW, _ = norm_backward(dY, X2, W, None, rstd, ctx.offset, ctx.casting, True, need_dw, False, ctx.in_place)
-        return dX.view(ctx.x_shape), None if dW is None else dW.to(W.dtype), None, None, None, None, None
+        dX, dW, _ = norm_backward(dY, X2, W, None, stats, ctx.offset, ctx.casting, True, need_dw, False, ctx.in_place)
+        return dX.view(ctx.x_shape), dW, None, None, None, None, None
