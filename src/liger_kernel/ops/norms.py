@@ -472,6 +472,7 @@ class _BackwardLaunch(NamedTuple):
 
 @functools.lru_cache(maxsize=1024)
 def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) -> _BackwardLaunch:
+    """The backward's kernel and settings: whole rows, column parts in registers, or looped."""
     block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile)
     single = block_n >= n_cols
     if single or n_cols > PARTS_MAX_COLS:
