@@ -7,7 +7,7 @@ fp32 ``rstd`` (and ``mean``) so that the backward reads dY and X once and writes
 redoing the statistics' pass over X. The weight (and bias) gradient is reduced from fp32
 partials: the backward runs a persistent grid of one program per SM, each looping over a
 strided set of row tiles (``_backward_tile``) and summing ``dY * x_hat`` in registers; one
-``torch.sum`` over the [programs, H] partials finishes it. No atomics.
+``torch.sum`` over the [dW and/or dB] x [programs, H] partials finishes both. No atomics.
 
 Rows up to ``FWD_MAX_BLOCK`` / ``BWD_MAX_BLOCK`` columns are held in registers whole; wider
 rows (up to ``MAX_HIDDEN``) loop over column blocks: the forward merges per-block statistics

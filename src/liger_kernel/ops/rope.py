@@ -178,19 +178,21 @@ def _dense_strides(shape: tuple, order: tuple) -> tuple:
     return tuple(strides)
 
 
+def _unit_features(shape: tuple, strides: tuple) -> bool:
+    """Whether the last dimension is at unit stride (the kernel indexes features directly)."""
+    return strides[-1] == 1 or shape[-1] == 1
+
+
 def _unit_feature_stride(x: torch.Tensor) -> torch.Tensor:
-    """``x``, or a contiguous copy when its last dimension is not at unit stride (rare: the kernel
-    indexes features directly)."""
-    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+    """``x``, or a contiguous copy when its last dimension is not at unit stride (rare)."""
+    return x if _unit_features(x.shape, x.stride()) else x.contiguous()
 
 
 def _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_strides) -> bool:
     """Whether the kernel reads these in place: features at unit stride, cos and sin with one set
     of strides (fewer launch arguments)."""
-    unit = all(
-        s[-1] == 1 or n[-1] == 1 for n, s in ((q_shape, q_strides), (k_shape, k_strides), (cos_shape, cos_strides))
-    )
-    return unit and cos_strides == sin_strides
+    pairs = ((q_shape, q_strides), (k_shape, k_strides), (cos_shape, cos_strides))
+    return all(_unit_features(*pair) for pair in pairs) and cos_strides == sin_strides
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
@@ -359,7 +361,7 @@ class LigerRopeFunction(LigerFunction):
         check_rope_tensors(q, k, cos, sin)
         ctx.use_triton = use_triton(q)
         if not ctx.use_triton:
-            rotary_dim = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim).rotary_dim
+            rotary_dim = check_rope_shapes(q.shape, k.shape, cos.shape, sin.shape, unsqueeze_dim, rotary_dim)
             return fallback_forward(
                 ctx, rope_reference, q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim
             )
