@@ -89,9 +89,14 @@ def liger_fused_linear_cross_entropy(
     use_token_scaling=False,
     return_token_accuracy=False,
     return_predicted_tokens=False,
+    chunk_mem_const=1,
 ):
     """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
-    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested."""
+    logits tensor. Returns the loss (in the input's dtype), or a ``CrossEntropyOutput`` when an extra
+    output is requested. By default every gradient is exact (rounded once from fp32); any
+    ``accum_dtype`` selects the faster token-chunk path that accumulates the weight gradient in it
+    (``torch.bfloat16``: Liger Kernel 0.8.5's default). ``chunk_mem_const`` multiplies the chunk
+    memory budgets. See ``LigerFusedLinearCrossEntropyFunction``."""
     outputs = LigerFusedLinearCrossEntropyFunction.apply(
         input,
         weight,
@@ -108,5 +113,8 @@ def liger_fused_linear_cross_entropy(
         use_token_scaling,
         return_token_accuracy,
         return_predicted_tokens,
+        None,
+        None,
+        chunk_mem_const,
     )
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
