@@ -96,8 +96,9 @@ def liger(
 def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None):
     """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns."""
     monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
-    monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 8)
-    monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 8)
+    sets = 2 if ON_GPU and flce_ops.OVERLAP else 1  # buffer sets in flight
+    monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4 * sets)
+    monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4 * sets)
 
 
 def small_chunks(monkeypatch, n_cols, rows=8, n_rows=32):
@@ -182,10 +183,10 @@ def test_split_size_follows_the_budget():
         rows = split_size(n, v * size, budget)
         assert rows * v * size <= budget and rows % 128 == 0 or rows == n
     assert split_size(5, 1000 * 2, 10) == 1  # budget below one row: one row per chunk
-    # The exact path's defaults at N=8192, H=4096, V=128256 bf16: 1024-token chunks in the forward,
-    # 1536-column tiles in the backward (72 MiB beside the 1002 MiB weight gradient).
-    assert split_size(8192, 128256 * 6, flce_ops.EXACT_ROWS_BUDGET_BYTES) == 1024
-    assert split_size(128256, 8192 * 6, flce_ops.EXACT_TILE_BUDGET_BYTES) == 1536
+    # The exact path's defaults at N=8192, H=4096, V=128256 bf16, two fp32 buffer sets in flight:
+    # 1024-token chunks in the forward, 1152-column tiles in the backward (72 MiB in all).
+    assert split_size(8192, 128256 * 4 * 2, flce_ops.EXACT_ROWS_BUDGET_BYTES) == 1024
+    assert split_size(128256, 8192 * 4 * 2, flce_ops.EXACT_TILE_BUDGET_BYTES) == 1152
 
 
 @pytest.mark.parametrize("impl", ["exact", "fast", "torch"])
@@ -369,8 +370,8 @@ def test_bf16_stability_at_large_vocab():
         count = (y != -100).sum().item()
     loss = liger_fused_linear_cross_entropy(x, w, y)
     loss.backward()
-    # bf16 loss, as PyTorch returns it: one rounding (2^-9 relative) on top of the 1e-3
-    assert torch.isfinite(loss) and abs(loss.item() - total / count) <= (1e-3 + 2**-9) * abs(total / count)
+    # bf16 loss, as PyTorch returns it: one rounding (up to 2^-8 relative) on top of the 1e-3
+    assert torch.isfinite(loss) and abs(loss.item() - total / count) <= (1e-3 + 2**-8) * abs(total / count)
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
 
 

@@ -76,14 +76,18 @@ from liger_kernel.utils import use_triton
 # gradient): 448 MiB -> 5 chunks, 42.6 ms, 1473 MB; 576 MiB -> 4 chunks, 40.4 ms, 1567 MB;
 # 1100 MiB -> 40.3 ms, 2068 MB. 576 MiB is the knee.
 CHUNK_BUDGET_BYTES = 576 * 2**20
-# Exact path, forward: fp32 logits + dlogits of one token chunk (1024 tokens of a 128k
-# vocabulary, 751 MiB). The weight gradient does not exist yet, so this stays under the
-# backward's peak.
-EXACT_ROWS_BUDGET_BYTES = 768 * 2**20
-# Exact path, backward: fp32 logits + dlogits of one vocabulary tile for all tokens (1536 columns
-# at 8192 tokens), beside the weight and input gradients: 1002 + 64 + 72 = 1138 MiB < 1.2e9 B.
+# Exact path, forward: the fp32 logits of the token chunks in flight (dlogits are written over
+# them): 2 x 1024 tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient.
+# The weight gradient does not exist yet, so this stays under the backward's peak.
+EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
+# Exact path, backward: the fp32 logits of the vocabulary tiles in flight, for all tokens (2 x
+# 1152 columns at 8192 tokens) beside the weight and input gradients: 1002 + 64 + 72 = 1138 MiB.
 EXACT_TILE_BUDGET_BYTES = 72 * 2**20
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
+
+# On CUDA, run the memory-bound steps (row statistics, dlogits) on a side stream, overlapped with
+# the next chunk's matmul; each budget then holds two buffer sets of half the size.
+OVERLAP = True
 
 # Chunk sizes are a multiple of this (tensor-core friendly matmul shapes).
 CHUNK_ALIGN = 128
@@ -169,7 +173,7 @@ def _round_to_bf16(v):
 def _dlogits_kernel(
     z_ptr,  # [R, T] fp32 logits (softcapped) of columns col0 .. col0 + T
     stride_z,
-    g_ptr,  # [R, T] out: dloss/dlogits in the matmul dtype
+    g_ptr,  # [R, T] out: dloss/dlogits in the matmul dtype; may be z's own memory (see below)
     stride_g,
     label_ptr,  # [R] label, -1 at ignored tokens
     lse_ptr,  # [R] fp32
@@ -187,24 +191,37 @@ def _dlogits_kernel(
     BLOCK: tl.constexpr,
 ):
     """``g = coef_p * exp(z - lse) - coef_y * [c == y] - coef_smooth * w[c]``, times the softcap's
-    derivative ``1 - (z / softcap)^2``; one (row, column block) per program."""
+    derivative ``1 - (z / softcap)^2``. One row per program, its blocks in order, so ``g`` may be
+    written over ``z``'s row as 2-byte values (``g`` = the row's first half): block k's output
+    lands on fp32 columns [k B / 2, (k + 1) B / 2), all read by blocks <= k; the barrier orders
+    every thread's loads of a block before any thread's stores."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    z = tl.load(z_ptr + row * stride_z + cols, mask=mask, other=0.0)
-    g = tl.load(coef_p_ptr + row) * tl.exp(z - tl.load(lse_ptr + row))
-    g = tl.where(cols + col0 == tl.load(label_ptr + row), g - tl.load(coef_y_ptr + row), g)
+    z_row = z_ptr + row * stride_z
+    g_row = g_ptr + row * stride_g
+    lse = tl.load(lse_ptr + row)
+    coef_p = tl.load(coef_p_ptr + row)
+    coef_y = tl.load(coef_y_ptr + row)
+    label = tl.load(label_ptr + row) - col0
     if SMOOTHING:
-        smooth = tl.load(coef_smooth_ptr + row)
-        if HAS_WEIGHT:
-            smooth *= tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
-        g -= smooth
-    if SOFTCAP:
-        u = z * inv_softcap
-        g *= 1.0 - u * u
-    if TO_BF16:
-        g = _round_to_bf16(g)
-    tl.store(g_ptr + row * stride_g + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+        coef_smooth = tl.load(coef_smooth_ptr + row)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        z = tl.load(z_row + cols, mask=mask, other=0.0)
+        g = coef_p * tl.exp(z - lse)
+        g = tl.where(cols == label, g - coef_y, g)
+        if SMOOTHING:
+            if HAS_WEIGHT:
+                g -= coef_smooth * tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
+            else:
+                g -= coef_smooth
+        if SOFTCAP:
+            u = z * inv_softcap
+            g *= 1.0 - u * u
+        if TO_BF16:
+            g = _round_to_bf16(g)
+        tl.debug_barrier()
+        tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- exact path
@@ -265,21 +282,50 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
 
 
-def fp32_logits(x, weight, bias, softcap, out) -> None:
-    """``out = x @ weight.T + bias`` in fp32 (then softcapped)."""
-    mm_fp32(x, weight.t(), out)
-    if bias is not None:
-        out += bias
-    if softcap is not None:
-        out.div_(softcap).tanh_().mul_(softcap)
+def buffer_sets(x: torch.Tensor) -> int:
+    """2 buffer sets when ``pipeline`` overlaps (CUDA and ``OVERLAP``), else 1."""
+    return 2 if OVERLAP and x.is_cuda else 1
 
 
-def dlogits_launch(z, out, col0, terms: RowTerms, w, opts: CEOptions) -> None:
-    n_rows, n_cols = z.shape
-    if n_rows == 0 or n_cols == 0:
+def pipeline(n: int, matmul_in, middle, matmul_out, overlap: bool) -> None:
+    """``matmul_in(i); middle(i); matmul_out(i)`` for ``i < n``. With ``overlap`` (CUDA), the
+    memory-bound ``middle(i)`` runs on a side stream while the main stream runs
+    ``matmul_in(i + 1)`` (into the other buffer set) and ``matmul_out(i - 1)``; the main stream's
+    order keeps each buffer set's reuse safe, and it waits for the last ``middle`` before returning."""
+    if not overlap:
+        for i in range(n):
+            matmul_in(i)
+            middle(i)
+            matmul_out(i)
         return
-    block = min(1024, next_power_of_2(n_cols))
-    _dlogits_kernel[(n_rows, cdiv(n_cols, block))](
+    main = torch.cuda.current_stream()
+    side = torch.cuda.Stream(device=main.device)
+    previous = None
+    for i in range(n):
+        matmul_in(i)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            middle(i)
+        done = side.record_event()
+        if previous is not None:
+            main.wait_event(previous[1])
+            matmul_out(previous[0])
+        previous = (i, done)
+    if previous is not None:
+        main.wait_event(previous[1])
+        matmul_out(previous[0])
+
+
+def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
+    """dloss/dlogits of the fp32 logits ``z`` [n, T] (softcapped; columns ``col0 ..``) in
+    ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
+    ``2T`` for 2-byte dtypes)."""
+    n_rows, n_cols = z.shape
+    out = z.view(dtype)[:, :n_cols]
+    if n_rows == 0 or n_cols == 0:
+        return out
+    block = min(2048, next_power_of_2(n_cols))
+    _dlogits_kernel[(n_rows,)](
         z,
         z.stride(0),
         out,
@@ -298,8 +344,9 @@ def dlogits_launch(z, out, col0, terms: RowTerms, w, opts: CEOptions) -> None:
         SOFTCAP=opts.softcap is not None,
         TO_BF16=out.dtype == torch.bfloat16,
         BLOCK=block,
-        num_warps=4,
+        num_warps=8,
     )
+    return out
 
 
 def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float):
@@ -320,15 +367,21 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
     pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
     grad_x = torch.empty(n_rows, hidden, dtype=torch.float32, device=x.device) if need_x else None
 
-    row_bytes = n_vocab * (4 + (x.element_size() if need_x else 0))
-    rows = split_size(n_rows, row_bytes, budget)
-    z_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
-    g_buf = torch.empty(rows * n_vocab, dtype=x.dtype, device=x.device) if need_x else None
+    sets = buffer_sets(x)
+    rows = split_size(n_rows, n_vocab * 4 * sets, budget)
+    bufs = [torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device) for _ in range(sets)]
+    chunks = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
     smoothing = opts.label_smoothing > 0
-    for start in range(0, n_rows, rows):
-        end = min(start + rows, n_rows)
-        z = flat_view(z_buf, end - start, n_vocab)
+    views = {}
+
+    def logits(i):  # a matmul
+        start, end = chunks[i]
+        views[i] = z = flat_view(bufs[i % sets], end - start, n_vocab)
         mm_fp32(x[start:end], weight.t(), z)
+
+    def statistics(i):  # memory-bound: bias, argmax, softcap, row statistics, dlogits
+        start, end = chunks[i]
+        z = views[i]
         if bias is not None:
             z += bias
         if pred is not None:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
@@ -355,10 +408,16 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
                 lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts,
                 n_vocab,
             )  # fmt: skip
-            g = flat_view(g_buf, end - start, n_vocab)
-            dlogits_launch(z, g, 0, terms, w, opts)
+            views[i] = dlogits_in_place(z, x.dtype, 0, terms, w, opts)
+
+    def input_grad(i):  # a matmul
+        start, end = chunks[i]
+        g = views.pop(i)
+        if need_x:
             mm_fp32(g, weight, grad_x[start:end])
-    del z_buf, g_buf
+
+    pipeline(len(chunks), logits, statistics, input_grad, sets == 2)
+    bufs.clear()  # the buffers go before the caller allocates more
     raise_if_bad_labels(bad, n_vocab, opts.ignore_index)
     loss_rows, z_rows, terms = row_terms(lse, z_label, smooth, y_safe, label, mask, w, wsum, norm, opts, n_vocab)
     if pred is not None:
@@ -377,19 +436,36 @@ def vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, need_w: boo
     grad_b = torch.empty(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
     if n_rows == 0:
         return tuple(None if g is None else g.zero_().to(p.dtype) for g, p in ((grad_w, weight), (grad_b, bias)))
-    cols = split_size(n_vocab, n_rows * (4 + x.element_size()), budget)
-    z_buf = torch.empty(n_rows * cols, dtype=torch.float32, device=x.device)
-    g_buf = torch.empty(n_rows * cols, dtype=x.dtype, device=x.device)
-    for start in range(0, n_vocab, cols):
-        end = min(start + cols, n_vocab)
-        z = flat_view(z_buf, n_rows, end - start)
-        fp32_logits(x, weight[start:end], None if bias is None else bias[start:end], opts.softcap, z)
-        g = flat_view(g_buf, n_rows, end - start)
-        dlogits_launch(z, g, start, terms, w, opts)
+    sets = buffer_sets(x)
+    cols = split_size(n_vocab, n_rows * 4 * sets, budget)
+    bufs = [torch.empty(n_rows * cols, dtype=torch.float32, device=x.device) for _ in range(sets)]
+    tiles = [(start, min(start + cols, n_vocab)) for start in range(0, n_vocab, cols)]
+    views = {}
+
+    def logits(i):  # a matmul
+        start, end = tiles[i]
+        views[i] = z = flat_view(bufs[i % sets], n_rows, end - start)
+        mm_fp32(x, weight[start:end].t(), z)
+
+    def dlogits(i):  # memory-bound
+        start, end = tiles[i]
+        z = views[i]
+        if bias is not None:
+            z += bias[start:end]
+        if opts.softcap is not None:
+            z.div_(opts.softcap).tanh_().mul_(opts.softcap)
+        views[i] = dlogits_in_place(z, x.dtype, start, terms, w, opts)
+
+    def weight_grad(i):  # a matmul
+        start, end = tiles[i]
+        g = views.pop(i)
         if need_w:
             torch.mm(g.t(), x, out=grad_w[start:end])
         if need_b:
             torch.sum(g, 0, dtype=torch.float32, out=grad_b[start:end])
+
+    pipeline(len(tiles), logits, dlogits, weight_grad, sets == 2)
+    bufs.clear()  # the buffers go before the caller allocates more
     return grad_w, None if grad_b is None else grad_b.to(bias.dtype)
 
 
