@@ -24,10 +24,15 @@ from triton.testing import do_bench
 
 from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
-PROVIDERS = {  # name -> keyword arguments ("overlap": OVERLAP of the ops module)
+MIB = 2**20
+# name -> keyword arguments; "module" holds settings of the ops module (OVERLAP, budgets) for the run
+PROVIDERS = {
     "exact (default)": {},
-    "exact serial": {"overlap": False},
-    "exact chunk_mem_const=2": {"chunk_mem_const": 2},
+    "exact C1024 T1024": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 512 * MIB, "T": 1024}},
+    "exact C2048 T1536": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 1536}},
+    "exact C2048 T2048": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2048}},
+    "exact C2048 T2304": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2304}},
+    "exact C2048 T2432": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2432}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
     "liger085": {},  # whatever liger_kernel is on PYTHONPATH, at its defaults
@@ -72,16 +77,13 @@ def fwd_bwd(x, w, y, kwargs):
     loss_of(x, w, y, kwargs).backward()
 
 
-def measure(n, h, v, with_errors, providers):
+def measure(n, h, v, with_errors, providers, errors_for=()):
     x, w, y = inputs(n, h, v)
     rows = []
     ref = reference_grads(x, w, y) if with_errors else None
     for name in providers:
         kwargs = dict(PROVIDERS[name])
-        if "overlap" in kwargs:
-            from liger_kernel.ops import fused_linear_cross_entropy as ops
-
-            ops.OVERLAP = kwargs.pop("overlap")
+        saved = configure(kwargs.pop("module", {}), n)
         row = {"N": n, "provider": name}
         try:
             fwd_bwd(x, w, y, kwargs)  # warm-up: kernels compiled, cuBLAS workspaces allocated
@@ -93,7 +95,7 @@ def measure(n, h, v, with_errors, providers):
             fwd_bwd(x, w, y, kwargs)
             torch.cuda.synchronize()
             row["peak_extra_MiB"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
-            if ref is not None:
+            if ref is not None and name in errors_for:
                 row["gx_max_rms"], row["gw_max_rms"] = ratios(x.grad, ref[0]), ratios(w.grad, ref[1])
             step = functools.partial(fwd_bwd, x, w, y, kwargs)
             est = do_bench(step, warmup=25, rep=1, return_mode="median")
@@ -101,12 +103,27 @@ def measure(n, h, v, with_errors, providers):
             row["fwd_ms"] = round(do_bench(functools.partial(loss_of, x, w, y, kwargs), rep=300), 2)
         except Exception as e:  # recorded, the next provider still runs
             row["error"] = f"{type(e).__name__}: {e}"[:300]
-        if "overlap" in PROVIDERS[name]:
-            ops.OVERLAP = True
+        configure(saved, n)
         rows.append(row)
         print(json.dumps(row), flush=True)
     del ref
     return rows
+
+
+def configure(settings, n):
+    """Set attributes of the ops module ("T": vocabulary tile columns at ``n`` tokens, one fp32
+    buffer); returns the previous values."""
+    if not settings:
+        return {}
+    from liger_kernel.ops import fused_linear_cross_entropy as ops
+
+    settings = dict(settings)
+    if "T" in settings:
+        settings["EXACT_TILE_BUDGET_BYTES"] = 4 * n * settings.pop("T")
+    saved = {k: getattr(ops, k) for k in settings}
+    for k, value in settings.items():
+        setattr(ops, k, value)
+    return saved
 
 
 def matmul_rate(n, h, v):
@@ -122,6 +139,7 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--tokens", default="8192,2048")
     p.add_argument("--errors", default="8192,2048", help="token counts at which to measure the errors")
+    p.add_argument("--errors-for", default="exact (default),fast (accum bf16),fast accum fp32,liger085")
     p.add_argument("--providers", default=",".join(name for name in PROVIDERS if name != "liger085"))
     args = p.parse_args()
     h, v = 4096, 128256
@@ -131,7 +149,8 @@ def main():
         rate = matmul_rate(n, h, v)
         results["floor"][n] = {"tflops": round(rate, 1), "floor_ms": round(6 * n * h * v / rate / 1e9, 2)}
         print(json.dumps({"N": n, **results["floor"][n]}), flush=True)
-        results["rows"] += measure(n, h, v, str(n) in args.errors.split(","), args.providers.split(","))
+        with_errors = str(n) in args.errors.split(",")
+        results["rows"] += measure(n, h, v, with_errors, args.providers.split(","), args.errors_for.split(","))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "flce_exact.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -172,7 +172,7 @@ def test_chunk_count_does_not_change_the_result(monkeypatch, mode):
         results.append([loss, xs.grad, ws.grad, bs.grad])
     for other in results[1:]:
         for a, c in zip(results[0], other):
-            torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
 
 
 def test_split_size_follows_the_budget():
@@ -429,8 +429,10 @@ def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
     out[0].backward(gradient=torch.ones_like(expected))
     x64, w64, b64 = as64(x, w, b)
     torch_flce(x64, w64, y, b64, dict(opts, lse_square_scale=1e-3))[0].sum().backward()
-    assert_matches("grad x", x.grad, x64.grad, floor=2 * 2.0**-8 if dtype == torch.bfloat16 else None)
-    assert_matches("grad W", w.grad, w64.grad, floor=2 * 2.0**-8 if dtype == torch.bfloat16 else None)
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    torch_flce(xt, wt, y, bt, dict(opts, lse_square_scale=1e-3))[0].sum().backward()
+    assert_matches("grad x", x.grad, x64.grad, xt.grad)
+    assert_matches("grad W", w.grad, w64.grad, wt.grad)
 
 
 def test_chunk_mem_const_scales_the_chunks(monkeypatch):
@@ -448,7 +450,7 @@ def test_chunk_mem_const_scales_the_chunks(monkeypatch):
     # per call: token chunk rows, then vocabulary tile columns (balanced: 29 rows, 300 columns)
     assert sizes_seen == [4, 30, 15, 128]
     for a, c in zip(*results):
-        torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -465,9 +467,12 @@ def test_peer_forward_and_backward_functions(monkeypatch, mode):
     x64, w64, b64 = as64(x, w, b)
     ref = torch_flce(x64, w64, y, b64, opts)[0]
     (0.5 * ref).backward()
-    assert_matches("loss", loss, ref.detach())
-    for name, g, r in (("x", gx, x64.grad), ("W", gw, w64.grad), ("b", gb, b64.grad)):
-        assert_matches(f"grad {name}", g, r)
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    base = torch_flce(xt, wt, y, bt, opts)[0]  # PyTorch in fp32: the yardstick
+    (0.5 * base).backward()
+    assert_matches("loss", loss, ref.detach(), base.detach())
+    for name, g, r, t in (("x", gx, x64.grad, xt.grad), ("W", gw, w64.grad, wt.grad), ("b", gb, b64.grad, bt.grad)):
+        assert_matches(f"grad {name}", g, r, t)
     # Per-token upstream gradients (reduction="none"), no gradient for the weight.
     g_tok = randn(OPTION_SHAPE[0])
     out = fused_linear_cross_entropy_forward(
@@ -476,8 +481,10 @@ def test_peer_forward_and_backward_functions(monkeypatch, mode):
     assert out[5] is None
     x64, w64, b64 = as64(x, w, b)
     torch_flce(x64, w64, y, b64, dict(opts, reduction="none"))[0].backward(g_tok.double())
-    assert_matches("grad x per token", out[4], x64.grad)
-    assert_matches("grad b per token", out[6], b64.grad)
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    torch_flce(xt, wt, y, bt, dict(opts, reduction="none"))[0].backward(g_tok)
+    assert_matches("grad x per token", out[4], x64.grad, xt.grad)
+    assert_matches("grad b per token", out[6], b64.grad, bt.grad)
     with torch.no_grad():
         assert fused_linear_cross_entropy_forward(x, w, y, ce_mode=mode)[4:] == (None, None, None)
 
