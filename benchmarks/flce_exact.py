@@ -25,14 +25,11 @@ from triton.testing import do_bench
 from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
 MIB = 2**20
-# name -> keyword arguments; "module" holds settings of the ops module (OVERLAP, budgets) for the run
+# name -> keyword arguments; "module": budgets of the ops module for the run ("T": tile columns)
 PROVIDERS = {
     "exact (default)": {},
-    "exact C1024 T1024": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 512 * MIB, "T": 1024}},
-    "exact C2048 T1536": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 1536}},
-    "exact C2048 T2048": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2048}},
-    "exact C2048 T2304": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2304}},
-    "exact C2048 T2432": {"module": {"OVERLAP": False, "EXACT_ROWS_BUDGET_BYTES": 1024 * MIB, "T": 2432}},
+    "exact C1024 T1024": {"module": {"EXACT_ROWS_BUDGET_BYTES": 512 * MIB, "T": 1024}},
+    "exact C2048 T2304": {"module": {"T": 2304}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
     "liger085": {},  # whatever liger_kernel is on PYTHONPATH, at its defaults

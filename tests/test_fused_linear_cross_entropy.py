@@ -96,9 +96,8 @@ def liger(
 def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None):
     """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns."""
     monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
-    sets = 2 if ON_GPU and flce_ops.OVERLAP else 1  # buffer sets in flight
-    monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4 * sets)
-    monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4 * sets)
+    monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4)
+    monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4)
 
 
 def small_chunks(monkeypatch, n_cols, rows=8, n_rows=32):
@@ -183,10 +182,10 @@ def test_split_size_follows_the_budget():
         rows = split_size(n, v * size, budget)
         assert rows * v * size <= budget and rows % 128 == 0 or rows == n
     assert split_size(5, 1000 * 2, 10) == 1  # budget below one row: one row per chunk
-    # The exact path's defaults at N=8192, H=4096, V=128256 bf16, two fp32 buffer sets in flight:
-    # 1024-token chunks in the forward, 1152-column tiles in the backward (72 MiB in all).
-    assert split_size(8192, 128256 * 4 * 2, flce_ops.EXACT_ROWS_BUDGET_BYTES) == 1024
-    assert split_size(128256, 8192 * 4 * 2, flce_ops.EXACT_TILE_BUDGET_BYTES) == 1152
+    # The exact path's defaults at N=8192, H=4096, V=128256 bf16 (fp32 logits, dlogits over them):
+    # 2048-token chunks in the forward, 2048-column tiles in the backward (64 MiB).
+    assert split_size(8192, 128256 * 4, flce_ops.EXACT_ROWS_BUDGET_BYTES) == 2048
+    assert split_size(128256, 8192 * 4, flce_ops.EXACT_TILE_BUDGET_BYTES) == 2048
 
 
 @pytest.mark.parametrize("impl", ["exact", "fast", "torch"])
@@ -437,8 +436,8 @@ def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
 
 def test_chunk_mem_const_scales_the_chunks(monkeypatch):
     """chunk_mem_const multiplies the budgets: fewer, larger chunks, the same result."""
-    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.float32, dict(bias=True, ignore=True))
-    set_budgets(monkeypatch, OPTION_SHAPE[0], OPTION_SHAPE[2], rows=4, cols=32)
+    x, w, b, y, opts, _ = make_case(29, 24, 300, torch.float32, dict(bias=True, ignore=True))
+    set_budgets(monkeypatch, 29, 300, rows=4, cols=32)
     sizes_seen = []
     real_split = flce_ops.split_size
     monkeypatch.setattr(flce_ops, "split_size", lambda *a: sizes_seen.append(real_split(*a)) or sizes_seen[-1])

@@ -76,18 +76,18 @@ from liger_kernel.utils import use_triton
 # gradient): 448 MiB -> 5 chunks, 42.6 ms, 1473 MB; 576 MiB -> 4 chunks, 40.4 ms, 1567 MB;
 # 1100 MiB -> 40.3 ms, 2068 MB. 576 MiB is the knee.
 CHUNK_BUDGET_BYTES = 576 * 2**20
-# Exact path, forward: the fp32 logits of the token chunks in flight (dlogits are written over
-# them): 2 x 1024 tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient.
-# The weight gradient does not exist yet, so this stays under the backward's peak.
+# Exact path, forward: the fp32 logits of one token chunk (dlogits are written over them): 2048
+# tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient. The weight
+# gradient does not exist yet, so this stays under the backward's peak.
 EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
-# Exact path, backward: the fp32 logits of the vocabulary tiles in flight, for all tokens (2 x
-# 1152 columns at 8192 tokens) beside the weight and input gradients: 1002 + 64 + 72 = 1138 MiB.
-EXACT_TILE_BUDGET_BYTES = 72 * 2**20
+# Exact path, backward: the fp32 logits of one vocabulary tile for all tokens (2048 columns at
+# 8192 tokens) beside the weight and input gradients: 1002 + 64 + 64 = 1130 MiB. Measured on H200
+# at N=8192 (fwd+bwd): tiles of 1024 / 1536 / 2048 / 2304 / 2432 columns 57.9 / 58.3 / 57.6 /
+# 57.9 / 58.9 ms; forward chunks of 1024 or 2048 tokens within 0.3 ms. Running the memory-bound
+# steps on a side stream beside the next matmul (two buffer sets of half the size) was slower
+# (58.7 ms vs 57.6): the matmuls leave it no room.
+EXACT_TILE_BUDGET_BYTES = 64 * 2**20
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
-
-# On CUDA, run the memory-bound steps (row statistics, dlogits) on a side stream, overlapped with
-# the next chunk's matmul; each budget then holds two buffer sets of half the size.
-OVERLAP = True
 
 # Chunk sizes are a multiple of this (tensor-core friendly matmul shapes).
 CHUNK_ALIGN = 128
@@ -282,40 +282,6 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
 
 
-def buffer_sets(x: torch.Tensor) -> int:
-    """2 buffer sets when ``pipeline`` overlaps (CUDA and ``OVERLAP``), else 1."""
-    return 2 if OVERLAP and x.is_cuda else 1
-
-
-def pipeline(n: int, matmul_in, middle, matmul_out, overlap: bool) -> None:
-    """``matmul_in(i); middle(i); matmul_out(i)`` for ``i < n``. With ``overlap`` (CUDA), the
-    memory-bound ``middle(i)`` runs on a side stream while the main stream runs
-    ``matmul_in(i + 1)`` (into the other buffer set) and ``matmul_out(i - 1)``; the main stream's
-    order keeps each buffer set's reuse safe, and it waits for the last ``middle`` before returning."""
-    if not overlap:
-        for i in range(n):
-            matmul_in(i)
-            middle(i)
-            matmul_out(i)
-        return
-    main = torch.cuda.current_stream()
-    side = torch.cuda.Stream(device=main.device)
-    previous = None
-    for i in range(n):
-        matmul_in(i)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            middle(i)
-        done = side.record_event()
-        if previous is not None:
-            main.wait_event(previous[1])
-            matmul_out(previous[0])
-        previous = (i, done)
-    if previous is not None:
-        main.wait_event(previous[1])
-        matmul_out(previous[0])
-
-
 def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
     """dloss/dlogits of the fp32 logits ``z`` [n, T] (softcapped; columns ``col0 ..``) in
     ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
@@ -367,21 +333,13 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
     pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
     grad_x = torch.empty(n_rows, hidden, dtype=torch.float32, device=x.device) if need_x else None
 
-    sets = buffer_sets(x)
-    rows = split_size(n_rows, n_vocab * 4 * sets, budget)
-    bufs = [torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device) for _ in range(sets)]
-    chunks = [(start, min(start + rows, n_rows)) for start in range(0, n_rows, rows)]
+    rows = split_size(n_rows, n_vocab * 4, budget)
+    buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
     smoothing = opts.label_smoothing > 0
-    views = {}
-
-    def logits(i):  # a matmul
-        start, end = chunks[i]
-        views[i] = z = flat_view(bufs[i % sets], end - start, n_vocab)
+    for start in range(0, n_rows, rows):
+        end = min(start + rows, n_rows)
+        z = flat_view(buf, end - start, n_vocab)
         mm_fp32(x[start:end], weight.t(), z)
-
-    def statistics(i):  # memory-bound: bias, argmax, softcap, row statistics, dlogits
-        start, end = chunks[i]
-        z = views[i]
         if bias is not None:
             z += bias
         if pred is not None:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
@@ -408,16 +366,7 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
                 lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts,
                 n_vocab,
             )  # fmt: skip
-            views[i] = dlogits_in_place(z, x.dtype, 0, terms, w, opts)
-
-    def input_grad(i):  # a matmul
-        start, end = chunks[i]
-        g = views.pop(i)
-        if need_x:
-            mm_fp32(g, weight, grad_x[start:end])
-
-    pipeline(len(chunks), logits, statistics, input_grad, sets == 2)
-    bufs.clear()  # the buffers go before the caller allocates more
+            mm_fp32(dlogits_in_place(z, x.dtype, 0, terms, w, opts), weight, grad_x[start:end])
     raise_if_bad_labels(bad, n_vocab, opts.ignore_index)
     loss_rows, z_rows, terms = row_terms(lse, z_label, smooth, y_safe, label, mask, w, wsum, norm, opts, n_vocab)
     if pred is not None:
@@ -436,36 +385,21 @@ def vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, need_w: boo
     grad_b = torch.empty(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
     if n_rows == 0:
         return tuple(None if g is None else g.zero_().to(p.dtype) for g, p in ((grad_w, weight), (grad_b, bias)))
-    sets = buffer_sets(x)
-    cols = split_size(n_vocab, n_rows * 4 * sets, budget)
-    bufs = [torch.empty(n_rows * cols, dtype=torch.float32, device=x.device) for _ in range(sets)]
-    tiles = [(start, min(start + cols, n_vocab)) for start in range(0, n_vocab, cols)]
-    views = {}
-
-    def logits(i):  # a matmul
-        start, end = tiles[i]
-        views[i] = z = flat_view(bufs[i % sets], n_rows, end - start)
+    cols = split_size(n_vocab, n_rows * 4, budget)
+    buf = torch.empty(n_rows * cols, dtype=torch.float32, device=x.device)
+    for start in range(0, n_vocab, cols):
+        end = min(start + cols, n_vocab)
+        z = flat_view(buf, n_rows, end - start)
         mm_fp32(x, weight[start:end].t(), z)
-
-    def dlogits(i):  # memory-bound
-        start, end = tiles[i]
-        z = views[i]
         if bias is not None:
             z += bias[start:end]
         if opts.softcap is not None:
             z.div_(opts.softcap).tanh_().mul_(opts.softcap)
-        views[i] = dlogits_in_place(z, x.dtype, start, terms, w, opts)
-
-    def weight_grad(i):  # a matmul
-        start, end = tiles[i]
-        g = views.pop(i)
+        g = dlogits_in_place(z, x.dtype, start, terms, w, opts)
         if need_w:
             torch.mm(g.t(), x, out=grad_w[start:end])
         if need_b:
             torch.sum(g, 0, dtype=torch.float32, out=grad_b[start:end])
-
-    pipeline(len(tiles), logits, dlogits, weight_grad, sets == 2)
-    bufs.clear()  # the buffers go before the caller allocates more
     return grad_w, None if grad_b is None else grad_b.to(bias.dtype)
 
 
