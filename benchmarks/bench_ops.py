@@ -285,10 +285,10 @@ class CrossEntropy(Op):
 class FusedLinearCrossEntropy(Op):
     name = "fused_linear_cross_entropy"
     title = "Fused linear cross-entropy: loss of x [N,H] @ W[V,H].T without logits (bf16, mean)"
-    extra_providers = ("ours_fp32", "cce")
+    extra_providers = ("ours_fast", "cce")
     notes = {
-        "ours": "accum_dtype=torch.bfloat16: the weight's dtype, as Liger 0.8.5 accumulates by default",
-        "ours_fp32": "accum_dtype=None: our default, fp32 accumulation for bf16 weights",
+        "ours": "defaults: exact (every gradient one fp32 accumulator rounded once), 8NHV",
+        "ours_fast": "accum_dtype=torch.bfloat16: the fast token-chunk path, accumulating in bf16 as Liger 0.8.5",
         "eager": "HF: logits = x @ W.T; F.cross_entropy(logits.float(), target)",
         "cce": "Apple cut-cross-entropy 25.1.1 linear_cross_entropy, defaults",
     }
@@ -331,7 +331,7 @@ class FusedLinearCrossEntropy(Op):
 
         if provider == "liger085":
             return lambda x, w, target: first(flce(x, w, target))
-        accum = None if provider == "ours_fp32" else torch.bfloat16  # all cases are bf16
+        accum = torch.bfloat16 if provider == "ours_fast" else None  # all cases are bf16
         return lambda x, w, target: first(flce(x, w, target, accum_dtype=accum))
 
     def cce(self, p):

@@ -6,21 +6,27 @@ Two paths, picked by ``ce_mode`` (``"exact"``, the default, or ``"fast"``).
 parameter's dtype, so its error against a float64 reference is that of rounding the exact result
 once (plus that of feeding the matmul bf16 dlogits), whatever the batch: no bf16 running sum, no
 fp32 ``[V, H]`` buffer. Logits are computed in fp32 (``torch.mm(..., out_dtype=torch.float32)``),
-since bf16 logits alone cost ~1.5x one rounding in both gradients (CPU emulation, 2048 tokens).
+since bf16 logits move each softmax term by up to ``|z| 2^-9`` relative: ~1.5x one rounding in
+both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of trained LMs.
 
-- Forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits + dlogits per chunk):
+- Forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
   ``z = x_c @ W.T (+ b)``; ``_row_stats_kernel`` gives each token's log-sum-exp, label logit and
   smoothing sum; ``row_terms`` turns them into the loss and three gradient coefficients per
-  token; ``_dlogits_kernel`` writes ``dlogits``; ``grad_x_c = dlogits @ W`` over the whole
-  vocabulary in one matmul, kept in fp32 until the upstream gradient is known.
+  token; ``_dlogits_kernel`` writes ``dlogits`` over ``z``; ``grad_x_c = dlogits @ W`` over the
+  whole vocabulary in one matmul, kept in fp32 until the upstream gradient is known.
 - Backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``): recompute ``z[:, tile]`` for all
   tokens, ``_dlogits_kernel`` again (the same coefficients, times the upstream gradient), then
   ``grad_W[tile] = dlogits.T @ x``: contracted over all tokens in one matmul, written once.
   ``grad_x`` is the fp32 forward result times the upstream gradient, rounded once: exact for
   any upstream gradient, per token too (``reduction="none"`` needs no recomputation).
 
-That is 8NHV flops instead of 6NHV. Peak extra memory at N=8192, H=4096, V=128256 bf16: the bf16
-weight gradient (1002 MiB) + the input gradient (64 MiB) + 72 MiB of tiles = 1138 MiB.
+That is 8NHV flops instead of 6NHV. Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256,
+bf16; benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean"): 57.6 ms fwd+bwd (Liger
+0.8.5: 55.5 ms in the same session; 6NHV at the measured matmul rate: 37.2 ms), peak extra memory
+1130 MiB (the bf16 weight gradient 1002 + input gradient 64 + one 64 MiB fp32 tile; Liger: 1129),
+gradient errors 1.00x one rounding of the float64 result (rms; Liger's weight gradient: 1.21x,
+2.1x in the max). At N=2048: 14.5 ms (Liger 45.6). The fp32 logits' trips through memory (~4 ms
+per direction) are what separates it from 8NHV at that rate (49.7 ms).
 
 **Fast** (``ce_mode="fast"``, or any ``accum_dtype``): the token-chunk loop around the
 cross-entropy kernel, as Liger Kernel 0.8.5 does: per chunk of ``CHUNK_BUDGET_BYTES`` of logits,
@@ -29,11 +35,10 @@ cross-entropy kernel, as Liger Kernel 0.8.5 does: per chunk of ``CHUNK_BUDGET_BY
 (None: the weight's dtype, Liger's default). 6NHV, but a bf16 weight gradient then carries one
 rounding per chunk (measured, CPU emulation of [8192, 128] over 16384 tokens, max error relative
 to the largest entry: 0.31% for one matmul, 1.1% over 5 chunks, 4.4% over 62);
-``accum_dtype=torch.float32`` avoids that for a transient fp32 ``[V, H]`` buffer (3.5 GB extra at
-the shape above).
-
-H200 measurements (N=8192 / 2048, H=4096, V=128256 bf16): see benchmarks/NOTES.md, section
-"Fused linear cross-entropy: exact and lean".
+``accum_dtype=torch.float32`` avoids that for a transient fp32 ``[V, H]`` buffer. On the H200 at
+the shape above: 40.4-41.0 ms (1.09-1.10x the measured 6NHV floor), 1568 MiB, weight gradient
+1.17x one rounding (rms); with ``accum_dtype=torch.float32`` 42.5-43.0 ms, 3571 MiB. N=2048:
+9.9 ms.
 
 Loss, log-sum-exp and softmax are fp32 on both paths; the loss outputs come back in the input's
 dtype, as ``F.cross_entropy(F.linear(x, W, b), y)`` returns them (cast once at the end).
@@ -740,7 +745,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
 
     - ``ce_mode``: None or ``"exact"`` (the default when no ``accum_dtype`` is given): every
       gradient rounded once from an fp32 accumulator, 8NHV flops, peak extra memory about the
-      weight gradient + input gradient + 72 MiB; ``"fast"``: token chunks around the
+      weight gradient + input gradient + 64 MiB; ``"fast"``: token chunks around the
       cross-entropy kernel, 6NHV flops, the weight gradient accumulated over chunks in
       ``accum_dtype`` (None: the weight's dtype, as Liger Kernel 0.8.5). Any ``accum_dtype`` with
       ``ce_mode=None`` selects the fast path. See the module docstring for the numbers.

@@ -11,7 +11,7 @@ class LigerFusedLinearCrossEntropyLoss(nn.Module):
     """``cross_entropy(_input @ lin_weight.T + bias, target)`` for ``_input`` [BT, H],
     ``lin_weight`` [V, H], ``target`` [BT]. Options as ``LigerCrossEntropyLoss`` plus
     ``use_token_scaling`` and ``accum_dtype``: None (default) computes every gradient exactly
-    (rounded once from fp32, about the weight gradient + input gradient + 72 MiB of extra memory);
+    (rounded once from fp32, about the weight gradient + input gradient + 64 MiB of extra memory);
     a dtype selects the faster token-chunk path that accumulates the weight gradient over chunks in
     it (``torch.bfloat16``: Liger Kernel 0.8.5's default). Returns the loss (in the input's dtype),
     or a ``CrossEntropyOutput`` when an extra output is requested. Note the argument order of
