@@ -386,18 +386,22 @@ def test_non_leaf_logits_take_their_gradient_in_place():
     assert_matches("in-place grad", x.grad, x64.grad)
 
 
-@pytest.mark.parametrize("make_leaf", ["tensor", "parameter", "view of a leaf"])
+@pytest.mark.parametrize("make_leaf", ["tensor", "parameter", "view of a leaf", "leaf view of a plain tensor"])
 def test_leaf_logits_stay_intact(make_leaf):
-    """Logits owned by a leaf that requires grad (a user tensor, a parameter) are never written:
-    their gradient goes to a fresh buffer (it becomes their .grad)."""
-    base = randn(13, 37, scale=3.0)
-    keep = base.clone()
+    """Logits owned by a leaf (a user tensor, a parameter, a view of one) are never written: their
+    gradient goes to a fresh buffer (it becomes their .grad)."""
+    base = randn(13, 40, scale=3.0)
+    keep = base[:, :37].clone()
     y = torch.randint(0, 37, (13,), device=DEVICE)
-    leaf = torch.nn.Parameter(base) if make_leaf == "parameter" else base.requires_grad_()
-    logits = leaf.view(13, 37) if make_leaf == "view of a leaf" else leaf
+    if make_leaf == "leaf view of a plain tensor":
+        leaf = logits = base[:, :37].requires_grad_()
+    else:
+        base = base[:, :37].clone()
+        leaf = torch.nn.Parameter(base) if make_leaf == "parameter" else base.requires_grad_()
+        logits = leaf.view(13, 37) if make_leaf == "view of a leaf" else leaf
     loss = liger_cross_entropy(logits, y, reduction="sum")
     loss.backward(torch.tensor(0.5, device=DEVICE))
-    assert torch.equal(leaf.detach(), keep)
+    assert torch.equal(leaf.detach(), keep) and torch.equal(base[:, :37].detach(), keep)
     (x64,) = as64(keep.requires_grad_())
     (0.5 * F.cross_entropy(x64, y, reduction="sum")).backward()
     assert_matches("leaf grad", leaf.grad, x64.grad)

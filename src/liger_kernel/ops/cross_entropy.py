@@ -2,35 +2,34 @@
 gradient over the logits.
 
 One kernel, one program per row. Forward: one read of the logits, an online max / sum-exp in fp32
-giving the log-sum-exp (and the argmax, the smoothing sum), hence the loss; the log-sum-exp per
-row (4 bytes) is kept for the backward. Backward: a second read and a write of d(loss)/d(logits),
-``softmax - onehot`` with the smoothing, class-weight, z-loss and softcap terms, the reduction and
-the upstream gradient (read on the device: no sync) folded in. 3 passes over the logits in all
-(read; read, write), as Liger's fused forward, and no memory beyond the ``[BT]`` per-row results.
+giving the log-sum-exp (and the argmax, the smoothing sum), hence the loss; the log-sum-exp of each
+row is kept for the backward. Backward: a second read and a write of d(loss)/d(logits) (the
+smoothing, class-weight, z-loss and softcap terms, the reduction and the upstream gradient folded
+in; the upstream gradient is read on the device, no sync). 3 passes over the logits in all (read;
+read, write), as in Liger's fused forward, and no memory beyond the ``[BT]`` per-row results.
 
-Where the gradient goes, and why in the backward. Liger writes it over the logits during the
-forward without telling autograd, so every later reader of the logits gets dLoss/dlogits: a
-model's ``outputs.logits``, and any node that saves them afterwards (``loss + (logits**2).mean()``
-gave 0.674 instead of 2.599; a version bump in the forward cannot catch it, the pow saves the
-logits after the bump). Here the logits are intact until the backward, which writes over them
-only after the autograd nodes recorded later than the loss (they run their backward first, and
-read the logits intact), then bumps their version counter: a node that saved them and runs later
-(one recorded before the loss, a second loss on the same logits, a second backward with
-``retain_graph``) raises instead of reading a gradient. Logits owned by a leaf that requires grad
-(a parameter, a user tensor or a view of one) are never written: their gradient gets a new
-``[BT, V]`` buffer, which it must be anyway, as their ``.grad``. What remains: after the backward,
-other logits hold their gradient, and a plain read of them (not through autograd) sees it; pass
-``logits.clone()`` to keep them. A fresh buffer in every backward would cost ``[BT, V]`` (2.1 GB
-at 8192 x 128256 bf16) at the peak of each step; the saved logits cost nothing extra (the caller's
-graph holds them until the loss in any case).
+Why the gradient is written in the backward. Liger writes it over the logits in the forward
+without telling autograd, so every later reader of the logits gets dLoss/dlogits: a model's
+``outputs.logits``, and any node that saves them afterwards (``loss + (logits**2).mean()`` gave
+0.674 instead of 2.599; a version bump in the forward would not catch it: the pow saves the
+logits after the bump). Here the logits are intact until the backward. Autograd runs the nodes
+recorded after the loss first, so they have read the logits when the backward writes over them;
+it then bumps their version counter, so that a node that saved them and runs later (recorded
+before the loss, a second loss on the same logits, a second backward with ``retain_graph``)
+raises instead of reading a gradient. Logits owned by a leaf (a parameter, a user tensor, a view
+of one) are never written: their gradient gets a new ``[BT, V]`` buffer, as their ``.grad`` must
+anyway. The cost that remains: after the backward, other logits hold their
+gradient and a plain read (not through autograd) sees it; pass ``logits.clone()`` to keep them.
+Always taking a new buffer would add ``[BT, V]`` (2.1 GB at 8192 x 128256 bf16) to every step's
+peak; this way, as in Liger, one buffer holds the logits and then their gradient.
 
-Loss dtype: as ``F.cross_entropy``, the input's (loss, z-loss, per-token losses), computed in fp32
-and cast once at the end. Token accuracy is fp32.
+Loss dtype: the input's, as ``F.cross_entropy`` (loss, z-loss, per-token losses), computed in
+fp32 and cast once at the end. Token accuracy is fp32.
 
 Labels outside ``[0, V)`` other than ``ignore_index`` are an error: the forward kernel raises a
-flag while it reads the label (no extra pass), which ``LIGER_KERNEL_CHECK_LABELS`` (read at each
-call) handles: ``sync`` (default) reads it on the host and raises a catchable ValueError, one host
-sync per call (2.17 ms -> 2.74 ms for a lone 8192 x 128256 call on H100); ``async`` hands it to a
+flag while it reads the label (no extra pass), which ``LIGER_KERNEL_CHECK_LABELS``, read at each
+call, handles: ``sync`` (default) reads it on the host for a catchable ValueError, one host sync
+per call (a lone 8192 x 128256 call on H100: 2.17 ms -> 2.74 ms); ``async`` hands it to a
 device-side assert, as PyTorch's own cross-entropy does: no sync, but a bad label kills the
 process's CUDA context.
 
@@ -44,10 +43,15 @@ when absent) and ``W = sum(w)``::
 which is ``F.cross_entropy(..., weight, label_smoothing)`` plus the z-loss. ``mean`` divides the
 sum over tokens by the normalizer PyTorch uses, ``sum(w[y])`` over non-ignored tokens (their count
 without weights), z-loss included; ignored tokens contribute 0 and zero gradient, and a batch with
-no normalizer (all tokens ignored, or empty) gives loss 0 where PyTorch gives NaN. With token scaling (the fused linear op's
-``use_token_scaling``) each token's loss, z-loss included, is multiplied by the detached ``p[y]``.
-The z-loss is not multiplied by the class weights. ``token_accuracy`` is a scalar for every
-reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
+no normalizer (all tokens ignored, or empty) gives loss 0 where PyTorch gives NaN. With token
+scaling (the fused linear op's ``use_token_scaling``) each token's loss, z-loss included, is
+multiplied by the detached ``p[y]``. The z-loss is not multiplied by the class weights.
+``token_accuracy`` is a scalar for every reduction; ``predicted_tokens`` holds ``ignore_index``
+at ignored tokens.
+
+The peer's low-level names work as its callers use them: ``cross_entropy_forward`` (one launch of
+3 passes, the gradient written over ``_input``), ``cross_entropy_backward`` (the upstream
+gradient applied to it) and the row kernel ``liger_cross_entropy_kernel``.
 """
 
 import functools
@@ -324,7 +328,8 @@ def ce_settings(n_cols: int) -> tuple[int, int]:
     """Vocabulary block and warps for one row of ``n_cols`` logits. Measured on H100 (bf16,
     CUDA-graph fwd+bwd, ``benchmarks/sweep_configs.py cross-entropy``): from 64k columns, 8192 over
     32 warps (8192x128256: 2.01 ms, 104% of the 3-pass floor; 8192 over 16 warps 2.16 ms; 4096
-    over 16: 2.10); below, 4096 over 16 warps (8192x32000: 454 us; 8192 over 32: 468 us)."""
+    over 16: 2.10); below, 4096 over 16 warps (8192x32000: 454 us; 8192 over 32: 468 us). Measured
+    when the forward and backward were one launch; the forward and backward launches reuse them."""
     wide = n_cols >= 65536
     block = min(next_power_of_2(max(n_cols, 1)), MAX_BLOCK if wide else MAX_BLOCK // 2)
     return block, 32 if wide else 16 if block >= 4096 else 8 if block >= 2048 else 4
@@ -777,8 +782,8 @@ class LigerCrossEntropyFunction(RemembersGradMode):
 
     The forward reads the logits and leaves them intact. The backward writes the gradient over
     them and bumps their version, so that any autograd node that saved them and runs later raises
-    (module docstring); logits owned by a leaf that requires grad (a parameter, a user tensor, a
-    view of one) are never written: their gradient gets a new buffer. After the backward, other
+    (module docstring); logits owned by a leaf (a parameter, a user tensor, a view of one) are never
+    written: their gradient gets a new buffer. After the backward, other
     logits hold their gradient: pass ``_input.clone()`` to read them afterwards. Only ``loss`` is
     differentiable, once. Under ``torch.no_grad()`` (or when ``_input`` needs no gradient) only the
     loss is computed.
@@ -820,8 +825,8 @@ class LigerCrossEntropyFunction(RemembersGradMode):
         outputs, saved = cross_entropy_rows(x2, target, weight, opts, lse=lse)
         if write_grad:
             copied = x2.data_ptr() != _input.data_ptr()
-            owner = _input if _input._base is None else _input._base
-            ctx.in_place = copied or not (owner.is_leaf and owner.requires_grad)
+            leaf_owned = _input.is_leaf or (_input._base is not None and _input._base.is_leaf)
+            ctx.in_place = copied or not leaf_owned
             ctx.opts, ctx.input_shape = opts, _input.shape
             ctx.save_for_backward(x2 if copied else _input, target, lse, *saved)
         return mark_extras_non_differentiable(ctx, outputs)
