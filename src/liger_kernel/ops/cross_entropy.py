@@ -766,8 +766,8 @@ def one_grad_per_argument(grads, n_args: int):
 
 def no_double_backward(grad):
     """Under ``create_graph=True``, ``grad`` behind a node that raises if it is differentiated (the
-    kernels have no second derivative), where a constant would silently give 0 (as PyTorch's
-    ``once_differentiable`` does, whatever the upstream gradient)."""
+    kernels have no second derivative), where a constant gradient would make the second derivative
+    silently 0 (``once_differentiable`` raises only when the upstream gradient requires grad)."""
     if grad is None or not torch.is_grad_enabled():
         return grad
     error = torch._C._functions.DelayedError(b"the Liger cross-entropy has no second derivative (double backward).", 1)
@@ -783,10 +783,10 @@ class LigerCrossEntropyFunction(RemembersGradMode):
     The forward reads the logits and leaves them intact. The backward writes the gradient over
     them and bumps their version, so that any autograd node that saved them and runs later raises
     (module docstring); logits owned by a leaf (a parameter, a user tensor, a view of one) are never
-    written: their gradient gets a new buffer. After the backward, other
-    logits hold their gradient: pass ``_input.clone()`` to read them afterwards. Only ``loss`` is
-    differentiable, once. Under ``torch.no_grad()`` (or when ``_input`` needs no gradient) only the
-    loss is computed.
+    written: their gradient gets a new buffer. After the backward, other logits hold their
+    gradient: pass ``_input.clone()`` to read them afterwards. Only ``loss`` is differentiable,
+    once. Under ``torch.no_grad()`` (or when ``_input`` needs no gradient) only the loss is
+    computed.
     """
 
     @staticmethod
