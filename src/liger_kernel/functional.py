@@ -23,6 +23,13 @@ def _implementation(impl, mode, backend):
     return contextlib.nullcontext() if name is None else impl_for_call(name)
 
 
+def _run(function, arguments: dict):
+    """``function(**arguments)`` in the implementation that the arguments' ``impl``, ``mode`` and
+    ``backend`` pick (``arguments``: the caller's ``locals()``)."""
+    with _implementation(arguments.pop("impl"), arguments.pop("mode"), arguments.pop("backend")):
+        return function(**arguments)
+
+
 def cross_entropy(
     input,
     target,
@@ -41,20 +48,7 @@ def cross_entropy(
     backend=None,
 ):
     """Cross-entropy of logits [BT, V] and labels [BT]: ``transformers.functional.liger_cross_entropy``."""
-    with _implementation(impl, mode, backend):
-        return _functional.liger_cross_entropy(
-            input,
-            target,
-            weight=weight,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            label_smoothing=label_smoothing,
-            lse_square_scale=lse_square_scale,
-            softcap=softcap,
-            return_z_loss=return_z_loss,
-            return_token_accuracy=return_token_accuracy,
-            return_predicted_tokens=return_predicted_tokens,
-        )
+    return _run(_functional.liger_cross_entropy, locals())
 
 
 def fused_linear_cross_entropy(
@@ -80,24 +74,9 @@ def fused_linear_cross_entropy(
 ):
     """Cross-entropy of ``_input [BT, H] @ weight[V, H].T + bias`` without the logits:
     ``transformers.functional.liger_fused_linear_cross_entropy``."""
-    with _implementation(impl, mode, backend):
-        return _functional.liger_fused_linear_cross_entropy(
-            _input,
-            weight,
-            target,
-            bias=bias,
-            ce_weight=ce_weight,
-            ignore_index=ignore_index,
-            lse_square_scale=lse_square_scale,
-            label_smoothing=label_smoothing,
-            reduction=reduction,
-            softcap=softcap,
-            return_z_loss=return_z_loss,
-            accum_dtype=accum_dtype,
-            use_token_scaling=use_token_scaling,
-            return_token_accuracy=return_token_accuracy,
-            return_predicted_tokens=return_predicted_tokens,
-        )
+    arguments = locals()
+    arguments["input"] = arguments.pop("_input")
+    return _run(_functional.liger_fused_linear_cross_entropy, arguments)
 
 
 def geglu(a, b, *, impl=None, mode=None, backend=None):
