@@ -18,6 +18,8 @@ import importlib
 import inspect
 
 import pytest
+import torch
+from parity import DEVICE, assert_matches, randn
 
 from liger_kernel.utils import infer_device
 
@@ -531,3 +533,78 @@ def test_every_family_is_covered():
     from liger_kernel.transformers.model_specs import MODEL_SPECS
 
     assert set(MODEL_SPECS) == set(FAMILIES)
+
+
+# ----------------------------------------------------------------------------- the helpers work as callers use them
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "strided-columns"])
+def test_element_mul_kernel(dtype, transposed):
+    """Each row scaled in place by the scalar upstream gradient; 37 columns in blocks of 16 (a loop
+    and a masked tail), untouched memory around the rows stays untouched."""
+    from liger_kernel.ops.utils import element_mul_kernel
+
+    torch.manual_seed(0)
+    base = randn(37, 5, dtype=dtype) if transposed else randn(5, 40, dtype=dtype)
+    x = base.t() if transposed else base[:, :37]
+    before = base.clone()
+    grad_output = torch.tensor(0.37, device=DEVICE)
+    expected = x.double() * grad_output.double()
+    element_mul_kernel[(x.shape[0],)](x, x.stride(0), grad_output, 37, BLOCK_SIZE=16, X_col_stride=x.stride(1))
+    assert_matches("x", x, expected, baseline=expected.to(dtype))
+    if not transposed:
+        assert torch.equal(base[:, 37:], before[:, 37:])
+
+
+def test_utils_helpers():
+    from liger_kernel import utils
+    from liger_kernel.ops import utils as ops_utils
+
+    device = utils.infer_device()
+    assert utils.infer_comm_backend() == {"cuda": "nccl", "xpu": "xccl", "npu": "hccl", "cpu": "gloo"}[device]
+    arch = utils.infer_device_arch()
+    assert arch.startswith(("sm_", "gfx")) if device == "cuda" else arch
+    assert utils.get_total_gpu_memory() == (
+        torch.cuda.get_device_properties(0).total_memory >> 30 if device == "cuda" else 0
+    )
+    assert utils.is_peft_available() is utils.PEFT_AVAILABLE
+    calls = []
+    result = utils.transformers_version_dispatch(
+        "4.0.0",
+        lambda *a, **k: calls.append(("before", a, k)),
+        lambda *a, **k: calls.append(("after", a, k)) or "after",
+        before_args=(1,),
+        after_args=(2,),
+        after_kwargs={"x": 3},
+    )
+    assert result == "after" and calls == [("after", (2,), {"x": 3})]
+    assert utils.transformers_version_dispatch("999.0", lambda: "before", lambda: "after") == "before"
+    fwd, bwd = ops_utils.get_amp_custom_fwd_bwd()
+    assert fwd.keywords == bwd.keywords == {"device_type": device}
+    with ops_utils.device_context(torch.device(DEVICE)):
+        assert torch.ones(1, device=DEVICE).device.type == DEVICE
+    assert ops_utils.is_hip() == (torch.version.hip is not None)
+    assert device == "npu" or ops_utils.get_npu_core_count(7) == 7
+    kernel_args = {}
+    ops_utils.set_large_grf_mode(kernel_args)
+    assert kernel_args == ({"grf_mode": "large"} if device == "xpu" else {})
+
+
+def test_amp_custom_fwd_runs_forward_in_the_callers_autocast():
+    from liger_kernel.ops.utils import amp_custom_bwd, amp_custom_fwd
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        @amp_custom_fwd
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        @amp_custom_bwd
+        def backward(ctx, grad):
+            return grad * 2
+
+    x = randn(3, requires_grad=True)
+    Double.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))

@@ -53,6 +53,22 @@ def test_set_impl_and_env_are_one_state(monkeypatch):
     assert os.environ[LIGER_KERNEL_IMPL_ENV] == "triton"
 
 
+def test_use_triton_reads_no_environment_per_call(monkeypatch):
+    """``use_triton`` runs on every op call: ``os.environ.get`` (~1.8 us here) only when the
+    variable changed, not per call."""
+    x = torch.empty(1, device=DEVICE)
+    use_triton(x)
+    lookups = []
+    environ_get = os._Environ.get
+    monkeypatch.setattr(os._Environ, "get", lambda self, *a: lookups.append(a) or environ_get(self, *a))
+    for _ in range(100):
+        use_triton(x)
+    assert lookups == []
+    os.environ[LIGER_KERNEL_IMPL_ENV] = "torch"  # the autouse fixture restores it
+    assert not use_triton(x) and not use_triton(x)
+    assert len(lookups) == 1
+
+
 def test_backend_names_are_the_same_switch():
     assert liger_kernel.set_backend is liger_kernel.set_impl
     assert liger_kernel.get_backend is liger_kernel.get_impl
