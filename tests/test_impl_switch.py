@@ -25,9 +25,16 @@ KERNELS_HERE = DEVICE != "cpu" or liger_kernel.utils.interpreting()
 
 @pytest.fixture(autouse=True)
 def restore_selection(monkeypatch):
-    """Each test starts from an unset LIGER_KERNEL_IMPL; monkeypatch puts the caller's back."""
-    monkeypatch.delenv(LIGER_KERNEL_IMPL_ENV, raising=False)
+    """Each test starts from an unset LIGER_KERNEL_IMPL and leaves the caller's value (set_impl
+    writes the variable, which monkeypatch does not track)."""
+    original = os.environ.pop(LIGER_KERNEL_IMPL_ENV, None)
     monkeypatch.setattr(registry, "_warned", set())
+    yield
+    monkeypatch.undo()
+    if original is None:
+        os.environ.pop(LIGER_KERNEL_IMPL_ENV, None)
+    else:
+        os.environ[LIGER_KERNEL_IMPL_ENV] = original
 
 
 def test_default_is_triton():
@@ -64,7 +71,7 @@ def test_use_triton_reads_no_environment_per_call(monkeypatch):
     for _ in range(100):
         use_triton(x)
     assert lookups == []
-    os.environ[LIGER_KERNEL_IMPL_ENV] = "torch"  # the autouse fixture restores it
+    os.environ[LIGER_KERNEL_IMPL_ENV] = "torch"  # restore_selection puts the caller's value back
     assert not use_triton(x) and not use_triton(x)
     assert len(lookups) == 1
 
