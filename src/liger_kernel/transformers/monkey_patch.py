@@ -313,10 +313,20 @@ def _name(fn):
     return getattr(fn, "__name__", repr(fn))
 
 
+def _parameters(fn):
+    """``fn``'s parameters by name, or None when it takes any keyword (``**kwargs``, or a callable
+    without a readable signature, such as a Mock)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else params
+
+
 def _accepted(fn, kwargs):
-    """The keyword arguments ``fn`` takes (all of them if it takes ``**kwargs``), and the rest."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    """The keyword arguments ``fn`` takes, and the names of the rest."""
+    params = _parameters(fn)
+    if params is None:
         return dict(kwargs), []
     return {k: v for k, v in kwargs.items() if k in params}, sorted(set(kwargs) - set(params))
 

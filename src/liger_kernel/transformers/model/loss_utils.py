@@ -9,7 +9,8 @@ micro-batches equals one big batch exactly.
 Both go through the public functionals, looked up in ``liger_kernel.transformers.functional``
 at each call: integrators wrap them there (Axolotl's ``liger_use_token_scaling`` replaces
 ``liger_fused_linear_cross_entropy`` with one that forces ``use_token_scaling=True``), so every
-option is passed by keyword. The loss stays fp32, as Hugging Face's upcast logits give it.
+option is passed by keyword. The loss is fp32 (fp64 for fp64 inputs), as Hugging Face's upcast
+logits give it.
 """
 
 import torch
@@ -61,8 +62,8 @@ def fixed_fused_linear_cross_entropy(
     against already shifted targets [BT], with Hugging Face's reduction: the mean over
     non-ignored tokens, or the sum divided by ``num_items_in_batch``. ``kwargs`` may carry
     ``bias``, ``ce_weight``, ``lse_square_scale``, ``label_smoothing`` and ``use_token_scaling``;
-    others are ignored, so a caller may pass its whole ``**kwargs``. Returns the fp32 loss, or a
-    ``CrossEntropyOutput`` when an extra output is requested."""
+    others are ignored, so a caller may pass its whole ``**kwargs``. Returns the loss (fp32 at
+    least), or a ``CrossEntropyOutput`` when an extra output is requested."""
     options = {name: kwargs[name] for name in _FUSED_OPTIONS if name in kwargs}
     result = functional.liger_fused_linear_cross_entropy(
         hidden_states,
@@ -74,7 +75,7 @@ def fixed_fused_linear_cross_entropy(
         accum_dtype=accum_dtype,
         return_token_accuracy=return_token_accuracy,
         return_predicted_tokens=return_predicted_tokens,
-        loss_dtype=torch.float32,
+        loss_dtype=torch.promote_types(hidden_states.dtype, torch.float32),
         **options,
     )
     loss, z_loss, token_accuracy, predicted_tokens = unpack_cross_entropy_result(result)
