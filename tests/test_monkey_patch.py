@@ -277,13 +277,13 @@ def test_unset_flags_count_as_off():
 
 
 def test_a_step_failing_midway_undoes_the_whole_patch(monkeypatch):
-    apply_fn("llama")(swiglu=False)  # an earlier patch that a failed one must leave in place
+    apply_fn("llama")(rope=False, swiglu=False)  # an earlier patch that a failed one must leave in place
     before = patch_state("llama")
 
     def broken_adapter(*args):
         raise RuntimeError("adapter failed")
 
-    monkeypatch.setattr(mp, "_mlp_adapter", broken_adapter)  # after RoPE and the norms were swapped
+    monkeypatch.setattr(mp, "_mlp_adapter", broken_adapter)  # after RoPE was swapped
     with pytest.raises(RuntimeError, match="adapter failed"):
         apply_fn("llama")(cross_entropy=True, fused_linear_cross_entropy=False)
     assert patch_state("llama") == before
