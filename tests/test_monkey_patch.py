@@ -4,6 +4,7 @@ identity), keep the weights, undo cleanly; flags, signatures, unknown types and 
 import importlib
 import inspect
 import logging
+import types
 import warnings
 
 import pytest
@@ -476,3 +477,79 @@ def test_cross_entropy_flag_keeps_the_returned_logits(dtype):
     torch.testing.assert_close(out.loss, expected.loss)
     out.loss.backward()
     torch.testing.assert_close(out.logits.detach(), logits, rtol=0, atol=0)
+
+
+class FakeFSDP(torch.nn.Module):
+    """What FSDP's forward does around the module it wraps: gather the full weight, call
+    ``_fsdp_wrapped_module``, free it again. Outside its forward the weight is an empty shard."""
+
+    def __init__(self, module):
+        super().__init__()
+        self._fsdp_wrapped_module = module
+        self.full_weight = module.weight.data
+        module.weight.data = module.weight.data.new_empty(0)
+        self.calls = 0
+
+    @property
+    def module(self):
+        return self._fsdp_wrapped_module
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        self.module.weight.data = self.full_weight
+        try:
+            return self._fsdp_wrapped_module(*args, **kwargs)
+        finally:
+            self.module.weight.data = self.full_weight.new_empty(0)
+
+
+def head_loss(module, x, scale=1.0):
+    return (x @ module.weight.T).square().sum() * scale
+
+
+def test_fsdp_forward_redirection_through_a_wrapper():
+    from liger_kernel.transformers.fsdp import _FSDPForwardRedirection
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 5, bias=False)
+    weight, x = head.weight.detach().clone(), torch.randn(3, 8)
+    wrapper = FakeFSDP(head)
+    got = _FSDPForwardRedirection()(wrapper, head_loss, wrapper.module, x, scale=2.0)
+    assert wrapper.calls == 1 and head.weight.numel() == 0  # ran inside the wrapper's forward, freed after
+    torch.testing.assert_close(got, head_loss(types.SimpleNamespace(weight=weight), x, 2.0))
+    assert "forward" not in vars(head)  # the module's own forward is back
+    torch.testing.assert_close(wrapper(x), x @ weight.T)
+
+    def failing(module, x):
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        _FSDPForwardRedirection()(wrapper, failing, wrapper.module, x)
+    assert "forward" not in vars(head)
+
+
+def test_fsdp_forward_redirection_unwrapped_runs_hooks():
+    from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped
+
+    head = torch.nn.Linear(8, 5, bias=False)
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(len(args)))
+    x = torch.randn(3, 8)
+    got = _FSDPForwardRedirection()(head, head_loss, head, x)
+    torch.testing.assert_close(got, head_loss(head, x))
+    assert seen == [2] and "forward" not in vars(head)
+    assert not is_fsdp_wrapped(head) and not is_fsdp_wrapped(FakeFSDP(torch.nn.Linear(2, 2)))
+
+
+def test_lce_routes_an_fsdp_wrapped_head_through_its_forward(monkeypatch):
+    """The generic forward's loss reads lm_head.weight inside the wrapper's forward."""
+    import liger_kernel.transformers.model.causal_lm as causal_lm
+
+    model = tiny_model("llama").train()
+    apply_fn("llama")(model=model)
+    ids = torch.randint(3, 97, (2, 6))
+    expected = model(input_ids=ids, labels=ids).loss
+    model.lm_head = FakeFSDP(model.lm_head)
+    monkeypatch.setattr(causal_lm, "is_fsdp_wrapped", lambda module: isinstance(module, FakeFSDP))
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, expected)
+    assert model.lm_head.calls == 1
