@@ -24,7 +24,8 @@ liger_plugin = pytest.importorskip(
     reason="axolotl is not installed: scripts/setup.sh installs axolotl==0.21.0 --no-deps and addict",
 )
 from axolotl.utils.dict import DictDefault  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
+from test_monkey_patch import tiny_config  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from liger_kernel.transformers import functional, monkey_patch  # noqa: E402
 from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss  # noqa: E402
@@ -71,18 +72,8 @@ def run_plugin(model_type, **options):
 
 
 def tiny_model(model_type):
-    config = AutoConfig.for_model(
-        model_type,
-        hidden_size=32,
-        intermediate_size=40,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=97,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-        **({"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16} if "moe" in model_type else {}),
-    )
+    moe = {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16} if "moe" in model_type else {}
+    config = tiny_config(model_type, tie_word_embeddings=False, **moe)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).train()
 
