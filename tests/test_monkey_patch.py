@@ -194,6 +194,8 @@ def test_signatures(model_type):
     assert list(params) == ["rope", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", mlp, "model"]
     assert [p.default for p in params.values()] == [True, False, True, True, True, None]
     assert getattr(lk, f"apply_liger_kernel_to_{model_type}") is apply_fn(model_type)
+    if model_type == "granite":  # our defaults differ from Liger 0.8.5's there: the docstring says why
+        assert "fused_linear_cross_entropy=False" in apply_fn(model_type).__doc__
 
 
 def test_instance_patch_filters_keyword_arguments(caplog):
@@ -415,6 +417,9 @@ def test_loss_utils_names():
     assert output_classes.LigerCausalLMOutputWithPast is causal_lm.LigerCausalLMOutputWithPast
     assert output_classes.LigerMoeCausalLMOutputWithPast is causal_lm.LigerMoeCausalLMOutputWithPast
     assert llama.lce_maybe_trainable_lm_head is smollm3.lce_maybe_trainable_lm_head
+    from liger_kernel.transformers.trainer_integration import _apply_liger_kernel
+
+    assert _apply_liger_kernel is mp._apply_liger_kernel
 
     torch.manual_seed(0)
     x, w = torch.randn(9, 16, dtype=torch.float64), torch.randn(33, 16, dtype=torch.float64)
