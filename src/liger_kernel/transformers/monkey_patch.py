@@ -204,28 +204,35 @@ def _check_arguments(flags, model):
         )
 
 
-def _apply(model_type, mlp_flag, model, **flags):
-    _check_arguments(flags, model)
+def _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, mlp):
     spec = MODEL_SPECS[model_type]
+    flags = {
+        "rope": rope,
+        "cross_entropy": cross_entropy,
+        "fused_linear_cross_entropy": fused_linear_cross_entropy,
+        "rms_norm": rms_norm,
+        spec.mlp_flag: mlp,
+    }
+    _check_arguments(flags, model)
     modeling = importlib.import_module(spec.module)
     causal_lm = getattr(modeling, spec.causal_lm)
     with _all_or_nothing() as undo:
-        if flags["rope"]:
+        if rope:
             _swap(modeling, spec.rope, liger_rotary_pos_emb, undo)
-        if flags["rms_norm"]:
+        if rms_norm:
             for name in spec.norms:
                 _swap(modeling, name, _norm_adapter(spec, modeling, name), undo)
-        if flags[mlp_flag]:
+        if mlp:
             for name in spec.mlps:
                 _swap(modeling, name, _mlp_adapter(spec, modeling, name), undo)
-        if flags["cross_entropy"]:
+        if cross_entropy:
             # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
             # attribute hooks this family only, leaving transformers' shared loss functions alone.
             _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
-        if flags["fused_linear_cross_entropy"]:
+        if fused_linear_cross_entropy:
             _swap(causal_lm, "forward", causal_lm_forward, undo)
         if model is not None:
-            done, kept = _patch_instance(model, spec, modeling, flags["rms_norm"], flags[mlp_flag], undo)
+            done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp, undo)
             logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
 
 
@@ -247,32 +254,14 @@ def _make_apply(model_type):
         def apply(
             rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None
         ):
-            _apply(
-                model_type,
-                "geglu",
-                model,
-                rope=rope,
-                cross_entropy=cross_entropy,
-                fused_linear_cross_entropy=fused_linear_cross_entropy,
-                rms_norm=rms_norm,
-                geglu=geglu,
-            )
+            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, geglu)
 
     else:
 
         def apply(
             rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None
         ):
-            _apply(
-                model_type,
-                "swiglu",
-                model,
-                rope=rope,
-                cross_entropy=cross_entropy,
-                fused_linear_cross_entropy=fused_linear_cross_entropy,
-                rms_norm=rms_norm,
-                swiglu=swiglu,
-            )
+            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu)
 
     note = "\n\n" + textwrap.fill(spec.note, 100, initial_indent="    ", subsequent_indent="    ") if spec.note else ""
     apply.__doc__ = f"""Patch {spec.module} with Liger kernels.
