@@ -10,7 +10,8 @@ Both go through the public functionals, looked up in ``liger_kernel.transformers
 at each call: integrators wrap them there (Axolotl's ``liger_use_token_scaling`` replaces
 ``liger_fused_linear_cross_entropy`` with one that forces ``use_token_scaling=True``), so every
 option is passed by keyword. The loss is fp32 (fp64 for fp64 inputs), as Hugging Face's upcast
-logits give it.
+logits give it: the fused loss is asked for it with ``loss_dtype``, a keyword that Axolotl's
+replacement (``*args, **kwargs``) passes on.
 """
 
 import torch
