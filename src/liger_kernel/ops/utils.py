@@ -108,7 +108,7 @@ def check_float(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"`{name}` must be float32, float16 or bfloat16, got {t.dtype}.")
+        raise TypeError(f"`{name}` must be a float32, bfloat16, float16 or float64 tensor, got {t.dtype}.")
 
 
 def check_same_device(**tensors) -> None:

@@ -9,6 +9,7 @@ from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.transformers.cross_entropy import CrossEntropyOutput as CrossEntropyOutput  # the peer's path
 from liger_kernel.transformers.cross_entropy import pack_outputs
 
 
@@ -53,8 +54,10 @@ def liger_cross_entropy(
     return_predicted_tokens=False,
 ):
     """``F.cross_entropy`` of logits [BT, V] and labels [BT] plus z-loss, softcap and token accuracy.
-    Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested. The gradient
-    overwrites the logits buffer (see ``LigerCrossEntropyFunction``)."""
+    Returns the loss in the logits' dtype (computed in fp32), or a ``CrossEntropyOutput`` when an
+    extra output is requested; an all-ignored or empty batch gives 0 where PyTorch gives NaN. The
+    backward writes the gradient over the logits unless a leaf owns them (see
+    ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     outputs = LigerCrossEntropyFunction.apply(
