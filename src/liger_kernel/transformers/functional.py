@@ -92,9 +92,13 @@ def liger_fused_linear_cross_entropy(
     use_token_scaling=False,
     return_token_accuracy=False,
     return_predicted_tokens=False,
+    *,
+    loss_dtype=None,
 ):
     """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
-    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested."""
+    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested.
+    ``loss_dtype``: the dtype of the returned losses, computed in fp32 and cast once (the patched
+    models ask for ``torch.float32``, the loss Hugging Face's upcast logits give)."""
     outputs = LigerFusedLinearCrossEntropyFunction.apply(
         input,
         weight,
@@ -112,4 +116,7 @@ def liger_fused_linear_cross_entropy(
         return_token_accuracy,
         return_predicted_tokens,
     )
+    if loss_dtype is not None:
+        loss, z_loss, *extras = outputs
+        outputs = (loss.to(loss_dtype), None if z_loss is None else z_loss.to(loss_dtype), *extras)
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
