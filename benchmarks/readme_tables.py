@@ -1,6 +1,6 @@
 """Refresh the README's benchmark tables from the committed results (no GPU needed):
 
-    python benchmarks/readme_tables.py [benchmarks/results/h100]
+    python benchmarks/readme_tables.py [benchmarks/results/h200]
 
 Rewrites what lies between ``<!-- results:begin -->`` / ``<!-- results:end -->`` (anchor shapes:
 do_bench and CUDA-graph tables, from results.json) and ``<!-- e2e:begin -->`` /
@@ -38,4 +38,4 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "h100"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "h200"))

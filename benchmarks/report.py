@@ -165,10 +165,15 @@ def fmt_ceilings(c):
     )
 
 
+def _gpu(results):
+    """The GPU the results were measured on (every table names it)."""
+    return results.get("meta", {}).get("gpu", "GPU not recorded")
+
+
 def summary_markdown(results):
     """One row per op at its anchor shape."""
     out = [
-        "## Anchor shapes (fwd+bwd ms, % of floor; peak extra MB)",
+        f"## Anchor shapes, {_gpu(results)} (fwd+bwd ms, % of floor; peak extra MB)",
         "",
         "| op | shape | floor ms | ours | Liger 0.8.5 | torch.compile | eager | ours / Liger (time, mem) "
         "| MB ours | MB Liger |",
@@ -204,7 +209,7 @@ def graph_summary_markdown(results):
     overhead, which on the lent machine's CPU is of the order of the memory-bound ops' GPU time."""
     provs = ("ours", "liger085", "compile", "eager")
     out = [
-        "## Anchor shapes, GPU time alone (fwd+bwd replayed from a CUDA graph; ms, % of floor)",
+        f"## Anchor shapes, GPU time alone, {_gpu(results)} (fwd+bwd replayed from a CUDA graph; ms, % of floor)",
         "",
         "| op | shape | floor ms | " + " | ".join(LABELS.get(p, p) for p in provs) + " | ours / Liger |",
         "|---|---|---|" + "---|" * (len(provs) + 1),

@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
-# On a lent GPU machine (no network): install this checkout, then run the test suite or the
-# benchmarks, writing logs under $OUT. Usage: bash scripts/gpu_run.sh tests|bench|e2e [pytest /
-# benchmarks/run.py / benchmarks/e2e.py args]
-# (carry .peer for bench/e2e: benchmarks/setup_peers.sh unpacks the peer wheels from there).
+# On a lent GPU machine (no network): install this checkout, then run one or more stages, writing
+# logs under $OUT. Usage: bash scripts/gpu_run.sh STAGE[,STAGE...] [args for the last stage]
+#   tests  the test suite (pytest args)          bench  benchmarks/run.py --quick (run.py args)
+#   e2e    benchmarks/e2e.py (e2e.py args)        host   benchmarks/host_cost.py for the layer ops
+#   env    python -m liger_kernel.env_report
+# Each stage gets at most STAGE_S seconds (default 540). Results go to $RESULTS (default
+# benchmarks/results/h200) and come back as $OUT/results.tgz. Carry .peer for bench/e2e/host
+# (benchmarks/setup_peers.sh unpacks the peer wheels from there).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+RESULTS=${RESULTS:-benchmarks/results/h200}
+STAGE_S=${STAGE_S:-540}
+mkdir -p "$OUT" "$RESULTS"
 export PYTHONUNBUFFERED=1
 # --no-build-isolation: the machine has setuptools but no index to fetch a build environment from
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
-case "${1:-tests}" in
-  tests)
-    shift || true
-    timeout 560 python3 -m pytest tests -p no:cacheprovider -o addopts="" -rfE --durations=10 "$@" 2>&1 \
-      | tee "$OUT/gpu_tests.log" | tail -40 ;;
-  bench)
-    shift || true
-    bash benchmarks/setup_peers.sh >/dev/null
-    timeout 560 python3 benchmarks/run.py --quick --budget-s 470 --out benchmarks/results/h100 "$@" > "$OUT/bench.log" 2>&1
-    tail -c 6000 "$OUT/bench.log"
-    tar czf "$OUT/h100.tgz" -C benchmarks/results h100 ;;
-  e2e)
-    shift || true
-    bash benchmarks/setup_peers.sh >/dev/null
-    timeout 430 python3 benchmarks/e2e.py --out "$OUT/e2e" "$@" > "$OUT/e2e.log" 2>&1
-    tail -c 3000 "$OUT/e2e.log" ;;
-esac
+stages=${1:-tests}
+shift || true
+for stage in ${stages//,/ }; do
+  echo "== $stage $(date -u +%H:%M:%S)"
+  case "$stage" in
+    tests)
+      timeout "$STAGE_S" python3 -m pytest tests -p no:cacheprovider -o addopts="" -rfE --durations=10 "$@" \
+        >"$OUT/gpu_tests.log" 2>&1
+      tail -25 "$OUT/gpu_tests.log" ;;
+    bench)
+      bash benchmarks/setup_peers.sh >/dev/null
+      timeout "$STAGE_S" python3 benchmarks/run.py --quick --budget-s $((STAGE_S - 60)) --out "$RESULTS" "$@" \
+        >"$OUT/bench.log" 2>&1
+      tail -c 5000 "$OUT/bench.log" ;;
+    e2e)
+      bash benchmarks/setup_peers.sh >/dev/null
+      timeout "$STAGE_S" python3 benchmarks/e2e.py --out "$RESULTS" "$@" >"$OUT/e2e.log" 2>&1
+      tail -c 3000 "$OUT/e2e.log" ;;
+    host)
+      bash benchmarks/setup_peers.sh >/dev/null
+      for p in ours eager liger085; do
+        path=src
+        [ "$p" = liger085 ] && path=.peer/liger085
+        PYTHONPATH=$path timeout $((STAGE_S / 3)) python3 benchmarks/host_cost.py --provider "$p" "$@" \
+          >>"$OUT/host_cost.log" 2>&1
+      done
+      tail -c 4000 "$OUT/host_cost.log" ;;
+    env)
+      python3 -m liger_kernel.env_report 2>&1 | tee "$OUT/env_report.txt" ;;
+  esac
+done
+tar czf "$OUT/results.tgz" "$RESULTS"

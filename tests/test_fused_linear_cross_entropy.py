@@ -426,6 +426,14 @@ def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
     out = liger(x, w, y, b, dict(opts, lse_square_scale=1e-3), z=True, mode=mode)
     assert out[0].dtype == out[1].dtype == expected.dtype == dtype and out[0].shape == expected.shape
     out[0].backward(gradient=torch.ones_like(expected))
+    # loss_dtype=torch.float32 (what the patched models ask for): the fp32 value itself, not the
+    # input-dtype loss upcast
+    with torch.no_grad():
+        wide = liger_fused_linear_cross_entropy(
+            x, w, y, b, lse_square_scale=1e-3, reduction="none", accum_dtype=None if mode == "exact" else dtype,
+            loss_dtype=torch.float32,
+        )  # fmt: skip
+    assert wide.dtype == torch.float32 and torch.equal(wide.to(dtype), out[0].detach())
     x64, w64, b64 = as64(x, w, b)
     torch_flce(x64, w64, y, b64, dict(opts, lse_square_scale=1e-3))[0].sum().backward()
     xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]

@@ -128,16 +128,19 @@ def _gib(n):
     return "-" if n is None else f"{n / 2**30:.2f} GiB"
 
 
-def report(stock: RunResult, liger: RunResult, header: str) -> str:
+def report(stock: RunResult, liger: RunResult, header: str, kernels: bool = True) -> str:
+    """The side-by-side table. ``kernels=False`` (a CPU run through the PyTorch fallback): both
+    runs are plain PyTorch, so their tokens/s differ by noise alone (it swung from -24% to +471%
+    between runs) and no ratio is printed."""
     lines = [header, "", f"{'step':>4}  {'stock HF loss':>13}  {'liger loss':>10}  {'|diff|':>8}"]
     for i, (a, b) in enumerate(zip(stock.losses, liger.losses), 1):
         lines.append(f"{i:>4}  {a:>13.4f}  {b:>10.4f}  {abs(a - b):>8.1e}")
-    speedup = liger.tokens_per_s / stock.tokens_per_s - 1
-    lines += [
-        "",
-        f"{'':<16}{'stock HF':>14}{'liger':>14}",
-        f"{'tokens/s':<16}{stock.tokens_per_s:>14,.0f}{liger.tokens_per_s:>14,.0f}  ({speedup:+.0%})",
-    ]
+    speed = f"{'tokens/s':<16}{stock.tokens_per_s:>14,.0f}{liger.tokens_per_s:>14,.0f}"
+    if kernels:
+        speed += f"  ({liger.tokens_per_s / stock.tokens_per_s - 1:+.0%})"
+    else:
+        speed += "  (both plain PyTorch on CPU: not a comparison)"
+    lines += ["", f"{'':<16}{'stock HF':>14}{'liger':>14}", speed]
     mem = f"{'peak memory':<16}{_gib(stock.peak_bytes):>14}{_gib(liger.peak_bytes):>14}"
     if stock.peak_bytes and liger.peak_bytes:
         mem += f"  ({liger.peak_bytes / stock.peak_bytes - 1:+.0%})"
@@ -183,10 +186,12 @@ def run(steps=None, device=None, size=None, seed=0):
         f"(bytes of the shipped text, padded), batch {batch} x seq {seq}, {str(dtype).removeprefix('torch.')} "
         f"on {device} ({where}), {steps} AdamW steps, ln(vocab) = {math.log(vocab):.2f}"
     )
-    text = report(stock, liger, header)
-    if torch.device(device).type == "cpu" and not interpreting():
+    kernels = torch.device(device).type != "cpu" or interpreting()
+    text = report(stock, liger, header, kernels)
+    if not kernels:
         text += (
-            "\n(on a CPU both runs are plain PyTorch: the Triton kernels, their speed and memory savings need a GPU)"
+            "\n(on a CPU both runs are plain PyTorch: the Triton kernels, their speed and memory savings need a GPU;"
+            " TRITON_INTERPRET=1 set before import runs them in Triton's interpreter, slowly, to check them)"
         )
     print(text, flush=True)
     return stock, liger

@@ -548,10 +548,11 @@ def fused_linear_cross_entropy_reference(
     return fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts)
 
 
-def fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts: CEOptions):
-    """The reference's math with the options as one record."""
+def fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts: CEOptions, loss_dtype=None):
+    """The reference's math with the options as one record; losses in ``loss_dtype`` (default: the
+    input's)."""
     outputs = cross_entropy_core(torch.nn.functional.linear(_input, weight, bias), target, ce_weight, opts)
-    return in_input_dtype(outputs, _input.dtype)
+    return in_input_dtype(outputs, loss_dtype or _input.dtype)
 
 
 def in_input_dtype(outputs, dtype):
@@ -751,11 +752,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
       ``ce_mode=None`` selects the fast path. See the module docstring for the numbers.
     - ``ce_impl``: None or ``"triton"`` (the kernels), ``"torch"`` (the PyTorch reference).
     - ``chunk_mem_const``: multiplies every chunk budget (default 1).
+    - ``loss_dtype`` (beyond Liger's arguments): the dtype of the loss and z-loss, None for the
+      input's (what ``F.cross_entropy(F.linear(...))`` returns); computed in fp32, cast once.
 
-    Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``, the loss and z-loss in the
-    input's dtype; only ``loss`` is differentiable. Under ``torch.no_grad()``, or when no tensor
-    input needs a gradient, only the loss is computed. All-ignored and empty batches give loss 0
-    (PyTorch gives NaN for ``mean``).
+    Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``; only ``loss`` is differentiable.
+    Under ``torch.no_grad()``, or when no tensor input needs a gradient, only the loss is computed.
+    All-ignored and empty batches give loss 0 (PyTorch gives NaN for ``mean``).
     """
 
     @staticmethod
@@ -779,6 +781,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         ce_impl=None,
         ce_mode=None,
         chunk_mem_const=1,
+        loss_dtype=None,
     ):
         check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
         opts = make_options(
@@ -790,7 +793,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         needs = tuple(grad_on and ctx.needs_input_grad[i] for i in (0, 1, 3))
         ctx.use_triton = mode != "torch" and use_triton(_input) and _input.dtype != torch.float64
         if not ctx.use_triton:
-            args = (_input, weight, target, bias, ce_weight, opts)
+            args = (_input, weight, target, bias, ce_weight, opts, loss_dtype)
             return reference_forward(ctx, fused_linear_cross_entropy_core, any(needs), *args)
 
         x = _input.reshape(-1, _input.shape[-1]).contiguous()
@@ -814,12 +817,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
                 *tensors, ce_weight, opts, needs=needs, budget=CHUNK_BUDGET_BYTES * chunk_mem_const
             )
             ctx.save_for_backward(*grads)
-        return mark_extras_non_differentiable(ctx, in_input_dtype(outputs, _input.dtype))
+        return mark_extras_non_differentiable(ctx, in_input_dtype(outputs, loss_dtype or _input.dtype))
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if not ctx.use_triton:
-            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 18)
+            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 19)
         g = grad_loss.reshape(-1 if ctx.per_row else ()).to(torch.float32)
         if ctx.mode == "exact":
             saved = ctx.saved_tensors
@@ -839,4 +842,4 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         grad_x, grad_w, grad_b = grads
         if grad_x is not None:
             grad_x = grad_x.view(ctx.input_shape)
-        return one_grad_per_argument((grad_x, grad_w, None, grad_b), 18)
+        return one_grad_per_argument((grad_x, grad_w, None, grad_b), 19)

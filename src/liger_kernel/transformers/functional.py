@@ -9,6 +9,7 @@ from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.transformers.cross_entropy import CrossEntropyOutput as CrossEntropyOutput  # the peer's path
 from liger_kernel.transformers.cross_entropy import pack_outputs
 
 
@@ -53,8 +54,10 @@ def liger_cross_entropy(
     return_predicted_tokens=False,
 ):
     """``F.cross_entropy`` of logits [BT, V] and labels [BT] plus z-loss, softcap and token accuracy.
-    Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested. The gradient
-    overwrites the logits buffer (see ``LigerCrossEntropyFunction``)."""
+    Returns the loss in the logits' dtype (computed in fp32), or a ``CrossEntropyOutput`` when an
+    extra output is requested; an all-ignored or empty batch gives 0 where PyTorch gives NaN. The
+    backward writes the gradient over the logits unless a leaf owns them (see
+    ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     outputs = LigerCrossEntropyFunction.apply(
@@ -90,13 +93,18 @@ def liger_fused_linear_cross_entropy(
     return_token_accuracy=False,
     return_predicted_tokens=False,
     chunk_mem_const=1,
+    *,
+    loss_dtype=None,
 ):
     """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
-    logits tensor. Returns the loss (in the input's dtype), or a ``CrossEntropyOutput`` when an extra
-    output is requested. By default every gradient is exact (rounded once from fp32); any
-    ``accum_dtype`` selects the faster token-chunk path that accumulates the weight gradient in it
-    (``torch.bfloat16``: Liger Kernel 0.8.5's default). ``chunk_mem_const`` multiplies the chunk
-    memory budgets. See ``LigerFusedLinearCrossEntropyFunction``."""
+    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested.
+    By default every gradient is exact (rounded once from fp32); any ``accum_dtype`` selects the
+    faster token-chunk path that accumulates the weight gradient in it (``torch.bfloat16``: Liger
+    Kernel 0.8.5's default). ``chunk_mem_const`` multiplies the chunk memory budgets.
+    ``loss_dtype``: the dtype of the returned losses (default: the input's, as
+    ``F.cross_entropy(F.linear(...))``), computed in fp32 and cast once (the patched models ask for
+    ``torch.float32``, the loss Hugging Face's upcast logits give). See
+    ``LigerFusedLinearCrossEntropyFunction``."""
     outputs = LigerFusedLinearCrossEntropyFunction.apply(
         input,
         weight,
@@ -116,5 +124,6 @@ def liger_fused_linear_cross_entropy(
         None,
         None,
         chunk_mem_const,
+        loss_dtype,
     )
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
