@@ -17,6 +17,7 @@ OPS = {
     "swiglu": (LigerSiLUMulFunction, swiglu_reference),
     "geglu": (LigerGELUMulFunction, geglu_reference),
 }
+IN_PLACE_AT = {"swiglu": (1.0, 1.0), "geglu": ()}  # the arguments before `in_place`
 SHAPES = sizes(
     cpu=[(3, 7, 37), (5, 2049), (1, 300)],  # odd; just past a block of 2048; one row
     gpu=[(2, 4096, 14336), (8192, 11008), (3, 333, 5000)],
@@ -37,7 +38,7 @@ def run_parity(op, shape, dtype, in_place):
     ct.backward(dc)
 
     a_in, b_in = a.clone(), b.clone()  # non-leaf inputs, so an in-place backward can't hurt the test
-    c = fn.apply(a_in, b_in, in_place)
+    c = fn.apply(a_in, b_in, *IN_PLACE_AT[op], in_place)
     c.backward(dc)
     assert_matches(f"{op} out", c, c64, ct)
     assert_matches(f"{op} da", a.grad, a64.grad, at.grad)
@@ -52,8 +53,9 @@ def test_parity(op, shape, dtype):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_in_place_backward(op):
-    run_parity(op, SHAPES[0], torch.bfloat16, in_place=True)
+@pytest.mark.parametrize("in_place", [True, None])
+def test_in_place_backward(op, in_place):
+    run_parity(op, SHAPES[0], torch.bfloat16, in_place=in_place)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -175,7 +177,7 @@ def unfused(mlp, x):
         a, b = mlp.gate_up_proj(x).chunk(2, dim=-1)
     else:
         a, b = mlp.gate_proj(x), mlp.up_proj(x)
-    return mlp.down_proj(fn.apply(a, b, True))
+    return mlp.down_proj(fn.apply(a, b))
 
 
 def grads(x, weights):
@@ -348,4 +350,4 @@ def test_store_c_needs_a_contiguous_dc():
     """The fused MLP's backward writes c over dc: a dc laid out otherwise is refused, not mangled."""
     a, b = randn(6, 10), randn(6, 10)
     with pytest.raises(ValueError, match="`dc` must be contiguous"):
-        gated_backward(randn(10, 6).t(), a, b, "silu", in_place=False, store_c=True)
+        gated_backward(randn(10, 6).t(), a, b, "silu", store_c=True)
