@@ -2,12 +2,17 @@ import pytest
 import torch
 from parity import DEVICE, DTYPES, as64, assert_matches, randn, sizes
 
-from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_reference
+from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_backward, geglu_forward, geglu_reference
 from liger_kernel.ops.swiglu import (
     LigerGatedMLPFunction,
     LigerSiLUMulFunction,
     gated_backward,
     gated_mlp_reference,
+    swiglu_backward,
+    swiglu_forward,
+    swiglu_fused_gate_up_backward,
+    swiglu_fused_gate_up_forward,
+    swiglu_fused_gate_up_reference,
     swiglu_reference,
 )
 from liger_kernel.transformers import LigerGEGLUMLP, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
@@ -351,3 +356,82 @@ def test_store_c_needs_a_contiguous_dc():
     a, b = randn(6, 10), randn(6, 10)
     with pytest.raises(ValueError, match="`dc` must be contiguous"):
         gated_backward(randn(10, 6).t(), a, b, "silu", store_c=True)
+
+
+# ----------------------------------------------------------------------------- Falcon-H1 multipliers
+
+MULTIPLIERS = [(0.7, 1.9), (1.0, 0.25), (-1.3, 1.0)]  # both; down only (a power of two); a negative gate
+
+
+@pytest.mark.parametrize("multipliers", MULTIPLIERS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multipliers_parity(multipliers, shape, dtype):
+    """``LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier)`` against float64, with
+    Falcon-H1's own math in the same dtype (``up * silu(gate * gm)``, then ``* dm``) as the yardstick."""
+    gm, dm = multipliers
+    a, b = randn(*shape, dtype=dtype, requires_grad=True, scale=2.0), randn(*shape, dtype=dtype, requires_grad=True)
+    dc = randn(*shape, dtype=dtype)
+    a64, b64 = as64(a, b)
+    c64 = swiglu_reference(a64, b64, gm, dm)
+    c64.backward(dc.double())
+    at, bt = (t.detach().clone().requires_grad_() for t in (a, b))
+    ct = (bt * torch.nn.functional.silu(at * gm)) * dm
+    ct.backward(dc)
+    c = LigerSiLUMulFunction.apply(a.clone(), b.clone(), gm, dm)
+    c.backward(dc)
+    assert_matches("out", c, c64, ct)
+    assert_matches("da", a.grad, a64.grad, at.grad)
+    assert_matches("db", b.grad, b64.grad, bt.grad)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+def test_fused_mlp_multipliers(module_cls):
+    """The fused MLP Function takes the multipliers too (``LigerFalconH1*`` modules run it)."""
+    mlp = make_mlp(module_cls, 21, 37)
+    weights = mlp_weights(mlp)
+    x, dy = randn(3, 5, 21, requires_grad=True), randn(3, 5, 21)
+    y = LigerGatedMLPFunction.apply(x, *weights, MLP_ACTIVATIONS[module_cls], 0.7, 1.9)
+    y.backward(dy)
+    ref = as64(x, *weights)
+    y64 = gated_mlp_reference(*ref, MLP_ACTIVATIONS[module_cls], 0.7, 1.9)
+    y64.backward(dy.double())
+    assert_matches("out", y, y64)
+    for name, g, g64 in zip(("dx", "d_gate", "d_up", "d_down"), grads(x, weights), grads(*ref[:1], ref[1:])):
+        if g64 is not None:
+            assert_matches(name, g, g64)
+
+
+# ----------------------------------------------------------------------------- the peer's op helpers
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+def test_op_helpers(impl, monkeypatch):
+    """``swiglu_forward/backward``, ``geglu_forward/backward`` and the stacked gate|up pair: the
+    Functions' values, without autograd, inputs left intact."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    a, b, dc = randn(3, 7, 37, scale=2.0), randn(3, 7, 37), randn(3, 7, 37)
+    kept = (a.clone(), b.clone())
+    a64, b64 = as64(a, b)
+    for forward, backward, reference, extra in (
+        (swiglu_forward, swiglu_backward, lambda x, y: swiglu_reference(x, y, 0.7), (0.7,)),
+        (geglu_forward, geglu_backward, geglu_reference, ()),
+    ):
+        a_out, b_out, c = forward(a, b, *extra)
+        assert a_out is a and b_out is b
+        x, y = (t.detach().requires_grad_() for t in (a64, b64))
+        c64 = reference(x, y)
+        assert_matches("c", c, c64)
+        da, db = backward(a, b, dc, *extra)
+        da64, db64 = torch.autograd.grad(c64, (x, y), dc.double())
+        assert_matches("da", da, da64)
+        assert_matches("db", db, db64)
+    y = torch.cat((a, b), dim=-1)
+    assert_matches("fused c", swiglu_fused_gate_up_forward(y), swiglu_reference(a64, b64).detach())
+    y64 = as64(y)[0].requires_grad_()
+    (dy64,) = torch.autograd.grad(swiglu_fused_gate_up_reference(y64), y64, dc.double())
+    assert_matches("fused dy", swiglu_fused_gate_up_backward(y, dc), dy64)
+    assert torch.equal(a, kept[0]) and torch.equal(b, kept[1])
+    with pytest.raises(ValueError, match="`y`.*even"):
+        swiglu_fused_gate_up_forward(randn(3, 5))
