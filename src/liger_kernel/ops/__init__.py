@@ -13,6 +13,13 @@ _FUNCTIONS = {
     "LigerGELUMulFunction": "geglu",
     "LigerCrossEntropyFunction": "cross_entropy",
     "LigerFusedLinearCrossEntropyFunction": "fused_linear_cross_entropy",
+    "LigerFusedGateUpSiLUMulFunction": "swiglu",
+    "swiglu_forward": "swiglu",
+    "swiglu_backward": "swiglu",
+    "geglu_forward": "geglu",
+    "geglu_backward": "geglu",
+    "rope_forward": "rope",
+    "rope_backward": "rope",
 }
 
 __all__ = list(_FUNCTIONS)

@@ -11,6 +11,7 @@ and db (one more write, written over dc) and saves one [tokens, intermediate] te
 (256 MB at 16384 tokens x 8192 in bf16).
 """
 
+import functools
 import numbers
 import sys
 
@@ -20,6 +21,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    FLOAT_DTYPES,
     LigerFunction,
     as_rows,
     cdiv,
@@ -103,6 +105,15 @@ BLOCK = 8192
 ELEMENTS_PER_WARP = 512
 
 
+@functools.lru_cache(maxsize=256)
+def _settings(n_rows: int, n_cols: int) -> tuple:
+    """``(grid, blocks_per_row, BLOCK, num_warps)`` for rows of ``n_cols``, once per shape."""
+    block = min(next_power_of_2(n_cols), BLOCK)
+    blocks_per_row = cdiv(n_cols, block)
+    warps = max(4, min(16, block // ELEMENTS_PER_WARP))
+    return (n_rows * blocks_per_row,), blocks_per_row, block, warps
+
+
 def _layout(*tensors):
     """How the kernels see the tensors (all of one shape): ``(tensors, row strides, n_cols, grid,
     blocks_per_row, BLOCK, num_warps)``. All contiguous: one flat row of every element, the
@@ -113,10 +124,7 @@ def _layout(*tensors):
     else:
         tensors = tuple(as_rows(t) for t in tensors)
         (n_rows, n_cols), strides = tensors[0].shape, tuple(t.stride(0) for t in tensors)
-    block = min(next_power_of_2(n_cols), BLOCK)
-    blocks_per_row = cdiv(n_cols, block)
-    warps = max(4, min(16, block // ELEMENTS_PER_WARP))
-    return tensors, strides, n_cols, (n_rows * blocks_per_row,), blocks_per_row, block, warps
+    return (tensors, strides, n_cols, *_settings(n_rows, n_cols))
 
 
 def gated_forward(a, b, activation: str, gate_multiplier: float = 1.0, down_multiplier: float = 1.0):
@@ -145,7 +153,7 @@ def gated_backward(
     if store_c and not dc.is_contiguous():
         raise ValueError("`dc` must be contiguous to receive c (store_c=True).")
     views, strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b, da, db)
-    if views[3].data_ptr() != da.data_ptr() or views[4].data_ptr() != db.data_ptr():
+    if views[3] is not da and (views[3].data_ptr() != da.data_ptr() or views[4].data_ptr() != db.data_ptr()):
         raise ValueError("`da` and `db` must have row views (unit column stride, non-overlapping rows).")
     _gated_backward_kernel[grid](
         *views, *strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, store_c, block,
@@ -155,6 +163,15 @@ def gated_backward(
 
 
 def check_gated_inputs(a, b):
+    if (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.dtype in FLOAT_DTYPES
+        and a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.device == b.device
+    ):
+        return  # the common case in one expression: the checks below cost ~1 us each per call
     check_float("a", a)
     check_float("b", b)
     check_same_device(a=a, b=b)
@@ -163,6 +180,8 @@ def check_gated_inputs(a, b):
 
 
 def check_multiplier(name: str, value) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a Python float (the model config's value), got {type(value).__name__}.")
     return float(value)
@@ -193,20 +212,28 @@ def reuse_saved(ctx, *saved) -> list:
     it; False never. A reused input's version is bumped, so autograd refuses a later use of it
     instead of reading a gradient, and the reuse is recorded for ``check_not_reused``.
     """
+    out = [None] * len(saved)
     if ctx.in_place is False:
-        return [None] * len(saved)
-    distinct = len({t.untyped_storage().data_ptr() for t in saved}) == len(saved)
-    out = []
-    for t in saved:
-        counts = _reader_counts(t) if ctx.in_place is None else None
-        ctx.reader_counts = counts
-        ok = distinct and t.grad_fn is not None and t._base is None and t.is_contiguous()
-        out.append(t if ok and (ctx.in_place is True or counts == PRIVATE_COUNTS) else None)
-    for t in out:
-        if t is not None:
+        return out
+    for i, t in enumerate(saved):
+        if t.grad_fn is None or t._base is not None or not t.is_contiguous():
+            continue
+        # Private inputs share no memory (the storage count says so); forced ones are checked.
+        if ctx.in_place is None:
+            ctx.reader_counts = _reader_counts(t)
+            reuse = ctx.reader_counts == PRIVATE_COUNTS
+        else:
+            reuse = _alone(t, saved)
+        if reuse:
             torch.autograd.graph.increment_version(t)
-            ctx.reused = True
+            ctx.reused, out[i] = True, t
     return out
+
+
+def _alone(t, saved) -> bool:
+    """Whether no other of the ``saved`` tensors shares ``t``'s memory."""
+    ptr = t.untyped_storage().data_ptr()
+    return sum(s.untyped_storage().data_ptr() == ptr for s in saved) == 1
 
 
 class _Probe(torch.autograd.Function):
