@@ -2,21 +2,16 @@
 
 import torch.nn as nn
 
-from liger_kernel.transformers.swiglu import gated_mlp
+from liger_kernel.transformers.swiglu import gated_mlp, init_projections
 
 
 class LigerGEGLUMLP(nn.Module):
     """``down_proj(gelu_tanh(gate_proj(x)) * up_proj(x))``. Gemma configs name the activation
     ``gelu_pytorch_tanh``; the tanh approximation is used whatever the config says, as Gemma does."""
 
-    def __init__(self, config, intermediate_size=None):
+    def __init__(self, config):
         super().__init__()
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = intermediate_size or config.intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        init_projections(self, config)
 
     def forward(self, x):
         return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, "gelu_tanh")
@@ -37,5 +32,6 @@ class LigerGEGLUMLPForGemma4(LigerGEGLUMLP):
     """Gemma 4's text MLP (``Gemma4TextMLP(config, layer_idx)``), double-wide where Gemma 4 is."""
 
     def __init__(self, config, layer_idx=None):
-        super().__init__(config, _gemma4_width(config, layer_idx))
+        nn.Module.__init__(self)  # LigerGEGLUMLP(config) keeps the peer's signature: no width argument
+        init_projections(self, config, _gemma4_width(config, layer_idx))
         self.layer_idx = layer_idx

@@ -8,7 +8,7 @@ computed with plain torch ops inside ``LigerMLP``: still correct, not faster tha
 import torch.nn as nn
 import torch.nn.functional as F
 
-from liger_kernel.transformers.swiglu import SILU_NAMES, gated_mlp
+from liger_kernel.transformers.swiglu import SILU_NAMES, gated_mlp, init_projections
 
 TANH_GELU_NAMES = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast", "gelu_python_tanh")
 TORCH_ACTIVATIONS = {  # Hugging Face ACT2FN names without a kernel here
@@ -39,14 +39,8 @@ class LigerMLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
         self.activation = _activation(config)
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        bias = getattr(config, "mlp_bias", False)
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=bias)
+        init_projections(self, config, bias=getattr(config, "mlp_bias", False))
 
     def forward(self, x):
         projections = (self.gate_proj, self.up_proj, self.down_proj)

@@ -61,18 +61,24 @@ def gated_mlp(x, gate, up, down, activation="silu", gate_multiplier=1.0, down_mu
     return y if down_multiplier == 1.0 else y * down_multiplier
 
 
+def init_projections(mlp, config, intermediate_size=None, bias=False) -> None:
+    """Give a gated MLP Hugging Face's attributes: ``config``, ``hidden_size``,
+    ``intermediate_size`` and the ``gate_proj``, ``up_proj``, ``down_proj`` Linears."""
+    mlp.config = config
+    mlp.hidden_size = config.hidden_size
+    mlp.intermediate_size = intermediate_size or config.intermediate_size
+    mlp.gate_proj = nn.Linear(mlp.hidden_size, mlp.intermediate_size, bias=bias)
+    mlp.up_proj = nn.Linear(mlp.hidden_size, mlp.intermediate_size, bias=bias)
+    mlp.down_proj = nn.Linear(mlp.intermediate_size, mlp.hidden_size, bias=bias)
+
+
 class LigerSwiGLUMLP(nn.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``, the Llama/Mistral/Qwen MLP."""
 
     def __init__(self, config, intermediate_size=None):
         super().__init__()
         _check_activation(config, self.activation_key(config))
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = intermediate_size or config.intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        init_projections(self, config, intermediate_size)
 
     def forward(self, x):
         return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj)
@@ -117,13 +123,7 @@ class LigerFalconH1SwiGLUMLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         _check_activation(config)
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        bias = getattr(config, "mlp_bias", False)
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=bias)
+        init_projections(self, config, bias=getattr(config, "mlp_bias", False))
         self.gate_multiplier, self.down_multiplier = getattr(config, "mlp_multipliers", None) or (1.0, 1.0)
 
     def forward(self, x):
