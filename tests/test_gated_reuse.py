@@ -5,10 +5,15 @@ lets other parts of the graph or the caller keep them, and checks: the gradients
 the caller's tensors keep their values, and a write that autograd could still observe raises.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from parity import as64, assert_matches, randn
 
+import liger_kernel.ops.swiglu as swiglu_ops
 from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_reference
 from liger_kernel.ops.swiglu import (
     LigerFusedGateUpSiLUMulFunction,
@@ -179,3 +184,17 @@ def test_multiplier_errors_name_the_argument():
         LigerSiLUMulFunction.apply(a, a, 1.0, torch.tensor(2.0))
     with pytest.raises(TypeError, match="`in_place`"):
         LigerSiLUMulFunction.apply(a, a, 1.0, 1.0, "yes")
+
+
+def test_import_in_any_grad_context_calibrates_the_same():
+    """The private-reader counts are measured in a thread of their own: importing the op under
+    no_grad or inside saved-tensor hooks (a checkpointed region) neither fails nor changes them."""
+    code = (
+        "import torch\n"
+        "with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):\n"
+        "    import liger_kernel.ops.swiglu as s\n"
+        "print(s.PRIVATE_COUNTS)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(swiglu_ops.PRIVATE_COUNTS)
