@@ -39,11 +39,17 @@ from liger_kernel.utils import use_triton
 
 
 @triton.jit
+def silu(x):
+    """``x * sigmoid(x)`` of an fp32 block (the peer's public jit helper; our kernels call it)."""
+    return x * tl.sigmoid(x)
+
+
+@triton.jit
 def _activation_and_slope(a, ACTIVATION: tl.constexpr):
     """act(a) and act'(a) in fp32 for ``silu`` or tanh-approximated ``gelu``."""
     if ACTIVATION == "silu":
         s = tl.sigmoid(a)
-        act = a * s
+        act = silu(a)
         slope = s * (1.0 + a * (1.0 - s))
     else:
         inner = 0.7978845608028654 * (a + 0.044715 * a * a * a)
