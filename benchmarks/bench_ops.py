@@ -196,8 +196,8 @@ class Rope(Op):
 class _Gated(Op):
     extra_providers = ("ours_out",)
     notes = {
-        "ours": "in_place=True, as our MLP modules call it (gradients overwrite a and b)",
-        "ours_out": "in_place=False (the functional's default): fresh da, db",
+        "ours": "Function defaults (a, b are leaves here: never overwritten, so da, db are new tensors)",
+        "ours_out": "in_place=False: fresh da, db",
     }
 
     def sweeps(self, level):
@@ -225,8 +225,16 @@ class _Gated(Op):
             import liger_kernel.ops.geglu as geglu
             import liger_kernel.ops.swiglu as swiglu
 
-            fn = swiglu.LigerSiLUMulFunction if self.name == "swiglu" else geglu.LigerGELUMulFunction
-            return lambda a, b: fn.apply(a, b, True)
+            if self.name == "swiglu":
+                return lambda a, b: swiglu.LigerSiLUMulFunction.apply(a, b)
+            return lambda a, b: geglu.LigerGELUMulFunction.apply(a, b)
+        if provider == "ours_out":
+            from liger_kernel.ops.geglu import LigerGELUMulFunction
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+            if self.name == "swiglu":
+                return lambda a, b: LigerSiLUMulFunction.apply(a, b, 1.0, 1.0, False)
+            return lambda a, b: LigerGELUMulFunction.apply(a, b, False)
         from liger_kernel.transformers.functional import liger_geglu, liger_swiglu
 
         return liger_swiglu if self.name == "swiglu" else liger_geglu
