@@ -226,3 +226,18 @@ def test_forward_and_backward_functions_chain(affine):
     # separate mean / rstd tensors (not the forward's one buffer) are gathered first
     dX2, _, _ = layer_norm_backward(dy, X, w, b, Mean.clone(), RSTD.clone(), needs_dw=False, needs_db=False)
     assert torch.equal(dX2, dX)
+
+
+def test_strided_weight_and_bias():
+    """Strided parameter views (the columns of a [H, 2] buffer) were read as if contiguous: a
+    silently wrong output (max error 5.9 on a case like this one)."""
+    buf = randn(37, 2, requires_grad=True)
+    x, dy = randn(3, 37, requires_grad=True), randn(3, 37)
+    y = LigerLayerNormFunction.apply(x, buf[:, 0], buf[:, 1], EPS)
+    y.backward(dy)
+    x64, buf64 = as64(x, buf)
+    y64 = layer_norm_reference(x64, buf64[:, 0], buf64[:, 1], EPS)
+    y64.backward(dy.double())
+    assert_matches("out", y, y64.detach())
+    assert_matches("dX", x.grad, x64.grad)
+    assert_matches("dW and dB", buf.grad, buf64.grad)

@@ -5,7 +5,16 @@ computed in fp32 and cast to X's dtype. The kernels are shared with RMSNorm (``o
 import torch
 import torch.nn.functional as F
 
-from liger_kernel.ops.norms import GEMMA, norm_backward, norm_forward, norm_plan, require_kernels, rows_of, stats_of
+from liger_kernel.ops.norms import (
+    GEMMA,
+    dense,
+    norm_backward,
+    norm_forward,
+    norm_plan,
+    require_kernels,
+    rows_of,
+    stats_of,
+)
 from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
@@ -32,6 +41,7 @@ class LigerLayerNormFunction(LigerFunction):
         if not use_triton(X) or X.dtype is torch.float64:
             ctx.plan = None
             return fallback_forward(ctx, layer_norm_reference, X, W, B, eps)
+        W, B = dense(plan, W, B)
         Y, X_rows, stats = norm_forward(plan, X, W, B, eps, 0.0, GEMMA)
         ctx.save_for_backward(X_rows, W, B, stats)
         ctx.plan = plan
@@ -57,6 +67,7 @@ def layer_norm_forward(X, W, B, eps):
     ``LigerLayerNormFunction`` is the differentiable entry that also falls back to the reference."""
     plan = norm_plan(X, W, B, is_rms=False)
     require_kernels(X)
+    W, B = dense(plan, W, B)
     Y, X_rows, stats = norm_forward(plan, X, W, B, eps, 0.0, GEMMA)
     mean, rstd = stats.unbind(0)
     return Y, X_rows.reshape(plan.n_rows, plan.n_cols), mean, rstd, plan.fwd_block_n, plan.fwd_warps
@@ -69,6 +80,7 @@ def layer_norm_backward(dY, X, W, B, Mean, RSTD, needs_dw=None, needs_db=None):
     plan = norm_plan(X, W, B, is_rms=False)
     require_kernels(X)
     stats = stats_of(plan.n_rows, Mean=Mean, RSTD=RSTD)
+    W, B = dense(plan, W, B)
     need_dw = W is not None and (needs_dw is None or bool(needs_dw))
     need_db = B is not None and (needs_db is None or bool(needs_db))
     dX, dW, dB = norm_backward(plan, dY, rows_of(plan, X), W, B, stats, 0.0, GEMMA, need_dw, need_db, False)

@@ -488,6 +488,7 @@ class NormPlan(NamedTuple):
     fwd_warps: int
     bwd: _BackwardLaunch
     is_rms: bool
+    dense_params: bool  # W and B (those given) are contiguous, as the kernels index them
 
 
 _PLANS: dict = {}
@@ -509,14 +510,14 @@ def norm_plan(X, W, B, is_rms: bool) -> NormPlan:
     plan = _PLANS.get(key)
     if plan is None:
         check_norm_inputs(X, W, B)
-        plan = _make_plan(X, is_rms)
+        plan = _make_plan(X, is_rms, all(t is None or t.is_contiguous() for t in (W, B)))
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan
     return plan
 
 
-def _make_plan(X, is_rms: bool) -> NormPlan:
+def _make_plan(X, is_rms: bool, dense_params: bool) -> NormPlan:
     X2 = as_rows(X)
     n_rows, n_cols = X2.shape
     x_stride = X2.stride(0) if X2.data_ptr() == X.data_ptr() and X.numel() else 0
@@ -524,7 +525,9 @@ def _make_plan(X, is_rms: bool) -> NormPlan:
     bwd = _backward_launch(n_rows, n_cols, is_rms, X.get_device())
     grid = (cdiv(n_rows, block_rows),)
     stats_rows = 1 if is_rms else 2
-    return NormPlan(X.shape, n_rows, n_cols, x_stride, stats_rows, grid, block_rows, block_n, num_warps, bwd, is_rms)
+    return NormPlan(
+        X.shape, n_rows, n_cols, x_stride, stats_rows, grid, block_rows, block_n, num_warps, bwd, is_rms, dense_params
+    )
 
 
 def clear_launch_caches() -> None:
@@ -573,6 +576,13 @@ def _empty_like(t):
     dtype and device); NaN-filled under ``LIGER_KERNEL_POISON=1`` (see ``ops.utils.empty_output``)."""
     out = torch.empty_like(t, memory_format=torch.contiguous_format)
     return out.fill_(float("nan")) if POISON else out
+
+
+def dense(plan: NormPlan, W, B):
+    """``(W, B)`` as the kernels index them: contiguous (a strided weight is copied)."""
+    if plan.dense_params:
+        return W, B
+    return tuple(None if t is None else t.contiguous() for t in (W, B))
 
 
 def rows_of(plan: NormPlan, X):

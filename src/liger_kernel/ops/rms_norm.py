@@ -7,6 +7,7 @@ import torch
 
 from liger_kernel.ops.norms import (
     CASTING_MODES,
+    dense,
     norm_backward,
     norm_forward,
     norm_plan,
@@ -84,6 +85,7 @@ class LigerRMSNormFunction(LigerFunction):
         if not use_triton(X) or X.dtype is torch.float64:
             ctx.plan = None
             return fallback_forward(ctx, rms_norm_reference, X, W, eps, offset, casting_mode)
+        W, _ = dense(plan, W, None)
         Y, X_rows, stats = norm_forward(plan, X, W, None, eps, offset, casting)
         ctx.save_for_backward(X_rows, W, stats)
         ctx.plan, ctx.settings = plan, (offset, casting, in_place and grad_output_unshared)
@@ -112,6 +114,7 @@ def rms_norm_forward(X, W, eps, offset, casting_mode, row_mode):
     mode = casting_mode_name(casting_mode)
     plan = norm_plan(X, W, None, is_rms=True)
     require_kernels(X)
+    W, _ = dense(plan, W, None)
     Y, X_rows, stats = norm_forward(plan, X, W, None, eps, offset, CASTING_MODES[mode])
     X2 = X_rows.reshape(plan.n_rows, plan.n_cols)
     return Y, X2, stats[0], plan.fwd_block_n, plan.fwd_warps, mode
@@ -126,6 +129,7 @@ def rms_norm_backward(dY, X, W, RSTD, offset, casting_mode, BLOCK_SIZE, num_warp
     plan = norm_plan(X, W, None, is_rms=True)
     require_kernels(X)
     stats = stats_of(plan.n_rows, RSTD=RSTD)
+    W, _ = dense(plan, W, None)
     need_dw = W is not None and (needs_dw is None or bool(needs_dw))
     X_rows = rows_of(plan, X)
     dX, dW, _ = norm_backward(
