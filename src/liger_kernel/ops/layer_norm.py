@@ -5,16 +5,7 @@ computed in fp32 and cast to X's dtype. The kernels are shared with RMSNorm (``o
 import torch
 import torch.nn.functional as F
 
-from liger_kernel.ops.norms import (
-    GEMMA,
-    dense,
-    norm_backward,
-    norm_forward,
-    norm_plan,
-    require_kernels,
-    rows_of,
-    stats_of,
-)
+from liger_kernel.ops.norms import GEMMA, dense, kernel_backward, kernel_forward, norm_backward, norm_forward, norm_plan
 from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
@@ -65,23 +56,13 @@ def layer_norm_forward(X, W, B, eps):
 
     These run the Triton kernels (on a GPU, or on a CPU under ``TRITON_INTERPRET=1``);
     ``LigerLayerNormFunction`` is the differentiable entry that also falls back to the reference."""
-    plan = norm_plan(X, W, B, is_rms=False)
-    require_kernels(X)
-    W, B = dense(plan, W, B)
-    Y, X_rows, stats = norm_forward(plan, X, W, B, eps, 0.0, GEMMA)
+    Y, X2, stats, plan = kernel_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
     mean, rstd = stats.unbind(0)
-    return Y, X_rows.reshape(plan.n_rows, plan.n_cols), mean, rstd, plan.fwd_block_n, plan.fwd_warps
+    return Y, X2, mean, rstd, plan.fwd_block_n, plan.fwd_warps
 
 
 def layer_norm_backward(dY, X, W, B, Mean, RSTD, needs_dw=None, needs_db=None):
     """The backward kernel alone: ``(dX in dY's shape, dW, dB)`` from what ``layer_norm_forward``
     returned; dW / dB in their parameter's dtype, None where the parameter is None or its
     ``needs_*`` is False (None: whenever the parameter is given). Never writes into dY."""
-    plan = norm_plan(X, W, B, is_rms=False)
-    require_kernels(X)
-    stats = stats_of(plan.n_rows, Mean=Mean, RSTD=RSTD)
-    W, B = dense(plan, W, B)
-    need_dw = W is not None and (needs_dw is None or bool(needs_dw))
-    need_db = B is not None and (needs_db is None or bool(needs_db))
-    dX, dW, dB = norm_backward(plan, dY, rows_of(plan, X), W, B, stats, 0.0, GEMMA, need_dw, need_db, False)
-    return dX.view(dY.shape), dW, dB
+    return kernel_backward(dY, X, W, B, 0.0, GEMMA, needs_dw, needs_db, False, Mean=Mean, RSTD=RSTD)

@@ -578,6 +578,30 @@ def _empty_like(t):
     return out.fill_(float("nan")) if POISON else out
 
 
+def kernel_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
+    """The forward kernel without autograd (the ops' ``*_forward`` functions): ``(Y, X as
+    [rows, H] (a view where one exists), stats, plan)``."""
+    plan = norm_plan(X, W, B, is_rms)
+    require_kernels(X)
+    W, B = dense(plan, W, B)
+    Y, X_rows, stats = norm_forward(plan, X, W, B, eps, offset, casting)
+    return Y, X_rows.reshape(plan.n_rows, plan.n_cols), stats, plan
+
+
+def kernel_backward(dY, X, W, B, offset: float, casting: int, needs_dw, needs_db, in_place: bool, **stats_rows):
+    """The backward kernel without autograd (the ops' ``*_backward`` functions): ``(dX in dY's
+    shape, dW, dB)``. ``stats_rows`` are the per-row statistics by name (``RSTD``, or ``Mean``
+    and ``RSTD``); ``needs_dw`` / ``needs_db`` None: whenever the parameter is given."""
+    plan = norm_plan(X, W, B, is_rms=len(stats_rows) == 1)
+    require_kernels(X)
+    stats = stats_of(plan.n_rows, **stats_rows)
+    W, B = dense(plan, W, B)
+    need_dw = W is not None and (needs_dw is None or bool(needs_dw))
+    need_db = B is not None and (needs_db is None or bool(needs_db))
+    dX, dW, dB = norm_backward(plan, dY, rows_of(plan, X), W, B, stats, offset, casting, need_dw, need_db, in_place)
+    return dX.view(dY.shape), dW, dB
+
+
 def dense(plan: NormPlan, W, B):
     """``(W, B)`` as the kernels index them: contiguous (a strided weight is copied)."""
     if plan.dense_params:

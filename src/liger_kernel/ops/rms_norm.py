@@ -8,12 +8,11 @@ import torch
 from liger_kernel.ops.norms import (
     CASTING_MODES,
     dense,
+    kernel_backward,
+    kernel_forward,
     norm_backward,
     norm_forward,
     norm_plan,
-    require_kernels,
-    rows_of,
-    stats_of,
 )
 from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
@@ -112,11 +111,7 @@ def rms_norm_forward(X, W, eps, offset, casting_mode, row_mode):
     ``LigerRMSNormFunction`` is the differentiable entry that also falls back to the reference.
     ``row_mode`` is accepted for compatibility (the launch picks rows per program itself)."""
     mode = casting_mode_name(casting_mode)
-    plan = norm_plan(X, W, None, is_rms=True)
-    require_kernels(X)
-    W, _ = dense(plan, W, None)
-    Y, X_rows, stats = norm_forward(plan, X, W, None, eps, offset, CASTING_MODES[mode])
-    X2 = X_rows.reshape(plan.n_rows, plan.n_cols)
+    Y, X2, stats, plan = kernel_forward(X, W, None, eps, offset, CASTING_MODES[mode], is_rms=True)
     return Y, X2, stats[0], plan.fwd_block_n, plan.fwd_warps, mode
 
 
@@ -126,13 +121,7 @@ def rms_norm_backward(dY, X, W, RSTD, offset, casting_mode, BLOCK_SIZE, num_warp
     gradient when False. ``in_place=True`` writes dX into dY's buffer (when dY is dense): here
     the caller holds dY and decides. ``BLOCK_SIZE``, ``num_warps`` and ``row_mode`` are accepted
     for compatibility: the launch settings come from the shape."""
-    plan = norm_plan(X, W, None, is_rms=True)
-    require_kernels(X)
-    stats = stats_of(plan.n_rows, RSTD=RSTD)
-    W, _ = dense(plan, W, None)
-    need_dw = W is not None and (needs_dw is None or bool(needs_dw))
-    X_rows = rows_of(plan, X)
-    dX, dW, _ = norm_backward(
-        plan, dY, X_rows, W, None, stats, offset, casting_mode_id(casting_mode), need_dw, False, bool(in_place)
+    dX, dW, _ = kernel_backward(
+        dY, X, W, None, offset, casting_mode_id(casting_mode), needs_dw, False, bool(in_place), RSTD=RSTD
     )
-    return dX.view(dY.shape), dW
+    return dX, dW
