@@ -103,9 +103,9 @@ class LigerRMSNormFunction(LigerFunction):
 
 def rms_norm_forward(X, W, eps, offset, casting_mode, row_mode):
     """The forward kernel alone, without autograd: ``(Y, X, RSTD, BLOCK_SIZE, num_warps,
-    casting_mode)``, everything ``rms_norm_backward`` takes after ``dY`` and ``W``, in its order:
-    Y in X's shape and dtype, X as [rows, H] (a view where one exists), RSTD the fp32 per-row
-    1/rms [rows], the forward's column block and warps, and the casting mode's name.
+    casting_mode)``: Y in X's shape and dtype, then what ``rms_norm_backward`` takes besides
+    ``dY``, ``W``, ``offset`` and the flags: X as [rows, H] (a view where one exists), RSTD the
+    fp32 per-row 1/rms [rows], the forward's column block and warps, and the casting mode's name.
 
     These run the Triton kernels (on a GPU, or on a CPU under ``TRITON_INTERPRET=1``);
     ``LigerRMSNormFunction`` is the differentiable entry that also falls back to the reference.
