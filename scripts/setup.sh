@@ -8,3 +8,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   $PIP torch==2.13.0 triton==3.9.0
 fi
 $PIP -e ".[dev]"
+# Axolotl's Liger plugin for tests/test_axolotl.py: the package alone, without its requirements (they
+# pin another transformers and a CUDA torch), plus addict, the one package its plugin's import path
+# adds to ours. Axolotl 0.21 declares Python >= 3.12; the plugin runs on this 3.11 too.
+$PIP --no-deps --ignore-requires-python axolotl==0.21.0 addict \
+  || echo "axolotl not installed (no package index?): tests/test_axolotl.py will be skipped"

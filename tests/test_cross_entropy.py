@@ -75,7 +75,8 @@ def liger(x, y, opts, **extras):
 
 def check_against_torch(x, y, opts, grad_out=None):
     """Kernel loss, z-loss and input gradient against torch_ce in float64 (yardstick: PyTorch in
-    fp32 for the loss, which we compute in fp32, and in x's dtype for the gradient)."""
+    fp32 for the loss, which we compute in fp32 and round once to x's dtype, and in x's dtype for
+    the gradient)."""
     dtype = x.dtype
     w64 = None if opts["weight"] is None else opts["weight"].double()
     o64 = dict(opts, weight=w64)
@@ -91,9 +92,9 @@ def check_against_torch(x, y, opts, grad_out=None):
     base.backward(grad_out.to(base.dtype))
 
     x_in = x.detach().clone().requires_grad_()
-    logits = x_in.clone()  # the gradient overwrites this buffer; x_in.grad receives it
+    logits = x_in.clone()  # the backward writes the gradient over this buffer; x_in.grad receives it
     loss, z_loss, acc, pred = liger(logits, y, opts, z=True)
-    assert loss.dtype == torch.float32 and acc is None and pred is None
+    assert loss.dtype == dtype and z_loss.dtype == dtype and acc is None and pred is None
     loss.backward(grad_out.to(loss.dtype))
     assert_matches("loss", loss, ref.detach(), base_loss)
     assert_matches("z_loss", z_loss, ref_z.detach(), base_z)
@@ -168,7 +169,8 @@ def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
 @pytest.mark.parametrize("impl", ["kernel", "torch"])
 @pytest.mark.parametrize("bad_label", [37, -1])
 def test_out_of_range_label_is_an_error(monkeypatch, impl, bad_label):
-    monkeypatch.setenv("LIGER_KERNEL_CHECK_LABELS", "sync")  # a GPU would otherwise assert asynchronously
+    """A catchable ValueError by default, on a GPU too (there today's code killed the CUDA context)."""
+    monkeypatch.delenv("LIGER_KERNEL_CHECK_LABELS", raising=False)
     if impl == "torch":
         monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
     x = randn(4, 37, requires_grad=True)
@@ -296,8 +298,10 @@ def test_bad_inputs_name_the_argument():
         LigerCrossEntropyLoss(label_smoothing=1.5)
     with pytest.raises(ValueError, match="`softcap`"):
         liger_cross_entropy(x, y, softcap=0.0)
-    with pytest.raises(TypeError, match="`_input`"):
+    with pytest.raises(TypeError, match="`input`"):
         liger_cross_entropy(x.long(), y)
+    with pytest.raises(ValueError, match="`input` must have a class dimension"):
+        liger_cross_entropy(x[0, 0], y[:1])
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs 4.3 GB of logits")
@@ -310,10 +314,190 @@ def test_offsets_past_2_31():
     ref = F.cross_entropy(tail64, y[-4:], reduction="none")
     ref.sum().backward()
     logits.requires_grad_()
-    loss = liger_cross_entropy(logits, y, reduction="none")  # the gradient overwrites `logits`
+    loss = liger_cross_entropy(logits, y, reduction="none")  # a leaf: the gradient gets its own buffer
     grad_out = torch.zeros(n, device=DEVICE)
     grad_out[-4:] = 1.0
     loss.backward(grad_out)
     assert_matches("tail loss", loss[-4:], ref.detach())
     assert_matches("tail grad", logits.grad[-4:], tail64.grad)
     assert torch.all(logits.grad[:-4] == 0)
+
+
+# ----------------------------------------------------------------------------- issue 11 regressions
+
+
+def ce_and_penalty_reference(x, y):
+    """d/dx of ``F.cross_entropy(x, y) + (x**2).mean()`` in float64."""
+    (x64,) = as64(x.detach().requires_grad_())
+    (F.cross_entropy(x64, y) + (x64**2).mean()).backward()
+    return x64.grad
+
+
+def test_logits_used_after_the_loss_get_the_right_gradient():
+    """The issue's example: the forward wrote the gradient over the logits, which the pow recorded
+    after it then read (0.674 instead of 2.599). The logits stay intact through the forward; the
+    pow's backward runs before the loss's and reads them intact."""
+    x = randn(13, 37, requires_grad=True, scale=3.0)
+    y = torch.randint(0, 37, (13,), device=DEVICE)
+    logits = x * 1.0
+    loss = LigerCrossEntropyLoss()(logits, y)
+    assert torch.equal(logits, x.detach())  # a model's outputs.logits are still logits after the loss
+    (loss + (logits**2).mean()).backward()
+    assert_matches("grad", x.grad, ce_and_penalty_reference(x, y))
+
+
+def test_logits_saved_before_the_loss_raise_instead_of_a_wrong_gradient():
+    """A node that saved the logits and runs its backward after the loss's (it was recorded
+    before it) would read the gradient written over them: the version bump makes it raise."""
+    x = randn(13, 37, requires_grad=True, scale=3.0)
+    y = torch.randint(0, 37, (13,), device=DEVICE)
+    logits = x * 1.0
+    penalty = (logits**2).mean()
+    loss = LigerCrossEntropyLoss()(logits, y)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (loss + penalty).backward()
+
+
+def test_second_backward_through_overwritten_logits_raises():
+    x = randn(13, 37, requires_grad=True)
+    y = torch.randint(0, 37, (13,), device=DEVICE)
+    logits = x * 1.0
+    loss = liger_cross_entropy(logits, y)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="`input.clone\\(\\)`"):
+        loss.backward()
+    logits = x * 1.0  # two losses on one logits tensor: the second backward raises the same way
+    with pytest.raises(RuntimeError, match="`input.clone\\(\\)`"):
+        (liger_cross_entropy(logits, y) + liger_cross_entropy(logits, y, label_smoothing=0.1)).backward()
+
+
+def test_non_leaf_logits_take_their_gradient_in_place():
+    """Liger's memory where it is safe: no [BT, V] buffer for logits computed by the graph; the
+    backward writes the gradient over them and bumps their version."""
+    x = randn(13, 37, requires_grad=True)
+    y = torch.randint(0, 37, (13,), device=DEVICE)
+    logits = x * 1.0
+    version = logits._version
+    liger_cross_entropy(logits, y).backward()
+    assert logits._version > version
+    assert x.grad.data_ptr() == logits.data_ptr() or torch.equal(x.grad, logits)
+    (x64,) = as64(x)
+    F.cross_entropy(x64, y).backward()
+    assert_matches("in-place grad", x.grad, x64.grad)
+
+
+@pytest.mark.parametrize("make_leaf", ["tensor", "parameter", "view of a leaf", "leaf view of a plain tensor"])
+def test_leaf_logits_stay_intact(make_leaf):
+    """Logits owned by a leaf (a user tensor, a parameter, a view of one) are never written: their
+    gradient goes to a fresh buffer (it becomes their .grad)."""
+    base = randn(13, 40, scale=3.0)
+    keep = base[:, :37].clone()
+    y = torch.randint(0, 37, (13,), device=DEVICE)
+    if make_leaf == "leaf view of a plain tensor":
+        leaf = logits = base[:, :37].requires_grad_()
+    else:
+        base = base[:, :37].clone()
+        leaf = torch.nn.Parameter(base) if make_leaf == "parameter" else base.requires_grad_()
+        logits = leaf.view(13, 37) if make_leaf == "view of a leaf" else leaf
+    loss = liger_cross_entropy(logits, y, reduction="sum")
+    loss.backward(torch.tensor(0.5, device=DEVICE))
+    assert torch.equal(leaf.detach(), keep) and torch.equal(base[:, :37].detach(), keep)
+    (x64,) = as64(keep.requires_grad_())
+    (0.5 * F.cross_entropy(x64, y, reduction="sum")).backward()
+    assert_matches("leaf grad", leaf.grad, x64.grad)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+def test_double_backward_is_an_error(monkeypatch, impl):
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    x = randn(5, 37, requires_grad=True)
+    y = torch.randint(0, 37, (5,), device=DEVICE)
+    (grad,) = torch.autograd.grad(liger_cross_entropy(x * 1.0, y), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):  # not a silent 0
+        grad.pow(2).sum().backward()
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_loss_dtype_is_pytorch_s(monkeypatch, impl, reduction, dtype):
+    """Loss, z-loss and per-token losses in the dtype F.cross_entropy returns (the input's),
+    computed in fp32 and cast once: backward with a gradient shaped like PyTorch's loss works."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    x, y, _ = make_case(19, 37, dtype, dict(ignore=True))
+    reference = F.cross_entropy(x.float(), y, reduction=reduction).to(dtype)  # PyTorch's own dtype rule
+    assert F.cross_entropy(x, y, reduction=reduction).dtype == dtype
+    xin = x.detach().clone().requires_grad_()
+    out = liger_cross_entropy(xin * 1, y, reduction=reduction, lse_square_scale=1e-3, return_z_loss=True)
+    assert out.loss.dtype == dtype and out.z_loss.dtype == dtype and out.loss.shape == reference.shape
+    out.loss.backward(gradient=torch.ones_like(reference))
+    (x64,) = as64(x.detach().requires_grad_())
+    ref, ref_z = torch_ce(x64, y, reduction=reduction, lse_square_scale=1e-3)
+    ref.backward(torch.ones_like(ref))
+    assert_matches("loss", out.loss, ref.detach())
+    assert_matches("z_loss", out.z_loss, ref_z.detach())
+    assert_matches("grad", xin.grad, x64.grad)
+
+
+class FlagOnAGpu:
+    """What ``raise_if_bad_labels`` sees of the kernel's flag on a GPU, here without one: set."""
+
+    device = torch.device("cuda")
+
+    def item(self):
+        return 1
+
+
+def test_bad_label_on_a_gpu_is_a_value_error_by_default(monkeypatch):
+    """By default the flag is read on the host: a catchable ValueError, not a device assert that
+    kills the CUDA context."""
+    monkeypatch.delenv("LIGER_KERNEL_CHECK_LABELS", raising=False)
+    with pytest.raises(ValueError, match=r"`target` holds a label outside \[0, 37\)"):
+        ce_ops.raise_if_bad_labels(FlagOnAGpu(), 37, -100)
+
+
+def test_async_label_check_uses_the_device_assert(monkeypatch):
+    """``LIGER_KERNEL_CHECK_LABELS=async`` (read at each call): no host sync, the device assert."""
+    asserted = []
+    monkeypatch.setenv("LIGER_KERNEL_CHECK_LABELS", "async")
+    monkeypatch.setattr(torch, "_assert_async", lambda ok, message: asserted.append((bool(ok), message)))
+    x = randn(4, 37)
+    liger_cross_entropy(x, torch.tensor([0, 37, -100, 36], device=DEVICE))
+    assert asserted == [(False, ce_ops.bad_label_message(37, -100))]
+    monkeypatch.setenv("LIGER_KERNEL_CHECK_LABELS", "often")
+    with pytest.raises(ValueError, match="LIGER_KERNEL_CHECK_LABELS"):
+        liger_cross_entropy(x, torch.tensor([0, 1, 2, 3], device=DEVICE))
+
+
+def test_peer_helpers():
+    """The peer's names: ``cross_entropy_forward`` returns the 4 outputs and ``_input`` holding
+    the gradient of the loss (upstream 1); ``cross_entropy_backward`` scales it by the upstream
+    gradient, per row for reduction="none"; the row kernel is ``liger_cross_entropy_kernel``."""
+    import triton
+
+    from liger_kernel.transformers import functional
+
+    assert isinstance(ce_ops.liger_cross_entropy_kernel, triton.runtime.KernelInterface)  # a launchable kernel
+    assert functional.CrossEntropyOutput is CrossEntropyOutput
+    x, y, _ = make_case(11, 37, torch.float32, dict(ignore=True))
+    for reduction, upstream in (("mean", torch.tensor(2.5)), ("none", torch.rand(11))):
+        buf = x.clone()
+        loss, z_loss, acc, pred, grad = ce_ops.cross_entropy_forward(
+            buf, y, None, -100, 1e-3, 0.1, reduction, None, True, return_token_accuracy=True
+        )
+        assert grad is buf and pred is None and acc.shape == ()
+        assert ce_ops.cross_entropy_backward(grad, upstream.to(DEVICE)) is buf
+        (x64,) = as64(x.requires_grad_())
+        ref, ref_z = torch_ce(x64, y, lse_square_scale=1e-3, label_smoothing=0.1, reduction=reduction)
+        ref.backward(upstream.to(DEVICE).double())
+        assert_matches(f"{reduction} loss", loss, ref.detach())
+        assert_matches(f"{reduction} z_loss", z_loss, ref_z.detach())
+        assert_matches(f"{reduction} grad", buf, x64.grad)
+        x = x.detach()
+
+
+def test_dtype_error_lists_every_accepted_dtype():
+    with pytest.raises(TypeError, match="`input` must be .*float32.*bfloat16.*float16.*float64"):
+        liger_cross_entropy(torch.zeros(4, 37, dtype=torch.int32, device=DEVICE), torch.zeros(4, dtype=torch.long))

@@ -4,6 +4,8 @@ identity), keep the weights, undo cleanly; flags, signatures, unknown types and 
 import importlib
 import inspect
 import logging
+import types
+import warnings
 
 import pytest
 import torch
@@ -192,6 +194,8 @@ def test_signatures(model_type):
     assert list(params) == ["rope", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", mlp, "model"]
     assert [p.default for p in params.values()] == [True, False, True, True, True, None]
     assert getattr(lk, f"apply_liger_kernel_to_{model_type}") is apply_fn(model_type)
+    if model_type == "granite":  # our defaults differ from Liger 0.8.5's there: the docstring says why
+        assert "fused_linear_cross_entropy=False" in apply_fn(model_type).__doc__
 
 
 def test_instance_patch_filters_keyword_arguments(caplog):
@@ -244,3 +248,313 @@ def test_patching_names_need_transformers(monkeypatch):
     with pytest.raises(ImportError, match="pip install transformers"):
         lk.__getattr__("apply_liger_kernel_to_llama")
     assert lk.LigerRMSNorm is LigerRMSNorm  # the modules need only torch
+
+
+def patch_state(model_type):
+    """The modeling module's patchable symbols and this module's record of originals."""
+    return stock_symbols(model_type), dict(mp._ORIGINALS)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"model": "x"}, TypeError, "model must be the torch.nn.Module"),
+        ({"rope": "false"}, TypeError, "rope must be True or False"),
+        ({"swiglu": 1}, TypeError, "swiglu must be True or False"),
+        ({"cross_entropy": True, "fused_linear_cross_entropy": True}, ValueError, "cannot both be True"),
+    ],
+)
+def test_bad_arguments_raise_before_anything_is_patched(kwargs, error, match):
+    before = patch_state("llama")
+    with pytest.raises(error, match=match):
+        apply_fn("llama")(**kwargs)
+    assert patch_state("llama") == before
+
+
+def test_unset_flags_count_as_off():
+    """Integrators pass their unset options as None (Axolotl's cfg.liger_rope)."""
+    rope = modeling("llama").apply_rotary_pos_emb
+    apply_fn("llama")(rope=None, rms_norm=None)
+    assert modeling("llama").apply_rotary_pos_emb is rope
+    assert count_converted(tiny_model("llama"), "llama")[:3] == (0, 2, 5)
+
+
+def test_a_step_failing_midway_undoes_the_whole_patch(monkeypatch):
+    apply_fn("llama")(rope=False, swiglu=False)  # an earlier patch that a failed one must leave in place
+    before = patch_state("llama")
+
+    def broken_adapter(*args):
+        raise RuntimeError("adapter failed")
+
+    monkeypatch.setattr(mp, "_mlp_adapter", broken_adapter)  # after RoPE was swapped
+    with pytest.raises(RuntimeError, match="adapter failed"):
+        apply_fn("llama")(cross_entropy=True, fused_linear_cross_entropy=False)
+    assert patch_state("llama") == before
+    revert_fn("llama")()
+    assert patch_state("llama") == (stock_symbols("llama"), {})
+
+
+def test_an_instance_conversion_failing_midway_undoes_the_whole_patch(monkeypatch):
+    model = tiny_model("llama")
+    before = patch_state("llama")
+    classes = {name: type(m) for name, m in model.named_modules()}
+    attributes = {name: dict(vars(m)) for name, m in model.named_modules()}
+    convert, calls = mp._convert, []
+
+    def convert_then_fail(*args):
+        calls.append(args)
+        if len(calls) == 4:
+            raise RuntimeError("conversion failed")
+        convert(*args)
+
+    monkeypatch.setattr(mp, "_convert", convert_then_fail)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        apply_fn("llama")(model=model)
+    assert patch_state("llama") == before
+    assert {name: type(m) for name, m in model.named_modules()} == classes
+    assert {name: dict(vars(m)) for name, m in model.named_modules()} == attributes
+
+
+def test_table_entries_without_a_name(monkeypatch, caplog):
+    """Tests and integrators put Mocks in MODEL_TYPE_TO_APPLY_LIGER_FN: any callable works."""
+    from unittest.mock import Mock
+
+    fn = Mock()
+    monkeypatch.setitem(mp.MODEL_TYPE_TO_APPLY_LIGER_FN, "llama", fn)
+    model = tiny_model("llama")
+    with caplog.at_level(logging.INFO, logger=mp.__name__):
+        mp._apply_liger_kernel("llama", rope=False, geglu=True)
+        mp._apply_liger_kernel_to_instance(model, rms_norm=False)
+    assert fn.call_args_list == [((), {"rope": False, "geglu": True}), ((), {"model": model, "rms_norm": False})]
+
+    class Patcher:  # an instance: a signature, no __name__
+        def __call__(self, rope=True, model=None):
+            self.called = rope, model
+
+    patcher = Patcher()
+    monkeypatch.setitem(mp.MODEL_TYPE_TO_APPLY_LIGER_FN, "llama", patcher)
+    with caplog.at_level(logging.INFO, logger=mp.__name__):
+        mp._apply_liger_kernel("llama", rope=False, geglu=True)
+    assert patcher.called == (False, None)
+    assert "ignores ['geglu']" in caplog.text
+
+
+def run_recording_warnings(model, ids):
+    """Train and eval forwards, a backward and a short generation, with Python warnings raised
+    as errors; returns the transformers log records at warning level."""
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # transformers logs each message once per process
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.train()
+            model(input_ids=ids, labels=ids).loss.backward()
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids, labels=ids, use_cache=True)
+                model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    finally:
+        hf_logger.removeHandler(handler)
+    return [r.getMessage() for r in records]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mixtral"])
+def test_patched_forward_warns_no_more_than_stock(model_type):
+    """transformers 5.2x renamed the KV cache argument to ``cache``: passing ``past_key_values``
+    raised a FutureWarning on every call of the patched forward."""
+    ids = torch.randint(3, 97, (2, 5))
+    stock = run_recording_warnings(tiny_model(model_type), ids)
+    apply_fn(model_type)(rope=False)  # RoPE on CPU tensors is the reference anyway
+    assert run_recording_warnings(tiny_model(model_type), ids) == stock
+
+
+# The modules the peer's code imports the installed forward from: (module, name) per family.
+FORWARD_MODULES = {
+    **{f: (f, "lce_forward") for f in FAMILIES if f not in ("gemma3_text", "granite")},
+    "gemma3_text": ("gemma3", "causal_forward"),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(FORWARD_MODULES))
+def test_per_family_forward_is_the_installed_forward(model_type):
+    module, name = FORWARD_MODULES[model_type]
+    forward = getattr(importlib.import_module(f"liger_kernel.transformers.model.{module}"), name)
+    assert forward is causal_lm_forward
+    apply_fn(model_type)()
+    assert type(tiny_model(model_type)).forward is forward
+
+
+def test_peer_forward_arguments_reach_the_decoder():
+    """output_attentions, output_hidden_states, return_dict and cache_position as the stock forward takes them."""
+    ids = torch.randint(3, 97, (2, 5))
+    model = tiny_model("llama", attn_implementation="eager").eval()
+    options = dict(output_attentions=True, output_hidden_states=True, cache_position=torch.arange(5))
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids, **options)
+        expected_tuple = model(ids, return_dict=False)
+        apply_fn("llama")(model=model)
+        got = model(input_ids=ids, labels=ids, **options)
+        got_tuple = model(ids, return_dict=False)
+    assert len(got.attentions) == len(got.hidden_states) - 1 == 2
+    for name in ("loss", "logits", "attentions", "hidden_states"):
+        torch.testing.assert_close(getattr(got, name), getattr(expected, name), rtol=1e-5, atol=1e-5)
+    assert isinstance(got_tuple, tuple)
+    torch.testing.assert_close(got_tuple[0], expected_tuple[0], rtol=1e-5, atol=1e-5)
+
+
+def test_loss_utils_names():
+    from liger_kernel.transformers import CrossEntropyOutput
+    from liger_kernel.transformers.model import causal_lm, llama, output_classes, smollm3
+    from liger_kernel.transformers.model.loss_utils import (
+        fixed_fused_linear_cross_entropy,
+        unpack_cross_entropy_result,
+    )
+
+    assert output_classes.LigerCausalLMOutputWithPast is causal_lm.LigerCausalLMOutputWithPast
+    assert output_classes.LigerMoeCausalLMOutputWithPast is causal_lm.LigerMoeCausalLMOutputWithPast
+    assert llama.lce_maybe_trainable_lm_head is smollm3.lce_maybe_trainable_lm_head
+    from liger_kernel.transformers.trainer_integration import _apply_liger_kernel
+
+    assert _apply_liger_kernel is mp._apply_liger_kernel
+
+    torch.manual_seed(0)
+    x, w = torch.randn(9, 16, dtype=torch.float64), torch.randn(33, 16, dtype=torch.float64)
+    target = torch.tensor([1, 5, -100, 7, 0, 32, -100, 3, 3])
+    logits = x @ w.T
+    mean = torch.nn.functional.cross_entropy(logits, target)
+    total = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    torch.testing.assert_close(fixed_fused_linear_cross_entropy(x, w, target), mean)
+    torch.testing.assert_close(fixed_fused_linear_cross_entropy(x, w, target, num_items_in_batch=4), total / 4)
+    result = fixed_fused_linear_cross_entropy(x, w, target, return_token_accuracy=True, unknown_option=1)
+    loss, z_loss, accuracy, predicted = unpack_cross_entropy_result(result)
+    assert isinstance(result, CrossEntropyOutput) and z_loss is None and predicted is None
+    torch.testing.assert_close(loss, mean)
+    valid = target != -100
+    torch.testing.assert_close(accuracy, (logits.argmax(-1) == target)[valid].double().mean().to(accuracy.dtype))
+    assert unpack_cross_entropy_result(mean) == (mean, None, None, None)
+
+
+def test_lce_maybe_trainable_lm_head_is_the_model_loss():
+    from liger_kernel.transformers.model.llama import lce_maybe_trainable_lm_head
+
+    model = tiny_model("llama").train()
+    apply_fn("llama")(model=model)
+    ids = torch.randint(3, 97, (2, 6))
+    expected = model(input_ids=ids, labels=ids).loss
+    hidden = model.model(input_ids=ids).last_hidden_state
+    got = lce_maybe_trainable_lm_head(model, hidden, hidden.shape[-1], ids, None, num_items_in_batch=None)
+    torch.testing.assert_close(got, expected)
+
+
+def test_bf16_model_loss_is_fp32_and_not_rounded_to_bf16():
+    """Stock models upcast the logits and return an fp32 loss; so does the fused loss in the patched
+    forward, computed in fp32 (no bf16 rounding, which would be an error of up to 0.016 at ln V)."""
+    model = tiny_model("llama").to(torch.bfloat16).train()
+    apply_fn("llama")(model=model)
+    ids = torch.randint(3, 97, (2, 6))
+    loss = model(input_ids=ids, labels=ids).loss
+    with torch.no_grad():
+        hidden = model.model(input_ids=ids).last_hidden_state.double().reshape(-1, 32)
+    logits = hidden @ model.lm_head.weight.double().T
+    expected = torch.nn.functional.cross_entropy(
+        logits, torch.nn.functional.pad(ids, (0, 1), value=-100)[:, 1:].reshape(-1)
+    )
+    assert loss.dtype == torch.float32
+    assert abs(loss.item() - expected.item()) < 1e-4 * expected.item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_flag_keeps_the_returned_logits(dtype):
+    """With the loss on logits, the kernel's scratch is a copy: outputs.logits stay the logits
+    after the forward and after the backward."""
+    model = tiny_model("llama").to(dtype).train()
+    ids = torch.randint(3, 97, (2, 7))
+    expected = model(input_ids=ids, labels=ids)
+    apply_fn("llama")(rope=False, cross_entropy=True, fused_linear_cross_entropy=False)  # the loss alone
+    out = model(input_ids=ids, labels=ids)
+    logits = out.logits.detach().clone()
+    torch.testing.assert_close(logits, expected.logits.detach(), rtol=0, atol=0)
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, expected.loss)
+    out.loss.backward()
+    torch.testing.assert_close(out.logits.detach(), logits, rtol=0, atol=0)
+
+
+class FakeFSDP(torch.nn.Module):
+    """What FSDP's forward does around the module it wraps: gather the full weight, call
+    ``_fsdp_wrapped_module``, free it again. Outside its forward the weight is an empty shard."""
+
+    def __init__(self, module):
+        super().__init__()
+        self._fsdp_wrapped_module = module
+        self.full_weight = module.weight.data
+        module.weight.data = module.weight.data.new_empty(0)
+        self.calls = 0
+
+    @property
+    def module(self):
+        return self._fsdp_wrapped_module
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        self.module.weight.data = self.full_weight
+        try:
+            return self._fsdp_wrapped_module(*args, **kwargs)
+        finally:
+            self.module.weight.data = self.full_weight.new_empty(0)
+
+
+def head_loss(module, x, scale=1.0):
+    return (x @ module.weight.T).square().sum() * scale
+
+
+def test_fsdp_forward_redirection_through_a_wrapper():
+    from liger_kernel.transformers.fsdp import _FSDPForwardRedirection
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 5, bias=False)
+    weight, x = head.weight.detach().clone(), torch.randn(3, 8)
+    wrapper = FakeFSDP(head)
+    got = _FSDPForwardRedirection()(wrapper, head_loss, wrapper.module, x, scale=2.0)
+    assert wrapper.calls == 1 and head.weight.numel() == 0  # ran inside the wrapper's forward, freed after
+    torch.testing.assert_close(got, head_loss(types.SimpleNamespace(weight=weight), x, 2.0))
+    assert "forward" not in vars(head)  # the module's own forward is back
+    torch.testing.assert_close(wrapper(x), x @ weight.T)
+
+    def failing(module, x):
+        raise RuntimeError("loss failed")
+
+    with pytest.raises(RuntimeError, match="loss failed"):
+        _FSDPForwardRedirection()(wrapper, failing, wrapper.module, x)
+    assert "forward" not in vars(head)
+
+
+def test_fsdp_forward_redirection_unwrapped_runs_hooks():
+    from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped
+
+    head = torch.nn.Linear(8, 5, bias=False)
+    seen = []
+    head.register_forward_pre_hook(lambda module, args: seen.append(len(args)))
+    x = torch.randn(3, 8)
+    got = _FSDPForwardRedirection()(head, head_loss, head, x)
+    torch.testing.assert_close(got, head_loss(head, x))
+    assert seen == [2] and "forward" not in vars(head)
+    assert not is_fsdp_wrapped(head) and not is_fsdp_wrapped(FakeFSDP(torch.nn.Linear(2, 2)))
+
+
+def test_lce_routes_an_fsdp_wrapped_head_through_its_forward(monkeypatch):
+    """The generic forward's loss reads lm_head.weight inside the wrapper's forward."""
+    import liger_kernel.transformers.model.causal_lm as causal_lm
+
+    model = tiny_model("llama").train()
+    apply_fn("llama")(model=model)
+    ids = torch.randint(3, 97, (2, 6))
+    expected = model(input_ids=ids, labels=ids).loss
+    model.lm_head = FakeFSDP(model.lm_head)
+    monkeypatch.setattr(causal_lm, "is_fsdp_wrapped", lambda module: isinstance(module, FakeFSDP))
+    torch.testing.assert_close(model(input_ids=ids, labels=ids).loss, expected)
+    assert model.lm_head.calls == 1

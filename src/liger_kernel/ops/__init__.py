@@ -1,24 +1,43 @@
 """The engine: one module per op, each with its Triton kernels, autograd Function and PyTorch reference.
 
-Functions are imported lazily so that ``import liger_kernel.ops`` stays cheap.
+Names resolve lazily, so ``import liger_kernel.ops`` stays cheap; it does read the implementation
+switch (``backends.registry``), so that an unknown ``LIGER_KERNEL_IMPL`` warns at import.
 """
 
 import importlib
 
-_FUNCTIONS = {
-    "LigerRMSNormFunction": "rms_norm",
-    "LigerLayerNormFunction": "layer_norm",
-    "LigerRopeFunction": "rope",
-    "LigerSiLUMulFunction": "swiglu",
-    "LigerGELUMulFunction": "geglu",
+from liger_kernel.ops.backends import registry  # noqa: F401  (reads LIGER_KERNEL_IMPL)
+
+# Every name of the namespace and the op module that defines it.
+_NAMES = {
     "LigerCrossEntropyFunction": "cross_entropy",
+    "cross_entropy_forward": "cross_entropy",
+    "cross_entropy_backward": "cross_entropy",
     "LigerFusedLinearCrossEntropyFunction": "fused_linear_cross_entropy",
+    "fused_linear_cross_entropy_forward": "fused_linear_cross_entropy",
+    "fused_linear_cross_entropy_backward": "fused_linear_cross_entropy",
+    "LigerGELUMulFunction": "geglu",
+    "geglu_forward": "geglu",
+    "geglu_backward": "geglu",
+    "LigerLayerNormFunction": "layer_norm",
+    "layer_norm_forward": "layer_norm",
+    "layer_norm_backward": "layer_norm",
+    "LigerRMSNormFunction": "rms_norm",
+    "rms_norm_forward": "rms_norm",
+    "rms_norm_backward": "rms_norm",
+    "LigerRopeFunction": "rope",
+    "rope_forward": "rope",
+    "rope_backward": "rope",
+    "LigerSiLUMulFunction": "swiglu",
+    "LigerFusedGateUpSiLUMulFunction": "swiglu",
+    "swiglu_forward": "swiglu",
+    "swiglu_backward": "swiglu",
 }
 
-__all__ = list(_FUNCTIONS)
+__all__ = list(_NAMES)
 
 
 def __getattr__(name):
-    if name in _FUNCTIONS:
-        return getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,21 +1,37 @@
-"""Cross-entropy over a large vocabulary, forward and backward in one kernel.
+"""Cross-entropy over a large vocabulary: a one-pass forward, and a backward that writes the
+gradient over the logits.
 
-One program per row loops over the vocabulary twice: an online max / sum-exp in fp32 gives the
-log-sum-exp (and the argmax, the smoothing sum), then a second loop writes the gradient
-``softmax - onehot`` (with the smoothing, class-weight, z-loss and softcap terms, already scaled
-for the reduction) over the logits. Forward plus backward is therefore 3 passes over the logits
-(read, read, write) and no memory beyond the ``[BT]`` per-row results.
+One kernel, one program per row. Forward: one read of the logits, an online max / sum-exp in fp32
+giving the log-sum-exp (and the argmax, the smoothing sum), hence the loss; the log-sum-exp of each
+row is kept for the backward. Backward: a second read and a write of d(loss)/d(logits) (the
+smoothing, class-weight, z-loss and softcap terms, the reduction and the upstream gradient folded
+in; the upstream gradient is read on the device, no sync). 3 passes over the logits in all (read;
+read, write), as in Liger's fused forward, and no memory beyond the ``[BT]`` per-row results.
 
-Backward: the stored gradient is multiplied by the upstream gradient (per row for
-``reduction="none"``) by a small kernel that reads that gradient on the device and does nothing
-where it is exactly 1.0, so the usual ``loss.backward()`` returns the stored gradient as it is for
-the cost of one tiny launch, with no host sync (a host-side ``== 1`` test would sync every step).
+Why the gradient is written in the backward. Liger writes it over the logits in the forward
+without telling autograd, so every later reader of the logits gets dLoss/dlogits: a model's
+``outputs.logits``, and any node that saves them afterwards (``loss + (logits**2).mean()`` gave
+0.674 instead of 2.599; a version bump in the forward would not catch it: the pow saves the
+logits after the bump). Here the logits are intact until the backward. Autograd runs the nodes
+recorded after the loss first, so they have read the logits when the backward writes over them;
+it then bumps their version counter, so that a node that saved them and runs later (recorded
+before the loss, a second loss on the same logits, a second backward with ``retain_graph``)
+raises instead of reading a gradient. Logits owned by a leaf (a parameter, a user tensor, a view
+of one) are never written: their gradient gets a new ``[BT, V]`` buffer, as their ``.grad`` must
+anyway. The cost that remains: after the backward, other logits hold their
+gradient and a plain read (not through autograd) sees it; pass ``logits.clone()`` to keep them.
+Always taking a new buffer would add ``[BT, V]`` (2.1 GB at 8192 x 128256 bf16) to every step's
+peak; this way, as in Liger, one buffer holds the logits and then their gradient.
 
-Labels outside ``[0, V)`` other than ``ignore_index`` are an error: the kernel raises a flag while
-it reads the label (no extra pass). On CPU the flag raises a ValueError at once. On a GPU, reading
-it would cost a host sync per call (2.17 ms -> 2.74 ms at 8192 x 128256 on H100), so by default it
-goes to an asynchronous device-side assert, as PyTorch's own cross-entropy does with bad labels;
-``LIGER_KERNEL_CHECK_LABELS=sync`` reads it on the host for a Python ValueError instead.
+Loss dtype: the input's, as ``F.cross_entropy`` (loss, z-loss, per-token losses), computed in
+fp32 and cast once at the end. Token accuracy is fp32.
+
+Labels outside ``[0, V)`` other than ``ignore_index`` are an error: the forward kernel raises a
+flag while it reads the label (no extra pass), which ``LIGER_KERNEL_CHECK_LABELS``, read at each
+call, handles: ``sync`` (default) reads it on the host for a catchable ValueError, one host sync
+per call (a lone 8192 x 128256 call on H100: 2.17 ms -> 2.74 ms); ``async`` hands it to a
+device-side assert, as PyTorch's own cross-entropy does: no sync, but a bad label kills the
+process's CUDA context.
 
 Per non-ignored token ``i`` with label ``y``, logits ``z`` (after ``z = softcap * tanh(x / softcap)``
 when ``softcap`` is set), ``lse = logsumexp(z)``, smoothing ``eps``, class weights ``w`` (all ones
@@ -27,12 +43,18 @@ when absent) and ``W = sum(w)``::
 which is ``F.cross_entropy(..., weight, label_smoothing)`` plus the z-loss. ``mean`` divides the
 sum over tokens by the normalizer PyTorch uses, ``sum(w[y])`` over non-ignored tokens (their count
 without weights), z-loss included; ignored tokens contribute 0 and zero gradient, and a batch with
-no normalizer (all ignored) gives loss 0, never NaN. With token scaling (the fused linear op's
-``use_token_scaling``) each token's loss, z-loss included, is multiplied by the detached ``p[y]``.
-The z-loss is not multiplied by the class weights. ``token_accuracy`` is a scalar for every
-reduction; ``predicted_tokens`` holds ``ignore_index`` at ignored tokens.
+no normalizer (all tokens ignored, or empty) gives loss 0 where PyTorch gives NaN. With token
+scaling (the fused linear op's ``use_token_scaling``) each token's loss, z-loss included, is
+multiplied by the detached ``p[y]``. The z-loss is not multiplied by the class weights.
+``token_accuracy`` is a scalar for every reduction; ``predicted_tokens`` holds ``ignore_index``
+at ignored tokens.
+
+The peer's low-level names work as its callers use them: ``cross_entropy_forward`` (one launch of
+3 passes, the gradient written over ``_input``), ``cross_entropy_backward`` (the upstream
+gradient applied to it) and the row kernel ``liger_cross_entropy_kernel``.
 """
 
+import functools
 import os
 import threading
 from typing import NamedTuple
@@ -107,19 +129,22 @@ def _tanh(u):
 
 
 @triton.jit
-def _ce_kernel(
-    x_ptr,  # [N, V] logits, unit column stride; the gradient overwrites them
+def liger_cross_entropy_kernel(
+    x_ptr,  # [N, V] logits, unit column stride
     stride_x,
+    grad_ptr,  # [N, V] d(loss)/d(logits), unit column stride (WRITE_GRAD); x_ptr itself when in place
+    stride_grad,
     y_ptr,  # [N] labels
     w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
     norm_ptr,  # [1] fp32 mean normalizer, already 1 where it would be 0 (MEAN)
     wsum_ptr,  # [1] fp32 sum of the class weights (HAS_WEIGHT and SMOOTHING)
-    gscale_ptr,  # per-row upstream gradient (ROW_SCALE)
+    gscale_ptr,  # per-row upstream gradient (ROW_SCALE; stride 0 for a scalar)
     stride_gscale,
-    loss_ptr,  # [N] fp32 per-token loss
+    loss_ptr,  # [N] fp32 per-token loss (FORWARD)
     z_ptr,  # [N] fp32 per-token z-loss (WRITE_Z)
     pred_ptr,  # [N] int64 argmax (ARGMAX)
-    bad_ptr,  # [1] int32 set to 1 when a label is out of range
+    lse_ptr,  # [N] fp32 log-sum-exp: written when FORWARD and SAVE_LSE, read when not FORWARD
+    bad_ptr,  # [1] int32 set to 1 when a label is out of range (FORWARD)
     n_cols,
     ignore_index,
     lse_square_scale,
@@ -132,67 +157,74 @@ def _ce_kernel(
     TOKEN_SCALING: tl.constexpr,
     MEAN: tl.constexpr,
     ROW_SCALE: tl.constexpr,
-    WRITE_GRAD: tl.constexpr,
+    FORWARD: tl.constexpr,  # pass 1 and the per-row outputs; else the backward alone, from the saved lse
+    WRITE_GRAD: tl.constexpr,  # pass 2: the gradient
     WRITE_Z: tl.constexpr,
     ARGMAX: tl.constexpr,
+    SAVE_LSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """One program per row: the forward (pass 1, a read), the backward (pass 2, a read and a write)
+    or both in one launch (the fused linear op's chunks and ``cross_entropy_forward``)."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x  # int64 offset: N * V passes 2^31 at 8192 x 262144
+    g_row = grad_ptr + row * stride_grad
     offs = tl.arange(0, BLOCK)
     y = tl.load(y_ptr + row).to(tl.int64)
     if y == ignore_index:
-        tl.store(loss_ptr + row, 0.0)
-        if WRITE_Z:
-            tl.store(z_ptr + row, 0.0)
-        if ARGMAX:
-            tl.store(pred_ptr + row, y)
+        if FORWARD:
+            tl.store(loss_ptr + row, 0.0)
+            if WRITE_Z:
+                tl.store(z_ptr + row, 0.0)
+            if ARGMAX:
+                tl.store(pred_ptr + row, y)
         if WRITE_GRAD:
             for start in range(0, n_cols, BLOCK):
                 cols = start + offs
-                tl.store(x_row + cols, tl.zeros([BLOCK], x_ptr.dtype.element_ty), mask=cols < n_cols)
+                tl.store(g_row + cols, tl.zeros([BLOCK], grad_ptr.dtype.element_ty), mask=cols < n_cols)
     else:
         out_of_range = (y < 0) | (y >= n_cols)
-        if out_of_range:
-            tl.store(bad_ptr, 1)
+        if FORWARD:
+            if out_of_range:
+                tl.store(bad_ptr, 1)
         y = tl.where(out_of_range, 0, y)
 
-        # Pass 1: per-lane running max and sum of exp, one exp per element and no cross-warp
-        # reduction inside the loop (t = exp(-|x - m|) serves both cases of the update); the lanes
-        # are combined once at the end. -1e30 rather than -inf keeps masked lanes free of NaN.
-        m = tl.full([BLOCK], -1e30, tl.float32)
-        d = tl.zeros([BLOCK], tl.float32)
-        if SMOOTHING:
-            smooth = tl.zeros([BLOCK], tl.float32)
-        if ARGMAX:
-            best = tl.full([BLOCK], float("-inf"), tl.float32)
-            best_idx = tl.zeros([BLOCK], tl.int32)
-        for start in range(0, n_cols, BLOCK):
-            cols = start + offs
-            mask = cols < n_cols
-            x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            if ARGMAX:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
-                better = x > best  # strict: each lane keeps its first maximum
-                best_idx = tl.where(better, cols, best_idx)
-                best = tl.where(better, x, best)
-            if SOFTCAP:
-                x = tl.where(mask, softcap * _tanh(x / softcap), float("-inf"))
-            t = tl.exp(-tl.abs(x - m))
-            grows = x > m
-            d = tl.where(grows, d * t + 1.0, d + t)
-            m = tl.where(grows, x, m)
+        if FORWARD:
+            # Pass 1: per-lane running max and sum of exp, one exp per element and no cross-warp
+            # reduction inside the loop (t = exp(-|x - m|) serves both cases of the update); the
+            # lanes are combined once at the end. -1e30 rather than -inf keeps masked lanes free of NaN.
+            m = tl.full([BLOCK], -1e30, tl.float32)
+            d = tl.zeros([BLOCK], tl.float32)
             if SMOOTHING:
-                xs = tl.where(mask, x, 0.0)
-                if HAS_WEIGHT:
-                    xs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
-                smooth += xs
-        m_row = tl.max(m, 0)
-        lse = m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
-        if SMOOTHING:
-            smooth_sum = tl.sum(smooth, 0)
-        if ARGMAX:
-            best_row = tl.max(best, 0)
-            best_col = tl.min(tl.where(best == best_row, best_idx, n_cols), 0)
+                smooth = tl.zeros([BLOCK], tl.float32)
+            if ARGMAX:
+                best = tl.full([BLOCK], float("-inf"), tl.float32)
+                best_idx = tl.zeros([BLOCK], tl.int32)
+            for start in range(0, n_cols, BLOCK):
+                cols = start + offs
+                mask = cols < n_cols
+                x = tl.load(x_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+                if ARGMAX:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
+                    better = x > best  # strict: each lane keeps its first maximum
+                    best_idx = tl.where(better, cols, best_idx)
+                    best = tl.where(better, x, best)
+                if SOFTCAP:
+                    x = tl.where(mask, softcap * _tanh(x / softcap), float("-inf"))
+                t = tl.exp(-tl.abs(x - m))
+                grows = x > m
+                d = tl.where(grows, d * t + 1.0, d + t)
+                m = tl.where(grows, x, m)
+                if SMOOTHING:
+                    xs = tl.where(mask, x, 0.0)
+                    if HAS_WEIGHT:
+                        xs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
+                    smooth += xs
+            m_row = tl.max(m, 0)
+            lse = m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
+            if SAVE_LSE:
+                tl.store(lse_ptr + row, lse)
+        else:
+            lse = tl.load(lse_ptr + row)
 
         z_y = tl.load(x_row + y).to(tl.float32)
         if SOFTCAP:
@@ -202,33 +234,38 @@ def _ce_kernel(
             coef_y = (1.0 - eps) * tl.load(w_ptr + y)
         else:
             coef_y = 1.0 - eps
-        loss = coef_y * nll
         coef_p = coef_y  # the gradient is coef_p * softmax - coef_y * onehot - eps / V * w
         if SMOOTHING:
             if HAS_WEIGHT:
                 wsum = tl.load(wsum_ptr)
             else:
                 wsum = n_cols * 1.0
-            loss += eps / n_cols * (wsum * lse - smooth_sum)
             coef_p += eps / n_cols * wsum
-        z_loss = 0.0
         if Z_LOSS:
-            z_loss = lse_square_scale * lse * lse
-            loss += z_loss
             coef_p += 2.0 * lse_square_scale * lse
         token_scale = 1.0
         if TOKEN_SCALING:
             token_scale = tl.exp(-nll)  # p[y], a constant for the gradient
-            loss *= token_scale
-            z_loss *= token_scale
-        tl.store(loss_ptr + row, loss)
-        if WRITE_Z:
-            tl.store(z_ptr + row, z_loss)
-        if ARGMAX:
-            tl.store(pred_ptr + row, best_col.to(tl.int64))
+
+        if FORWARD:
+            loss = coef_y * nll
+            if SMOOTHING:
+                loss += eps / n_cols * (wsum * lse - tl.sum(smooth, 0))
+            z_loss = 0.0
+            if Z_LOSS:
+                z_loss = lse_square_scale * lse * lse
+                loss += z_loss
+            tl.store(loss_ptr + row, loss * token_scale)
+            if WRITE_Z:
+                tl.store(z_ptr + row, z_loss * token_scale)
+            if ARGMAX:
+                best_row = tl.max(best, 0)
+                best_col = tl.min(tl.where(best == best_row, best_idx, n_cols), 0)
+                tl.store(pred_ptr + row, best_col.to(tl.int64))
 
         # Pass 2: the gradient of this row's (reduced, upstream-scaled) loss over the logits,
-        # walking the blocks backwards: the last ones read by pass 1 are the likeliest in L2.
+        # walking the blocks backwards: after pass 1 in the same program, the last blocks it read
+        # are the likeliest in L2.
         if WRITE_GRAD:
             scale = token_scale
             if MEAN:
@@ -252,7 +289,7 @@ def _ce_kernel(
                         g -= eps / n_cols
                 if SOFTCAP:
                     g *= 1.0 - t * t
-                tl.store(x_row + cols, (g * scale).to(x_ptr.dtype.element_ty), mask=mask)
+                tl.store(g_row + cols, (g * scale).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -291,7 +328,8 @@ def ce_settings(n_cols: int) -> tuple[int, int]:
     """Vocabulary block and warps for one row of ``n_cols`` logits. Measured on H100 (bf16,
     CUDA-graph fwd+bwd, ``benchmarks/sweep_configs.py cross-entropy``): from 64k columns, 8192 over
     32 warps (8192x128256: 2.01 ms, 104% of the 3-pass floor; 8192 over 16 warps 2.16 ms; 4096
-    over 16: 2.10); below, 4096 over 16 warps (8192x32000: 454 us; 8192 over 32: 468 us)."""
+    over 16: 2.10); below, 4096 over 16 warps (8192x32000: 454 us; 8192 over 32: 468 us). Measured
+    when the forward and backward were one launch; the forward and backward launches reuse them."""
     wide = n_cols >= 65536
     block = min(next_power_of_2(max(n_cols, 1)), MAX_BLOCK if wide else MAX_BLOCK // 2)
     return block, 32 if wide else 16 if block >= 4096 else 8 if block >= 2048 else 4
@@ -354,27 +392,38 @@ def ce_rows_launch(
     opts: CEOptions,
     write_grad,
     row_scale=None,
+    *,
+    forward=True,
+    lse=None,
+    grad=None,
 ):
-    """Launch the row kernel on logits ``x`` [n, V] (unit column stride), in place when ``write_grad``."""
+    """Launch the row kernel on logits ``x`` [n, V] (unit column stride). ``forward``: pass 1 and
+    the per-row outputs, ``lse`` [n] fp32 (if given) receiving each row's log-sum-exp; else only
+    the gradient, from the log-sum-exp in ``lse``. ``write_grad``: write d(loss)/d(logits), times
+    ``row_scale`` [n] if given, into ``grad`` (default ``x`` itself, in place)."""
     n_rows, n_cols = x.shape
     if n_rows == 0:
         return
     softcap, label_smoothing, lse_square_scale = opts.softcap, opts.label_smoothing, opts.lse_square_scale
     block, warps = ce_settings(n_cols)
-    dummy = loss_rows
-    _ce_kernel[(n_rows,)](
+    grad = x if grad is None else grad
+    dummy = lse if loss_rows is None else loss_rows  # an fp32 tensor for the pointers a launch leaves unread
+    liger_cross_entropy_kernel[(n_rows,)](
         x,
         x.stride(0),
+        grad,
+        grad.stride(0),
         target,
         dummy if weight is None else weight,
         norm,
         dummy if wsum is None else wsum,
         dummy if row_scale is None else row_scale,
         0 if row_scale is None else row_scale.stride(0),
-        loss_rows,
+        dummy,
         dummy if z_rows is None else z_rows,
         target if pred is None else pred,
-        bad,
+        dummy if lse is None else lse,
+        target if bad is None else bad,
         n_cols,
         opts.ignore_index,
         float(lse_square_scale),
@@ -387,9 +436,11 @@ def ce_rows_launch(
         TOKEN_SCALING=opts.use_token_scaling,
         MEAN=opts.reduction == "mean",
         ROW_SCALE=row_scale is not None,
+        FORWARD=forward,
         WRITE_GRAD=write_grad,
         WRITE_Z=z_rows is not None,
         ARGMAX=pred is not None,
+        SAVE_LSE=forward and lse is not None,
         BLOCK=block,
         num_warps=warps,
         num_stages=NUM_STAGES,
@@ -403,20 +454,28 @@ def bad_label_message(n_cols: int, ignore_index: int) -> str:
     )
 
 
+LABEL_CHECKS = ("sync", "async")
+
+
 def raise_if_bad_labels(bad: torch.Tensor, n_cols: int, ignore_index: int) -> None:
-    """Fail on the kernel's out-of-range-label flag: at once on CPU (or with
-    ``LIGER_KERNEL_CHECK_LABELS=sync``), else through an asynchronous device assert (no sync)."""
-    message = bad_label_message(n_cols, ignore_index)
-    if bad.device.type == "cpu" or os.environ.get("LIGER_KERNEL_CHECK_LABELS") == "sync":
+    """Fail on the kernel's out-of-range-label flag, as ``LIGER_KERNEL_CHECK_LABELS`` (read at each
+    call) says: ``sync`` (default) reads it on the host and raises a ValueError (one host sync per
+    call); ``async`` hands it to ``torch._assert_async``, a device-side assert on a GPU (no sync, but
+    a failure kills the process's CUDA context; on CPU it raises at once)."""
+    mode = os.environ.get("LIGER_KERNEL_CHECK_LABELS", "sync")
+    if mode == "sync":
         if bad.item():
-            raise ValueError(message)
+            raise ValueError(bad_label_message(n_cols, ignore_index))
+    elif mode == "async":
+        torch._assert_async(bad == 0, bad_label_message(n_cols, ignore_index))
     else:
-        torch._assert_async(bad == 0, message)
+        raise ValueError(f"LIGER_KERNEL_CHECK_LABELS must be one of {LABEL_CHECKS}, got {mode!r}.")
 
 
-def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, opts: CEOptions, target_shape):
-    """The 4-tuple from per-token results: reduced loss and z-loss, token accuracy, predictions
-    (each None unless asked; per-token tensors in ``target_shape``)."""
+def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, opts: CEOptions, target_shape, out_dtype=None):
+    """The 4-tuple from per-token results: reduced loss and z-loss (cast to ``out_dtype`` when
+    given, after the fp32 reduction), token accuracy, predictions (each None unless asked;
+    per-token tensors in ``target_shape``)."""
     reduction = opts.reduction
     if reduction == "mean":
         loss = loss_rows.sum() / norm[0]
@@ -427,27 +486,136 @@ def reduce_outputs(loss_rows, z_rows, pred, target, mask, norm, opts: CEOptions,
     else:
         loss = loss_rows.view(target_shape)
         z_loss = None if z_rows is None else z_rows.view(target_shape)
+    if out_dtype is not None:
+        loss = loss.to(out_dtype)
+        z_loss = None if z_loss is None else z_loss.to(out_dtype)
     accuracy = None
     if opts.return_token_accuracy:
         accuracy = ((pred == target) & mask).sum(dtype=torch.float32) / mask.sum().clamp(min=1)
     return loss, z_loss, accuracy, pred.view(target_shape) if opts.return_predicted_tokens else None
 
 
-def cross_entropy_forward(x, target, weight, opts: CEOptions, write_grad):
-    """``(loss, z_loss, token_accuracy, predicted_tokens, grad)``; ``grad`` is ``x``'s 2-D view
-    holding d(loss)/d(logits), written over the logits, or None when ``write_grad`` is False."""
-    n_cols = x.shape[-1]
-    x2 = as_rows(x)
+def cross_entropy_rows(x2, target, weight, opts: CEOptions, write_grad=False, lse=None):
+    """The kernel's forward on logits ``x2`` [n, V] (unit column stride): ``(outputs, saved)``, the
+    4-tuple in ``x2``'s dtype and ``(w, norm, wsum)`` for ``cross_entropy_grad``. ``write_grad``:
+    also write d(loss)/d(logits) over ``x2`` in the same launch (3 passes); ``lse``: an [n] fp32
+    buffer that receives each row's log-sum-exp."""
+    n_cols = x2.shape[1]
     y = target.reshape(-1)
     w, mask, norm, wsum = label_stats(y, weight, opts.ignore_index, n_cols)
     loss_rows, z_rows, pred, bad = row_outputs(x2.shape[0], x2, opts)
-    ce_rows_launch(x2, y, w, norm, wsum, loss_rows, z_rows, pred, bad, opts, write_grad)
+    ce_rows_launch(x2, y, w, norm, wsum, loss_rows, z_rows, pred, bad, opts, write_grad, lse=lse)
     raise_if_bad_labels(bad, n_cols, opts.ignore_index)
-    outputs = reduce_outputs(loss_rows, z_rows, pred, y, mask, norm, opts, target.shape)
-    return *outputs, (x2 if write_grad else None)
+    outputs = reduce_outputs(loss_rows, z_rows, pred, y, mask, norm, opts, target.shape, out_dtype=x2.dtype)
+    return outputs, (w, norm, wsum)
+
+
+def cross_entropy_grad(x2, grad, target, saved, lse, grad_loss, opts: CEOptions) -> None:
+    """The kernel's backward: d(loss)/d(logits) of ``x2`` [n, V] times the upstream ``grad_loss``
+    (a scalar, or one per token for reduction="none") into ``grad`` (``x2`` itself for in place).
+    2 passes (read, write); the upstream gradient is read on the device (no sync)."""
+    w, norm, wsum = saved
+    n_rows = x2.shape[0]
+    row_scale = grad_loss.reshape(-1) if opts.reduction == "none" else grad_loss.reshape(1).expand(n_rows)
+    ce_rows_launch(
+        x2,
+        target.reshape(-1),
+        w,
+        norm,
+        wsum,
+        None,
+        None,
+        None,
+        None,
+        opts,
+        True,
+        row_scale,
+        forward=False,
+        lse=lse,
+        grad=grad,
+    )
+
+
+# ----------------------------------------------------------------------------- the peer's helpers
+
+
+def write_back(t: torch.Tensor, rows: torch.Tensor) -> None:
+    """After writing into ``rows`` (``as_rows(t)``): copy into ``t`` when ``as_rows`` had to copy,
+    and bump ``t``'s version so that autograd sees the write."""
+    if rows.data_ptr() != t.data_ptr():
+        t.copy_(rows.view(t.shape))
+    if not t.is_inference():
+        torch.autograd.graph.increment_version(t)
+
+
+def cross_entropy_forward(
+    _input,
+    target,
+    weight,
+    ignore_index,
+    lse_square_scale,
+    label_smoothing,
+    reduction,
+    softcap,
+    return_z_loss,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+):
+    """The peer's low-level forward: ``(loss, z_loss, token_accuracy, predicted_tokens, _input)``,
+    with ``_input`` [..., V] now holding d(loss)/d(logits) for an upstream gradient of 1 (written
+    over the logits, one launch of 3 passes; its version is bumped). Loss and z-loss in
+    ``_input``'s dtype. Pass it to ``cross_entropy_backward`` to apply the upstream gradient.
+    ``LigerCrossEntropyFunction`` is the autograd-safe entry; this one is for callers that own the
+    logits buffer."""
+    opts = check_ce_inputs(
+        _input,
+        target,
+        weight,
+        CEOptions(
+            ignore_index,
+            lse_square_scale,
+            label_smoothing,
+            reduction,
+            softcap,
+            return_z_loss,
+            return_token_accuracy,
+            return_predicted_tokens,
+        ),
+    )
+    x2 = as_rows(_input)
+    outputs, _ = cross_entropy_rows(x2, target, weight, opts, write_grad=True)
+    write_back(_input, x2)
+    return *outputs, _input
+
+
+def cross_entropy_backward(_input, grad_output):
+    """The peer's low-level backward: ``_input`` (the gradient from ``cross_entropy_forward``)
+    multiplied in place by ``grad_output``, a scalar or one value per token (reduction="none");
+    returns ``_input``. Exactly-1 factors cost one tiny launch and no sync."""
+    x2 = as_rows(_input)
+    per_row = grad_output.numel() != 1
+    if per_row and grad_output.numel() != x2.shape[0]:
+        raise ValueError(
+            f"`grad_output` must be a scalar or hold one value per row of `_input` ({x2.shape[0]}); "
+            f"got shape {tuple(grad_output.shape)}."
+        )
+    scale_by_upstream(x2, grad_output, per_row=per_row)
+    write_back(_input, x2)
+    return _input
 
 
 # ----------------------------------------------------------------------------- checks
+
+
+def check_ce_inputs(_input, target, weight, opts: CEOptions) -> CEOptions:
+    """``opts`` once the logits, labels, class weights and options are valid; else an error naming
+    the public argument."""
+    check_float("input", _input)
+    if _input.dim() < 1:
+        raise ValueError("`input` must have a class dimension: [BT, V].")
+    n_cols = _input.shape[-1]
+    check_target(target, _input.numel() // max(n_cols, 1), weight, n_cols, {"input": _input})
+    return opts.check()
 
 
 def check_target(target, n_rows: int, weight, n_cols: int, device_of) -> None:
@@ -472,8 +640,9 @@ def check_labels_host(target, ignore_index: int, n_cols: int) -> None:
 # ----------------------------------------------------------------------------- reference
 
 
-def cross_entropy_core(logits, target, weight, opts: CEOptions):
-    """The math of the module docstring in plain PyTorch (fp32, or fp64 for fp64 logits)."""
+def cross_entropy_core(logits, target, weight, opts: CEOptions, out_dtype=None):
+    """The math of the module docstring in plain PyTorch (fp32, or fp64 for fp64 logits); loss and
+    z-loss cast to ``out_dtype`` at the end when given."""
     eps, softcap = opts.label_smoothing, opts.softcap
     n_cols = logits.shape[-1]
     target_shape = target.shape
@@ -507,6 +676,8 @@ def cross_entropy_core(logits, target, weight, opts: CEOptions):
         loss, z_loss = loss.sum(), z_loss.sum()
     else:
         loss, z_loss = loss.view(target_shape), z_loss.view(target_shape)
+    if out_dtype is not None:
+        loss, z_loss = loss.to(out_dtype), z_loss.to(out_dtype)
     pred = torch.where(mask, raw.argmax(-1), opts.ignore_index)
     accuracy = None
     if opts.return_token_accuracy:
@@ -532,12 +703,14 @@ def cross_entropy_reference(
     return_token_accuracy=False,
     return_predicted_tokens=False,
 ):
-    """The spec and the CPU fallback: ``F.cross_entropy`` on the upcast logits with every option.
+    """The spec and the CPU fallback: ``F.cross_entropy`` on the logits upcast to fp32 (fp64 stays
+    fp64) with every option.
 
-    Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``: loss in fp32 (fp64 for fp64
-    input), reduced as asked; z-loss reduced the same way (None unless ``return_z_loss``); the
-    fraction of non-ignored tokens whose argmax is the label (None unless asked); the argmax per
-    token as int64, ``ignore_index`` at ignored tokens (None unless asked).
+    Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``: loss in ``_input``'s dtype (as
+    ``F.cross_entropy``; cast once at the end), reduced as asked, 0 for an all-ignored or empty
+    batch; z-loss reduced the same way (None unless ``return_z_loss``); the fraction of
+    non-ignored tokens whose argmax is the label, fp32 (None unless asked); the argmax per token as
+    int64, ``ignore_index`` at ignored tokens (None unless asked).
     """
     opts = CEOptions(
         ignore_index,
@@ -549,7 +722,7 @@ def cross_entropy_reference(
         return_token_accuracy,
         return_predicted_tokens,
     )
-    return cross_entropy_core(_input, target, weight, opts)
+    return cross_entropy_core(_input, target, weight, opts, out_dtype=_input.dtype)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -591,14 +764,29 @@ def one_grad_per_argument(grads, n_args: int):
     return tuple(grads) + (None,) * (n_args - len(grads))
 
 
+def no_double_backward(grad):
+    """Under ``create_graph=True``, ``grad`` behind a node that raises if it is differentiated (the
+    kernels have no second derivative), where a constant gradient would make the second derivative
+    silently 0 (``once_differentiable`` raises only when the upstream gradient requires grad)."""
+    if grad is None or not torch.is_grad_enabled():
+        return grad
+    error = torch._C._functions.DelayedError(b"the Liger cross-entropy has no second derivative (double backward).", 1)
+    return error(grad.detach().requires_grad_())
+
+
 class LigerCrossEntropyFunction(RemembersGradMode):
     """Cross-entropy of logits ``_input`` [BT, V] against ``target`` [BT] with every option of the
-    module docstring; returns ``(loss, z_loss, token_accuracy, predicted_tokens)``.
+    module docstring; returns ``(loss, z_loss, token_accuracy, predicted_tokens)``, loss and z-loss
+    in ``_input``'s dtype as ``F.cross_entropy`` (computed in fp32). An all-ignored or empty batch
+    gives loss 0 where ``F.cross_entropy`` gives NaN.
 
-    The gradient is computed in the forward and written over ``_input``'s buffer (documented
-    behaviour, it saves a logits-sized tensor): do not reuse the logits after the loss when a
-    gradient is computed. Only ``loss`` is differentiable. Under ``torch.no_grad()`` (or when
-    ``_input`` needs no gradient) only the loss is computed and the logits are left untouched.
+    The forward reads the logits and leaves them intact. The backward writes the gradient over
+    them and bumps their version, so that any autograd node that saved them and runs later raises
+    (module docstring); logits owned by a leaf (a parameter, a user tensor, a view of one) are never
+    written: their gradient gets a new buffer. After the backward, other logits hold their
+    gradient: pass ``_input.clone()`` to read them afterwards. Only ``loss`` is differentiable,
+    once. Under ``torch.no_grad()`` (or when ``_input`` needs no gradient) only the loss is
+    computed.
     """
 
     @staticmethod
@@ -616,9 +804,6 @@ class LigerCrossEntropyFunction(RemembersGradMode):
         return_token_accuracy=False,
         return_predicted_tokens=False,
     ):
-        check_float("_input", _input)
-        if _input.dim() < 1:
-            raise ValueError("`_input` must have a class dimension: [BT, V].")
         opts = CEOptions(
             ignore_index,
             lse_square_scale,
@@ -628,24 +813,41 @@ class LigerCrossEntropyFunction(RemembersGradMode):
             return_z_loss,
             return_token_accuracy,
             return_predicted_tokens,
-        ).check()
-        n_cols = _input.shape[-1]
-        check_target(target, _input.numel() // max(n_cols, 1), weight, n_cols, {"_input": _input})
+        )
+        opts = check_ce_inputs(_input, target, weight, opts)
         write_grad = caller_grad_mode.enabled and ctx.needs_input_grad[0]
         ctx.use_triton = use_triton(_input) and _input.dtype != torch.float64
         if not ctx.use_triton:
-            return reference_forward(ctx, cross_entropy_core, write_grad, _input, target, weight, opts)
-        loss, z_loss, accuracy, pred, grad = cross_entropy_forward(_input, target, weight, opts, write_grad)
-        ctx.reduction = reduction
-        ctx.input_shape = _input.shape
-        if grad is not None:
-            ctx.save_for_backward(grad)
-        return mark_extras_non_differentiable(ctx, (loss, z_loss, accuracy, pred))
+            core = functools.partial(cross_entropy_core, out_dtype=_input.dtype)
+            return reference_forward(ctx, core, write_grad, _input, target, weight, opts)
+        x2 = as_rows(_input)
+        lse = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device) if write_grad else None
+        outputs, saved = cross_entropy_rows(x2, target, weight, opts, lse=lse)
+        if write_grad:
+            copied = x2.data_ptr() != _input.data_ptr()
+            leaf_owned = _input.is_leaf or (_input._base is not None and _input._base.is_leaf)
+            ctx.in_place = copied or not leaf_owned
+            ctx.opts, ctx.input_shape = opts, _input.shape
+            ctx.save_for_backward(x2 if copied else _input, target, lse, *saved)
+        return mark_extras_non_differentiable(ctx, outputs)
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if not ctx.use_triton:
-            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 11)
-        (grad,) = ctx.saved_tensors
-        scale_by_upstream(grad, grad_loss, per_row=ctx.reduction == "none")
-        return one_grad_per_argument((grad.view(ctx.input_shape),), 11)
+            grad = fallback_backward(ctx, grad_loss, None, None, None)[0]
+            return one_grad_per_argument((no_double_backward(grad),), 11)
+        try:
+            logits, target, lse, *saved = ctx.saved_tensors
+        except RuntimeError as error:
+            raise RuntimeError(
+                "LigerCrossEntropyFunction: the logits were modified in place between the loss's forward "
+                "and its backward: by a backward that already wrote a gradient over them (this loss's, "
+                "with retain_graph=True, or another Liger cross-entropy on the same logits) or by an "
+                "in-place op. Pass `input.clone()` to the loss to use the logits more than once."
+            ) from error
+        x2 = as_rows(logits)  # a view: the forward saved a copy where one was needed
+        grad = x2 if ctx.in_place else torch.empty_like(x2)
+        cross_entropy_grad(x2, grad, target, saved, lse, grad_loss, ctx.opts)
+        if ctx.in_place:
+            torch.autograd.graph.increment_version(logits)
+        return one_grad_per_argument((no_double_backward(grad.view(ctx.input_shape)),), 11)

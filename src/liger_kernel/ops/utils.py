@@ -1,13 +1,17 @@
 """Helpers shared by every op: launch settings, argument checks, output allocation and the
 CPU / ``LIGER_KERNEL_IMPL=torch`` fallback to each op's PyTorch reference."""
 
+import contextlib
 import functools
 import importlib.metadata
 import os
 
 import torch
+import triton
 import triton.language as tl
 from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
+
+from liger_kernel.utils import infer_device, is_npu_available
 
 # Widest row one program holds in registers at once; wider rows are processed in a loop.
 MAX_FUSED_SIZE = 65536
@@ -101,6 +105,69 @@ def empty_output(shape, like: torch.Tensor, dtype=None, strides=None) -> torch.T
     return out
 
 
+# ----------------------------------------------------------------------------- devices and autocast
+
+
+def is_hip() -> bool:
+    """True on a ROCm (AMD) build of torch."""
+    return torch.version.hip is not None
+
+
+def device_context(device):
+    """Context manager making ``device`` the current accelerator (``torch.cuda.device`` and
+    its XPU/NPU twins); does nothing for a CPU device."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return contextlib.nullcontext()
+    return torch.get_device_module(device.type).device(device)
+
+
+@functools.lru_cache
+def get_npu_core_count(default: int = 20) -> int:
+    """AI cores of the Ascend NPU (the grid its kernels fill), as its Triton driver reports them;
+    ``default`` without an NPU or that report."""
+    if not is_npu_available():
+        return default
+    try:
+        properties = triton.runtime.driver.active.utils.get_device_properties(torch.npu.current_device())
+    except (AttributeError, RuntimeError):
+        return default
+    return int(properties.get("num_aicore", default))
+
+
+def set_large_grf_mode(kernel_args: dict) -> None:
+    """On Intel XPU, ask the launch in ``kernel_args`` for the large register file (``grf_mode``),
+    which the widest row kernels need to avoid spills; elsewhere it changes nothing."""
+    if infer_device() == "xpu":
+        kernel_args["grf_mode"] = "large"
+
+
+def get_amp_custom_fwd_bwd():
+    """``(custom_fwd, custom_bwd)`` of ``torch.amp`` bound to this machine's device type: decorators
+    that run an autograd Function's forward (and its backward) with the caller's autocast state."""
+    device_type = infer_device()
+    return (
+        functools.partial(torch.amp.custom_fwd, device_type=device_type),
+        functools.partial(torch.amp.custom_bwd, device_type=device_type),
+    )
+
+
+amp_custom_fwd, amp_custom_bwd = get_amp_custom_fwd_bwd()
+
+
+@triton.jit
+def element_mul_kernel(X_ptr, X_stride, grad_output_ptr, n_cols, BLOCK_SIZE: tl.constexpr, X_col_stride=1):
+    """Row ``program_id`` of X (``n_cols`` elements) multiplied in place by the scalar
+    ``grad_output_ptr[0]``: scales a gradient stored in X by the upstream gradient of a loss."""
+    row = X_ptr + tl.program_id(0).to(tl.int64) * X_stride
+    grad_output = tl.load(grad_output_ptr)
+    for start in range(0, n_cols, BLOCK_SIZE):
+        cols = start + tl.arange(0, BLOCK_SIZE)
+        mask = cols < n_cols
+        x = tl.load(row + cols * X_col_stride, mask=mask)
+        tl.store(row + cols * X_col_stride, x * grad_output, mask=mask)
+
+
 # ----------------------------------------------------------------------------- argument checks
 
 
@@ -108,7 +175,7 @@ def check_float(name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}.")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"`{name}` must be float32, float16 or bfloat16, got {t.dtype}.")
+        raise TypeError(f"`{name}` must be a float32, bfloat16, float16 or float64 tensor, got {t.dtype}.")
 
 
 def check_same_device(**tensors) -> None:

@@ -7,7 +7,7 @@ and raise an ImportError saying so when it is missing.
 import importlib
 
 from liger_kernel.transformers.model_specs import MODEL_SPECS
-from liger_kernel.utils import TRANSFORMERS_AVAILABLE
+from liger_kernel.utils import TRANSFORMERS_AVAILABLE, is_transformers_available
 
 _LAZY = {
     "LigerRMSNorm": "rms_norm",
@@ -39,7 +39,7 @@ _PATCHING = {
     **{f"{verb}_liger_kernel_to_{family}": "monkey_patch" for family in MODEL_SPECS for verb in ("apply", "revert")},
 }
 
-__all__ = list(_LAZY) + (list(_PATCHING) if TRANSFORMERS_AVAILABLE else [])
+__all__ = ["is_transformers_available", *_LAZY] + (list(_PATCHING) if TRANSFORMERS_AVAILABLE else [])
 
 
 def __getattr__(name):

@@ -1,10 +1,8 @@
 """``AutoLigerKernelForCausalLM``: ``AutoModelForCausalLM`` that patches the model's family first."""
 
-import inspect
-
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel
+from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel, _parameters
 
 
 def _pop_patch_kwargs(model_type, kwargs):
@@ -12,7 +10,7 @@ def _pop_patch_kwargs(model_type, kwargs):
     fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
     if fn is None:
         return {}
-    names = set(inspect.signature(fn).parameters) - {"model"}
+    names = set(_parameters(fn) or ()) - {"model"}  # a callable taking anything: leave every argument to the loader
     return {name: kwargs.pop(name) for name in list(kwargs) if name in names}
 
 

@@ -13,7 +13,7 @@ from liger_kernel.ops.cross_entropy import CEOptions, LigerCrossEntropyFunction
 class CrossEntropyOutput:
     """What the losses return when an extra output is requested (fields not requested are None).
 
-    ``loss``: the reduced loss (fp32). ``z_loss``: its z-loss part, reduced the same way.
+    ``loss``: the loss, reduced as asked. ``z_loss``: its z-loss part, reduced the same way.
     ``token_accuracy``: fraction of non-ignored tokens whose argmax is the label (a scalar).
     ``predicted_tokens``: argmax per token (int64), ``ignore_index`` at ignored tokens.
     """
@@ -49,10 +49,16 @@ def apply_options(function, module: nn.Module, *tensors):
 
 class LigerCrossEntropyLoss(nn.Module):
     """Cross-entropy of logits [BT, V] against labels [BT]; options as ``F.cross_entropy`` plus
-    z-loss (``lse_square_scale``), tanh ``softcap`` and token accuracy / predicted tokens.
+    z-loss (``lse_square_scale``), tanh ``softcap`` and token accuracy / predicted tokens. The loss
+    (and z-loss) comes in the logits' dtype, as ``F.cross_entropy``'s, computed in fp32; an
+    all-ignored or empty batch gives 0 where PyTorch gives NaN.
 
-    The gradient overwrites the logits buffer during the forward (no logits-sized allocation): the
-    logits must not be read again after the loss when training.
+    Memory as Liger's (no logits-sized allocation): the backward writes the gradient over the
+    logits, after the autograd nodes recorded later than the loss have used them, and bumps their
+    version, so that an earlier-recorded use of them raises rather than read a gradient. The logits
+    are intact after the forward; after the backward they hold their gradient (pass
+    ``logits.clone()`` to keep them), except logits owned by a leaf tensor or parameter, which are
+    never written.
     """
 
     def __init__(

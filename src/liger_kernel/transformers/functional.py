@@ -9,6 +9,7 @@ from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.transformers.cross_entropy import CrossEntropyOutput as CrossEntropyOutput  # the peer's path
 from liger_kernel.transformers.cross_entropy import pack_outputs
 
 
@@ -56,8 +57,10 @@ def liger_cross_entropy(
     return_predicted_tokens=False,
 ):
     """``F.cross_entropy`` of logits [BT, V] and labels [BT] plus z-loss, softcap and token accuracy.
-    Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested. The gradient
-    overwrites the logits buffer (see ``LigerCrossEntropyFunction``)."""
+    Returns the loss in the logits' dtype (computed in fp32), or a ``CrossEntropyOutput`` when an
+    extra output is requested; an all-ignored or empty batch gives 0 where PyTorch gives NaN. The
+    backward writes the gradient over the logits unless a leaf owns them (see
+    ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
     outputs = LigerCrossEntropyFunction.apply(
@@ -92,9 +95,13 @@ def liger_fused_linear_cross_entropy(
     use_token_scaling=False,
     return_token_accuracy=False,
     return_predicted_tokens=False,
+    *,
+    loss_dtype=None,
 ):
     """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
-    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested."""
+    logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested.
+    ``loss_dtype``: the dtype of the returned losses, computed in fp32 and cast once (the patched
+    models ask for ``torch.float32``, the loss Hugging Face's upcast logits give)."""
     outputs = LigerFusedLinearCrossEntropyFunction.apply(
         input,
         weight,
@@ -112,4 +119,7 @@ def liger_fused_linear_cross_entropy(
         return_token_accuracy,
         return_predicted_tokens,
     )
+    if loss_dtype is not None:
+        loss, z_loss, *extras = outputs
+        outputs = (loss.to(loss_dtype), None if z_loss is None else z_loss.to(loss_dtype), *extras)
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)

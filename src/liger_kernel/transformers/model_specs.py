@@ -50,6 +50,7 @@ class ModelSpec:
     rope: the module-level RoPE function name.
     moe: whether the forward adds the router load-balancing loss (the module's
         ``load_balancing_loss_func``).
+    note: a sentence for the family's ``apply_liger_kernel_to_*`` docstring.
     """
 
     module: str
@@ -61,11 +62,21 @@ class ModelSpec:
     activation: str = "hidden_act"
     rope: str = "apply_rotary_pos_emb"
     moe: bool = False
+    note: str = ""
 
     @property
     def mlp_flag(self) -> str:
         """The name of the MLP switch in this family's ``apply_liger_kernel_to_*``."""
         return "geglu" if self.mlp_kind == GEGLU else "swiglu"
+
+
+GRANITE_NOTE = (
+    "Granite defaults to the fused loss like every family here, where Liger Kernel 0.8.5 defaults it to "
+    "``cross_entropy=True, fused_linear_cross_entropy=False`` (it has no fused forward for Granite): the generic "
+    "forward divides the hidden states by ``logits_scaling`` before the fused loss, ``(h / s) W^T == (h W^T) / s``, "
+    "so the loss is the stock one without the [B*T, V] logits. Pass ``cross_entropy=True, "
+    "fused_linear_cross_entropy=False`` for the loss on logits."
+)
 
 
 def _hf(name: str) -> str:
@@ -109,7 +120,13 @@ MODEL_SPECS = {
     ),
     "phi3": ModelSpec(_hf("phi3"), "Phi3ForCausalLM", ("Phi3RMSNorm",), LLAMA_NORM, ("Phi3MLP",), PHI3),
     "granite": ModelSpec(
-        _hf("granite"), "GraniteForCausalLM", ("GraniteRMSNorm",), LLAMA_NORM, ("GraniteMLP",), SWIGLU
+        _hf("granite"),
+        "GraniteForCausalLM",
+        ("GraniteRMSNorm",),
+        LLAMA_NORM,
+        ("GraniteMLP",),
+        SWIGLU,
+        note=GRANITE_NOTE,
     ),
     "olmo2": ModelSpec(_hf("olmo2"), "Olmo2ForCausalLM", ("Olmo2RMSNorm",), OLMO2_NORM, ("Olmo2MLP",), SWIGLU),
     "smollm3": ModelSpec(

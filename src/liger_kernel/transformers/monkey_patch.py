@@ -6,11 +6,17 @@ and gives the causal-LM class the generic forward, whose loss is the fused linea
 cross-entropy. With ``model=`` it also converts that model's norm and MLP modules in place,
 keeping their parameters. ``revert_liger_kernel_to_<model>()`` undoes both. Every swapped
 symbol's original is kept in ``_ORIGINALS``, the one place a revert reads from.
+
+A patch is all or nothing: the arguments are checked before anything changes, and a step that
+fails undoes the steps before it, so a failed call leaves the modeling module and the model as
+they were.
 """
 
+import contextlib
 import importlib
 import inspect
 import logging
+import textwrap
 
 import torch
 import torch.nn as nn
@@ -38,10 +44,39 @@ _MLP_ACTIVATIONS = {SWIGLU: SILU_NAMES, PHI3: SILU_NAMES, GEGLU: ("gelu_pytorch_
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
 
-def _swap(owner, name, value):
+def _set_or_delete(owner, name, value):
+    if value is _MISSING:
+        delattr(owner, name)
+    else:
+        setattr(owner, name, value)
+
+
+@contextlib.contextmanager
+def _all_or_nothing():
+    """Yields a list for undo steps; if the block raises, they run newest first and the error
+    propagates."""
+    undo = []
+    try:
+        yield undo
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+
+
+def _swap(owner, name, value, undo):
     """Set ``owner.name = value``, remembering the owner's own original the first time."""
-    _ORIGINALS.setdefault((owner, name), vars(owner).get(name, _MISSING))
+    key, previous = (owner, name), vars(owner).get(name, _MISSING)
+    first = key not in _ORIGINALS
+    _ORIGINALS.setdefault(key, previous)
     setattr(owner, name, value)
+
+    def back():
+        _set_or_delete(owner, name, previous)
+        if first:
+            del _ORIGINALS[key]
+
+    undo.append(back)
 
 
 def _original(owner, name):
@@ -51,11 +86,7 @@ def _original(owner, name):
 
 def _restore(owners):
     for owner, name in [key for key in _ORIGINALS if key[0] in owners]:
-        value = _ORIGINALS.pop((owner, name))
-        if value is _MISSING:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, value)
+        _set_or_delete(owner, name, _ORIGINALS.pop((owner, name)))
 
 
 def _mlp_supported(spec, config) -> bool:
@@ -114,18 +145,26 @@ def _mlp_adapter(spec, modeling, name):
     return _ADAPTERS[key]
 
 
-def _convert(module, adapter, *args):
+def _convert(module, adapter, undo, *args):
     """Turn ``module`` into an ``adapter`` in place: same object, same Parameters and hooks.
     A meta-device instance supplies the plain attributes the Liger forward reads."""
     with torch.device("meta"):
         fresh = adapter(*args)
-    for key, value in vars(fresh).items():
-        if key not in _MODULE_INTERNALS:
-            setattr(module, key, value)
+    new = {key: value for key, value in vars(fresh).items() if key not in _MODULE_INTERNALS}
+    previous, cls = {key: vars(module).get(key, _MISSING) for key in new}, type(module)
+    for key, value in new.items():
+        setattr(module, key, value)
     module.__class__ = adapter
 
+    def back():
+        module.__class__ = cls
+        for key, value in previous.items():
+            _set_or_delete(module, key, value)
 
-def _patch_instance(model, spec, modeling, rms_norm, mlp):
+    undo.append(back)
+
+
+def _patch_instance(model, spec, modeling, rms_norm, mlp, undo):
     """Convert the model's stock norms and MLPs; returns counts and the reasons for what was left."""
     norms = {_original(modeling, n): n for n in spec.norms} if rms_norm else {}
     mlps = {_original(modeling, n): n for n in spec.mlps} if mlp else {}
@@ -135,44 +174,66 @@ def _patch_instance(model, spec, modeling, rms_norm, mlp):
         cls = type(module)
         if cls in norms:
             eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-            _convert(module, _norm_adapter(spec, modeling, norms[cls]), module.weight.shape[0], eps)
+            _convert(module, _norm_adapter(spec, modeling, norms[cls]), undo, module.weight.shape[0], eps)
             done["rms_norm"] += 1
         elif cls in mlps:
             if not _mlp_supported(spec, module.config):
                 kept.append(f"{path} ({cls.__name__}: config not reproducible by the {spec.mlp_kind} kernel)")
                 continue
             args = (module.config, module.down_proj.in_features) if spec.mlp_kind == SWIGLU else (module.config,)
-            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), *args)
+            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), undo, *args)
             done["mlp"] += 1
     return done, kept
 
 
-def _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, mlp, model):
-    if cross_entropy and fused_linear_cross_entropy:
+def _check_arguments(flags, model):
+    """Every flag a bool (None counts as off: integrators pass their unset options), ``model`` a
+    module or None, and at most one of the two losses: checked before anything is patched."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be the torch.nn.Module to patch in place (a Hugging Face model or a PEFT wrapper) "
+            f"or None, got {type(model).__name__}. Pass model=<your model>, or no model to patch the classes only."
+        )
+    if flags["cross_entropy"] and flags["fused_linear_cross_entropy"]:
         raise ValueError(
             "cross_entropy and fused_linear_cross_entropy cannot both be True: the fused linear "
             "cross-entropy already computes the loss without logits. Pass only one of them."
         )
+
+
+def _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, mlp):
     spec = MODEL_SPECS[model_type]
+    flags = {
+        "rope": rope,
+        "cross_entropy": cross_entropy,
+        "fused_linear_cross_entropy": fused_linear_cross_entropy,
+        "rms_norm": rms_norm,
+        spec.mlp_flag: mlp,
+    }
+    _check_arguments(flags, model)
     modeling = importlib.import_module(spec.module)
     causal_lm = getattr(modeling, spec.causal_lm)
-    if rope:
-        _swap(modeling, spec.rope, liger_rotary_pos_emb)
-    if rms_norm:
-        for name in spec.norms:
-            _swap(modeling, name, _norm_adapter(spec, modeling, name))
-    if mlp:
-        for name in spec.mlps:
-            _swap(modeling, name, _mlp_adapter(spec, modeling, name))
-    if cross_entropy:
-        # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
-        # attribute hooks this family only, leaving transformers' shared loss functions alone.
-        _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy))
-    if fused_linear_cross_entropy:
-        _swap(causal_lm, "forward", causal_lm_forward)
-    if model is not None:
-        done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp)
-        logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+    with _all_or_nothing() as undo:
+        if rope:
+            _swap(modeling, spec.rope, liger_rotary_pos_emb, undo)
+        if rms_norm:
+            for name in spec.norms:
+                _swap(modeling, name, _norm_adapter(spec, modeling, name), undo)
+        if mlp:
+            for name in spec.mlps:
+                _swap(modeling, name, _mlp_adapter(spec, modeling, name), undo)
+        if cross_entropy:
+            # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
+            # attribute hooks this family only, leaving transformers' shared loss functions alone.
+            _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
+        if fused_linear_cross_entropy:
+            _swap(causal_lm, "forward", causal_lm_forward, undo)
+        if model is not None:
+            done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp, undo)
+            logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
 
 
 def _revert(model_type, model):
@@ -193,15 +254,16 @@ def _make_apply(model_type):
         def apply(
             rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None
         ):
-            _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, geglu, model)
+            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, geglu)
 
     else:
 
         def apply(
             rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None
         ):
-            _apply(model_type, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu, model)
+            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu)
 
+    note = "\n\n" + textwrap.fill(spec.note, 100, initial_indent="    ", subsequent_indent="    ") if spec.note else ""
     apply.__doc__ = f"""Patch {spec.module} with Liger kernels.
 
     rope: RoPE kernel for ``{spec.rope}``. cross_entropy: Liger cross-entropy as the loss on
@@ -209,6 +271,7 @@ def _make_apply(model_type):
     never materializes logits (exclusive with ``cross_entropy``). rms_norm: {", ".join(spec.norms)}.
     {spec.mlp_flag}: {", ".join(spec.mlps) or "nothing (the MoE experts stay stock)"}.
     model: an already-built model (PEFT-wrapped too) to convert in place, keeping its weights.
+    Flags are bools (None is off); a bad argument raises before anything is patched.{note}
     """
     return apply
 
@@ -234,8 +297,26 @@ for _model_type in MODEL_SPECS:
     MODEL_TYPE_TO_APPLY_LIGER_FN[_model_type] = globals()[f"apply_liger_kernel_to_{_model_type}"]
 
 
+def _name(fn):
+    """A patch function's name for the log; any callable may sit in the table (a Mock in a test)."""
+    return getattr(fn, "__name__", repr(fn))
+
+
+def _parameters(fn):
+    """``fn``'s parameters by name, or None when it takes any keyword (``**kwargs``, or a callable
+    without a readable signature, such as a Mock)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return None
+    return None if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else params
+
+
 def _accepted(fn, kwargs):
-    params = inspect.signature(fn).parameters
+    """The keyword arguments ``fn`` takes, and the names of the rest."""
+    params = _parameters(fn)
+    if params is None:
+        return dict(kwargs), []
     return {k: v for k, v in kwargs.items() if k in params}, sorted(set(kwargs) - set(params))
 
 
@@ -247,7 +328,7 @@ def _apply_liger_kernel(model_type: str, **kwargs) -> None:
         return
     accepted, ignored = _accepted(fn, kwargs)
     if ignored:
-        logger.info("%s ignores %s", fn.__name__, ignored)
+        logger.info("%s ignores %s", _name(fn), ignored)
     fn(**accepted)
 
 
@@ -262,5 +343,5 @@ def _apply_liger_kernel_to_instance(model, **kwargs) -> None:
     accepted, ignored = _accepted(fn, kwargs)
     accepted.pop("model", None)
     if ignored:
-        logger.info("%s ignores %s", fn.__name__, ignored)
+        logger.info("%s ignores %s", _name(fn), ignored)
     fn(model=model, **accepted)

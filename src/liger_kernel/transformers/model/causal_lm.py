@@ -8,17 +8,18 @@ Gemma's ``final_logit_softcapping``) or from the family's table entry (the MoE a
 """
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOutputWithPast
-from transformers.utils import can_return_tuple
 
+from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped
 from liger_kernel.transformers.model.loss_utils import (
     LigerForCausalLMLoss,
     logits_extras,
     shifted_targets,
     token_scaled_loss,
+    unpack_cross_entropy_result,
 )
 from liger_kernel.transformers.model_specs import MODEL_SPECS
 
@@ -29,6 +30,13 @@ except ImportError:
     def slice_logits_to_keep(hidden_states, logits_to_keep):
         index = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return hidden_states[:, index, :]
+
+
+# The KV cache's name in the running transformers: ``cache`` since 5.2x (``past_key_values`` is then
+# deprecated, with a FutureWarning on every call), ``past_key_values`` before.
+CACHE_ARG = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+# Arguments of the peer's per-family forwards that the decoder reads from its kwargs when given.
+_DECODER_OPTIONS = ("output_attentions", "output_hidden_states", "cache_position")
 
 
 @dataclass
@@ -47,7 +55,27 @@ class LigerMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
     predicted_tokens: torch.LongTensor | None = None
 
 
-@can_return_tuple
+def _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs):
+    return LigerForCausalLMLoss(
+        hidden_states, lm_head.weight, labels, hidden_size, shift_labels=shift_labels, bias=lm_head.bias, **loss_kwargs
+    )
+
+
+def lce_maybe_trainable_lm_head(self, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs):
+    """The fused loss (``LigerForCausalLMLoss``) of ``hidden_states`` through ``self.lm_head``.
+
+    An FSDP-wrapped head holds only a shard of its weight outside its forward: the loss then runs
+    as that forward (``_FSDPForwardRedirection``). A PEFT ``modules_to_save`` head exposes its
+    trainable copy's ``weight`` and ``bias`` itself.
+    """
+    lm_head = self.lm_head
+    if is_fsdp_wrapped(lm_head):
+        return _FSDPForwardRedirection()(
+            lm_head, _head_loss, lm_head.module, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs
+        )
+    return _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs)
+
+
 def causal_lm_forward(
     self,
     input_ids=None,
@@ -57,7 +85,11 @@ def causal_lm_forward(
     inputs_embeds=None,
     labels=None,
     use_cache=None,
+    output_attentions=None,
+    output_hidden_states=None,
     output_router_logits=None,
+    return_dict=None,
+    cache_position=None,
     logits_to_keep=0,
     skip_logits=None,
     return_token_accuracy=False,
@@ -75,10 +107,20 @@ def causal_lm_forward(
     ``shift_labels`` (targets already shifted, [B, T]), ``num_items_in_batch`` (the loss is a sum
     divided by it) and ``ignore_index`` from them. MoE families (Mixtral, Qwen3-MoE) add
     ``router_aux_loss_coef`` times the load-balancing loss when ``output_router_logits``.
+    The KV cache comes as ``past_key_values`` or ``cache`` and goes to the decoder under the name
+    the running transformers uses. ``output_attentions``, ``output_hidden_states`` and
+    ``cache_position`` (the peer's per-family forwards take them) reach the decoder when given;
+    ``return_dict=False`` (or the config's) returns a tuple.
     """
     spec = MODEL_SPECS.get(self.config.model_type)
     moe = spec is not None and spec.moe
+    cache = kwargs.pop("cache", None)
+    if past_key_values is not None and cache is not None:
+        raise ValueError("Got both past_key_values and cache: they are one KV cache, pass one of them.")
     model_kwargs = dict(kwargs)
+    model_kwargs[CACHE_ARG] = cache if past_key_values is None else past_key_values
+    given = zip(_DECODER_OPTIONS, (output_attentions, output_hidden_states, cache_position))
+    model_kwargs.update((name, value) for name, value in given if value is not None)
     if moe:
         if output_router_logits is None:
             output_router_logits = self.config.output_router_logits
@@ -87,7 +129,6 @@ def causal_lm_forward(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
         inputs_embeds=inputs_embeds,
         use_cache=use_cache,
         **model_kwargs,
@@ -109,24 +150,20 @@ def causal_lm_forward(
     if skip_logits:
         if scaling is not None:
             hidden_states = hidden_states / scaling  # (h / s) W^T == (h W^T) / s
-        result = LigerForCausalLMLoss(
+        result = lce_maybe_trainable_lm_head(
+            self,
             hidden_states,
-            self.lm_head.weight,
-            labels,
             hidden_states.shape[-1],
+            labels,
+            shift_labels,
             num_items_in_batch=num_items_in_batch,
             ignore_index=ignore_index,
-            shift_labels=shift_labels,
             final_logit_softcapping=softcap,
             return_token_accuracy=return_token_accuracy,
             return_predicted_tokens=return_predicted_tokens,
             use_token_scaling=use_token_scaling,
-            bias=self.lm_head.bias,
         )
-        if return_token_accuracy or return_predicted_tokens:
-            loss, token_accuracy, predicted_tokens = result.loss, result.token_accuracy, result.predicted_tokens
-        else:
-            loss = result
+        loss, _, token_accuracy, predicted_tokens = unpack_cross_entropy_result(result)
     else:
         logits = self.lm_head(hidden_states)
         if scaling is not None:
@@ -146,18 +183,22 @@ def causal_lm_forward(
     common = {
         "loss": loss,
         "logits": logits,
-        "past_key_values": outputs.past_key_values,
+        CACHE_ARG: getattr(outputs, CACHE_ARG),
         "hidden_states": outputs.hidden_states,
         "attentions": outputs.attentions,
         "token_accuracy": token_accuracy,
         "predicted_tokens": predicted_tokens,
     }
     if not moe:
-        return LigerCausalLMOutputWithPast(**common)
-    aux_loss = None
-    if output_router_logits:
-        balance = importlib.import_module(spec.module).load_balancing_loss_func
-        aux_loss = balance(outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
-        if loss is not None:
-            common["loss"] = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
-    return LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=outputs.router_logits, **common)
+        output = LigerCausalLMOutputWithPast(**common)
+    else:
+        aux_loss = None
+        if output_router_logits:
+            balance = importlib.import_module(spec.module).load_balancing_loss_func
+            aux_loss = balance(outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
+            if loss is not None:
+                common["loss"] = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
+        output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=outputs.router_logits, **common)
+    if return_dict is None:
+        return_dict = getattr(self.config, "return_dict", True)
+    return output if return_dict else output.to_tuple()

@@ -5,13 +5,23 @@ Both follow Hugging Face's ``ForCausalLMLoss`` conventions: labels are shifted l
 (padding the end with ``ignore_index``) unless ``shift_labels`` is given, and with
 ``num_items_in_batch`` the loss is a sum divided by it, so that gradient accumulation over
 micro-batches equals one big batch exactly.
+
+Both go through the public functionals, looked up in ``liger_kernel.transformers.functional``
+at each call: integrators wrap them there (Axolotl's ``liger_use_token_scaling`` replaces
+``liger_fused_linear_cross_entropy`` with one that forces ``use_token_scaling=True``), so every
+option is passed by keyword. The loss is fp32 (fp64 for fp64 inputs), as Hugging Face's upcast
+logits give it: the fused loss is asked for it with ``loss_dtype``, a keyword that Axolotl's
+replacement (``*args, **kwargs``) passes on.
 """
 
 import torch
 import torch.nn.functional as F
 
-from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
-from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+from liger_kernel.transformers import functional
+from liger_kernel.transformers.cross_entropy import CrossEntropyOutput
+
+# Options of the fused loss that ``fixed_fused_linear_cross_entropy`` takes from a caller's kwargs.
+_FUSED_OPTIONS = ("bias", "ce_weight", "lse_square_scale", "label_smoothing", "use_token_scaling")
 
 
 def shifted_targets(labels, shift_labels=None, ignore_index=-100):
@@ -27,6 +37,53 @@ def _divide(loss, num_items_in_batch):
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+def unpack_cross_entropy_result(result):
+    """``(loss, z_loss, token_accuracy, predicted_tokens)`` from what a Liger loss returned: the
+    loss tensor alone, or a ``CrossEntropyOutput``."""
+    if isinstance(result, CrossEntropyOutput):
+        return result.loss, result.z_loss, result.token_accuracy, result.predicted_tokens
+    return result, None, None, None
+
+
+def fixed_fused_linear_cross_entropy(
+    hidden_states,
+    lm_head_weight,
+    target,
+    num_items_in_batch=None,
+    ignore_index=-100,
+    final_logit_softcapping=None,
+    accum_dtype=None,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+    **kwargs,
+):
+    """The fused linear cross-entropy of hidden states [BT, H] and ``lm_head_weight`` [V, H]
+    against already shifted targets [BT], with Hugging Face's reduction: the mean over
+    non-ignored tokens, or the sum divided by ``num_items_in_batch``. ``kwargs`` may carry
+    ``bias``, ``ce_weight``, ``lse_square_scale``, ``label_smoothing`` and ``use_token_scaling``;
+    others are ignored, so a caller may pass its whole ``**kwargs``. Returns the loss (fp32 at
+    least), or a ``CrossEntropyOutput`` when an extra output is requested."""
+    options = {name: kwargs[name] for name in _FUSED_OPTIONS if name in kwargs}
+    result = functional.liger_fused_linear_cross_entropy(
+        hidden_states,
+        lm_head_weight,
+        target,
+        ignore_index=ignore_index,
+        reduction="sum" if num_items_in_batch is not None else "mean",
+        softcap=final_logit_softcapping,
+        accum_dtype=accum_dtype,
+        return_token_accuracy=return_token_accuracy,
+        return_predicted_tokens=return_predicted_tokens,
+        loss_dtype=torch.promote_types(hidden_states.dtype, torch.float32),
+        **options,
+    )
+    loss, z_loss, token_accuracy, predicted_tokens = unpack_cross_entropy_result(result)
+    loss = _divide(loss, num_items_in_batch)
+    if not (return_token_accuracy or return_predicted_tokens):
+        return loss
+    return CrossEntropyOutput(loss, z_loss, token_accuracy, predicted_tokens)
 
 
 def LigerForCausalLMLoss(
@@ -52,41 +109,37 @@ def LigerForCausalLMLoss(
     (loss, z_loss, token_accuracy, predicted_tokens) when an extra output is requested.
     """
     target = shifted_targets(labels, shift_labels, ignore_index).to(hidden_states.device)
-    loss, z_loss, token_accuracy, predicted_tokens = LigerFusedLinearCrossEntropyFunction.apply(
+    return fixed_fused_linear_cross_entropy(
         hidden_states.reshape(-1, hidden_size),
         lm_head_weight,
         target,
-        kwargs.get("bias"),
-        None,
+        num_items_in_batch,
         ignore_index,
-        kwargs.get("lse_square_scale", 0.0),
-        kwargs.get("label_smoothing", 0.0),
-        "sum" if num_items_in_batch is not None else "mean",
         final_logit_softcapping,
-        False,
-        kwargs.get("accum_dtype"),
-        kwargs.get("use_token_scaling", False),
+        kwargs.pop("accum_dtype", None),
         return_token_accuracy,
         return_predicted_tokens,
+        **kwargs,
     )
-    loss = _divide(loss, num_items_in_batch)
-    if not (return_token_accuracy or return_predicted_tokens):
-        return loss
-    from liger_kernel.transformers.cross_entropy import CrossEntropyOutput
-
-    return CrossEntropyOutput(loss, z_loss, token_accuracy, predicted_tokens)
 
 
 def liger_causal_lm_cross_entropy(
     logits, labels, vocab_size, num_items_in_batch=None, ignore_index=-100, shift_labels=None, **kwargs
 ):
     """Drop-in for Hugging Face's ``ForCausalLMLoss`` on logits [B, T, V], running the
-    cross-entropy kernel (no fp32 copy of the logits)."""
+    cross-entropy kernel on an fp32 copy of the logits, as Hugging Face does: the kernel may
+    use its input's buffer for the gradient, and the caller's logits (returned to the user)
+    must stay intact. For bf16 logits the copy is the upcast Hugging Face makes anyway."""
+    scratch = logits.float()
+    if scratch is logits:
+        scratch = logits.clone()
     target = shifted_targets(labels, shift_labels, ignore_index).to(logits.device)
-    reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = LigerCrossEntropyFunction.apply(
-        logits.reshape(-1, vocab_size), target, None, ignore_index, 0.0, 0.0, reduction
-    )[0]
+    loss = functional.liger_cross_entropy(
+        scratch.reshape(-1, vocab_size),
+        target,
+        ignore_index=ignore_index,
+        reduction="sum" if num_items_in_batch is not None else "mean",
+    )
     return _divide(loss, num_items_in_batch)
 
 

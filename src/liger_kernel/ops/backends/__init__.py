@@ -1,0 +1,1 @@
+"""Implementation selection: which code path the ops run (``registry``)."""

@@ -1,0 +1,50 @@
+"""Running a fused op on a module whose parameters FSDP shards.
+
+Outside its forward, an FSDP-wrapped ``lm_head`` holds only this rank's shard of its weight, so
+a fused loss cannot read ``lm_head.weight`` directly. ``_FSDPForwardRedirection`` runs the op
+as that module's forward: FSDP gathers the full parameters before it, frees them after, and
+hooks the op's output so the backward sees them gathered again and reduce-scatters their
+gradients.
+"""
+
+import sys
+
+
+def is_fsdp_wrapped(module) -> bool:
+    """Whether ``module`` is a ``FullyShardedDataParallel`` wrapper (none can exist before
+    ``torch.distributed.fsdp`` is imported, so this imports nothing)."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(module, fsdp.FullyShardedDataParallel)
+
+
+class _FSDPForwardRedirection:
+    """``_FSDPForwardRedirection()(wrapper_module, method, *args, **kwargs)`` returns
+    ``method(*args, **kwargs)``, computed inside ``wrapper_module``'s forward.
+
+    The module that FSDP's forward calls (``wrapper_module._fsdp_wrapped_module``, or the module
+    itself when it is not an FSDP wrapper) has its ``forward`` replaced for this one call; the
+    call goes through ``wrapper_module(*args, **kwargs)``, so FSDP's pre- and post-forward work
+    (gathering, input casting, backward hooks) and any module hooks run around ``method``. The
+    original ``forward`` is back before ``method`` runs and after any failure. Unwrapped, the
+    result is ``method(*args, **kwargs)`` with the module's hooks run.
+    """
+
+    def __call__(self, wrapper_module, method, *args, **kwargs):
+        inner = getattr(wrapper_module, "_fsdp_wrapped_module", wrapper_module)
+        own_forward = inner.__dict__.get("forward")
+
+        def restore():
+            if own_forward is None:
+                inner.__dict__.pop("forward", None)
+            else:
+                inner.forward = own_forward
+
+        def redirected_forward(*method_args, **method_kwargs):
+            restore()
+            return method(*method_args, **method_kwargs)
+
+        inner.forward = redirected_forward
+        try:
+            return wrapper_module(*args, **kwargs)
+        finally:
+            restore()
