@@ -196,8 +196,8 @@ class Rope(Op):
 class _Gated(Op):
     extra_providers = ("ours_out",)
     notes = {
-        "ours": "in_place=True, as our MLP modules call it (gradients overwrite a and b)",
-        "ours_out": "in_place=False (the functional's default): fresh da, db",
+        "ours": "Function defaults (a, b are leaves here: never overwritten, so da, db are new tensors)",
+        "ours_out": "in_place=False: fresh da, db",
     }
 
     def sweeps(self, level):
@@ -225,8 +225,16 @@ class _Gated(Op):
             import liger_kernel.ops.geglu as geglu
             import liger_kernel.ops.swiglu as swiglu
 
-            fn = swiglu.LigerSiLUMulFunction if self.name == "swiglu" else geglu.LigerGELUMulFunction
-            return lambda a, b: fn.apply(a, b, True)
+            if self.name == "swiglu":
+                return lambda a, b: swiglu.LigerSiLUMulFunction.apply(a, b)
+            return lambda a, b: geglu.LigerGELUMulFunction.apply(a, b)
+        if provider == "ours_out":
+            from liger_kernel.ops.geglu import LigerGELUMulFunction
+            from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+
+            if self.name == "swiglu":
+                return lambda a, b: LigerSiLUMulFunction.apply(a, b, 1.0, 1.0, False)
+            return lambda a, b: LigerGELUMulFunction.apply(a, b, False)
         from liger_kernel.transformers.functional import liger_geglu, liger_swiglu
 
         return liger_swiglu if self.name == "swiglu" else liger_geglu
@@ -285,10 +293,10 @@ class CrossEntropy(Op):
 class FusedLinearCrossEntropy(Op):
     name = "fused_linear_cross_entropy"
     title = "Fused linear cross-entropy: loss of x [N,H] @ W[V,H].T without logits (bf16, mean)"
-    extra_providers = ("ours_fp32", "cce")
+    extra_providers = ("ours_fast", "cce")
     notes = {
-        "ours": "accum_dtype=torch.bfloat16: the weight's dtype, as Liger 0.8.5 accumulates by default",
-        "ours_fp32": "accum_dtype=None: our default, fp32 accumulation for bf16 weights",
+        "ours": "defaults: exact (every gradient one fp32 accumulator rounded once), 8NHV",
+        "ours_fast": "accum_dtype=torch.bfloat16: the fast token-chunk path, accumulating in bf16 as Liger 0.8.5",
         "eager": "HF: logits = x @ W.T; F.cross_entropy(logits.float(), target)",
         "cce": "Apple cut-cross-entropy 25.1.1 linear_cross_entropy, defaults",
     }
@@ -331,7 +339,7 @@ class FusedLinearCrossEntropy(Op):
 
         if provider == "liger085":
             return lambda x, w, target: first(flce(x, w, target))
-        accum = None if provider == "ours_fp32" else torch.bfloat16  # all cases are bf16
+        accum = torch.bfloat16 if provider == "ours_fast" else None  # all cases are bf16
         return lambda x, w, target: first(flce(x, w, target, accum_dtype=accum))
 
     def cce(self, p):

@@ -10,7 +10,7 @@ from pathlib import Path
 LABELS = {
     "ours": "ours",
     "ours_out": "ours (in_place=False)",
-    "ours_fp32": "ours (default: accum fp32)",
+    "ours_fast": "ours (fast: accum bf16)",
     "liger085": "Liger 0.8.5",
     "cce": "Apple CCE 25.1.1",
     "compile": "torch.compile",
@@ -19,7 +19,7 @@ LABELS = {
 COLORS = {
     "ours": "tab:red",
     "ours_out": "tab:pink",
-    "ours_fp32": "tab:orange",
+    "ours_fast": "tab:orange",
     "liger085": "tab:blue",
     "cce": "tab:purple",
     "compile": "tab:green",

@@ -7,8 +7,10 @@ from test_cross_entropy import torch_ce
 from liger_kernel.ops import fused_linear_cross_entropy as flce_ops
 from liger_kernel.ops.fused_linear_cross_entropy import (
     LigerFusedLinearCrossEntropyFunction,
-    chunk_rows,
+    fused_linear_cross_entropy_backward,
+    fused_linear_cross_entropy_forward,
     fused_linear_cross_entropy_reference,
+    split_size,
 )
 from liger_kernel.transformers import CrossEntropyOutput, LigerFusedLinearCrossEntropyLoss
 from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
@@ -22,10 +24,12 @@ SHAPES = sizes(
 )
 OPTION_SHAPE = sizes(cpu=(29, 24, 300), gpu=(1536, 1024, 32000))
 
+MODES = ("exact", "fast")  # ce_mode: the default vocabulary-tiled path, the token-chunk path
+
 CASES = {
     "bias": dict(bias=True),
-    "bias+accum fp32": dict(bias=True, accum_dtype=torch.float32),
-    "accum bf16 (one chunk)": dict(accum_dtype=torch.bfloat16, one_chunk=True),
+    "bias+accum fp32": dict(bias=True, accum_dtype=torch.float32, mode="fast"),
+    "accum bf16 (one chunk)": dict(accum_dtype=torch.bfloat16, one_chunk=True, mode="fast"),
     "weight+smoothing+ignore": dict(ce_weight=True, label_smoothing=0.2, ignore=True),
     "softcap+z-loss": dict(softcap=4.0, lse_square_scale=1e-2, ignore=True),
     "token scaling": dict(use_token_scaling=True, ignore=True),
@@ -80,19 +84,30 @@ def make_case(n, h, v, dtype, case, seed=0):
     return x, w, b, y, opts, cw
 
 
-def liger(x, w, y, b, opts, ce_weight=None, accum_dtype=None, use_token_scaling=False, z=False, acc=False, pred=False):
+def liger(
+    x, w, y, b, opts, ce_weight=None, accum_dtype=None, use_token_scaling=False, z=False, acc=False, pred=False,
+    mode=None,
+):  # fmt: skip
     return LigerFusedLinearCrossEntropyFunction.apply(
-        x, w, y, b, ce_weight, *[opts[k] for k in CE_NAMES], z, accum_dtype, use_token_scaling, acc, pred
+        x, w, y, b, ce_weight, *[opts[k] for k in CE_NAMES], z, accum_dtype, use_token_scaling, acc, pred, None, mode
     )
 
 
-def small_chunks(monkeypatch, n_cols, rows=8):
-    """On the CPU, a budget of a few rows so that every test runs several chunks and a remainder."""
+def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None):
+    """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns."""
+    monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
+    monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4)
+    monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4)
+
+
+def small_chunks(monkeypatch, n_cols, rows=8, n_rows=32):
+    """On the CPU, budgets of a few rows (and a few vocabulary tiles) so that every test runs
+    several chunks and tiles, each path with a remainder."""
     if not ON_GPU:
-        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
+        set_budgets(monkeypatch, n_rows, n_cols, rows, cols=max(n_cols // 5, 1))
 
 
-def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_scaling=False, grad_out=None):
+def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_scaling=False, grad_out=None, mode=None):
     x64, w64, b64 = as64(x, w, b)
     cw64 = None if cw is None else cw.double()
     ref, ref_z = torch_flce(x64, w64, y, b64, opts, cw64, use_token_scaling)
@@ -103,9 +118,9 @@ def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_s
     base, base_z = torch_flce(xt, wt, y, bt, opts, cw, use_token_scaling)
     base.backward(grad_out.to(base.dtype))
 
-    loss, z_loss, _, _ = liger(x, w, y, b, opts, cw, accum_dtype, use_token_scaling, z=True)
+    loss, z_loss, _, _ = liger(x, w, y, b, opts, cw, accum_dtype, use_token_scaling, z=True, mode=mode)
     loss.backward(grad_out.to(loss.dtype))
-    assert loss.dtype == torch.float32
+    assert loss.dtype == z_loss.dtype == x.dtype  # as F.cross_entropy(F.linear(x, w, b), y)
     assert_matches("loss", loss, ref.detach(), base.detach())
     assert_matches("z_loss", z_loss, ref_z.detach(), base_z.detach())
     assert_matches("grad x", x.grad, x64.grad, xt.grad)
@@ -116,56 +131,64 @@ def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_s
         assert b.grad.dtype == b.dtype
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_parity(monkeypatch, shape, dtype):
-    small_chunks(monkeypatch, shape[2])
+def test_parity(monkeypatch, shape, dtype, mode):
+    small_chunks(monkeypatch, shape[2], n_rows=shape[0])
     x, w, b, y, opts, _ = make_case(*shape, dtype, {})
-    check_against_torch(x, w, b, y, opts)
+    check_against_torch(x, w, b, y, opts, mode=mode)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_options(monkeypatch, case, dtype):
+def test_options(monkeypatch, case, dtype, mode):
     spec = CASES[case]
+    if spec.get("mode", mode) != mode:
+        pytest.skip("an accum_dtype case is for the fast path")
     if spec.get("accum_dtype") == torch.bfloat16 and dtype != torch.bfloat16:
         pytest.skip("bf16 accumulation is for bf16 weights")
     if not spec.get("one_chunk"):
-        small_chunks(monkeypatch, OPTION_SHAPE[2])
+        small_chunks(monkeypatch, OPTION_SHAPE[2], n_rows=OPTION_SHAPE[0])
     x, w, b, y, opts, cw = make_case(*OPTION_SHAPE, dtype, spec)
     grad_out = randn(OPTION_SHAPE[0]) if opts["reduction"] == "none" else None
     check_against_torch(
-        x, w, b, y, opts, cw, spec.get("accum_dtype"), spec.get("use_token_scaling", False), grad_out=grad_out
+        x, w, b, y, opts, cw, spec.get("accum_dtype"), spec.get("use_token_scaling", False), grad_out, mode
     )
 
 
-def test_chunk_count_does_not_change_the_result(monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_chunk_count_does_not_change_the_result(monkeypatch, mode):
     x, w, b, y, opts, cw = make_case(37, 24, 1000, torch.float32, CASES["none+everything"] | {"reduction": "sum"})
     opts["reduction"] = "sum"
     results = []
-    for rows in (1000, 16, 5):
-        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * 1000 * 4)
+    for rows, cols in ((1000, 1000), (16, 128), (5, 333)):
+        set_budgets(monkeypatch, 37, 1000, rows, cols)
         xs, ws, bs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
-        loss = liger(xs, ws, y, bs, opts, cw)[0]
+        loss = liger(xs, ws, y, bs, opts, cw, mode=mode)[0]
         loss.backward()
         results.append([loss, xs.grad, ws.grad, bs.grad])
     for other in results[1:]:
         for a, c in zip(results[0], other):
-            torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
 
 
-def test_chunk_rows_follow_the_budget(monkeypatch):
-    monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", 448 * 2**20)
-    assert chunk_rows(8192, 128256, 2) == 1664  # 5 near-equal chunks of 427 MB, not 31 of V/H rows
-    assert chunk_rows(1000, 128256, 2) == 1000  # small batches: one chunk
+def test_split_size_follows_the_budget():
+    budget = 448 * 2**20
+    assert split_size(8192, 128256 * 2, budget) == 1664  # 5 near-equal chunks of 427 MB, not 31 of V/H rows
+    assert split_size(1000, 128256 * 2, budget) == 1000  # small batches: one chunk
     for n, v, size in [(8192, 128256, 2), (16384, 256000, 2), (32768, 32000, 4), (7, 50, 2)]:
-        rows = chunk_rows(n, v, size)
-        assert rows * v * size <= flce_ops.CHUNK_BUDGET_BYTES and rows % 128 == 0 or rows == n
-    monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", 10)  # budget below one row: one row per chunk
-    assert chunk_rows(5, 1000, 2) == 1
+        rows = split_size(n, v * size, budget)
+        assert rows * v * size <= budget and rows % 128 == 0 or rows == n
+    assert split_size(5, 1000 * 2, 10) == 1  # budget below one row: one row per chunk
+    # The exact path's defaults at N=8192, H=4096, V=128256 bf16 (fp32 logits, dlogits over them):
+    # 2048-token chunks in the forward, 2048-column tiles in the backward (64 MiB).
+    assert split_size(8192, 128256 * 4, flce_ops.EXACT_ROWS_BUDGET_BYTES) == 2048
+    assert split_size(128256, 8192 * 4, flce_ops.EXACT_TILE_BUDGET_BYTES) == 2048
 
 
-@pytest.mark.parametrize("impl", ["kernel", "torch"])
+@pytest.mark.parametrize("impl", ["exact", "fast", "torch"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
     if impl == "torch":
@@ -175,7 +198,7 @@ def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
     y.fill_(-100)
     out = liger_fused_linear_cross_entropy(
         x, w, y, b, ce_weight=torch.rand(37, device=DEVICE), label_smoothing=0.1, lse_square_scale=1e-3,
-        reduction=reduction, return_token_accuracy=True,
+        reduction=reduction, return_token_accuracy=True, accum_dtype=torch.float32 if impl == "fast" else None,
     )  # fmt: skip
     out.loss.sum().backward()
     assert torch.equal(out.loss, torch.zeros_like(out.loss)) and out.token_accuracy.item() == 0.0
@@ -183,7 +206,7 @@ def test_all_ignored_gives_zero_not_nan(monkeypatch, impl, reduction):
         assert torch.equal(g, torch.zeros_like(g))
 
 
-@pytest.mark.parametrize("impl", ["kernel", "torch"])
+@pytest.mark.parametrize("impl", ["exact", "fast", "torch"])
 def test_out_of_range_label_is_an_error(monkeypatch, impl):
     monkeypatch.setenv("LIGER_KERNEL_CHECK_LABELS", "sync")  # a GPU would otherwise assert asynchronously
     if impl == "torch":
@@ -191,7 +214,7 @@ def test_out_of_range_label_is_an_error(monkeypatch, impl):
     x, w, _, y, _, _ = make_case(9, 16, 37, torch.float32, {})
     y[4] = 37
     with pytest.raises(ValueError, match=r"`target` holds a label outside \[0, 37\)"):
-        liger_fused_linear_cross_entropy(x, w, y)
+        liger_fused_linear_cross_entropy(x, w, y, accum_dtype=torch.float32 if impl == "fast" else None)
 
 
 def test_gradient_accumulation_matches_one_batch(monkeypatch):
@@ -212,31 +235,39 @@ def test_gradient_accumulation_matches_one_batch(monkeypatch):
         assert_matches(f"accumulated grad {name}", a, r, base)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_non_unit_upstream_gradient(monkeypatch, reduction):
+def test_non_unit_upstream_gradient(monkeypatch, reduction, mode):
     small_chunks(monkeypatch, 300)
     x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True, reduction=reduction))
-    check_against_torch(x, w, b, y, opts, grad_out=torch.tensor(-2.75, device=DEVICE))
+    check_against_torch(x, w, b, y, opts, grad_out=torch.tensor(-2.75, device=DEVICE), mode=mode)
 
 
-def test_no_grad_and_inputs_without_grad(monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_no_grad_and_inputs_without_grad(monkeypatch, mode):
     small_chunks(monkeypatch, 300)
     x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True))
     ref = fused_linear_cross_entropy_reference(*as64(x, w), y, as64(b)[0])[0].detach()
     base = fused_linear_cross_entropy_reference(x.detach(), w.detach(), y, b.detach())[0]  # bf16 logits
     with torch.no_grad():
-        loss = liger_fused_linear_cross_entropy(x, w, y, b)
+        loss = liger(x, w, y, b, opts, mode=mode)[0]
     assert loss.grad_fn is None
     assert_matches("no_grad loss", loss, ref, base)
-    # Only the weight needs a gradient (a frozen trunk): x and bias get none, W gets the right one.
-    xs, bs = x.detach(), b.detach()
-    loss = liger_fused_linear_cross_entropy(xs, w, y, bs)
-    loss.backward()
-    assert xs.grad is None and bs.grad is None
-    w64, wt = as64(w)[0], w.detach().clone().requires_grad_()
-    fused_linear_cross_entropy_reference(*as64(xs), w64, y, as64(bs)[0])[0].backward()
-    fused_linear_cross_entropy_reference(xs, wt, y, bs)[0].backward()
-    assert_matches("grad W alone", w.grad, w64.grad, wt.grad)
+    # Only the weight needs a gradient (a frozen trunk): x and bias get none, W gets the right one;
+    # then only the input (a frozen head): W gets none, x the right one.
+    for frozen in ("trunk", "head"):
+        xs, ws, bs = x.detach().clone(), w.detach().clone(), b.detach()
+        (ws if frozen == "trunk" else xs).requires_grad_()
+        liger(xs, ws, y, bs, opts, mode=mode)[0].backward()
+        assert bs.grad is None and (xs.grad is None if frozen == "trunk" else ws.grad is None)
+        x64, w64, b64 = as64(xs, ws, bs)
+        xt, wt = [t.detach().clone().requires_grad_(t.requires_grad) for t in (xs, ws)]
+        fused_linear_cross_entropy_reference(x64, w64, y, b64)[0].backward()
+        fused_linear_cross_entropy_reference(xt, wt, y, bs)[0].backward()
+        if frozen == "trunk":
+            assert_matches("grad W alone", ws.grad, w64.grad, wt.grad)
+        else:
+            assert_matches("grad x alone", xs.grad, x64.grad, xt.grad)
 
 
 def test_token_accuracy_and_predicted_tokens(monkeypatch):
@@ -271,12 +302,13 @@ def test_module_functional_and_leading_dims(monkeypatch):
     assert isinstance(out, CrossEntropyOutput) and out.z_loss.item() > 0
 
 
-def test_empty_batch():
+@pytest.mark.parametrize("accum_dtype", [None, torch.float32])  # the exact path, the fast path
+def test_empty_batch(accum_dtype):
     x = randn(0, 16, requires_grad=True)
     w = randn(37, 16, requires_grad=True)
     b = randn(37, requires_grad=True)
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
-    loss = liger_fused_linear_cross_entropy(x, w, y, b)
+    loss = liger_fused_linear_cross_entropy(x, w, y, b, accum_dtype=accum_dtype)
     loss.backward()
     assert loss.item() == 0.0 and x.grad.shape == (0, 16)
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
@@ -303,6 +335,18 @@ def test_bad_inputs_name_the_argument():
         liger_fused_linear_cross_entropy(x, w, y, ce_weight=torch.ones(5, device=DEVICE))
     with pytest.raises(TypeError, match="`accum_dtype`"):
         liger_fused_linear_cross_entropy(x, w, y, accum_dtype=torch.int32)
+    with pytest.raises(TypeError, match="`input` must be a torch.Tensor"):
+        liger_fused_linear_cross_entropy(x.tolist(), w, y)
+    with pytest.raises(ValueError, match="`chunk_mem_const` must be a number > 0"):
+        liger_fused_linear_cross_entropy(x, w, y, chunk_mem_const=0)
+    opts = dict(CE_DEFAULTS)
+    apply = LigerFusedLinearCrossEntropyFunction.apply
+    with pytest.raises(ValueError, match="`ce_mode` must be None, 'exact' or 'fast'"):
+        apply(x, w, y, None, None, *opts.values(), False, None, False, False, False, None, "precise")
+    with pytest.raises(ValueError, match="`ce_impl` must be None, 'triton' or 'torch'"):
+        apply(x, w, y, None, None, *opts.values(), False, None, False, False, False, "cuda")
+    with pytest.raises(ValueError, match="pass ce_mode='fast'"):
+        apply(x, w, y, None, None, *opts.values(), False, torch.bfloat16, False, False, False, None, "exact")
 
 
 STABILITY = sizes(cpu=(96, 32, 5003), gpu=(16384, 2304, 256000))  # GPU: Gemma-2-2B's lm_head at 16k tokens
@@ -325,21 +369,139 @@ def test_bf16_stability_at_large_vocab():
         count = (y != -100).sum().item()
     loss = liger_fused_linear_cross_entropy(x, w, y)
     loss.backward()
-    assert torch.isfinite(loss) and abs(loss.item() - total / count) <= 1e-3 * abs(total / count)
+    # bf16 loss, as PyTorch returns it: one rounding (up to 2^-8 relative) on top of the 1e-3
+    assert torch.isfinite(loss) and abs(loss.item() - total / count) <= (1e-3 + 2**-8) * abs(total / count)
     assert torch.isfinite(x.grad).all() and torch.isfinite(w.grad).all()
 
 
-def test_default_accumulation_is_fp32_for_bf16_weights(monkeypatch):
-    """With the default accum_dtype, a bf16 weight gradient summed over 16 chunks is the one-chunk
-    result to within one bf16 rounding; accumulating in bf16 drifts by several roundings."""
-    x, w, b, y, opts, _ = make_case(64, 16, 200, torch.bfloat16, dict(bias=True))
-    grads = {}
-    for label, rows, accum in [("one", 64, None), ("many", 4, None), ("many bf16", 4, torch.bfloat16)]:
-        monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * 200 * 2)
-        ws = w.detach().clone().requires_grad_()
-        liger(x.detach(), ws, y, b.detach(), opts, accum_dtype=accum)[0].backward()
-        grads[label] = ws.grad.float()
-    one = grads["one"]
-    ulp = one.abs() * 2.0**-7 + 1e-30  # one bf16 rounding, at most
-    assert torch.all((grads["many"] - one).abs() <= ulp)
-    assert not torch.all((grads["many bf16"] - one).abs() <= ulp)
+def one_rounding_ratios(actual, reference):
+    """Error of ``actual`` against the float64 ``reference``, over the error of rounding
+    ``reference`` once to ``actual``'s dtype: ``(max ratio, rms ratio)``; (1, 1) is one rounding."""
+    err = actual.double() - reference
+    once = reference.to(actual.dtype).double() - reference
+    return (err.abs().max() / once.abs().max()).item(), (err.norm() / once.norm()).item()
+
+
+def test_default_gradients_are_exact_bf16_accumulation_is_not(monkeypatch):
+    """The exactness criterion of issue 11 on bf16 inputs over 16 token chunks and 5 vocabulary
+    tiles: the default path's gradients are within a few percent of one rounding of the float64
+    result (rms; each gradient is one fp32 accumulator rounded once, the only other error being the
+    bf16 dlogits fed to the matmul: 1.0-1.5x in the max over seeds and shapes, 1.01-1.08x rms); the
+    fast path's bf16 running sum over chunks is 3-4x (on the CPU the interpreter's truncating
+    fp32 -> bf16 casts in the cross-entropy kernel add to that; on the H200 see benchmarks/NOTES.md)."""
+    n, h, v = 256, 32, 1000
+    set_budgets(monkeypatch, n, v, rows=16, cols=200)
+    for seed in range(2):
+        x, w, _, y, opts, _ = make_case(n, h, v, torch.bfloat16, {}, seed=seed)
+        x64, w64 = as64(x, w)
+        torch_flce(x64, w64, y, None, opts)[0].backward()
+        for mode in MODES:
+            xs, ws = [t.detach().clone().requires_grad_() for t in (x, w)]
+            liger(xs, ws, y, None, opts, accum_dtype=torch.bfloat16 if mode == "fast" else None, mode=mode)[
+                0
+            ].backward()
+            (gx_max, gx_rms), (gw_max, gw_rms) = (
+                one_rounding_ratios(xs.grad, x64.grad),
+                one_rounding_ratios(ws.grad, w64.grad),
+            )
+            if mode == "exact":
+                assert gx_rms <= 1.1 and gw_rms <= 1.1 and gx_max <= 1.5 and gw_max <= 1.5, (
+                    gx_max,
+                    gx_rms,
+                    gw_max,
+                    gw_rms,
+                )
+            else:
+                assert gw_rms > 2.0, gw_rms
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
+    """loss, z-loss and per-token losses in the dtype F.cross_entropy(F.linear(x, W, b), y) returns
+    (``loss.backward(gradient=torch.ones_like(reference_loss))`` then works); grads still right."""
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, dtype, dict(bias=True, ignore=True, reduction="none"))
+    expected = F.cross_entropy(F.linear(x, w, b), y, reduction="none")
+    out = liger(x, w, y, b, dict(opts, lse_square_scale=1e-3), z=True, mode=mode)
+    assert out[0].dtype == out[1].dtype == expected.dtype == dtype and out[0].shape == expected.shape
+    out[0].backward(gradient=torch.ones_like(expected))
+    # loss_dtype=torch.float32 (what the patched models ask for): the fp32 value itself, not the
+    # input-dtype loss upcast
+    with torch.no_grad():
+        wide = liger_fused_linear_cross_entropy(
+            x, w, y, b, lse_square_scale=1e-3, reduction="none", accum_dtype=None if mode == "exact" else dtype,
+            loss_dtype=torch.float32,
+        )  # fmt: skip
+    assert wide.dtype == torch.float32 and torch.equal(wide.to(dtype), out[0].detach())
+    x64, w64, b64 = as64(x, w, b)
+    torch_flce(x64, w64, y, b64, dict(opts, lse_square_scale=1e-3))[0].sum().backward()
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    torch_flce(xt, wt, y, bt, dict(opts, lse_square_scale=1e-3))[0].sum().backward()
+    assert_matches("grad x", x.grad, x64.grad, xt.grad)
+    assert_matches("grad W", w.grad, w64.grad, wt.grad)
+
+
+def test_chunk_mem_const_scales_the_chunks(monkeypatch):
+    """chunk_mem_const multiplies the budgets: fewer, larger chunks, the same result."""
+    x, w, b, y, opts, _ = make_case(29, 24, 300, torch.float32, dict(bias=True, ignore=True))
+    set_budgets(monkeypatch, 29, 300, rows=4, cols=32)
+    sizes_seen = []
+    real_split = flce_ops.split_size
+    monkeypatch.setattr(flce_ops, "split_size", lambda *a: sizes_seen.append(real_split(*a)) or sizes_seen[-1])
+    results = []
+    for const in (1, 4):
+        xs, ws, bs = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+        liger_fused_linear_cross_entropy(xs, ws, y, bs, chunk_mem_const=const).backward()
+        results.append((xs.grad, ws.grad, bs.grad))
+    # per call: token chunk rows, then vocabulary tile columns (balanced: 29 rows, 300 columns)
+    assert sizes_seen == [4, 30, 15, 128]
+    for a, c in zip(*results):
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_peer_forward_and_backward_functions(monkeypatch, mode):
+    """fused_linear_cross_entropy_forward / _backward at Liger 0.8.5's signatures: the loss and
+    the gradients for an upstream gradient of 1 (or one per token), then scaled by the backward."""
+    small_chunks(monkeypatch, 300)
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.float32, dict(bias=True, ignore=True, reduction="sum"))
+    loss, z_loss, acc, pred, gx, gw, gb = fused_linear_cross_entropy_forward(
+        x, w, y, None, b, reduction="sum", return_token_accuracy=True, ce_mode=mode
+    )
+    assert z_loss is None and pred is None and 0 <= acc.item() <= 1
+    gx, gw, gb = fused_linear_cross_entropy_backward(torch.tensor(0.5, device=DEVICE), gx, gw, gb)
+    x64, w64, b64 = as64(x, w, b)
+    ref = torch_flce(x64, w64, y, b64, opts)[0]
+    (0.5 * ref).backward()
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    base = torch_flce(xt, wt, y, bt, opts)[0]  # PyTorch in fp32: the yardstick
+    (0.5 * base).backward()
+    assert_matches("loss", loss, ref.detach(), base.detach())
+    for name, g, r, t in (("x", gx, x64.grad, xt.grad), ("W", gw, w64.grad, wt.grad), ("b", gb, b64.grad, bt.grad)):
+        assert_matches(f"grad {name}", g, r, t)
+    # Per-token upstream gradients (reduction="none"), no gradient for the weight.
+    g_tok = randn(OPTION_SHAPE[0])
+    out = fused_linear_cross_entropy_forward(
+        x, w, y, None, b, reduction="none", token_grad_output=g_tok, weight_requires_grad=False, ce_mode=mode
+    )
+    assert out[5] is None
+    x64, w64, b64 = as64(x, w, b)
+    torch_flce(x64, w64, y, b64, dict(opts, reduction="none"))[0].backward(g_tok.double())
+    xt, wt, bt = [t.detach().clone().requires_grad_() for t in (x, w, b)]
+    torch_flce(xt, wt, y, bt, dict(opts, reduction="none"))[0].backward(g_tok)
+    assert_matches("grad x per token", out[4], x64.grad, xt.grad)
+    assert_matches("grad b per token", out[6], b64.grad, bt.grad)
+    with torch.no_grad():
+        assert fused_linear_cross_entropy_forward(x, w, y, ce_mode=mode)[4:] == (None, None, None)
+
+
+def test_ce_impl_torch_runs_the_reference(monkeypatch):
+    calls = []
+    real = flce_ops.fused_linear_cross_entropy_core
+    monkeypatch.setattr(flce_ops, "fused_linear_cross_entropy_core", lambda *a: calls.append(1) or real(*a))
+    x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.float32, dict(bias=True))
+    LigerFusedLinearCrossEntropyFunction.apply(
+        x, w, y, b, None, *opts.values(), False, None, False, False, False, "torch"
+    )[0].backward()
+    assert calls and x.grad is not None

@@ -3,8 +3,8 @@ import torch
 from parity import DEVICE, DTYPES, ON_GPU, as64, assert_matches, randn, sizes
 
 from liger_kernel.ops import rope as rope_ops
-from liger_kernel.ops.rope import LigerRopeFunction, rope_reference
-from liger_kernel.transformers import liger_rotary_pos_emb
+from liger_kernel.ops.rope import LigerRopeFunction, rope_backward, rope_forward, rope_reference
+from liger_kernel.transformers import liger_rotary_pos_emb, liger_rotary_pos_emb_gpt_oss, liger_rotary_pos_emb_vision
 from liger_kernel.transformers.functional import liger_rope
 
 # (B, Hq, Hk, T, D, rotary_dim of cos/sin, why)
@@ -230,3 +230,63 @@ def test_bad_inputs_name_the_argument():
         apply(q, k, cos, sin, None, 3)
     with pytest.raises(ValueError, match="`q` must be 4-D"):
         apply(q[0], k, cos, sin)
+
+
+def hf_parity(ours, theirs, tensors, grads, dtype):
+    """``ours(*tensors)`` against ``theirs`` in float64 (outputs and q/k gradients), with ``theirs``
+    in ``dtype`` as the yardstick; cos and sin get no gradient."""
+    q, k, cos, sin = tensors
+    results = []
+    for fn, cast in ((ours, dtype), (theirs, torch.float64), (theirs, dtype)):
+        qx, kx = (t.detach().to(cast).requires_grad_() for t in (q, k))
+        trig = (cos, sin) if cast == dtype else (cos.double(), sin.double())
+        out = fn(qx, kx, *trig)
+        results.append((*out, *torch.autograd.grad(out, (qx, kx), [g.to(cast) for g in grads])))
+    for name, got, ref, base in zip(("q_out", "k_out", "dq", "dk"), *results):
+        assert got.dtype == dtype
+        assert_matches(name, got, ref, base)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpt_oss_matches_transformers(dtype):
+    """GPT-OSS rotates halves with one (not duplicated) angle per pair: cos, sin [B, T, D/2]."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import apply_rotary_pos_emb as gpt_oss_rope
+
+    b, hq, hk, t, d = 2, 3, 1, 7, 16
+    q, k = make_qk(b, hq, hk, t, d, dtype, 1)
+    cos, sin = make_cos_sin(b, t, d // 2, "BTD", dtype)
+    grads = (randn(*q.shape, dtype=dtype), randn(*k.shape, dtype=dtype))
+    hf_parity(liger_rotary_pos_emb_gpt_oss, gpt_oss_rope, (q, k, cos, sin), grads, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vision_matches_transformers(dtype):
+    """Qwen2-VL's vision RoPE: q, k [S, H, D], cos, sin [S, D] in float32 (as its vision tower
+    makes them), math in float32, the result in q's dtype."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+    s, h, d = 11, 3, 16
+    q, k = randn(s, h, d, dtype=dtype), randn(s, h, d, dtype=dtype)
+    freqs = randn(s, d // 2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    grads = (randn(s, h, d, dtype=dtype), randn(s, h, d, dtype=dtype))
+    hf_parity(liger_rotary_pos_emb_vision, apply_rotary_pos_emb_vision, (q, k, emb.cos(), emb.sin()), grads, dtype)
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+def test_op_helpers(impl, monkeypatch):
+    """``rope_forward`` / ``rope_backward``: the Function's outputs and gradients, no autograd."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    b, hq, hk, t, d, r, _ = SHAPES[1]
+    q, k = make_qk(b, hq, hk, t, d, torch.float32, 1)
+    cos, sin = make_cos_sin(b, t, r, "1TD", torch.float32)
+    dq, dk = randn(*q.shape), randn(*k.shape)
+    out = LigerRopeFunction.apply(q, k, cos, sin)
+    expected = torch.autograd.grad(out, (q, k), (dq, dk))
+    q_out, k_out, cos_out, sin_out = rope_forward(q.detach(), k.detach(), cos, sin)
+    assert cos_out is cos and sin_out is sin
+    for name, got, ref in zip(
+        ("q", "k", "dq", "dk"), (q_out, k_out, *rope_backward(dq, dk, cos, sin)), (*out, *expected)
+    ):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=name)

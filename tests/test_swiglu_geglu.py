@@ -2,12 +2,17 @@ import pytest
 import torch
 from parity import DEVICE, DTYPES, as64, assert_matches, randn, sizes
 
-from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_reference
+from liger_kernel.ops.geglu import LigerGELUMulFunction, geglu_backward, geglu_forward, geglu_reference
 from liger_kernel.ops.swiglu import (
     LigerGatedMLPFunction,
     LigerSiLUMulFunction,
     gated_backward,
     gated_mlp_reference,
+    swiglu_backward,
+    swiglu_forward,
+    swiglu_fused_gate_up_backward,
+    swiglu_fused_gate_up_forward,
+    swiglu_fused_gate_up_reference,
     swiglu_reference,
 )
 from liger_kernel.transformers import LigerGEGLUMLP, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
@@ -17,6 +22,7 @@ OPS = {
     "swiglu": (LigerSiLUMulFunction, swiglu_reference),
     "geglu": (LigerGELUMulFunction, geglu_reference),
 }
+IN_PLACE_AT = {"swiglu": (1.0, 1.0), "geglu": ()}  # the arguments before `in_place`
 SHAPES = sizes(
     cpu=[(3, 7, 37), (5, 2049), (1, 300)],  # odd; just past a block of 2048; one row
     gpu=[(2, 4096, 14336), (8192, 11008), (3, 333, 5000)],
@@ -37,7 +43,7 @@ def run_parity(op, shape, dtype, in_place):
     ct.backward(dc)
 
     a_in, b_in = a.clone(), b.clone()  # non-leaf inputs, so an in-place backward can't hurt the test
-    c = fn.apply(a_in, b_in, in_place)
+    c = fn.apply(a_in, b_in, *IN_PLACE_AT[op], in_place)
     c.backward(dc)
     assert_matches(f"{op} out", c, c64, ct)
     assert_matches(f"{op} da", a.grad, a64.grad, at.grad)
@@ -52,8 +58,9 @@ def test_parity(op, shape, dtype):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_in_place_backward(op):
-    run_parity(op, SHAPES[0], torch.bfloat16, in_place=True)
+@pytest.mark.parametrize("in_place", [True, None])
+def test_in_place_backward(op, in_place):
+    run_parity(op, SHAPES[0], torch.bfloat16, in_place=in_place)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -175,7 +182,7 @@ def unfused(mlp, x):
         a, b = mlp.gate_up_proj(x).chunk(2, dim=-1)
     else:
         a, b = mlp.gate_proj(x), mlp.up_proj(x)
-    return mlp.down_proj(fn.apply(a, b, True))
+    return mlp.down_proj(fn.apply(a, b))
 
 
 def grads(x, weights):
@@ -348,4 +355,83 @@ def test_store_c_needs_a_contiguous_dc():
     """The fused MLP's backward writes c over dc: a dc laid out otherwise is refused, not mangled."""
     a, b = randn(6, 10), randn(6, 10)
     with pytest.raises(ValueError, match="`dc` must be contiguous"):
-        gated_backward(randn(10, 6).t(), a, b, "silu", in_place=False, store_c=True)
+        gated_backward(randn(10, 6).t(), a, b, "silu", store_c=True)
+
+
+# ----------------------------------------------------------------------------- Falcon-H1 multipliers
+
+MULTIPLIERS = [(0.7, 1.9), (1.0, 0.25), (-1.3, 1.0)]  # both; down only (a power of two); a negative gate
+
+
+@pytest.mark.parametrize("multipliers", MULTIPLIERS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_multipliers_parity(multipliers, shape, dtype):
+    """``LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier)`` against float64, with
+    Falcon-H1's own math in the same dtype (``up * silu(gate * gm)``, then ``* dm``) as the yardstick."""
+    gm, dm = multipliers
+    a, b = randn(*shape, dtype=dtype, requires_grad=True, scale=2.0), randn(*shape, dtype=dtype, requires_grad=True)
+    dc = randn(*shape, dtype=dtype)
+    a64, b64 = as64(a, b)
+    c64 = swiglu_reference(a64, b64, gm, dm)
+    c64.backward(dc.double())
+    at, bt = (t.detach().clone().requires_grad_() for t in (a, b))
+    ct = (bt * torch.nn.functional.silu(at * gm)) * dm
+    ct.backward(dc)
+    c = LigerSiLUMulFunction.apply(a.clone(), b.clone(), gm, dm)
+    c.backward(dc)
+    assert_matches("out", c, c64, ct)
+    assert_matches("da", a.grad, a64.grad, at.grad)
+    assert_matches("db", b.grad, b64.grad, bt.grad)
+
+
+@pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
+def test_fused_mlp_multipliers(module_cls):
+    """The fused MLP Function takes the multipliers too (``LigerFalconH1*`` modules run it)."""
+    mlp = make_mlp(module_cls, 21, 37)
+    weights = mlp_weights(mlp)
+    x, dy = randn(3, 5, 21, requires_grad=True), randn(3, 5, 21)
+    y = LigerGatedMLPFunction.apply(x, *weights, MLP_ACTIVATIONS[module_cls], 0.7, 1.9)
+    y.backward(dy)
+    ref = as64(x, *weights)
+    y64 = gated_mlp_reference(*ref, MLP_ACTIVATIONS[module_cls], 0.7, 1.9)
+    y64.backward(dy.double())
+    assert_matches("out", y, y64)
+    for name, g, g64 in zip(("dx", "d_gate", "d_up", "d_down"), grads(x, weights), grads(*ref[:1], ref[1:])):
+        if g64 is not None:
+            assert_matches(name, g, g64)
+
+
+# ----------------------------------------------------------------------------- the peer's op helpers
+
+
+@pytest.mark.parametrize("impl", ["kernel", "torch"])
+def test_op_helpers(impl, monkeypatch):
+    """``swiglu_forward/backward``, ``geglu_forward/backward`` and the stacked gate|up pair: the
+    Functions' values, without autograd, inputs left intact."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    a, b, dc = randn(3, 7, 37, scale=2.0), randn(3, 7, 37), randn(3, 7, 37)
+    kept = (a.clone(), b.clone())
+    a64, b64 = as64(a, b)
+    for forward, backward, reference, extra in (
+        (swiglu_forward, swiglu_backward, lambda x, y: swiglu_reference(x, y, 0.7), (0.7,)),
+        (geglu_forward, geglu_backward, geglu_reference, ()),
+    ):
+        a_out, b_out, c = forward(a, b, *extra)
+        assert a_out is a and b_out is b
+        x, y = (t.detach().requires_grad_() for t in (a64, b64))
+        c64 = reference(x, y)
+        assert_matches("c", c, c64)
+        da, db = backward(a, b, dc, *extra)
+        da64, db64 = torch.autograd.grad(c64, (x, y), dc.double())
+        assert_matches("da", da, da64)
+        assert_matches("db", db, db64)
+    y = torch.cat((a, b), dim=-1)
+    assert_matches("fused c", swiglu_fused_gate_up_forward(y), swiglu_reference(a64, b64).detach())
+    y64 = as64(y)[0].requires_grad_()
+    (dy64,) = torch.autograd.grad(swiglu_fused_gate_up_reference(y64), y64, dc.double())
+    assert_matches("fused dy", swiglu_fused_gate_up_backward(y, dc), dy64)
+    assert torch.equal(a, kept[0]) and torch.equal(b, kept[1])
+    with pytest.raises(ValueError, match="`y`.*even"):
+        swiglu_fused_gate_up_forward(randn(3, 5))

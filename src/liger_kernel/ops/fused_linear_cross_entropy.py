@@ -1,36 +1,54 @@
 """Fused linear cross-entropy: ``cross_entropy(x @ W.T + b, y)`` without the ``[BT, V]`` logits.
 
-The tokens are split into chunks whose logits ``[C, V]`` fit ``CHUNK_BUDGET_BYTES``. Per chunk:
-``logits = x_c @ W.T (+ b)`` (cuBLAS), the cross-entropy kernel turns them into ``dlogits`` in
-place (already divided by the mean normalizer, known up front from the labels), then
-``grad_x_c = dlogits @ W`` into its slice of the input gradient, ``grad_W += dlogits.T @ x_c`` and
-``grad_b += dlogits.sum(0)`` into preallocated buffers. Gradients are computed in the forward
-and returned by the backward (scaled in place when the upstream gradient is not exactly 1).
+Two paths, picked by ``ce_mode`` (``"exact"``, the default, or ``"fast"``).
 
-Why a byte budget and not a fixed ``V / H`` rule: each chunk re-reads and re-writes the whole
-``[V, H]`` weight gradient, so chunks should be as large as memory allows. At N=8192, H=4096,
-V=128256 bf16 the default budget gives 4 chunks of 2048 tokens (525 MB of logits) where a
-``V / H`` rule gives 31 chunks of 264 tokens and rewrites the 1 GB weight gradient 31 times.
+**Exact** (default). Every gradient is one matmul's fp32 accumulator rounded once to the
+parameter's dtype, so its error against a float64 reference is that of rounding the exact result
+once (plus that of feeding the matmul bf16 dlogits), whatever the batch: no bf16 running sum, no
+fp32 ``[V, H]`` buffer. Logits are computed in fp32 (``torch.mm(..., out_dtype=torch.float32)``),
+since bf16 logits move each softmax term by up to ``|z| 2^-9`` relative: ~1.5x one rounding in
+both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of trained LMs.
 
-``accum_dtype=None`` accumulates the weight and bias gradients in fp32 when the weight is bf16 or
-fp16 (then casts once), in the weight's dtype otherwise. Each chunk's product is exact to fp32
-inside cuBLAS, but a bf16 accumulator rounds once per chunk, so its error grows with the chunk
-count. Measured (CPU emulation of the chunked sums) on a [8192, 128] gradient over 16384 tokens,
-max error relative to the largest entry: 0.31% for one bf16 matmul (PyTorch's own), 1.1% over 5
-bf16 chunks, 1.6% over 19 (V=256k at 16k tokens with the default budget), 4.4% over 62; fp32
-accumulation stays at 0.31% for any count. That is what keeps bf16 training at a 256k vocabulary
-on PyTorch's numerics; the cost is a transient fp32 weight gradient (2x the bf16 one) and an
-estimated 15% more time in the weight-gradient matmul. ``accum_dtype=torch.bfloat16`` reproduces
-Liger Kernel's default (the weight's dtype) and its memory: pass it when comparing with Liger at
-its default.
-Loss, log-sum-exp and softmax are fp32 whatever ``accum_dtype``.
+- Forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
+  ``z = x_c @ W.T (+ b)``; ``_row_stats_kernel`` gives each token's log-sum-exp, label logit and
+  smoothing sum; ``row_terms`` turns them into the loss and three gradient coefficients per
+  token; ``_dlogits_kernel`` writes ``dlogits`` over ``z``; ``grad_x_c = dlogits @ W`` over the
+  whole vocabulary in one matmul, kept in fp32 until the upstream gradient is known.
+- Backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``): recompute ``z[:, tile]`` for all
+  tokens, ``_dlogits_kernel`` again (the same coefficients, times the upstream gradient), then
+  ``grad_W[tile] = dlogits.T @ x``: contracted over all tokens in one matmul, written once.
+  ``grad_x`` is the fp32 forward result times the upstream gradient, rounded once: exact for
+  any upstream gradient, per token too (``reduction="none"`` needs no recomputation).
 
-``reduction="none"`` with gradients: per-token upstream gradients are only known in backward, so
-the forward computes the loss alone and the backward recomputes each chunk's logits (4 matmuls
-per chunk instead of 3).
+That is 8NHV flops instead of 6NHV. Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256,
+bf16; benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean"): 57.6 ms fwd+bwd (Liger
+0.8.5: 55.5 ms in the same session; 6NHV at the measured matmul rate: 37.2 ms), peak extra memory
+1130 MiB (the bf16 weight gradient 1002 + input gradient 64 + one 64 MiB fp32 tile; Liger: 1129),
+gradient errors 1.00x one rounding of the float64 result (rms; Liger's weight gradient: 1.21x,
+2.1x in the max). At N=2048: 14.5 ms (Liger 45.6). The fp32 logits' trips through memory (~4 ms
+per direction) are what separates it from 8NHV at that rate (49.7 ms).
+
+**Fast** (``ce_mode="fast"``, or any ``accum_dtype``): the token-chunk loop around the
+cross-entropy kernel, as Liger Kernel 0.8.5 does: per chunk of ``CHUNK_BUDGET_BYTES`` of logits,
+``logits = x_c @ W.T`` in the input dtype, the cross-entropy kernel writes ``dlogits`` over them,
+``grad_x_c = dlogits @ W`` and ``grad_W += dlogits.T @ x_c`` into a buffer of ``accum_dtype``
+(None: the weight's dtype, Liger's default). 6NHV, but a bf16 weight gradient then carries one
+rounding per chunk (measured, CPU emulation of [8192, 128] over 16384 tokens, max error relative
+to the largest entry: 0.31% for one matmul, 1.1% over 5 chunks, 4.4% over 62);
+``accum_dtype=torch.float32`` avoids that for a transient fp32 ``[V, H]`` buffer. On the H200 at
+the shape above: 40.4-41.0 ms (1.09-1.10x the measured 6NHV floor), 1568 MiB, weight gradient
+1.17x one rounding (rms); with ``accum_dtype=torch.float32`` 42.5-43.0 ms, 3571 MiB. N=2048:
+9.9 ms.
+
+Loss, log-sum-exp and softmax are fp32 on both paths; the loss outputs come back in the input's
+dtype, as ``F.cross_entropy(F.linear(x, W, b), y)`` returns them (cast once at the end).
 """
 
+from typing import NamedTuple
+
 import torch
+import triton
+import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import (
     CEOptions,
@@ -54,70 +72,381 @@ from liger_kernel.ops.utils import (
     check_same_device,
     check_same_dtype,
     fallback_backward,
+    next_power_of_2,
 )
 from liger_kernel.utils import use_triton
 
-# Bytes of one chunk's logits (their gradient is written over them). Overridable at run time:
-# ``liger_kernel.ops.fused_linear_cross_entropy.CHUNK_BUDGET_BYTES = ...``. Measured on H100 at
-# N=8192, H=4096, V=128256 bf16 (bf16 accumulation; peak includes the 1.05 GB weight gradient):
-# 448 MiB -> 5 chunks, 42.6 ms, 1473 MB; 576 MiB -> 4 chunks, 40.4 ms, 1567 MB; 1100 MiB ->
-# 40.3 ms, 2068 MB. 576 MiB is the knee, and holds 2048 tokens of a 128k vocabulary in one chunk.
+# Fast path: bytes of one chunk's logits (their gradient is written over them). Measured on H100
+# at N=8192, H=4096, V=128256 bf16 (bf16 accumulation; peak includes the 1.05 GB weight
+# gradient): 448 MiB -> 5 chunks, 42.6 ms, 1473 MB; 576 MiB -> 4 chunks, 40.4 ms, 1567 MB;
+# 1100 MiB -> 40.3 ms, 2068 MB. 576 MiB is the knee.
 CHUNK_BUDGET_BYTES = 576 * 2**20
+# Exact path, forward: the fp32 logits of one token chunk (dlogits are written over them): 2048
+# tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient. The weight
+# gradient does not exist yet, so this stays under the backward's peak.
+EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
+# Exact path, backward: the fp32 logits of one vocabulary tile for all tokens (2048 columns at
+# 8192 tokens) beside the weight and input gradients: 1002 + 64 + 64 = 1130 MiB. Measured on H200
+# at N=8192 (fwd+bwd): tiles of 1024 / 1536 / 2048 / 2304 / 2432 columns 57.9 / 58.3 / 57.6 /
+# 57.9 / 58.9 ms; forward chunks of 1024 or 2048 tokens within 0.3 ms. Running the memory-bound
+# steps on a side stream beside the next matmul (two buffer sets of half the size) was slower
+# (58.7 ms vs 57.6): the matmuls leave it no room.
+EXACT_TILE_BUDGET_BYTES = 64 * 2**20
+# Every budget above is multiplied by the ``chunk_mem_const`` argument.
 
-# Chunk rows are a multiple of this (tensor-core friendly shapes for the three matmuls).
+# Chunk sizes are a multiple of this (tensor-core friendly matmul shapes).
 CHUNK_ALIGN = 128
 
+CE_MODES = ("exact", "fast")
+CE_IMPLS = ("triton", "torch")
 
-def chunk_rows(n_rows: int, n_cols: int, element_size: int) -> int:
-    """Rows per chunk: as many as the budget allows, balanced so the chunks are near-equal."""
-    limit = max(1, CHUNK_BUDGET_BYTES // max(1, n_cols * element_size))
+
+def split_size(total: int, item_bytes: int, budget: float) -> int:
+    """Items per chunk when ``total`` items of ``item_bytes`` each are split to fit ``budget``
+    bytes: as many as fit, balanced so that the chunks are near-equal, 128-aligned when possible."""
+    total = max(int(total), 1)
+    limit = max(1, int(budget // max(1, item_bytes)))
     if limit >= CHUNK_ALIGN:
         limit -= limit % CHUNK_ALIGN
-    n_chunks = cdiv(max(n_rows, 1), limit)
-    rows = cdiv(max(n_rows, 1), n_chunks)
+    size = cdiv(total, cdiv(total, limit))
     if limit >= CHUNK_ALIGN:
-        rows = min(cdiv(rows, CHUNK_ALIGN) * CHUNK_ALIGN, limit, max(n_rows, 1))
-    return rows
+        size = min(cdiv(size, CHUNK_ALIGN) * CHUNK_ALIGN, limit, total)
+    return size
 
 
-_OUT_DTYPE_MM = {"ok": None}  # whether torch.mm/addmm take out_dtype here (CUDA, torch >= 2.8)
+def flat_view(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A contiguous ``[rows, cols]`` view of the front of a flat buffer (a matmul's ``out=``)."""
+    return buf[: rows * cols].view(rows, cols)
 
 
-def default_accum_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 accumulation for half-precision weights (see the module docstring), else their dtype."""
-    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _row_stats_kernel(
+    z_ptr,  # [R, V] fp32 logits (softcapped), unit column stride
+    stride_z,
+    y_ptr,  # [R] labels, in range (0 at ignored tokens)
+    w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
+    lse_ptr,  # [R] fp32 out: log-sum-exp
+    z_label_ptr,  # [R] fp32 out: the label's logit
+    smooth_ptr,  # [R] fp32 out: sum_c w[c] * z[c] (SMOOTHING)
+    n_cols,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One row per program: an online per-lane max and sum of exp (one exp per element, lanes
+    combined once at the end); -1e30 rather than -inf keeps untouched lanes free of NaN."""
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * stride_z
+    offs = tl.arange(0, BLOCK)
+    m = tl.full([BLOCK], -1e30, tl.float32)
+    d = tl.zeros([BLOCK], tl.float32)
+    smooth = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        mask = cols < n_cols
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf"))
+        t = tl.exp(-tl.abs(z - m))
+        grows = z > m
+        d = tl.where(grows, d * t + 1.0, d + t)
+        m = tl.where(grows, z, m)
+        if SMOOTHING:
+            zs = tl.where(mask, z, 0.0)
+            if HAS_WEIGHT:
+                zs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
+            smooth += zs
+    m_row = tl.max(m, 0)
+    tl.store(lse_ptr + row, m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0)))
+    tl.store(z_label_ptr + row, tl.load(z_row + tl.load(y_ptr + row)))
+    if SMOOTHING:
+        tl.store(smooth_ptr + row, tl.sum(smooth, 0))
+
+
+@triton.jit
+def _round_to_bf16(v):
+    """``v`` (fp32) rounded to the nearest bf16 value, ties to even, still as fp32: the cast that
+    follows is then exact everywhere (Triton's interpreter truncates fp32 -> bf16 casts, which
+    doubles the error; on a GPU this only repeats what the cast does)."""
+    u = v.to(tl.int32, bitcast=True)
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & -65536
+    return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dlogits_kernel(
+    z_ptr,  # [R, T] fp32 logits (softcapped) of columns col0 .. col0 + T
+    stride_z,
+    g_ptr,  # [R, T] out: dloss/dlogits in the matmul dtype; may be z's own memory (see below)
+    stride_g,
+    label_ptr,  # [R] label, -1 at ignored tokens
+    lse_ptr,  # [R] fp32
+    coef_p_ptr,  # [R] fp32: factor of the softmax
+    coef_y_ptr,  # [R] fp32: subtracted at the label
+    coef_smooth_ptr,  # [R] fp32: times w[c], subtracted everywhere (SMOOTHING)
+    w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
+    col0,
+    n_cols,
+    inv_softcap,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    TO_BF16: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """``g = coef_p * exp(z - lse) - coef_y * [c == y] - coef_smooth * w[c]``, times the softcap's
+    derivative ``1 - (z / softcap)^2``. One row per program, its blocks in order, so ``g`` may be
+    written over ``z``'s row as 2-byte values (``g`` = the row's first half): block k's output
+    lands on fp32 columns [k B / 2, (k + 1) B / 2), all read by blocks <= k; the barrier orders
+    every thread's loads of a block before any thread's stores."""
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * stride_z
+    g_row = g_ptr + row * stride_g
+    lse = tl.load(lse_ptr + row)
+    coef_p = tl.load(coef_p_ptr + row)
+    coef_y = tl.load(coef_y_ptr + row)
+    label = tl.load(label_ptr + row) - col0
+    if SMOOTHING:
+        coef_smooth = tl.load(coef_smooth_ptr + row)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        z = tl.load(z_row + cols, mask=mask, other=0.0)
+        g = coef_p * tl.exp(z - lse)
+        g = tl.where(cols == label, g - coef_y, g)
+        if SMOOTHING:
+            if HAS_WEIGHT:
+                g -= coef_smooth * tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
+            else:
+                g -= coef_smooth
+        if SOFTCAP:
+            u = z * inv_softcap
+            g *= 1.0 - u * u
+        if TO_BF16:
+            g = _round_to_bf16(g)
+        tl.debug_barrier()
+        tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- exact path
+
+
+class RowTerms(NamedTuple):
+    """Per-token [N] vectors the weight-gradient pass needs: ``lse``, ``label`` (-1 at ignored
+    tokens) and the fp32 coefficients of ``_dlogits_kernel``, already scaled for the reduction."""
+
+    lse: torch.Tensor
+    label: torch.Tensor
+    coef_p: torch.Tensor
+    coef_y: torch.Tensor
+    coef_smooth: torch.Tensor
+
+    def times(self, g: torch.Tensor) -> "RowTerms":
+        """The coefficients times the upstream gradient ``g`` (one value, or one per token)."""
+        return self._replace(coef_p=self.coef_p * g, coef_y=self.coef_y * g, coef_smooth=self.coef_smooth * g)
+
+
+def row_terms(lse, z_label, smooth, y_safe, label, mask, w, wsum, norm, opts: CEOptions, n_vocab):
+    """The per-token math of ops/cross_entropy.py's docstring on [n] fp32 vectors: loss and z-loss
+    per token, and the ``RowTerms`` of the gradient ``scale * (coef_p * softmax - coef_y * onehot
+    - eps / V * w)``, ``scale`` being the token-scaling factor over the mean normalizer."""
+    eps = opts.label_smoothing
+    nll = lse - z_label
+    coef_y = (1.0 - eps) * (torch.ones_like(lse) if w is None else w[y_safe])
+    loss = coef_y * nll
+    coef_p = coef_y
+    if eps > 0:
+        total_w = n_vocab if w is None else wsum
+        loss = loss + eps / n_vocab * (total_w * lse - smooth)
+        coef_p = coef_p + eps / n_vocab * total_w
+    z_loss = opts.lse_square_scale * lse * lse
+    if opts.lse_square_scale:
+        loss = loss + z_loss
+        coef_p = coef_p + 2.0 * opts.lse_square_scale * lse
+    scale = mask.to(torch.float32)
+    if opts.use_token_scaling:
+        token_scale = torch.exp(-nll)  # p[y], a constant for the gradient
+        loss, z_loss, scale = loss * token_scale, z_loss * token_scale, scale * token_scale
+    if opts.reduction == "mean":
+        scale = scale / norm
+    zero = torch.zeros((), dtype=torch.float32, device=lse.device)
+    loss, z_loss = torch.where(mask, loss, zero), torch.where(mask, z_loss, zero)
+    terms = RowTerms(lse, label, coef_p * scale, coef_y * scale, eps / n_vocab * scale)
+    return loss, z_loss, terms
+
+
+def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = a @ b`` with an fp32 ``out`` for bf16/fp16 ``a``, ``b`` (cuBLAS' fp32 accumulator
+    written as it is; an fp32 copy of the operands only on CPU)."""
+    if a.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    elif out.is_cuda:
+        torch.mm(a, b, out_dtype=out.dtype, out=out)
+    else:
+        torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
+
+
+def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
+    """dloss/dlogits of the fp32 logits ``z`` [n, T] (softcapped; columns ``col0 ..``) in
+    ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
+    ``2T`` for 2-byte dtypes)."""
+    n_rows, n_cols = z.shape
+    out = z.view(dtype)[:, :n_cols]
+    if n_rows == 0 or n_cols == 0:
+        return out
+    block = min(2048, next_power_of_2(n_cols))
+    _dlogits_kernel[(n_rows,)](
+        z,
+        z.stride(0),
+        out,
+        out.stride(0),
+        terms.label,
+        terms.lse,
+        terms.coef_p,
+        terms.coef_y,
+        terms.coef_smooth,
+        terms.lse if w is None else w,
+        col0,
+        n_cols,
+        1.0 / (opts.softcap or 1.0),
+        HAS_WEIGHT=w is not None,
+        SMOOTHING=opts.label_smoothing > 0,
+        SOFTCAP=opts.softcap is not None,
+        TO_BF16=out.dtype == torch.bfloat16,
+        BLOCK=block,
+        num_warps=8,
+    )
+    return out
+
+
+def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float):
+    """The exact path's forward over token chunks. ``x`` [N, H] contiguous. Returns the 4-tuple
+    (in fp32), the ``RowTerms`` for the weight-gradient pass, the class weights in fp32 and the
+    fp32 input gradient for an upstream gradient of 1 (None unless ``need_x``)."""
+    n_rows, hidden = x.shape
+    n_vocab = weight.shape[0]
+    y = target.reshape(-1)
+    w, mask, norm, wsum = label_stats(y, ce_weight, opts.ignore_index, n_vocab)
+    in_range = (y >= 0) & (y < n_vocab)
+    bad = (mask & ~in_range).any()
+    y_safe = torch.where(mask & in_range, y, 0)
+    label = torch.where(mask, y, -1)
+    stats = torch.empty(3, n_rows, dtype=torch.float32, device=x.device)
+    lse, z_label, smooth = stats
+    want_pred = opts.return_token_accuracy or opts.return_predicted_tokens
+    pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
+    grad_x = torch.empty(n_rows, hidden, dtype=torch.float32, device=x.device) if need_x else None
+
+    rows = split_size(n_rows, n_vocab * 4, budget)
+    buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+    smoothing = opts.label_smoothing > 0
+    for start in range(0, n_rows, rows):
+        end = min(start + rows, n_rows)
+        z = flat_view(buf, end - start, n_vocab)
+        mm_fp32(x[start:end], weight.t(), z)
+        if bias is not None:
+            z += bias
+        if pred is not None:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
+            torch.argmax(z, 1, out=pred[start:end])
+        if opts.softcap is not None:
+            z.div_(opts.softcap).tanh_().mul_(opts.softcap)
+        _row_stats_kernel[(end - start,)](
+            z,
+            z.stride(0),
+            y_safe[start:end],
+            lse if w is None else w,
+            lse[start:end],
+            z_label[start:end],
+            smooth[start:end],
+            n_vocab,
+            HAS_WEIGHT=w is not None,
+            SMOOTHING=smoothing,
+            BLOCK=min(4096, next_power_of_2(n_vocab)),
+            num_warps=8,
+        )
+        if need_x:
+            part = slice(start, end)
+            _, _, terms = row_terms(
+                lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts,
+                n_vocab,
+            )  # fmt: skip
+            mm_fp32(dlogits_in_place(z, x.dtype, 0, terms, w, opts), weight, grad_x[start:end])
+    raise_if_bad_labels(bad, n_vocab, opts.ignore_index)
+    loss_rows, z_rows, terms = row_terms(lse, z_label, smooth, y_safe, label, mask, w, wsum, norm, opts, n_vocab)
+    if pred is not None:
+        pred = torch.where(mask, pred, opts.ignore_index)
+    outputs = reduce_outputs(loss_rows, z_rows if opts.return_z_loss else None, pred, y, mask, norm, opts, target.shape)
+    return outputs, terms, w, grad_x
+
+
+def vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, need_w: bool, need_b: bool, budget: float):
+    """The exact path's weight and bias gradients over vocabulary tiles: ``grad_W[tile] =
+    dlogits[:, tile].T @ x``, each tile contracted over every token in one matmul and written
+    once. ``terms`` already carry the upstream gradient."""
+    n_rows = x.shape[0]
+    n_vocab = weight.shape[0]
+    grad_w = torch.empty_like(weight) if need_w else None
+    grad_b = torch.empty(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
+    if n_rows == 0:
+        return tuple(None if g is None else g.zero_().to(p.dtype) for g, p in ((grad_w, weight), (grad_b, bias)))
+    cols = split_size(n_vocab, n_rows * 4, budget)
+    buf = torch.empty(n_rows * cols, dtype=torch.float32, device=x.device)
+    for start in range(0, n_vocab, cols):
+        end = min(start + cols, n_vocab)
+        z = flat_view(buf, n_rows, end - start)
+        mm_fp32(x, weight[start:end].t(), z)
+        if bias is not None:
+            z += bias[start:end]
+        if opts.softcap is not None:
+            z.div_(opts.softcap).tanh_().mul_(opts.softcap)
+        g = dlogits_in_place(z, x.dtype, start, terms, w, opts)
+        if need_w:
+            torch.mm(g.t(), x, out=grad_w[start:end])
+        if need_b:
+            torch.sum(g, 0, dtype=torch.float32, out=grad_b[start:end])
+    return grad_w, None if grad_b is None else grad_b.to(bias.dtype)
+
+
+def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget):
+    """All gradients of the exact path for the upstream gradient ``g`` (fp32; one value, or one
+    per token when ``per_row``). ``grad_x32_box``: an empty list, or one holding the forward's
+    fp32 input gradient, taken out, scaled in place and rounded once to ``dtype`` before the
+    weight gradient exists (so the two never coexist)."""
+    grad_x = None
+    if grad_x32_box:
+        grad_x = grad_x32_box.pop().mul_(g[:, None] if per_row else g).to(dtype)
+    grad_w, grad_b = None, None
+    if need_w or need_b:
+        grad_w, grad_b = vocab_pass(x, weight, bias, terms.times(g), w, opts, need_w, need_b, budget)
+    return grad_x, grad_w, grad_b
+
+
+# ----------------------------------------------------------------------------- fast path
 
 
 def accumulate_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
     """``out = a @ b`` (``first``) or ``out += a @ b``, with ``out`` possibly wider than ``a``, ``b``
-    (bf16 products accumulated in fp32 without an fp32 copy of the operands where cuBLAS can)."""
-    if out.dtype == a.dtype:
-        if first:
-            torch.mm(a, b, out=out)
-        else:
-            out.addmm_(a, b)
-        return
-    if out.is_cuda and _OUT_DTYPE_MM["ok"] is not False:
-        try:
-            if first:
-                torch.mm(a, b, out_dtype=out.dtype, out=out)
-            else:
-                torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
-            _OUT_DTYPE_MM["ok"] = True
-            return
-        except (TypeError, RuntimeError):
-            _OUT_DTYPE_MM["ok"] = False
-    if first:
-        torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
+    (bf16 products accumulated in fp32 without an fp32 copy of the operands on CUDA)."""
+    if out.dtype != a.dtype and not (out.is_cuda and out.dtype == torch.float32):
+        a, b = a.to(out.dtype), b.to(out.dtype)
+    if out.dtype == a.dtype and first:
+        torch.mm(a, b, out=out)
+    elif out.dtype == a.dtype:
+        out.addmm_(a, b)
+    elif first:
+        torch.mm(a, b, out_dtype=out.dtype, out=out)
     else:
-        out.addmm_(a.to(out.dtype), b.to(out.dtype))
+        torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
 
 
-def flce_chunks(x, weight, target, bias, ce_weight, opts: CEOptions, needs=(False, False, False), row_scale=None):
-    """The chunk loop. ``x`` [N, H] contiguous, ``target`` N labels of any shape. ``needs`` says
-    which of the input, weight and bias gradients to compute; ``row_scale`` [N] multiplies each
-    token's gradient (the upstream gradient of ``reduction="none"``). Returns the 4-tuple and the
-    3 gradients."""
+def flce_chunks(
+    x, weight, target, bias, ce_weight, opts: CEOptions, needs=(False, False, False), row_scale=None, budget=None
+):
+    """The fast path's chunk loop. ``x`` [N, H] contiguous, ``target`` N labels of any shape.
+    ``needs`` says which of the input, weight and bias gradients to compute; ``row_scale`` [N]
+    multiplies each token's gradient (the upstream gradient of ``reduction="none"``). Returns
+    the 4-tuple and the 3 gradients."""
     n_rows, hidden = x.shape
     n_cols = weight.shape[0]
     y = target.reshape(-1)
@@ -125,13 +454,13 @@ def flce_chunks(x, weight, target, bias, ce_weight, opts: CEOptions, needs=(Fals
     loss_rows, z_rows, pred, bad = row_outputs(n_rows, x, opts)
     need_x, need_w, need_b = needs
     need_b = need_b and bias is not None
-    grad_dtype = opts.accum_dtype or default_accum_dtype(weight.dtype)
+    grad_dtype = opts.accum_dtype or weight.dtype
     grad_x = torch.empty_like(x) if need_x else None
     grad_w = torch.empty(weight.shape, dtype=grad_dtype, device=x.device) if need_w else None
     grad_b = torch.empty(n_cols, dtype=grad_dtype, device=x.device) if need_b else None
     write_grad = need_x or need_w or need_b
 
-    rows = chunk_rows(n_rows, n_cols, x.element_size())
+    rows = split_size(n_rows, n_cols * x.element_size(), CHUNK_BUDGET_BYTES if budget is None else budget)
     logits_buf = torch.empty(rows, n_cols, dtype=x.dtype, device=x.device)
     w_t = weight.t()
     for start in range(0, n_rows, rows):
@@ -180,6 +509,9 @@ def flce_chunks(x, weight, target, bias, ce_weight, opts: CEOptions, needs=(Fals
     return outputs, (grad_x, grad_w, grad_b)
 
 
+# ----------------------------------------------------------------------------- reference
+
+
 def fused_linear_cross_entropy_reference(
     _input,
     weight,
@@ -199,7 +531,8 @@ def fused_linear_cross_entropy_reference(
 ):
     """The spec and the CPU fallback: the logits ``_input @ weight.T + bias`` in the input dtype
     (as a Hugging Face ``lm_head`` computes them), then the cross-entropy of
-    ``ops/cross_entropy.py`` on them upcast to fp32. ``accum_dtype`` only affects the kernels."""
+    ``ops/cross_entropy.py`` on them upcast to fp32; loss outputs in the input's dtype.
+    ``accum_dtype`` only affects the kernels."""
     opts = CEOptions(
         ignore_index,
         lse_square_scale,
@@ -215,20 +548,32 @@ def fused_linear_cross_entropy_reference(
     return fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts)
 
 
-def fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts: CEOptions):
-    """The reference's math with the options as one record."""
-    return cross_entropy_core(torch.nn.functional.linear(_input, weight, bias), target, ce_weight, opts)
+def fused_linear_cross_entropy_core(_input, weight, target, bias, ce_weight, opts: CEOptions, loss_dtype=None):
+    """The reference's math with the options as one record; losses in ``loss_dtype`` (default: the
+    input's)."""
+    outputs = cross_entropy_core(torch.nn.functional.linear(_input, weight, bias), target, ce_weight, opts)
+    return in_input_dtype(outputs, loss_dtype or _input.dtype)
+
+
+def in_input_dtype(outputs, dtype):
+    """The 4-tuple with the loss and z-loss in ``dtype``, as PyTorch's cross-entropy of logits
+    in that dtype returns them (computed in fp32, cast once here)."""
+    loss, z_loss, accuracy, pred = outputs
+    return loss.to(dtype), None if z_loss is None else z_loss.to(dtype), accuracy, pred
+
+
+# ----------------------------------------------------------------------------- checks
 
 
 def check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype):
-    check_float("_input", _input)
+    check_float("input", _input)
     check_float("weight", weight)
     if bias is not None:
         check_float("bias", bias)
-    check_same_dtype(_input=_input, weight=weight, bias=bias)
+    check_same_dtype(input=_input, weight=weight, bias=bias)
     if weight.dim() != 2 or _input.shape[-1] != weight.shape[1]:
         raise ValueError(
-            f"`weight` must be [V, H] with H = _input.shape[-1] = {_input.shape[-1]}; got {tuple(weight.shape)}."
+            f"`weight` must be [V, H] with H = input.shape[-1] = {_input.shape[-1]}; got {tuple(weight.shape)}."
         )
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"`bias` must have shape ({weight.shape[0]},), got {tuple(bias.shape)}.")
@@ -237,18 +582,182 @@ def check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype):
             f"`accum_dtype` must be None, torch.float32, torch.bfloat16 or torch.float16; got {accum_dtype}."
         )
     n_rows = _input.numel() // max(_input.shape[-1], 1)
-    check_target(target, n_rows, ce_weight, weight.shape[0], {"_input": _input, "weight": weight, "bias": bias})
-    check_same_device(_input=_input, weight=weight)
+    check_target(target, n_rows, ce_weight, weight.shape[0], {"input": _input, "weight": weight, "bias": bias})
+    check_same_device(input=_input, weight=weight)
+
+
+def resolve_mode(ce_impl, ce_mode, accum_dtype, chunk_mem_const) -> str:
+    """``"torch"`` (the reference), ``"exact"`` or ``"fast"`` from the trailing arguments:
+    ``ce_impl`` None/"triton" (the kernels) or "torch"; ``ce_mode`` None ("exact", or "fast" when
+    an ``accum_dtype`` is given), "exact" or "fast"; ``chunk_mem_const`` > 0 multiplies every
+    chunk budget (larger chunks: fewer, larger matmuls for more memory)."""
+    if ce_impl is not None and ce_impl not in CE_IMPLS:
+        raise ValueError(f"`ce_impl` must be None, 'triton' or 'torch'; got {ce_impl!r}.")
+    if ce_mode is not None and ce_mode not in CE_MODES:
+        raise ValueError(f"`ce_mode` must be None, 'exact' or 'fast'; got {ce_mode!r}.")
+    if isinstance(chunk_mem_const, bool) or not isinstance(chunk_mem_const, (int, float)) or not chunk_mem_const > 0:
+        raise ValueError(f"`chunk_mem_const` must be a number > 0 (a chunk budget factor); got {chunk_mem_const!r}.")
+    if ce_mode == "exact" and accum_dtype not in (None, torch.float32):
+        raise ValueError(
+            f"`accum_dtype={accum_dtype}` is the fast path's accumulation: pass ce_mode='fast' (or "
+            "ce_mode=None), or drop accum_dtype for the exact path."
+        )
+    if ce_impl == "torch":
+        return "torch"
+    return ce_mode or ("exact" if accum_dtype is None else "fast")
+
+
+def make_options(
+    ignore_index,
+    lse_square_scale,
+    label_smoothing,
+    reduction,
+    softcap,
+    return_z_loss,
+    accum_dtype,
+    use_token_scaling,
+    return_token_accuracy,
+    return_predicted_tokens,
+) -> CEOptions:
+    return CEOptions(
+        ignore_index,
+        lse_square_scale,
+        label_smoothing,
+        reduction,
+        softcap,
+        return_z_loss,
+        return_token_accuracy,
+        return_predicted_tokens,
+        use_token_scaling,
+        accum_dtype,
+    ).check()
+
+
+# ----------------------------------------------------------------------------- functional API
+
+
+def fused_linear_cross_entropy_forward(
+    _input,
+    weight,
+    target,
+    ce_weight=None,
+    bias=None,
+    ignore_index=-100,
+    lse_square_scale=0.0,
+    label_smoothing=0.0,
+    reduction="mean",
+    softcap=None,
+    return_z_loss=False,
+    accum_dtype=None,
+    use_token_scaling=False,
+    return_token_accuracy=False,
+    return_predicted_tokens=False,
+    ce_impl=None,
+    ce_mode=None,
+    token_grad_output=None,
+    compute_gradients=None,
+    weight_requires_grad=None,
+    chunk_mem_const=1,
+):
+    """Loss and gradients in one call, without autograd: ``(loss, z_loss, token_accuracy,
+    predicted_tokens, grad_input, grad_weight, grad_bias)``, the gradients for an upstream
+    gradient of 1 (``token_grad_output`` [BT]: one per token instead, for ``reduction="none"``)
+    and in the parameters' dtypes. ``compute_gradients`` None: when grad mode is on and input,
+    weight or bias requires grad; then ``grad_input`` always, ``grad_bias`` with a bias and
+    ``grad_weight`` unless ``weight_requires_grad`` is False (None: ``weight.requires_grad``, or
+    True when no tensor requires grad). Scale them by a scalar upstream gradient with
+    ``fused_linear_cross_entropy_backward``. Other arguments as ``LigerFusedLinearCrossEntropyFunction``.
+    """
+    check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
+    opts = make_options(
+        ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, accum_dtype,
+        use_token_scaling, return_token_accuracy, return_predicted_tokens,
+    )  # fmt: skip
+    mode = resolve_mode(ce_impl, ce_mode, accum_dtype, chunk_mem_const)
+    any_grad = any(t is not None and t.requires_grad for t in (_input, weight, bias))
+    if compute_gradients is None:
+        compute_gradients = torch.is_grad_enabled() and any_grad
+    if weight_requires_grad is None:
+        weight_requires_grad = weight.requires_grad or not any_grad
+    compute = bool(compute_gradients)
+    needs = (compute, compute and bool(weight_requires_grad), compute and bias is not None)
+    with torch.no_grad():
+        if mode == "torch" or not use_triton(_input) or _input.dtype == torch.float64:
+            return reference_with_grads(_input, weight, target, bias, ce_weight, opts, needs, token_grad_output)
+        x = _input.reshape(-1, _input.shape[-1]).contiguous()
+        tensors = (x, weight.contiguous(), target, None if bias is None else bias.contiguous())
+        g = None if token_grad_output is None else token_grad_output.reshape(-1).to(torch.float32)
+        if mode == "fast":
+            outputs, grads = flce_chunks(
+                *tensors, ce_weight, opts, needs, row_scale=g, budget=CHUNK_BUDGET_BYTES * chunk_mem_const
+            )
+        else:
+            outputs, terms, w, grad_x32 = token_pass(
+                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
+            )
+            per_row = g is not None
+            g = torch.ones((), dtype=torch.float32, device=x.device) if g is None else g
+            box = [] if grad_x32 is None else [grad_x32]
+            del grad_x32
+            grads = exact_grads(
+                x, tensors[1], tensors[3], terms, w, box, x.dtype, opts, g, per_row, needs[1], needs[2],
+                EXACT_TILE_BUDGET_BYTES * chunk_mem_const,
+            )  # fmt: skip
+        grad_x, grad_w, grad_b = grads
+        grad_x = None if grad_x is None else grad_x.view(_input.shape)
+        return *in_input_dtype(outputs, _input.dtype), grad_x, grad_w, grad_b
+
+
+def reference_with_grads(_input, weight, target, bias, ce_weight, opts, needs, token_grad_output):
+    """``fused_linear_cross_entropy_forward`` through the reference and autograd."""
+    leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip((_input, weight, bias), needs)]
+    with torch.enable_grad():
+        outputs = fused_linear_cross_entropy_core(leaves[0], leaves[1], target, leaves[2], ce_weight, opts)
+    loss = outputs[0]
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    grads = [None, None, None]
+    if wanted and loss.requires_grad:
+        upstream = torch.ones_like(loss) if token_grad_output is None else token_grad_output.to(loss.dtype)
+        found = iter(torch.autograd.grad(loss, wanted, upstream.reshape(loss.shape)))
+        grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
+    detached = tuple(None if o is None else o.detach() for o in outputs)
+    return *detached, *grads
+
+
+def fused_linear_cross_entropy_backward(grad_output, grad_input, grad_weight, grad_bias):
+    """The gradients of ``fused_linear_cross_entropy_forward`` times the scalar upstream gradient
+    ``grad_output``, in place (no work where it is exactly 1, read on the device: no sync); returns
+    ``(grad_input, grad_weight, grad_bias)``. In place on bf16 this rounds a second time unless
+    ``grad_output`` is a power of two: ``LigerFusedLinearCrossEntropyFunction`` applies it before
+    rounding instead."""
+    for g in (grad_input, grad_weight, grad_bias):
+        if g is not None:
+            scale_by_upstream(g.view(-1, g.shape[-1]) if g.dim() > 1 else g, grad_output, per_row=False)
+    return grad_input, grad_weight, grad_bias
+
+
+# ----------------------------------------------------------------------------- autograd
 
 
 class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
     """Cross-entropy of ``_input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without
     materializing the logits; options as ``LigerCrossEntropyFunction`` plus ``bias``,
-    ``accum_dtype`` (dtype of the weight and bias gradient accumulation; None: fp32 for bf16/fp16
-    weights, see the module docstring)
-    and ``use_token_scaling`` (each token's loss and gradient times its detached ``p[y]``).
+    ``use_token_scaling`` (each token's loss and gradient times its detached ``p[y]``) and:
+
+    - ``ce_mode``: None or ``"exact"`` (the default when no ``accum_dtype`` is given): every
+      gradient rounded once from an fp32 accumulator, 8NHV flops, peak extra memory about the
+      weight gradient + input gradient + 64 MiB; ``"fast"``: token chunks around the
+      cross-entropy kernel, 6NHV flops, the weight gradient accumulated over chunks in
+      ``accum_dtype`` (None: the weight's dtype, as Liger Kernel 0.8.5). Any ``accum_dtype`` with
+      ``ce_mode=None`` selects the fast path. See the module docstring for the numbers.
+    - ``ce_impl``: None or ``"triton"`` (the kernels), ``"torch"`` (the PyTorch reference).
+    - ``chunk_mem_const``: multiplies every chunk budget (default 1).
+    - ``loss_dtype`` (beyond Liger's arguments): the dtype of the loss and z-loss, None for the
+      input's (what ``F.cross_entropy(F.linear(...))`` returns); computed in fp32, cast once.
+
     Returns ``(loss, z_loss, token_accuracy, predicted_tokens)``; only ``loss`` is differentiable.
     Under ``torch.no_grad()``, or when no tensor input needs a gradient, only the loss is computed.
+    All-ignored and empty batches give loss 0 (PyTorch gives NaN for ``mean``).
     """
 
     @staticmethod
@@ -269,53 +778,68 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         use_token_scaling=False,
         return_token_accuracy=False,
         return_predicted_tokens=False,
+        ce_impl=None,
+        ce_mode=None,
+        chunk_mem_const=1,
+        loss_dtype=None,
     ):
         check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
-        opts = CEOptions(
-            ignore_index,
-            lse_square_scale,
-            label_smoothing,
-            reduction,
-            softcap,
-            return_z_loss,
-            return_token_accuracy,
-            return_predicted_tokens,
-            use_token_scaling,
-            accum_dtype,
-        ).check()
+        opts = make_options(
+            ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, accum_dtype,
+            use_token_scaling, return_token_accuracy, return_predicted_tokens,
+        )  # fmt: skip
+        mode = resolve_mode(ce_impl, ce_mode, accum_dtype, chunk_mem_const)
         grad_on = caller_grad_mode.enabled
         needs = tuple(grad_on and ctx.needs_input_grad[i] for i in (0, 1, 3))
-        ctx.use_triton = use_triton(_input) and _input.dtype != torch.float64
+        ctx.use_triton = mode != "torch" and use_triton(_input) and _input.dtype != torch.float64
         if not ctx.use_triton:
-            args = (_input, weight, target, bias, ce_weight, opts)
+            args = (_input, weight, target, bias, ce_weight, opts, loss_dtype)
             return reference_forward(ctx, fused_linear_cross_entropy_core, any(needs), *args)
 
         x = _input.reshape(-1, _input.shape[-1]).contiguous()
         tensors = (x, weight.contiguous(), target, None if bias is None else bias.contiguous())
-        ctx.input_shape = _input.shape
-        ctx.recompute = reduction == "none" and any(needs)
-        if ctx.recompute:
-            outputs, _ = flce_chunks(*tensors, ce_weight, opts)
-            ctx.ce_weight, ctx.opts, ctx.needs = ce_weight, opts, needs
+        ctx.input_shape, ctx.mode, ctx.per_row = _input.shape, mode, reduction == "none"
+        ctx.opts, ctx.needs, ctx.chunk_mem_const = opts, needs, chunk_mem_const
+        if mode == "exact":
+            outputs, terms, ctx.class_weight, grad_x32 = token_pass(
+                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
+            )
+            ctx.grad_x32 = [] if grad_x32 is None else [grad_x32]  # a box: backward frees it early
+            ctx.dtype = x.dtype
+            if needs[1] or needs[2]:
+                ctx.save_for_backward(x, tensors[1], tensors[3], *terms)
+        elif ctx.per_row and any(needs):  # per-token upstream gradients are only known in backward
+            outputs, _ = flce_chunks(*tensors, ce_weight, opts, budget=CHUNK_BUDGET_BYTES * chunk_mem_const)
+            ctx.ce_weight = ce_weight
             ctx.save_for_backward(*tensors)
         else:
-            outputs, grads = flce_chunks(*tensors, ce_weight, opts, needs=needs)
+            outputs, grads = flce_chunks(
+                *tensors, ce_weight, opts, needs=needs, budget=CHUNK_BUDGET_BYTES * chunk_mem_const
+            )
             ctx.save_for_backward(*grads)
-        return mark_extras_non_differentiable(ctx, outputs)
+        return mark_extras_non_differentiable(ctx, in_input_dtype(outputs, loss_dtype or _input.dtype))
 
     @staticmethod
     def backward(ctx, grad_loss, *_):
         if not ctx.use_triton:
-            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 15)
-        if ctx.recompute:
-            row_scale = grad_loss.reshape(-1).to(torch.float32)
-            _, grads = flce_chunks(*ctx.saved_tensors, ctx.ce_weight, ctx.opts, needs=ctx.needs, row_scale=row_scale)
+            return one_grad_per_argument(fallback_backward(ctx, grad_loss, None, None, None), 19)
+        g = grad_loss.reshape(-1 if ctx.per_row else ()).to(torch.float32)
+        if ctx.mode == "exact":
+            saved = ctx.saved_tensors
+            x, weight, bias, terms = (*saved[:3], RowTerms(*saved[3:])) if saved else (None, None, None, None)
+            grads = exact_grads(
+                x, weight, bias, terms, ctx.class_weight, ctx.grad_x32, ctx.dtype, ctx.opts, g, ctx.per_row,
+                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const,
+            )  # fmt: skip
+        elif ctx.per_row:
+            budget = CHUNK_BUDGET_BYTES * ctx.chunk_mem_const
+            _, grads = flce_chunks(*ctx.saved_tensors, ctx.ce_weight, ctx.opts, ctx.needs, row_scale=g, budget=budget)
         else:
             grads = ctx.saved_tensors
-            for g in grads:
-                if g is not None:
-                    scale_by_upstream(g, grad_loss, per_row=False)
+            for grad in grads:
+                if grad is not None:
+                    scale_by_upstream(grad, grad_loss, per_row=False)
         grad_x, grad_w, grad_b = grads
         if grad_x is not None:
             grad_x = grad_x.view(ctx.input_shape)
-        return one_grad_per_argument((grad_x, grad_w, None, grad_b), 15)
+        return one_grad_per_argument((grad_x, grad_w, None, grad_b), 19)

@@ -378,3 +378,29 @@ class LigerRopeFunction(LigerFunction):
         # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
         dq, dk, _ = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, ctx.rotary_dim, True, ctx.orders)
         return dq, dk, None, None, None, None, None
+
+
+def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
+    """The peer's op helper: ``(q_embed, k_embed, cos, sin)``, RoPE of q and k as
+    ``LigerRopeFunction`` computes it (new tensors in q's and k's layouts), no autograd; cos and
+    sin are handed back for ``rope_backward``."""
+    check_rope_tensors(q, k, cos, sin)
+    if not use_triton(q):
+        rotary_dim = check_rope_shapes(q.shape, k.shape, cos.shape, sin.shape, unsqueeze_dim, rotary_dim)
+        return (*rope_reference(q, k, cos, sin, None, unsqueeze_dim, rotary_dim), cos, sin)
+    qo, ko, _ = rope_launch(q, k, cos, sin, unsqueeze_dim, rotary_dim, False)
+    return qo, ko, cos, sin
+
+
+def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
+    """The peer's op helper: ``(dq_in, dk_in)``, the gradients of q and k for the upstream
+    ``dq``, ``dk`` of ``rope_forward`` (the inverse rotation), as new tensors."""
+    check_rope_tensors(dq, dk, cos, sin)
+    if not use_triton(dq):
+        rotary_dim = check_rope_shapes(dq.shape, dk.shape, cos.shape, sin.shape, unsqueeze_dim, rotary_dim)
+        with torch.enable_grad():
+            q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
+            outputs = rope_reference(q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim)
+            return torch.autograd.grad(outputs, (q, k), (dq, dk))
+    dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True)
+    return dq_in, dk_in

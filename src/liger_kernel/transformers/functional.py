@@ -95,13 +95,19 @@ def liger_fused_linear_cross_entropy(
     use_token_scaling=False,
     return_token_accuracy=False,
     return_predicted_tokens=False,
+    chunk_mem_const=1,
     *,
     loss_dtype=None,
 ):
     """Cross-entropy of ``input [BT, H] @ weight[V, H].T + bias`` against ``target [BT]`` without the
     logits tensor. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is requested.
-    ``loss_dtype``: the dtype of the returned losses, computed in fp32 and cast once (the patched
-    models ask for ``torch.float32``, the loss Hugging Face's upcast logits give)."""
+    By default every gradient is exact (rounded once from fp32); any ``accum_dtype`` selects the
+    faster token-chunk path that accumulates the weight gradient in it (``torch.bfloat16``: Liger
+    Kernel 0.8.5's default). ``chunk_mem_const`` multiplies the chunk memory budgets.
+    ``loss_dtype``: the dtype of the returned losses (default: the input's, as
+    ``F.cross_entropy(F.linear(...))``), computed in fp32 and cast once (the patched models ask for
+    ``torch.float32``, the loss Hugging Face's upcast logits give). See
+    ``LigerFusedLinearCrossEntropyFunction``."""
     outputs = LigerFusedLinearCrossEntropyFunction.apply(
         input,
         weight,
@@ -118,8 +124,9 @@ def liger_fused_linear_cross_entropy(
         use_token_scaling,
         return_token_accuracy,
         return_predicted_tokens,
+        None,
+        None,
+        chunk_mem_const,
+        loss_dtype,
     )
-    if loss_dtype is not None:
-        loss, z_loss, *extras = outputs
-        outputs = (loss.to(loss_dtype), None if z_loss is None else z_loss.to(loss_dtype), *extras)
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)

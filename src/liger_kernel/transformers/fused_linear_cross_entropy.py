@@ -10,9 +10,12 @@ from liger_kernel.transformers.cross_entropy import apply_options, keep_options
 class LigerFusedLinearCrossEntropyLoss(nn.Module):
     """``cross_entropy(_input @ lin_weight.T + bias, target)`` for ``_input`` [BT, H],
     ``lin_weight`` [V, H], ``target`` [BT]. Options as ``LigerCrossEntropyLoss`` plus
-    ``accum_dtype`` (dtype in which the weight gradient is accumulated over token chunks) and
-    ``use_token_scaling``. Returns the loss, or a ``CrossEntropyOutput`` when an extra output is
-    requested. Note the argument order of ``forward``: the weight comes first.
+    ``use_token_scaling`` and ``accum_dtype``: None (default) computes every gradient exactly
+    (rounded once from fp32, about the weight gradient + input gradient + 64 MiB of extra memory);
+    a dtype selects the faster token-chunk path that accumulates the weight gradient over chunks in
+    it (``torch.bfloat16``: Liger Kernel 0.8.5's default). Returns the loss (in the input's dtype),
+    or a ``CrossEntropyOutput`` when an extra output is requested. Note the argument order of
+    ``forward``: the weight comes first.
     """
 
     def __init__(

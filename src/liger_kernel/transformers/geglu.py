@@ -2,9 +2,7 @@
 
 import torch.nn as nn
 
-from liger_kernel.ops.geglu import LigerGELUMulFunction
-from liger_kernel.ops.swiglu import LigerGatedMLPFunction
-from liger_kernel.transformers.swiglu import fusable
+from liger_kernel.transformers.swiglu import gated_mlp, init_projections
 
 
 class LigerGEGLUMLP(nn.Module):
@@ -13,15 +11,27 @@ class LigerGEGLUMLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = config.intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        init_projections(self, config)
 
     def forward(self, x):
-        if fusable(x, self.gate_proj, self.up_proj, self.down_proj):
-            w = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-            return LigerGatedMLPFunction.apply(x, *w, "gelu_tanh")
-        return self.down_proj(LigerGELUMulFunction.apply(self.gate_proj(x), self.up_proj(x), True))
+        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, "gelu_tanh")
+
+
+def _gemma4_width(config, layer_idx) -> int:
+    """Gemma 4's MLP is twice as wide in the layers that reuse another layer's KV cache when
+    ``config.use_double_wide_mlp`` (``Gemma4TextMLP``); ``layer_idx=None`` gives the normal width."""
+    double = (
+        layer_idx is not None
+        and getattr(config, "use_double_wide_mlp", False)
+        and config.kv_sharing_modes[layer_idx] == "reuse"
+    )
+    return config.intermediate_size * (2 if double else 1)
+
+
+class LigerGEGLUMLPForGemma4(LigerGEGLUMLP):
+    """Gemma 4's text MLP (``Gemma4TextMLP(config, layer_idx)``), double-wide where Gemma 4 is."""
+
+    def __init__(self, config, layer_idx=None):
+        nn.Module.__init__(self)  # LigerGEGLUMLP(config) keeps the peer's signature: no width argument
+        init_projections(self, config, _gemma4_width(config, layer_idx))
+        self.layer_idx = layer_idx

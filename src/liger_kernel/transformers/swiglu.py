@@ -4,16 +4,17 @@ import torch
 import torch.nn as nn
 import torch.nn.modules.module as module_globals
 
-from liger_kernel.ops.swiglu import LigerGatedMLPFunction, LigerSiLUMulFunction
+from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction, LigerGatedMLPFunction, LigerSiLUMulFunction
 from liger_kernel.utils import use_triton
 
 SILU_NAMES = ("silu", "swish")
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
-def _check_activation(config) -> None:
-    if config.hidden_act not in SILU_NAMES:
-        raise ValueError(f"config.hidden_act must be one of {SILU_NAMES} for a SwiGLU MLP, got {config.hidden_act!r}.")
+def _check_activation(config, name="hidden_act") -> None:
+    if getattr(config, name) not in SILU_NAMES:
+        raise ValueError(f"config.{name} must be one of {SILU_NAMES} for a SwiGLU MLP, got {getattr(config, name)!r}.")
 
 
 def _has_hooks(obj, prefix="") -> bool:
@@ -39,25 +40,112 @@ def fusable(x: torch.Tensor, *projections: nn.Module) -> bool:
     )
 
 
+def gated_mlp(x, gate, up, down, activation="silu", gate_multiplier=1.0, down_multiplier=1.0):
+    """``down(act(gate(x) * gate_multiplier) * up(x)) * down_multiplier`` for the projection
+    modules ``gate``, ``up``, ``down`` (the multipliers are Falcon-H1's): the fused MLP Function
+    where ``fusable``, else the modules around the gated Function, whose backward then writes
+    the gradients over the projections' fresh outputs (read by nothing else). The multipliers go
+    into the kernels, except around GeGLU's Function (no multipliers) and where ``down`` has a
+    bias, which ``down_multiplier`` scales too."""
+    if fusable(x, gate, up, down):
+        weights = (gate.weight, up.weight, down.weight)
+        return LigerGatedMLPFunction.apply(x, *weights, activation, gate_multiplier, down_multiplier)
+    a, b = gate(x), up(x)
+    if activation == "silu" and getattr(down, "bias", None) is None:
+        return down(LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier))
+    if activation == "silu":
+        h = LigerSiLUMulFunction.apply(a, b, gate_multiplier)
+    else:
+        h = LigerGELUMulFunction.apply(a if gate_multiplier == 1.0 else a * gate_multiplier, b)
+    y = down(h)
+    return y if down_multiplier == 1.0 else y * down_multiplier
+
+
+def init_projections(mlp, config, intermediate_size=None, bias=False) -> None:
+    """Give a gated MLP Hugging Face's attributes: ``config``, ``hidden_size``,
+    ``intermediate_size`` and the ``gate_proj``, ``up_proj``, ``down_proj`` Linears."""
+    mlp.config = config
+    mlp.hidden_size = config.hidden_size
+    mlp.intermediate_size = intermediate_size or config.intermediate_size
+    mlp.gate_proj = nn.Linear(mlp.hidden_size, mlp.intermediate_size, bias=bias)
+    mlp.up_proj = nn.Linear(mlp.hidden_size, mlp.intermediate_size, bias=bias)
+    mlp.down_proj = nn.Linear(mlp.intermediate_size, mlp.hidden_size, bias=bias)
+
+
 class LigerSwiGLUMLP(nn.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``, the Llama/Mistral/Qwen MLP."""
 
     def __init__(self, config, intermediate_size=None):
         super().__init__()
-        _check_activation(config)
-        self.config = config
-        self.hidden_size = config.hidden_size
-        self.intermediate_size = intermediate_size or config.intermediate_size
-        self.gate_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(self.hidden_size, self.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(self.intermediate_size, self.hidden_size, bias=False)
+        _check_activation(config, self.activation_key(config))
+        init_projections(self, config, intermediate_size)
 
     def forward(self, x):
-        if fusable(x, self.gate_proj, self.up_proj, self.down_proj):
-            w = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-            return LigerGatedMLPFunction.apply(x, *w, "silu")
-        # The projections' outputs are read by nothing else: their buffers take the gradients.
-        return self.down_proj(LigerSiLUMulFunction.apply(self.gate_proj(x), self.up_proj(x), True))
+        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj)
+
+    @staticmethod
+    def activation_key(config) -> str:
+        """The config field naming the activation."""
+        return "hidden_act"
+
+
+class LigerQwen3MoeSwiGLUMLP(LigerSwiGLUMLP):
+    """Qwen3-MoE's dense and shared-expert MLP (``Qwen3MoeMLP(config, intermediate_size=None)``):
+    the Llama MLP, with the width given per instance."""
+
+
+class LigerHunyuanV1SwiGLUMLP(LigerSwiGLUMLP):
+    """HunYuan v1's MLP (``HunYuanDenseV1MLP(config, layer_idx=None, is_shared_mlp=False)``): the
+    Llama MLP; ``layer_idx`` is kept as an attribute, ``is_shared_mlp`` changes nothing, as there."""
+
+    def __init__(self, config, layer_idx=None, is_shared_mlp=False):
+        super().__init__(config)
+        self.layer_idx = layer_idx
+
+
+class LigerSwiGLUMLPForMuseGlimmer(LigerSwiGLUMLP):
+    """MuseGlimmer's text MLP, whose activation is ``config.hidden_activation`` (falling back to
+    ``config.hidden_act`` when the config has none)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+
+    @staticmethod
+    def activation_key(config) -> str:
+        return "hidden_activation" if getattr(config, "hidden_activation", None) else "hidden_act"
+
+
+class LigerFalconH1SwiGLUMLP(nn.Module):
+    """Falcon-H1's MLP: ``down_proj(up_proj(x) * silu(gate_proj(x) * gate_multiplier)) *
+    down_multiplier``, the multipliers from ``config.mlp_multipliers`` and applied inside the
+    kernels; projections with a bias when ``config.mlp_bias``."""
+
+    def __init__(self, config):
+        super().__init__()
+        _check_activation(config)
+        init_projections(self, config, bias=getattr(config, "mlp_bias", False))
+        self.gate_multiplier, self.down_multiplier = getattr(config, "mlp_multipliers", None) or (1.0, 1.0)
+
+    def forward(self, x):
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        return gated_mlp(x, *projections, "silu", self.gate_multiplier, self.down_multiplier)
+
+
+class LigerBlockSparseTop2MLP(nn.Module):
+    """One Mixtral expert as older transformers built it: ``w2(silu(w1(x)) * w3(x))`` with
+    ``ffn_dim = config.intermediate_size`` and ``hidden_dim = config.hidden_size``."""
+
+    def __init__(self, config):
+        super().__init__()
+        _check_activation(config)
+        self.ffn_dim = config.intermediate_size
+        self.hidden_dim = config.hidden_size
+        self.w1 = nn.Linear(self.hidden_dim, self.ffn_dim, bias=False)
+        self.w2 = nn.Linear(self.ffn_dim, self.hidden_dim, bias=False)
+        self.w3 = nn.Linear(self.hidden_dim, self.ffn_dim, bias=False)
+
+    def forward(self, x):
+        return gated_mlp(x, self.w1, self.w3, self.w2)
 
 
 class LigerPhi3SwiGLUMLP(nn.Module):
@@ -67,11 +155,13 @@ class LigerPhi3SwiGLUMLP(nn.Module):
         super().__init__()
         _check_activation(config)
         self.config = config
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x):
         if fusable(x, self.gate_up_proj, self.down_proj):
             return LigerGatedMLPFunction.apply(x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu")
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(LigerSiLUMulFunction.apply(gate, up, True))
+        # The projection's output is read by nothing else: its buffer takes the gradient.
+        return self.down_proj(LigerFusedGateUpSiLUMulFunction.apply(self.gate_up_proj(x), None))
