@@ -184,3 +184,60 @@ def test_module_options():
     assert m.variance_epsilon == m.eps == 1e-5
     with pytest.raises(ValueError, match="init_fn"):
         LigerLayerNorm(8, init_fn="randn")
+
+
+def test_module_impl_mode_backend():
+    m = LigerLayerNorm(37, impl="torch")
+    assert (m.impl, m.mode, m.variance_epsilon) == ("torch", None, 1e-6)
+    assert LigerLayerNorm(8, backend="triton").impl == "triton" and LigerLayerNorm(8).impl is None
+    x = randn(3, 37, requires_grad=True)
+    y = m.to(DEVICE)(x)
+    assert y.grad_fn is not None and "LigerLayerNorm" not in type(y.grad_fn).__name__  # the reference
+    assert_matches("impl=torch", y, layer_norm_reference(*as64(x, m.weight, m.bias), 1e-6).detach())
+    with pytest.raises(ValueError, match="`impl` must be None or one of"):
+        LigerLayerNorm(8, impl="cutile")
+    with pytest.raises(ValueError, match="`mode` must be None"):
+        LigerLayerNorm(8, mode="fast")
+    with pytest.raises(ValueError, match="disagree"):
+        LigerLayerNorm(8, impl="torch", backend="triton")
+
+
+@pytest.mark.parametrize("affine", list(AFFINE))
+def test_forward_and_backward_functions_chain(affine):
+    """``layer_norm_forward`` returns what ``layer_norm_backward`` takes (X, Mean, RSTD)."""
+    from liger_kernel.ops.layer_norm import layer_norm_backward, layer_norm_forward
+
+    has_w, has_b = AFFINE[affine]
+    x = randn(3, 5, 37)
+    w, b = randn(37) if has_w else None, randn(37) if has_b else None
+    dy = randn(3, 5, 37)
+    Y, X, Mean, RSTD, BLOCK_SIZE, num_warps = layer_norm_forward(x, w, b, EPS)
+    assert X.shape == (15, 37) and Mean.shape == RSTD.shape == (15,) and isinstance(BLOCK_SIZE + num_warps, int)
+    dX, dW, dB = layer_norm_backward(dy, X, w, b, Mean, RSTD)
+    x64, w64, b64 = as64(x.requires_grad_(), *(t.requires_grad_() if t is not None else None for t in (w, b)))
+    y64 = layer_norm_reference(x64, w64, b64, EPS)
+    y64.backward(dy.double())
+    assert_matches("out", Y, y64.detach())
+    assert_matches("dX", dX, x64.grad)
+    for name, got, ref in (("dW", dW, w64), ("dB", dB, b64)):
+        assert (got is None) == (ref is None)
+        if ref is not None:
+            assert_matches(name, got, ref.grad)
+    # separate mean / rstd tensors (not the forward's one buffer) are gathered first
+    dX2, _, _ = layer_norm_backward(dy, X, w, b, Mean.clone(), RSTD.clone(), needs_dw=False, needs_db=False)
+    assert torch.equal(dX2, dX)
+
+
+def test_strided_weight_and_bias():
+    """Strided parameter views (the columns of a [H, 2] buffer) were read as if contiguous: a
+    silently wrong output (max error 5.9 on a case like this one)."""
+    buf = randn(37, 2, requires_grad=True)
+    x, dy = randn(3, 37, requires_grad=True), randn(3, 37)
+    y = LigerLayerNormFunction.apply(x, buf[:, 0], buf[:, 1], EPS)
+    y.backward(dy)
+    x64, buf64 = as64(x, buf)
+    y64 = layer_norm_reference(x64, buf64[:, 0], buf64[:, 1], EPS)
+    y64.backward(dy.double())
+    assert_matches("out", y, y64.detach())
+    assert_matches("dX", x.grad, x64.grad)
+    assert_matches("dW and dB", buf.grad, buf64.grad)

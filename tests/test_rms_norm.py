@@ -19,7 +19,7 @@ SHAPES = sizes(
 EPS = 1e-6
 
 
-def run_parity(shape, dtype, mode, offset, with_weight=True, w_dtype=None, in_place=False):
+def run_parity(shape, dtype, mode, offset, with_weight=True, w_dtype=None):
     hidden = shape[-1]
     x = randn(*shape, dtype=dtype, requires_grad=True)
     w = randn(hidden, dtype=w_dtype or dtype, requires_grad=True, scale=0.5) if with_weight else None
@@ -34,16 +34,14 @@ def run_parity(shape, dtype, mode, offset, with_weight=True, w_dtype=None, in_pl
     yt = rms_norm_reference(xt, wt, EPS, offset, mode)
     yt.backward(dy)
 
-    y = LigerRMSNormFunction.apply(x.clone(), w, EPS, offset, mode, in_place)
-    dy_buf = dy.clone()
-    y.backward(dy_buf)
+    y = LigerRMSNormFunction.apply(x.clone(), w, EPS, offset, mode)
+    y.backward(dy)
     assert y.dtype == dtype
     assert_matches("out", y, y64, yt)
     assert_matches("dX", x.grad, x64.grad, xt.grad)
     if w is not None:
         assert w.grad.dtype == w.dtype
         assert_matches("dW", w.grad, w64.grad, wt.grad)
-    return dy, dy_buf, x.grad
 
 
 @pytest.mark.parametrize("mode,offset", MODES)
@@ -90,21 +88,12 @@ def test_rows_wider_than_a_block(small_blocks, shape, dtype, mode, offset, with_
     run_parity(shape, dtype, mode, offset, with_weight=with_weight)
 
 
-@pytest.mark.parametrize("in_place", [True, False])
-def test_in_place_backward_reuses_the_gradient_buffer(in_place):
-    dy, dy_buf, dx = run_parity(SHAPES[1], torch.bfloat16, "llama", 0.0, in_place=in_place)
-    if in_place:
-        assert torch.equal(dy_buf, dx), "dX was not written into dY's buffer"
-    else:
-        assert torch.equal(dy_buf, dy), "dY was overwritten without in_place"
-
-
 def test_non_contiguous_input_and_gradient():
     base = randn(45, 7, 3, requires_grad=True)
     x = base.permute(2, 1, 0)  # [3, 7, 45], columns strided
     w = randn(45, requires_grad=True)
     dy = randn(45, 7, 3).permute(2, 1, 0)
-    y = LigerRMSNormFunction.apply(x, w, EPS)  # in_place on, but dY isn't dense: must not be used
+    y = LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", True, None, True)  # reuse allowed, dY not dense
     y.backward(dy)
     b64, w64 = as64(base, w)
     rms_norm_reference(b64.permute(2, 1, 0), w64, EPS).backward(dy.double())
@@ -228,3 +217,238 @@ def test_module_options():
     assert torch.equal(LigerRMSNorm(8, init_fn="zeros").weight, torch.zeros(8))
     with pytest.raises(ValueError, match="init_fn"):
         LigerRMSNorm(8, init_fn="randn")
+
+
+# ----------------------------------------------------------------------------- in_place safety
+
+
+def _grads_match_reference(inputs, loss_of, reference_loss_of):
+    """Gradients of ``loss_of(*inputs)`` against the float64 reference of the same expression."""
+    ins64 = as64(*inputs)
+    reference_loss_of(*ins64).backward()
+    loss_of(*inputs).backward()
+    for i, (t, t64) in enumerate(zip(inputs, ins64)):
+        assert_matches(f"grad {i}", t.grad, t64.grad)
+
+
+def test_default_in_place_is_safe_when_the_output_joins_a_residual():
+    """``x + norm(x)``: the gradient of the sum reaches x and the norm's output through one buffer;
+    writing dX into it corrupted x's gradient (max error 15 on this case with Liger's default)."""
+    norm = LigerRMSNorm(64).to(DEVICE)
+    x, dy = randn(8, 64, requires_grad=True), randn(8, 64)
+    _grads_match_reference(
+        [x],
+        lambda x: ((x + norm(x)) * dy).sum(),
+        lambda x: ((x + rms_norm_reference(x, norm.weight.double(), 1e-6)) * dy.double()).sum(),
+    )
+
+
+def test_default_in_place_is_safe_for_a_sum_of_two_norms():
+    a, b, w = randn(5, 37, requires_grad=True), randn(5, 37, requires_grad=True), randn(37)
+    dy = randn(5, 37)
+    _grads_match_reference(
+        [a, b],
+        lambda a, b: ((liger_rms_norm(a, w, EPS) + LigerRMSNormFunction.apply(b, w, EPS)) * dy).sum(),
+        lambda a, b: ((rms_norm_reference(a, w.double(), EPS) + rms_norm_reference(b, w.double(), EPS)) * dy).sum(),
+    )
+
+
+@pytest.mark.parametrize("entry", ["module", "function", "functional"])
+def test_default_in_place_leaves_the_callers_gradient_intact(entry):
+    x, w = randn(7, 45, requires_grad=True), randn(45)
+    norm = LigerRMSNorm(45).to(DEVICE)
+    call = {
+        "module": lambda: norm(x),
+        "function": lambda: LigerRMSNormFunction.apply(x, w, EPS),
+        "functional": lambda: liger_rms_norm(x, w, EPS, in_place=True),
+    }[entry]
+    g = randn(7, 45)
+    g_before = g.clone()
+    call().backward(g)
+    assert torch.equal(g, g_before), "the backward overwrote the caller's gradient"
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_gradient_buffer_reused_only_on_request(in_place):
+    """``grad_output_unshared=True`` (the caller's word that nothing else reads the output's
+    gradient) lets ``in_place=True`` write dX into it; ``in_place=False`` never does."""
+    x, w, dy = randn(9, 37, requires_grad=True), randn(37), randn(9, 37)
+    buf = dy.clone()
+    LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", in_place, None, True).backward(buf)
+    x64, w64 = as64(x, w)
+    rms_norm_reference(x64, w64, EPS).backward(dy.double())
+    assert_matches("dX", x.grad, x64.grad)
+    assert torch.equal(buf, x.grad) == in_place
+
+
+def test_patched_pre_norms_reuse_the_gradient_buffer():
+    """The patch table opts pre-norm call sites (Llama's) into buffer reuse, keeping Liger's
+    memory there; Gemma 2's post-norms (``residual + norm(x)``) stay out."""
+    pytest.importorskip("transformers")
+    from liger_kernel.transformers import monkey_patch as mp
+    from liger_kernel.transformers.model_specs import MODEL_SPECS
+
+    try:
+        mp.apply_liger_kernel_to_llama(rope=False, fused_linear_cross_entropy=False, swiglu=False)
+        mp.apply_liger_kernel_to_gemma2(rope=False, fused_linear_cross_entropy=False, geglu=False)
+        from transformers.models.gemma2 import modeling_gemma2
+        from transformers.models.llama import modeling_llama
+
+        llama_norm = modeling_llama.LlamaRMSNorm(37, eps=EPS).to(DEVICE)
+        gemma2_norm = modeling_gemma2.Gemma2RMSNorm(37, eps=EPS).to(DEVICE)
+    finally:
+        mp.revert_liger_kernel_to_llama()
+        mp.revert_liger_kernel_to_gemma2()
+    assert MODEL_SPECS["llama"].norm.in_place and llama_norm.grad_output_unshared and llama_norm.in_place
+    assert not gemma2_norm.grad_output_unshared
+    for norm, reused in ((llama_norm, True), (gemma2_norm, False)):
+        x, dy = randn(9, 37, requires_grad=True), randn(9, 37)
+        buf = dy.clone()
+        norm(x).backward(buf)
+        assert torch.equal(buf, x.grad) == reused
+
+
+# ----------------------------------------------------------------------------- per-family classes
+
+
+def _family_pairs():
+    """(Liger class, HF class or None, Liger's defaults: eps, offset, casting_mode, init_fn, in_place)."""
+    import liger_kernel.transformers.rms_norm as rn
+
+    return {
+        "Gemma": (rn.LigerRMSNormForGemma, ("gemma", "GemmaRMSNorm"), 1.0, "gemma", "zeros", True),
+        "Gemma2": (rn.LigerRMSNormForGemma2, ("gemma2", "Gemma2RMSNorm"), 1.0, "gemma", "zeros", False),
+        "Gemma3": (rn.LigerRMSNormForGemma3, ("gemma3", "Gemma3RMSNorm"), 1.0, "gemma", "zeros", False),
+        "Gemma4": (rn.LigerRMSNormForGemma4, ("gemma4", "Gemma4RMSNorm"), 0.0, "gemma", "ones", False),
+        "Glm4": (rn.LigerRMSNormForGlm4, ("glm4", "Glm4RMSNorm"), 0.0, "llama", "ones", False),
+        "Olmo2": (rn.LigerRMSNormForOlmo2, ("olmo2", "Olmo2RMSNorm"), 0.0, "llama", "ones", False),
+        "Qwen3Next": (rn.LigerRMSNormForQwen3Next, ("qwen3_next", "Qwen3NextRMSNorm"), 1.0, "gemma", "zeros", False),
+        "MuseGlimmer": (
+            rn.LigerRMSNormForMuseGlimmer,
+            ("muse_glimmer", "MuseGlimmerRMSNorm"),
+            0.0,
+            "gemma",
+            "ones",
+            False,
+        ),
+        "MuseGlimmerTextCentered": (
+            rn.LigerRMSNormForMuseGlimmerTextCentered,
+            ("muse_glimmer", "MuseGlimmerTextCenteredRMSNorm"),
+            1.0,
+            "gemma",
+            "zeros",
+            False,
+        ),
+    }
+
+
+FAMILIES = "Gemma Gemma2 Gemma3 Gemma4 Glm4 Olmo2 Qwen3Next MuseGlimmer MuseGlimmerTextCentered".split()
+
+
+def _hf_class(module_name, class_name):
+    module = pytest.importorskip(f"transformers.models.{module_name}.modeling_{module_name}")
+    return getattr(module, class_name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_class_defaults(family):
+    cls, _, offset, mode, init_fn, in_place = _family_pairs()[family]
+    import liger_kernel.transformers as lk
+
+    assert getattr(lk, cls.__name__) is cls and issubclass(cls, LigerRMSNorm) and cls.forward is LigerRMSNorm.forward
+    m = cls(8)
+    assert (m.offset, m.casting_mode, m.in_place, m.variance_epsilon) == (offset, mode, in_place, 1e-6)
+    assert torch.equal(m.weight, (torch.zeros if init_fn == "zeros" else torch.ones)(8))
+    assert not m.grad_output_unshared
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_family_class_matches_hugging_face(family, dtype):
+    """Output and gradients against float64, with Hugging Face's own class in ``dtype`` as the
+    yardstick (OLMo 2's Liger default, "llama", rounds once more than HF does in half precision)."""
+    cls, (module_name, class_name), offset, mode, _, _ = _family_pairs()[family]
+    hf_cls = _hf_class(module_name, class_name)
+    shape = (2, 256, 1024) if ON_GPU else (2, 5, 37)
+    hf, ours = hf_cls(shape[-1], 1e-5).to(DEVICE), cls(shape[-1], 1e-5).to(DEVICE)
+    assert torch.equal(hf.weight, ours.weight), "the initial weight must be Hugging Face's"
+    with torch.no_grad():
+        hf.weight.normal_(0, 0.3 if offset else 1.0)
+        ours.weight.copy_(hf.weight)
+    hf, ours = hf.to(dtype), ours.to(dtype)
+    x, dy = randn(*shape, dtype=dtype, requires_grad=True), randn(*shape, dtype=dtype)
+    xt = x.detach().clone().requires_grad_()
+    y_hf = hf(xt)
+    y_hf.backward(dy)
+    x64, w64 = as64(x, hf.weight)
+    y64 = rms_norm_reference(x64, w64, 1e-5, offset, mode)
+    y64.backward(dy.double())
+    y = ours(x)
+    y.backward(dy)
+    assert y.dtype == dtype
+    assert_matches("out", y, y64, y_hf)
+    assert_matches("dX", x.grad, x64.grad, xt.grad)
+    assert_matches("dW", ours.weight.grad, w64.grad, hf.weight.grad)
+
+
+@pytest.mark.parametrize("family", ["Gemma4", "MuseGlimmer"])
+def test_family_class_without_scale(family):
+    cls, (module_name, class_name), *_ = _family_pairs()[family]
+    hf = _hf_class(module_name, class_name)(37, 1e-6, with_scale=False)
+    ours = cls(37, with_scale=False)
+    assert ours.weight is None and ours.with_scale is False
+    x = randn(3, 37)
+    assert_matches("out", ours(x), rms_norm_reference(*as64(x), None, 1e-6).detach(), hf.to(DEVICE)(x))
+    if family == "MuseGlimmer":
+        assert cls(with_scale=False).weight is None  # `dim` may be left out without a weight
+        with pytest.raises(ValueError, match="hidden_size"):
+            cls()
+
+
+# ----------------------------------------------------------------------------- ops-level functions
+
+
+@pytest.mark.parametrize("mode,offset", MODES)
+@pytest.mark.parametrize("with_weight", [True, False])
+def test_forward_and_backward_functions_chain(mode, offset, with_weight):
+    """``rms_norm_forward`` returns what ``rms_norm_backward`` takes, in its order."""
+    from liger_kernel.ops.rms_norm import rms_norm_backward, rms_norm_forward
+
+    x = randn(3, 5, 37, dtype=torch.bfloat16)
+    w = randn(37, dtype=torch.bfloat16) if with_weight else None
+    dy = randn(3, 5, 37, dtype=torch.bfloat16)
+    Y, X, RSTD, BLOCK_SIZE, num_warps, casting_mode = rms_norm_forward(x, w, EPS, offset, mode, None)
+    assert X.shape == (15, 37) and RSTD.shape == (15,) and RSTD.dtype == torch.float32
+    dy_buf = dy.clone()
+    dX, dW = rms_norm_backward(dy_buf, X, w, RSTD, offset, casting_mode, BLOCK_SIZE, num_warps, False, None)
+    x64, w64 = as64(x.requires_grad_(), w.requires_grad_() if with_weight else None)
+    y64 = rms_norm_reference(x64, w64, EPS, offset, mode)
+    y64.backward(dy.double())
+    assert_matches("out", Y, y64.detach())
+    assert_matches("dX", dX, x64.grad)
+    assert torch.equal(dy_buf, dy)
+    if with_weight:
+        assert_matches("dW", dW, w64.grad)
+        _, no_dw = rms_norm_backward(dy, X, w, RSTD, offset, casting_mode, BLOCK_SIZE, num_warps, False, None, False)
+        assert no_dw is None
+    else:
+        assert dW is None
+    rms_norm_backward(dy_buf, X, w, RSTD, offset, casting_mode, BLOCK_SIZE, num_warps, True, None)
+    assert torch.equal(dy_buf.view(-1, 37), dX.view(-1, 37)), "in_place=True writes dX into dY here"
+    with pytest.raises(ValueError, match="`RSTD`"):
+        rms_norm_backward(dy, X, w, RSTD[:3], offset, casting_mode, BLOCK_SIZE, num_warps, False, None)
+
+
+def test_strided_weight():
+    """A weight that is a strided view (every other element of a buffer) was read as if
+    contiguous: a silently wrong output (max error 4.5 on this case)."""
+    buf = randn(74, requires_grad=True)
+    x, dy = randn(3, 37, requires_grad=True), randn(3, 37)
+    y = LigerRMSNormFunction.apply(x, buf[::2], EPS)
+    y.backward(dy)
+    x64, buf64 = as64(x, buf)
+    y64 = rms_norm_reference(x64, buf64[::2], EPS)
+    y64.backward(dy.double())
+    assert_matches("out", y, y64.detach())
+    assert_matches("dX", x.grad, x64.grad)
+    assert_matches("dW", buf.grad, buf64.grad)

@@ -5,7 +5,7 @@ computed in fp32 and cast to X's dtype. The kernels are shared with RMSNorm (``o
 import torch
 import torch.nn.functional as F
 
-from liger_kernel.ops.norms import GEMMA, check_norm_inputs, norm_backward, norm_forward
+from liger_kernel.ops.norms import GEMMA, dense, kernel_backward, kernel_forward, norm_backward, norm_forward, norm_plan
 from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
@@ -28,21 +28,41 @@ class LigerLayerNormFunction(LigerFunction):
 
     @staticmethod
     def forward(ctx, X, W, B, eps):
-        check_norm_inputs(X, W, B)
-        ctx.use_triton = use_triton(X) and X.dtype != torch.float64
-        if not ctx.use_triton:
+        plan = norm_plan(X, W, B, is_rms=False)
+        if not use_triton(X) or X.dtype is torch.float64:
+            ctx.plan = None
             return fallback_forward(ctx, layer_norm_reference, X, W, B, eps)
-        Y, X2, stats = norm_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
-        ctx.save_for_backward(X2, W, B, stats)
-        ctx.x_shape = X.shape
+        W, B = dense(plan, W, B)
+        Y, X_rows, stats = norm_forward(plan, X, W, B, eps, 0.0, GEMMA)
+        ctx.save_for_backward(X_rows, W, B, stats)
+        ctx.plan = plan
         return Y
 
     @staticmethod
     def backward(ctx, dY):
-        if not ctx.use_triton:
+        if ctx.plan is None:
             return fallback_backward(ctx, dY)
-        X2, W, B, stats = ctx.saved_tensors
+        X_rows, W, B, stats = ctx.saved_tensors
         need_dw = W is not None and ctx.needs_input_grad[1]
         need_db = B is not None and ctx.needs_input_grad[2]
-        dX, dW, dB = norm_backward(dY, X2, W, B, stats, 0.0, GEMMA, False, need_dw, need_db, in_place=False)
-        return dX.view(ctx.x_shape), dW, dB, None
+        dX, dW, dB = norm_backward(ctx.plan, dY, X_rows, W, B, stats, 0.0, GEMMA, need_dw, need_db, False)
+        return dX, dW, dB, None
+
+
+def layer_norm_forward(X, W, B, eps):
+    """The forward kernel alone, without autograd: ``(Y, X, Mean, RSTD, BLOCK_SIZE, num_warps)``:
+    Y in X's shape and dtype, X as [rows, H] (a view where one exists), the fp32 per-row mean
+    and 1/std [rows] that ``layer_norm_backward`` takes, and the forward's column block and warps.
+
+    These run the Triton kernels (on a GPU, or on a CPU under ``TRITON_INTERPRET=1``);
+    ``LigerLayerNormFunction`` is the differentiable entry that also falls back to the reference."""
+    Y, X2, stats, plan = kernel_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
+    mean, rstd = stats.unbind(0)
+    return Y, X2, mean, rstd, plan.fwd_block_n, plan.fwd_warps
+
+
+def layer_norm_backward(dY, X, W, B, Mean, RSTD, needs_dw=None, needs_db=None):
+    """The backward kernel alone: ``(dX in dY's shape, dW, dB)`` from what ``layer_norm_forward``
+    returned; dW / dB in their parameter's dtype, None where the parameter is None or its
+    ``needs_*`` is False (None: whenever the parameter is given). Never writes into dY."""
+    return kernel_backward(dY, X, W, B, 0.0, GEMMA, needs_dw, needs_db, False, Mean=Mean, RSTD=RSTD)

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import as_rows, cdiv, check_float, check_same_device, empty_output, next_power_of_2
+from liger_kernel.ops.utils import POISON, as_rows, cdiv, check_float, check_same_device, next_power_of_2
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
@@ -452,15 +452,6 @@ def _num_programs(n_tiles: int, device_index: int) -> int:
     return max(1, min(n_tiles, _sm_count(device_index)))
 
 
-# Launch settings are cached per shape: working them out costs more host time than the GPU spends
-# on a small norm (tests that patch the tile sizes clear these caches).
-@functools.lru_cache(maxsize=1024)
-def _forward_launch(n_rows: int, n_cols: int) -> tuple[int, int, int, int]:
-    """(programs, BLOCK_ROWS, BLOCK_N, num_warps) of the forward."""
-    block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, lambda block_n: TILE)
-    return cdiv(n_rows, block_rows), block_rows, block_n, num_warps
-
-
 class _BackwardLaunch(NamedTuple):
     n_programs: int
     block_rows: int
@@ -470,7 +461,6 @@ class _BackwardLaunch(NamedTuple):
     parts: int  # column parts of ``_norm_backward_parts_kernel``; 0: ``_norm_backward_kernel``
 
 
-@functools.lru_cache(maxsize=1024)
 def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) -> _BackwardLaunch:
     """The backward's kernel and settings: whole rows, column parts in registers, or looped."""
     block_rows, block_n, num_warps = _settings(n_rows, n_cols, BWD_MAX_BLOCK, _backward_tile)
@@ -482,10 +472,67 @@ def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) 
     return _BackwardLaunch(_num_programs(n_rows, device_index), 1, part, PART_WARPS, False, cdiv(n_cols, part))
 
 
+class NormPlan(NamedTuple):
+    """What one norm call's host side needs that depends only on its inputs' metadata (shapes,
+    strides, dtypes, devices), worked out once per such geometry: checking the inputs and
+    choosing the launch settings cost more host time than the GPU spends on a small norm."""
+
+    x_shape: torch.Size
+    n_rows: int
+    n_cols: int
+    x_stride: int  # row stride to read X in place; 0: X has no row view and is copied to rows
+    stats_rows: int  # per-row fp32 statistics: [rstd] (RMSNorm) or [mean, rstd] (LayerNorm)
+    fwd_grid: tuple
+    fwd_block_rows: int
+    fwd_block_n: int
+    fwd_warps: int
+    bwd: _BackwardLaunch
+    is_rms: bool
+    dense_params: bool  # W and B (those given) are contiguous, as the kernels index them
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 1024
+
+
+def _tensor_key(t):
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def norm_plan(X, W, B, is_rms: bool) -> NormPlan:
+    """The cached ``NormPlan`` of these inputs; the inputs are checked (``check_norm_inputs``)
+    the first time a geometry is seen."""
+    try:
+        key = (_tensor_key(X), _tensor_key(W), _tensor_key(B), is_rms)
+    except AttributeError:  # not tensors: the check says which argument
+        check_norm_inputs(X, W, B)
+        raise
+    plan = _PLANS.get(key)
+    if plan is None:
+        check_norm_inputs(X, W, B)
+        plan = _make_plan(X, is_rms, all(t is None or t.is_contiguous() for t in (W, B)))
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _make_plan(X, is_rms: bool, dense_params: bool) -> NormPlan:
+    X2 = as_rows(X)
+    n_rows, n_cols = X2.shape
+    x_stride = X2.stride(0) if X2.data_ptr() == X.data_ptr() and X.numel() else 0
+    block_rows, block_n, num_warps = _settings(n_rows, n_cols, FWD_MAX_BLOCK, lambda block_n: TILE)
+    bwd = _backward_launch(n_rows, n_cols, is_rms, X.get_device())
+    grid = (cdiv(n_rows, block_rows),)
+    stats_rows = 1 if is_rms else 2
+    return NormPlan(
+        X.shape, n_rows, n_cols, x_stride, stats_rows, grid, block_rows, block_n, num_warps, bwd, is_rms, dense_params
+    )
+
+
 def clear_launch_caches() -> None:
-    """Forget the cached launch settings (after changing the tile constants, as tests do)."""
-    _forward_launch.cache_clear()
-    _backward_launch.cache_clear()
+    """Forget the cached plans (after changing the tile constants, as tests do)."""
+    _PLANS.clear()
 
 
 def check_norm_inputs(X, W, B=None) -> None:
@@ -511,56 +558,145 @@ def check_norm_inputs(X, W, B=None) -> None:
     check_same_device(X=X, W=W, B=B)
 
 
-def norm_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
-    """Y (X's shape and dtype), X as [rows, H] (saved for backward) and the fp32 per-row
-    statistics: [rstd] (RMSNorm) or [mean, rstd] (LayerNorm) rows."""
-    X2 = as_rows(X)
-    n_rows, n_cols = X2.shape
-    Y = empty_output(X.shape, X)
-    stats = torch.empty((1 if is_rms else 2, n_rows), dtype=torch.float32, device=X.device)
-    if Y.numel():
-        n_programs, block_rows, block_n, num_warps = _forward_launch(n_rows, n_cols)
-        _norm_forward_kernel[(n_programs,)](
-            X2, Y, X2 if W is None else W, X2 if B is None else B, stats,
-            X2.stride(0), n_rows, n_cols, float(eps), float(offset),
-            is_rms, casting, W is not None, B is not None,
-            block_rows, block_n, block_n >= n_cols,
-            num_warps=num_warps,
-        )  # fmt: skip
-    return Y, X2, stats
+def require_kernels(X) -> None:
+    """The ``*_forward`` / ``*_backward`` functions run the kernels only (the Functions fall back
+    to the reference): X must be where they run, in a dtype they compute exactly."""
+    if X.device.type == "cpu" and not interpreting():
+        raise RuntimeError(
+            "`X` is on the CPU, where the Triton kernels run only in Triton's interpreter (set "
+            "TRITON_INTERPRET=1 before importing liger_kernel), or use the autograd Function, "
+            "which falls back to the PyTorch reference."
+        )
+    if X.dtype == torch.float64:
+        raise TypeError("`X` is float64, which the kernels (fp32 inside) do not compute exactly: use the Function.")
 
 
-def norm_backward(dY, X2, W, B, stats, offset: float, casting: int, is_rms: bool, need_dw, need_db, in_place):
-    """(dX as [rows, H], dW in W's dtype or None, dB in B's dtype or None); dW and dB are summed
-    in fp32.
+def _empty_like(t):
+    """A contiguous ``torch.empty_like`` (~2 us less host time than ``torch.empty`` with a shape,
+    dtype and device); NaN-filled under ``LIGER_KERNEL_POISON=1`` (see ``ops.utils.empty_output``)."""
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    return out.fill_(float("nan")) if POISON else out
 
-    ``in_place`` writes dX into dY's buffer when dY is a dense [rows, H] tensor of X's dtype; a
-    dY that had to be copied to rows is our own buffer and takes dX either way."""
-    n_rows, n_cols = X2.shape
-    dY2 = as_rows(dY)
-    copied = dY2.data_ptr() != dY.data_ptr()
-    dense = dY2.stride(0) == n_cols and dY2.dtype == X2.dtype
-    dX2 = dY2 if dense and (in_place or copied) else empty_output(X2.shape, X2)
-    n_sums = need_dw + need_db
-    if dX2.numel() == 0:
-        return dX2, *_parameter_grads(torch.zeros(n_sums, 1, n_cols, device=X2.device), W, B, need_dw, need_db)
-    n_programs, block_rows, block_n, num_warps, single, parts = _backward_launch(
-        n_rows, n_cols, is_rms, X2.get_device()
+
+def kernel_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
+    """The forward kernel without autograd (the ops' ``*_forward`` functions): ``(Y, X as
+    [rows, H] (a view where one exists), stats, plan)``."""
+    plan = norm_plan(X, W, B, is_rms)
+    require_kernels(X)
+    W, B = dense(plan, W, B)
+    Y, X_rows, stats = norm_forward(plan, X, W, B, eps, offset, casting)
+    return Y, X_rows.reshape(plan.n_rows, plan.n_cols), stats, plan
+
+
+def kernel_backward(dY, X, W, B, offset: float, casting: int, needs_dw, needs_db, in_place: bool, **stats_rows):
+    """The backward kernel without autograd (the ops' ``*_backward`` functions): ``(dX in dY's
+    shape, dW, dB)``. ``stats_rows`` are the per-row statistics by name (``RSTD``, or ``Mean``
+    and ``RSTD``); ``needs_dw`` / ``needs_db`` None: whenever the parameter is given."""
+    plan = norm_plan(X, W, B, is_rms=len(stats_rows) == 1)
+    require_kernels(X)
+    stats = stats_of(plan.n_rows, **stats_rows)
+    W, B = dense(plan, W, B)
+    need_dw = W is not None and (needs_dw is None or bool(needs_dw))
+    need_db = B is not None and (needs_db is None or bool(needs_db))
+    dX, dW, dB = norm_backward(plan, dY, rows_of(plan, X), W, B, stats, offset, casting, need_dw, need_db, in_place)
+    return dX.view(dY.shape), dW, dB
+
+
+def dense(plan: NormPlan, W, B):
+    """``(W, B)`` as the kernels index them: contiguous (a strided weight is copied)."""
+    if plan.dense_params:
+        return W, B
+    return tuple(None if t is None else t.contiguous() for t in (W, B))
+
+
+def rows_of(plan: NormPlan, X):
+    """What the kernels read X from: X itself when its rows can be read in place, else a
+    contiguous [rows, H] copy."""
+    return X if plan.x_stride else X.reshape(plan.n_rows, plan.n_cols).contiguous()
+
+
+def stats_of(n_rows: int, **rows):
+    """The kernels' statistics buffer, [len(rows), n_rows] fp32, from per-row tensors given by name
+    (``Mean``, ``RSTD``): the forward's own views of one buffer are used as they are."""
+    named = list(rows.items())
+    for name, t in named:
+        if not isinstance(t, torch.Tensor) or t.numel() != n_rows:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"`{name}` must hold one value per row of `X` ({n_rows}), got {got}.")
+    first = named[0][1]
+    adjacent = (
+        first.dtype == torch.float32
+        and first.is_contiguous()
+        and all(
+            t.dtype == torch.float32
+            and t.is_contiguous()
+            and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            and t.data_ptr() == first.data_ptr() + 4 * n_rows * i
+            for i, (_, t) in enumerate(named)
+        )
     )
+    if adjacent:
+        return first.as_strided((len(named), n_rows), (n_rows, 1))
+    return torch.stack([t.reshape(n_rows).to(torch.float32) for _, t in named])
+
+
+def norm_forward(plan: NormPlan, X, W, B, eps: float, offset: float, casting: int):
+    """``(Y, X_rows, stats)``: Y in X's shape and dtype; X_rows (``rows_of``), what the backward
+    reads X from; the fp32 per-row statistics, [rstd] or [mean, rstd] rows."""
+    X_rows = rows_of(plan, X)
+    Y = _empty_like(X)
+    stats = torch.empty((plan.stats_rows, plan.n_rows), dtype=torch.float32, device=X.device)
+    if plan.n_rows and plan.n_cols:
+        _norm_forward_kernel[plan.fwd_grid](
+            X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats,
+            plan.x_stride or plan.n_cols, plan.n_rows, plan.n_cols, float(eps), float(offset),
+            plan.is_rms, casting, W is not None, B is not None,
+            plan.fwd_block_rows, plan.fwd_block_n, plan.fwd_block_n >= plan.n_cols,
+            num_warps=plan.fwd_warps,
+        )  # fmt: skip
+    return Y, X_rows, stats
+
+
+def norm_backward(plan: NormPlan, dY, X_rows, W, B, stats, offset: float, casting: int, need_dw, need_db, reuse_dy):
+    """``(dX in X's shape, dW in W's dtype or None, dB in B's dtype or None)``; dW and dB are
+    summed in fp32.
+
+    ``reuse_dy`` writes dX into dY's buffer when dY is dense and in X's dtype: only for a caller
+    that knows nothing else reads dY. A dY that had to be copied to rows is our own buffer and
+    takes dX either way."""
+    n_rows, n_cols = plan.n_rows, plan.n_cols
+    same_dtype = dY.dtype == X_rows.dtype
+    if dY.is_contiguous():
+        dY_rows, dy_stride = dY, n_cols
+        dX = dY if reuse_dy and same_dtype else _empty_like(dY if same_dtype else X_rows.view(plan.x_shape))
+    else:
+        dY_rows = as_rows(dY)
+        dy_stride = dY_rows.stride(0)
+        ours = dY_rows.data_ptr() != dY.data_ptr()  # a copy made here
+        dense = dy_stride == n_cols and same_dtype
+        dX = dY_rows.view(plan.x_shape) if dense and (reuse_dy or ours) else _empty_like(X_rows.view(plan.x_shape))
+    n_sums = need_dw + need_db
+    if dX.numel() == 0:
+        partials = torch.zeros(n_sums, 1, n_cols, device=X_rows.device)
+        return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
+    launch = plan.bwd
     # fp32 partials, [dW and/or dB] x [programs, H]: every program stores its row when it holds the
     # sums in registers; the looped path adds block by block into it, so it starts at zero.
-    alloc = torch.empty if single or parts else torch.zeros
-    partials = alloc((n_sums, n_programs, n_cols), dtype=torch.float32, device=X2.device) if n_sums else X2
+    partials = X_rows
+    if n_sums:
+        alloc = torch.empty if launch.single or launch.parts else torch.zeros
+        partials = alloc((n_sums, launch.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
     args = (
-        dY2, X2, X2 if W is None else W, stats, dX2, partials,
-        dY2.stride(0), X2.stride(0), dX2.stride(0), n_rows, n_cols, float(offset),
-        is_rms, casting, W is not None, need_dw, need_db,
+        dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials,
+        dy_stride, plan.x_stride or n_cols, n_cols, n_rows, n_cols, float(offset),
+        plan.is_rms, casting, W is not None, need_dw, need_db,
     )  # fmt: skip
-    if parts:
-        _norm_backward_parts_kernel[(n_programs,)](*args, block_n, parts, num_warps=num_warps)
+    grid = (launch.n_programs,)
+    if launch.parts:
+        _norm_backward_parts_kernel[grid](*args, launch.block_n, launch.parts, num_warps=launch.num_warps)
     else:
-        _norm_backward_kernel[(n_programs,)](*args, block_rows, block_n, single, num_warps=num_warps)
-    return dX2, *_parameter_grads(partials, W, B, need_dw, need_db)
+        _norm_backward_kernel[grid](*args, launch.block_rows, launch.block_n, launch.single, num_warps=launch.num_warps)
+    return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
 
 
 def _parameter_grads(partials, W, B, need_dw: bool, need_db: bool):
@@ -569,9 +705,13 @@ def _parameter_grads(partials, W, B, need_dw: bool, need_db: bool):
     if not (need_dw or need_db):
         return None, None
     if not (need_dw and need_db):
-        grad = partials.sum((0, 1)).to((W if need_dw else B).dtype)
+        grad = _cast(partials.sum((0, 1)), (W if need_dw else B).dtype)
         return (grad, None) if need_dw else (None, grad)
     sums = partials.sum(1)
     if W.dtype == B.dtype:
-        return tuple(sums.to(W.dtype).unbind(0))  # one cast for both
-    return sums[0].to(W.dtype), sums[1].to(B.dtype)
+        return tuple(_cast(sums, W.dtype).unbind(0))  # one cast for both
+    return _cast(sums[0], W.dtype), _cast(sums[1], B.dtype)
+
+
+def _cast(t, dtype):
+    return t if dtype == torch.float32 else t.to(dtype)

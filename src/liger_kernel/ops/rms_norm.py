@@ -5,7 +5,15 @@ the mean left out.
 
 import torch
 
-from liger_kernel.ops.norms import CASTING_MODES, check_norm_inputs, norm_backward, norm_forward
+from liger_kernel.ops.norms import (
+    CASTING_MODES,
+    dense,
+    kernel_backward,
+    kernel_forward,
+    norm_backward,
+    norm_forward,
+    norm_plan,
+)
 from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
 from liger_kernel.utils import use_triton
 
@@ -43,34 +51,77 @@ def rms_norm_reference(X, W, eps, offset=0.0, casting_mode="llama"):
     return (x_hat * w).to(X.dtype)
 
 
+def casting_mode_id(casting_mode) -> int:
+    """The kernels' constant for ``casting_mode`` (a name, or the constant itself)."""
+    if casting_mode in CASTING_MODES.values() and not isinstance(casting_mode, bool):
+        return casting_mode
+    return CASTING_MODES[casting_mode_name(casting_mode)]
+
+
 class LigerRMSNormFunction(LigerFunction):
     """RMSNorm over the last dimension with a fused forward and backward.
 
     ``apply(X [..., H], W [H] or None, eps, offset=0.0, casting_mode="llama", in_place=True,
-    row_mode=None) -> Y [..., H]`` in X's dtype. W may be X's dtype or fp32 (mixed precision).
-    ``in_place`` writes dX into the incoming gradient's buffer (saves one X-sized tensor); safe
-    unless that gradient is also read elsewhere, as when the norm's output feeds a residual add
-    directly. ``row_mode`` is accepted for compatibility: the launch picks rows per program from
-    the width itself. float64 X runs the PyTorch reference.
+    row_mode=None, grad_output_unshared=False) -> Y [..., H]`` in X's dtype. W may be X's dtype
+    or fp32 (mixed precision). float64 X runs the PyTorch reference.
+
+    ``in_place`` (Liger's name and default) allows the backward to write dX into the incoming
+    gradient's buffer, saving one X-sized tensor. That buffer is often read elsewhere too: in
+    ``x + norm(x)`` the same gradient also flows to ``x``, in ``norm(a) + norm(b)`` to the other
+    norm, and ``y.backward(g)`` hands over the caller's ``g``. So the write happens only when the
+    caller also passes ``grad_output_unshared=True``, its word that nothing else reads that
+    gradient, as at the pre-norm call sites the Hugging Face patch converts; otherwise dX gets
+    its own buffer and ``in_place=True`` changes nothing. ``row_mode`` is accepted for
+    compatibility: the launch picks rows per program from the width itself.
     """
 
     @staticmethod
-    def forward(ctx, X, W, eps, offset=0.0, casting_mode="llama", in_place=True, row_mode=None):
-        mode = casting_mode_name(casting_mode)
-        check_norm_inputs(X, W)
-        ctx.use_triton = use_triton(X) and X.dtype != torch.float64
-        if not ctx.use_triton:
-            return fallback_forward(ctx, rms_norm_reference, X, W, eps, offset, mode)
-        Y, X2, stats = norm_forward(X, W, None, eps, offset, CASTING_MODES[mode], is_rms=True)
-        ctx.save_for_backward(X2, W, stats)
-        ctx.offset, ctx.casting, ctx.in_place, ctx.x_shape = offset, CASTING_MODES[mode], in_place, X.shape
+    def forward(
+        ctx, X, W, eps, offset=0.0, casting_mode="llama", in_place=True, row_mode=None, grad_output_unshared=False
+    ):
+        casting = CASTING_MODES[casting_mode_name(casting_mode)]
+        plan = norm_plan(X, W, None, is_rms=True)
+        if not use_triton(X) or X.dtype is torch.float64:
+            ctx.plan = None
+            return fallback_forward(ctx, rms_norm_reference, X, W, eps, offset, casting_mode)
+        W, _ = dense(plan, W, None)
+        Y, X_rows, stats = norm_forward(plan, X, W, None, eps, offset, casting)
+        ctx.save_for_backward(X_rows, W, stats)
+        ctx.plan, ctx.settings = plan, (offset, casting, in_place and grad_output_unshared)
         return Y
 
     @staticmethod
     def backward(ctx, dY):
-        if not ctx.use_triton:
-            return *fallback_backward(ctx, dY), None, None
-        X2, W, stats = ctx.saved_tensors
+        if ctx.plan is None:
+            return *fallback_backward(ctx, dY), None, None, None
+        X_rows, W, stats = ctx.saved_tensors
+        offset, casting, reuse_dy = ctx.settings
         need_dw = W is not None and ctx.needs_input_grad[1]
-        dX, dW, _ = norm_backward(dY, X2, W, None, stats, ctx.offset, ctx.casting, True, need_dw, False, ctx.in_place)
-        return dX.view(ctx.x_shape), dW, None, None, None, None, None
+        dX, dW, _ = norm_backward(ctx.plan, dY, X_rows, W, None, stats, offset, casting, need_dw, False, reuse_dy)
+        return dX, dW, None, None, None, None, None, None
+
+
+def rms_norm_forward(X, W, eps, offset, casting_mode, row_mode):
+    """The forward kernel alone, without autograd: ``(Y, X, RSTD, BLOCK_SIZE, num_warps,
+    casting_mode)``: Y in X's shape and dtype, then what ``rms_norm_backward`` takes besides
+    ``dY``, ``W``, ``offset`` and the flags: X as [rows, H] (a view where one exists), RSTD the
+    fp32 per-row 1/rms [rows], the forward's column block and warps, and the casting mode's name.
+
+    These run the Triton kernels (on a GPU, or on a CPU under ``TRITON_INTERPRET=1``);
+    ``LigerRMSNormFunction`` is the differentiable entry that also falls back to the reference.
+    ``row_mode`` is accepted for compatibility (the launch picks rows per program itself)."""
+    mode = casting_mode_name(casting_mode)
+    Y, X2, stats, plan = kernel_forward(X, W, None, eps, offset, CASTING_MODES[mode], is_rms=True)
+    return Y, X2, stats[0], plan.fwd_block_n, plan.fwd_warps, mode
+
+
+def rms_norm_backward(dY, X, W, RSTD, offset, casting_mode, BLOCK_SIZE, num_warps, in_place, row_mode, needs_dw=None):
+    """The backward kernel alone: ``(dX in dY's shape, dW in W's dtype or None)`` from what
+    ``rms_norm_forward`` returned. ``needs_dw`` (None: whenever W is given) skips the weight
+    gradient when False. ``in_place=True`` writes dX into dY's buffer (when dY is dense): here
+    the caller holds dY and decides. ``BLOCK_SIZE``, ``num_warps`` and ``row_mode`` are accepted
+    for compatibility: the launch settings come from the shape."""
+    dX, dW, _ = kernel_backward(
+        dY, X, W, None, offset, casting_mode_id(casting_mode), needs_dw, False, bool(in_place), RSTD=RSTD
+    )
+    return dX, dW

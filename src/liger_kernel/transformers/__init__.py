@@ -11,6 +11,15 @@ from liger_kernel.utils import TRANSFORMERS_AVAILABLE, is_transformers_available
 
 _LAZY = {
     "LigerRMSNorm": "rms_norm",
+    "LigerRMSNormForGemma": "rms_norm",
+    "LigerRMSNormForGemma2": "rms_norm",
+    "LigerRMSNormForGemma3": "rms_norm",
+    "LigerRMSNormForGemma4": "rms_norm",
+    "LigerRMSNormForGlm4": "rms_norm",
+    "LigerRMSNormForOlmo2": "rms_norm",
+    "LigerRMSNormForQwen3Next": "rms_norm",
+    "LigerRMSNormForMuseGlimmer": "rms_norm",
+    "LigerRMSNormForMuseGlimmerTextCentered": "rms_norm",
     "LigerLayerNorm": "layer_norm",
     "LigerSwiGLUMLP": "swiglu",
     "LigerPhi3SwiGLUMLP": "swiglu",

@@ -29,7 +29,10 @@ def liger_geglu(a, b):
 
 
 def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
-    """RMSNorm of X [..., H] with weight W [H] (or None); ``casting_mode`` "llama", "gemma" or "none"."""
+    """RMSNorm of X [..., H] with weight W [H] (or None); ``casting_mode`` "llama", "gemma" or "none".
+    The backward never writes into the incoming gradient here, whatever ``in_place`` says: a
+    caller sure that nothing else reads it passes ``grad_output_unshared=True`` to
+    ``LigerRMSNormFunction`` / ``LigerRMSNorm`` instead."""
     return LigerRMSNormFunction.apply(X, W, eps, offset, casting_mode, in_place)
 
 

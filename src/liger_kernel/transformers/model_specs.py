@@ -21,8 +21,9 @@ class NormSpec:
     ``1 + w``. ``casting_mode``: ``"llama"`` casts the normalized row back to the input dtype
     before the weight, ``"gemma"`` applies the weight in fp32 and casts last (Gemma, and OLMo 2
     whose ``(w * x_fp32).to(dtype)`` is the same thing). ``in_place``: the backward may reuse the
-    output gradient's buffer only where nothing else reads it; in post-norm layers
-    (``residual + norm(x)``) that buffer is also the residual's gradient, so it must stay intact.
+    output gradient's buffer only where nothing else reads it (the patch passes it to
+    ``LigerRMSNorm`` as ``grad_output_unshared``); in post-norm layers (``residual + norm(x)``)
+    that buffer is also the residual's gradient, so it must stay intact.
     """
 
     offset: float = 0.0

@@ -113,7 +113,7 @@ def _norm_adapter(spec, modeling, name):
                 offset=numerics.offset,
                 casting_mode=numerics.casting_mode,
                 init_fn=numerics.init_fn,
-                in_place=numerics.in_place,
+                grad_output_unshared=numerics.in_place,
             )
 
         _ADAPTERS[key] = type(
