@@ -100,7 +100,12 @@ class _Norm(Op):
 class RMSNorm(_Norm):
     name = "rms_norm"
     title = "RMSNorm (bf16, llama casting, eps 1e-6; fwd reads X, writes Y; bwd gives dX, dW)"
-    notes = {"ours": "defaults (in_place=True: dX written into dY)", "liger085": "defaults (in_place=True)"}
+    notes = {
+        "ours": "in_place=True, grad_output_unshared=True: dX written into dY, as at a patched pre-norm site",
+        "ours_safe": "defaults: dX in a new buffer (the caller may still read dY)",
+        "liger085": "defaults (in_place=True: dX written into dY)",
+    }
+    extra_providers = ("ours_safe",)
 
     def inputs(self, p, device):
         x = _randn((p["rows"], p["hidden"]), device).requires_grad_()
@@ -118,6 +123,10 @@ class RMSNorm(_Norm):
     def liger(self, p, provider):
         from liger_kernel.transformers.functional import liger_rms_norm
 
+        if provider == "ours":
+            from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+            return lambda x, w: LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", True, None, True)
         return lambda x, w: liger_rms_norm(x, w, EPS)
 
 

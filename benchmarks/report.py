@@ -10,6 +10,7 @@ from pathlib import Path
 LABELS = {
     "ours": "ours",
     "ours_out": "ours (in_place=False)",
+    "ours_safe": "ours (defaults: new dX)",
     "ours_fast": "ours (fast: accum bf16)",
     "liger085": "Liger 0.8.5",
     "cce": "Apple CCE 25.1.1",
@@ -19,6 +20,7 @@ LABELS = {
 COLORS = {
     "ours": "tab:red",
     "ours_out": "tab:pink",
+    "ours_safe": "tab:pink",
     "ours_fast": "tab:orange",
     "liger085": "tab:blue",
     "cce": "tab:purple",
