@@ -21,12 +21,12 @@ for stage in ${stages//,/ }; do
   echo "== $stage $(date -u +%H:%M:%S)"
   case "$stage" in
     tests)
-      timeout "$STAGE_S" python3 -m pytest tests -p no:cacheprovider -o addopts="" -rfE --durations=10 ${TEST_ARGS:-} \
+      timeout "$STAGE_S" python3 -m pytest ${TEST_ARGS:-tests} -p no:cacheprovider -o addopts="" -rfE --durations=10 \
         >"$OUT/gpu_tests.log" 2>&1
       tail -25 "$OUT/gpu_tests.log" ;;
     bench)
       bash benchmarks/setup_peers.sh >/dev/null
-      timeout "$STAGE_S" python3 benchmarks/run.py --quick --budget-s $((STAGE_S - 60)) --out "$RESULTS" ${BENCH_ARGS:-} \
+      timeout "$STAGE_S" python3 benchmarks/run.py --quick --budget-s $((STAGE_S - 70)) --out "$RESULTS" ${BENCH_ARGS:-} \
         >"$OUT/bench.log" 2>&1
       tail -c 5000 "$OUT/bench.log" ;;
     e2e)

@@ -61,7 +61,7 @@ def test_private_projections_take_their_gradients(op):
     c.backward(torch.ones_like(c))
     assert (seen_a[0], seen_b[0]) == ptrs
     ref = as64(x, wg, wu)
-    reference(*projections(*ref)).backward(torch.ones(5, 13, dtype=torch.float64))
+    reference(*projections(*ref)).backward(torch.ones(5, 13, dtype=torch.float64, device=x.device))
     for name, g, g64 in zip(("dx", "dwg", "dwu"), (x.grad, wg.grad, wu.grad), (r.grad for r in ref)):
         assert_matches(name, g, g64)
 

@@ -19,13 +19,18 @@ class LigerGEGLUMLP(nn.Module):
 
 def _gemma4_width(config, layer_idx) -> int:
     """Gemma 4's MLP is twice as wide in the layers that reuse another layer's KV cache when
-    ``config.use_double_wide_mlp`` (``Gemma4TextMLP``); ``layer_idx=None`` gives the normal width."""
-    double = (
-        layer_idx is not None
-        and getattr(config, "use_double_wide_mlp", False)
-        and config.kv_sharing_modes[layer_idx] == "reuse"
-    )
-    return config.intermediate_size * (2 if double else 1)
+    ``config.use_double_wide_mlp`` (``Gemma4TextMLP``); ``layer_idx=None`` gives the normal width.
+    transformers 5.24 names those layers in ``config.kv_sharing_modes``; 5.17 had none and took the
+    last ``num_kv_shared_layers`` layers."""
+    if layer_idx is None or not getattr(config, "use_double_wide_mlp", False):
+        return config.intermediate_size
+    modes = getattr(config, "kv_sharing_modes", None)
+    if modes is not None:
+        shared = modes[layer_idx] == "reuse"
+    else:
+        first_shared = config.num_hidden_layers - config.num_kv_shared_layers
+        shared = layer_idx >= first_shared > 0
+    return config.intermediate_size * (2 if shared else 1)
 
 
 class LigerGEGLUMLPForGemma4(LigerGEGLUMLP):
