@@ -129,6 +129,22 @@ def _tanh(u):
 
 
 @triton.jit
+def online_logsumexp_step(x, m, d):
+    """One block of an online per-lane max ``m`` and sum of ``exp(x - m)`` ``d``: one exp per
+    element, lanes combined once by ``finish_logsumexp`` (shared by the cross-entropy kernels)."""
+    t = tl.exp(-tl.abs(x - m))
+    grows = x > m
+    return tl.where(grows, x, m), tl.where(grows, d * t + 1.0, d + t)
+
+
+@triton.jit
+def finish_logsumexp(m, d):
+    """The row's log-sum-exp from the per-lane ``(m, d)`` of ``online_logsumexp_step``."""
+    m_row = tl.max(m, 0)
+    return m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
+
+
+@triton.jit
 def liger_cross_entropy_kernel(
     x_ptr,  # [N, V] logits, unit column stride
     stride_x,
@@ -210,17 +226,13 @@ def liger_cross_entropy_kernel(
                     best = tl.where(better, x, best)
                 if SOFTCAP:
                     x = tl.where(mask, softcap * _tanh(x / softcap), float("-inf"))
-                t = tl.exp(-tl.abs(x - m))
-                grows = x > m
-                d = tl.where(grows, d * t + 1.0, d + t)
-                m = tl.where(grows, x, m)
+                m, d = online_logsumexp_step(x, m, d)
                 if SMOOTHING:
                     xs = tl.where(mask, x, 0.0)
                     if HAS_WEIGHT:
                         xs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
                     smooth += xs
-            m_row = tl.max(m, 0)
-            lse = m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
+            lse = finish_logsumexp(m, d)
             if SAVE_LSE:
                 tl.store(lse_ptr + row, lse)
         else:

@@ -57,9 +57,11 @@ from liger_kernel.ops.cross_entropy import (
     ce_rows_launch,
     check_target,
     cross_entropy_core,
+    finish_logsumexp,
     label_stats,
     mark_extras_non_differentiable,
     one_grad_per_argument,
+    online_logsumexp_step,
     raise_if_bad_labels,
     reduce_outputs,
     reference_forward,
@@ -148,17 +150,13 @@ def _row_stats_kernel(
         cols = start + offs
         mask = cols < n_cols
         z = tl.load(z_row + cols, mask=mask, other=float("-inf"))
-        t = tl.exp(-tl.abs(z - m))
-        grows = z > m
-        d = tl.where(grows, d * t + 1.0, d + t)
-        m = tl.where(grows, z, m)
+        m, d = online_logsumexp_step(z, m, d)
         if SMOOTHING:
             zs = tl.where(mask, z, 0.0)
             if HAS_WEIGHT:
                 zs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
             smooth += zs
-    m_row = tl.max(m, 0)
-    tl.store(lse_ptr + row, m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0)))
+    tl.store(lse_ptr + row, finish_logsumexp(m, d))
     tl.store(z_label_ptr + row, tl.load(z_row + tl.load(y_ptr + row)))
     if SMOOTHING:
         tl.store(smooth_ptr + row, tl.sum(smooth, 0))
