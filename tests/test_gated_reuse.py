@@ -67,6 +67,26 @@ def test_private_projections_take_their_gradients(op):
 
 
 @pytest.mark.parametrize("op", OPS)
+def test_without_reference_counts_nothing_is_reused_by_default(op, monkeypatch):
+    """A torch whose private reference-count APIs are missing leaves PRIVATE_COUNTS unset: the
+    default then never writes over a and b (memory, not correctness, is what it costs)."""
+    monkeypatch.setattr(swiglu_ops, "PRIVATE_COUNTS", None)
+    fn, reference = OPS[op]
+    x, wg, wu = inputs()
+    a, b = projections(x, wg, wu)
+    ptrs = (a.data_ptr(), b.data_ptr())
+    seen_a, seen_b = incoming_grad_ptrs(a), incoming_grad_ptrs(b)
+    c = fn(a, b)
+    del a, b
+    c.backward(torch.ones_like(c))
+    assert seen_a[0] not in ptrs and seen_b[0] not in ptrs
+    ref = as64(x, wg, wu)
+    reference(*projections(*ref)).backward(torch.ones(5, 13, dtype=torch.float64, device=x.device))
+    for name, g, g64 in zip(("dx", "dwg", "dwu"), (x.grad, wg.grad, wu.grad), (r.grad for r in ref)):
+        assert_matches(name, g, g64)
+
+
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("in_place", IN_PLACE)
 def test_leaves_are_never_written(op, in_place):
     fn, _ = OPS[op]

@@ -227,6 +227,8 @@ def reuse_saved(ctx, *saved) -> list:
             continue
         # Private inputs share no memory (the storage count says so); forced ones are checked.
         if ctx.in_place is None:
+            if PRIVATE_COUNTS is None and not getattr(ctx, "calibrating", False):
+                continue  # this torch has no reference counts to read: never reuse by default
             ctx.reader_counts = _reader_counts(t)
             reuse = ctx.reader_counts == PRIVATE_COUNTS
         else:
@@ -250,7 +252,7 @@ class _Probe(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a):
         ctx.save_for_backward(a)
-        ctx.in_place = None
+        ctx.in_place, ctx.calibrating = None, True
         return a.clone()
 
     @staticmethod
@@ -263,7 +265,10 @@ class _Probe(torch.autograd.Function):
 
 
 def _calibrate() -> None:
-    _Probe.apply(torch.zeros(2, requires_grad=True) * 1).sum().backward()
+    try:
+        _Probe.apply(torch.zeros(2, requires_grad=True) * 1).sum().backward()
+    except AttributeError:  # torch without Tensor._use_count / _storage_Use_Count (private APIs)
+        pass
 
 
 # In a fresh thread: grad mode, inference mode and saved-tensor hooks are thread-local, so an
