@@ -191,6 +191,18 @@ def _round_to_bf16(v):
 
 
 @triton.jit
+def _softcap_and_round(g, z, inv_softcap, SOFTCAP: tl.constexpr, TO_BF16: tl.constexpr):
+    """The last steps of both dlogits kernels: ``g`` times the softcap's derivative
+    ``1 - (z / softcap)^2`` (SOFTCAP), rounded as ``_round_to_bf16`` says (TO_BF16)."""
+    if SOFTCAP:
+        u = z * inv_softcap
+        g *= 1.0 - u * u
+    if TO_BF16:
+        g = _round_to_bf16(g)
+    return g
+
+
+@triton.jit
 def _dlogits_kernel(
     z_ptr,  # [R, T] fp32 logits (softcapped) of columns col0 .. col0 + T
     stride_z,
@@ -236,11 +248,7 @@ def _dlogits_kernel(
                 g -= coef_smooth * tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
             else:
                 g -= coef_smooth
-        if SOFTCAP:
-            u = z * inv_softcap
-            g *= 1.0 - u * u
-        if TO_BF16:
-            g = _round_to_bf16(g)
+        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
         tl.debug_barrier()
         tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
 
@@ -312,11 +320,7 @@ def _dlogits_grid_kernel(
                 g -= coef_smooth[:, None] * w[None, :]
             else:
                 g -= coef_smooth[:, None]
-        if SOFTCAP:
-            u = z * inv_softcap
-            g *= 1.0 - u * u
-        if TO_BF16:
-            g = _round_to_bf16(g)
+        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
         tl.debug_barrier()
         tl.store(
             g_ptr + tok64[:, None] * stride_g_tok + voc64[None, :] * stride_g_voc,
@@ -406,23 +410,29 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
         z.stride(0),
         out,
         out.stride(0),
-        terms.label,
-        terms.lse,
-        terms.coef_p,
-        terms.coef_y,
-        terms.coef_smooth,
-        terms.lse if w is None else w,
-        col0,
+        *dlogits_terms(terms, w, col0),
         n_cols,
         1.0 / (opts.softcap or 1.0),
-        HAS_WEIGHT=w is not None,
-        SMOOTHING=opts.label_smoothing > 0,
-        SOFTCAP=opts.softcap is not None,
-        TO_BF16=out.dtype == torch.bfloat16,
+        **dlogits_flags(out.dtype, w, opts),
         BLOCK=block,
         num_warps=8,
     )
     return out
+
+
+def dlogits_terms(terms: RowTerms, w, col0: int) -> tuple:
+    """The per-token, class-weight and column-offset arguments of both dlogits kernels, in order."""
+    return terms.label, terms.lse, terms.coef_p, terms.coef_y, terms.coef_smooth, terms.lse if w is None else w, col0
+
+
+def dlogits_flags(dtype: torch.dtype, w, opts: CEOptions) -> dict:
+    """The compile-time flags of both dlogits kernels for an output of ``dtype``."""
+    return dict(
+        HAS_WEIGHT=w is not None,
+        SMOOTHING=opts.label_smoothing > 0,
+        SOFTCAP=opts.softcap is not None,
+        TO_BF16=dtype == torch.bfloat16,
+    )
 
 
 def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -> None:
@@ -441,13 +451,7 @@ def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -
         out,
         out.stride(0),
         out.stride(1),
-        terms.label,
-        terms.lse,
-        terms.coef_p,
-        terms.coef_y,
-        terms.coef_smooth,
-        terms.lse if w is None else w,
-        col0,
+        *dlogits_terms(terms, w, col0),
         n_tok,
         n_voc,
         1.0 / (opts.softcap or 1.0),
@@ -456,10 +460,7 @@ def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -
         dst,
         dst.stride(0),
         src.shape[1] if copy is not None else 0,
-        HAS_WEIGHT=w is not None,
-        SMOOTHING=opts.label_smoothing > 0,
-        SOFTCAP=opts.softcap is not None,
-        TO_BF16=out.dtype == torch.bfloat16,
+        **dlogits_flags(out.dtype, w, opts),
         COPY=copy is not None,
         BLOCK_TOK=block_tok,
         BLOCK_VOC=block_voc,
@@ -1015,8 +1016,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
     ``use_token_scaling`` (each token's loss and gradient times its detached ``p[y]``) and:
 
     - ``ce_mode``: None or ``"exact"`` (the default when no ``accum_dtype`` is given): every
-      gradient rounded once from an fp32 accumulator, 8NHV flops, peak extra memory about the
-      weight gradient + input gradient + 64 MiB; ``"fast"``: token chunks around the
+      gradient rounded once from an fp32 accumulator, 8NHV flops or fewer, peak extra memory
+      about the weight gradient + fp32 input gradient. With a weight gradient and a scalar
+      upstream gradient (not ``reduction="none"``), that gradient's buffer exists from the
+      forward on (it holds the forward's chunks and the dlogits of up to 7H/8 tokens, which the
+      backward then need not recompute) and the backward reads the upstream gradient on the
+      host (one sync); ``"fast"``: token chunks around the
       cross-entropy kernel, 6NHV flops, the weight gradient accumulated over chunks in
       ``accum_dtype`` (None: the weight's dtype, as Liger Kernel 0.8.5). Any ``accum_dtype`` with
       ``ce_mode=None`` selects the fast path. See the module docstring for the numbers.
