@@ -20,20 +20,26 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from triton.testing import do_bench
 
 from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
 MIB = 2**20
-# name -> keyword arguments; "module": budgets of the ops module for the run ("T": tile columns)
+# name -> keyword arguments; "module": settings of the ops module for the run ("T": tile columns);
+# "compile": torch.compile of the plain-PyTorch loss instead
 PROVIDERS = {
     "exact (default)": {},
-    "exact C1024 T1024": {"module": {"EXACT_ROWS_BUDGET_BYTES": 512 * MIB, "T": 1024}},
-    "exact C2048 T2304": {"module": {"T": 2304}},
+    "exact nothing kept": {"module": {"EXACT_KEPT_CHUNK_SHARE": 0}},  # the previous default
+    "exact kept share 1/4": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
+    "exact kept share 1/16": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
+    "exact T1024": {"module": {"T": 1024}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
+    "compile": {"compile": True},  # torch.compile(F.cross_entropy((x @ w.T).float(), y)), dynamic=False
     "liger085": {},  # whatever liger_kernel is on PYTHONPATH, at its defaults
 }
+DEFAULT_PROVIDERS = "exact (default),exact nothing kept,fast (accum bf16),compile"
 
 
 def inputs(n, h, v, seed=0):
@@ -64,7 +70,14 @@ def ratios(actual, reference):
     return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
 
 
+@functools.cache
+def compiled_loss():
+    return torch.compile(lambda x, w, y: F.cross_entropy((x @ w.T).float(), y), dynamic=False)
+
+
 def loss_of(x, w, y, kwargs):
+    if kwargs.get("compile"):
+        return compiled_loss()(x, w, y)
     out = liger_fused_linear_cross_entropy(x, w, y, **kwargs)
     return out[0] if isinstance(out, (tuple, list)) else getattr(out, "loss", out)
 
@@ -137,7 +150,7 @@ def main():
     p.add_argument("--tokens", default="8192,2048")
     p.add_argument("--errors", default="8192,2048", help="token counts at which to measure the errors")
     p.add_argument("--errors-for", default="exact (default),fast (accum bf16),fast accum fp32,liger085")
-    p.add_argument("--providers", default=",".join(name for name in PROVIDERS if name != "liger085"))
+    p.add_argument("--providers", default=DEFAULT_PROVIDERS, help=f"comma-separated, of: {', '.join(PROVIDERS)}")
     args = p.parse_args()
     h, v = 4096, 128256
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}

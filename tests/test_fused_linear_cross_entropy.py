@@ -93,10 +93,13 @@ def liger(
     )
 
 
-def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None):
-    """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns."""
+def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None, kept_share=1 / 3):
+    """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns;
+    chunks of kept tokens of ``kept_share`` of the weight gradient (at the CPU shapes' small H: a
+    few tokens, beside some but not all tokens' dlogits)."""
     monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4)
+    monkeypatch.setattr(flce_ops, "EXACT_KEPT_CHUNK_SHARE", kept_share)
     monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4)
 
 
@@ -445,7 +448,7 @@ def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
 def test_chunk_mem_const_scales_the_chunks(monkeypatch):
     """chunk_mem_const multiplies the budgets: fewer, larger chunks, the same result."""
     x, w, b, y, opts, _ = make_case(29, 24, 300, torch.float32, dict(bias=True, ignore=True))
-    set_budgets(monkeypatch, 29, 300, rows=4, cols=32)
+    set_budgets(monkeypatch, 29, 300, rows=4, cols=32, kept_share=0)  # no kept dlogits: two plain passes
     sizes_seen = []
     real_split = flce_ops.split_size
     monkeypatch.setattr(flce_ops, "split_size", lambda *a: sizes_seen.append(real_split(*a)) or sizes_seen[-1])
@@ -505,3 +508,60 @@ def test_ce_impl_torch_runs_the_reference(monkeypatch):
         x, w, y, b, None, *opts.values(), False, None, False, False, False, "torch"
     )[0].backward()
     assert calls and x.grad is not None
+
+
+def test_kept_split_at_the_benchmark_shape():
+    """The weight gradient's buffer (bf16, H=4096, V=128256: 1002 MiB) keeps the dlogits of 3584
+    tokens beside 256-token chunks of fp32 logits at N=8192, all 2048 (in 1024-token chunks) at
+    N=2048; a share of 0 keeps none, and so does a buffer too small for one chunk beside one token."""
+    share = flce_ops.EXACT_KEPT_CHUNK_SHARE
+    assert flce_ops.kept_split(8192, 128256, 4096, 2, share) == (3584, 256)
+    assert flce_ops.kept_split(2048, 128256, 4096, 2, share) == (2048, 1024)
+    assert flce_ops.kept_split(8192, 128256, 4096, 2, 0) == (0, 0)
+    assert flce_ops.kept_split(100, 1000, 2, 2, share) == (0, 0)
+    for n, v, h, elem in [(8192, 128256, 4096, 2), (37, 1000, 24, 4), (5000, 32000, 1024, 2)]:
+        rows, chunk = flce_ops.kept_split(n, v, h, elem, share)
+        assert 0 < rows <= n and rows * v * elem + chunk * v * 4 <= v * h * elem
+
+
+KEPT = {"none": 0, "some": 1 / 3, "all": 1 / 8}  # kept shares; "all" at the small N below
+
+
+@pytest.mark.parametrize("kept", KEPT)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_dlogits_give_the_same_gradients(monkeypatch, kept, dtype):
+    """The exact path with none, some or all of the tokens' dlogits kept in the weight gradient's
+    buffer (``KeptDlogits``): every gradient right with every option, for a non-unit upstream
+    gradient (it scales the kept dlogits' matmul), and the buffer becomes ``weight.grad``."""
+    n, h, v = sizes(cpu=(11 if kept == "all" else 37, 24, 300), gpu=(1536 if kept == "all" else 4096, 2048, 32000))
+    set_budgets(monkeypatch, n, v, rows=sizes(cpu=8, gpu=1024), cols=sizes(cpu=64, gpu=2048), kept_share=KEPT[kept])
+    seen = []
+    real = flce_ops.kept_vocab_pass
+    monkeypatch.setattr(flce_ops, "kept_vocab_pass", lambda *a: seen.append(a[6].rows) or real(*a))
+    spec = dict(bias=True, ignore=True, ce_weight=True, label_smoothing=0.1, softcap=4.0, lse_square_scale=1e-2)
+    x, w, b, y, opts, cw = make_case(n, h, v, dtype, spec)
+    check_against_torch(x, w, b, y, opts, cw, grad_out=torch.tensor(-2.75, device=DEVICE), mode="exact")
+    expected = {"none": [], "some": seen[:1], "all": [n]}[kept]
+    assert seen == expected and (kept != "some" or 0 < seen[0] < n), seen
+
+
+@pytest.mark.skipif(not ON_GPU, reason="peak memory of the CUDA caching allocator")
+def test_exact_path_peak_memory():
+    """Peak extra memory of one forward + backward (bf16) with kept dlogits: the weight gradient
+    (their buffer from the forward on), then the larger of the fp32 input gradient and the bf16
+    one beside one vocabulary tile (issue 11: <= 1.2 GB at N=8192, H=4096, V=128256)."""
+    n, h, v = 4096, 2048, 65536
+    torch.manual_seed(0)
+    x = randn(n, h, dtype=torch.bfloat16, requires_grad=True)
+    w = randn(v, h, dtype=torch.bfloat16, requires_grad=True, scale=h**-0.5)
+    y = torch.randint(0, v, (n,), device=DEVICE)
+    liger_fused_linear_cross_entropy(x, w, y).backward()  # warm-up
+    x.grad = w.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    liger_fused_linear_cross_entropy(x, w, y).backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    bound = v * h * 2 + max(n * h * 4, n * h * 2 + flce_ops.EXACT_TILE_BUDGET_BYTES) + 4 * 2**20
+    assert extra <= bound, (extra / 2**20, bound / 2**20)

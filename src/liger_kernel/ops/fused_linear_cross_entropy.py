@@ -19,14 +19,25 @@ both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of 
   ``grad_W[tile] = dlogits.T @ x``: contracted over all tokens in one matmul, written once.
   ``grad_x`` is the fp32 forward result times the upstream gradient, rounded once: exact for
   any upstream gradient, per token too (``reduction="none"`` needs no recomputation).
+- Kept dlogits (``KeptDlogits``; whenever the weight needs a gradient and one upstream gradient
+  scales all tokens): the weight gradient's own buffer, allocated in the forward, holds what
+  the forward would otherwise allocate: the chunks' fp32 logits, then, for the first 7H/8
+  tokens (``EXACT_KEPT_CHUNK_SHARE``; all of them when N is at most that), their bf16 dlogits
+  vocabulary-major in its tail (``_dlogits_grid_kernel``; their ``grad_x`` is one matmul
+  over them). The backward recomputes only the other tokens' logits, vocabulary-major, and
+  builds each tile's ``[T, N]`` operand from both, then ``grad_W[tile] = g * (operand @ x)``
+  with cuBLAS' alpha (the fp32 accumulator scaled, rounded once; ``g`` read on the host: one
+  sync per backward) written into rows whose kept dlogits were already used. Flops: 8NHV minus
+  2 K H V for K kept tokens (7.1NHV at N=8192, 6NHV at N <= 3584 for H=4096); memory unchanged.
 
-That is 8NHV flops instead of 6NHV. Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256,
-bf16; benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean"): 57.6 ms fwd+bwd (Liger
-0.8.5: 55.5 ms in the same session; 6NHV at the measured matmul rate: 37.2 ms), peak extra memory
-1130 MiB (the bf16 weight gradient 1002 + input gradient 64 + one 64 MiB fp32 tile; Liger: 1129),
-gradient errors 1.00x one rounding of the float64 result (rms; Liger's weight gradient: 1.21x,
-2.1x in the max). At N=2048: 14.5 ms (Liger 45.6). The fp32 logits' trips through memory (~4 ms
-per direction) are what separates it from 8NHV at that rate (49.7 ms).
+Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16; benchmarks/NOTES.md, "Fused
+linear cross-entropy: exact and lean", and benchmarks/results/h200/flce_exact.md), one run:
+54.5 ms fwd+bwd against Liger 0.8.5's 56.5 ms (nothing kept: 58.5 ms; 6NHV at the measured
+matmul rate: 37.6 ms), peak extra memory 1130 MiB (the bf16 weight gradient 1002 + fp32 input
+gradient 128 in the forward; weight gradient + input gradient 64 + one 64 MiB fp32 tile in the
+backward; Liger: 1129), gradient errors 1.00x one rounding of the float64 result (rms; Liger's
+weight gradient: 1.21x, 2.1x in the max). At N=2048: 11.8 ms (nothing kept 15.6, Liger 45.8).
+What remains above the flops at that rate (~45 ms) is the fp32 logits' trips through memory.
 
 **Fast** (``ce_mode="fast"``, or any ``accum_dtype``): the token-chunk loop around the
 cross-entropy kernel, as Liger Kernel 0.8.5 does: per chunk of ``CHUNK_BUDGET_BYTES`` of logits,
@@ -84,8 +95,8 @@ from liger_kernel.utils import use_triton
 # 1100 MiB -> 40.3 ms, 2068 MB. 576 MiB is the knee.
 CHUNK_BUDGET_BYTES = 576 * 2**20
 # Exact path, forward: the fp32 logits of one token chunk (dlogits are written over them): 2048
-# tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient. The weight
-# gradient does not exist yet, so this stays under the backward's peak.
+# tokens of a 128k vocabulary, 1002 MiB beside the 128 MiB fp32 input gradient. With kept dlogits
+# the chunks lie in the weight gradient's buffer (at most its size).
 EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
 # Exact path, backward: the fp32 logits of one vocabulary tile for all tokens (2048 columns at
 # 8192 tokens) beside the weight and input gradients: 1002 + 64 + 64 = 1130 MiB. Measured on H200
@@ -94,6 +105,13 @@ EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
 # steps on a side stream beside the next matmul (two buffer sets of half the size) was slower
 # (58.7 ms vs 57.6): the matmuls leave it no room.
 EXACT_TILE_BUDGET_BYTES = 64 * 2**20
+# Exact path with a weight gradient: the share of the weight gradient's buffer that holds the fp32
+# logits of one chunk of the tokens whose dlogits the rest of it keeps (bf16: 1/8 of it is H/16
+# tokens, 256 at H=4096, beside the dlogits of 7H/8 tokens, 3584). 0 keeps none. Measured on H200
+# at N=8192 (fwd+bwd, before the matmul's alpha replaced an fp32 tile and a scaling pass): 1/4
+# (3072 kept) 56.2 ms, 1/8 56.0, 1/16 (3840) 59.1 ms and 1194 MiB (the bf16 input gradient no
+# longer fits in the buffer's free head); nothing kept 57.4.
+EXACT_KEPT_CHUNK_SHARE = 1 / 8
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
 
 # Chunk sizes are a multiple of this (tensor-core friendly matmul shapes).
@@ -173,6 +191,18 @@ def _round_to_bf16(v):
 
 
 @triton.jit
+def _softcap_and_round(g, z, inv_softcap, SOFTCAP: tl.constexpr, TO_BF16: tl.constexpr):
+    """The last steps of both dlogits kernels: ``g`` times the softcap's derivative
+    ``1 - (z / softcap)^2`` (SOFTCAP), rounded as ``_round_to_bf16`` says (TO_BF16)."""
+    if SOFTCAP:
+        u = z * inv_softcap
+        g *= 1.0 - u * u
+    if TO_BF16:
+        g = _round_to_bf16(g)
+    return g
+
+
+@triton.jit
 def _dlogits_kernel(
     z_ptr,  # [R, T] fp32 logits (softcapped) of columns col0 .. col0 + T
     stride_z,
@@ -218,13 +248,85 @@ def _dlogits_kernel(
                 g -= coef_smooth * tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
             else:
                 g -= coef_smooth
-        if SOFTCAP:
-            u = z * inv_softcap
-            g *= 1.0 - u * u
-        if TO_BF16:
-            g = _round_to_bf16(g)
+        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
         tl.debug_barrier()
         tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dlogits_grid_kernel(
+    z_ptr,  # [n_tok, n_voc] fp32 logits (softcapped) of columns col0 .. col0 + n_voc, any strides
+    stride_z_tok,
+    stride_z_voc,
+    g_ptr,  # [n_tok, n_voc] out: dloss/dlogits in the matmul dtype, any strides; may share z's memory
+    stride_g_tok,
+    stride_g_voc,
+    label_ptr,  # [n_tok] label, -1 at ignored tokens
+    lse_ptr,  # [n_tok] fp32
+    coef_p_ptr,  # [n_tok] fp32
+    coef_y_ptr,  # [n_tok] fp32
+    coef_smooth_ptr,  # [n_tok] fp32 (SMOOTHING)
+    w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
+    col0,
+    n_tok,
+    n_voc,
+    inv_softcap,
+    copy_src_ptr,  # [n_voc, n_copy] (COPY): copied to copy_dst_ptr, both with unit token stride
+    stride_copy_src,
+    copy_dst_ptr,
+    stride_copy_dst,
+    n_copy,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTHING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    TO_BF16: tl.constexpr,
+    COPY: tl.constexpr,
+    BLOCK_TOK: tl.constexpr,
+    BLOCK_VOC: tl.constexpr,
+):
+    """``_dlogits_kernel``'s math on [tokens, vocabulary] blocks with any strides, for outputs laid
+    out vocabulary-major. One program per ``BLOCK_VOC`` vocabulary entries, its token blocks in
+    order: a vocabulary-major ``g`` may be written over a vocabulary-major ``z`` as in
+    ``_dlogits_kernel`` (each entry's memory is its program's alone; the barrier orders its
+    loads of a block before its stores). ``COPY``: first copies ``n_copy`` items per entry (the
+    kept dlogits, beside the ones computed here)."""
+    voc = tl.program_id(0) * BLOCK_VOC + tl.arange(0, BLOCK_VOC)
+    voc_mask = voc < n_voc
+    voc64 = voc.to(tl.int64)
+    if COPY:
+        for start in range(0, n_copy, BLOCK_TOK):
+            tok = (start + tl.arange(0, BLOCK_TOK)).to(tl.int64)
+            mask = (tok < n_copy)[:, None] & voc_mask[None, :]
+            kept = tl.load(copy_src_ptr + voc64[None, :] * stride_copy_src + tok[:, None], mask=mask)
+            tl.store(copy_dst_ptr + voc64[None, :] * stride_copy_dst + tok[:, None], kept, mask=mask)
+    if SMOOTHING:
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + col0 + voc, mask=voc_mask, other=0.0)
+    for start in range(0, n_tok, BLOCK_TOK):
+        tok = start + tl.arange(0, BLOCK_TOK)
+        tok_mask = tok < n_tok
+        tok64 = tok.to(tl.int64)
+        mask = tok_mask[:, None] & voc_mask[None, :]
+        z = tl.load(z_ptr + tok64[:, None] * stride_z_tok + voc64[None, :] * stride_z_voc, mask=mask, other=0.0)
+        lse = tl.load(lse_ptr + tok, mask=tok_mask, other=0.0)
+        coef_p = tl.load(coef_p_ptr + tok, mask=tok_mask, other=0.0)
+        coef_y = tl.load(coef_y_ptr + tok, mask=tok_mask, other=0.0)
+        label = tl.load(label_ptr + tok, mask=tok_mask, other=-1) - col0
+        g = coef_p[:, None] * tl.exp(z - lse[:, None])
+        g = tl.where(voc[None, :] == label[:, None], g - coef_y[:, None], g)
+        if SMOOTHING:
+            coef_smooth = tl.load(coef_smooth_ptr + tok, mask=tok_mask, other=0.0)
+            if HAS_WEIGHT:
+                g -= coef_smooth[:, None] * w[None, :]
+            else:
+                g -= coef_smooth[:, None]
+        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
+        tl.debug_barrier()
+        tl.store(
+            g_ptr + tok64[:, None] * stride_g_tok + voc64[None, :] * stride_g_voc,
+            g.to(g_ptr.dtype.element_ty),
+            mask=mask,
+        )
 
 
 # ----------------------------------------------------------------------------- exact path
@@ -285,6 +387,15 @@ def mm_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
         torch.mm(a.to(out.dtype), b.to(out.dtype), out=out)
 
 
+def mm_scaled(a: torch.Tensor, b: torch.Tensor, alpha: float, out: torch.Tensor) -> None:
+    """``out = alpha * (a @ b)``, the fp32 accumulator scaled and rounded once to ``out``'s dtype
+    (cuBLAS' own alpha; on CPU through an fp32 product)."""
+    if out.is_cuda:
+        torch.addmm(out, a, b, beta=0, alpha=alpha, out=out)
+    else:
+        out.copy_(torch.mm(a.to(torch.float32), b.to(torch.float32)).mul_(alpha))
+
+
 def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
     """dloss/dlogits of the fp32 logits ``z`` [n, T] (softcapped; columns ``col0 ..``) in
     ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
@@ -299,29 +410,121 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
         z.stride(0),
         out,
         out.stride(0),
-        terms.label,
-        terms.lse,
-        terms.coef_p,
-        terms.coef_y,
-        terms.coef_smooth,
-        terms.lse if w is None else w,
-        col0,
+        *dlogits_terms(terms, w, col0),
         n_cols,
         1.0 / (opts.softcap or 1.0),
-        HAS_WEIGHT=w is not None,
-        SMOOTHING=opts.label_smoothing > 0,
-        SOFTCAP=opts.softcap is not None,
-        TO_BF16=out.dtype == torch.bfloat16,
+        **dlogits_flags(out.dtype, w, opts),
         BLOCK=block,
         num_warps=8,
     )
     return out
 
 
-def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float):
+def dlogits_terms(terms: RowTerms, w, col0: int) -> tuple:
+    """The per-token, class-weight and column-offset arguments of both dlogits kernels, in order."""
+    return terms.label, terms.lse, terms.coef_p, terms.coef_y, terms.coef_smooth, terms.lse if w is None else w, col0
+
+
+def dlogits_flags(dtype: torch.dtype, w, opts: CEOptions) -> dict:
+    """The compile-time flags of both dlogits kernels for an output of ``dtype``."""
+    return dict(
+        HAS_WEIGHT=w is not None,
+        SMOOTHING=opts.label_smoothing > 0,
+        SOFTCAP=opts.softcap is not None,
+        TO_BF16=dtype == torch.bfloat16,
+    )
+
+
+def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -> None:
+    """``dlogits_in_place``'s math from the fp32 logits ``z`` into ``out``, both ``[tokens, T]``
+    views with any strides (``out`` vocabulary-major; it may lie over a vocabulary-major ``z``).
+    ``copy``: None, or ``(src, dst)`` ``[T, n]`` views with unit token stride, copied first."""
+    n_tok, n_voc = z.shape
+    if n_voc == 0 or (n_tok == 0 and copy is None):
+        return
+    src, dst = (z, z) if copy is None else copy
+    block_tok, block_voc = (64, 64) if z.stride(1) == 1 else (512, 8)  # along the contiguous axis
+    _dlogits_grid_kernel[(cdiv(n_voc, block_voc),)](
+        z,
+        z.stride(0),
+        z.stride(1),
+        out,
+        out.stride(0),
+        out.stride(1),
+        *dlogits_terms(terms, w, col0),
+        n_tok,
+        n_voc,
+        1.0 / (opts.softcap or 1.0),
+        src,
+        src.stride(0),
+        dst,
+        dst.stride(0),
+        src.shape[1] if copy is not None else 0,
+        **dlogits_flags(out.dtype, w, opts),
+        COPY=copy is not None,
+        BLOCK_TOK=block_tok,
+        BLOCK_VOC=block_voc,
+        num_warps=8,
+    )
+
+
+def alias(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A flat ``dtype`` tensor over all of ``t``'s memory (scratch inside an output-to-be)."""
+    storage = t.untyped_storage()
+    flat = torch.empty(0, dtype=dtype, device=t.device)
+    return flat.set_(storage, 0, (storage.nbytes() // dtype.itemsize,))
+
+
+class KeptDlogits(NamedTuple):
+    """The exact path's weight-gradient buffer ``grad_w`` [V, H] and what it holds until the
+    backward fills it: the dlogits of tokens ``[0, rows)`` for an upstream gradient of 1,
+    vocabulary-major ``[V, rows]`` in its tail, written by the forward through chunks of
+    ``chunk_rows`` tokens whose fp32 logits lie in its head."""
+
+    grad_w: torch.Tensor
+    rows: int
+    chunk_rows: int
+
+    def dlogits(self) -> torch.Tensor:
+        n_vocab = self.grad_w.shape[0]
+        return self.grad_w.view(-1)[self.grad_w.numel() - n_vocab * self.rows :].view(n_vocab, self.rows)
+
+    def head(self, dtype: torch.dtype, numel: int):
+        """A flat ``dtype`` scratch of ``numel`` items before the kept dlogits, or None."""
+        free = (self.grad_w.numel() - self.grad_w.shape[0] * self.rows) * self.grad_w.element_size()
+        return alias(self.grad_w, dtype)[:numel] if numel * dtype.itemsize <= free else None
+
+
+def kept_split(n_rows: int, n_vocab: int, hidden: int, elem: int, share: float) -> tuple[int, int]:
+    """``(rows, chunk_rows)`` of ``KeptDlogits`` for a ``[n_vocab, hidden]`` buffer of ``elem``-byte
+    items: as many tokens as fit beside one chunk of fp32 logits of ``share`` of the buffer (more
+    if fewer tokens are kept); (0, 0) if none."""
+    row_bytes, buf_bytes = n_vocab * 4, n_vocab * hidden * elem
+    if share <= 0:
+        return 0, 0
+    chunk = split_size(n_rows, row_bytes, share * buf_bytes)
+    rows = min(n_rows, (buf_bytes - chunk * row_bytes) // (n_vocab * elem))
+    if rows <= 0:
+        return 0, 0
+    return rows, split_size(rows, row_bytes, buf_bytes - rows * n_vocab * elem)
+
+
+def plan_keep(x, weight, need_w: bool, per_row: bool, share: float):
+    """The ``KeptDlogits`` for ``token_pass``, or None: only with a weight gradient and one upstream
+    gradient for all tokens (it scales the kept dlogits' matmul), and only if some tokens fit."""
+    if not need_w or per_row or x.shape[0] == 0:
+        return None
+    rows, chunk_rows = kept_split(x.shape[0], weight.shape[0], weight.shape[1], weight.element_size(), share)
+    return KeptDlogits(torch.empty_like(weight), rows, chunk_rows) if rows else None
+
+
+def token_pass(
+    x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float, keep: KeptDlogits = None
+):
     """The exact path's forward over token chunks. ``x`` [N, H] contiguous. Returns the 4-tuple
     (in fp32), the ``RowTerms`` for the weight-gradient pass, the class weights in fp32 and the
-    fp32 input gradient for an upstream gradient of 1 (None unless ``need_x``)."""
+    fp32 input gradient for an upstream gradient of 1 (None unless ``need_x``). With ``keep``
+    (``plan_keep``), the chunks' logits lie in its buffer and it keeps its tokens' dlogits."""
     n_rows, hidden = x.shape
     n_vocab = weight.shape[0]
     y = target.reshape(-1)
@@ -336,11 +539,7 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
     pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
     grad_x = torch.empty(n_rows, hidden, dtype=torch.float32, device=x.device) if need_x else None
 
-    rows = split_size(n_rows, n_vocab * 4, budget)
-    buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
-    smoothing = opts.label_smoothing > 0
-    for start in range(0, n_rows, rows):
-        end = min(start + rows, n_rows)
+    def logits_and_stats(start, end, buf):
         z = flat_view(buf, end - start, n_vocab)
         mm_fp32(x[start:end], weight.t(), z)
         if bias is not None:
@@ -359,17 +558,33 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
             smooth[start:end],
             n_vocab,
             HAS_WEIGHT=w is not None,
-            SMOOTHING=smoothing,
+            SMOOTHING=opts.label_smoothing > 0,
             BLOCK=min(4096, next_power_of_2(n_vocab)),
             num_warps=8,
         )
+        part = slice(start, end)
+        args = lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts
+        return z, row_terms(*args, n_vocab)[2]
+
+    kept = 0 if keep is None else keep.rows
+    if keep is None:
+        rows = split_size(n_rows, n_vocab * 4, budget)
+        buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+    else:
+        buf = alias(keep.grad_w, torch.float32)
+        rows = split_size(n_rows - kept, n_vocab * 4, min(budget, buf.numel() * 4))
+    for start in range(kept, n_rows, rows):
+        z, terms = logits_and_stats(start, min(start + rows, n_rows), buf)
         if need_x:
-            part = slice(start, end)
-            _, _, terms = row_terms(
-                lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts,
-                n_vocab,
-            )  # fmt: skip
-            mm_fp32(dlogits_in_place(z, x.dtype, 0, terms, w, opts), weight, grad_x[start:end])
+            mm_fp32(dlogits_in_place(z, x.dtype, 0, terms, w, opts), weight, grad_x[start : start + z.shape[0]])
+    if kept:
+        dlogits = keep.dlogits()
+        for start in range(0, kept, keep.chunk_rows):
+            end = min(start + keep.chunk_rows, kept)
+            z, terms = logits_and_stats(start, end, buf)
+            dlogits_grid(z, dlogits[:, start:end].t(), 0, terms, w, opts)
+        if need_x:
+            mm_fp32(dlogits.t(), weight, grad_x[:kept])
     raise_if_bad_labels(bad, n_vocab, opts.ignore_index)
     loss_rows, z_rows, terms = row_terms(lse, z_label, smooth, y_safe, label, mask, w, wsum, norm, opts, n_vocab)
     if pred is not None:
@@ -406,14 +621,70 @@ def vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, need_w: boo
     return grad_w, None if grad_b is None else grad_b.to(bias.dtype)
 
 
-def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget):
+def kept_vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, keep: KeptDlogits, g, need_b, budget):
+    """The weight and bias gradients from what ``token_pass`` kept, for the scalar upstream
+    gradient ``g``. Per vocabulary tile: the kept tokens' dlogits (copied) and the others'
+    (recomputed vocabulary-major over their fp32 logits) form one ``[T, N]`` operand;
+    ``grad_W[tile] = g * (operand @ x)``, the matmul's fp32 accumulator scaled by its ``alpha``
+    and rounded once, written into the buffer where the kept dlogits are no longer needed (the
+    tile's own were copied, or are read by a matmul whose output does not overlap them). ``terms``
+    for an upstream gradient of 1, as the kept dlogits are; ``g`` is read on the host (one sync)."""
+    n_rows, hidden = x.shape
+    n_vocab = weight.shape[0]
+    kept, grad_w, dlogits = keep.rows, keep.grad_w, keep.dlogits()
+    alpha = float(g)
+    # fp32 row of a tile: the logits of tokens kept.. at their own columns, then the operand over
+    # them, in the first n_rows items of x's dtype
+    cols = split_size(n_vocab, n_rows * 4, budget)
+    buf = torch.empty(cols * n_rows, dtype=torch.float32, device=x.device)
+    grad_b = torch.empty(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
+    rest = slice(kept, n_rows)
+    rest_terms = RowTerms(*(t[rest] for t in terms))
+    for start in range(0, n_vocab, cols):
+        end = min(start + cols, n_vocab)
+        rows = flat_view(buf, end - start, n_rows)
+        operand = rows.view(x.dtype)[:, :n_rows]
+        if kept < n_rows:
+            z = rows[:, kept:]
+            mm_fp32(weight[start:end], x[rest].t(), z)
+            if bias is not None:
+                z += bias[start:end, None]
+            if opts.softcap is not None:
+                z.div_(opts.softcap).tanh_().mul_(opts.softcap)
+            copy = (dlogits[start:end], operand[:, :kept])
+            dlogits_grid(z.t(), operand[:, kept:].t(), start, rest_terms, w, opts, copy)
+        elif end * hidden > n_vocab * (hidden - kept) + start * kept:  # the output would overlap them
+            operand.copy_(dlogits[start:end])
+        else:
+            operand = dlogits[start:end]
+        if need_b:
+            torch.sum(operand, 1, dtype=torch.float32, out=grad_b[start:end])
+        mm_scaled(operand, x, alpha, grad_w[start:end])
+    return grad_w, None if grad_b is None else grad_b.mul_(alpha).to(bias.dtype)
+
+
+def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget, keep_box=()):
     """All gradients of the exact path for the upstream gradient ``g`` (fp32; one value, or one
     per token when ``per_row``). ``grad_x32_box``: an empty list, or one holding the forward's
     fp32 input gradient, taken out, scaled in place and rounded once to ``dtype`` before the
-    weight gradient exists (so the two never coexist)."""
+    weight gradient exists (so the two never coexist). ``keep_box``: empty, or holding the
+    forward's ``KeptDlogits`` (then the weight gradient exists already: the input gradient is
+    rounded into its free head first, and copied out once the fp32 one is freed)."""
+    keep = keep_box.pop() if keep_box else None
     grad_x = None
     if grad_x32_box:
-        grad_x = grad_x32_box.pop().mul_(g[:, None] if per_row else g).to(dtype)
+        grad_x32 = grad_x32_box.pop()
+        shape = grad_x32.shape
+        stage = None if keep is None or per_row else keep.head(dtype, grad_x32.numel())
+        if stage is None:
+            grad_x = grad_x32.mul_(g[:, None] if per_row else g).to(dtype)
+        else:
+            torch.mul(grad_x32, g, out=stage.view(shape))
+        del grad_x32
+        if stage is not None:
+            grad_x = stage.view(shape).clone()
+    if keep is not None:
+        return grad_x, *kept_vocab_pass(x, weight, bias, terms, w, opts, keep, g, need_b, budget)
     grad_w, grad_b = None, None
     if need_w or need_b:
         grad_w, grad_b = vocab_pass(x, weight, bias, terms.times(g), w, opts, need_w, need_b, budget)
@@ -690,16 +961,18 @@ def fused_linear_cross_entropy_forward(
                 *tensors, ce_weight, opts, needs, row_scale=g, budget=CHUNK_BUDGET_BYTES * chunk_mem_const
             )
         else:
-            outputs, terms, w, grad_x32 = token_pass(
-                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
-            )
             per_row = g is not None
+            keep = plan_keep(x, tensors[1], needs[1], per_row, EXACT_KEPT_CHUNK_SHARE * chunk_mem_const)
+            outputs, terms, w, grad_x32 = token_pass(
+                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const, keep
+            )
             g = torch.ones((), dtype=torch.float32, device=x.device) if g is None else g
             box = [] if grad_x32 is None else [grad_x32]
-            del grad_x32
+            keep_box = [] if keep is None else [keep]
+            del grad_x32, keep
             grads = exact_grads(
                 x, tensors[1], tensors[3], terms, w, box, x.dtype, opts, g, per_row, needs[1], needs[2],
-                EXACT_TILE_BUDGET_BYTES * chunk_mem_const,
+                EXACT_TILE_BUDGET_BYTES * chunk_mem_const, keep_box,
             )  # fmt: skip
         grad_x, grad_w, grad_b = grads
         grad_x = None if grad_x is None else grad_x.view(_input.shape)
@@ -743,8 +1016,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
     ``use_token_scaling`` (each token's loss and gradient times its detached ``p[y]``) and:
 
     - ``ce_mode``: None or ``"exact"`` (the default when no ``accum_dtype`` is given): every
-      gradient rounded once from an fp32 accumulator, 8NHV flops, peak extra memory about the
-      weight gradient + input gradient + 64 MiB; ``"fast"``: token chunks around the
+      gradient rounded once from an fp32 accumulator, 8NHV flops or fewer, peak extra memory
+      about the weight gradient + fp32 input gradient. With a weight gradient and a scalar
+      upstream gradient (not ``reduction="none"``), that gradient's buffer exists from the
+      forward on (it holds the forward's chunks and the dlogits of up to 7H/8 tokens, which the
+      backward then need not recompute) and the backward reads the upstream gradient on the
+      host (one sync); ``"fast"``: token chunks around the
       cross-entropy kernel, 6NHV flops, the weight gradient accumulated over chunks in
       ``accum_dtype`` (None: the weight's dtype, as Liger Kernel 0.8.5). Any ``accum_dtype`` with
       ``ce_mode=None`` selects the fast path. See the module docstring for the numbers.
@@ -799,10 +1076,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         ctx.input_shape, ctx.mode, ctx.per_row = _input.shape, mode, reduction == "none"
         ctx.opts, ctx.needs, ctx.chunk_mem_const = opts, needs, chunk_mem_const
         if mode == "exact":
+            keep = plan_keep(x, tensors[1], needs[1], ctx.per_row, EXACT_KEPT_CHUNK_SHARE * chunk_mem_const)
             outputs, terms, ctx.class_weight, grad_x32 = token_pass(
-                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
+                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const, keep
             )
             ctx.grad_x32 = [] if grad_x32 is None else [grad_x32]  # a box: backward frees it early
+            ctx.keep = [] if keep is None else [keep]  # a box too: backward hands the buffer on
             ctx.dtype = x.dtype
             if needs[1] or needs[2]:
                 ctx.save_for_backward(x, tensors[1], tensors[3], *terms)
@@ -827,7 +1106,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
             x, weight, bias, terms = (*saved[:3], RowTerms(*saved[3:])) if saved else (None, None, None, None)
             grads = exact_grads(
                 x, weight, bias, terms, ctx.class_weight, ctx.grad_x32, ctx.dtype, ctx.opts, g, ctx.per_row,
-                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const,
+                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const, ctx.keep,
             )  # fmt: skip
         elif ctx.per_row:
             budget = CHUNK_BUDGET_BYTES * ctx.chunk_mem_const
