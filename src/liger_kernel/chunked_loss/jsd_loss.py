@@ -1,0 +1,87 @@
+"""Distillation with the generalized Jensen-Shannon divergence (TRL's GKD loss) from hidden states.
+
+Per non-ignored token, with ``p = softmax(z / T)`` (student), ``q = softmax(zt / T)`` (teacher)::
+
+    beta = 0:  KL(q || p)                                   (forward KL)
+    beta = 1:  KL(p || q)                                   (reverse KL)
+    else:      beta * KL(q || m) + (1 - beta) * KL(p || m),  m = (1 - beta) p + beta q
+
+as TRL's ``GKDTrainer.generalized_jsd_loss`` (0.24 and 1.16); the total loss, chunking and memory
+are those of ``fused_linear_distillation``.
+"""
+
+import math
+
+import torch
+
+from liger_kernel.chunked_loss.fused_linear_distillation import (
+    DistillationLossModule,
+    LigerFusedLinearDistillationBase,
+    at_least_fp32,
+    student_teacher_backward,
+    student_teacher_forward,
+)
+
+
+def jsd_rows(student_logits, teacher_logits, beta):
+    """The generalized JSD of each row of fp32 logits ``[n, V]`` (already over the temperature)."""
+    log_p = torch.log_softmax(at_least_fp32(student_logits), -1)
+    log_q = torch.log_softmax(at_least_fp32(teacher_logits), -1)
+    if beta == 0:
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if beta == 1:
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    log_m = torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
+    return beta * (log_q.exp() * (log_q - log_m)).sum(-1) + (1 - beta) * (log_p.exp() * (log_p - log_m)).sum(-1)
+
+
+class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
+    """``weight_hard_loss * CE + weight_soft_loss * JSD_beta`` (module docstring) from the student's
+    and the teacher's hidden states and heads."""
+
+    @staticmethod
+    def distillation_loss_fn(student_logits, teacher_logits, beta=0.5, target=None, ignore_index=-100):
+        """The generalized JSD summed over the rows whose ``target`` is not ``ignore_index``."""
+        rows = jsd_rows(student_logits, teacher_logits, beta)
+        if target is not None:
+            rows = torch.where(target != ignore_index, rows, 0.0)
+        return rows.sum()
+
+    @classmethod
+    def forward(
+        cls,
+        ctx,
+        student_input,
+        student_weight,
+        teacher_input,
+        teacher_weight,
+        true_labels,
+        student_bias,
+        teacher_bias,
+        weight_hard_loss=0.5,
+        weight_soft_loss=0.5,
+        beta=0.5,
+        ignore_index=-100,
+        temperature=1.0,
+        compiled=True,
+        chunk_size=1024,
+        return_soft_hard_loss=False,
+    ):
+        if not 0 <= beta <= 1:
+            raise ValueError(f"`beta` must be in [0, 1] (the teacher's weight in the mixture); got {beta!r}.")
+        return student_teacher_forward(
+            cls, ctx, student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias,
+            teacher_bias, weight_hard_loss, weight_soft_loss, beta, ignore_index, temperature, compiled, chunk_size,
+            return_soft_hard_loss,
+        )  # fmt: skip
+
+    @staticmethod
+    def backward(ctx, grad_output, *args):
+        return student_teacher_backward(ctx, grad_output, *args)
+
+
+class LigerFusedLinearJSDLoss(DistillationLossModule):
+    """``LigerFusedLinearJSDFunction`` as a module: ``forward(student_input, student_weight,
+    teacher_input, teacher_weight, true_labels, student_bias=None, teacher_bias=None)``."""
+
+    function = LigerFusedLinearJSDFunction
