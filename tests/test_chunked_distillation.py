@@ -138,7 +138,7 @@ def test_cosine(dtype):
 def test_jsd_options_bias_and_sub_chunks(options, monkeypatch):
     """Temperature, weights, biases, a teacher of another width, 3-D inputs as TRL's GKD passes
     them, an upstream gradient other than 1, and sub-chunks inside blocks (budget of 3 rows)."""
-    monkeypatch.setattr(distill, "LOGITS_BUDGET_BYTES", 3 * 41 * 4 * LigerFusedLinearJSDFunction.ROW_ARRAYS)
+    monkeypatch.setattr(distill, "LOGITS_BUDGET_BYTES", 3 * 41 * 4 * LigerFusedLinearJSDFunction.row_arrays())
     inputs = make_inputs(24, 10, 41, torch.float32, bias=True, teacher_hidden=14, ignored=(5,), batch=2)
     check_against_reference("jsd", inputs, chunk_size=10, grad_scale=3.0, **options)
 

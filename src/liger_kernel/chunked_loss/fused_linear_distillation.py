@@ -55,7 +55,7 @@ from liger_kernel.ops.utils import (
 from liger_kernel.utils import use_triton
 
 # fp32 row arrays of one sub-chunk (student and teacher logits, plus what ``rows_loss_and_grad``
-# allocates, counted by its ``ROW_ARRAYS``): 256 rows of both heads' logits at V = 128256.
+# allocates, counted by ``row_arrays()``): 256 rows of both heads' logits at V = 128256.
 LOGITS_BUDGET_BYTES = 256 * 2**20
 
 # Elements rounded at a time, through a temporary, before the in-place rounding of the weight
@@ -190,7 +190,7 @@ def chunked_distillation(cls, tensors, chunk_size, opts: DistillOptions, needs):
     any_grad = need_x or need_w or need_b
     scale = 1.0 / valid_count(y, opts.ignore_index)
     block = max(1, min(chunk_size, n_rows))
-    rows = split_size(block, n_vocab * 4 * cls.ROW_ARRAYS, LOGITS_BUDGET_BYTES)
+    rows = split_size(block, n_vocab * 4 * cls.row_arrays(), LOGITS_BUDGET_BYTES)
     student_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
     teacher_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
     grad_buf = torch.empty(block * n_vocab if any_grad else 0, dtype=x.dtype, device=x.device)
@@ -309,9 +309,11 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
     first 7 forward arguments (student input, student weight, teacher input, teacher weight,
     target, student bias, teacher bias), then None for the rest."""
 
-    # fp32 [rows, V] arrays alive at once in ``rows_loss_and_grad`` (its memory budget): the two
-    # logits plus autograd's saved tensors through a typical hook.
-    ROW_ARRAYS = 12
+    @classmethod
+    def row_arrays(cls) -> int:
+        """fp32 [rows, V] arrays alive at once around ``rows_loss_and_grad`` (the sub-chunk's memory
+        budget): the two logits plus autograd's saved tensors through a typical hook."""
+        return 12
 
     @classmethod
     def apply(cls, *args, **kwargs):

@@ -10,39 +10,44 @@ as TRL's ``GKDTrainer.generalized_jsd_loss`` (0.24 and 1.16); the total loss, ch
 are those of ``fused_linear_distillation``.
 """
 
-import math
-
 import torch
 
 from liger_kernel.chunked_loss.fused_linear_distillation import (
     DistillationLossModule,
     LigerFusedLinearDistillationBase,
-    at_least_fp32,
     student_teacher_backward,
     student_teacher_forward,
 )
-
-
-def jsd_rows(student_logits, teacher_logits, beta):
-    """The generalized JSD of each row of fp32 logits ``[n, V]`` (already over the temperature)."""
-    log_p = torch.log_softmax(at_least_fp32(student_logits), -1)
-    log_q = torch.log_softmax(at_least_fp32(teacher_logits), -1)
-    if beta == 0:
-        return (log_q.exp() * (log_q - log_p)).sum(-1)
-    if beta == 1:
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
-    log_m = torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
-    return beta * (log_q.exp() * (log_q - log_m)).sum(-1) + (1 - beta) * (log_p.exp() * (log_p - log_m)).sum(-1)
+from liger_kernel.ops.jsd_distillation_rows import jsd_distillation_rows, jsd_rows_reference
 
 
 class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
     """``weight_hard_loss * CE + weight_soft_loss * JSD_beta`` (module docstring) from the student's
-    and the teacher's hidden states and heads."""
+    and the teacher's hidden states and heads. Its rows run through the row kernel of
+    ``ops/jsd_distillation_rows.py`` (2 fp32 row arrays, 3 passes), unless a subclass replaces
+    ``distillation_loss_fn`` (then the base's autograd path)."""
+
+    @classmethod
+    def _own_hook(cls):
+        return cls.distillation_loss_fn is LigerFusedLinearJSDFunction.distillation_loss_fn
+
+    @classmethod
+    def row_arrays(cls):
+        return 2 if cls._own_hook() else super().row_arrays()
+
+    @classmethod
+    def rows_loss_and_grad(cls, student_logits, teacher_logits, target, grad_out, scale, opts):
+        if not cls._own_hook():
+            return super().rows_loss_and_grad(student_logits, teacher_logits, target, grad_out, scale, opts)
+        return jsd_distillation_rows(
+            student_logits, teacher_logits, target, grad_out, scale, opts.hook_kwargs["beta"], opts.temperature,
+            opts.ignore_index, opts.weight_hard_loss, opts.weight_soft_loss, opts.compute_ce_loss,
+        )  # fmt: skip
 
     @staticmethod
     def distillation_loss_fn(student_logits, teacher_logits, beta=0.5, target=None, ignore_index=-100):
         """The generalized JSD summed over the rows whose ``target`` is not ``ignore_index``."""
-        rows = jsd_rows(student_logits, teacher_logits, beta)
+        rows = jsd_rows_reference(student_logits, teacher_logits, beta)
         if target is not None:
             rows = torch.where(target != ignore_index, rows, 0.0)
         return rows.sum()
