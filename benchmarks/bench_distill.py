@@ -26,6 +26,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from flce_exact import matmul_rate, ratios  # benchmarks/ is the script's directory
 from triton.testing import do_bench
 
 BETA = 0.5
@@ -89,12 +90,6 @@ def reference_grads(x, w, xt, wt, y, chunk=1024):
     return gx, gw
 
 
-def ratios(actual, reference):
-    err = actual.double() - reference
-    once = reference.to(actual.dtype).double() - reference
-    return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
-
-
 def fwd_bwd(loss_fn, x, w, xt, wt, y):
     x.grad = w.grad = None
     loss_fn(x, w, xt, wt, y).backward()
@@ -127,14 +122,6 @@ def measure(n, h, v, providers, with_errors):
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
-
-
-def matmul_rate(n, h, v):
-    """bf16 TFLOP/s of the logits matmul [n, h] @ [h, v]."""
-    a = torch.randn(n, h, device="cuda").bfloat16()
-    b = torch.randn(v, h, device="cuda").bfloat16()
-    ms = do_bench(lambda: a @ b.T, warmup=100, rep=500)
-    return 2 * n * h * v / ms / 1e9
 
 
 def main():

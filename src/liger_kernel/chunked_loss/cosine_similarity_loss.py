@@ -28,35 +28,8 @@ class LigerFusedLinearCosineSimilarityFunction(LigerFusedLinearDistillationBase)
             rows = torch.where(target != ignore_index, rows, 0.0)
         return rows.sum()
 
-    @classmethod
-    def forward(
-        cls,
-        ctx,
-        student_input,
-        student_weight,
-        teacher_input,
-        teacher_weight,
-        true_labels,
-        student_bias,
-        teacher_bias,
-        weight_hard_loss=0.5,
-        weight_soft_loss=0.5,
-        beta=0.5,
-        ignore_index=-100,
-        temperature=1.0,
-        compiled=True,
-        chunk_size=1024,
-        return_soft_hard_loss=False,
-    ):
-        return student_teacher_forward(
-            cls, ctx, student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias,
-            teacher_bias, weight_hard_loss, weight_soft_loss, beta, ignore_index, temperature, compiled, chunk_size,
-            return_soft_hard_loss,
-        )  # fmt: skip
-
-    @staticmethod
-    def backward(ctx, grad_output, *args):
-        return student_teacher_backward(ctx, grad_output, *args)
+    forward = classmethod(student_teacher_forward)
+    backward = staticmethod(student_teacher_backward)
 
 
 class LigerFusedLinearCosineSimilarityLoss(DistillationLossModule):

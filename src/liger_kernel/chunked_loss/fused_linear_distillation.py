@@ -321,6 +321,10 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
         return super().apply(*args, **kwargs)
 
     @staticmethod
+    def check_beta(beta) -> None:
+        """Raises where ``beta`` has no meaning for the subclass's loss (the built-in losses call it)."""
+
+    @staticmethod
     def distillation_loss_fn(student_logits, teacher_logits, target=None, ignore_index=None):
         """The soft loss summed over the rows of one chunk (a 0-dim tensor): ``student_logits``,
         ``teacher_logits`` [n, V] fp32, already divided by the temperature; ``target`` [n], rows at
@@ -504,10 +508,27 @@ def _outputs(ctx, outputs, return_soft_hard_loss):
 
 
 def student_teacher_forward(
-    cls, ctx, student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias, teacher_bias,
-    weight_hard_loss, weight_soft_loss, beta, ignore_index, temperature, compiled, chunk_size, return_soft_hard_loss,
-):  # fmt: skip
-    """The body of the built-in losses' ``forward`` (their argument order, the base's keywords)."""
+    cls,
+    ctx,
+    student_input,
+    student_weight,
+    teacher_input,
+    teacher_weight,
+    true_labels,
+    student_bias,
+    teacher_bias,
+    weight_hard_loss=0.5,
+    weight_soft_loss=0.5,
+    beta=0.5,
+    ignore_index=-100,
+    temperature=1.0,
+    compiled=True,
+    chunk_size=1024,
+    return_soft_hard_loss=False,
+):
+    """The built-in losses' ``forward`` (a classmethod of each): ``loss`` (fp32), or ``(loss,
+    soft_loss, hard_loss)`` with ``return_soft_hard_loss``; ``true_labels`` one label per token."""
+    cls.check_beta(beta)
     return LigerFusedLinearDistillationBase.forward(
         cls, ctx, student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias,
         teacher_bias, chunk_size=chunk_size, ignore_index=ignore_index, weight_hard_loss=weight_hard_loss,

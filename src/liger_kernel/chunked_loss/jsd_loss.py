@@ -45,6 +45,11 @@ class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
         )  # fmt: skip
 
     @staticmethod
+    def check_beta(beta) -> None:
+        if not 0 <= beta <= 1:
+            raise ValueError(f"`beta` must be in [0, 1] (the teacher's weight in the mixture); got {beta!r}.")
+
+    @staticmethod
     def distillation_loss_fn(student_logits, teacher_logits, beta=0.5, target=None, ignore_index=-100):
         """The generalized JSD summed over the rows whose ``target`` is not ``ignore_index``."""
         rows = jsd_rows_reference(student_logits, teacher_logits, beta)
@@ -52,37 +57,8 @@ class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
             rows = torch.where(target != ignore_index, rows, 0.0)
         return rows.sum()
 
-    @classmethod
-    def forward(
-        cls,
-        ctx,
-        student_input,
-        student_weight,
-        teacher_input,
-        teacher_weight,
-        true_labels,
-        student_bias,
-        teacher_bias,
-        weight_hard_loss=0.5,
-        weight_soft_loss=0.5,
-        beta=0.5,
-        ignore_index=-100,
-        temperature=1.0,
-        compiled=True,
-        chunk_size=1024,
-        return_soft_hard_loss=False,
-    ):
-        if not 0 <= beta <= 1:
-            raise ValueError(f"`beta` must be in [0, 1] (the teacher's weight in the mixture); got {beta!r}.")
-        return student_teacher_forward(
-            cls, ctx, student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias,
-            teacher_bias, weight_hard_loss, weight_soft_loss, beta, ignore_index, temperature, compiled, chunk_size,
-            return_soft_hard_loss,
-        )  # fmt: skip
-
-    @staticmethod
-    def backward(ctx, grad_output, *args):
-        return student_teacher_backward(ctx, grad_output, *args)
+    forward = classmethod(student_teacher_forward)
+    backward = staticmethod(student_teacher_backward)
 
 
 class LigerFusedLinearJSDLoss(DistillationLossModule):
