@@ -143,6 +143,25 @@ def test_jsd_options_bias_and_sub_chunks(options, monkeypatch):
     check_against_reference("jsd", inputs, chunk_size=10, grad_scale=3.0, **options)
 
 
+def test_called_as_trl_gkd_calls_it():
+    """TRL 0.24's ``GKDTrainer.compute_loss`` (``use_liger_kernel``): the module built with
+    ``beta``, ``ignore_index``, ``temperature``, ``compiled=False``, called by keyword on
+    [B, T - 1, H] hidden states with -100 on the prompt and the padding, the heads' biases None."""
+    loss_fn = LigerFusedLinearJSDLoss(beta=0.3, ignore_index=-100, temperature=0.9, compiled=False)
+    x, w, xt, wt, y, _, _ = make_inputs(20, 8, 23, torch.float32, ignored=(0, 1, 2, 10, 11, 19), batch=2)
+    loss = loss_fn(
+        student_input=x, student_weight=w, teacher_input=xt, teacher_weight=wt, true_labels=y, student_bias=None,
+        teacher_bias=None,
+    )  # fmt: skip
+    loss.backward()
+    x64, w64 = as64(x, w)
+    expected = reference("jsd", x64, w64, xt.double(), wt.double(), y, beta=0.3, temperature=0.9)[0]
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["jsd", "cosine"])
 def test_all_ignored_gives_zero(kind):
     x, w, xt, wt, y, b, bt = make_inputs(9, 8, 17, torch.float32, bias=True, ignored=range(9))

@@ -20,6 +20,10 @@ from liger_kernel.chunked_loss.fused_linear_distillation import (
 class LigerFusedLinearCosineSimilarityFunction(LigerFusedLinearDistillationBase):
     """``weight_hard_loss * CE + weight_soft_loss * beta * (1 - cos)`` (module docstring)."""
 
+    @classmethod
+    def hook_masks_ignored_rows(cls):
+        return cls.distillation_loss_fn is LigerFusedLinearCosineSimilarityFunction.distillation_loss_fn
+
     @staticmethod
     def distillation_loss_fn(student_logits, teacher_logits, target=None, ignore_index=None, beta=1.0):
         """``beta * (1 - cos)`` summed over the rows whose ``target`` is not ``ignore_index``."""

@@ -183,7 +183,25 @@ class Gradients(NamedTuple):
 def chunked_distillation(cls, tensors, chunk_size, opts: DistillOptions, needs):
     """The loop of the module docstring. ``tensors``: x [N, H], W [V, H], xt [N, Ht], Wt [V, Ht],
     y [N], b, bt (contiguous); ``needs``: input, weight, bias gradients wanted. Returns the summed
-    soft and hard losses (fp32, over ``n``) and the ``Gradients``."""
+    soft and hard losses (fp32, over ``n``) and the ``Gradients``.
+
+    When the hook gives ignored rows no loss (``hook_masks_ignored_rows``), they are dropped before
+    the matmuls (one host sync): the prompt tokens of a GKD batch then cost nothing."""
+    x, weight, xt, teacher_weight, y, bias, teacher_bias = tensors
+    if not cls.hook_masks_ignored_rows():
+        return _chunk_loop(cls, tensors, chunk_size, opts, needs)
+    keep = (y != opts.ignore_index).nonzero().squeeze(1)
+    if keep.numel() == y.numel():
+        return _chunk_loop(cls, tensors, chunk_size, opts, needs)
+    kept = (x[keep], weight, xt[keep], teacher_weight, y[keep], bias, teacher_bias)
+    soft, hard, grads = _chunk_loop(cls, kept, chunk_size, opts, needs)
+    if grads.input32 is not None:
+        grad_x = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        grads = grads._replace(input32=grad_x.index_copy_(0, keep, grads.input32))
+    return soft, hard, grads
+
+
+def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
     x, weight, xt, teacher_weight, y, bias, teacher_bias = tensors
     n_rows, n_vocab = x.shape[0], weight.shape[0]
     need_x, need_w, need_b = needs
@@ -319,6 +337,12 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
     def apply(cls, *args, **kwargs):
         caller_grad_mode.enabled = torch.is_grad_enabled()  # forward runs under no_grad: remember
         return super().apply(*args, **kwargs)
+
+    @classmethod
+    def hook_masks_ignored_rows(cls) -> bool:
+        """True when ``distillation_loss_fn`` gives rows at ``ignore_index`` no loss and no gradient,
+        so that the forward may drop them (the built-in losses' own hooks)."""
+        return False
 
     @staticmethod
     def check_beta(beta) -> None:

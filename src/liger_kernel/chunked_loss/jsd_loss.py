@@ -24,20 +24,21 @@ from liger_kernel.ops.jsd_distillation_rows import jsd_distillation_rows, jsd_ro
 class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
     """``weight_hard_loss * CE + weight_soft_loss * JSD_beta`` (module docstring) from the student's
     and the teacher's hidden states and heads. Its rows run through the row kernel of
-    ``ops/jsd_distillation_rows.py`` (2 fp32 row arrays, 3 passes), unless a subclass replaces
-    ``distillation_loss_fn`` (then the base's autograd path)."""
+    ``ops/jsd_distillation_rows.py`` (2 fp32 row arrays, 3 passes) and ignored tokens are dropped
+    before the matmuls, unless a subclass replaces ``distillation_loss_fn`` (then the base's
+    autograd path over every token)."""
 
     @classmethod
-    def _own_hook(cls):
+    def hook_masks_ignored_rows(cls):
         return cls.distillation_loss_fn is LigerFusedLinearJSDFunction.distillation_loss_fn
 
     @classmethod
     def row_arrays(cls):
-        return 2 if cls._own_hook() else super().row_arrays()
+        return 2 if cls.hook_masks_ignored_rows() else super().row_arrays()
 
     @classmethod
     def rows_loss_and_grad(cls, student_logits, teacher_logits, target, grad_out, scale, opts):
-        if not cls._own_hook():
+        if not cls.hook_masks_ignored_rows():
             return super().rows_loss_and_grad(student_logits, teacher_logits, target, grad_out, scale, opts)
         return jsd_distillation_rows(
             student_logits, teacher_logits, target, grad_out, scale, opts.hook_kwargs["beta"], opts.temperature,
