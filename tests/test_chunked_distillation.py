@@ -279,6 +279,35 @@ def test_custom_subclass_hook(dtype):
     assert_matches("grad w", w.grad, w64.grad, same[1].grad)
 
 
+class SoftOnlyJSDFunction(LigerFusedLinearJSDFunction):
+    """A subclass keeping the JSD hook (so its row kernel) without the cross-entropy."""
+
+    @classmethod
+    def forward(cls, ctx, x, w, xt, wt, y, beta):
+        return LigerFusedLinearDistillationBase.forward(
+            cls, ctx, x, w, xt, wt, y, chunk_size=5, beta=beta, compute_ce_loss=False, return_soft_hard_loss=True
+        )
+
+    @staticmethod
+    def backward(ctx, grad_output, *args):
+        return (*LigerFusedLinearDistillationBase.backward(ctx, grad_output)[:5], None)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.4])
+def test_without_cross_entropy(beta):
+    """``compute_ce_loss=False``: the hard loss is 0 and only the soft term has a gradient."""
+    x, w, xt, wt, y, _, _ = make_inputs(17, 9, 31, torch.float32, ignored=(3,))
+    loss, soft, hard = SoftOnlyJSDFunction.apply(x, w, xt, wt, y, beta)
+    loss.backward()
+    x64, w64, xt64, wt64 = as64(x, w, xt, wt)
+    expected = reference("jsd", x64, w64, xt64, wt64, y, beta=beta)[1] * 0.5
+    expected.backward()
+    assert hard.item() == 0.0
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_base_hook_is_abstract():
     with pytest.raises(NotImplementedError):
         LigerFusedLinearDistillationBase.distillation_loss_fn(torch.zeros(1, 2), torch.zeros(1, 2))

@@ -112,7 +112,8 @@ def _jsd_rows_kernel(
                 m_z, d_z = online_logsumexp_step(z, m_z, d_z)
         lse_s = finish_logsumexp(m_s, d_s)
         lse_t = finish_logsumexp(m_t, d_t)
-        lse_z = finish_logsumexp(m_z, d_z)
+        if CE:
+            lse_z = finish_logsumexp(m_z, d_z)
 
         soft = tl.zeros([BLOCK], tl.float32)
         kl_pm = tl.zeros([BLOCK], tl.float32)  # KL(p || m), or KL(p || q) for REVERSE_KL
