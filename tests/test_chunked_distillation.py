@@ -218,6 +218,24 @@ def test_float64_runs_the_reference():
         torch.testing.assert_close(actual.double(), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_torch_impl_runs_the_reference(monkeypatch):
+    """``LIGER_KERNEL_IMPL=torch``: the whole-batch reference (``_compute_loss``), through autograd,
+    with the soft/hard split."""
+    from liger_kernel.ops.backends.registry import impl_for_call
+
+    x, w, xt, wt, y, b, bt = make_inputs(13, 8, 19, torch.float32, bias=True, ignored=(3,))
+    with impl_for_call("torch"):
+        monkeypatch.setattr(distill, "chunked_distillation", None)  # would raise if called
+        loss, soft, hard = LigerFusedLinearCosineSimilarityLoss(return_soft_hard_loss=True)(x, w, xt, wt, y, b, bt)
+    loss.backward()
+    assert not soft.requires_grad and not hard.requires_grad
+    x64, w64, b64 = as64(x, w, b)
+    ref = reference("cosine", x64, w64, xt.double(), wt.double(), y, b64, bt.double())
+    ref[0].backward()
+    for actual, expected in zip((loss, soft, hard, x.grad, w.grad, b.grad), (*ref, x64.grad, w64.grad, b64.grad)):
+        torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("n_vocab", [17, 18])
 def test_weight_gradient_rounded_in_place(n_vocab, monkeypatch):
     """The bf16 weight gradient written over the first fp32 half: equal to the fp32 sum rounded
