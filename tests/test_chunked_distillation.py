@@ -207,6 +207,20 @@ def test_no_grad_computes_no_gradients(monkeypatch):
     torch.testing.assert_close(loss, reference("jsd", x, w, xt, wt, y)[0].detach())
 
 
+def test_under_torch_compile():
+    """Inside a compiled function the loss runs eagerly as one graph break (its forward syncs and
+    loops on the host; Dynamo failed tracing it before)."""
+    x, w, xt, wt, y, _, _ = make_inputs(13, 8, 19, torch.float32, ignored=(2,))
+    module = LigerFusedLinearJSDLoss(beta=0.4)
+    loss = module(x, w, xt, wt, y)
+    (grad,) = torch.autograd.grad(loss, x)
+    compiled = torch.compile(lambda a: module(a * 1.0, w, xt, wt, y) * 2, backend="aot_eager")
+    out = compiled(x)
+    out.backward()
+    torch.testing.assert_close(out, 2 * loss)
+    torch.testing.assert_close(x.grad, 2 * grad)
+
+
 def test_float64_runs_the_reference():
     x, w, xt, wt, y, b, bt = make_inputs(13, 8, 19, torch.float64, bias=True, ignored=(3,))
     loss = LigerFusedLinearJSDLoss(beta=0.2)(x, w, xt, wt, y, b, bt)

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 
 from liger_kernel.ops.cross_entropy import bad_label_message, caller_grad_mode, scale_by_upstream
 from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm, flat_view, mm_fp32, split_size
+from liger_kernel.ops.utils import _apply_eagerly as apply_eagerly
+from liger_kernel.ops.utils import _is_compiling as is_compiling
 from liger_kernel.ops.utils import (
     cdiv,
     check_float,
@@ -341,6 +343,8 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        if is_compiling():  # one graph break: the forward syncs and loops on the host
+            return apply_eagerly(cls, *args, **kwargs)
         caller_grad_mode.enabled = torch.is_grad_enabled()  # forward runs under no_grad: remember
         return super().apply(*args, **kwargs)
 
