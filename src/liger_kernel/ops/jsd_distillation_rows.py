@@ -48,11 +48,10 @@ def jsd_rows_reference(student_logits, teacher_logits, beta):
 
 @triton.jit
 def _log_mixture(lp, lq, log_w_student, log_w_teacher):
-    """``log((1 - beta) exp(lp) + beta exp(lq))`` as a two-term log-sum-exp."""
+    """``log((1 - beta) exp(lp) + beta exp(lq))`` as a two-term log-sum-exp (one exp, one log)."""
     a = lp + log_w_student
     b = lq + log_w_teacher
-    top = tl.maximum(a, b)
-    return top + tl.log(tl.exp(a - top) + tl.exp(b - top))
+    return tl.maximum(a, b) + tl.log(1.0 + tl.exp(-tl.abs(a - b)))
 
 
 @triton.jit
@@ -78,6 +77,7 @@ def _jsd_rows_kernel(
     MODE: tl.constexpr,
     CE: tl.constexpr,
     GRAD: tl.constexpr,
+    UNIT_T: tl.constexpr,  # temperature 1: the cross-entropy reuses the scaled log-sum-exp
     TO_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -108,12 +108,14 @@ def _jsd_rows_kernel(
             t = tl.load(t_row + cols, mask=mask, other=float("-inf"))
             m_s, d_s = online_logsumexp_step(z * inv_t, m_s, d_s)
             m_t, d_t = online_logsumexp_step(t * inv_t, m_t, d_t)
-            if CE:
+            if CE and not UNIT_T:
                 m_z, d_z = online_logsumexp_step(z, m_z, d_z)
         lse_s = finish_logsumexp(m_s, d_s)
         lse_t = finish_logsumexp(m_t, d_t)
-        if CE:
+        if CE and not UNIT_T:
             lse_z = finish_logsumexp(m_z, d_z)
+        elif CE:
+            lse_z = lse_s
 
         soft = tl.zeros([BLOCK], tl.float32)
         kl_pm = tl.zeros([BLOCK], tl.float32)  # KL(p || m), or KL(p || q) for REVERSE_KL
@@ -162,7 +164,8 @@ def _jsd_rows_kernel(
                     lm = _log_mixture(lp, lq, log_w_student, log_w_teacher)
                     g = (coef_soft * (1.0 - beta)) * p * (lp - lm - kl_row)
                 if CE:
-                    g += coef_hard * (tl.exp(z - lse_z) - tl.where(cols == label, 1.0, 0.0))
+                    p_z = p if UNIT_T else tl.exp(z - lse_z)  # the unscaled softmax
+                    g += coef_hard * (p_z - tl.where(cols == label, 1.0, 0.0))
                 if TO_BF16:
                     g = _round_to_bf16(g)
                 tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
@@ -206,6 +209,7 @@ def jsd_distillation_rows(
         MODE=mode,
         CE=bool(compute_ce_loss),
         GRAD=grad,
+        UNIT_T=temperature == 1,
         TO_BF16=grad and grad_out.dtype == torch.bfloat16,
         BLOCK=block,
         num_warps=16 if block >= 4096 else 8,
