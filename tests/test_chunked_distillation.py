@@ -119,7 +119,8 @@ def check_against_reference(kind, inputs, chunk_size=1024, grad_scale=1.0, **opt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
 def test_jsd_matches_trl(dtype, beta):
-    check_against_reference("jsd", make_inputs(23, 12, 37, dtype, ignored=(2, 9)), chunk_size=8, beta=beta)
+    inputs = make_inputs(23, 12, 37, dtype, bias=True, ignored=(2, 9))
+    check_against_reference("jsd", inputs, chunk_size=8, beta=beta)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
