@@ -9,7 +9,8 @@ whatever ``liger_kernel.chunked_loss`` is on the path).
 
 Shape of the issue: N=8192 tokens, H=4096, V=128256, bf16, a student head (trained) and a
 teacher head (forward only), loss ``0.5 CE + 0.5 JSD_beta`` (the losses' defaults, beta=0.5).
-Providers: "chunked" (``LigerFusedLinearJSDLoss()``), "plain" (bf16 logits of both heads, TRL's
+Providers: "chunked" (``LigerFusedLinearJSDLoss()``; "chunked K2048" and "chunked L512": ours
+with 2048-token blocks, or 512 MiB of sub-chunk logits), "plain" (bf16 logits of both heads, TRL's
 ``generalized_jsd_loss`` on them plus PyTorch's cross-entropy: what TRL's GKD trainer does without
 Liger, the CE added so both compute one loss). Per provider: ``do_bench`` median of forward +
 backward, peak extra memory of one forward + backward (``max_memory_allocated`` minus the inputs),
@@ -64,10 +65,20 @@ def plain_loss(x, w, xt, wt, y):
     return 0.5 * F.cross_entropy(z, y) + 0.5 * generalized_jsd_loss(z, zt, y, BETA)
 
 
-def chunked_loss():
+# Variants of ours for tuning: name -> (chunk_size, LOGITS_BUDGET_BYTES in MiB; None: the defaults).
+VARIANTS = {"chunked": (1024, None), "chunked K2048": (2048, None), "chunked L512": (1024, 512)}
+
+
+def chunked_loss(name):
+    """``LigerFusedLinearJSDLoss`` of whichever liger_kernel is on the path (a variant: ours only)."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
-    module = LigerFusedLinearJSDLoss(beta=BETA)
+    chunk_size, budget_mib = VARIANTS[name]
+    if budget_mib is not None:
+        from liger_kernel.chunked_loss import fused_linear_distillation
+
+        fused_linear_distillation.LOGITS_BUDGET_BYTES = budget_mib * 2**20
+    module = LigerFusedLinearJSDLoss(beta=BETA, chunk_size=chunk_size)
     return lambda x, w, xt, wt, y: module(x, w, xt, wt, y)
 
 
@@ -103,7 +114,7 @@ def measure(n, h, v, providers, with_errors):
     for name in providers:
         row = {"N": n, "provider": name}
         try:
-            loss_fn = plain_loss if name == "plain" else chunked_loss()
+            loss_fn = plain_loss if name == "plain" else chunked_loss(name)
             fwd_bwd(loss_fn, x, w, xt, wt, y)  # warm-up
             x.grad = w.grad = None
             torch.cuda.synchronize()
@@ -121,6 +132,10 @@ def measure(n, h, v, providers, with_errors):
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if name in VARIANTS and VARIANTS[name][1] is not None:
+            from liger_kernel.chunked_loss import fused_linear_distillation
+
+            fused_linear_distillation.LOGITS_BUDGET_BYTES = 256 * 2**20  # back to the default
     return rows
 
 
@@ -128,7 +143,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--tokens", default="8192")
-    p.add_argument("--providers", default="chunked,plain")
+    p.add_argument("--providers", default="chunked,plain", help=f"of {[*VARIANTS, 'plain']}")
     p.add_argument("--no-errors", action="store_true", help="skip the float64 reference (about 20 s at 8192)")
     args = p.parse_args()
     h, v = 4096, 128256
