@@ -67,17 +67,18 @@ def plain_loss(x, w, xt, wt, y):
 
 # Variants of ours for tuning: name -> (chunk_size, LOGITS_BUDGET_BYTES in MiB; None: the defaults).
 VARIANTS = {"chunked": (1024, None), "chunked K2048": (2048, None), "chunked L512": (1024, 512)}
+DEFAULT_BUDGET = {}
 
 
 def chunked_loss(name):
     """``LigerFusedLinearJSDLoss`` of whichever liger_kernel is on the path (a variant: ours only)."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+    from liger_kernel.chunked_loss import fused_linear_distillation as ops
 
     chunk_size, budget_mib = VARIANTS[name]
-    if budget_mib is not None:
-        from liger_kernel.chunked_loss import fused_linear_distillation
-
-        fused_linear_distillation.LOGITS_BUDGET_BYTES = budget_mib * 2**20
+    if hasattr(ops, "LOGITS_BUDGET_BYTES"):  # ours
+        DEFAULT_BUDGET.setdefault("bytes", ops.LOGITS_BUDGET_BYTES)
+        ops.LOGITS_BUDGET_BYTES = DEFAULT_BUDGET["bytes"] if budget_mib is None else budget_mib * 2**20
     module = LigerFusedLinearJSDLoss(beta=BETA, chunk_size=chunk_size)
     return lambda x, w, xt, wt, y: module(x, w, xt, wt, y)
 
@@ -132,10 +133,7 @@ def measure(n, h, v, providers, with_errors):
             row["error"] = f"{type(e).__name__}: {e}"[:300]
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if name in VARIANTS and VARIANTS[name][1] is not None:
-            from liger_kernel.chunked_loss import fused_linear_distillation
 
-            fused_linear_distillation.LOGITS_BUDGET_BYTES = 256 * 2**20  # back to the default
     return rows
 
 
