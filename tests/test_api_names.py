@@ -75,6 +75,37 @@ T = "liger_kernel.transformers"
 OPS = "liger_kernel.ops"
 
 
+CL = "liger_kernel.chunked_loss"
+DISTILL_INIT = (
+    "(weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.5, ignore_index=-100, temperature=1.0, compiled=True,"
+    " chunk_size=1024, return_soft_hard_loss=False)"
+)
+DISTILL_MODULE_FORWARD = (
+    "(student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias=None, teacher_bias=None)"
+)
+DISTILL_FUNCTION_FORWARD = (
+    "(student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias, teacher_bias,"
+    " weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.5, ignore_index=-100, temperature=1.0, compiled=True,"
+    " chunk_size=1024, return_soft_hard_loss=False)"
+)
+DISTILL_JSD_HOOK = "(student_logits, teacher_logits, beta=0.5, target=None, ignore_index=-100)"
+DISTILL_COS_HOOK = "(student_logits, teacher_logits, target=None, ignore_index=None, beta=1.0)"
+DISTILL_BASE_FORWARD = (
+    "(cls, ctx, student_input, student_weight, teacher_input, teacher_weight, target, student_bias=None,"
+    " teacher_bias=None, chunk_size=1024, ignore_index=-100, weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.5,"
+    " compute_ce_loss=True, temperature=1.0, compiled=True, return_soft_hard_loss=False, **loss_kwargs)"
+)
+DISTILL_CHUNK_FORWARD = (
+    "(student_input_chunk, student_weight, teacher_input_chunk, teacher_weight, target_chunk, student_bias=None,"
+    " teacher_bias=None, ignore_index=-100, compute_ce_loss=True)"
+)
+DISTILL_COMPUTE_LOSS = (
+    "(student_input_chunk, student_weight, teacher_input_chunk, teacher_weight, target_chunk, student_bias=None,"
+    " teacher_bias=None, distillation_loss_fn=None, full_target=None, ignore_index=-100, weight_hard_loss=0.5,"
+    " weight_soft_loss=0.5, compute_ce_loss=True, temperature=1, **loss_kwargs)"
+)
+
+
 def module_class(path, name, init, forward):
     return [(path, name, "__init__", init), (path, name, "forward", forward)]
 
@@ -395,6 +426,43 @@ NAMES = [
     (f"{T}.model.loss_utils", "unpack_cross_entropy_result", None, "(result)"),
     (f"{T}.model.output_classes", "LigerCausalLMOutputWithPast", None, None),
     (f"{T}.model.output_classes", "LigerMoeCausalLMOutputWithPast", None, None),
+    # §1.5 / §5.1 chunked_loss: distillation
+    *[
+        entry
+        for path, loss, function in (
+            (f"{CL}.jsd_loss", "LigerFusedLinearJSDLoss", "LigerFusedLinearJSDFunction"),
+            (
+                f"{CL}.cosine_similarity_loss",
+                "LigerFusedLinearCosineSimilarityLoss",
+                "LigerFusedLinearCosineSimilarityFunction",
+            ),
+        )
+        for entry in (
+            *module_class(path, loss, DISTILL_INIT, DISTILL_MODULE_FORWARD),
+            (CL, loss, None, None),
+            (path, function, "forward", DISTILL_FUNCTION_FORWARD),
+            (f"{CL}.functional", function, None, None),
+        )
+    ],
+    (f"{CL}.jsd_loss", "LigerFusedLinearJSDFunction", "distillation_loss_fn", DISTILL_JSD_HOOK),
+    (
+        f"{CL}.cosine_similarity_loss",
+        "LigerFusedLinearCosineSimilarityFunction",
+        "distillation_loss_fn",
+        DISTILL_COS_HOOK,
+    ),
+    (f"{CL}.functional", "liger_fused_linear_jsd", None, None),
+    (f"{CL}.functional", "liger_fused_linear_cosine", None, None),
+    (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "forward", DISTILL_BASE_FORWARD),
+    (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "backward", "(ctx, grad_output, *args)"),
+    (
+        f"{CL}.fused_linear_distillation",
+        "LigerFusedLinearDistillationBase",
+        "distillation_loss_fn",
+        "(student_logits, teacher_logits, target=None, ignore_index=None)",
+    ),
+    (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "chunk_forward", DISTILL_CHUNK_FORWARD),
+    (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "_compute_loss", DISTILL_COMPUTE_LOSS),
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.

@@ -1,0 +1,5 @@
+from liger_kernel.chunked_loss.cosine_similarity_loss import LigerFusedLinearCosineSimilarityFunction
+from liger_kernel.chunked_loss.jsd_loss import LigerFusedLinearJSDFunction
+
+liger_fused_linear_cosine = LigerFusedLinearCosineSimilarityFunction.apply
+liger_fused_linear_jsd = LigerFusedLinearJSDFunction.apply
