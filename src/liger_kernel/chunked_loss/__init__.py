@@ -1,0 +1,15 @@
+"""Post-training losses on the fused head (per-token log-probs without ``[tokens, vocab]`` logits)."""
+
+from liger_kernel.chunked_loss.cpo_loss import LigerFusedLinearCPOLoss
+from liger_kernel.chunked_loss.dpo_loss import LigerFusedLinearDPOLoss
+from liger_kernel.chunked_loss.kto_loss import LigerFusedLinearKTOLoss
+from liger_kernel.chunked_loss.orpo_loss import LigerFusedLinearORPOLoss
+from liger_kernel.chunked_loss.simpo_loss import LigerFusedLinearSimPOLoss
+
+__all__ = [
+    "LigerFusedLinearCPOLoss",
+    "LigerFusedLinearDPOLoss",
+    "LigerFusedLinearKTOLoss",
+    "LigerFusedLinearORPOLoss",
+    "LigerFusedLinearSimPOLoss",
+]
