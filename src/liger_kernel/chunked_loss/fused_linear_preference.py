@@ -26,6 +26,8 @@ A sequence with no target token has log-prob 0 (also averaged). The reference is
 gradient reaches ``ref_input`` / ``ref_weight`` / ``ref_bias``.
 """
 
+from typing import NamedTuple
+
 import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode
@@ -97,8 +99,13 @@ def autograd_grads(loss, leaves):
     return [next(found) if t is not None and t.requires_grad else None for t in leaves]
 
 
-def leaves_for(needs, *tensors):
-    return [None if t is None else t.detach().requires_grad_(need) for t, need in zip(tensors, needs)]
+def autograd_route(needs, _input, weight, bias, compute):
+    """The two-pass route: ``compute(input, weight, bias) -> (loss, outputs)`` under autograd on
+    detached leaves (the engine's Function inside); ``(loss, outputs, grads)``, all detached."""
+    leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip((_input, weight, bias), needs)]
+    with torch.enable_grad():
+        loss, outputs = compute(*leaves)
+    return loss.detach(), tuple(o.detach() for o in outputs), autograd_grads(loss, leaves)
 
 
 def save_grads(ctx, input_shape, grads):
@@ -182,10 +189,9 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         ref_seq = reference_logps(
             use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob
         )
-        common = dict(
-            preference_loss_fn=cls.preference_loss_fn, full_target=target, ignore_index=ignore_index, alpha=alpha,
-            beta=beta, compute_nll_loss=compute_nll_loss, use_ref_model=use_ref_model,
-            full_nll_target=target if nll_target is None else nll_target, average_log_prob=average_log_prob,
+        spec = PairSpec(
+            cls.preference_loss_fn, target, target if nll_target is None else nll_target, ignore_index, alpha, beta,
+            compute_nll_loss, use_ref_model, average_log_prob, loss_kwargs,
         )  # fmt: skip
         x = _input.reshape(-1, _input.shape[-1])
         if any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs):
@@ -195,27 +201,22 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
                 first, last = bounds[k]
                 pairs = torch.cat([torch.arange(first, last), torch.arange(first, last) + n_pairs]).to(target.device)
                 ref = None if ref_seq is None else ref_seq[pairs]
-                return pair_head(tok.view(-1, seq_len), target[pairs], None, ref, **common, **loss_kwargs)[0]
+                return pair_head(tok.view(-1, seq_len), target[pairs], ref, spec)[0]
 
             chunks = [pair_rows(n_pairs, seq_len, first, last, x.device) for first, last in bounds]
             loss, tok, *grads = fused_linear_logprobs_loss(
                 x, weight, target.reshape(-1), bias, chunks, chunk_loss, 1.0, ignore_index, needs
             )
             with torch.no_grad():
-                _, outputs = pair_head(tok.view(target.shape), target, None, ref_seq, **common, **loss_kwargs)
+                _, outputs = pair_head(tok.view(target.shape), target, ref_seq, spec)
                 means = logits_means(x, weight, bias, target, ignore_index)
             outputs = (*outputs[:2], *means, *outputs[2:])
         else:
-            leaves = leaves_for(needs, _input, weight, bias)
-            with torch.enable_grad():
-                loss, outputs = preference_compute_loss(
-                    leaves[0], leaves[1], target, leaves[2], ref_seq=ref_seq,
-                    chosen_nll_target_chunk=None if nll_target is None else chosen_half(nll_target, n_pairs),
-                    **common, **loss_kwargs,
-                )  # fmt: skip
-            grads = autograd_grads(loss, leaves)
-            loss = loss.detach()
-            outputs = tuple(o.detach() for o in outputs)
+            chosen_nll_target = None if nll_target is None else chosen_half(nll_target, n_pairs)
+            loss, outputs, grads = autograd_route(
+                needs, _input, weight, bias,
+                lambda x_, w_, b_: preference_compute_loss(x_, w_, target, b_, chosen_nll_target, ref_seq, spec),
+            )  # fmt: skip
         save_grads(ctx, _input.shape, grads)
         return loss, outputs
 
@@ -275,11 +276,11 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         ref_seq = reference_logps(
             use_ref_model, ref_input_chunk, ref_weight, ref_bias, target_chunk, ignore_index, average_log_prob
         )
-        return preference_compute_loss(
-            input_chunk, weight, target_chunk, bias, preference_loss_fn, full_target, ignore_index, alpha, beta,
-            compute_nll_loss, use_ref_model, full_nll_target, chosen_nll_target_chunk, average_log_prob, ref_seq,
-            **loss_kwargs,
+        spec = PairSpec(
+            preference_loss_fn, full_target, full_target if full_nll_target is None else full_nll_target,
+            ignore_index, alpha, beta, compute_nll_loss, use_ref_model, average_log_prob, loss_kwargs,
         )  # fmt: skip
+        return preference_compute_loss(input_chunk, weight, target_chunk, bias, chosen_nll_target_chunk, ref_seq, spec)
 
 
 def chosen_half(nll_target, n_pairs):
@@ -307,92 +308,52 @@ def logits_means(x, weight, bias, target, ignore_index):
     return masked_mean(means[:n_pairs], mask[:n_pairs]), masked_mean(means[n_pairs:], mask[n_pairs:])
 
 
-def pair_head(
-    tok,
-    target,
-    nll_sum,
-    ref_seq,
-    preference_loss_fn,
-    full_target,
-    ignore_index,
-    alpha,
-    beta,
-    compute_nll_loss,
-    use_ref_model,
-    full_nll_target,
-    average_log_prob,
-    **loss_kwargs,
-):
-    """The loss of pairs from their per-token log-probs ``tok`` [2b, T]: ``(loss, (chosen_logps,
-    rejected_logps, nll_loss, *aux))``. ``nll_sum`` None: the chosen tokens' NLL from ``tok``."""
+class PairSpec(NamedTuple):
+    """What the loss of a chunk of pairs needs besides its log-probs (the batch's targets for the
+    normalizers, and the options)."""
+
+    preference_loss_fn: object
+    full_target: torch.Tensor
+    full_nll_target: torch.Tensor
+    ignore_index: int
+    alpha: float
+    beta: float
+    compute_nll_loss: bool
+    use_ref_model: bool
+    average_log_prob: bool
+    loss_kwargs: dict
+
+
+def pair_head(tok, target, ref_seq, spec: PairSpec):
+    """The loss of pairs from their per-token log-probs ``tok`` [2b, T] (the NLL from them too):
+    ``(loss, (chosen_logps, rejected_logps, nll_loss, *aux))``."""
     n_pairs = target.shape[0] // 2
-    seq = sequence_logps(tok, target != ignore_index, average_log_prob)
-    if nll_sum is None:
-        nll_sum = -tok[:n_pairs].sum()
-    return combine(
-        seq[:n_pairs], seq[n_pairs:], nll_sum, ref_seq, preference_loss_fn, full_target, ignore_index, alpha, beta,
-        compute_nll_loss, use_ref_model, full_nll_target, loss_kwargs,
-    )  # fmt: skip
+    seq = sequence_logps(tok, target != spec.ignore_index, spec.average_log_prob)
+    return combine(seq[:n_pairs], seq[n_pairs:], -tok[:n_pairs].sum(), ref_seq, spec)
 
 
-def combine(
-    chosen,
-    rejected,
-    nll_sum,
-    ref_seq,
-    preference_loss_fn,
-    full_target,
-    ignore_index,
-    alpha,
-    beta,
-    compute_nll_loss,
-    use_ref_model,
-    full_nll_target,
-    loss_kwargs,
-):
+def combine(chosen, rejected, nll_sum, ref_seq, spec: PairSpec):
     n_pairs = chosen.shape[0]
     ref = {}
-    if use_ref_model:
+    if spec.use_ref_model:
         ref = dict(ref_chosen_logps=ref_seq[:n_pairs], ref_rejected_logps=ref_seq[n_pairs:])
-    out = preference_loss_fn(chosen, rejected, full_target, **ref, beta=beta, **loss_kwargs)
+    out = spec.preference_loss_fn(chosen, rejected, spec.full_target, **ref, beta=spec.beta, **spec.loss_kwargs)
     pref, aux = (out[0], tuple(out[1:])) if isinstance(out, tuple) else (out, ())
-    if compute_nll_loss:
-        chosen_targets = chosen_half(full_nll_target, full_target.shape[0] // 2)
-        nll = nll_sum / (chosen_targets != ignore_index).sum().clamp(min=1)
-        loss = pref + alpha * nll
+    if spec.compute_nll_loss:
+        chosen_targets = chosen_half(spec.full_nll_target, spec.full_target.shape[0] // 2)
+        nll = nll_sum / (chosen_targets != spec.ignore_index).sum().clamp(min=1)
+        loss = pref + spec.alpha * nll
     else:
         nll = torch.zeros((), dtype=torch.float32, device=chosen.device)
         loss = pref
     return loss, (chosen, rejected, nll, *aux)
 
 
-def preference_compute_loss(
-    input_chunk,
-    weight,
-    target_chunk,
-    bias,
-    preference_loss_fn,
-    full_target,
-    ignore_index,
-    alpha,
-    beta,
-    compute_nll_loss,
-    use_ref_model,
-    full_nll_target,
-    chosen_nll_target_chunk,
-    average_log_prob,
-    ref_seq,
-    **loss_kwargs,
-):
+def preference_compute_loss(input_chunk, weight, target_chunk, bias, chosen_nll_target_chunk, ref_seq, spec: PairSpec):
     """``_compute_loss`` given the chunk's reference log-probs (None without a reference)."""
     chosen, rejected, chosen_mean, rejected_mean, nll_sum = LigerFusedLinearPreferenceBase.chunk_forward(
-        input_chunk, weight, target_chunk, bias, ignore_index, compute_nll_loss, chosen_nll_target_chunk,
-        average_log_prob,
+        input_chunk, weight, target_chunk, bias, spec.ignore_index, spec.compute_nll_loss, chosen_nll_target_chunk,
+        spec.average_log_prob,
     )  # fmt: skip
-    if full_nll_target is None:
-        full_nll_target = full_target
-    loss, outputs = combine(
-        chosen, rejected, nll_sum, ref_seq, preference_loss_fn, full_target, ignore_index, alpha, beta,
-        compute_nll_loss, use_ref_model, full_nll_target, loss_kwargs,
-    )  # fmt: skip
+    loss, outputs = combine(chosen, rejected, nll_sum, ref_seq, spec)
     return loss, (*outputs[:2], chosen_mean, rejected_mean, *outputs[2:])

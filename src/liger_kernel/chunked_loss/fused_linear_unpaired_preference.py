@@ -14,10 +14,9 @@ import torch
 
 from liger_kernel.chunked_loss.fused_linear_preference import (
     ChunkedLossFunction,
-    autograd_grads,
+    autograd_route,
     check_sequences,
     group_bounds,
-    leaves_for,
     logits_row_sums,
     reference_logps,
     save_grads,
@@ -89,14 +88,12 @@ class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
                 sums = logits_sums(x, weight, bias, labels, seq_len)
             outputs = (*outputs[:2], *sums, *outputs[2:])
         else:
-            leaves = leaves_for(needs, _input, weight, bias)
-            with torch.enable_grad():
-                loss, outputs = unpaired_compute_loss(
-                    leaves[0], leaves[1], target, labels, leaves[2], ref_seq=ref_seq, **common, **loss_kwargs
-                )
-            grads = autograd_grads(loss, leaves)
-            loss = loss.detach()
-            outputs = tuple(o.detach() for o in outputs)
+            loss, outputs, grads = autograd_route(
+                needs, _input, weight, bias,
+                lambda x_, w_, b_: unpaired_compute_loss(
+                    x_, w_, target, labels, b_, ref_seq=ref_seq, **common, **loss_kwargs
+                ),
+            )  # fmt: skip
         save_grads(ctx, _input.shape, grads)
         return loss, outputs
 

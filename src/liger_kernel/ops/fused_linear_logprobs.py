@@ -234,7 +234,10 @@ def fused_linear_logprobs_loss(
         logp = torch.where(mask[rows], z_label - lse, 0.0).requires_grad_()
         with torch.enable_grad():
             part = loss_fn(k, logp)
-        (grad_logp,) = torch.autograd.grad(part, logp, allow_unused=True, materialize_grads=True)
+        if part.requires_grad:
+            (grad_logp,) = torch.autograd.grad(part, logp, allow_unused=True, materialize_grads=True)
+        else:  # a chunk whose loss does not depend on its log-probs
+            grad_logp = torch.zeros_like(logp)
         loss += part.detach()
         logp_all[rows] = logp.detach()
         label_c = label[rows]
@@ -260,7 +263,10 @@ def _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignor
         logp = fused_linear_logprobs_reference(leaves[0], leaves[1], target, leaves[2], temperature, ignore_index)
         loss = sum((loss_fn(k, logp[rows]) for k, rows in enumerate(chunks)), torch.zeros((), device=x.device))
     wanted = [t for t in leaves if t is not None and t.requires_grad]
-    found = iter(torch.autograd.grad(loss, wanted, allow_unused=True, materialize_grads=True) if wanted else ())
+    if wanted and loss.requires_grad:
+        found = iter(torch.autograd.grad(loss, wanted, allow_unused=True, materialize_grads=True))
+    else:
+        found = iter([torch.zeros_like(t) for t in wanted])
     grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
     covered = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for rows in chunks:
