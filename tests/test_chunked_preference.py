@@ -395,3 +395,23 @@ def test_kto_functional():
     loss, metrics = liger_fused_linear_kto(x, w, y, labels, b, rx, rw, rb, None, -100, 0.1, True, True, False, 1)
     loss.backward()
     assert len(metrics) == 6 and x.grad is not None and w.grad is not None
+
+
+def test_autocast_runs_the_head_in_its_dtype(passes):
+    """bf16 hidden states beside an fp32 head under autocast (a mixed-precision trainer): the same
+    result as the head cast to bf16 by hand, each gradient in its tensor's dtype."""
+    x, w, b, y, refs = make_inputs(torch.bfloat16, True)
+    w32, b32 = (t.detach().float().requires_grad_() for t in (w, b))
+    refs32 = (refs[0], refs[1].float(), refs[2].float())
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss, metrics = LigerFusedLinearDPOLoss()(w32, x, y, b32, *refs32)
+    loss.backward()
+    x_grad, x.grad = x.grad, None
+    expected, expected_metrics = LigerFusedLinearDPOLoss()(w, x, y, b, *refs)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(metrics, expected_metrics)
+    assert x_grad.dtype == torch.bfloat16 and w32.grad.dtype == b32.grad.dtype == torch.float32
+    torch.testing.assert_close(x_grad, x.grad)
+    torch.testing.assert_close(w32.grad, w.grad.float())
+    torch.testing.assert_close(b32.grad, b.grad.float())

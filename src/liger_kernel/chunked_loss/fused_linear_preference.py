@@ -57,8 +57,9 @@ def sequence_logps(tok, mask, average):
 
 
 def logits_row_sums(x, weight, bias):
-    """``(x @ W.T + b).sum(-1)`` per row of ``x`` [N, H] in fp32, without the logits."""
-    sums = x.float() @ torch.sum(weight, 0, dtype=torch.float32)
+    """``(x @ W.T + b).sum(-1)`` per row of ``x`` [N, H] in fp32, without the logits (elementwise:
+    autocast leaves it in fp32)."""
+    sums = (x.float() * torch.sum(weight, 0, dtype=torch.float32)).sum(-1)
     return sums if bias is None else sums + bias.sum(dtype=torch.float32)
 
 
@@ -73,6 +74,7 @@ def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, igno
     if ref_input is None or ref_weight is None:
         raise ValueError("`use_ref_model=True` needs `ref_input` and `ref_weight` (or pass use_ref_model=False).")
     check_float("ref_input", ref_input)
+    ref_input, ref_weight, ref_bias = in_autocast_dtype(ref_input, ref_weight, ref_bias)
     if ref_input.shape[:2] != target.shape:
         raise ValueError(
             f"`ref_input` must be [{target.shape[0]}, {target.shape[1]}, hidden], got {tuple(ref_input.shape)}."
@@ -108,9 +110,19 @@ def autograd_route(needs, _input, weight, bias, compute):
     return loss.detach(), tuple(o.detach() for o in outputs), autograd_grads(loss, leaves)
 
 
-def save_grads(ctx, input_shape, grads):
-    grad_x, grad_w, grad_b = grads
-    ctx.grads = (None if grad_x is None else grad_x.view(input_shape), grad_w, grad_b)
+def in_autocast_dtype(*tensors):
+    """Under autocast the head runs in autocast's dtype, as ``F.linear`` would (hidden states in
+    bf16 beside an fp32 ``lm_head``); ``save_grads`` returns each gradient in its tensor's dtype."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(None if t is None else t.to(dtype) for t in tensors)
+
+
+def save_grads(ctx, originals, grads):
+    """Keep the gradients of ``originals`` (input, weight, bias) in their shapes and dtypes."""
+    ctx.grads = tuple(None if g is None else g.view(t.shape).to(t.dtype) for g, t in zip(grads, originals))
 
 
 def scaled_grads(ctx, grad_loss):
@@ -184,6 +196,8 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         **loss_kwargs,
     ):
         needs = wanted_grads(_input, weight, bias)  # first: the engine's calls below record their own grad mode
+        originals = (_input, weight, bias)
+        _input, weight, bias = in_autocast_dtype(_input, weight, bias)
         check_sequences(_input, weight, target, bias, paired=True)
         n_pairs, seq_len = target.shape[0] // 2, target.shape[1]
         ref_seq = reference_logps(
@@ -217,7 +231,7 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
                 needs, _input, weight, bias,
                 lambda x_, w_, b_: preference_compute_loss(x_, w_, target, b_, chosen_nll_target, ref_seq, spec),
             )  # fmt: skip
-        save_grads(ctx, _input.shape, grads)
+        save_grads(ctx, originals, grads)
         return loss, outputs
 
     @staticmethod

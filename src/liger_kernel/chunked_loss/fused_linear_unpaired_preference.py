@@ -17,6 +17,7 @@ from liger_kernel.chunked_loss.fused_linear_preference import (
     autograd_route,
     check_sequences,
     group_bounds,
+    in_autocast_dtype,
     logits_row_sums,
     reference_logps,
     save_grads,
@@ -58,6 +59,8 @@ class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
         **loss_kwargs,
     ):
         needs = wanted_grads(_input, weight, bias)  # first: the engine's calls below record their own grad mode
+        originals = (_input, weight, bias)
+        _input, weight, bias = in_autocast_dtype(_input, weight, bias)
         check_sequences(_input, weight, target, bias, paired=False)
         if not isinstance(preference_labels, torch.Tensor) or preference_labels.shape != target.shape[:1]:
             raise ValueError(f"`preference_labels` must be a tensor of shape ({target.shape[0]},), one per sequence.")
@@ -94,7 +97,7 @@ class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
                     x_, w_, target, labels, b_, ref_seq=ref_seq, **common, **loss_kwargs
                 ),
             )  # fmt: skip
-        save_grads(ctx, _input.shape, grads)
+        save_grads(ctx, originals, grads)
         return loss, outputs
 
     @staticmethod
