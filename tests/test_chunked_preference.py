@@ -415,3 +415,18 @@ def test_autocast_runs_the_head_in_its_dtype(passes):
     torch.testing.assert_close(x_grad, x.grad)
     torch.testing.assert_close(w32.grad, w.grad.float())
     torch.testing.assert_close(b32.grad, b.grad.float())
+
+
+def test_under_torch_compile():
+    """A compiled training step runs the loss eagerly (one graph break), with the same result."""
+    x, w, b, y, refs = make_inputs(torch.float32, True)
+    module = LigerFusedLinearDPOLoss()
+    expected = torch.autograd.grad(module(w, x, y, b, *refs)[0], [x, w])
+
+    @torch.compile(backend="eager")
+    def step(x, w):
+        return module(w, x * 1.0, y, b, *refs)[0]
+
+    got = torch.autograd.grad(step(x, w), [x, w])
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)

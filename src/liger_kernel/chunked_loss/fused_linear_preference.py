@@ -33,7 +33,7 @@ import torch
 from liger_kernel.ops.cross_entropy import caller_grad_mode
 from liger_kernel.ops.fused_linear_cross_entropy import EXACT_ROWS_BUDGET_BYTES
 from liger_kernel.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_loss
-from liger_kernel.ops.utils import check_float
+from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
 
 
 def check_sequences(_input, weight, target, bias, paired):
@@ -147,10 +147,13 @@ def group_bounds(n_groups, rows_per_group, n_vocab, budget):
 
 class ChunkedLossFunction(torch.autograd.Function):
     """Records the caller's grad mode before each application (``forward`` always runs with grad
-    off, and ``needs_input_grad`` ignores ``torch.no_grad()``)."""
+    off, and ``needs_input_grad`` ignores ``torch.no_grad()``); under ``torch.compile`` it runs
+    eagerly, as one graph break (as every op's ``LigerFunction``)."""
 
     @classmethod
     def apply(cls, *args, **kwargs):
+        if _is_compiling():
+            return _apply_eagerly(cls, *args, **kwargs)
         caller_grad_mode.enabled = torch.is_grad_enabled()
         return super().apply(*args, **kwargs)
 
