@@ -13,6 +13,10 @@ without a ``[tokens, vocab]`` logits tensor:
   (DPO's ``bco_pair``: the batch's mean reward) and a separate ``nll_target`` take the two-pass
   route instead: ``_compute_loss`` on the whole batch through the engine's autograd Function
   (8NHV, no ``[V, H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route always.
+  Expected at issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference
+  head; not measured yet, see benchmarks/preference_bench.py): one pass 8NHV in all, peak extra
+  about 2.1 GB (the accumulator) + 1 GB (one pair's fp32 logits) + the bf16 weight gradient at
+  the end; two passes 10NHV, about 1.2 GB (Liger 0.8.5: 61.2 ms, 2.60 GB).
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 
