@@ -73,9 +73,9 @@ CE_ARGS = (
 
 T = "liger_kernel.transformers"
 OPS = "liger_kernel.ops"
-
-
 CL = "liger_kernel.chunked_loss"
+
+
 DISTILL_INIT = (
     "(weight_hard_loss=0.5, weight_soft_loss=0.5, beta=0.5, ignore_index=-100, temperature=1.0, compiled=True,"
     " chunk_size=1024, return_soft_hard_loss=False)"
@@ -463,11 +463,164 @@ NAMES = [
     ),
     (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "chunk_forward", DISTILL_CHUNK_FORWARD),
     (f"{CL}.fused_linear_distillation", "LigerFusedLinearDistillationBase", "_compute_loss", DISTILL_COMPUTE_LOSS),
+    # §1.5 / §5.1 liger_kernel.chunked_loss: the preference losses
+    *module_class(
+        CL,
+        "LigerFusedLinearDPOLoss",
+        "(ignore_index=-100, beta=0.1, alpha=1.0, compute_nll_loss=False, compiled=True, use_ref_model=True,"
+        " average_log_prob=False, chunk_size=1, loss_type='sigmoid', label_smoothing=0.0, discopop_tau=0.05)",
+        "(lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None)",
+    ),
+    (
+        f"{CL}.functional",
+        "LigerFusedLinearDPOFunction",
+        "forward",
+        "(_input, weight, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None, ignore_index=-100,"
+        " beta=0.1, compute_nll_loss=False, compiled=True, use_ref_model=True, average_log_prob=False, chunk_size=1,"
+        " loss_type='sigmoid', label_smoothing=0.0, discopop_tau=0.05, alpha=1.0)",
+    ),
+    (
+        f"{CL}.dpo_loss",
+        "LigerFusedLinearDPOFunction",
+        "preference_loss_fn",
+        "(chosen_logps, rejected_logps, full_target, ref_chosen_logps=None, ref_rejected_logps=None, beta=0.1,"
+        " loss_type='sigmoid', label_smoothing=0.0, discopop_tau=0.05)",
+    ),
+    *module_class(
+        CL,
+        "LigerFusedLinearORPOLoss",
+        "(ignore_index=-100, beta=0.1, compute_nll_loss=True, compiled=True, chunk_size=1)",
+        "(lin_weight, _input, target, bias=None, nll_target=None)",
+    ),
+    (
+        f"{CL}.orpo_loss",
+        "LigerFusedLinearORPOFunction",
+        "forward",
+        "(_input, weight, target, bias=None, ignore_index=-100, beta=0.1, compute_nll_loss=True, nll_target=None,"
+        " compiled=True, chunk_size=1)",
+    ),
+    (
+        f"{CL}.orpo_loss",
+        "LigerFusedLinearORPOFunction",
+        "preference_loss_fn",
+        "(chosen_logps, rejected_logps, full_target, beta=0.1)",
+    ),
+    *module_class(
+        CL,
+        "LigerFusedLinearCPOLoss",
+        "(ignore_index=-100, beta=0.1, alpha=1.0, label_smoothing=0.0, compute_nll_loss=True, compiled=True,"
+        " average_log_prob=False, chunk_size=1)",
+        "(lin_weight, _input, target, bias=None)",
+    ),
+    (
+        f"{CL}.cpo_loss",
+        "LigerFusedLinearCPOFunction",
+        "forward",
+        "(_input, weight, target, bias=None, ignore_index=-100, beta=0.1, alpha=1.0, label_smoothing=0.0,"
+        " compute_nll_loss=True, compiled=True, average_log_prob=False, chunk_size=1)",
+    ),
+    (
+        f"{CL}.cpo_loss",
+        "LigerFusedLinearCPOFunction",
+        "preference_loss_fn",
+        "(chosen_logps, rejected_logps, full_target, beta=0.1, label_smoothing=0.0)",
+    ),
+    *module_class(
+        CL,
+        "LigerFusedLinearSimPOLoss",
+        "(ignore_index=-100, beta=0.1, alpha=1.0, label_smoothing=0.0, compute_nll_loss=True, compiled=True,"
+        " gamma=0.5, chunk_size=1)",
+        "(lin_weight, _input, target, bias=None)",
+    ),
+    (
+        f"{CL}.simpo_loss",
+        "LigerFusedLinearSimPOFunction",
+        "forward",
+        "(_input, weight, target, bias=None, ignore_index=-100, beta=0.1, alpha=1.0, label_smoothing=0.0,"
+        " compute_nll_loss=False, compiled=True, gamma=0.5, chunk_size=1)",
+    ),
+    (
+        f"{CL}.simpo_loss",
+        "LigerFusedLinearSimPOFunction",
+        "preference_loss_fn",
+        "(chosen_logps, rejected_logps, full_target, beta=0.1, gamma=0.5, label_smoothing=0.0)",
+    ),
+    *module_class(
+        CL,
+        "LigerFusedLinearKTOLoss",
+        "(ignore_index=-100, beta=0.1, compiled=True, use_ref_model=False, average_log_prob=False, chunk_size=1)",
+        "(_input, lin_weight, target, bias=None, preference_labels=None, ref_input=None, ref_weight=None,"
+        " ref_bias=None, kl=None)",
+    ),
+    (
+        f"{CL}.kto_loss",
+        "LigerFusedLinearKTOFunction",
+        "forward",
+        "(_input, weight, target, preference_labels, bias=None, ref_input=None, ref_weight=None, ref_bias=None,"
+        " kl=None, ignore_index=-100, beta=0.1, compiled=True, use_ref_model=True, average_log_prob=False,"
+        " chunk_size=1)",
+    ),
+    (
+        f"{CL}.kto_loss",
+        "LigerFusedLinearKTOFunction",
+        "preference_loss_fn",
+        "(log_prob_chunk, preference_labels_chunk, full_target, ref_log_prob_chunk=None, beta=0.1, kl=None)",
+    ),
+    *[(f"{CL}.functional", f"liger_fused_linear_{x}", None, None) for x in ("cpo", "dpo", "kto", "orpo", "simpo")],
+    *[(f"{CL}.functional", f"LigerFusedLinear{x}Function", None, None) for x in ("CPO", "DPO", "KTO", "ORPO", "SimPO")],
+    (
+        f"{CL}.fused_linear_preference",
+        "LigerFusedLinearPreferenceBase",
+        "forward",
+        "(cls, ctx, _input, weight, target, bias=None, chunk_size=1, ignore_index=-100, alpha=1.0, beta=0.1,"
+        " compute_nll_loss=True, nll_target=None, compiled=True, use_ref_model=False, ref_input=None,"
+        " ref_weight=None, ref_bias=None, average_log_prob=True, **loss_kwargs)",
+    ),
+    (f"{CL}.fused_linear_preference", "LigerFusedLinearPreferenceBase", "preference_loss_fn", "(*args, **kwargs)"),
+    (
+        f"{CL}.fused_linear_preference",
+        "LigerFusedLinearPreferenceBase",
+        "chunk_forward",
+        "(input_chunk, weight, target_chunk, bias=None, ignore_index=-100, compute_nll_loss=True,"
+        " chosen_nll_target_chunk=None, average_log_prob=True)",
+    ),
+    (
+        f"{CL}.fused_linear_preference",
+        "LigerFusedLinearPreferenceBase",
+        "_compute_loss",
+        "(input_chunk, weight, target_chunk, bias=None, preference_loss_fn=None, full_target=None,"
+        " ignore_index=-100, alpha=1.0, beta=0.1, compute_nll_loss=True, use_ref_model=False, ref_input_chunk=None,"
+        " ref_weight=None, ref_bias=None, full_nll_target=None, chosen_nll_target_chunk=None,"
+        " average_log_prob=True, **loss_kwargs)",
+    ),
+    (
+        f"{CL}.fused_linear_unpaired_preference",
+        "LigerFusedLinearUnpairedPreferenceBase",
+        "forward",
+        "(cls, ctx, _input, weight, target, preference_labels, bias=None, chunk_size=1, ignore_index=-100,"
+        " compiled=True, use_ref_model=False, ref_input=None, ref_weight=None, ref_bias=None,"
+        " average_log_prob=False, **loss_kwargs)",
+    ),
+    (
+        f"{CL}.fused_linear_unpaired_preference",
+        "LigerFusedLinearUnpairedPreferenceBase",
+        "chunk_forward",
+        "(input_chunk, weight, target_chunk, preference_labels_chunk, bias=None, ignore_index=-100,"
+        " average_log_prob=False)",
+    ),
+    (
+        f"{CL}.fused_linear_unpaired_preference",
+        "LigerFusedLinearUnpairedPreferenceBase",
+        "_compute_loss",
+        "(input_chunk, weight, target_chunk, preference_labels_chunk, bias=None, preference_loss_fn=None,"
+        " full_target=None, ignore_index=-100, use_ref_model=False, ref_input_chunk=None, ref_weight=None,"
+        " ref_bias=None, average_log_prob=False, **loss_kwargs)",
+    ),
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.
 EXCLUDED = {
-    "liger_kernel.chunked_loss.* (§1.5)": "post-training and distillation losses: a later issue",
+    "liger_kernel.chunked_loss: GRPO, JSD, cosine similarity and their bases (§1.5)": "built by other helpers",
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
     f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerReLUSquared, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",

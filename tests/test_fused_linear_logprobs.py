@@ -1,0 +1,133 @@
+import pytest
+import torch
+from parity import DEVICE, ON_GPU, as64, assert_matches, randn, sizes
+
+from liger_kernel.ops import fused_linear_logprobs as flp
+from liger_kernel.ops.fused_linear_logprobs import (
+    fused_linear_logprobs,
+    fused_linear_logprobs_loss,
+    fused_linear_logprobs_reference,
+)
+
+SHAPES = sizes(cpu=[(23, 16, 37), (37, 24, 301)], gpu=[(4096, 4096, 128256), (1023, 512, 50257)])
+CASES = {
+    "plain": dict(),
+    "bias+ignore": dict(bias=True, ignore=True),
+    "temperature+bias+ignore": dict(bias=True, ignore=True, temperature=0.7),
+    "all ignored": dict(bias=True, all_ignored=True),
+}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Several token chunks and vocabulary tiles on CPU shapes (the GPU shapes have several at
+    the real budgets)."""
+    if not ON_GPU:
+        monkeypatch.setattr(flp, "EXACT_ROWS_BUDGET_BYTES", 8 * 301 * 4)
+        monkeypatch.setattr(flp, "EXACT_TILE_BUDGET_BYTES", 37 * 4 * 40)
+
+
+def make_inputs(n, h, v, dtype, bias=False, ignore=False, all_ignored=False, **_):
+    x = randn(n, h, dtype=dtype, requires_grad=True)
+    w = randn(v, h, dtype=dtype, requires_grad=True, scale=h**-0.5 * 3)
+    b = randn(v, dtype=dtype, requires_grad=True) if bias else None
+    y = torch.randint(0, v, (n,), device=DEVICE)
+    if ignore:
+        y[torch.rand(n, device=DEVICE) < 0.3] = -100
+    if all_ignored:
+        y.fill_(-100)
+    return x, w, b, y
+
+
+def grads_of(out, upstream, tensors):
+    wanted = [t for t in tensors if t is not None]
+    return torch.autograd.grad(out, wanted, upstream)
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logprobs_match_float64(shape, dtype, case, small_chunks):
+    opts = CASES[case]
+    temperature = opts.get("temperature", 1.0)
+    x, w, b, y = make_inputs(*shape, dtype, **opts)
+    upstream = torch.randn(shape[0], device=DEVICE)
+    out = fused_linear_logprobs(x, w, y, b, temperature)
+    assert out.dtype == torch.float32 and out.shape == (shape[0],)
+    base = fused_linear_logprobs_reference(x, w, y, b, temperature)
+    x64, w64, b64 = as64(x, w, b)
+    ref = fused_linear_logprobs_reference(x64, w64, y, b64, temperature)
+    assert_matches("logp", out, ref, base)
+    if opts.get("all_ignored"):
+        assert (out == 0).all()
+    for name, got, want, plain in zip(
+        ("grad_x", "grad_w", "grad_b"),
+        grads_of(out, upstream, (x, w, b)),
+        grads_of(ref, upstream.double(), (x64, w64, b64)),
+        grads_of(base, upstream, (x, w, b)),
+    ):
+        assert got.dtype == dtype
+        assert_matches(name, got, want, plain)
+
+
+def test_weight_only_and_no_grad():
+    x, w, b, y = make_inputs(19, 8, 45, torch.float32, bias=True)
+    x.requires_grad_(False)
+    out = fused_linear_logprobs(x, w, y, b)
+    (gw,) = torch.autograd.grad(out.sum(), [w])
+    x64, w64, b64 = as64(x, w, b)
+    (gw64,) = torch.autograd.grad(fused_linear_logprobs_reference(x64, w64, y, b64).sum(), [w64])
+    assert_matches("grad_w", gw, gw64)
+    with torch.no_grad():
+        assert fused_linear_logprobs(x, w, y, b).grad_fn is None
+
+
+def test_bad_inputs():
+    x, w, b, y = make_inputs(5, 8, 11, torch.float32)
+    y[2] = 11
+    with pytest.raises(ValueError, match="label"):
+        fused_linear_logprobs(x, w, y)
+    with pytest.raises(ValueError, match="`target`"):
+        fused_linear_logprobs(x, w, y[:4])
+    with pytest.raises(ValueError, match="`temperature`"):
+        fused_linear_logprobs(x, w, y.clamp(max=10), temperature=0.0)
+
+
+def pair_loss(logp, n_pairs, seq):
+    """A loss coupling two sequences of a pair: -logsigmoid(sum chosen - sum rejected)."""
+    per_seq = logp.view(2, n_pairs, seq).sum(-1)
+    return -torch.nn.functional.logsigmoid(per_seq[0] - per_seq[1]).sum()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_pass_loss_matches_float64(dtype, bias):
+    """Chunks of whole pairs (chosen rows b*T.., rejected rows (B+b)*T..), an uncovered pair, a
+    temperature: loss, logp and every gradient against float64 autograd through the reference."""
+    n_pairs, seq, h, v = 3, 7, 16, 53
+    n = 2 * n_pairs * seq
+    x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
+    rows = torch.arange(n, device=DEVICE).view(2, n_pairs, seq)
+    chunks = [rows[:, :2].reshape(-1), rows[:, 2:].reshape(-1)[:0], rows[:, 2:].reshape(-1)]
+    sizes_ = [2, 0, 1]
+
+    def loss_fn(k, logp):
+        return pair_loss(logp, sizes_[k], seq) if sizes_[k] else logp.sum() * 0
+
+    loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn, temperature=0.9)
+    x64, w64, b64 = as64(x, w, b)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64, 0.9)
+    ref_loss = pair_loss(ref_logp, n_pairs, seq)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b, 0.9)
+    base_loss = pair_loss(base_logp, n_pairs, seq)
+    assert_matches("loss", loss, ref_loss, base_loss.float())
+    assert_matches("logp", logp, ref_logp, base_logp)
+    got = [t for t in (gx, gw, gb) if t is not None]
+    for name, g, want, plain in zip(
+        ("grad_x", "grad_w", "grad_b"),
+        got,
+        torch.autograd.grad(ref_loss, [t for t in (x64, w64, b64) if t is not None]),
+        torch.autograd.grad(base_loss, [t for t in (x, w, b) if t is not None]),
+    ):
+        assert g.dtype == dtype
+        assert_matches(name, g, want, plain)
