@@ -41,7 +41,9 @@ def make_batch(dtype, seed=0, bias=True):
     adv = torch.randn(B, generator=g).to(DEVICE)
     adv[0], adv[-1] = abs(adv[0]) + 0.1, -abs(adv[-1]) - 0.1
     with torch.no_grad():
-        logp = fused_linear_logprobs_reference(x.double().view(-1, H), w.double(), ids.view(-1), None if b is None else b.double())
+        logp = fused_linear_logprobs_reference(
+            x.double().view(-1, H), w.double(), ids.view(-1), None if b is None else b.double()
+        )
         logp = logp.view(B, T)
     old = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
     ref = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
@@ -225,7 +227,9 @@ def test_helpers():
     m = torch.ones(2, 4, dtype=torch.float64)
     from trl_grpo import trl_get_gamma_weights
 
-    torch.testing.assert_close(get_gamma_weights(adv, lr, m), trl_get_gamma_weights(adv, lr, m, None, 2.0, 3.0, 3.0, 2.0))
+    torch.testing.assert_close(
+        get_gamma_weights(adv, lr, m), trl_get_gamma_weights(adv, lr, m, None, 2.0, 3.0, 3.0, 2.0)
+    )
 
 
 def test_errors_name_the_argument():

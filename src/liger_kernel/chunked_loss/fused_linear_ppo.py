@@ -209,10 +209,13 @@ def _check_inputs(_input, weight, bias, ids, mask, temperature):
         raise ValueError(f"`selected_token_ids` must be [B, T], got {tuple(ids.shape)}.")
     if mask.shape != ids.shape:
         raise ValueError(
-            f"`attention_mask` (the completion's loss mask) must be [B, T] = {tuple(ids.shape)}, got {tuple(mask.shape)}."
+            f"`attention_mask` (the completion's loss mask) must be [B, T] = {tuple(ids.shape)}, "
+            f"got {tuple(mask.shape)}."
         )
     if weight.dim() != 2 or _input.shape[-1] != weight.shape[1]:
-        raise ValueError(f"`weight` must be [V, H] with H = input.shape[-1] = {_input.shape[-1]}; got {tuple(weight.shape)}.")
+        raise ValueError(
+            f"`weight` must be [V, H] with H = input.shape[-1] = {_input.shape[-1]}; got {tuple(weight.shape)}."
+        )
     if _input.numel() // max(_input.shape[-1], 1) != ids.numel():
         raise ValueError(
             f"`_input` must hold one hidden state per completion token: [B, T, H] with [B, T] = {tuple(ids.shape)}; "

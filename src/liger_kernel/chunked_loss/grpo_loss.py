@@ -57,7 +57,9 @@ class LigerFusedLinearGRPOFunction(LigerFusedLinearPPOBase):
             vespo_k_neg, vespo_lambda_neg,
         ).check()  # fmt: skip
         full = full_attention_mask
-        norm = GRPONorm(full.shape[0], full.to(torch.float32).sum().clamp(min=1.0), dapo_normalizer(full, num_items_in_batch))
+        norm = GRPONorm(
+            full.shape[0], full.to(torch.float32).sum().clamp(min=1.0), dapo_normalizer(full, num_items_in_batch)
+        )
         return grpo_loss_from_logps(
             per_token_logps, attention_mask, advantages, old_per_token_logps, ref_per_token_logps, vllm_is_ratio, opts,
             norm,
@@ -100,7 +102,9 @@ class LigerFusedLinearGRPOFunction(LigerFusedLinearPPOBase):
         num_items_in_batch=None,
     ):
         """Arguments as ``LigerFusedLinearPPOBase.forward``; returns ``(loss, metrics)``."""
-        GRPOOptions(loss_type, beta, epsilon_low, epsilon_high, importance_sampling_level, max_completion_length).check()
+        GRPOOptions(
+            loss_type, beta, epsilon_low, epsilon_high, importance_sampling_level, max_completion_length
+        ).check()
         return super().forward(
             cls=cls, ctx=ctx, _input=_input, weight=weight, selected_token_ids=selected_token_ids,
             attention_mask=attention_mask, advantages=advantages, bias=bias, ref_per_token_logps=ref_per_token_logps,
@@ -146,7 +150,9 @@ class LigerFusedLinearGRPOLoss(torch.nn.Module):
         vespo_lambda_neg: float = 2.0,
     ):
         super().__init__()
-        GRPOOptions(loss_type, beta, epsilon_low, epsilon_high, importance_sampling_level, max_completion_length).check()
+        GRPOOptions(
+            loss_type, beta, epsilon_low, epsilon_high, importance_sampling_level, max_completion_length
+        ).check()
         self.beta = beta
         self.compiled = compiled
         self.use_ref_model = use_ref_model

@@ -127,7 +127,10 @@ def _reference(x, weight, target, bias, temperature, seq_len, head, needs):
     if wanted and loss.requires_grad:
         found = iter(torch.autograd.grad(loss, wanted, allow_unused=True))
         grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
-        grads = [g if g is not None or t is None or not t.requires_grad else torch.zeros_like(t) for g, t in zip(grads, leaves)]
+        grads = [
+            g if g is not None or t is None or not t.requires_grad else torch.zeros_like(t)
+            for g, t in zip(grads, leaves)
+        ]
     elif wanted:
         grads = [None if t is None or not t.requires_grad else torch.zeros_like(t) for t in leaves]
     return loss.detach(), tuple(m.detach() for m in metrics), *grads

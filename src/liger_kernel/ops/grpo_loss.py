@@ -96,7 +96,9 @@ def dapo_normalizer(mask: torch.Tensor, num_items_in_batch=None) -> torch.Tensor
 
 
 def grpo_norm(mask: torch.Tensor, num_items_in_batch=None) -> GRPONorm:
-    return GRPONorm(mask.shape[0], mask.to(torch.float32).sum().clamp(min=1.0), dapo_normalizer(mask, num_items_in_batch))
+    return GRPONorm(
+        mask.shape[0], mask.to(torch.float32).sum().clamp(min=1.0), dapo_normalizer(mask, num_items_in_batch)
+    )
 
 
 # ----------------------------------------------------------------------------- the head (plain PyTorch)
@@ -202,8 +204,9 @@ def per_token_terms(logp, mask, advantages, old, ref, vllm_is_ratio, opts: GRPOO
     if opts.beta != 0.0:
         if ref is None:
             raise ValueError(
-                "beta != 0 needs the reference log-probs: pass `ref_per_token_logps` (or, for the fused-head "
-                "loss, `ref_input` and `ref_weight` with use_ref_model=True), or set beta=0."
+                "beta != 0 needs the reference log-probs: pass `ref_per_token_logps` (`ref_logp` for "
+                "triton_grpo_loss; or `ref_input` and `ref_weight` with use_ref_model=True for the fused-head "
+                "loss), or set beta=0."
             )
         kl = k3_loss_fn(ref, logp)
         if opts.use_bias_correction_kl:
@@ -434,7 +437,9 @@ def fused_selective_log_softmax(logits, input_ids, temperature=0.9, mask=None):
 def _head(logp, ids, completion_mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce):
     """The op's outputs from ``[B, T]`` log-probs: ``(loss, kl, clip)`` reduced (scalars; kl None
     at beta 0) or per token (``[B, T]`` loss and kl, 0 outside the mask, and is_clipped)."""
-    loss, kl, is_clipped = per_token_terms(logp, completion_mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, phi_seq)
+    loss, kl, is_clipped = per_token_terms(
+        logp, completion_mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, phi_seq
+    )
     if reduce:
         loss, metrics = reduce_terms(loss, kl, is_clipped, completion_mask, opts, norm)
         return loss, (metrics[0] if kl is not None else None), metrics[-1]
@@ -547,7 +552,7 @@ class GrpoLossFunction(torch.autograd.Function):
         loss, kl, clip = _head(logp, *head_args)
         ctx.head_args, ctx.temperature = head_args, temperature
         ctx.save_for_backward(logits, logp, lse)
-        ctx.mark_non_differentiable(clip)
+        ctx.mark_non_differentiable(clip, *([kl] if reduce and kl is not None else []))
         return loss, kl, clip
 
     @staticmethod
@@ -559,7 +564,7 @@ class GrpoLossFunction(torch.autograd.Function):
             leaf = logp.detach().requires_grad_()
             loss, kl, _ = _head(leaf, *ctx.head_args)
             outs, grads = [loss], [grad_loss]
-            if kl is not None and grad_kl is not None:
+            if kl is not None and kl.requires_grad and grad_kl is not None:  # per-token kl; the mean is a metric
                 outs.append(kl)
                 grads.append(grad_kl)
             (g,) = torch.autograd.grad(outs, leaf, grads, allow_unused=True)

@@ -2,7 +2,7 @@
 
 import torch
 
-from liger_kernel.ops.grpo_loss import GRPOOptions, GrpoLossFunction, fused_selective_log_softmax, vespo_weights
+from liger_kernel.ops.grpo_loss import GrpoLossFunction, GRPOOptions, fused_selective_log_softmax, vespo_weights
 
 
 def triton_grpo_loss(
