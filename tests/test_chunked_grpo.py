@@ -246,3 +246,14 @@ def test_errors_name_the_argument():
         LigerFusedLinearGRPOLoss()(x, w, ids, mask[:, :-1], adv, b, ref, old)
     with pytest.raises(ValueError, match="selected_token_ids"):
         LigerFusedLinearGRPOLoss()(x, w, torch.full_like(ids, V), mask, adv, b, ref, old)
+
+
+def test_upstream_gradient_scales():
+    """TRL divides the loss by the accumulation steps: the saved gradients follow any upstream
+    factor (scaled in place in backward)."""
+    x, w, b, ids, mask, adv, old, ref = make_batch(torch.float32)
+    loss, _, grads = run_ours(x, w, b, ids, mask, adv, old, ref, loss_type="dapo")
+    loss3, _ = LigerFusedLinearGRPOLoss()(x, w, ids, mask, adv, b, ref, old)
+    grads3 = torch.autograd.grad(loss3 / 3, (x, w, b))
+    for g, g3 in zip(grads, grads3):
+        torch.testing.assert_close(g3, g / 3)

@@ -65,7 +65,7 @@ def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, 
     seqs = split_size(n_seqs, seq_len * n_vocab * 4, budget)
     buf = torch.empty(min(seqs, n_seqs) * seq_len * n_vocab, dtype=torch.float32, device=x.device)
     stats = torch.empty(2, n_rows, dtype=torch.float32, device=x.device)
-    loss, metrics = None, None
+    loss, metrics, z, dlogits = None, None, None, None
     w_t = weight.t()
     for s0 in range(0, n_seqs, seqs):
         s1 = min(s0 + seqs, n_seqs)
@@ -105,7 +105,7 @@ def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, 
             accumulate_mm(grad_w, dlogits.t(), x[rows], first=s0 == 0)
         if need_b:
             grad_b += dlogits.sum(0, dtype=torch.float32)
-    del buf
+    buf = z = dlogits = None  # the chunk buffer is freed before the rounded weight gradient exists
     if loss is None:  # no sequence: the head on an empty batch gives the zeros of the right structure
         empty = torch.empty(0, seq_len, dtype=torch.float32, device=x.device)
         loss, metrics = (t.detach() for t in head(empty, slice(0, 0)))
