@@ -6,7 +6,7 @@ own loss (tests/trl_grpo.py, a port of trl 1.16's GRPOTrainer._compute_loss)."""
 import pytest
 import torch
 from parity import DEVICE, FLOOR, assert_matches, sizes
-from trl_grpo import trl_grpo_loss
+from trl_grpo import rollout_batch, trl_grpo_loss
 
 import liger_kernel.ops.fused_linear_ppo as engine
 from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
@@ -27,26 +27,16 @@ MAX_LEN = T + 2
 
 
 def make_batch(dtype, seed=0, bias=True):
-    """Hidden states, head, ids, a mask with a partly and a fully masked sequence, advantages of
-    both signs, and old/ref log-probs near the policy's (ratios around the clip range)."""
+    """Hidden states, head, ids and the rest of a GRPO batch (``rollout_batch``)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = (torch.randn(B, T, H, generator=g)).to(DEVICE, dtype).requires_grad_()
     w = (torch.randn(V, H, generator=g) / H**0.5 * 2).to(DEVICE, dtype).requires_grad_()
     b = (torch.randn(V, generator=g) * 0.5).to(DEVICE, dtype).requires_grad_() if bias else None
     ids = torch.randint(0, V, (B, T), generator=g).to(DEVICE)
-    mask = torch.ones(B, T, dtype=torch.int64)
-    mask[0, T // 2 :] = 0
-    mask[1] = 0
-    mask = mask.to(DEVICE)
-    adv = torch.randn(B, generator=g).to(DEVICE)
-    adv[0], adv[-1] = abs(adv[0]) + 0.1, -abs(adv[-1]) - 0.1
     with torch.no_grad():
-        logp = fused_linear_logprobs_reference(
-            x.double().view(-1, H), w.double(), ids.view(-1), None if b is None else b.double()
-        )
-        logp = logp.view(B, T)
-    old = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
-    ref = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
+        b64 = None if b is None else b.double()
+        logp = fused_linear_logprobs_reference(x.double().view(-1, H), w.double(), ids.view(-1), b64).view(B, T)
+    mask, adv, old, ref = rollout_batch(logp, g, DEVICE)
     return x, w, b, ids, mask, adv, old, ref
 
 

@@ -5,7 +5,7 @@ float64 autograd of the textbook log-softmax and TRL's own loss (tests/trl_grpo.
 import pytest
 import torch
 from parity import DEVICE, FLOOR, assert_matches, sizes
-from trl_grpo import trl_grpo_loss
+from trl_grpo import rollout_batch, trl_grpo_loss
 
 from liger_kernel.ops.grpo_loss import GrpoLossFunction, fused_selective_log_softmax, grpo_loss_reference
 from liger_kernel.transformers.grpo_loss import triton_grpo_loss
@@ -18,16 +18,9 @@ def make(dtype, extra_position=True, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
     logits = (torch.randn(B, T + extra_position, V, generator=g) * 2).to(DEVICE, dtype).requires_grad_()
     ids = torch.randint(0, V, (B, T), generator=g).to(DEVICE)
-    mask = torch.ones(B, T, dtype=torch.int64)
-    mask[0, T // 2 :] = 0
-    mask[1] = 0
-    mask = mask.to(DEVICE)
-    adv = torch.randn(B, generator=g).to(DEVICE)
-    adv[0], adv[-1] = abs(adv[0]) + 0.1, -abs(adv[-1]) - 0.1
     with torch.no_grad():
         logp = textbook(logits.double(), ids, 0.9)
-    old = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
-    ref = (logp + 0.3 * torch.randn(B, T, generator=g).to(DEVICE, torch.float64)).float()
+    mask, adv, old, ref = rollout_batch(logp, g, DEVICE)
     return logits, ids, mask, adv, old, ref
 
 

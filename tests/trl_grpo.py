@@ -117,3 +117,18 @@ def trl_grpo_loss(
     elif loss_type == "cispo":
         clip = global_masked_mean(((coef_1 > epsilon_high) & (advantages > 0)).to(mask.dtype))
     return loss, kl, clip
+
+
+def rollout_batch(logp, g, device):
+    """What a GRPO batch carries beside the policy's float64 ``logp`` [B, T]: a mask with a
+    partly and a fully masked completion, advantages of both signs, and old / reference log-probs
+    near the policy's (importance ratios around the clip range)."""
+    n_seqs, n_pos = logp.shape
+    mask = torch.ones(n_seqs, n_pos, dtype=torch.int64)
+    mask[0, n_pos // 2 :] = 0
+    mask[1] = 0
+    adv = torch.randn(n_seqs, generator=g)
+    adv[0], adv[-1] = abs(adv[0]) + 0.1, -abs(adv[-1]) - 0.1
+    old = (logp + 0.3 * torch.randn(n_seqs, n_pos, generator=g).to(device, torch.float64)).float()
+    ref = (logp + 0.3 * torch.randn(n_seqs, n_pos, generator=g).to(device, torch.float64)).float()
+    return mask.to(device), adv.to(device), old, ref
