@@ -145,8 +145,12 @@ def test_options(loss_type, extra):
 def test_chunks_of_one_sequence(monkeypatch):
     """Every sequence in its own chunk: the whole-batch normalizers make the chunks add up."""
     monkeypatch.setattr(engine, "ROWS_BUDGET_BYTES", T * V * 4)
+    calls = []
+    mm_fp32 = engine.mm_fp32
+    monkeypatch.setattr(engine, "mm_fp32", lambda a, b, out: calls.append(a.shape[0]) or mm_fp32(a, b, out))
     for loss_type in ("grpo", "dapo", "vespo"):
         check(torch.float32, **options_for(loss_type, importance_sampling_level="sequence"))
+    assert set(calls) == {T}
 
 
 def test_reference_model_head():
@@ -247,3 +251,23 @@ def test_upstream_gradient_scales():
     grads3 = torch.autograd.grad(loss3 / 3, (x, w, b))
     for g, g3 in zip(grads, grads3):
         torch.testing.assert_close(g3, g / 3)
+
+
+def test_trl_call_and_torch_impl(monkeypatch):
+    """The call TRL 0.24-1.x makes (keywords; metrics[0] the KL, metrics[-1] the clip ratio), on
+    the kernels and on the PyTorch reference (``LIGER_KERNEL_IMPL=torch``), which agree."""
+    x, w, b, ids, mask, adv, old, ref = make_batch(torch.float32)
+    loss_fn = LigerFusedLinearGRPOLoss(
+        beta=0.04, epsilon_low=0.2, epsilon_high=0.28, temperature=0.9, use_ref_model=True, loss_type="bnpo",
+        max_completion_length=MAX_LEN, importance_sampling_level="sequence",
+    )  # fmt: skip
+    outputs = []
+    for impl in ("triton", "torch"):
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", impl)
+        loss, metrics = loss_fn(
+            _input=x, lin_weight=w, selected_token_ids=ids, attention_mask=mask, advantages=adv, bias=b,
+            old_per_token_logps=old, ref_per_token_logps=ref, vllm_is_ratio=None,
+        )  # fmt: skip
+        outputs.append((loss, metrics[0], metrics[-1], *torch.autograd.grad(loss, (x, w, b))))
+    for a, c in zip(*outputs):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)

@@ -45,13 +45,13 @@ ROWS_BUDGET_BYTES = 1024 * 2**20
 _NO_SMOOTHING = CEOptions()
 
 
-def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, budget=ROWS_BUDGET_BYTES):
+def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, budget=None):
     """Run ``head`` over ``x`` [N, H] (N = sequences x ``seq_len``, rows of a sequence adjacent)
     with ``target`` [N] in range. ``head(logp, seqs)`` gets the fp32 ``[b, seq_len]`` log-probs
     of sequences ``seqs`` (a slice) and returns ``(loss, metrics)``: 0-dim tensors whose sums over
-    chunks are the totals. ``needs``: (input, weight, bias) gradients wanted. Returns ``(loss,
-    metrics, grad_x, grad_w, grad_b)``, gradients for an upstream gradient of 1 (None where not
-    wanted)."""
+    chunks are the totals. ``needs``: (input, weight, bias) gradients wanted; ``budget``: bytes
+    of fp32 logits per chunk (None: ``ROWS_BUDGET_BYTES``). Returns ``(loss, metrics, grad_x,
+    grad_w, grad_b)``, gradients for an upstream gradient of 1 (None where not wanted)."""
     if not use_triton(x) or x.dtype == torch.float64:
         return _reference(x, weight, target, bias, temperature, seq_len, head, needs)
     n_rows, hidden = x.shape
@@ -62,7 +62,7 @@ def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, 
     grad_x = torch.empty_like(x) if need_x else None
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device) if need_w and n_rows == 0 else None
     grad_b = torch.zeros(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
-    seqs = split_size(n_seqs, seq_len * n_vocab * 4, budget)
+    seqs = split_size(n_seqs, seq_len * n_vocab * 4, ROWS_BUDGET_BYTES if budget is None else budget)
     buf = torch.empty(min(seqs, n_seqs) * seq_len * n_vocab, dtype=torch.float32, device=x.device)
     stats = torch.empty(2, n_rows, dtype=torch.float32, device=x.device)
     loss, metrics, z, dlogits = None, None, None, None
