@@ -39,7 +39,8 @@ from liger_kernel.ops.utils import next_power_of_2
 from liger_kernel.utils import use_triton
 
 # fp32 logits of one chunk of whole sequences: 2 sequences of 1024 tokens at V = 128256 (1002 MiB)
-# beside the 2.1 GB fp32 weight-gradient accumulator.
+# beside the 2.1 GB fp32 weight-gradient accumulator. A chunk holds at least one sequence, however
+# long (sequence-level importance sampling and VESPO need all of its log-probs at once).
 ROWS_BUDGET_BYTES = 1024 * 2**20
 
 _NO_SMOOTHING = CEOptions()
