@@ -40,7 +40,8 @@ PEERS = ("liger085",)  # providers that run in a child process with the peer on 
 @dataclass
 class Bench:
     """One loss: ``inputs(shape, device)`` -> dict of tensors (the ones in ``grads`` get
-    gradients), ``flops(shape)`` of the floor, ``providers``: name -> ``fn(inputs) -> loss``."""
+    gradients), ``flops(shape)`` of the floor, ``providers``: name -> ``fn(inputs) -> loss``;
+    ``reference(inputs)`` -> float64 gradients by name (optional: the error columns)."""
 
     shape: dict
     smoke_shape: dict
@@ -48,6 +49,7 @@ class Bench:
     flops: Callable
     grads: tuple
     providers: dict = field(default_factory=dict)
+    reference: Callable | None = None
 
 
 BENCHES: dict[str, Bench] = {}
@@ -84,12 +86,41 @@ def grpo_inputs(s, device):
     return dict(x=x, w=w, ids=ids, mask=mask.to(device), adv=adv, ref=ref)
 
 
+def grpo_reference(i, chunk=1024):
+    """float64 gradients of x and w: log-probs over token chunks, the loss head's gradient
+    ``g = dloss/dlogp`` by autograd, then ``dlogits = g (onehot - softmax) / temperature`` per chunk."""
+    from liger_kernel.ops.grpo_loss import GRPOOptions, grpo_loss_from_logps, grpo_norm
+
+    temp = GRPO["temperature"]
+    x = i["x"].detach().reshape(-1, i["x"].shape[-1]).double()
+    w = i["w"].detach().double()
+    ids = i["ids"].reshape(-1)
+    logp = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        z = x[s : s + chunk] @ w.T / temp
+        logp[s : s + chunk] = z.gather(-1, ids[s : s + chunk, None]).squeeze(-1) - z.logsumexp(-1)
+    leaf = logp.view(i["ids"].shape).requires_grad_()
+    opts = GRPOOptions(GRPO["loss_type"], GRPO["beta"], GRPO["epsilon_low"], GRPO["epsilon_high"])
+    loss, _ = grpo_loss_from_logps(leaf, i["mask"], i["adv"].double(), None, i["ref"].double(), None, opts,
+                                   grpo_norm(i["mask"]))  # fmt: skip
+    (g,) = torch.autograd.grad(loss, leaf)
+    g = g.reshape(-1, 1) / temp
+    grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+    for s in range(0, x.shape[0], chunk):
+        d = -torch.softmax(x[s : s + chunk] @ w.T / temp, -1) * g[s : s + chunk]
+        d.scatter_add_(-1, ids[s : s + chunk, None], g[s : s + chunk])
+        grad_x[s : s + chunk] = d @ w
+        grad_w.addmm_(d.T, x[s : s + chunk])
+    return {"x": grad_x.view(i["x"].shape).cpu(), "w": grad_w.cpu()}
+
+
 BENCHES["grpo"] = Bench(
     shape=dict(B=8, T=1024, H=4096, V=128256),
     smoke_shape=dict(B=2, T=16, H=32, V=67),
     inputs=grpo_inputs,
     flops=lambda s: 6 * s["B"] * s["T"] * s["H"] * s["V"],
     grads=("x", "w"),
+    reference=grpo_reference,
 )
 
 
@@ -172,9 +203,19 @@ def time_ms(step, device):
     return (time.perf_counter() - start) / 3 * 1e3
 
 
-def measure(name, providers, shape, device):
+def error_ratios(actual, reference):
+    """Max and rms error over those of rounding the float64 result once to ``actual``'s dtype
+    (1.00 = one rounding)."""
+    ref = reference.to(actual.device)
+    err = actual.double() - ref
+    once = ref.to(actual.dtype).double() - ref
+    return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
+
+
+def measure(name, providers, shape, device, errors):
     bench = BENCHES[name]
     inputs = bench.inputs(shape, device)
+    reference = bench.reference(inputs) if errors and bench.reference else None
     rows = []
     for prov in providers:
         row = {"loss": name, "provider": prov}
@@ -194,6 +235,8 @@ def measure(name, providers, shape, device):
                 row["peak_extra_GB"] = round((torch.cuda.max_memory_allocated() - base) / 1e9, 3)
             row["loss_value"] = float(loss.detach())
             row["grad_norms"] = {k: float(inputs[k].grad.float().norm()) for k in bench.grads}
+            if reference is not None:
+                row["err_max_rms"] = {k: error_ratios(inputs[k].grad, reference[k]) for k in bench.grads}
             row["ms"] = round(time_ms(functools.partial(fwd_bwd, fn, inputs, bench.grads), device), 2)
         except Exception as e:  # recorded; the next provider still runs
             row["error"] = f"{type(e).__name__}: {e}"[:300]
@@ -220,8 +263,7 @@ def run_peer(args, peers):
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO / "src"]
     env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), *rest])
     cmd = [sys.executable, __file__, "--worker", "--losses", args.losses, "--providers", ",".join(peers)]
-    if args.smoke:
-        cmd.append("--smoke")
+    cmd += ["--smoke"] * args.smoke + ["--no-errors"] * args.no_errors
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 and not rows:
@@ -237,6 +279,7 @@ def main():
     p.add_argument("--providers", default="ours,ours-1.5G,plain,compile,liger085")
     p.add_argument("--out", default=None, help="folder for post_training.json")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
+    p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -247,7 +290,7 @@ def main():
     for name in args.losses.split(","):
         shape = BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape
         here = [q for q in wanted if args.worker or q not in PEERS]
-        rows += measure(name, here, shape, device)
+        rows += measure(name, here, shape, device, not args.no_errors)
         if args.worker:
             continue
         peers = [q for q in wanted if q in PEERS]
@@ -265,7 +308,10 @@ def main():
     if args.worker:
         return
     print(f"\n{meta['device']}, torch {meta['torch']}")
-    print(f"{'loss':6} {'provider':10} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss / grad norms")
+    print(
+        f"{'loss':6} {'provider':10} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
+        "grad error max/rms over one rounding"
+    )
     for r in rows:
         floor = meta.get(r["loss"], {}).get("floor_ms")
         if "error" in r:
@@ -273,9 +319,10 @@ def main():
             continue
         frac = f"{floor / r['ms']:.2f}" if floor else "-"
         norms = " ".join(f"{k}={v:.4g}" for k, v in r["grad_norms"].items())
+        errs = " ".join(f"{k} {m}/{q}" for k, (m, q) in r.get("err_max_rms", {}).items())
         print(
             f"{r['loss']:6} {r['provider']:10} {r['ms']:>10} {frac:>8} {r.get('peak_extra_GB', '-')!s:>8}  "
-            f"{r['loss_value']:.6g} {norms}"
+            f"{r['loss_value']:.6g} {norms}  {errs}"
         )
     if args.out:
         os.makedirs(args.out, exist_ok=True)

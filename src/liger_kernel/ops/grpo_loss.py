@@ -385,7 +385,7 @@ def check_logits(logits, ids):
         )
     if not logits.is_floating_point():
         raise TypeError(f"`logits` must be a float tensor, got {logits.dtype}.")
-    if ids.numel() and (ids.min() < 0 or ids.max() >= logits.shape[2]):
+    if ((ids < 0) | (ids >= logits.shape[2])).any():  # one sync
         raise ValueError(f"token ids must be in [0, {logits.shape[2]}) (the vocabulary of `logits`).")
     return logits if logits.stride(2) == 1 else logits.contiguous()
 
