@@ -434,7 +434,7 @@ def fused_selective_log_softmax(logits, input_ids, temperature=0.9, mask=None):
 # ----------------------------------------------------------------------------- the op on logits
 
 
-def _head(logp, ids, completion_mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce):
+def _head(logp, completion_mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce):
     """The op's outputs from ``[B, T]`` log-probs: ``(loss, kl, clip)`` reduced (scalars; kl None
     at beta 0) or per token (``[B, T]`` loss and kl, 0 outside the mask, and is_clipped)."""
     loss, kl, is_clipped = per_token_terms(
@@ -448,9 +448,10 @@ def _head(logp, ids, completion_mask, advantages, old_logp, ref_logp, vllm_is_ra
     return per_token, (None if kl is None else kl * mask), is_clipped.expand_as(logp).to(logp.dtype) * mask
 
 
-def _prepare(logits, old_logp, ref_logp, completion_ids, advantages, completion_mask, temperature, beta, eps_low,
-             eps_high, loss_type, max_completion_length, importance_sampling_level, sapo_temperature_pos,
-             sapo_temperature_neg, delta, use_bias_correction_kl, num_items_in_batch):  # fmt: skip
+def _prepare(logits, completion_ids, completion_mask, temperature, beta, eps_low, eps_high, loss_type,
+             max_completion_length, importance_sampling_level, sapo_temperature_pos, sapo_temperature_neg, delta,
+             use_bias_correction_kl, num_items_in_batch):  # fmt: skip
+    """The checked logits, the options, the mask (ones when None) and the batch normalizers."""
     logits = check_logits(logits, completion_ids)
     opts = GRPOOptions(
         loss_type, beta, eps_low, eps_high, importance_sampling_level, max_completion_length, sapo_temperature_pos,
@@ -490,12 +491,12 @@ def grpo_loss_reference(
     """The spec and CPU fallback of ``GrpoLossFunction``: ``log_softmax`` in fp32 on the logits,
     then the head; differentiable with autograd. ``inplace`` has no effect here."""
     logits, opts, mask, norm = _prepare(
-        logits, old_logp, ref_logp, completion_ids, advantages, completion_mask, temperature, beta, eps_low,
-        eps_high, loss_type, max_completion_length, importance_sampling_level, sapo_temperature_pos,
-        sapo_temperature_neg, delta, use_bias_correction_kl, num_items_in_batch,
+        logits, completion_ids, completion_mask, temperature, beta, eps_low, eps_high, loss_type,
+        max_completion_length, importance_sampling_level, sapo_temperature_pos, sapo_temperature_neg, delta,
+        use_bias_correction_kl, num_items_in_batch,
     )  # fmt: skip
     logp = selective_log_softmax_reference(logits, completion_ids, temperature)
-    return _head(logp, completion_ids, mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce)
+    return _head(logp, mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce)
 
 
 class GrpoLossFunction(torch.autograd.Function):
@@ -542,16 +543,16 @@ class GrpoLossFunction(torch.autograd.Function):
             ctx.mark_non_differentiable(outputs[2])
             return outputs
         logits, opts, mask, norm = _prepare(
-            logits, old_logp, ref_logp, completion_ids, advantages, completion_mask, temperature, beta, eps_low,
-            eps_high, loss_type, max_completion_length, importance_sampling_level, sapo_temperature_pos,
-            sapo_temperature_neg, delta, use_bias_correction_kl, num_items_in_batch,
+            logits, completion_ids, completion_mask, temperature, beta, eps_low, eps_high, loss_type,
+            max_completion_length, importance_sampling_level, sapo_temperature_pos, sapo_temperature_neg, delta,
+            use_bias_correction_kl, num_items_in_batch,
         )  # fmt: skip
         ids = completion_ids.contiguous()
         logp, lse = logsoftmax_stats(logits, ids, temperature)
-        head_args = (ids, mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce)
+        head_args = (mask, advantages, old_logp, ref_logp, vllm_is_ratio, opts, norm, phi_seq, reduce)
         loss, kl, clip = _head(logp, *head_args)
         ctx.head_args, ctx.temperature = head_args, temperature
-        ctx.save_for_backward(logits, logp, lse)
+        ctx.save_for_backward(logits, ids, logp, lse)
         ctx.mark_non_differentiable(clip, *([kl] if reduce and kl is not None else []))
         return loss, kl, clip
 
@@ -559,7 +560,7 @@ class GrpoLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_kl, _grad_clip):
         if not ctx.use_triton:
             return fallback_backward(ctx, grad_loss, grad_kl, None)
-        logits, logp, lse = ctx.saved_tensors
+        logits, ids, logp, lse = ctx.saved_tensors
         with torch.enable_grad():
             leaf = logp.detach().requires_grad_()
             loss, kl, _ = _head(leaf, *ctx.head_args)
@@ -569,5 +570,5 @@ class GrpoLossFunction(torch.autograd.Function):
                 grads.append(grad_kl)
             (g,) = torch.autograd.grad(outs, leaf, grads, allow_unused=True)
         g = torch.zeros_like(logp) if g is None else g
-        grad_logits = logits_grad(logits, ctx.head_args[0], lse, g, ctx.temperature)
+        grad_logits = logits_grad(logits, ids, lse, g, ctx.temperature)
         return (grad_logits,) + (None,) * 21
