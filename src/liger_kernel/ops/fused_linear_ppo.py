@@ -124,14 +124,9 @@ def _reference(x, weight, target, bias, temperature, seq_len, head, needs):
         n_seqs = x.shape[0] // seq_len if seq_len else 0
         loss, metrics = head(logp.view(n_seqs, seq_len), slice(0, n_seqs))
     wanted = [t for t in leaves if t is not None and t.requires_grad]
-    grads = [None, None, None]
-    if wanted and loss.requires_grad:
-        found = iter(torch.autograd.grad(loss, wanted, allow_unused=True))
-        grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
-        grads = [
-            g if g is not None or t is None or not t.requires_grad else torch.zeros_like(t)
-            for g, t in zip(grads, leaves)
-        ]
-    elif wanted:
-        grads = [None if t is None or not t.requires_grad else torch.zeros_like(t) for t in leaves]
+    found = iter(torch.autograd.grad(loss, wanted, allow_unused=True) if wanted and loss.requires_grad else ())
+    grads = []
+    for t in leaves:
+        g = next(found, None) if t is not None and t.requires_grad else None
+        grads.append(torch.zeros_like(t) if g is None and t is not None and t.requires_grad else g)
     return loss.detach(), tuple(m.detach() for m in metrics), *grads
