@@ -271,3 +271,15 @@ def test_trl_call_and_torch_impl(monkeypatch):
         outputs.append((loss, metrics[0], metrics[-1], *torch.autograd.grad(loss, (x, w, b))))
     for a, c in zip(*outputs):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+
+
+def test_float64_is_the_textbook_loss():
+    """float64 inputs run the reference in float64: TRL's loss and gradients to float64 rounding."""
+    x, w, b, ids, mask, adv, old, ref = make_batch(torch.float32)
+    x, w, b = (t.detach().double().requires_grad_() for t in (x, w, b))
+    loss, metrics, grads = run_ours(x, w, b, ids, mask, adv, old, ref, loss_type="grpo")
+    ref_loss, kl, _, ref_grads = run_reference(x, w, b, ids, mask, adv, old, ref, loss_type="grpo")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(metrics[0], kl, rtol=1e-12, atol=1e-14)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)

@@ -81,7 +81,7 @@ class LigerFusedLinearPPOBase(torch.autograd.Function):
         """``_input`` [B, T, H] (or [B*T, H]), ``weight`` [V, H], ``selected_token_ids`` and
         ``attention_mask`` (the loss mask) [B, T], ``advantages`` [B] (or [B, T]); log-prob
         tensors [B, T]; ``vllm_is_ratio`` [B, T] or [B, 1]. Returns ``(loss, metrics)`` in fp32 (from
-        fp32 log-probs, not rounded to the input's dtype)."""
+        fp32 log-probs, not rounded to the input's dtype; float64 for float64 inputs)."""
         ids, mask = selected_token_ids, attention_mask
         x = _check_inputs(_input, weight, bias, ids, mask, temperature)
         n_seqs, seq_len = ids.shape

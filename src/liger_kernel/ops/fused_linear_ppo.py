@@ -34,7 +34,6 @@ from liger_kernel.ops.fused_linear_cross_entropy import (
     mm_fp32,
     split_size,
 )
-from liger_kernel.ops.fused_linear_logprobs import fused_linear_logprobs_reference
 from liger_kernel.ops.utils import next_power_of_2
 from liger_kernel.utils import use_triton
 
@@ -117,10 +116,13 @@ def logps_and_grads(x, weight, target, bias, temperature, seq_len, head, needs, 
 
 
 def _reference(x, weight, target, bias, temperature, seq_len, head, needs):
-    """``logps_and_grads`` through ``fused_linear_logprobs_reference`` and autograd."""
+    """``logps_and_grads`` through the logits (``fused_linear_logprobs_reference``'s math, float64
+    kept float64) and autograd."""
     leaves = [None if t is None else t.detach().requires_grad_(n) for t, n in zip((x, weight, bias), needs)]
     with torch.enable_grad():
-        logp = fused_linear_logprobs_reference(leaves[0], leaves[1], target, leaves[2], temperature)
+        logits = torch.nn.functional.linear(leaves[0], leaves[1], leaves[2])  # in the input dtype, as lm_head
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+        logp = torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         n_seqs = x.shape[0] // seq_len if seq_len else 0
         loss, metrics = head(logp.view(n_seqs, seq_len), slice(0, n_seqs))
     wanted = [t for t in leaves if t is not None and t.requires_grad]
