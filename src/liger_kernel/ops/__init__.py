@@ -17,6 +17,7 @@ _NAMES = {
     "fused_linear_cross_entropy_forward": "fused_linear_cross_entropy",
     "fused_linear_cross_entropy_backward": "fused_linear_cross_entropy",
     "LigerGELUMulFunction": "geglu",
+    "GrpoLossFunction": "grpo_loss",
     "geglu_forward": "geglu",
     "geglu_backward": "geglu",
     "LigerLayerNormFunction": "layer_norm",

@@ -1,0 +1,334 @@
+"""Post-training losses on one GPU, side by side: forward+backward time, peak extra memory and the
+head-matmul floor, for ours, the plain PyTorch path with materialized logits (what TRL does
+without Liger), ``torch.compile`` of that path, and Liger Kernel 0.8.5 (its own process).
+
+    bash benchmarks/setup_peers.sh                       # once: unpack .peer/liger085
+    PYTHONPATH=src python benchmarks/bench_post_training.py --losses grpo --out /tmp/post
+    PYTHONPATH=src python benchmarks/bench_post_training.py --smoke      # tiny shapes, CPU ok
+
+Liger Kernel 0.8.5 has our import name, so its provider runs in a child process of this script
+with ``.peer/liger085`` first on PYTHONPATH (as benchmarks/run.py does); every other provider
+runs here.
+
+Adding a loss: one ``Bench`` in ``BENCHES`` (inputs for a shape, the floor's flops, and one
+function per provider returning the scalar loss; the harness runs backward and measures).
+Per (loss, provider): ``do_bench`` median of forward+backward (>= 20 timed calls), peak extra memory
+of one forward+backward (``max_memory_allocated`` minus what the inputs hold), the loss and the
+gradient norms (cross-checked between providers in the table). The floor is the bench's flops at
+the measured rate of the forward's own bf16 logits matmul.
+"""
+
+import argparse
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+PEER_PATH = REPO / ".peer" / "liger085"
+PEERS = ("liger085",)  # providers that run in a child process with the peer on PYTHONPATH
+
+
+@dataclass
+class Bench:
+    """One loss: ``inputs(shape, device)`` -> dict of tensors (the ones in ``grads`` get
+    gradients), ``flops(shape)`` of the floor, ``providers``: name -> ``fn(inputs) -> loss``;
+    ``reference(inputs)`` -> float64 gradients by name (optional: the error columns)."""
+
+    shape: dict
+    smoke_shape: dict
+    inputs: Callable
+    flops: Callable
+    grads: tuple
+    providers: dict = field(default_factory=dict)
+    reference: Callable | None = None
+
+
+BENCHES: dict[str, Bench] = {}
+
+
+def provider(bench: str, name: str):
+    """Decorator: register ``fn(inputs) -> loss`` as provider ``name`` of ``bench``."""
+
+    def register(fn):
+        BENCHES[bench].providers[name] = fn
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+# Issue 12: 8 completions of 1024 tokens, H=4096, V=128256, bf16, dapo, token-level importance
+# sampling, beta=0.04 with the reference log-probs given (no reference head), on-policy (no old
+# log-probs, as TRL with num_iterations=1).
+GRPO = dict(loss_type="dapo", beta=0.04, epsilon_low=0.2, epsilon_high=0.2, temperature=1.0)
+
+
+def grpo_inputs(s, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, t, h, v = s["B"], s["T"], s["H"], s["V"]
+    x = torch.randn(b, t, h, generator=g).to(device, torch.bfloat16).requires_grad_()
+    w = (torch.randn(v, h, generator=g) / math.sqrt(h)).to(device, torch.bfloat16).requires_grad_()
+    ids = torch.randint(0, v, (b, t), generator=g).to(device)
+    mask = torch.ones(b, t, dtype=torch.int64)
+    mask[0, t - t // 4 :] = 0  # one shorter completion
+    adv = torch.randn(b, generator=g).to(device)
+    ref = (torch.randn(b, t, generator=g) * 0.1 - math.log(v)).to(device)
+    return dict(x=x, w=w, ids=ids, mask=mask.to(device), adv=adv, ref=ref)
+
+
+def grpo_reference(i, chunk=1024):
+    """float64 gradients of x and w: log-probs over token chunks, the loss head's gradient
+    ``g = dloss/dlogp`` by autograd, then ``dlogits = g (onehot - softmax) / temperature`` per chunk."""
+    from liger_kernel.ops.grpo_loss import GRPOOptions, grpo_loss_from_logps, grpo_norm
+
+    temp = GRPO["temperature"]
+    x = i["x"].detach().reshape(-1, i["x"].shape[-1]).double()
+    w = i["w"].detach().double()
+    ids = i["ids"].reshape(-1)
+    logp = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        z = x[s : s + chunk] @ w.T / temp
+        logp[s : s + chunk] = z.gather(-1, ids[s : s + chunk, None]).squeeze(-1) - z.logsumexp(-1)
+    leaf = logp.view(i["ids"].shape).requires_grad_()
+    opts = GRPOOptions(GRPO["loss_type"], GRPO["beta"], GRPO["epsilon_low"], GRPO["epsilon_high"])
+    loss, _ = grpo_loss_from_logps(leaf, i["mask"], i["adv"].double(), None, i["ref"].double(), None, opts,
+                                   grpo_norm(i["mask"]))  # fmt: skip
+    (g,) = torch.autograd.grad(loss, leaf)
+    g = g.reshape(-1, 1) / temp
+    grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+    for s in range(0, x.shape[0], chunk):
+        d = -torch.softmax(x[s : s + chunk] @ w.T / temp, -1) * g[s : s + chunk]
+        d.scatter_add_(-1, ids[s : s + chunk, None], g[s : s + chunk])
+        grad_x[s : s + chunk] = d @ w
+        grad_w.addmm_(d.T, x[s : s + chunk])
+    return {"x": grad_x.view(i["x"].shape).cpu(), "w": grad_w.cpu()}
+
+
+BENCHES["grpo"] = Bench(
+    shape=dict(B=8, T=1024, H=4096, V=128256),
+    smoke_shape=dict(B=2, T=16, H=32, V=67),
+    inputs=grpo_inputs,
+    flops=lambda s: 6 * s["B"] * s["T"] * s["H"] * s["V"],
+    grads=("x", "w"),
+    reference=grpo_reference,
+)
+
+
+def plain_grpo(i):
+    """TRL's path without Liger: logits materialized, fp32 log-softmax, the loss head."""
+    from liger_kernel.ops.grpo_loss import GRPOOptions, grpo_loss_from_logps, grpo_norm
+
+    logits = (i["x"] @ i["w"].T).float() / GRPO["temperature"]
+    logp = logits.gather(-1, i["ids"].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    opts = GRPOOptions(GRPO["loss_type"], GRPO["beta"], GRPO["epsilon_low"], GRPO["epsilon_high"])
+    loss, _ = grpo_loss_from_logps(logp, i["mask"], i["adv"], None, i["ref"], None, opts, grpo_norm(i["mask"]))
+    return loss
+
+
+@provider("grpo", "ours")
+def ours_grpo(i):
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+    return LigerFusedLinearGRPOLoss(**GRPO)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
+
+
+@provider("grpo", "ours-1.5G")
+def ours_grpo_larger_chunks(i):
+    """Chunks of 3 sequences (1.5 GiB of fp32 logits): one weight-gradient accumulation less,
+    ~0.5 GB more peak memory."""
+    import liger_kernel.ops.fused_linear_ppo as engine
+
+    saved, engine.ROWS_BUDGET_BYTES = engine.ROWS_BUDGET_BYTES, 1536 * 2**20
+    try:
+        return ours_grpo(i)
+    finally:
+        engine.ROWS_BUDGET_BYTES = saved
+
+
+provider("grpo", "plain")(plain_grpo)
+_compiled_grpo = None
+
+
+@provider("grpo", "compile")
+def compiled_grpo(i):
+    global _compiled_grpo
+    if _compiled_grpo is None:
+        _compiled_grpo = torch.compile(plain_grpo)
+    return _compiled_grpo(i)
+
+
+@provider("grpo", "liger085")
+def liger085_grpo(i):
+    from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # the peer, in its own process
+
+    return LigerFusedLinearGRPOLoss(**GRPO)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
+
+
+# ----------------------------------------------------------------------------- harness
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def fwd_bwd(fn, inputs, grads):
+    for k in grads:
+        inputs[k].grad = None
+    loss = fn(inputs)
+    loss.backward()
+    return loss
+
+
+def time_ms(step, device):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        est = do_bench(step, warmup=5, rep=1, return_mode="median")
+        return do_bench(step, warmup=max(25, int(5 * est)), rep=max(25 * est, 300), return_mode="median")
+    step()
+    start = time.perf_counter()
+    for _ in range(3):
+        step()
+    return (time.perf_counter() - start) / 3 * 1e3
+
+
+def error_ratios(actual, reference):
+    """Max and rms error over those of rounding the float64 result once to ``actual``'s dtype
+    (1.00 = one rounding)."""
+    ref = reference.to(actual.device)
+    err = actual.double() - ref
+    once = ref.to(actual.dtype).double() - ref
+    return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
+
+
+def measure(name, providers, shape, device, errors):
+    bench = BENCHES[name]
+    inputs = bench.inputs(shape, device)
+    reference = bench.reference(inputs) if errors and bench.reference else None
+    rows = []
+    for prov in providers:
+        row = {"loss": name, "provider": prov}
+        try:
+            fn = bench.providers[prov]
+            fwd_bwd(fn, inputs, bench.grads)  # warm-up: compile, autotune, workspaces
+            for k in bench.grads:
+                inputs[k].grad = None
+            sync(device)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            loss = fwd_bwd(fn, inputs, bench.grads)
+            sync(device)
+            if device == "cuda":
+                row["peak_extra_GB"] = round((torch.cuda.max_memory_allocated() - base) / 1e9, 3)
+            row["loss_value"] = float(loss.detach())
+            row["grad_norms"] = {k: float(inputs[k].grad.float().norm()) for k in bench.grads}
+            if reference is not None:
+                row["err_max_rms"] = {k: error_ratios(inputs[k].grad, reference[k]) for k in bench.grads}
+            row["ms"] = round(time_ms(functools.partial(fwd_bwd, fn, inputs, bench.grads), device), 2)
+        except Exception as e:  # recorded; the next provider still runs
+            row["error"] = f"{type(e).__name__}: {e}"[:300]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def matmul_rate(shape, device):
+    """bf16 TFLOP/s of the forward's logits matmul [B*T, H] @ [H, V]."""
+    if device != "cuda":
+        return None
+    from triton.testing import do_bench
+
+    n = shape["B"] * shape["T"]
+    a = torch.randn(n, shape["H"], device=device).bfloat16()
+    b = torch.randn(shape["V"], shape["H"], device=device).bfloat16()
+    return 2 * n * shape["H"] * shape["V"] / do_bench(lambda: a @ b.T, warmup=100, rep=500) / 1e9
+
+
+def run_peer(args, peers):
+    """The peer providers in a child process with the peer's ``liger_kernel`` first on PYTHONPATH."""
+    env = dict(os.environ)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO / "src"]
+    env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), *rest])
+    cmd = [sys.executable, __file__, "--worker", "--losses", args.losses, "--providers", ",".join(peers)]
+    cmd += ["--smoke"] * args.smoke + ["--no-errors"] * args.no_errors
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 and not rows:
+        rows = [{"provider": ",".join(peers), "error": out.stderr[-300:]}]
+    for row in rows:
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--losses", default="grpo")
+    p.add_argument("--providers", default="ours,ours-1.5G,plain,compile,liger085")
+    p.add_argument("--out", default=None, help="folder for post_training.json")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
+    p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    wanted = args.providers.split(",")
+    rows, meta = [], {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+    for name in args.losses.split(","):
+        shape = BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape
+        here = [q for q in wanted if args.worker or q not in PEERS]
+        rows += measure(name, here, shape, device, not args.no_errors)
+        if args.worker:
+            continue
+        peers = [q for q in wanted if q in PEERS]
+        if peers and not PEER_PATH.is_dir():
+            rows.append({"loss": name, "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
+        elif peers:
+            rows += [dict(r, loss=name) for r in run_peer(argparse.Namespace(**{**vars(args), "losses": name}), peers)]
+        rate = matmul_rate(shape, device)
+        if rate:
+            meta[name] = {
+                "shape": shape,
+                "tflops": round(rate, 1),
+                "floor_ms": round(BENCHES[name].flops(shape) / rate / 1e9, 2),
+            }
+    if args.worker:
+        return
+    print(f"\n{meta['device']}, torch {meta['torch']}")
+    print(
+        f"{'loss':6} {'provider':10} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
+        "grad error max/rms over one rounding"
+    )
+    for r in rows:
+        floor = meta.get(r["loss"], {}).get("floor_ms")
+        if "error" in r:
+            print(f"{r['loss']:6} {r['provider']:10} {r['error']}")
+            continue
+        frac = f"{floor / r['ms']:.2f}" if floor else "-"
+        norms = " ".join(f"{k}={v:.4g}" for k, v in r["grad_norms"].items())
+        errs = " ".join(f"{k} {m}/{q}" for k, (m, q) in r.get("err_max_rms", {}).items())
+        print(
+            f"{r['loss']:6} {r['provider']:10} {r['ms']:>10} {frac:>8} {r.get('peak_extra_GB', '-')!s:>8}  "
+            f"{r['loss_value']:.6g} {norms}  {errs}"
+        )
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "post_training.json"), "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
