@@ -3,12 +3,13 @@ head-matmul floor, for ours, the plain PyTorch path with materialized logits (wh
 without Liger), ``torch.compile`` of that path, and Liger Kernel 0.8.5 (its own process).
 
     bash benchmarks/setup_peers.sh                       # once: unpack .peer/liger085
-    PYTHONPATH=src python benchmarks/bench_post_training.py --losses grpo --out /tmp/post
+    PYTHONPATH=src python benchmarks/bench_post_training.py --out /tmp/post      # DPO and GRPO, every provider
     PYTHONPATH=src python benchmarks/bench_post_training.py --smoke      # tiny shapes, CPU ok
 
 Liger Kernel 0.8.5 has our import name, so its provider runs in a child process of this script
-with ``.peer/liger085`` first on PYTHONPATH (as benchmarks/run.py does); every other provider
-runs here.
+with ``.peer/liger085`` first on PYTHONPATH (as benchmarks/run.py does), without the error
+columns (the float64 references use our package); every other provider runs here. Providers
+named ``ours-*`` are tuning variants of ours (module settings changed for the call, restored).
 
 Adding a loss: one ``Bench`` in ``BENCHES`` (inputs for a shape, the floor's flops, and one
 function per provider returning the scalar loss; the harness runs backward and measures).
@@ -19,7 +20,9 @@ the measured rate of the forward's own bf16 logits matmul.
 """
 
 import argparse
+import contextlib
 import functools
+import importlib
 import json
 import math
 import os
@@ -40,12 +43,14 @@ PEERS = ("liger085",)  # providers that run in a child process with the peer on 
 @dataclass
 class Bench:
     """One loss: ``inputs(shape, device)`` -> dict of tensors (the ones in ``grads`` get
-    gradients), ``flops(shape)`` of the floor, ``providers``: name -> ``fn(inputs) -> loss``;
+    gradients), ``tokens(shape)`` of the trained head, ``flops(shape)`` of the floor,
+    ``providers``: name -> ``fn(inputs) -> loss``;
     ``reference(inputs)`` -> float64 gradients by name (optional: the error columns)."""
 
     shape: dict
     smoke_shape: dict
     inputs: Callable
+    tokens: Callable
     flops: Callable
     grads: tuple
     providers: dict = field(default_factory=dict)
@@ -63,6 +68,46 @@ def provider(bench: str, name: str):
         return fn
 
     return register
+
+
+@contextlib.contextmanager
+def settings(module_name: str, **values):
+    """Module constants set for a variant's call (the engines read them at call time), restored."""
+    module = importlib.import_module(module_name)
+    saved = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+
+
+def logp_float64(x, w, ids, ignore_index=-100, chunk=1024):
+    """float64 per-token log-probs of ``ids`` (0 at ``ignore_index``) over token chunks."""
+    logp = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    safe = ids.clamp(min=0)
+    for s in range(0, x.shape[0], chunk):
+        z = x[s : s + chunk] @ w.T
+        logp[s : s + chunk] = z.gather(-1, safe[s : s + chunk, None]).squeeze(-1) - z.logsumexp(-1)
+    return torch.where(ids != ignore_index, logp, 0.0)
+
+
+def head_grads_float64(x, w, ids, loss_of_logp, chunk=1024):
+    """float64 gradients of ``loss_of_logp(logp)`` for a head: the per-token ``g = dloss/dlogp``
+    by autograd, then ``dlogits = g (onehot - softmax)`` per chunk (0 at ignored tokens)."""
+    leaf = logp_float64(x, w, ids, chunk=chunk).requires_grad_()
+    (g,) = torch.autograd.grad(loss_of_logp(leaf), leaf)
+    g = torch.where(ids >= 0, g, 0.0).reshape(-1, 1)
+    safe = ids.clamp(min=0)
+    grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+    for s in range(0, x.shape[0], chunk):
+        d = -torch.softmax(x[s : s + chunk] @ w.T, -1) * g[s : s + chunk]
+        d.scatter_add_(-1, safe[s : s + chunk, None], g[s : s + chunk])
+        grad_x[s : s + chunk] = d @ w
+        grad_w.addmm_(d.T, x[s : s + chunk])
+    return grad_x, grad_w
 
 
 # ----------------------------------------------------------------------------- GRPO
@@ -86,31 +131,19 @@ def grpo_inputs(s, device):
     return dict(x=x, w=w, ids=ids, mask=mask.to(device), adv=adv, ref=ref)
 
 
-def grpo_reference(i, chunk=1024):
-    """float64 gradients of x and w: log-probs over token chunks, the loss head's gradient
-    ``g = dloss/dlogp`` by autograd, then ``dlogits = g (onehot - softmax) / temperature`` per chunk."""
+def grpo_reference(i):
+    """float64 gradients of x and w (temperature 1)."""
     from liger_kernel.ops.grpo_loss import GRPOOptions, grpo_loss_from_logps, grpo_norm
 
-    temp = GRPO["temperature"]
-    x = i["x"].detach().reshape(-1, i["x"].shape[-1]).double()
-    w = i["w"].detach().double()
-    ids = i["ids"].reshape(-1)
-    logp = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
-    for s in range(0, x.shape[0], chunk):
-        z = x[s : s + chunk] @ w.T / temp
-        logp[s : s + chunk] = z.gather(-1, ids[s : s + chunk, None]).squeeze(-1) - z.logsumexp(-1)
-    leaf = logp.view(i["ids"].shape).requires_grad_()
     opts = GRPOOptions(GRPO["loss_type"], GRPO["beta"], GRPO["epsilon_low"], GRPO["epsilon_high"])
-    loss, _ = grpo_loss_from_logps(leaf, i["mask"], i["adv"].double(), None, i["ref"].double(), None, opts,
-                                   grpo_norm(i["mask"]))  # fmt: skip
-    (g,) = torch.autograd.grad(loss, leaf)
-    g = g.reshape(-1, 1) / temp
-    grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
-    for s in range(0, x.shape[0], chunk):
-        d = -torch.softmax(x[s : s + chunk] @ w.T / temp, -1) * g[s : s + chunk]
-        d.scatter_add_(-1, ids[s : s + chunk, None], g[s : s + chunk])
-        grad_x[s : s + chunk] = d @ w
-        grad_w.addmm_(d.T, x[s : s + chunk])
+
+    def loss(logp):
+        logp = logp.view(i["ids"].shape)
+        return grpo_loss_from_logps(logp, i["mask"], i["adv"].double(), None, i["ref"].double(), None, opts,
+                                    grpo_norm(i["mask"]))[0]  # fmt: skip
+
+    x = i["x"].detach().reshape(-1, i["x"].shape[-1]).double()
+    grad_x, grad_w = head_grads_float64(x, i["w"].detach().double(), i["ids"].reshape(-1), loss)
     return {"x": grad_x.view(i["x"].shape).cpu(), "w": grad_w.cpu()}
 
 
@@ -118,6 +151,7 @@ BENCHES["grpo"] = Bench(
     shape=dict(B=8, T=1024, H=4096, V=128256),
     smoke_shape=dict(B=2, T=16, H=32, V=67),
     inputs=grpo_inputs,
+    tokens=lambda s: s["B"] * s["T"],
     flops=lambda s: 6 * s["B"] * s["T"] * s["H"] * s["V"],
     grads=("x", "w"),
     reference=grpo_reference,
@@ -142,17 +176,18 @@ def ours_grpo(i):
     return LigerFusedLinearGRPOLoss(**GRPO)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
 
 
-@provider("grpo", "ours-1.5G")
-def ours_grpo_larger_chunks(i):
-    """Chunks of 3 sequences (1.5 GiB of fp32 logits): one weight-gradient accumulation less,
-    ~0.5 GB more peak memory."""
-    import liger_kernel.ops.fused_linear_ppo as engine
-
-    saved, engine.ROWS_BUDGET_BYTES = engine.ROWS_BUDGET_BYTES, 1536 * 2**20
-    try:
+@provider("grpo", "ours-fp32")
+def ours_grpo_fp32_logits(i):
+    """fp32 chunk logits (2 sequences per 1 GiB chunk, as before the input-dtype logits)."""
+    with settings("liger_kernel.ops.fused_linear_logprobs", ONE_PASS_LOGITS_IN_INPUT_DTYPE=False):
         return ours_grpo(i)
-    finally:
-        engine.ROWS_BUDGET_BYTES = saved
+
+
+@provider("grpo", "ours-512M")
+def ours_grpo_smaller_chunks(i):
+    """2 sequences per chunk of bf16 logits: ~0.5 GB less peak memory, one accumulation more."""
+    with settings("liger_kernel.ops.fused_linear_ppo", ROWS_BUDGET_BYTES=512 * 2**20):
+        return ours_grpo(i)
 
 
 provider("grpo", "plain")(plain_grpo)
@@ -172,6 +207,122 @@ def liger085_grpo(i):
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss  # the peer, in its own process
 
     return LigerFusedLinearGRPOLoss(**GRPO)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
+
+
+# ----------------------------------------------------------------------------- DPO
+
+# Issue 12: 4 chosen/rejected pairs of 1024 tokens (the first 128 a prompt), H=4096, V=128256,
+# bf16, a frozen reference head, sigmoid loss, beta=0.1 (the DPO module's defaults: no NLL term,
+# summed log-probs).
+DPO_BETA = 0.1
+
+
+def dpo_inputs(s, device):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    b, t, h, v = s["B"], s["T"], s["H"], s["V"]
+    x = torch.randn(2 * b, t, h, generator=g)
+    w = torch.randn(v, h, generator=g) / math.sqrt(h)
+    ids = torch.randint(0, v, (2 * b, t), generator=g)
+    ids[:, : t // 8] = -100  # a prompt
+    ref_x = x + 0.1 * torch.randn(x.shape, generator=g)
+    ref_w = w + 0.01 * torch.randn(w.shape, generator=g)
+    bf16 = dict(x=x, w=w, ref_x=ref_x, ref_w=ref_w)
+    out = {k: t_.to(device, torch.bfloat16) for k, t_ in bf16.items()}
+    out["x"].requires_grad_()
+    out["w"].requires_grad_()
+    out["ids"] = ids.to(device)
+    return out
+
+
+def dpo_loss_of_seq_logps(pol, ref):
+    n = pol.shape[0] // 2
+    logits = (pol[:n] - pol[n:]) - (ref[:n] - ref[n:])
+    return -torch.nn.functional.logsigmoid(DPO_BETA * logits).mean()
+
+
+def dpo_reference(i):
+    """float64 gradients of x and w: the textbook DPO on float64 logits of both heads."""
+    ids = i["ids"].reshape(-1)
+    flat = {k: i[k].detach().reshape(-1, i[k].shape[-1]).double() for k in ("x", "w", "ref_x", "ref_w")}
+    ref = logp_float64(flat["ref_x"], flat["ref_w"], ids).view(i["ids"].shape).sum(-1)
+    grad_x, grad_w = head_grads_float64(
+        flat["x"], flat["w"], ids, lambda logp: dpo_loss_of_seq_logps(logp.view(i["ids"].shape).sum(-1), ref)
+    )
+    return {"x": grad_x.view(i["x"].shape).cpu(), "w": grad_w.cpu()}
+
+
+BENCHES["dpo"] = Bench(
+    shape=dict(B=4, T=1024, H=4096, V=128256),
+    smoke_shape=dict(B=2, T=16, H=32, V=67),
+    inputs=dpo_inputs,
+    tokens=lambda s: 2 * s["B"] * s["T"],
+    flops=lambda s: 8 * 2 * s["B"] * s["T"] * s["H"] * s["V"],
+    grads=("x", "w"),
+    reference=dpo_reference,
+)
+
+
+@provider("dpo", "plain")
+def plain_dpo(i):
+    """TRL's path without Liger: bf16 logits materialized, fp32 log-softmax, gather, the loss."""
+
+    def seq_logps(h, weight):
+        logits = (h @ weight.T).float()
+        tok = torch.log_softmax(logits, -1).gather(-1, i["ids"].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (tok * (i["ids"] != -100)).sum(-1)
+
+    with torch.no_grad():
+        ref = seq_logps(i["ref_x"], i["ref_w"])
+    return dpo_loss_of_seq_logps(seq_logps(i["x"], i["w"]), ref)
+
+
+@provider("dpo", "ours")
+def ours_dpo(i):
+    """One pass, one pair per chunk of bf16 logits (2.57 GB expected), the reference head in bf16 logits."""
+    from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+    return LigerFusedLinearDPOLoss(beta=DPO_BETA)(i["w"], i["x"], i["ids"], None, i["ref_x"], i["ref_w"])[0]
+
+
+@provider("dpo", "liger085")
+def liger085_dpo(i):
+    return ours_dpo(i)  # the peer's module of the same name, in its own process
+
+
+@provider("dpo", "ours-fp32ref")
+def ours_dpo_fp32_reference(i):
+    """The reference head's logits in fp32 (2 x 1 GiB chunks) rather than bf16."""
+    with settings("liger_kernel.ops.fused_linear_logprobs", NO_GRAD_LOGITS_IN_INPUT_DTYPE=False):
+        return ours_dpo(i)
+
+
+@provider("dpo", "ours-fp32")
+def ours_dpo_fp32_logits(i):
+    """fp32 logits in both heads, one pair per 1 GiB chunk (main's route with the shared,
+    in-place-rounded weight-gradient accumulator): ~3.1 GB expected."""
+    flp = "liger_kernel.ops.fused_linear_logprobs"
+    with settings(flp, ONE_PASS_LOGITS_IN_INPUT_DTYPE=False, NO_GRAD_LOGITS_IN_INPUT_DTYPE=False):
+        with settings("liger_kernel.chunked_loss.fused_linear_preference", ONE_PASS_BUDGET_BYTES=2**30):
+            return ours_dpo(i)
+
+
+@provider("dpo", "ours-2pairs")
+def ours_dpo_two_pairs(i):
+    """Two pairs per chunk of bf16 logits: one accumulation of the weight gradient less, ~0.5 GB more."""
+    with settings("liger_kernel.chunked_loss.fused_linear_preference", ONE_PASS_BUDGET_BYTES=2**30):
+        return ours_dpo(i)
+
+
+@provider("dpo", "ours-2pass")
+def ours_dpo_two_passes(i):
+    """The two-pass route (logits recomputed per vocabulary tile in backward): 10NHV, ~1.2 GB."""
+    from liger_kernel.chunked_loss.fused_linear_preference import LigerFusedLinearPreferenceBase
+
+    saved, LigerFusedLinearPreferenceBase.one_pass = LigerFusedLinearPreferenceBase.one_pass, False
+    try:
+        return ours_dpo(i)
+    finally:
+        LigerFusedLinearPreferenceBase.one_pass = saved
 
 
 # ----------------------------------------------------------------------------- harness
@@ -245,13 +396,12 @@ def measure(name, providers, shape, device, errors):
     return rows
 
 
-def matmul_rate(shape, device):
-    """bf16 TFLOP/s of the forward's logits matmul [B*T, H] @ [H, V]."""
+def matmul_rate(n, shape, device):
+    """bf16 TFLOP/s of the forward's logits matmul [n, H] @ [H, V]."""
     if device != "cuda":
         return None
     from triton.testing import do_bench
 
-    n = shape["B"] * shape["T"]
     a = torch.randn(n, shape["H"], device=device).bfloat16()
     b = torch.randn(shape["V"], shape["H"], device=device).bfloat16()
     return 2 * n * shape["H"] * shape["V"] / do_bench(lambda: a @ b.T, warmup=100, rep=500) / 1e9
@@ -263,7 +413,7 @@ def run_peer(args, peers):
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO / "src"]
     env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), *rest])
     cmd = [sys.executable, __file__, "--worker", "--losses", args.losses, "--providers", ",".join(peers)]
-    cmd += ["--smoke"] * args.smoke + ["--no-errors"] * args.no_errors
+    cmd += ["--smoke"] * args.smoke + ["--no-errors"]  # the float64 references import our package
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 and not rows:
@@ -275,8 +425,12 @@ def run_peer(args, peers):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--losses", default="grpo")
-    p.add_argument("--providers", default="ours,ours-1.5G,plain,compile,liger085")
+    p.add_argument("--losses", default="dpo,grpo")
+    p.add_argument(
+        "--providers",
+        default="ours,ours-fp32,ours-512M,ours-fp32ref,ours-2pairs,ours-2pass,plain,liger085",
+        help="comma-separated; each loss runs those it has (also: compile)",
+    )
     p.add_argument("--out", default=None, help="folder for post_training.json")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
     p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
@@ -289,16 +443,16 @@ def main():
     rows, meta = [], {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
     for name in args.losses.split(","):
         shape = BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape
-        here = [q for q in wanted if args.worker or q not in PEERS]
+        here = [q for q in wanted if q in BENCHES[name].providers and (args.worker or q not in PEERS)]
         rows += measure(name, here, shape, device, not args.no_errors)
         if args.worker:
             continue
-        peers = [q for q in wanted if q in PEERS]
+        peers = [q for q in wanted if q in PEERS and q in BENCHES[name].providers]
         if peers and not PEER_PATH.is_dir():
             rows.append({"loss": name, "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
         elif peers:
             rows += [dict(r, loss=name) for r in run_peer(argparse.Namespace(**{**vars(args), "losses": name}), peers)]
-        rate = matmul_rate(shape, device)
+        rate = matmul_rate(BENCHES[name].tokens(shape), shape, device)
         if rate:
             meta[name] = {
                 "shape": shape,
@@ -309,19 +463,19 @@ def main():
         return
     print(f"\n{meta['device']}, torch {meta['torch']}")
     print(
-        f"{'loss':6} {'provider':10} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
+        f"{'loss':6} {'provider':12} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
         "grad error max/rms over one rounding"
     )
     for r in rows:
         floor = meta.get(r["loss"], {}).get("floor_ms")
         if "error" in r:
-            print(f"{r['loss']:6} {r['provider']:10} {r['error']}")
+            print(f"{r['loss']:6} {r['provider']:12} {r['error']}")
             continue
         frac = f"{floor / r['ms']:.2f}" if floor else "-"
         norms = " ".join(f"{k}={v:.4g}" for k, v in r["grad_norms"].items())
         errs = " ".join(f"{k} {m}/{q}" for k, (m, q) in r.get("err_max_rms", {}).items())
         print(
-            f"{r['loss']:6} {r['provider']:10} {r['ms']:>10} {frac:>8} {r.get('peak_extra_GB', '-')!s:>8}  "
+            f"{r['loss']:6} {r['provider']:12} {r['ms']:>10} {frac:>8} {r.get('peak_extra_GB', '-')!s:>8}  "
             f"{r['loss_value']:.6g} {norms}  {errs}"
         )
     if args.out:

@@ -16,6 +16,7 @@ from liger_kernel.chunked_loss import LigerFusedLinearCosineSimilarityLoss, Lige
 from liger_kernel.chunked_loss.functional import liger_fused_linear_cosine, liger_fused_linear_jsd
 from liger_kernel.chunked_loss.fused_linear_distillation import LigerFusedLinearDistillationBase
 from liger_kernel.chunked_loss.jsd_loss import LigerFusedLinearJSDFunction
+from liger_kernel.ops import head_grad
 
 
 def trl_generalized_jsd_loss(student_logits, teacher_logits, labels=None, beta=0.5, temperature=1.0):
@@ -255,10 +256,10 @@ def test_torch_impl_runs_the_reference(monkeypatch):
 def test_weight_gradient_rounded_in_place(n_vocab, monkeypatch):
     """The bf16 weight gradient written over the first fp32 half: equal to the fp32 sum rounded
     once, through the first-step temporary and the doubling steps, odd and even vocabularies."""
-    monkeypatch.setattr(distill, "FIRST_ROUNDING_ELEMENTS", 5)
+    monkeypatch.setattr(head_grad, "FIRST_ROUNDING_ELEMENTS", 5)
     hidden = 7
     weight = torch.zeros(n_vocab, hidden, dtype=torch.bfloat16)
-    acc = distill.WeightGradAccumulator(weight)
+    acc = head_grad.WeightGradAccumulator(weight)
     chunks = [(randn(4, n_vocab).to(torch.bfloat16), randn(4, hidden).to(torch.bfloat16)) for _ in range(3)]
     for i, (g, x) in enumerate(chunks):
         acc.add(g, x, first=i == 0)

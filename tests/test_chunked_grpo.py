@@ -8,6 +8,7 @@ import torch
 from parity import DEVICE, FLOOR, assert_matches, sizes
 from trl_grpo import rollout_batch, trl_grpo_loss
 
+import liger_kernel.ops.fused_linear_logprobs as flp
 import liger_kernel.ops.fused_linear_ppo as engine
 from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
 from liger_kernel.chunked_loss.functional import liger_fused_linear_grpo
@@ -146,8 +147,8 @@ def test_chunks_of_one_sequence(monkeypatch):
     """Every sequence in its own chunk: the whole-batch normalizers make the chunks add up."""
     monkeypatch.setattr(engine, "ROWS_BUDGET_BYTES", T * V * 4)
     calls = []
-    mm_fp32 = engine.mm_fp32
-    monkeypatch.setattr(engine, "mm_fp32", lambda a, b, out: calls.append(a.shape[0]) or mm_fp32(a, b, out))
+    mm_fp32 = flp.mm_fp32
+    monkeypatch.setattr(flp, "mm_fp32", lambda a, b, out: calls.append(a.shape[0]) or mm_fp32(a, b, out))
     for loss_type in ("grpo", "dapo", "vespo"):
         check(torch.float32, **options_for(loss_type, importance_sampling_level="sequence"))
     assert set(calls) == {T}

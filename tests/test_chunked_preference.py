@@ -199,7 +199,7 @@ def passes(request, monkeypatch):
     one = request.param == "one pass"
     monkeypatch.setattr(LigerFusedLinearPreferenceBase, "one_pass", one)
     monkeypatch.setattr(LigerFusedLinearUnpairedPreferenceBase, "one_pass", one)
-    monkeypatch.setattr(pref_module, "EXACT_ROWS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(pref_module, "ONE_PASS_BUDGET_BYTES", 1)
     monkeypatch.setattr(unpaired_module, "EXACT_ROWS_BUDGET_BYTES", 1)
     return request.param
 

@@ -49,11 +49,11 @@ import torch
 import torch.nn.functional as F
 
 from liger_kernel.ops.cross_entropy import bad_label_message, caller_grad_mode, scale_by_upstream
-from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm, flat_view, mm_fp32, split_size
+from liger_kernel.ops.fused_linear_cross_entropy import flat_view, mm_fp32, split_size
+from liger_kernel.ops.head_grad import WeightGradAccumulator
 from liger_kernel.ops.utils import _apply_eagerly as apply_eagerly
 from liger_kernel.ops.utils import _is_compiling as is_compiling
 from liger_kernel.ops.utils import (
-    cdiv,
     check_float,
     check_same_device,
     check_same_dtype,
@@ -65,10 +65,6 @@ from liger_kernel.utils import use_triton
 # fp32 row arrays of one sub-chunk (student and teacher logits, plus what ``rows_loss_and_grad``
 # allocates, counted by ``row_arrays()``): 256 rows of both heads' logits at V = 128256.
 LOGITS_BUDGET_BYTES = 256 * 2**20
-
-# Elements rounded at a time, through a temporary, before the in-place rounding of the weight
-# gradient can proceed in doubling steps (8 MiB).
-FIRST_ROUNDING_ELEMENTS = 2**21
 
 
 class DistillOptions(NamedTuple):
@@ -99,58 +95,6 @@ def valid_count(target, ignore_index):
     """fp32 count of non-ignored tokens, 1 when there are none (a 0 loss rather than NaN). No sync."""
     n = (target != ignore_index).sum(dtype=torch.float32)
     return torch.where(n > 0, n, 1.0)
-
-
-class WeightGradAccumulator:
-    """``sum_k dlogits_k.T @ x_k`` for a ``[V, H]`` weight in an fp32 accumulator, rounded once to the
-    weight's dtype at the end. For 2-byte dtypes the accumulator is two fp32 halves of
-    ``ceil(V / 2)`` and ``V - ceil(V / 2)`` rows: the first half's memory is exactly big enough for
-    the whole rounded gradient, so ``finish`` writes it there (module docstring)."""
-
-    def __init__(self, weight: torch.Tensor):
-        n_vocab, hidden = weight.shape
-        self.shape, self.dtype = (n_vocab, hidden), weight.dtype
-        top = cdiv(n_vocab, 2) if weight.element_size() == 2 else n_vocab
-        acc_dtype = torch.float32 if weight.element_size() == 2 else weight.dtype
-        self.bounds = [(0, top), (top, n_vocab)] if top < n_vocab else [(0, n_vocab)]
-        self.parts = [torch.empty(b - a, hidden, dtype=acc_dtype, device=weight.device) for a, b in self.bounds]
-
-    def add(self, dlogits: torch.Tensor, x: torch.Tensor, first: bool) -> None:
-        """Adds ``dlogits.T @ x`` (``dlogits`` [k, V], ``x`` [k, H]); ``first`` overwrites."""
-        for (a, b), part in zip(self.bounds, self.parts):
-            accumulate_mm(part, dlogits[:, a:b].t(), x, first)
-
-    def zero(self) -> None:
-        for part in self.parts:
-            part.zero_()
-
-    def finish(self) -> torch.Tensor:
-        """The gradient in the weight's dtype; the accumulator is consumed."""
-        parts, self.parts = self.parts, []
-        if parts[0].dtype == self.dtype:
-            return parts[0]
-        n_vocab, hidden = self.shape
-        first = parts[0].view(-1)
-        out = first.view(self.dtype)  # 2 values of the weight's dtype per fp32 value
-        _round_in_place(first, out)
-        if len(parts) > 1:
-            out[first.numel() : n_vocab * hidden].copy_(parts[1].view(-1))  # lands on rounded fp32 rows
-            del parts[1]
-        # A plain tensor on the first half's memory (not a view), so autograd may keep it as .grad.
-        grad = torch.empty(0, dtype=self.dtype, device=out.device)
-        return grad.set_(first.untyped_storage(), 0, (n_vocab, hidden), (hidden, 1))
-
-
-def _round_in_place(src: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[:n] = src`` rounded, ``out`` being the 2-byte view of ``src``'s memory (n fp32 values):
-    value i moves from byte 4i to byte 2i, so a range [a, b) with b <= 2a reads only bytes that
-    are not yet written; the first range goes through a temporary, then the ranges double."""
-    n = src.numel()
-    end = min(n, FIRST_ROUNDING_ELEMENTS)
-    out[:end].copy_(src[:end].to(out.dtype))
-    while end < n:
-        start, end = end, min(n, 2 * end)
-        out[start:end].copy_(src[start:end])
 
 
 def generic_rows_loss_and_grad(hook, student_logits, teacher_logits, target, grad_out, scale, opts: DistillOptions):

@@ -35,9 +35,17 @@ from typing import NamedTuple
 import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode
-from liger_kernel.ops.fused_linear_cross_entropy import EXACT_ROWS_BUDGET_BYTES
-from liger_kernel.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_loss
+from liger_kernel.ops.fused_linear_logprobs import (
+    fused_linear_logprobs,
+    fused_linear_logprobs_loss,
+    one_pass_row_bytes,
+)
 from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
+
+# Logits of one chunk of pairs on the one-pass route: one pair of 2 x 1024 tokens at V=128256 in
+# bf16 (501 MiB); with the 2.1 GB fp32 weight-gradient accumulator and the 64 MiB input gradient
+# about 2.57 GB at issue 12's DPO shape (Liger 0.8.5: 2.60 GB). Read at call time.
+ONE_PASS_BUDGET_BYTES = 512 * 2**20
 
 
 def check_sequences(_input, weight, target, bias, paired):
@@ -143,9 +151,10 @@ def pair_rows(n_pairs, seq_len, first, last, device):
     return torch.cat([chosen, chosen + n_pairs * seq_len])
 
 
-def group_bounds(n_groups, rows_per_group, n_vocab, budget):
-    """``(first, last)`` group ranges whose fp32 logits fit ``budget`` (at least one group each)."""
-    per = max(1, int(budget // max(1, rows_per_group * n_vocab * 4)))
+def group_bounds(n_groups, rows_per_group, row_bytes, budget):
+    """``(first, last)`` group ranges whose logits (``row_bytes`` a row) fit ``budget`` (at least
+    one group each)."""
+    per = max(1, int(budget // max(1, rows_per_group * row_bytes)))
     return [(first, min(first + per, n_groups)) for first in range(0, n_groups, per)]
 
 
@@ -216,7 +225,8 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         )  # fmt: skip
         x = _input.reshape(-1, _input.shape[-1])
         if any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs):
-            bounds = group_bounds(n_pairs, 2 * seq_len, weight.shape[0], EXACT_ROWS_BUDGET_BYTES)
+            row_bytes = one_pass_row_bytes(x, weight, 1.0)
+            bounds = group_bounds(n_pairs, 2 * seq_len, row_bytes, ONE_PASS_BUDGET_BYTES)
 
             def chunk_loss(k, tok):
                 first, last = bounds[k]

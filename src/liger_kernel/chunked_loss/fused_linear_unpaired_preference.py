@@ -26,7 +26,11 @@ from liger_kernel.chunked_loss.fused_linear_preference import (
     wanted_grads,
 )
 from liger_kernel.ops.fused_linear_cross_entropy import EXACT_ROWS_BUDGET_BYTES
-from liger_kernel.ops.fused_linear_logprobs import fused_linear_logprobs, fused_linear_logprobs_loss
+from liger_kernel.ops.fused_linear_logprobs import (
+    fused_linear_logprobs,
+    fused_linear_logprobs_loss,
+    one_pass_row_bytes,
+)
 
 
 class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
@@ -75,14 +79,14 @@ class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
         )  # fmt: skip
         x = _input.reshape(-1, _input.shape[-1])
         if any(needs) and cls.one_pass:
-            bounds = group_bounds(n_seq, seq_len, weight.shape[0], EXACT_ROWS_BUDGET_BYTES)
+            bounds = group_bounds(n_seq, seq_len, one_pass_row_bytes(x, weight, 1.0), EXACT_ROWS_BUDGET_BYTES)
 
             def chunk_loss(k, tok):
                 part = slice(*bounds[k])
                 ref = None if ref_seq is None else ref_seq[part]
                 return unpaired_head(tok.view(-1, seq_len), target[part], labels[part], ref, **common, **loss_kwargs)[0]
 
-            chunks = [torch.arange(first * seq_len, last * seq_len, device=x.device) for first, last in bounds]
+            chunks = [slice(first * seq_len, last * seq_len) for first, last in bounds]
             loss, tok, *grads = fused_linear_logprobs_loss(
                 x, weight, target.reshape(-1), bias, chunks, chunk_loss, 1.0, ignore_index, needs
             )

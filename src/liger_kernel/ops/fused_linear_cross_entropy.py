@@ -144,7 +144,7 @@ def flat_view(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 @triton.jit
 def _row_stats_kernel(
-    z_ptr,  # [R, V] fp32 logits (softcapped), unit column stride
+    z_ptr,  # [R, V] logits (softcapped; fp32, or the input dtype), unit column stride
     stride_z,
     y_ptr,  # [R] labels, in range (0 at ignored tokens)
     w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
@@ -167,7 +167,7 @@ def _row_stats_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
         mask = cols < n_cols
-        z = tl.load(z_row + cols, mask=mask, other=float("-inf"))
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         m, d = online_logsumexp_step(z, m, d)
         if SMOOTHING:
             zs = tl.where(mask, z, 0.0)
@@ -175,7 +175,7 @@ def _row_stats_kernel(
                 zs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
             smooth += zs
     tl.store(lse_ptr + row, finish_logsumexp(m, d))
-    tl.store(z_label_ptr + row, tl.load(z_row + tl.load(y_ptr + row)))
+    tl.store(z_label_ptr + row, tl.load(z_row + tl.load(y_ptr + row)).to(tl.float32))
     if SMOOTHING:
         tl.store(smooth_ptr + row, tl.sum(smooth, 0))
 
@@ -204,7 +204,7 @@ def _softcap_and_round(g, z, inv_softcap, SOFTCAP: tl.constexpr, TO_BF16: tl.con
 
 @triton.jit
 def _dlogits_kernel(
-    z_ptr,  # [R, T] fp32 logits (softcapped) of columns col0 .. col0 + T
+    z_ptr,  # [R, T] logits (softcapped; fp32, or g's dtype) of columns col0 .. col0 + T
     stride_z,
     g_ptr,  # [R, T] out: dloss/dlogits in the matmul dtype; may be z's own memory (see below)
     stride_g,
@@ -240,7 +240,7 @@ def _dlogits_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        z = tl.load(z_row + cols, mask=mask, other=0.0)
+        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
         g = coef_p * tl.exp(z - lse)
         g = tl.where(cols == label, g - coef_y, g)
         if SMOOTHING:

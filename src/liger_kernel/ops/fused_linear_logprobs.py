@@ -21,10 +21,16 @@ produces tile by tile.
   chunk (a function of whole groups of rows: sequences, pairs). Per chunk it computes ``logp``,
   calls a small PyTorch function for the chunk's loss, and writes ``grad_x`` for the chunk
   (one matmul over the whole vocabulary) and ``grad_W += dlogits.T @ x_c`` into an fp32 ``[V, H]``
-  accumulator: 6NHV in all, at the cost of that accumulator (2.1 GB at V=128256, H=4096).
+  accumulator (``ops/head_grad.py``, rounded in place): 6NHV in all, at the cost of that
+  accumulator (2.1 GB at V=128256, H=4096). The engine of the preference and PPO/GRPO losses.
 
-fp32 logits and softmax everywhere; the dlogits enter the gradient matmuls in the input dtype,
-rounded to nearest (as the fused cross-entropy does).
+Logits: the spec's are in the input dtype (an ``lm_head``'s output), then fp32. Where nothing
+recomputes them (the one-pass engine, a forward without backward) and there is no temperature,
+the kernels compute exactly those (``ONE_PASS_LOGITS_IN_INPUT_DTYPE``,
+``NO_GRAD_LOGITS_IN_INPUT_DTYPE``: half the memory and traffic of fp32 ones); elsewhere fp32
+logits (the backward's tiles must match the forward's statistics). Softmax in fp32 everywhere;
+the dlogits enter the gradient matmuls in the input dtype, rounded to nearest (as the fused
+cross-entropy does).
 """
 
 import torch
@@ -41,8 +47,17 @@ from liger_kernel.ops.fused_linear_cross_entropy import (
     mm_fp32,
     split_size,
 )
+from liger_kernel.ops.head_grad import WeightGradAccumulator
 from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, next_power_of_2
 from liger_kernel.utils import use_triton
+
+# Logits in the input dtype (the spec's, ``fused_linear_logprobs_reference``: an lm_head's output)
+# rather than fp32, when there is no temperature: half the buffer (one DPO pair of 2 x 1024 tokens at
+# V=128256 in bf16: 501 MiB) and half the traffic of the row passes over it. In the one-pass engine,
+# and in ``fused_linear_logprobs``' forward when no gradient follows (a frozen reference head; with a
+# backward, whose logits are fp32, the forward's must be too). Read at call time.
+ONE_PASS_LOGITS_IN_INPUT_DTYPE = True
+NO_GRAD_LOGITS_IN_INPUT_DTYPE = True
 
 # dlogits_in_place reads only ``label_smoothing`` (0: no smoothing term) and ``softcap`` (None).
 _PLAIN = CEOptions()
@@ -87,10 +102,14 @@ def _labels(target, ignore_index, n_vocab):
 
 
 def _logits(x_rows, weight_rows, bias_rows, inv_t, out):
-    """fp32 ``(x_rows @ weight_rows.T + bias_rows) / T`` into ``out``."""
-    mm_fp32(x_rows, weight_rows.t(), out)
-    if bias_rows is not None:
-        out += bias_rows
+    """``(x_rows @ weight_rows.T + bias_rows) / T`` into ``out`` (fp32, or the input dtype as
+    ``F.linear`` computes it: the bias added before the one rounding)."""
+    if bias_rows is not None and out.dtype == x_rows.dtype != torch.float32:
+        torch.addmm(bias_rows, x_rows, weight_rows.t(), out=out)
+    else:
+        mm_fp32(x_rows, weight_rows.t(), out)
+        if bias_rows is not None:
+            out += bias_rows
     if inv_t != 1.0:
         out *= inv_t
     return out
@@ -104,17 +123,17 @@ def _row_stats(z, y_safe, lse, z_label):
     )  # fmt: skip
 
 
-def logprobs_forward(x, weight, target, bias, temperature, ignore_index, budget=None):
-    """``(logp, lse, label)`` over token chunks; ``x`` [N, H] contiguous. Raises on labels out of
-    range (one sync)."""
+def logprobs_forward(x, weight, target, bias, temperature, ignore_index, budget=None, dtype=torch.float32):
+    """``(logp, lse, label)`` over token chunks of logits in ``dtype``; ``x`` [N, H] contiguous.
+    Raises on labels out of range (one sync)."""
     n_rows = x.shape[0]
     n_vocab = weight.shape[0]
     mask, y_safe, label, bad = _labels(target, ignore_index, n_vocab)
     lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     z_label = torch.empty_like(lse)
     if n_rows:
-        rows = split_size(n_rows, n_vocab * 4, budget or EXACT_ROWS_BUDGET_BYTES)
-        buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+        rows = split_size(n_rows, n_vocab * dtype.itemsize, budget or EXACT_ROWS_BUDGET_BYTES)
+        buf = torch.empty(rows * n_vocab, dtype=dtype, device=x.device)
         for start in range(0, n_rows, rows):
             end = min(start + rows, n_rows)
             z = _logits(x[start:end], weight, bias, 1.0 / temperature, flat_view(buf, end - start, n_vocab))
@@ -171,8 +190,10 @@ class LigerFusedLinearLogprobsFunction(RemembersGradMode):
     def forward(ctx, x, weight, target, bias, temperature, ignore_index):
         xc, wc = x.contiguous(), weight.contiguous()
         bc = None if bias is None else bias.contiguous()
-        logp, lse, label = logprobs_forward(xc, wc, target, bc, temperature, ignore_index)
         ctx.needs = tuple(caller_grad_mode.enabled and ctx.needs_input_grad[i] for i in (0, 1, 3))
+        # without a backward (a frozen reference head) nothing recomputes the logits in fp32 later
+        dtype = torch.float32 if any(ctx.needs) or not NO_GRAD_LOGITS_IN_INPUT_DTYPE else logits_dtype(x, temperature)
+        logp, lse, label = logprobs_forward(xc, wc, target, bc, temperature, ignore_index, dtype=dtype)
         ctx.temperature = temperature
         if any(ctx.needs):
             ctx.save_for_backward(xc, wc, bc, lse, label)
@@ -194,17 +215,38 @@ def fused_linear_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_
     return LigerFusedLinearLogprobsFunction.apply(x, weight, target, bias, temperature, ignore_index)
 
 
+def logits_dtype(x, temperature):
+    """The input dtype without a temperature (exactly the spec's logits, as an ``lm_head``
+    computes them), else fp32 (the spec divides fp32 logits by the temperature)."""
+    return x.dtype if temperature == 1.0 else torch.float32
+
+
+def one_pass_logits_dtype(x, temperature):
+    """The dtype of ``fused_linear_logprobs_loss``'s chunk logits (``ONE_PASS_LOGITS_IN_INPUT_DTYPE``)."""
+    return logits_dtype(x, temperature) if ONE_PASS_LOGITS_IN_INPUT_DTYPE else torch.float32
+
+
+def one_pass_row_bytes(x, weight, temperature):
+    """Bytes of one row of chunk logits (callers size their chunks with it)."""
+    return weight.shape[0] * one_pass_logits_dtype(x, temperature).itemsize
+
+
+def _count(rows):
+    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+
+
 def fused_linear_logprobs_loss(
     x, weight, target, bias, chunks, loss_fn, temperature=1.0, ignore_index=-100, needs=(True, True, True)
 ):
     """One pass for a loss that is a sum of per-chunk terms: ``loss = sum_k loss_fn(k, logp_k)``,
-    ``logp_k`` the fp32 log-probs of the rows ``chunks[k]`` (a 1-D index tensor; chunks should be
-    whole groups that the loss couples, and cover each row at most once). ``loss_fn`` is plain
-    PyTorch, differentiated with autograd. No autograd across the call: returns ``(loss, logp,
-    grad_x, grad_W, grad_b)`` (``logp`` [N] detached, 0 at rows outside every chunk; gradients
-    for an upstream gradient of 1, None where ``needs`` says so, or without a bias). On the
-    kernels: 6NHV flops, an fp32 ``[V, H]`` weight-gradient accumulator; elsewhere the reference
-    and autograd."""
+    ``logp_k`` the fp32 log-probs of the rows ``chunks[k]`` (a slice or a 1-D index tensor; chunks
+    should be whole groups that the loss couples, and cover each row at most once). ``loss_fn``
+    is plain PyTorch, differentiated with autograd. No autograd across the call: returns ``(loss,
+    logp, grad_x, grad_W, grad_b)`` (``logp`` [N] detached, 0 at rows outside every chunk;
+    gradients for an upstream gradient of 1, None where ``needs`` says so, or without a bias).
+    On the kernels: 6NHV flops, one chunk of logits (``one_pass_logits_dtype``) and the fp32
+    ``[V, H]`` weight-gradient accumulator (``WeightGradAccumulator``, rounded in place);
+    elsewhere the reference and autograd."""
     check_logprobs_inputs(x, weight, target, bias, temperature)
     need_x, need_w, need_b = needs
     need_b = need_b and bias is not None
@@ -212,21 +254,22 @@ def fused_linear_logprobs_loss(
         return _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignore_index, needs)
     x, weight = x.detach().contiguous(), weight.detach().contiguous()
     bias = None if bias is None else bias.detach().contiguous()
-    n_rows, hidden = x.shape
+    n_rows = x.shape[0]
     n_vocab = weight.shape[0]
     mask, y_safe, label, bad = _labels(target, ignore_index, n_vocab)
     logp_all = torch.zeros(n_rows, dtype=torch.float32, device=x.device)
     grad_x = torch.zeros_like(x) if need_x else None
-    grad_w32 = torch.zeros(n_vocab, hidden, dtype=torch.float32, device=x.device) if need_w else None
+    grad_w = WeightGradAccumulator(weight) if need_w else None
     grad_b32 = torch.zeros(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
     loss = torch.zeros((), dtype=torch.float32, device=x.device)
-    largest = max((len(c) for c in chunks), default=0)
-    buf = torch.empty(largest * n_vocab, dtype=torch.float32, device=x.device)
+    largest = max((_count(c) for c in chunks), default=0)
+    buf = torch.empty(largest * n_vocab, dtype=one_pass_logits_dtype(x, temperature), device=x.device)
+    first = True
     for k, rows in enumerate(chunks):
-        n = len(rows)
+        n = _count(rows)
         if n == 0:
             continue
-        x_c = x.index_select(0, rows)
+        x_c = x[rows]
         z = _logits(x_c, weight, bias, 1.0 / temperature, flat_view(buf, n, n_vocab))
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
         z_label = torch.empty_like(lse)
@@ -243,15 +286,20 @@ def fused_linear_logprobs_loss(
         label_c = label[rows]
         coef = torch.where(label_c >= 0, grad_logp * (-1.0 / temperature), 0.0)
         g = dlogits_in_place(z, x.dtype, 0, RowTerms(lse, label_c, coef, coef, coef), None, _PLAIN)
-        if need_x:
+        if need_x and isinstance(rows, slice):
+            torch.mm(g, weight, out=grad_x[rows])
+        elif need_x:
             grad_x[rows] = torch.mm(g, weight)
         if need_w:
-            accumulate_mm(grad_w32, g.t(), x_c, first=False)
+            grad_w.add(g, x_c, first)
         if need_b:
             grad_b32 += g.sum(0, dtype=torch.float32)
-    del buf
+        first = False
+    buf = z = g = x_c = None  # the chunk's logits are freed before the weight gradient is rounded
     raise_if_bad_labels(bad, n_vocab, ignore_index)
-    grad_w = None if grad_w32 is None else grad_w32.to(weight.dtype)
+    if need_w and first:
+        grad_w.zero()
+    grad_w = None if grad_w is None else grad_w.finish()
     grad_b = None if grad_b32 is None else grad_b32.to(bias.dtype)
     return loss, logp_all, grad_x, grad_w, grad_b
 
