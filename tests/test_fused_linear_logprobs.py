@@ -1,6 +1,8 @@
 import pytest
 import torch
 from parity import DEVICE, ON_GPU, as64, assert_matches, randn, sizes
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from liger_kernel.ops import fused_linear_logprobs as flp
 from liger_kernel.ops.fused_linear_logprobs import (
@@ -99,11 +101,13 @@ def pair_loss(logp, n_pairs, seq):
     return -torch.nn.functional.logsigmoid(per_seq[0] - per_seq[1]).sum()
 
 
+@pytest.mark.parametrize("temperature", [0.9, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_pass_loss_matches_float64(dtype, bias):
-    """Chunks of whole pairs (chosen rows b*T.., rejected rows (B+b)*T..), an uncovered pair, a
-    temperature: loss, logp and every gradient against float64 autograd through the reference."""
+def test_one_pass_loss_matches_float64(dtype, bias, temperature):
+    """Chunks of whole pairs (chosen rows b*T.., rejected rows (B+b)*T..), an uncovered pair, with
+    and without a temperature (without: bf16 logits, the spec's): loss, logp and every gradient
+    against float64 autograd through the reference."""
     n_pairs, seq, h, v = 3, 7, 16, 53
     n = 2 * n_pairs * seq
     x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
@@ -114,11 +118,11 @@ def test_one_pass_loss_matches_float64(dtype, bias):
     def loss_fn(k, logp):
         return pair_loss(logp, sizes_[k], seq) if sizes_[k] else logp.sum() * 0
 
-    loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn, temperature=0.9)
+    loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn, temperature=temperature)
     x64, w64, b64 = as64(x, w, b)
-    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64, 0.9)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64, temperature)
     ref_loss = pair_loss(ref_logp, n_pairs, seq)
-    base_logp = fused_linear_logprobs_reference(x, w, y, b, 0.9)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b, temperature)
     base_loss = pair_loss(base_logp, n_pairs, seq)
     assert_matches("loss", loss, ref_loss, base_loss.float())
     assert_matches("logp", logp, ref_logp, base_logp)
@@ -131,3 +135,59 @@ def test_one_pass_loss_matches_float64(dtype, bias):
     ):
         assert g.dtype == dtype
         assert_matches(name, g, want, plain)
+
+
+class NewBuffers(TorchDispatchMode):
+    """Bytes of every new storage of at least ``threshold`` bytes that an op allocates (not the
+    CPU-only fp32 copies of matmul operands: ``_to_copy``)."""
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold, self.sizes = threshold, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is not torch.ops.aten._to_copy.default:
+            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            seen = {t.untyped_storage().data_ptr() for t in tensors}
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    if t.untyped_storage().nbytes() >= self.threshold:
+                        self.sizes.append(t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("input_dtype_logits", [True, False])
+def test_one_pass_buffers(monkeypatch, input_dtype_logits):
+    """The one-pass engine's memory on a DPO-like chunking (one pair a chunk, given as the chosen
+    and rejected slices), bf16, no temperature: the fp32 weight-gradient accumulator (two halves,
+    rounded in place: no rounded copy), one pair's logits in bf16 (fp32 with the flag off), the
+    input gradient and each pair's input rows in turn, nothing else (before: fp32 logits, and the rounded
+    weight gradient allocated beside the accumulator and the still-referenced logits)."""
+    monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits)
+    n_pairs, seq, h, v = 2, 16, 64, 1000
+    x, w, _, y = make_inputs(2 * n_pairs * seq, h, v, torch.bfloat16)
+    chunks = [[slice(p * seq, (p + 1) * seq), slice((n_pairs + p) * seq, (n_pairs + p + 1) * seq)] for p in range(2)]
+
+    def loss_fn(k, logp):
+        return -torch.nn.functional.logsigmoid(logp[:seq].sum() - logp[seq:].sum())
+
+    with NewBuffers(threshold=h * seq * 2) as mode:
+        loss, _, gx, gw, _ = fused_linear_logprobs_loss(x, w, y, None, chunks, loss_fn)
+    logits = 2 * seq * v * (2 if input_dtype_logits else 4)
+    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2] + [2 * seq * h * 2] * n_pairs  # x rows a pair
+    assert sorted(mode.sizes) == sorted(expected)
+    assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v // 2 * h * 4  # the first half's memory
+
+
+def test_no_grad_logprobs_use_input_dtype_logits():
+    """Without a backward (a frozen reference head) the bf16 logits of the spec: equal to the
+    reference in the input dtype up to the kernels' summation order."""
+    x, w, b, y = make_inputs(37, 24, 301, torch.bfloat16, bias=True, ignore=True)
+    with torch.no_grad():
+        logp = fused_linear_logprobs(x, w, y, b)
+    x64, w64, b64 = as64(x, w, b)
+    assert_matches(
+        "logp", logp, fused_linear_logprobs_reference(x64, w64, y, b64), fused_linear_logprobs_reference(x, w, y, b)
+    )
+    torch.testing.assert_close(logp, fused_linear_logprobs_reference(x, w, y, b), rtol=1e-5, atol=1e-5)

@@ -145,10 +145,10 @@ def scaled_grads(ctx, grad_loss):
     return [None if g is None else g * grad_loss.to(g.dtype) for g in grads]
 
 
-def pair_rows(n_pairs, seq_len, first, last, device):
-    """Row indices of pairs ``first .. last`` in the flattened [2B * T] layout: chosen, then rejected."""
-    chosen = torch.arange(first * seq_len, last * seq_len, device=device)
-    return torch.cat([chosen, chosen + n_pairs * seq_len])
+def pair_rows(n_pairs, seq_len, first, last):
+    """Rows of pairs ``first .. last`` in the flattened [2B * T] layout: the chosen, then the
+    rejected slice."""
+    return [slice(first * seq_len, last * seq_len), slice((n_pairs + first) * seq_len, (n_pairs + last) * seq_len)]
 
 
 def group_bounds(n_groups, rows_per_group, row_bytes, budget):
@@ -234,7 +234,7 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
                 ref = None if ref_seq is None else ref_seq[pairs]
                 return pair_head(tok.view(-1, seq_len), target[pairs], ref, spec)[0]
 
-            chunks = [pair_rows(n_pairs, seq_len, first, last, x.device) for first, last in bounds]
+            chunks = [pair_rows(n_pairs, seq_len, first, last) for first, last in bounds]
             loss, tok, *grads = fused_linear_logprobs_loss(
                 x, weight, target.reshape(-1), bias, chunks, chunk_loss, 1.0, ignore_index, needs
             )

@@ -231,15 +231,30 @@ def one_pass_row_bytes(x, weight, temperature):
     return weight.shape[0] * one_pass_logits_dtype(x, temperature).itemsize
 
 
-def _count(rows):
-    return rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+def _rows(chunk, device):
+    """A chunk's rows as one index (a slice or a 1-D tensor) and as contiguous slices (None for a
+    tensor). ``chunk``: a slice, a list of slices, or a 1-D index tensor."""
+    if isinstance(chunk, slice):
+        return chunk, [chunk]
+    if isinstance(chunk, (list, tuple)):
+        if len(chunk) == 1:
+            return chunk[0], list(chunk)
+        return torch.cat([torch.arange(s.start, s.stop, device=device) for s in chunk]), list(chunk)
+    return chunk, None
+
+
+def _count(chunk):
+    if isinstance(chunk, (list, tuple)):
+        return sum(s.stop - s.start for s in chunk)
+    return chunk.stop - chunk.start if isinstance(chunk, slice) else len(chunk)
 
 
 def fused_linear_logprobs_loss(
     x, weight, target, bias, chunks, loss_fn, temperature=1.0, ignore_index=-100, needs=(True, True, True)
 ):
     """One pass for a loss that is a sum of per-chunk terms: ``loss = sum_k loss_fn(k, logp_k)``,
-    ``logp_k`` the fp32 log-probs of the rows ``chunks[k]`` (a slice or a 1-D index tensor; chunks
+    ``logp_k`` the fp32 log-probs of the rows ``chunks[k]`` (a slice, a list of slices: no copy of
+    the input gradient's rows, or a 1-D index tensor; chunks
     should be whole groups that the loss couples, and cover each row at most once). ``loss_fn``
     is plain PyTorch, differentiated with autograd. No autograd across the call: returns ``(loss,
     logp, grad_x, grad_W, grad_b)`` (``logp`` [N] detached, 0 at rows outside every chunk;
@@ -265,10 +280,11 @@ def fused_linear_logprobs_loss(
     largest = max((_count(c) for c in chunks), default=0)
     buf = torch.empty(largest * n_vocab, dtype=one_pass_logits_dtype(x, temperature), device=x.device)
     first = True
-    for k, rows in enumerate(chunks):
-        n = _count(rows)
+    for k, chunk in enumerate(chunks):
+        n = _count(chunk)
         if n == 0:
             continue
+        rows, segments = _rows(chunk, x.device)
         x_c = x[rows]
         z = _logits(x_c, weight, bias, 1.0 / temperature, flat_view(buf, n, n_vocab))
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
@@ -286,8 +302,12 @@ def fused_linear_logprobs_loss(
         label_c = label[rows]
         coef = torch.where(label_c >= 0, grad_logp * (-1.0 / temperature), 0.0)
         g = dlogits_in_place(z, x.dtype, 0, RowTerms(lse, label_c, coef, coef, coef), None, _PLAIN)
-        if need_x and isinstance(rows, slice):
-            torch.mm(g, weight, out=grad_x[rows])
+        if need_x and segments is not None:  # written in place, segment by segment
+            start = 0
+            for seg in segments:
+                end = start + seg.stop - seg.start
+                torch.mm(g[start:end], weight, out=grad_x[seg])
+                start = end
         elif need_x:
             grad_x[rows] = torch.mm(g, weight)
         if need_w:
@@ -309,7 +329,8 @@ def _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignor
     leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip((x, weight, bias), needs)]
     with torch.enable_grad():
         logp = fused_linear_logprobs_reference(leaves[0], leaves[1], target, leaves[2], temperature, ignore_index)
-        loss = sum((loss_fn(k, logp[rows]) for k, rows in enumerate(chunks)), torch.zeros((), device=x.device))
+        rows = [_rows(chunk, x.device)[0] for chunk in chunks]
+        loss = sum((loss_fn(k, logp[r]) for k, r in enumerate(rows)), torch.zeros((), device=x.device))
     wanted = [t for t in leaves if t is not None and t.requires_grad]
     if wanted and loss.requires_grad:
         found = iter(torch.autograd.grad(loss, wanted, allow_unused=True, materialize_grads=True))
@@ -317,7 +338,7 @@ def _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignor
         found = iter([torch.zeros_like(t) for t in wanted])
     grads = [next(found) if t is not None and t.requires_grad else None for t in leaves]
     covered = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for rows in chunks:
-        covered[rows] = True
+    for r in rows:
+        covered[r] = True
     logp = torch.where(covered, logp.detach(), 0.0)
     return loss.detach(), logp, *grads
