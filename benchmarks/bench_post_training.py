@@ -71,17 +71,30 @@ def provider(bench: str, name: str):
 
 
 @contextlib.contextmanager
-def settings(module_name: str, **values):
-    """Module constants set for a variant's call (the engines read them at call time), restored."""
-    module = importlib.import_module(module_name)
-    saved = {k: getattr(module, k) for k in values}
-    for k, v in values.items():
-        setattr(module, k, v)
+def settings(changes: dict):
+    """Module constants (``{module name: {name: value}}``) set for a call (the engines read them at
+    call time), restored after."""
+    saved = []
     try:
+        for module_name, values in changes.items():
+            module = importlib.import_module(module_name)
+            for k, v in values.items():
+                saved.append((module, k, getattr(module, k)))
+                setattr(module, k, v)
         yield
     finally:
-        for k, v in saved.items():
+        for module, k, v in reversed(saved):
             setattr(module, k, v)
+
+
+def variant(bench: str, name: str, base: Callable, changes: dict):
+    """Register provider ``name``: ``base`` run under ``settings(changes)``."""
+
+    def run(i):
+        with settings(changes):
+            return base(i)
+
+    BENCHES[bench].providers[name] = run
 
 
 def logp_float64(x, w, ids, ignore_index=-100, chunk=1024):
@@ -119,16 +132,16 @@ GRPO = dict(loss_type="dapo", beta=0.04, epsilon_low=0.2, epsilon_high=0.2, temp
 
 
 def grpo_inputs(s, device):
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)  # on the device: fast, the same in the peer's process
     b, t, h, v = s["B"], s["T"], s["H"], s["V"]
-    x = torch.randn(b, t, h, generator=g).to(device, torch.bfloat16).requires_grad_()
-    w = (torch.randn(v, h, generator=g) / math.sqrt(h)).to(device, torch.bfloat16).requires_grad_()
-    ids = torch.randint(0, v, (b, t), generator=g).to(device)
-    mask = torch.ones(b, t, dtype=torch.int64)
+    x = torch.randn(b, t, h, generator=g, device=device).bfloat16().requires_grad_()
+    w = (torch.randn(v, h, generator=g, device=device) / math.sqrt(h)).bfloat16().requires_grad_()
+    ids = torch.randint(0, v, (b, t), generator=g, device=device)
+    mask = torch.ones(b, t, dtype=torch.int64, device=device)
     mask[0, t - t // 4 :] = 0  # one shorter completion
-    adv = torch.randn(b, generator=g).to(device)
-    ref = (torch.randn(b, t, generator=g) * 0.1 - math.log(v)).to(device)
-    return dict(x=x, w=w, ids=ids, mask=mask.to(device), adv=adv, ref=ref)
+    adv = torch.randn(b, generator=g, device=device)
+    ref = torch.randn(b, t, generator=g, device=device) * 0.1 - math.log(v)
+    return dict(x=x, w=w, ids=ids, mask=mask, adv=adv, ref=ref)
 
 
 def grpo_reference(i):
@@ -176,20 +189,12 @@ def ours_grpo(i):
     return LigerFusedLinearGRPOLoss(**GRPO)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
 
 
-@provider("grpo", "ours-fp32")
-def ours_grpo_fp32_logits(i):
-    """fp32 chunk logits (2 sequences per 1 GiB chunk, as before the input-dtype logits)."""
-    with settings("liger_kernel.ops.fused_linear_logprobs", ONE_PASS_LOGITS_IN_INPUT_DTYPE=False):
-        return ours_grpo(i)
-
-
-@provider("grpo", "ours-512M")
-def ours_grpo_smaller_chunks(i):
-    """2 sequences per chunk of bf16 logits: ~0.5 GB less peak memory, one accumulation more."""
-    with settings("liger_kernel.ops.fused_linear_ppo", ROWS_BUDGET_BYTES=512 * 2**20):
-        return ours_grpo(i)
-
-
+FLP = "liger_kernel.ops.fused_linear_logprobs"
+PREF = "liger_kernel.chunked_loss.fused_linear_preference"
+# fp32 chunk logits (2 sequences per 1 GiB chunk, as before the input-dtype logits)
+variant("grpo", "ours-fp32", ours_grpo, {FLP: dict(ONE_PASS_LOGITS_IN_INPUT_DTYPE=False)})
+# 2 sequences per chunk of bf16 logits: ~0.5 GB less peak memory, one accumulation more
+variant("grpo", "ours-512M", ours_grpo, {"liger_kernel.ops.fused_linear_ppo": dict(ROWS_BUDGET_BYTES=512 * 2**20)})
 provider("grpo", "plain")(plain_grpo)
 _compiled_grpo = None
 
@@ -218,20 +223,16 @@ DPO_BETA = 0.1
 
 
 def dpo_inputs(s, device):
-    g = torch.Generator(device="cpu").manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     b, t, h, v = s["B"], s["T"], s["H"], s["V"]
-    x = torch.randn(2 * b, t, h, generator=g)
-    w = torch.randn(v, h, generator=g) / math.sqrt(h)
-    ids = torch.randint(0, v, (2 * b, t), generator=g)
+    x = torch.randn(2 * b, t, h, generator=g, device=device)
+    w = torch.randn(v, h, generator=g, device=device) / math.sqrt(h)
+    ids = torch.randint(0, v, (2 * b, t), generator=g, device=device)
     ids[:, : t // 8] = -100  # a prompt
-    ref_x = x + 0.1 * torch.randn(x.shape, generator=g)
-    ref_w = w + 0.01 * torch.randn(w.shape, generator=g)
-    bf16 = dict(x=x, w=w, ref_x=ref_x, ref_w=ref_w)
-    out = {k: t_.to(device, torch.bfloat16) for k, t_ in bf16.items()}
-    out["x"].requires_grad_()
-    out["w"].requires_grad_()
-    out["ids"] = ids.to(device)
-    return out
+    ref_x = (x + 0.1 * torch.randn(x.shape, generator=g, device=device)).bfloat16()
+    ref_w = (w + 0.01 * torch.randn(w.shape, generator=g, device=device)).bfloat16()
+    x, w = x.bfloat16().requires_grad_(), w.bfloat16().requires_grad_()
+    return dict(x=x, w=w, ids=ids, ref_x=ref_x, ref_w=ref_w)
 
 
 def dpo_loss_of_seq_logps(pol, ref):
@@ -289,28 +290,17 @@ def liger085_dpo(i):
     return ours_dpo(i)  # the peer's module of the same name, in its own process
 
 
-@provider("dpo", "ours-fp32ref")
-def ours_dpo_fp32_reference(i):
-    """The reference head's logits in fp32 (2 x 1 GiB chunks) rather than bf16."""
-    with settings("liger_kernel.ops.fused_linear_logprobs", NO_GRAD_LOGITS_IN_INPUT_DTYPE=False):
-        return ours_dpo(i)
-
-
-@provider("dpo", "ours-fp32")
-def ours_dpo_fp32_logits(i):
-    """fp32 logits in both heads, one pair per 1 GiB chunk (main's route with the shared,
-    in-place-rounded weight-gradient accumulator): ~3.1 GB expected."""
-    flp = "liger_kernel.ops.fused_linear_logprobs"
-    with settings(flp, ONE_PASS_LOGITS_IN_INPUT_DTYPE=False, NO_GRAD_LOGITS_IN_INPUT_DTYPE=False):
-        with settings("liger_kernel.chunked_loss.fused_linear_preference", ONE_PASS_BUDGET_BYTES=2**30):
-            return ours_dpo(i)
-
-
-@provider("dpo", "ours-2pairs")
-def ours_dpo_two_pairs(i):
-    """Two pairs per chunk of bf16 logits: one accumulation of the weight gradient less, ~0.5 GB more."""
-    with settings("liger_kernel.chunked_loss.fused_linear_preference", ONE_PASS_BUDGET_BYTES=2**30):
-        return ours_dpo(i)
+# the reference head's logits in fp32 (2 x 1 GiB chunks) rather than bf16
+variant("dpo", "ours-fp32ref", ours_dpo, {FLP: dict(NO_GRAD_LOGITS_IN_INPUT_DTYPE=False)})
+# fp32 logits in both heads, one pair per 1 GiB chunk (main's route with the shared, in-place-rounded
+# weight-gradient accumulator): ~3.1 GB expected
+variant(
+    "dpo", "ours-fp32", ours_dpo,
+    {FLP: dict(ONE_PASS_LOGITS_IN_INPUT_DTYPE=False, NO_GRAD_LOGITS_IN_INPUT_DTYPE=False),
+     PREF: dict(ONE_PASS_BUDGET_BYTES=2**30)},
+)  # fmt: skip
+# two pairs per chunk of bf16 logits: one accumulation of the weight gradient less, ~0.5 GB more
+variant("dpo", "ours-2pairs", ours_dpo, {PREF: dict(ONE_PASS_BUDGET_BYTES=2**30)})
 
 
 @provider("dpo", "ours-2pass")
@@ -346,7 +336,9 @@ def time_ms(step, device):
         from triton.testing import do_bench
 
         est = do_bench(step, warmup=5, rep=1, return_mode="median")
-        return do_bench(step, warmup=max(25, int(5 * est)), rep=max(25 * est, 300), return_mode="median")
+        # 25 calls, at least 300 ms, at most 4 s (the peer's 467 ms GRPO: 8 calls)
+        warmup, rep = min(max(25, int(5 * est)), 1000), min(max(25 * est, 300), 4000)
+        return do_bench(step, warmup=warmup, rep=rep, return_mode="median")
     step()
     start = time.perf_counter()
     for _ in range(3):
@@ -441,17 +433,13 @@ def main():
         os.environ.setdefault("TRITON_INTERPRET", "1")
     wanted = args.providers.split(",")
     rows, meta = [], {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
-    for name in args.losses.split(","):
+    losses = args.losses.split(",")
+    for name in losses:
         shape = BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape
         here = [q for q in wanted if q in BENCHES[name].providers and (args.worker or q not in PEERS)]
         rows += measure(name, here, shape, device, not args.no_errors)
         if args.worker:
             continue
-        peers = [q for q in wanted if q in PEERS and q in BENCHES[name].providers]
-        if peers and not PEER_PATH.is_dir():
-            rows.append({"loss": name, "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
-        elif peers:
-            rows += [dict(r, loss=name) for r in run_peer(argparse.Namespace(**{**vars(args), "losses": name}), peers)]
         rate = matmul_rate(BENCHES[name].tokens(shape), shape, device)
         if rate:
             meta[name] = {
@@ -461,12 +449,17 @@ def main():
             }
     if args.worker:
         return
+    peers = [q for q in wanted if q in PEERS]
+    if peers and not PEER_PATH.is_dir():
+        rows.append({"loss": "-", "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
+    elif peers:  # one child for every loss, after ours (one process start, one import of the peer)
+        rows += [dict({"loss": "-"}, **r) for r in run_peer(args, peers)]
     print(f"\n{meta['device']}, torch {meta['torch']}")
     print(
         f"{'loss':6} {'provider':12} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
         "grad error max/rms over one rounding"
     )
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["loss"]):  # stable: each loss's providers in run order
         floor = meta.get(r["loss"], {}).get("floor_ms")
         if "error" in r:
             print(f"{r['loss']:6} {r['provider']:12} {r['error']}")

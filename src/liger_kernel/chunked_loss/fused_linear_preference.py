@@ -6,17 +6,20 @@ B rejected ones; ``target`` [2B, T]. Each loss is plain PyTorch on per-sequence 
 without a ``[tokens, vocab]`` logits tensor:
 
 - Training (a gradient is wanted): one pass over chunks of whole pairs (chosen b and rejected b
-  together, as many pairs as fit ``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits): each chunk's
-  per-token log-probs, the subclass's ``preference_loss_fn`` on the chunk's pairs, and the head's
-  gradients written at once (6NHV; an fp32 ``[V, H]`` weight-gradient accumulator). A frozen
-  reference head only runs forward (2NHV, no gradient). Losses that couple the whole batch
-  (DPO's ``bco_pair``: the batch's mean reward) and a separate ``nll_target`` take the two-pass
-  route instead: ``_compute_loss`` on the whole batch through the engine's autograd Function
-  (8NHV, no ``[V, H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route always.
-  Expected at issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference
-  head; not measured yet, see benchmarks/preference_bench.py): one pass 8NHV in all, peak extra
-  about 2.1 GB (the accumulator) + 1 GB (one pair's fp32 logits) + the bf16 weight gradient at
-  the end; two passes 10NHV, about 1.2 GB (Liger 0.8.5: 61.2 ms, 2.60 GB).
+  together, as many pairs as fit ``ONE_PASS_BUDGET_BYTES`` of logits, in the input dtype without
+  a temperature: the spec's): each chunk's per-token log-probs, the subclass's
+  ``preference_loss_fn`` on the chunk's pairs, and the head's gradients written at once (6NHV;
+  an fp32 ``[V, H]`` weight-gradient accumulator). A frozen reference head only runs forward
+  (2NHV, no gradient, bf16 logits). Losses that couple the whole batch (DPO's ``bco_pair``: the
+  batch's mean reward) and a separate ``nll_target`` take the two-pass route instead:
+  ``_compute_loss`` on the whole batch through the engine's autograd Function (8NHV, no ``[V,
+  H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route always.
+  At issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference head) on
+  an H200 (main, 2026-11-29, fp32 chunk logits): one pass 64.06 ms / 4088 MiB, two passes
+  73.36 ms / 2132 MiB (Liger 0.8.5: 60.96 ms / 2601 MiB). Now expected (not yet measured; see
+  ``benchmarks/bench_post_training.py --losses dpo``): one pass 8NHV, peak extra the 2004 MiB
+  accumulator + one pair's bf16 logits (501 MiB) + the input gradient (64 MiB) + a pair's input
+  rows (16 MiB): ~2585 MiB, and ~3 ms less traffic.
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 
