@@ -164,7 +164,7 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     rounded in place: no rounded copy), one pair's logits in bf16 (fp32 with the flag off), the
     input gradient and each pair's input rows in turn, nothing else (before: fp32 logits, and the rounded
     weight gradient allocated beside the accumulator and the still-referenced logits)."""
-    monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits)
+    monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits, raising=False)
     n_pairs, seq, h, v = 2, 16, 64, 1000
     x, w, _, y = make_inputs(2 * n_pairs * seq, h, v, torch.bfloat16)
     chunks = [[slice(p * seq, (p + 1) * seq), slice((n_pairs + p) * seq, (n_pairs + p + 1) * seq)] for p in range(2)]
