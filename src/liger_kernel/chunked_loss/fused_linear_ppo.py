@@ -6,8 +6,9 @@ full_attention_mask, ...) -> (loss, metrics)`` on ``[b, T]`` log-probs of a chun
 sequences, normalized by the whole batch (``full_attention_mask``) so that chunk values add up;
 its ``forward`` calls ``LigerFusedLinearPPOBase.forward(cls, ctx, ...)``. The base runs it through
 the one-pass engine of ``liger_kernel.ops.fused_linear_ppo`` (6NHV; the spec's logits, in the
-input dtype without a temperature, fp32 with one; fp32 weight-gradient accumulation) and returns ``(loss, metrics)``; the gradients of input, weight and bias are
-computed in the forward and scaled by the upstream gradient in ``backward``.
+input dtype without a temperature, fp32 with one; fp32 weight-gradient accumulation) and returns
+``(loss, metrics)``; the gradients of input, weight and bias are computed in the forward and
+scaled by the upstream gradient in ``backward``.
 
 ``compiled`` and ``chunk_size`` are accepted for compatibility with Liger Kernel 0.8.5 (which
 runs ``torch.compile`` on chunks of ``chunk_size`` sequences); here nothing is compiled and
