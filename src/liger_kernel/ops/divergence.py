@@ -1,0 +1,353 @@
+"""What the divergence losses share: the per-element math of KL, JSD and TVD as Triton helpers,
+one row kernel that applies it to two ``[R, C]`` tensors, the label mask and reduction factor,
+and the student/teacher token-chunk loop of the fused-head forms.
+
+Per element, with ``x`` the prediction and ``y`` the target (``divergence_terms``)::
+
+    KL_PROB       y (log max(y, eps) - x)                x log-probs, y probabilities (F.kl_div)
+    KL_LOG        e^y (y - x)                            both log-probs (log_target=True): KL(P||Q)
+    KL_LOG_REV    e^x (x - y)                            both log-probs: KL(Q||P)
+    JSD_MIXTURE   b e^y (y - log m) + (1 - b) e^x (x - log m),   m = b e^y + (1 - b) e^x
+    TVD           |x - y| / 2                            both probabilities
+
+with their exact derivatives in ``x`` and ``y`` (``d|u|/du`` is 0 at 0, as PyTorch's). The row
+kernel computes in fp32 whatever the inputs' dtypes; its row sums are fp32.
+
+The fused-head losses (``fused_linear_jsd``, ``fused_linear_kl_div``) run ``head_chunks``: per
+chunk of tokens, fp32 logits ``x_c @ W.T`` of every head (student, teacher), a row kernel that
+turns them into the per-row loss and ``dloss/dlogits`` in the matmul dtype, then
+``grad_x[chunk] = dlogits @ W`` (fp32) and ``grad_W += dlogits.T @ x_c`` into an fp32 accumulator
+(or ``accum_dtype``): each gradient is one fp32 sum rounded once, for 6NHV flops of the trained
+head plus 2NHV of a frozen one. No ``[N, V]`` logits: one chunk of ``CHUNK_BUDGET_BYTES``.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm, flat_view, mm_fp32, split_size
+from liger_kernel.ops.utils import check_float, check_same_device, fallback_forward, next_power_of_2
+
+KL_PROB = tl.constexpr(0)
+KL_LOG = tl.constexpr(1)
+KL_LOG_REV = tl.constexpr(2)
+JSD_MIXTURE = tl.constexpr(3)
+TVD = tl.constexpr(4)
+
+# Column block of the row kernels (fp32 math on 2 inputs and up to 2 gradients per element).
+MAX_BLOCK = 4096
+# Token-chunk budget of the fused-head losses: fp32 logits of every head plus the dlogits of the
+# trained ones. 1 GiB is 2 x 4 + 2 bytes over 128256 columns x 832 rows.
+CHUNK_BUDGET_BYTES = 1024 * 2**20
+REDUCTIONS = ("none", "sum", "mean", "batchmean")
+
+
+@triton.jit
+def divergence_terms(x, y, beta, log_beta, log_1m_beta, eps, KIND: tl.constexpr):
+    """``(loss, dloss/dx, dloss/dy)`` of one element, fp32 (the table of the module docstring)."""
+    if KIND == KL_PROB:
+        log_y = tl.log(tl.maximum(y, eps))
+        loss = y * (log_y - x)
+        gx = -y
+        gy = log_y - x + tl.where(y >= eps, 1.0, 0.0)
+    elif KIND == KL_LOG:
+        p = tl.exp(y)
+        loss = p * (y - x)
+        gx = -p
+        gy = loss + p
+    elif KIND == KL_LOG_REV:
+        q = tl.exp(x)
+        loss = q * (x - y)
+        gx = loss + q
+        gy = -q
+    elif KIND == JSD_MIXTURE:
+        a = y + log_beta
+        b = x + log_1m_beta
+        top = tl.maximum(a, b)
+        log_m = top + tl.log(tl.exp(a - top) + tl.exp(b - top))
+        gx = tl.exp(b) * (x - log_m)  # (1 - beta) q (x - log m); the terms from d log m cancel
+        gy = tl.exp(a) * (y - log_m)
+        loss = gx + gy
+    else:
+        diff = x - y
+        loss = 0.5 * tl.abs(diff)
+        gx = tl.where(diff > 0, 0.5, tl.where(diff < 0, -0.5, 0.0))
+        gy = -gx
+    return loss, gx, gy
+
+
+@triton.jit
+def divergence_rows_kernel(
+    x_ptr,  # [R, C] prediction, unit column stride
+    stride_x,
+    y_ptr,  # [R, C] target
+    stride_y,
+    label_ptr,  # [R] labels (HAS_LABEL): rows at ignore_index count 0
+    out_ptr,  # FORWARD: [R] fp32 row sums, or [R, C] per element (ELEMENTWISE)
+    stride_out,
+    g_ptr,  # upstream gradient: [1] fp32 already times the reduction factor, or [R, C] (ELEMENTWISE)
+    stride_g,
+    gx_ptr,  # [R, C] out: dloss/dx (GRAD_X)
+    stride_gx,
+    gy_ptr,  # [R, C] out: dloss/dy (GRAD_Y)
+    stride_gy,
+    n_cols,
+    ignore_index,
+    beta,
+    log_beta,
+    log_1m_beta,
+    eps,
+    KIND: tl.constexpr,
+    HAS_LABEL: tl.constexpr,
+    FORWARD: tl.constexpr,
+    ELEMENTWISE: tl.constexpr,
+    GRAD_X: tl.constexpr,
+    GRAD_Y: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One program per row, one pass: the loss (row sum or per element) and/or the gradients."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    keep = True
+    if HAS_LABEL:
+        keep = tl.load(label_ptr + row) != ignore_index
+    if (GRAD_X or GRAD_Y) and not ELEMENTWISE:
+        g = tl.load(g_ptr)
+    total = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        mask = cols < n_cols
+        x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+        loss, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, eps, KIND)
+        loss = tl.where(mask & keep, loss, 0.0)
+        if FORWARD:
+            if ELEMENTWISE:
+                tl.store(out_ptr + row * stride_out + cols, loss.to(out_ptr.dtype.element_ty), mask=mask)
+            else:
+                total += loss
+        if GRAD_X or GRAD_Y:
+            if ELEMENTWISE:
+                g = tl.load(g_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
+            g = tl.where(keep, g, 0.0)
+            if GRAD_X:
+                tl.store(gx_ptr + row * stride_gx + cols, (gx * g).to(gx_ptr.dtype.element_ty), mask=mask)
+            if GRAD_Y:
+                tl.store(gy_ptr + row * stride_gy + cols, (gy * g).to(gy_ptr.dtype.element_ty), mask=mask)
+    if FORWARD and not ELEMENTWISE:
+        tl.store(out_ptr + row, tl.sum(total, 0))
+
+
+class Divergence(NamedTuple):
+    """Which divergence and its constants, as the kernels take them."""
+
+    kind: int
+    beta: float = 0.5
+    eps: float = 1e-10
+
+    def scalars(self):
+        """``(beta, log beta, log(1 - beta), eps)`` (the logs finite only where used)."""
+        inner = 0.0 < self.beta < 1.0
+        return (
+            float(self.beta),
+            math.log(self.beta) if inner else 0.0,
+            math.log1p(-self.beta) if inner else 0.0,
+            float(self.eps),
+        )
+
+
+def jsd_kind(beta: float) -> int:
+    """The generalized JSD's kernel kind: beta 0 is KL(P||Q) (P the target), 1 is KL(Q||P)."""
+    return KL_LOG.value if beta == 0 else KL_LOG_REV.value if beta == 1 else JSD_MIXTURE.value
+
+
+def rows_launch(x2, y2, div: Divergence, labels=None, ignore_index=-100, out=None, g=None, gx=None, gy=None):
+    """Launch ``divergence_rows_kernel`` on ``x2``, ``y2`` [R, C] (unit column stride). ``out``:
+    [R] fp32 row sums or [R, C] per element (the forward); ``g``: [1] fp32 scaled upstream
+    gradient, or [R, C] per element; ``gx``, ``gy``: [R, C] gradient outputs."""
+    n_rows, n_cols = x2.shape
+    if n_rows == 0 or n_cols == 0:
+        return
+    elementwise = (out is not None and out.dim() == 2) or (g is not None and g.dim() == 2)
+    block = min(MAX_BLOCK, next_power_of_2(n_cols))
+    dummy = x2
+    divergence_rows_kernel[(n_rows,)](
+        x2,
+        x2.stride(0),
+        y2,
+        y2.stride(0),
+        dummy if labels is None else labels,
+        dummy if out is None else out,
+        out.stride(0) if out is not None and out.dim() == 2 else 0,
+        dummy if g is None else g,
+        g.stride(0) if g is not None and g.dim() == 2 else 0,
+        dummy if gx is None else gx,
+        0 if gx is None else gx.stride(0),
+        dummy if gy is None else gy,
+        0 if gy is None else gy.stride(0),
+        n_cols,
+        ignore_index,
+        *div.scalars(),
+        KIND=div.kind,
+        HAS_LABEL=labels is not None,
+        FORWARD=out is not None,
+        ELEMENTWISE=elementwise,
+        GRAD_X=gx is not None,
+        GRAD_Y=gy is not None,
+        BLOCK=block,
+        num_warps=8 if block >= 2048 else 4,
+    )
+
+
+# ----------------------------------------------------------------------------- labels and reductions
+
+
+def check_labels(shift_labels, n_rows: int, device_of: dict) -> torch.Tensor | None:
+    """``shift_labels`` flattened to [R] (None stays None); an error naming it when it does not fit."""
+    if shift_labels is None:
+        return None
+    if not isinstance(shift_labels, torch.Tensor) or shift_labels.is_floating_point() or shift_labels.is_complex():
+        raise TypeError("`shift_labels` must be an integer tensor of labels (e.g. torch.long) or None.")
+    if shift_labels.numel() != n_rows:
+        raise ValueError(
+            f"`shift_labels` has {shift_labels.numel()} labels but the inputs have {n_rows} rows: one label per row."
+        )
+    check_same_device(**device_of, shift_labels=shift_labels)
+    return shift_labels.reshape(-1).contiguous()
+
+
+def check_reduction(reduction: str, allowed=REDUCTIONS) -> str:
+    if reduction not in allowed:
+        raise ValueError(f"`reduction` must be one of {allowed}, got {reduction!r}.")
+    return reduction
+
+
+def check_pair(first: str, a, second: str, b) -> None:
+    """Two float tensors of one shape on one device (dtypes may differ)."""
+    check_float(first, a)
+    check_float(second, b)
+    if a.shape != b.shape:
+        raise ValueError(f"`{first}` has shape {tuple(a.shape)} but `{second}` has {tuple(b.shape)}: they must match.")
+    check_same_device(**{first: a, second: b})
+
+
+def valid_rows(labels, ignore_index: int, n_rows: int, device):
+    """``(mask, count)``: rows that count (all when ``labels`` is None; None then) and their number,
+    an fp32 device tensor (no sync)."""
+    if labels is None:
+        return None, torch.tensor(float(n_rows), device=device)
+    mask = labels != ignore_index
+    return mask, mask.sum(dtype=torch.float32)
+
+
+def reduction_divisor(reduction: str, rows, n_cols: int):
+    """What the summed loss is divided by: 1 (none/sum), rows x columns (mean) or rows (batchmean),
+    never 0 (an all-ignored or empty batch gives 0, not NaN). ``rows``: an fp32 device tensor."""
+    if reduction in ("none", "sum"):
+        return torch.ones_like(rows)
+    count = rows * n_cols if reduction == "mean" else rows
+    return torch.where(count > 0, count, 1.0)
+
+
+def masked_rows(values, mask):
+    """``values`` with the ignored rows zeroed (the reference's masking)."""
+    if mask is None:
+        return values
+    mask = mask.reshape(mask.shape + (1,) * (values.dim() - 1))
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+# ----------------------------------------------------------------------------- the token-chunk loop
+
+
+class Head(NamedTuple):
+    """One linear head of a fused-head loss: ``x`` [N, H] contiguous, ``weight`` [V, H], and which
+    gradients it needs."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    need_x: bool = False
+    need_w: bool = False
+
+    @property
+    def trained(self) -> bool:
+        return self.need_x or self.need_w
+
+
+def head_chunks(heads, run_rows, accum_dtype=None, extra_bytes_per_logit=0, budget=CHUNK_BUDGET_BYTES):
+    """The token-chunk loop of the module docstring. ``run_rows(start, end, logits, dlogits)`` gets
+    each head's fp32 ``[n, V]`` logits of tokens ``start:end`` and, for each head that needs a
+    gradient, an ``[n, V]`` buffer in its matmul dtype to write ``dloss/dlogits`` into (None
+    otherwise). Returns ``(grad_x, grad_w)``, one entry per head: the fp32 input gradient and the
+    weight gradient in ``accum_dtype`` (None: fp32), or None where the head does not need it."""
+    n_rows = heads[0].x.shape[0]
+    n_vocab = heads[0].weight.shape[0]
+    device = heads[0].x.device
+    per_logit = sum(4 + (h.x.element_size() if h.trained else 0) for h in heads) + extra_bytes_per_logit
+    rows = split_size(n_rows, n_vocab * per_logit, budget)
+    logit_bufs = [torch.empty(rows * n_vocab, dtype=torch.float32, device=device) for _ in heads]
+    grad_bufs = [torch.empty(rows * n_vocab, dtype=h.x.dtype, device=device) if h.trained else None for h in heads]
+    grad_x = [torch.zeros(h.x.shape, dtype=torch.float32, device=device) if h.need_x else None for h in heads]
+    accum = accum_dtype or torch.float32
+    grad_w = [torch.zeros(h.weight.shape, dtype=accum, device=device) if h.need_w else None for h in heads]
+    for start in range(0, n_rows, rows):
+        end = min(start + rows, n_rows)
+        logits = []
+        for head, buf in zip(heads, logit_bufs):
+            z = flat_view(buf, end - start, n_vocab)
+            mm_fp32(head.x[start:end], head.weight.t(), z)
+            logits.append(z)
+        dlogits = [None if buf is None else flat_view(buf, end - start, n_vocab) for buf in grad_bufs]
+        run_rows(start, end, logits, dlogits)
+        for i, head in enumerate(heads):
+            if head.need_x:
+                mm_fp32(dlogits[i], head.weight, grad_x[i][start:end])
+            if head.need_w:
+                accumulate_mm(grad_w[i], dlogits[i].t(), head.x[start:end], first=start == 0)
+    return grad_x, grad_w
+
+
+def check_head(name_x: str, x, name_w: str, weight) -> None:
+    check_float(name_x, x)
+    check_float(name_w, weight)
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"`{name_w}` must be [V, H] with H = {name_x}.shape[-1] = {x.shape[-1]}; got {tuple(weight.shape)}."
+        )
+    if x.dtype != weight.dtype:
+        raise TypeError(f"`{name_x}` is {x.dtype} but `{name_w}` is {weight.dtype}: cast them to one dtype.")
+    check_same_device(**{name_x: x, name_w: weight})
+
+
+def check_accum_dtype(accum_dtype) -> None:
+    if accum_dtype is not None and accum_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"`accum_dtype` must be None, torch.float32, torch.bfloat16 or torch.float16; got {accum_dtype}."
+        )
+
+
+def check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"`temperature` must be a number > 0, got {temperature!r}.")
+    return float(temperature)
+
+
+def as_flat_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` [..., H] as a contiguous [N, H]."""
+    return t.reshape(-1, t.shape[-1]).contiguous()
+
+
+# ----------------------------------------------------------------------------- the reference path
+
+
+def reference_outputs(ctx, reference, need_grad: bool, *args):
+    """An autograd Function's forward through its PyTorch reference: differentiable (through
+    ``fallback_backward``) when ``need_grad``, else computed under ``torch.no_grad()``."""
+    if not need_grad:
+        ctx.fallback = None
+        with torch.no_grad():
+            return reference(*args)
+    return fallback_forward(ctx, reference, *args)
