@@ -28,8 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm, flat_view, mm_fp32, split_size
+from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step, scale_by_upstream
+from liger_kernel.ops.fused_linear_cross_entropy import _round_to_bf16, accumulate_mm, flat_view, mm_fp32, split_size
 from liger_kernel.ops.utils import check_float, check_same_device, fallback_forward, next_power_of_2
+from liger_kernel.utils import use_triton
 
 KL_PROB = tl.constexpr(0)
 KL_LOG = tl.constexpr(1)
@@ -340,6 +342,79 @@ def as_flat_rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, t.shape[-1]).contiguous()
 
 
+# ----------------------------------------------------------------------------- fused-head row helpers
+
+
+@triton.jit
+def row_logsumexp(z_row, n_cols, inv_temp, BLOCK: tl.constexpr):
+    """Log-sum-exp of one fp32 logit row times ``inv_temp`` (online, one exp per element)."""
+    offs = tl.arange(0, BLOCK)
+    m = tl.full([BLOCK], -1e30, tl.float32)
+    d = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        cols = start + offs
+        z = tl.load(z_row + cols, mask=cols < n_cols, other=float("-inf")) * inv_temp
+        m, d = online_logsumexp_step(z, m, d)
+    return finish_logsumexp(m, d)
+
+
+@triton.jit
+def store_rounded(ptr, value, mask):
+    """``value`` (fp32) stored in ``ptr``'s dtype, rounded to nearest (bf16: see ``_round_to_bf16``)."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        value = _round_to_bf16(value)
+    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+def logits_rows_launch(kernel, n_rows: int, n_cols: int, *args, **constexprs) -> None:
+    """Launch a fused-head row kernel on ``n_rows`` rows of ``n_cols`` logits."""
+    if n_rows == 0 or n_cols == 0:
+        return
+    block = min(4096, next_power_of_2(n_cols))
+    kernel[(n_rows,)](*args, BLOCK=block, num_warps=16 if block >= 4096 else 8 if block >= 1024 else 4, **constexprs)
+
+
+def scaled_grads(grads, like, grad_output):
+    """Each stored gradient (fp32 or the accumulation dtype, 2-D) times the scalar upstream
+    gradient (no work where it is exactly 1), then rounded once to its argument's ``(dtype, shape)``;
+    the buffers are released as they go."""
+    out = []
+    for i, (dtype, shape) in enumerate(like):
+        grad = grads[i]
+        grads[i] = None
+        if grad is not None:
+            scale_by_upstream(grad, grad_output, per_row=False)
+            grad = grad.to(dtype).view(shape)
+        out.append(grad)
+    return tuple(out)
+
+
+def scale_in_place(grad_output, *grads):
+    """The peer's low-level backward helpers: each gradient times the scalar ``grad_output``, in
+    place (no work, and no sync, where it is exactly 1); returns them."""
+    for grad in grads:
+        if grad is None:
+            continue
+        if use_triton(grad):
+            scale_by_upstream(grad.view(-1, grad.shape[-1]), grad_output, per_row=False)
+        else:
+            grad.mul_(grad_output)
+    return grads
+
+
+def student_grads(function, student_input, student_weight, *args):
+    """The peer's low-level forwards: ``function.apply(student_input, student_weight, *args)`` and
+    its gradients in the student's input and weight for an upstream gradient of 1 (per output
+    element), without autograd outside: ``(loss, grad_input, grad_weight)``."""
+    x = student_input.detach().requires_grad_()
+    w = student_weight.detach().requires_grad_()
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    with torch.enable_grad():
+        loss = function.apply(x, w, *args)
+        grad_x, grad_w = torch.autograd.grad(loss, (x, w), torch.ones_like(loss))
+    return loss.detach(), grad_x, grad_w
+
+
 # ----------------------------------------------------------------------------- the reference path
 
 
@@ -351,3 +426,10 @@ def reference_outputs(ctx, reference, need_grad: bool, *args):
         with torch.no_grad():
             return reference(*args)
     return fallback_forward(ctx, reference, *args)
+
+
+def check_has_label(has_label, shift_labels) -> None:
+    """The peer's low-level helpers take both; they must agree."""
+    if bool(has_label) != (shift_labels is not None):
+        given = "given" if shift_labels is not None else "None"
+        raise ValueError(f"`has_label` is {has_label} but `shift_labels` is {given}: pass labels exactly when True.")

@@ -27,55 +27,33 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.cross_entropy import (
-    RemembersGradMode,
-    caller_grad_mode,
-    finish_logsumexp,
-    one_grad_per_argument,
-    online_logsumexp_step,
-    scale_by_upstream,
-)
+from liger_kernel.ops.cross_entropy import RemembersGradMode, caller_grad_mode, one_grad_per_argument
 from liger_kernel.ops.divergence import (
     Divergence,
     Head,
     as_flat_rows,
     check_accum_dtype,
+    check_has_label,
     check_head,
     check_labels,
     check_temperature,
     divergence_terms,
     head_chunks,
     jsd_kind,
+    logits_rows_launch,
     masked_rows,
     reference_outputs,
+    row_logsumexp,
+    scale_in_place,
+    scaled_grads,
+    store_rounded,
+    student_grads,
     valid_rows,
 )
-from liger_kernel.ops.fused_linear_cross_entropy import _round_to_bf16
 from liger_kernel.ops.jsd import JSD_IMPLS, jsd_core
 from liger_kernel.ops.kl_div import compute_dtype
-from liger_kernel.ops.utils import fallback_backward, next_power_of_2
+from liger_kernel.ops.utils import fallback_backward
 from liger_kernel.utils import use_triton
-
-
-@triton.jit
-def row_logsumexp(z_row, n_cols, inv_temp, BLOCK: tl.constexpr):
-    """Log-sum-exp of one fp32 logit row times ``inv_temp`` (online, one exp per element)."""
-    offs = tl.arange(0, BLOCK)
-    m = tl.full([BLOCK], -1e30, tl.float32)
-    d = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        z = tl.load(z_row + cols, mask=cols < n_cols, other=float("-inf")) * inv_temp
-        m, d = online_logsumexp_step(z, m, d)
-    return finish_logsumexp(m, d)
-
-
-@triton.jit
-def store_rounded(ptr, value, mask):
-    """``value`` (fp32) stored in ``ptr``'s dtype, rounded to nearest (bf16: see ``_round_to_bf16``)."""
-    if ptr.dtype.element_ty == tl.bfloat16:
-        value = _round_to_bf16(value)
-    tl.store(ptr, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -132,14 +110,6 @@ def _fused_jsd_rows_kernel(
                 store_rounded(dzs_ptr + row * stride_dz + cols, scale * (gx - tl.exp(x) * s_x), mask)
             if GRAD_T:
                 store_rounded(dzt_ptr + row * stride_dz + cols, scale * (gy - tl.exp(y) * s_y), mask)
-
-
-def logits_rows_launch(kernel, n_rows: int, n_cols: int, *args, **constexprs) -> None:
-    """Launch a fused-head row kernel on ``n_rows`` rows of ``n_cols`` logits."""
-    if n_rows == 0 or n_cols == 0:
-        return
-    block = min(4096, next_power_of_2(n_cols))
-    kernel[(n_rows,)](*args, BLOCK=block, num_warps=16 if block >= 4096 else 8 if block >= 1024 else 4, **constexprs)
 
 
 # ----------------------------------------------------------------------------- the forward
@@ -283,21 +253,6 @@ class LigerFusedLinearJSDFunction(RemembersGradMode):
         return one_grad_per_argument(scaled_grads(grads, like, grad_output), 11)
 
 
-def scaled_grads(grads, like, grad_output):
-    """Each stored gradient (fp32 or the accumulation dtype, 2-D) times the scalar upstream
-    gradient (no work where it is exactly 1), then rounded once to its argument's ``(dtype, shape)``;
-    the buffers are released as they go."""
-    out = []
-    for i, (dtype, shape) in enumerate(like):
-        grad = grads[i]
-        grads[i] = None
-        if grad is not None:
-            scale_by_upstream(grad, grad_output, per_row=False)
-            grad = grad.to(dtype).view(shape)
-        out.append(grad)
-    return tuple(out)
-
-
 def fused_linear_jsd_forward(
     student_input,
     student_weight,
@@ -315,38 +270,14 @@ def fused_linear_jsd_forward(
     """The peer's low-level forward, no autograd: ``(loss, grad_input, grad_weight)``, the student's
     gradients for an upstream gradient of 1 in its dtypes. ``has_label``: whether ``shift_labels``
     is given. Scale them with ``fused_linear_jsd_backward``."""
-    if has_label != (shift_labels is not None):
-        raise ValueError(f"`has_label` is {has_label} but `shift_labels` is {'given' if has_label else None}.")
-    labels, temperature = check_fljsd_inputs(
-        student_input, student_weight, teacher_input, teacher_weight, shift_labels, jsd_beta, temperature,
-        accum_dtype, jsd_impl, jsd_mode,
+    check_has_label(has_label, shift_labels)
+    return student_grads(
+        LigerFusedLinearJSDFunction, student_input, student_weight, teacher_input, teacher_weight, shift_labels,
+        jsd_beta, ignore_index, temperature, accum_dtype, jsd_impl, jsd_mode,
     )  # fmt: skip
-    with torch.no_grad():
-        if not runs_kernels(student_input, teacher_input, jsd_impl):
-            x, w = student_input.detach().requires_grad_(), student_weight.detach().requires_grad_()
-            with torch.enable_grad():
-                loss = fused_linear_jsd_reference(
-                    x, w, teacher_input, teacher_weight, shift_labels, jsd_beta, ignore_index, temperature
-                )
-                grad_x, grad_w = torch.autograd.grad(loss, (x, w))
-            return loss.detach(), grad_x, grad_w
-        heads = [
-            Head(as_flat_rows(student_input), student_weight.contiguous(), True, True),
-            Head(as_flat_rows(teacher_input), teacher_weight.contiguous()),
-        ]
-        loss, grad_x, grad_w = fused_linear_jsd_core(heads, labels, jsd_beta, ignore_index, temperature, accum_dtype)
-        grad_input = grad_x[0].to(student_input.dtype).view(student_input.shape)
-        return loss.to(student_input.dtype), grad_input, grad_w[0].to(student_weight.dtype)
 
 
 def fused_linear_jsd_backward(grad_output, grad_input, grad_weight):
     """The peer's low-level backward: the gradients of ``fused_linear_jsd_forward`` times the scalar
     ``grad_output``, in place (nothing to do where it is exactly 1); returns them."""
-    for grad in (grad_input, grad_weight):
-        if grad is None:
-            continue
-        if use_triton(grad):
-            scale_by_upstream(grad.view(-1, grad.shape[-1]), grad_output, per_row=False)
-        else:
-            grad.mul_(grad_output)
-    return grad_input, grad_weight
+    return scale_in_place(grad_output, grad_input, grad_weight)

@@ -25,16 +25,17 @@ from liger_kernel.ops.cross_entropy import (
     RemembersGradMode,
     caller_grad_mode,
     one_grad_per_argument,
-    scale_by_upstream,
 )
 from liger_kernel.ops.divergence import (
     Divergence,
+    check_has_label,
     check_labels,
     check_pair,
     jsd_kind,
     masked_rows,
     reference_outputs,
     rows_launch,
+    scale_in_place,
     valid_rows,
 )
 from liger_kernel.ops.kl_div import compute_dtype
@@ -134,10 +135,7 @@ def jsd_forward(_input, target, shift_labels, beta, ignore_index, has_label, jsd
     """The peer's low-level forward, no autograd: ``(loss, dX)``, ``dX`` the gradient in ``_input``
     for an upstream gradient of 1 (one launch: loss and gradient in the same pass). ``has_label``
     says whether ``shift_labels`` is given. Apply the upstream gradient with ``jsd_backward``."""
-    if has_label != (shift_labels is not None):
-        raise ValueError(
-            f"`has_label` is {has_label} but `shift_labels` is {'given' if shift_labels is not None else None}."
-        )
+    check_has_label(has_label, shift_labels)
     labels = check_jsd_inputs(_input, target, shift_labels, beta, jsd_impl, jsd_mode)
     with torch.no_grad():
         if not runs_kernels(_input, target, jsd_impl):
@@ -159,8 +157,4 @@ def jsd_forward(_input, target, shift_labels, beta, ignore_index, has_label, jsd
 def jsd_backward(dX, grad_output):
     """The peer's low-level backward: ``dX`` from ``jsd_forward`` times the scalar ``grad_output``,
     in place (no work, and no sync, where it is exactly 1); returns ``dX``."""
-    if use_triton(dX):
-        scale_by_upstream(dX.view(-1, dX.shape[-1]), grad_output, per_row=False)
-    else:
-        dX.mul_(grad_output)
-    return dX
+    return scale_in_place(grad_output, dX)[0]
