@@ -67,7 +67,7 @@ def liger_cross_entropy(
     backward writes the gradient over the logits unless a leaf owns them (see
     ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
-        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
     outputs = LigerCrossEntropyFunction.apply(
         input,
         target,
@@ -143,7 +143,7 @@ def liger_kl_div(input, target, size_average=True, reduce=True, reduction="mean"
     ``size_average`` / ``reduce`` decide the reduction only when one of them is False, as
     PyTorch's would (their defaults here are True, which leaves ``reduction`` in charge)."""
     if size_average is False or reduce is False:
-        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
     return LigerKLDivLossFunction.apply(input, target, reduction, log_target, eps)
 
 
