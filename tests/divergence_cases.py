@@ -1,7 +1,10 @@
 """What the divergence-loss tests share: run an op, its float64 reference and its same-dtype
 reference on copies of one set of inputs, and compare the output and every gradient."""
 
+import math
+
 import torch
+import torch.nn.functional as F
 from parity import DEVICE, assert_matches
 
 IGNORE = -100
@@ -58,3 +61,21 @@ def distributions(shape, dtype, log=False, scale=2.0, requires_grad=True):
     z = torch.randn(shape, device=DEVICE) * scale
     t = torch.log_softmax(z, -1) if log else torch.softmax(z, -1)
     return t.to(dtype).requires_grad_(requires_grad)
+
+
+def generalized_jsd(log_q, log_p, labels, beta):
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` (student log q, teacher log p; batchmean over the
+    tokens whose label is not -100), written from its definition with F.kl_div."""
+    if beta == 0:
+        jsd = F.kl_div(log_q, log_p, reduction="none", log_target=True)
+    elif beta == 1:
+        jsd = F.kl_div(log_p, log_q, reduction="none", log_target=True)
+    else:
+        log_m = torch.logsumexp(torch.stack([log_q + math.log(1 - beta), log_p + math.log(beta)]), dim=0)
+        kl_teacher = F.kl_div(log_m, log_p, reduction="none", log_target=True)
+        kl_student = F.kl_div(log_m, log_q, reduction="none", log_target=True)
+        jsd = beta * kl_teacher + (1 - beta) * kl_student
+    if labels is None:
+        return jsd.sum() / jsd[..., 0].numel()
+    mask = labels != IGNORE
+    return jsd[mask].sum() / mask.sum()

@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from divergence_cases import IGNORE, check_parity, copies, distributions, labels_with_ignored, run
+from divergence_cases import IGNORE, check_parity, copies, distributions, generalized_jsd, labels_with_ignored, run
 from parity import DEVICE, DTYPES, assert_matches, sizes
 
 from liger_kernel.ops.jsd import LigerJSDFunction, jsd_backward, jsd_forward, jsd_reference
@@ -12,24 +11,6 @@ from liger_kernel.transformers.functional import liger_jsd
 
 SHAPES = sizes(cpu=[(7, 37), (3, 2049), (2, 3, 45)], gpu=[(4096, 32000), (1024, 128256), (8, 511, 4099)])
 BETAS = [0.0, 0.1, 0.5, 0.9, 1.0]
-
-
-def generalized_jsd(log_q, log_p, labels, beta):
-    """TRL's ``GKDTrainer.generalized_jsd_loss`` (student log q, teacher log p; batchmean over the
-    tokens whose label is not -100), written from its definition with F.kl_div."""
-    if beta == 0:
-        jsd = F.kl_div(log_q, log_p, reduction="none", log_target=True)
-    elif beta == 1:
-        jsd = F.kl_div(log_p, log_q, reduction="none", log_target=True)
-    else:
-        log_m = torch.logsumexp(torch.stack([log_q + math.log(1 - beta), log_p + math.log(beta)]), dim=0)
-        kl_teacher = F.kl_div(log_m, log_p, reduction="none", log_target=True)
-        kl_student = F.kl_div(log_m, log_q, reduction="none", log_target=True)
-        jsd = beta * kl_teacher + (1 - beta) * kl_student
-    if labels is None:
-        return jsd.sum() / jsd[..., 0].numel()
-    mask = labels != IGNORE
-    return jsd[mask].sum() / mask.sum()
 
 
 def jsd_inputs(shape, dtype):

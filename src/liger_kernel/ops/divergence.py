@@ -279,17 +279,18 @@ class Head(NamedTuple):
         return self.need_x or self.need_w
 
 
-def head_chunks(heads, run_rows, accum_dtype=None, extra_bytes_per_logit=0, budget=CHUNK_BUDGET_BYTES):
+def head_chunks(heads, run_rows, accum_dtype=None, budget=None):
     """The token-chunk loop of the module docstring. ``run_rows(start, end, logits, dlogits)`` gets
     each head's fp32 ``[n, V]`` logits of tokens ``start:end`` and, for each head that needs a
     gradient, an ``[n, V]`` buffer in its matmul dtype to write ``dloss/dlogits`` into (None
     otherwise). Returns ``(grad_x, grad_w)``, one entry per head: the fp32 input gradient and the
-    weight gradient in ``accum_dtype`` (None: fp32), or None where the head does not need it."""
+    weight gradient in ``accum_dtype`` (None: fp32), or None where the head does not need it.
+    ``budget``: bytes of one chunk's buffers (None: ``CHUNK_BUDGET_BYTES``)."""
     n_rows = heads[0].x.shape[0]
     n_vocab = heads[0].weight.shape[0]
     device = heads[0].x.device
-    per_logit = sum(4 + (h.x.element_size() if h.trained else 0) for h in heads) + extra_bytes_per_logit
-    rows = split_size(n_rows, n_vocab * per_logit, budget)
+    per_logit = sum(4 + (h.x.element_size() if h.trained else 0) for h in heads)
+    rows = split_size(n_rows, n_vocab * per_logit, budget or CHUNK_BUDGET_BYTES)
     logit_bufs = [torch.empty(rows * n_vocab, dtype=torch.float32, device=device) for _ in heads]
     grad_bufs = [torch.empty(rows * n_vocab, dtype=h.x.dtype, device=device) if h.trained else None for h in heads]
     grad_x = [torch.zeros(h.x.shape, dtype=torch.float32, device=device) if h.need_x else None for h in heads]
