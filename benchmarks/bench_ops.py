@@ -371,23 +371,14 @@ def _generalized_jsd(log_q, log_p, beta=0.5):
     return jsd.sum() / jsd.shape[0]
 
 
-class _Divergence(Op):
-    """A divergence of two [tokens, vocab] distributions (bf16); the gradient of the first."""
+class _Divergence(CrossEntropy):
+    """A divergence of two [tokens, vocab] distributions (bf16; the cross-entropy's shapes); the
+    gradient of the first."""
 
     log_inputs = True  # log-probabilities (else probabilities)
     functional = ""
     kwargs = {}
-
-    def sweeps(self, level):
-        n = pick(level, 40, 8192, 8192)
-        vocab = pick(level, (100, 333), (32000, 128256), (32000, 128256, 151936))
-        return [Sweep("vocab", "vocab size", [(v, {"N": n, "V": v}) for v in vocab])]
-
-    def anchor(self, level):
-        return {"N": pick(level, 40, 8192, 8192), "V": pick(level, 333, 128256, 128256)}
-
-    def shape_str(self, p):
-        return f"{p['N']}x{p['V']}"
+    notes = {}
 
     def floor(self, p):
         # forward reads both inputs; backward reads them again and writes the gradient: 5 passes

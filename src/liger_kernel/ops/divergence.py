@@ -293,9 +293,11 @@ def head_chunks(heads, run_rows, accum_dtype=None, budget=None):
     rows = split_size(n_rows, n_vocab * per_logit, budget or CHUNK_BUDGET_BYTES)
     logit_bufs = [torch.empty(rows * n_vocab, dtype=torch.float32, device=device) for _ in heads]
     grad_bufs = [torch.empty(rows * n_vocab, dtype=h.x.dtype, device=device) if h.trained else None for h in heads]
-    grad_x = [torch.zeros(h.x.shape, dtype=torch.float32, device=device) if h.need_x else None for h in heads]
+    # Every chunk writes its rows of grad_x, and the first one sets grad_w: no zero fill unless there are no rows.
+    new = torch.zeros if n_rows == 0 else torch.empty
+    grad_x = [new(h.x.shape, dtype=torch.float32, device=device) if h.need_x else None for h in heads]
     accum = accum_dtype or torch.float32
-    grad_w = [torch.zeros(h.weight.shape, dtype=accum, device=device) if h.need_w else None for h in heads]
+    grad_w = [new(h.weight.shape, dtype=accum, device=device) if h.need_w else None for h in heads]
     for start in range(0, n_rows, rows):
         end = min(start + rows, n_rows)
         logits = []

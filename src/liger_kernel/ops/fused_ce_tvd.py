@@ -46,6 +46,14 @@ from liger_kernel.utils import use_triton
 
 
 @triton.jit
+def _probs_and_sign(zs_row, zt_row, cols, mask, lse_s, lse_t):
+    """A block's ``p``, ``q`` (0 on masked lanes) and ``sign(p - q)`` (0 where equal)."""
+    p = tl.exp(tl.load(zs_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_s)
+    q = tl.exp(tl.load(zt_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_t)
+    return p, q, tl.where(p > q, 1.0, tl.where(p < q, -1.0, 0.0))
+
+
+@triton.jit
 def _ce_tvd_rows_kernel(
     zs_ptr,  # [R, V] student logits, unit column stride
     stride_s,
@@ -82,12 +90,8 @@ def _ce_tvd_rows_kernel(
         sigma_q = tl.zeros([BLOCK], tl.float32)
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
-            mask = cols < n_cols
-            p = tl.exp(tl.load(zs_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_s)
-            q = tl.exp(tl.load(zt_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_t)
-            diff = p - q
-            s = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
-            tvd += 0.5 * tl.abs(diff)
+            p, q, s = _probs_and_sign(zs_row, zt_row, cols, cols < n_cols, lse_s, lse_t)
+            tvd += 0.5 * tl.abs(p - q)
             sigma_p += s * p
             sigma_q += s * q
         ce = lse_s - tl.load(zs_row + y).to(tl.float32)
@@ -107,10 +111,7 @@ def _ce_tvd_rows_kernel(
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             mask = cols < n_cols
-            p = tl.exp(tl.load(zs_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_s)
-            q = tl.exp(tl.load(zt_row + cols, mask=mask, other=float("-inf")).to(tl.float32) - lse_t)
-            diff = p - q
-            s = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
+            p, q, s = _probs_and_sign(zs_row, zt_row, cols, mask, lse_s, lse_t)
             if GRAD_S:
                 grad = g_ce * (p - tl.where(cols == y, 1.0, 0.0)) + g_tvd * p * (s - sigma_p)
                 tl.store(dzs_ptr + row * stride_dzs + cols, grad.to(dzs_ptr.dtype.element_ty), mask=mask)

@@ -50,7 +50,7 @@ from liger_kernel.ops.divergence import (
     student_grads,
     valid_rows,
 )
-from liger_kernel.ops.jsd import JSD_IMPLS, jsd_core
+from liger_kernel.ops.jsd import check_jsd_options, jsd_core
 from liger_kernel.ops.kl_div import compute_dtype
 from liger_kernel.ops.utils import fallback_backward
 from liger_kernel.utils import use_triton
@@ -184,12 +184,7 @@ def check_fljsd_inputs(student_input, student_weight, teacher_input, teacher_wei
             f"`student_input` has {n_rows} rows but `teacher_input` has "
             f"{teacher_input.numel() // teacher_input.shape[-1]}: one teacher row per student row."
         )
-    if not 0.0 <= jsd_beta <= 1.0:
-        raise ValueError(f"`jsd_beta` must be in [0, 1], got {jsd_beta}.")
-    if jsd_impl not in JSD_IMPLS:
-        raise ValueError(f"`jsd_impl` must be None, 'triton' or 'torch'; got {jsd_impl!r}.")
-    if jsd_mode is not None:
-        raise ValueError(f"`jsd_mode` must be None (the kernels have one, exact, mode); got {jsd_mode!r}.")
+    check_jsd_options("jsd_beta", jsd_beta, jsd_impl, jsd_mode)
     check_accum_dtype(accum_dtype)
     labels = check_labels(shift_labels, n_rows, {"student_input": student_input, "teacher_input": teacher_input})
     return labels, check_temperature(temperature)

@@ -78,14 +78,18 @@ def check_jsd_inputs(_input, target, shift_labels, beta, jsd_impl, jsd_mode):
     check_pair("input", _input, "target", target)
     if _input.dim() < 1:
         raise ValueError("`input` must have a class dimension: [BT, V] log-probabilities.")
+    check_jsd_options("beta", beta, jsd_impl, jsd_mode)
+    n_rows = _input.numel() // max(_input.shape[-1], 1)
+    return check_labels(shift_labels, n_rows, {"input": _input})
+
+
+def check_jsd_options(beta_name: str, beta, jsd_impl, jsd_mode) -> None:
     if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"`beta` must be in [0, 1], got {beta}.")
+        raise ValueError(f"`{beta_name}` must be in [0, 1], got {beta}.")
     if jsd_impl not in JSD_IMPLS:
         raise ValueError(f"`jsd_impl` must be None, 'triton' or 'torch'; got {jsd_impl!r}.")
     if jsd_mode is not None:
         raise ValueError(f"`jsd_mode` must be None (the kernels have one, exact, mode); got {jsd_mode!r}.")
-    n_rows = _input.numel() // max(_input.shape[-1], 1)
-    return check_labels(shift_labels, n_rows, {"input": _input})
 
 
 def runs_kernels(_input, target, impl) -> bool:
