@@ -26,7 +26,7 @@ def run(fn, args, upstream=None):
     if upstream is None:
         upstream = torch.randn(out.shape, device=DEVICE, dtype=torch.float64) * 0.7 + 0.2
     wanted = [a for a in args if is_float(a) and a.requires_grad]
-    grads = torch.autograd.grad(out, wanted, upstream.to(out.dtype)) if wanted else []
+    grads = torch.autograd.grad(out, wanted, upstream.to(out.dtype), materialize_grads=True) if wanted else []
     return out, upstream, list(grads)
 
 

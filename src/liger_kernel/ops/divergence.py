@@ -39,7 +39,8 @@ KL_LOG_REV = tl.constexpr(2)
 JSD_MIXTURE = tl.constexpr(3)
 TVD = tl.constexpr(4)
 
-# Column block of the row kernels (fp32 math on 2 inputs and up to 2 gradients per element).
+# Column block of the row kernels (fp32 math on 2 inputs and up to 2 gradients per element); read
+# at each launch (the tests narrow it to run the multi-block loops on small rows).
 MAX_BLOCK = 4096
 # Token-chunk budget of the fused-head losses: fp32 logits of every head plus the dlogits of the
 # trained ones. 1 GiB is 2 x 4 + 2 bytes over 128256 columns x 832 rows.
@@ -113,7 +114,7 @@ def divergence_rows_kernel(
     """One program per row, one pass: the loss (row sum or per element) and/or the gradients."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
-    keep = True
+    keep = row >= 0  # all rows count (a tensor, as with labels)
     if HAS_LABEL:
         keep = tl.load(label_ptr + row) != ignore_index
     if (GRAD_X or GRAD_Y) and not ELEMENTWISE:
@@ -350,13 +351,13 @@ def as_flat_rows(t: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def row_logsumexp(z_row, n_cols, inv_temp, BLOCK: tl.constexpr):
-    """Log-sum-exp of one fp32 logit row times ``inv_temp`` (online, one exp per element)."""
+    """Log-sum-exp of one logit row (any float dtype, in fp32) times ``inv_temp`` (online, one exp per element)."""
     offs = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], -1e30, tl.float32)
     d = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
-        z = tl.load(z_row + cols, mask=cols < n_cols, other=float("-inf")) * inv_temp
+        z = tl.load(z_row + cols, mask=cols < n_cols, other=float("-inf")).to(tl.float32) * inv_temp
         m, d = online_logsumexp_step(z, m, d)
     return finish_logsumexp(m, d)
 
@@ -373,7 +374,7 @@ def logits_rows_launch(kernel, n_rows: int, n_cols: int, *args, **constexprs) ->
     """Launch a fused-head row kernel on ``n_rows`` rows of ``n_cols`` logits."""
     if n_rows == 0 or n_cols == 0:
         return
-    block = min(4096, next_power_of_2(n_cols))
+    block = min(MAX_BLOCK, next_power_of_2(n_cols))
     kernel[(n_rows,)](*args, BLOCK=block, num_warps=16 if block >= 4096 else 8 if block >= 1024 else 4, **constexprs)
 
 
