@@ -330,3 +330,12 @@ def test_torch_impl_runs_the_references(monkeypatch):
         out, upstream, grads = run(fn, copies([xs, ws]))
         ref, _, ref_grads = run(reference, copies([xs, ws]), upstream)
         assert torch.equal(out, ref) and all(torch.equal(a, b) for a, b in zip(grads, ref_grads))
+
+
+def test_torch_impl_runs_the_reference_of_ce_tvd(monkeypatch):
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    zs, zt = randn(7, 37, dtype=torch.bfloat16, requires_grad=True), randn(7, 37, dtype=torch.bfloat16)
+    target = labels_with_ignored(7, n_classes=37)
+    out, upstream, grads = run(lambda a: sum(LigerFusedCETVDFunction.apply(a, zt, target)), copies([zs]))
+    ref, _, ref_grads = run(lambda a: sum(fused_ce_tvd_reference(a, zt, target)), copies([zs]), upstream)
+    assert torch.equal(out, ref) and torch.equal(grads[0], ref_grads[0])

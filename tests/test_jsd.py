@@ -123,3 +123,25 @@ def test_bad_arguments_name_themselves(kwargs, error, match):
     args = {"shift_labels": None, "beta": 0.5, "ignore_index": IGNORE, "jsd_impl": None, "jsd_mode": None} | kwargs
     with pytest.raises(error, match=match):
         LigerJSDFunction.apply(log_q, log_p, *args.values())
+
+
+def test_strided_and_float64_inputs():
+    """A column slice (row stride past the row width) runs the kernels on a view; float64 inputs
+    run the reference in float64."""
+    wide_q, wide_p = jsd_inputs((7, 50), torch.float32)
+    labels = labels_with_ignored(7)
+    check_parity(
+        "jsd strided",
+        lambda q, p: LigerJSDFunction.apply(q[:, :37], p[:, 5:42], labels, 0.4),
+        lambda q, p: jsd_reference(q[:, :37], p[:, 5:42], labels, 0.4),
+        [wide_q, wide_p],
+        torch.float32,
+    )
+    log_q, log_p = jsd_inputs((7, 37), torch.float64)
+    check_parity(
+        "jsd fp64",
+        lambda q, p: LigerJSDFunction.apply(q, p, labels),
+        lambda q, p: jsd_reference(q, p, labels),
+        [log_q, log_p],
+        torch.float64,
+    )
