@@ -118,7 +118,7 @@ def divergence_rows_kernel(
     if HAS_LABEL:
         keep = tl.load(label_ptr + row) != ignore_index
     if (GRAD_X or GRAD_Y) and not ELEMENTWISE:
-        g = tl.load(g_ptr)
+        g_row = tl.where(keep, tl.load(g_ptr), 0.0)
     total = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_cols, BLOCK):
         cols = start + offs
@@ -134,8 +134,9 @@ def divergence_rows_kernel(
                 total += loss
         if GRAD_X or GRAD_Y:
             if ELEMENTWISE:
-                g = tl.load(g_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
-            g = tl.where(keep, g, 0.0)
+                g = tl.where(keep, tl.load(g_ptr + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32), 0.0)
+            else:
+                g = g_row
             if GRAD_X:
                 tl.store(gx_ptr + row * stride_gx + cols, (gx * g).to(gx_ptr.dtype.element_ty), mask=mask)
             if GRAD_Y:
