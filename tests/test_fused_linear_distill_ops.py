@@ -50,8 +50,10 @@ TEMPERATURE = 2.0
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of a few tokens, so the chunk loop and the gradient accumulation run several times."""
+    """Chunks of a few tokens, so the chunk loop and the gradient accumulation run several times,
+    into weight-gradient blocks of a few vocabulary rows."""
     monkeypatch.setattr(divergence, "CHUNK_BUDGET_BYTES", 2 * SMALL[3] * 14)
+    monkeypatch.setattr(divergence, "W_BLOCK_BYTES", 10 * SMALL[1] * 4)
 
 
 def head(n, hidden, vocab, dtype, requires_grad=True):

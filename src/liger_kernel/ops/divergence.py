@@ -43,8 +43,14 @@ TVD = tl.constexpr(4)
 # at each launch (the tests narrow it to run the multi-block loops on small rows).
 MAX_BLOCK = 4096
 # Token-chunk budget of the fused-head losses: fp32 logits of every head plus the dlogits of the
-# trained ones. 1 GiB is 2 x 4 + 2 bytes over 128256 columns x 832 rows.
-CHUNK_BUDGET_BYTES = 1024 * 2**20
+# trained ones. 512 MiB is 2 x 4 + 2 bytes over 128256 columns x 384 rows (22 chunks at 8192
+# tokens): beside the 2 GiB fp32 weight-gradient accumulator of a 128256 x 4096 head, the peak
+# stays under Liger Kernel 0.8.5's 3.06 GB for its fused linear JSD at that shape.
+CHUNK_BUDGET_BYTES = 512 * 2**20
+# The fp32 weight-gradient accumulator is kept in vocabulary blocks of this many bytes, rounded to
+# the weight's dtype and freed one at a time: the rounding then needs 1/8 of the bf16 gradient
+# beside the fp32 one (2.2 GB at 128256 x 4096), not all of it (3.2 GB).
+W_BLOCK_BYTES = 256 * 2**20
 REDUCTIONS = ("none", "sum", "mean", "batchmean")
 
 
@@ -285,9 +291,10 @@ def head_chunks(heads, run_rows, accum_dtype=None, budget=None):
     """The token-chunk loop of the module docstring. ``run_rows(start, end, logits, dlogits)`` gets
     each head's fp32 ``[n, V]`` logits of tokens ``start:end`` and, for each head that needs a
     gradient, an ``[n, V]`` buffer in its matmul dtype to write ``dloss/dlogits`` into (None
-    otherwise). Returns ``(grad_x, grad_w)``, one entry per head: the fp32 input gradient and the
-    weight gradient in ``accum_dtype`` (None: fp32), or None where the head does not need it.
-    ``budget``: bytes of one chunk's buffers (None: ``CHUNK_BUDGET_BYTES``)."""
+    otherwise). Returns ``(grad_x, grad_w)``, one entry per head: the fp32 input gradient, and the
+    weight gradient in ``accum_dtype`` (None: fp32) as a list of vocabulary blocks (see
+    ``rounded``), or None where the head does not need it. ``budget``: bytes of one chunk's buffers
+    (None: ``CHUNK_BUDGET_BYTES``)."""
     n_rows = heads[0].x.shape[0]
     n_vocab = heads[0].weight.shape[0]
     device = heads[0].x.device
@@ -299,7 +306,11 @@ def head_chunks(heads, run_rows, accum_dtype=None, budget=None):
     new = torch.zeros if n_rows == 0 else torch.empty
     grad_x = [new(h.x.shape, dtype=torch.float32, device=device) if h.need_x else None for h in heads]
     accum = accum_dtype or torch.float32
-    grad_w = [new(h.weight.shape, dtype=accum, device=device) if h.need_w else None for h in heads]
+    spans = [vocab_blocks(n_vocab, h.weight.shape[1]) for h in heads]
+    grad_w = [
+        [new(hi - lo, h.weight.shape[1], dtype=accum, device=device) for lo, hi in span] if h.need_w else None
+        for h, span in zip(heads, spans)
+    ]
     for start in range(0, n_rows, rows):
         end = min(start + rows, n_rows)
         logits = []
@@ -313,8 +324,30 @@ def head_chunks(heads, run_rows, accum_dtype=None, budget=None):
             if head.need_x:
                 mm_fp32(dlogits[i], head.weight, grad_x[i][start:end])
             if head.need_w:
-                accumulate_mm(grad_w[i], dlogits[i].t(), head.x[start:end], first=start == 0)
+                for (lo, hi), block in zip(spans[i], grad_w[i]):
+                    accumulate_mm(block, dlogits[i][:, lo:hi].t(), head.x[start:end], first=start == 0)
     return grad_x, grad_w
+
+
+def vocab_blocks(n_vocab: int, hidden: int):
+    """``[(lo, hi)]``: the vocabulary rows of each block of the fp32 weight-gradient accumulator."""
+    size = split_size(n_vocab, hidden * 4, W_BLOCK_BYTES)
+    return [(lo, min(lo + size, n_vocab)) for lo in range(0, n_vocab, size)]
+
+
+def rounded(grad, dtype, shape, grad_output=None):
+    """A stored gradient, a tensor or a list of row blocks (emptied as it goes, so each fp32 block
+    is freed once rounded), times the scalar ``grad_output`` when given (no work where it is exactly
+    1), rounded once to ``dtype`` and viewed as ``shape``."""
+    blocks = grad if isinstance(grad, list) else [grad]
+    parts = []
+    while blocks:
+        block = blocks.pop(0)
+        if grad_output is not None:
+            scale_by_upstream(block.view(-1, block.shape[-1]), grad_output, per_row=False)
+        parts.append(block.to(dtype))
+        del block
+    return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(shape)
 
 
 def check_head(name_x: str, x, name_w: str, weight) -> None:
@@ -380,17 +413,12 @@ def logits_rows_launch(kernel, n_rows: int, n_cols: int, *args, **constexprs) ->
 
 
 def scaled_grads(grads, like, grad_output):
-    """Each stored gradient (fp32 or the accumulation dtype, 2-D) times the scalar upstream
-    gradient (no work where it is exactly 1), then rounded once to its argument's ``(dtype, shape)``;
-    the buffers are released as they go."""
+    """Each stored gradient (see ``rounded``) times the scalar upstream gradient, rounded once to its
+    argument's ``(dtype, shape)`` in ``like``; ``grads`` is emptied, so the buffers go as they are used."""
     out = []
     for i, (dtype, shape) in enumerate(like):
-        grad = grads[i]
-        grads[i] = None
-        if grad is not None:
-            scale_by_upstream(grad, grad_output, per_row=False)
-            grad = grad.to(dtype).view(shape)
-        out.append(grad)
+        grad, grads[i] = grads[i], None
+        out.append(None if grad is None else rounded(grad, dtype, shape, grad_output))
     return tuple(out)
 
 

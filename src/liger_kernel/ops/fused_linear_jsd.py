@@ -116,8 +116,8 @@ def _fused_jsd_rows_kernel(
 
 
 def fused_linear_jsd_core(heads, labels, beta, ignore_index, temperature, accum_dtype):
-    """Loss (fp32, 0-dim) and, for an upstream gradient of 1, ``(grad_x, grad_w)`` per head (fp32;
-    ``grad_w`` in ``accum_dtype`` when given; None where not needed). ``heads``: student, teacher."""
+    """Loss (fp32, 0-dim) and, for an upstream gradient of 1, ``(grad_x, grad_w)`` per head as
+    ``head_chunks`` returns them (None where not needed). ``heads``: student, teacher."""
     student, teacher = heads
     n_rows, n_vocab = student.x.shape[0], student.weight.shape[0]
     device = student.x.device

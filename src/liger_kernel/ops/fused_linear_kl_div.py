@@ -46,6 +46,7 @@ from liger_kernel.ops.divergence import (
     masked_rows,
     reduction_divisor,
     reference_outputs,
+    rounded,
     scale_in_place,
     scaled_grads,
     store_rounded,
@@ -111,7 +112,7 @@ def _fused_kl_rows_kernel(
 def fused_kl_chunks(x, weight, target2, row_scale, needs, temperature, eps, accum_dtype):
     """The chunk loop: ``(loss_rows, grad_x, grad_w, grad_target)``, loss rows fp32 and unmasked;
     gradients (where ``needs`` asks) times ``row_scale`` [N] per row: fp32 input gradient, weight
-    gradient in ``accum_dtype`` (None: fp32), target gradient in its dtype."""
+    gradient blocks in ``accum_dtype`` (None: fp32; see ``head_chunks``), target gradient in its dtype."""
     n_rows, n_vocab = x.shape[0], weight.shape[0]
     loss_rows = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     grad_t = empty_output(target2.shape, target2) if needs[2] else None
@@ -241,7 +242,7 @@ class LigerFusedLinearKLDivFunction(RemembersGradMode):
         _, grad_x, grad_w, grad_t = fused_kl_chunks(x, weight, target2, row_factor * g, ctx.needs, *ctx.options)
         grads = [grad_x, grad_w, grad_t]
         return one_grad_per_argument(
-            tuple(None if t is None else t.to(dtype).view(shape) for t, (dtype, shape) in zip(grads, ctx.like)), 9
+            tuple(None if t is None else rounded(t, dtype, shape) for t, (dtype, shape) in zip(grads, ctx.like)), 9
         )
 
 
