@@ -110,8 +110,121 @@ def module_class(path, name, init, forward):
     return [(path, name, "__init__", init), (path, name, "forward", forward)]
 
 
+# Issue 12 (item 2): the divergence losses, their fused-head forms and their ops names (§1.3, §1.6, §5.2).
+FLJSD_ARGS = "shift_labels=None, jsd_beta=0.5, ignore_index=-100, temperature=1.0, accum_dtype=None"
+FLKL_ARGS = "shift_labels=None, reduction='batchmean', ignore_index=-100, temperature=1.0, eps=1e-10, accum_dtype=None"
+DIVERGENCE = [
+    *module_class(T, "LigerKLDIVLoss", "(eps=1e-10, *args, **kwargs)", "(y_pred, y_true)"),
+    *module_class(T, "LigerJSD", "(beta=0.5, ignore_index=-100)", "(log_q, log_p, shift_labels=None)"),
+    *module_class(T, "LigerTVDLoss", "(reduction='batchmean', ignore_index=-100)", "(p, q, shift_labels=None)"),
+    *module_class(
+        T,
+        "LigerFusedLinearJSD",
+        "(jsd_beta=0.5, ignore_index=-100, temperature=1.0, accum_dtype=None)",
+        "(student_input, student_weight, teacher_input, teacher_weight, shift_labels)",
+    ),
+    *module_class(
+        T,
+        "LigerFusedLinearKLDivLoss",
+        "(reduction='batchmean', ignore_index=-100, temperature=1.0, eps=1e-10, accum_dtype=None)",
+        "(student_input, student_weight, target, shift_labels=None)",
+    ),
+    *module_class(T, "LigerFusedCETVDLoss", "(ignore_index=-100)", "(student_logits, teacher_logits, target)"),
+    (
+        f"{T}.functional",
+        "liger_kl_div",
+        None,
+        "(input, target, size_average=True, reduce=True, reduction='mean', log_target=False, eps=1e-10)",
+    ),
+    (f"{T}.functional", "liger_jsd", None, "(input, target, shift_labels=None, beta=0.5, ignore_index=-100)"),
+    (f"{T}.functional", "liger_tvd", None, "(input, target, shift_labels=None, reduction='mean', ignore_index=-100)"),
+    (
+        f"{T}.functional",
+        "liger_fused_linear_jsd",
+        None,
+        f"(student_input, student_weight, teacher_input, teacher_weight, {FLJSD_ARGS})",
+    ),
+    (f"{T}.functional", "liger_fused_linear_kl_div", None, f"(student_input, student_weight, target, {FLKL_ARGS})"),
+    *[
+        entry
+        for module, name, member, spec in [
+            (
+                "kl_div",
+                "LigerKLDivLossFunction",
+                "forward",
+                "(y_pred, y_true, reduction='batchmean', log_target=False, eps=1e-10)",
+            ),
+            (
+                "jsd",
+                "LigerJSDFunction",
+                "forward",
+                "(_input, target, shift_labels=None, beta=0.5, ignore_index=-100, jsd_impl=None, jsd_mode=None)",
+            ),
+            (
+                "jsd",
+                "jsd_forward",
+                None,
+                "(_input, target, shift_labels, beta, ignore_index, has_label, jsd_impl=None, jsd_mode=None)",
+            ),
+            ("jsd", "jsd_backward", None, "(dX, grad_output)"),
+            (
+                "tvd",
+                "LigerTVDLossFunction",
+                "forward",
+                "(p, q, shift_labels=None, reduction='batchmean', ignore_index=-100)",
+            ),
+            (
+                "fused_linear_jsd",
+                "LigerFusedLinearJSDFunction",
+                "forward",
+                f"(student_input, student_weight, teacher_input, teacher_weight, {FLJSD_ARGS}, jsd_impl=None,"
+                " jsd_mode=None)",
+            ),
+            (
+                "fused_linear_jsd",
+                "fused_linear_jsd_forward",
+                None,
+                "(student_input, student_weight, teacher_input, teacher_weight, shift_labels, jsd_beta, ignore_index,"
+                " has_label, temperature, jsd_impl=None, jsd_mode=None, accum_dtype=None)",
+            ),
+            ("fused_linear_jsd", "fused_linear_jsd_backward", None, "(grad_output, grad_input, grad_weight)"),
+            (
+                "fused_linear_kl_div",
+                "LigerFusedLinearKLDivFunction",
+                "forward",
+                f"(student_input, student_weight, target, {FLKL_ARGS})",
+            ),
+            (
+                "fused_linear_kl_div",
+                "fused_linear_kl_div_forward",
+                None,
+                "(student_input, student_weight, target, shift_labels, reduction, ignore_index, has_label, temperature,"
+                " eps, accum_dtype=None)",
+            ),
+            ("fused_linear_kl_div", "fused_linear_kl_div_backward", None, "(grad_output, grad_input, grad_weight)"),
+            (
+                "fused_ce_tvd",
+                "LigerFusedCETVDFunction",
+                "forward",
+                "(student_logits, teacher_logits, target, ignore_index=-100)",
+            ),
+            ("fused_ce_tvd", "fused_ce_tvd_forward", None, "(student_logits, teacher_logits, target, ignore_index)"),
+            (
+                "fused_ce_tvd",
+                "fused_ce_tvd_backward",
+                None,
+                "(grad_ce, grad_tvd, student_logits, teacher_logits, target, student_lse, teacher_lse, sigma,"
+                " ignore_index)",
+            ),
+        ]
+        for entry in ((OPS, name, member, spec), (f"{OPS}.{module}", name, member, spec))
+    ],
+]
+
+
 # (module path, name, member, peer signature or None for presence only)
 NAMES = [
+    *DIVERGENCE,
     # §1.1 the package: the implementation switch and the functional API
     ("liger_kernel", "set_impl", None, "(name)"),
     ("liger_kernel", "get_impl", None, "()"),
@@ -624,8 +737,7 @@ EXCLUDED = {
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
     f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerReLUSquared, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
-    f"{T}: LigerKLDIVLoss, LigerJSD, LigerTVDLoss, LigerFusedLinearJSD, LigerFusedLinearKLDivLoss, LigerFusedCETVDLoss,"
-    " LigerVocabParallelCrossEntropy": "distillation / tensor-parallel losses not built yet",
+    f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
     f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
     f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
         "llama4 / Qwen2-VL RoPE variants: new families"
@@ -639,9 +751,8 @@ EXCLUDED = {
     f"{T}.functional: liger_dyt, liger_fused_add_rms_norm, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
     " liger_relu_squared, liger_softmax, liger_sparsemax, liger_multi_token_attention,"
     " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*, liger_qwen2vl_mrope": "ops not built yet",
-    f"{T}.functional: liger_jsd, liger_kl_div, liger_tvd, liger_fused_linear_jsd, liger_fused_linear_kl_div,"
-    " liger_fused_linear_scaled_cross_entropy_tp": "distillation / tensor-parallel losses not built yet",
-    f"{OPS}: the other 43 names of §1.6 (GRPO, JSD, KL, TVD, DyT, group/poly/modulated norms, softmax, sparsemax,"
+    f"{T}.functional: liger_fused_linear_scaled_cross_entropy_tp": "tensor-parallel loss not built yet",
+    f"{OPS}: the other 29 names of §1.6 (GRPO, DyT, group/poly/modulated norms, softmax, sparsemax,"
     " attention, MHC, llama4/mrope RoPE, tiled and fully fused MLP (LigerMLPFunction), vocab-parallel CE)": (
         "ops not built yet"
     ),

@@ -33,6 +33,20 @@ _NAMES = {
     "LigerFusedGateUpSiLUMulFunction": "swiglu",
     "swiglu_forward": "swiglu",
     "swiglu_backward": "swiglu",
+    "LigerKLDivLossFunction": "kl_div",
+    "LigerJSDFunction": "jsd",
+    "jsd_forward": "jsd",
+    "jsd_backward": "jsd",
+    "LigerTVDLossFunction": "tvd",
+    "LigerFusedLinearJSDFunction": "fused_linear_jsd",
+    "fused_linear_jsd_forward": "fused_linear_jsd",
+    "fused_linear_jsd_backward": "fused_linear_jsd",
+    "LigerFusedLinearKLDivFunction": "fused_linear_kl_div",
+    "fused_linear_kl_div_forward": "fused_linear_kl_div",
+    "fused_linear_kl_div_backward": "fused_linear_kl_div",
+    "LigerFusedCETVDFunction": "fused_ce_tvd",
+    "fused_ce_tvd_forward": "fused_ce_tvd",
+    "fused_ce_tvd_backward": "fused_ce_tvd",
 }
 
 __all__ = list(_NAMES)
