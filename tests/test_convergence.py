@@ -46,7 +46,52 @@ FAMILY_CONFIG = {
     "gemma2": {"final_logit_softcapping": 2.0},
     "gemma3_text": {"final_logit_softcapping": 2.0, "sliding_window": 8},
     "granite": {"logits_scaling": 4.0},
+    # One gated-DeltaNet (linear attention) layer and one attention layer.
+    "qwen3_5": {
+        "layer_types": ["linear_attention", "full_attention"],
+        "linear_num_value_heads": 2,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+    },
+    "qwen3_next": {
+        "num_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": INTERMEDIATE // 2,
+        "shared_expert_intermediate_size": INTERMEDIATE // 2,
+        "mlp_only_layers": [0],  # the dense Qwen3NextMLP next to the experts' shared one
+        "output_router_logits": True,
+        "layer_types": ["linear_attention", "full_attention"],
+        "linear_num_value_heads": 2,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+    },
+    # Multipliers away from 1, so a misplaced one shows (the MLP's and the head's).
+    "falcon_h1": {
+        "mlp_multipliers": [0.7, 1.3],
+        "lm_head_multiplier": 0.6,
+        "mamba_d_ssm": 32,
+        "mamba_n_heads": 4,
+        "mamba_d_head": 8,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 4,
+    },
+    # The last layer reuses the second's KV cache and so has a double-wide MLP; a bending softcap.
+    "gemma4_text": {
+        "final_logit_softcapping": 2.0,
+        "sliding_window": 8,
+        "num_hidden_layers": 3,
+        "layer_types": ["sliding_attention", "full_attention", "full_attention"],
+        "num_kv_shared_layers": 1,
+        "use_double_wide_mlp": True,
+        "hidden_size_per_layer_input": 8,
+        "vocab_size_per_layer_input": VOCAB,
+        "global_head_dim": HIDDEN // HEADS,
+    },
 }
+# The config a family's causal LM is built from, where the table key names the multimodal one.
+CONFIG_TYPE = {"qwen3_5": "qwen3_5_text"}
 
 
 def make_config(model_type, **overrides):
@@ -67,7 +112,7 @@ def make_config(model_type, **overrides):
         experts_implementation="eager",  # the grouped-matmul path has no float64 reference run
     )
     kwargs.update(FAMILY_CONFIG.get(model_type, {}), **overrides)
-    return AutoConfig.for_model(model_type, **kwargs)
+    return AutoConfig.for_model(CONFIG_TYPE.get(model_type, model_type), **kwargs)
 
 
 @pytest.fixture(autouse=True)

@@ -187,6 +187,29 @@ def test_instance_patch_output_matches_stock():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_qwen3_5_vision_language_model_and_text_alias():
+    """``qwen3_5`` (the vision-language model) and ``qwen3_5_text`` share one apply function. On the
+    vision-language model the decoder's norms and MLPs (the text classes) are converted; the vision
+    tower and the multimodal forward stay stock, and the output is stock's."""
+    assert mp.MODEL_TYPE_TO_APPLY_LIGER_FN["qwen3_5_text"] is apply_fn("qwen3_5")
+    text = tiny_config("qwen3_5").to_dict()
+    vision = dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=32, patch_size=4)
+    torch.manual_seed(0)
+    model = transformers.Qwen3_5ForConditionalGeneration(
+        AutoConfig.for_model("qwen3_5", text_config=text, vision_config=vision)
+    )
+    n_norms, n_mlps = count_converted(model, "qwen3_5")[2:]
+    ids = torch.randint(3, 97, (2, 5))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        mp._apply_liger_kernel_to_instance(model)
+        got = model(input_ids=ids).logits
+    assert count_converted(model, "qwen3_5") == (n_norms, n_mlps, 0, 0) and n_norms >= 5 and n_mlps == 2
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    revert_fn("qwen3_5")(model=model)
+    assert count_converted(model, "qwen3_5") == (0, 0, n_norms, n_mlps)
+
+
 def test_peft_wrapped_model():
     peft = pytest.importorskip("peft")
     model = peft.get_peft_model(tiny_model("llama"), peft.LoraConfig(r=2, target_modules=["q_proj", "up_proj"]))
