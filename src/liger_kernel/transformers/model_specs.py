@@ -2,7 +2,8 @@
 
 Each entry names what the patcher swaps in ``transformers.models.<m>.modeling_<m>`` and the
 numerics our kernels must reproduce there. Adding a family is adding an entry here (and a
-convergence test), never writing a new patch function or forward.
+convergence test), never writing a new patch function or forward. Every class and function an
+entry names exists in transformers 5.17 (the GPU image) and 5.24 (checked in both wheels).
 """
 
 from dataclasses import dataclass
