@@ -46,9 +46,9 @@ FAMILY_CONFIG = {
     "gemma2": {"final_logit_softcapping": 2.0},
     "gemma3_text": {"final_logit_softcapping": 2.0, "sliding_window": 8},
     "granite": {"logits_scaling": 4.0},
-    # One gated-DeltaNet (linear attention) layer and one attention layer.
+    # Gated-DeltaNet (linear attention) layers alternating with attention layers.
     "qwen3_5": {
-        "layer_types": ["linear_attention", "full_attention"],
+        "layer_types": ["linear_attention", "full_attention"] * (LAYERS // 2),
         "linear_num_value_heads": 2,
         "linear_num_key_heads": 2,
         "linear_key_head_dim": 8,
@@ -61,7 +61,7 @@ FAMILY_CONFIG = {
         "shared_expert_intermediate_size": INTERMEDIATE // 2,
         "mlp_only_layers": [0],  # the dense Qwen3NextMLP next to the experts' shared one
         "output_router_logits": True,
-        "layer_types": ["linear_attention", "full_attention"],
+        "layer_types": ["linear_attention", "full_attention"] * (LAYERS // 2),
         "linear_num_value_heads": 2,
         "linear_num_key_heads": 2,
         "linear_key_head_dim": 8,
