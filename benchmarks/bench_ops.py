@@ -265,6 +265,40 @@ class GeGLU(_Gated):
         return lambda a, b: F.gelu(a, approximate="tanh") * b  # GemmaMLP
 
 
+class ReLUSquared(Op):
+    """Nemotron's MLP activation on the up projection's output [tokens, intermediate]."""
+
+    name = "relu_squared"
+    title = "ReLU² relu(x)^2 (bf16), Nemotron-4 15B's intermediate 24576"
+
+    def sweeps(self, level):
+        cols = pick(level, 150, 24576, 24576)
+        rows = pick(level, (8, 24, 40), (2048, 8192, 16384), (2048, 4096, 8192, 16384))
+        return [Sweep("rows", "rows (tokens)", [(r, {"rows": r, "cols": cols}) for r in rows])]
+
+    def anchor(self, level):
+        return {"rows": pick(level, 24, 8192, 8192), "cols": pick(level, 150, 24576, 24576)}
+
+    def shape_str(self, p):
+        return f"{p['rows']}x{p['cols']}"
+
+    def floor(self, p):
+        # forward reads x and writes y; backward reads x, dy and writes dx: 5 passes
+        return "bytes", 5 * p["rows"] * p["cols"] * 2
+
+    def inputs(self, p, device):
+        shape = (p["rows"], p["cols"])
+        return [_randn(shape, device).requires_grad_()], [0], [_randn(shape, device)]
+
+    def eager(self, p):
+        return lambda x: F.relu(x).square()  # transformers' ReLUSquaredActivation
+
+    def liger(self, p, provider):
+        from liger_kernel.transformers.functional import liger_relu_squared
+
+        return liger_relu_squared
+
+
 class CrossEntropy(Op):
     name = "cross_entropy"
     title = "Cross-entropy on bf16 logits [tokens, vocab], mean reduction"
@@ -492,6 +526,7 @@ OPS = {
         Rope(),
         SwiGLU(),
         GeGLU(),
+        ReLUSquared(),
         CrossEntropy(),
         FusedLinearCrossEntropy(),
         JSD(),

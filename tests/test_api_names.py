@@ -42,6 +42,33 @@ FAMILIES = (
 
 APPLY = "(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None)"
 APPLY_GEGLU = "(rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None)"
+# The dense text families of issue 13 and Liger Kernel 0.8.5's signatures of their apply functions
+# (API_LIGER085.md §2.2); the per-family forward modules (§1.10) are the generic forward.
+APPLY_NO_ROPE = (
+    "(rope=False, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None)"
+)
+DENSE_FAMILIES = {
+    "exaone4": APPLY,
+    "falcon_h1": APPLY,
+    "gemma4_text": APPLY_NO_ROPE.replace("swiglu", "geglu"),
+    "glm4": APPLY_NO_ROPE,
+    "hunyuan_v1_dense": APPLY,
+    "nemotron": "(relu_squared=True, cross_entropy=False, fused_linear_cross_entropy=True, model=None, **kwargs)",
+    "olmo3": APPLY,
+    "qwen3_5": APPLY_NO_ROPE,
+    "qwen3_next": APPLY_NO_ROPE,
+}
+DENSE_FORWARDS = {  # module -> forward name
+    "exaone4": "lce_forward",
+    "falcon_h1": "lce_forward",
+    "gemma4": "causal_forward",
+    "glm4": "lce_forward",
+    "hunyuan_v1": "lce_forward",
+    "nemotron": "lce_forward",
+    "olmo3": "lce_forward",
+    "qwen3_5": "lce_forward",
+    "qwen3_next": "lce_forward",
+}
 LCE_FORWARD = (
     "accepts:(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,"
     " labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,"
@@ -288,6 +315,31 @@ NAMES = [
         if family != "granite"  # ours defaults to the fused loss: a deliberate difference (see its docstring)
     ],
     (T, "apply_liger_kernel_to_granite", None, None),
+    *[(T, f"apply_liger_kernel_to_{family}", None, spec) for family, spec in DENSE_FAMILIES.items()],
+    *[
+        (f"{T}.model.{module}", name, None, LCE_FORWARD_MOE if module == "qwen3_next" else LCE_FORWARD)
+        for module, name in DENSE_FORWARDS.items()
+    ],
+    *module_class(T, "LigerReLUSquared", "()", "(x)"),
+    *module_class(f"{T}.relu_squared", "LigerReLUSquared", "()", "(x)"),
+    (f"{T}.functional", "liger_relu_squared", None, "(x)"),
+    *[(path, "LigerReLUSquaredFunction", "forward", "(X)") for path in (OPS, f"{OPS}.relu_squared")],
+    *[(path, "relu_squared_forward", None, "(X)") for path in (OPS, f"{OPS}.relu_squared")],
+    *[(path, "relu_squared_backward", None, "(X, dY)") for path in (OPS, f"{OPS}.relu_squared")],
+    *module_class(
+        f"{T}.rms_norm",
+        "LigerRMSNormForGlm4",
+        "(hidden_size, eps=1e-06, offset=0.0, casting_mode='llama', init_fn='ones', in_place=False, row_mode=None)",
+        "(hidden_states)",
+    ),
+    *module_class(
+        f"{T}.rms_norm",
+        "LigerRMSNormForQwen3Next",
+        "(hidden_size, eps=1e-06, offset=1.0, casting_mode='gemma', init_fn='zeros', in_place=False, row_mode=None)",
+        "(hidden_states)",
+    ),
+    *module_class(f"{T}.swiglu", "LigerFalconH1SwiGLUMLP", "(config)", "(x)"),
+    *module_class(f"{T}.mlp", "LigerFalconH1MLP", "(config)", "(x)"),
     # §1.3 liger_kernel.transformers.functional
     (
         f"{T}.functional",
@@ -735,21 +787,20 @@ NAMES = [
 EXCLUDED = {
     "liger_kernel.chunked_loss: GRPO, JSD, cosine similarity and their bases (§1.5)": "built by other helpers",
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
-    f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerReLUSquared, LigerSoftmax,"
+    f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
     f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
     f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
     f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
         "llama4 / Qwen2-VL RoPE variants: new families"
     ),
-    f"{T}.rms_norm: LigerRMSNormForGlm4, LigerRMSNormForQwen3Next, LigerRMSNormForMuseGlimmer,"
-    " LigerRMSNormForMuseGlimmerTextCentered": "norms of families we do not patch yet",
-    f"{T}.swiglu: LigerFalconH1SwiGLUMLP, LigerSwiGLUMLPForMuseGlimmer; {T}.mlp.LigerFalconH1MLP": (
-        "MLPs of families we do not patch yet"
+    f"{T}.rms_norm: LigerRMSNormForMuseGlimmer, LigerRMSNormForMuseGlimmerTextCentered": (
+        "norms of families we do not patch yet"
     ),
-    f"{T}.apply_liger_kernel_to_* for the 31 other families": "new model families: later issues",
+    f"{T}.swiglu: LigerSwiGLUMLPForMuseGlimmer": "MLPs of families we do not patch yet",
+    f"{T}.apply_liger_kernel_to_* for the 22 other families": "new model families: later issues",
     f"{T}.functional: liger_dyt, liger_fused_add_rms_norm, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
-    " liger_relu_squared, liger_softmax, liger_sparsemax, liger_multi_token_attention,"
+    " liger_softmax, liger_sparsemax, liger_multi_token_attention,"
     " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*, liger_qwen2vl_mrope": "ops not built yet",
     f"{T}.functional: liger_fused_linear_scaled_cross_entropy_tp": "tensor-parallel loss not built yet",
     f"{OPS}: the other 29 names of §1.6 (GRPO, DyT, group/poly/modulated norms, softmax, sparsemax,"
@@ -759,7 +810,7 @@ EXCLUDED = {
     f"{OPS}.backends._triton/_cutile/_cutedsl/_ascend, {OPS}.cutile, {OPS}.cutedsl, {OPS}.cute, {OPS}.configure": (
         "alternative kernel implementations (cuTile, CuTe DSL, Ascend): the registry lists what exists"
     ),
-    f"{T}.model.<family> for the 31 other families, lce_forward_for_multimodal, gemma3.multimodal_forward,"
+    f"{T}.model.<family> for the 22 other families, lce_forward_for_multimodal, gemma3.multimodal_forward,"
     " output classes of multimodal families": "new model families: later issues",
 }
 
@@ -864,7 +915,7 @@ def test_names_are_listed_once():
 def test_every_family_is_covered():
     from liger_kernel.transformers.model_specs import MODEL_SPECS
 
-    assert set(MODEL_SPECS) == set(FAMILIES)
+    assert set(MODEL_SPECS) == set(FAMILIES) | set(DENSE_FAMILIES)
 
 
 # ----------------------------------------------------------------------------- the helpers work as callers use them

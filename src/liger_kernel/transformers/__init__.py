@@ -31,6 +31,7 @@ _LAZY = {
     "LigerFalconH1SwiGLUMLP": "swiglu",
     "LigerSwiGLUMLPForMuseGlimmer": "swiglu",
     "LigerMLP": "mlp",
+    "LigerReLUSquared": "relu_squared",
     "LigerFalconH1MLP": "mlp",
     "liger_rotary_pos_emb": "rope",
     "liger_rotary_pos_emb_gpt_oss": "rope",

@@ -10,6 +10,7 @@ from liger_kernel.ops.geglu import LigerGELUMulFunction
 from liger_kernel.ops.jsd import LigerJSDFunction
 from liger_kernel.ops.kl_div import LigerKLDivLossFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
@@ -31,6 +32,11 @@ def liger_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=No
 def liger_geglu(a, b):
     """``gelu_tanh(a) * b`` for tensors of one shape."""
     return LigerGELUMulFunction.apply(a, b)
+
+
+def liger_relu_squared(x):
+    """``relu(x) ** 2`` elementwise (Nemotron's MLP activation)."""
+    return LigerReLUSquaredFunction.apply(x)
 
 
 def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):

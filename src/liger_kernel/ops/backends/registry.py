@@ -34,6 +34,7 @@ OPS = (
     "jsd",
     "kl_div",
     "layer_norm",
+    "relu_squared",
     "rms_norm",
     "rope",
     "swiglu",
