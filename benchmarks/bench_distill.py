@@ -76,6 +76,8 @@ VARIANTS = {
     "chunked T32": dict(TEACHER_LOGITS_DTYPE=torch.float32),
     "chunked fwd": dict(REVERSE_MIDDLE_PASS=False),
     "chunked K1024 L512": dict(MIN_BLOCK_TOKENS=1, LOGITS_BUDGET_BYTES=512 * 2**20),
+    "chunked B8192": dict(BLOCK_COLS=8192),
+    "chunked B2048": dict(BLOCK_COLS=2048),
 }
 DEFAULTS = {}
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from parity import DEVICE, as64, assert_matches, randn
 
 import liger_kernel.chunked_loss.fused_linear_distillation as distill
+import liger_kernel.ops.jsd_distillation_rows as jsd_rows
 from liger_kernel.chunked_loss import LigerFusedLinearCosineSimilarityLoss, LigerFusedLinearJSDLoss
 from liger_kernel.chunked_loss.functional import liger_fused_linear_cosine, liger_fused_linear_jsd
 from liger_kernel.chunked_loss.fused_linear_distillation import LigerFusedLinearDistillationBase
@@ -135,6 +136,17 @@ def check_against_reference(kind, inputs, chunk_size=1024, grad_scale=1.0, **opt
 def test_jsd_matches_trl(dtype, beta):
     inputs = make_inputs(23, 12, 37, dtype, bias=True, ignored=(2, 9))
     check_against_reference("jsd", inputs, chunk_size=8, beta=beta)
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_jsd_rows_in_column_blocks(beta, reverse, monkeypatch):
+    """The row kernel's passes over several column blocks (16 of 41 columns: the last one partial),
+    the loss pass backwards or forwards, with a temperature (the cross-entropy's own log-sum-exp)."""
+    monkeypatch.setattr(jsd_rows, "BLOCK_COLS", 16)
+    monkeypatch.setattr(jsd_rows, "REVERSE_MIDDLE_PASS", reverse)
+    inputs = make_inputs(15, 10, 41, torch.bfloat16, bias=True, ignored=(3,))
+    check_against_reference("jsd", inputs, chunk_size=6, beta=beta, temperature=1.5)
 
 
 @pytest.mark.parametrize("min_block", [2048, 5])
