@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import POISON, as_rows, cdiv, check_float, check_same_device, next_power_of_2
+from liger_kernel.ops.utils import POISON, as_rows, cdiv, check_float, check_same_device, launch, next_power_of_2
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
@@ -647,13 +647,13 @@ def norm_forward(plan: NormPlan, X, W, B, eps: float, offset: float, casting: in
     Y = _empty_like(X)
     stats = torch.empty((plan.stats_rows, plan.n_rows), dtype=torch.float32, device=X.device)
     if plan.n_rows and plan.n_cols:
-        _norm_forward_kernel[plan.fwd_grid](
-            X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats,
+        tensors = (X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats)
+        scalars = (
             plan.x_stride or plan.n_cols, plan.n_rows, plan.n_cols, float(eps), float(offset),
             plan.is_rms, casting, W is not None, B is not None,
             plan.fwd_block_rows, plan.fwd_block_n, plan.fwd_block_n >= plan.n_cols,
-            num_warps=plan.fwd_warps,
         )  # fmt: skip
+        launch(_norm_forward_kernel, plan.fwd_grid, tensors, scalars, plan.fwd_warps)
     return Y, X_rows, stats
 
 
@@ -679,23 +679,23 @@ def norm_backward(plan: NormPlan, dY, X_rows, W, B, stats, offset: float, castin
     if dX.numel() == 0:
         partials = torch.zeros(n_sums, 1, n_cols, device=X_rows.device)
         return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
-    launch = plan.bwd
+    settings = plan.bwd
     # fp32 partials, [dW and/or dB] x [programs, H]: every program stores its row when it holds the
     # sums in registers; the looped path adds block by block into it, so it starts at zero.
     partials = X_rows
     if n_sums:
-        alloc = torch.empty if launch.single or launch.parts else torch.zeros
-        partials = alloc((n_sums, launch.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
-    args = (
-        dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials,
+        alloc = torch.empty if settings.single or settings.parts else torch.zeros
+        partials = alloc((n_sums, settings.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
+    tensors = (dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials)
+    scalars = (
         dy_stride, plan.x_stride or n_cols, n_cols, n_rows, n_cols, float(offset),
         plan.is_rms, casting, W is not None, need_dw, need_db,
     )  # fmt: skip
-    grid = (launch.n_programs,)
-    if launch.parts:
-        _norm_backward_parts_kernel[grid](*args, launch.block_n, launch.parts, num_warps=launch.num_warps)
+    if settings.parts:
+        kernel, scalars = _norm_backward_parts_kernel, (*scalars, settings.block_n, settings.parts)
     else:
-        _norm_backward_kernel[grid](*args, launch.block_rows, launch.block_n, launch.single, num_warps=launch.num_warps)
+        kernel, scalars = _norm_backward_kernel, (*scalars, settings.block_rows, settings.block_n, settings.single)
+    launch(kernel, (settings.n_programs,), tensors, scalars, settings.num_warps)
     return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
 
 

@@ -33,6 +33,7 @@ from liger_kernel.ops.utils import (
     empty_output,
     fallback_backward,
     fallback_forward,
+    launch,
     next_power_of_2,
 )
 from liger_kernel.utils import use_triton
@@ -139,9 +140,8 @@ def gated_forward(a, b, activation: str, gate_multiplier: float = 1.0, down_mult
     c = empty_output(a.shape, a)
     if c.numel():
         (a2, b2, c2), strides, n_cols, grid, per_row, block, warps = _layout(a, b, c)
-        _gated_forward_kernel[grid](
-            a2, b2, c2, *strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, block, num_warps=warps
-        )
+        scalars = (*strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, block)
+        launch(_gated_forward_kernel, grid, (a2, b2, c2), scalars, warps)
     return c
 
 
@@ -162,10 +162,8 @@ def gated_backward(
     views, strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b, da, db)
     if views[3] is not da and (views[3].data_ptr() != da.data_ptr() or views[4].data_ptr() != db.data_ptr()):
         raise ValueError("`da` and `db` must have row views (unit column stride, non-overlapping rows).")
-    _gated_backward_kernel[grid](
-        *views, *strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, store_c, block,
-        num_warps=warps,
-    )  # fmt: skip
+    scalars = (*strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, store_c, block)
+    launch(_gated_backward_kernel, grid, views, scalars, warps)
     return da, db
 
 

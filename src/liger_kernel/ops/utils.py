@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
+from triton.runtime import driver
 
-from liger_kernel.utils import infer_device, is_npu_available
+from liger_kernel.utils import infer_device, interpreting, is_npu_available
 
 # Widest row one program holds in registers at once; wider rows are processed in a loop.
 MAX_FUSED_SIZE = 65536
@@ -103,6 +104,69 @@ def empty_output(shape, like: torch.Tensor, dtype=None, strides=None) -> torch.T
     if POISON and out.is_floating_point():
         out.fill_(float("nan"))
     return out
+
+
+# ----------------------------------------------------------------------------- kernel launches
+
+# Compiled kernels by launch signature (see ``launch``): ``(kernel, compiled)``, compiled None for
+# a signature that launches through Triton every time (a backend other than CUDA).
+_COMPILED: dict = {}
+_MAX_COMPILED = 4096
+_DIRECT = not interpreting()
+_KNOBS = getattr(getattr(triton, "knobs", None), "runtime", None)  # Triton >= 3.4
+
+
+def _launch_hooks() -> tuple:
+    """The launch hooks Triton passes to a kernel's launcher (``CompiledKernel``'s in Triton 3.3)."""
+    holder = _KNOBS if hasattr(_KNOBS, "launch_enter_hook") else triton.compiler.CompiledKernel
+    return holder.launch_enter_hook, holder.launch_exit_hook
+
+
+def _direct_launcher(compiled):
+    """``compiled`` (what ``kernel[grid](...)`` returned) where its launcher can be called as
+    Triton 3.3-3.9 call it for CUDA, else None."""
+    target = getattr(getattr(compiled, "metadata", None), "target", None)
+    fields = ("run", "function", "packed_metadata", "launch_metadata")
+    if getattr(target, "backend", None) != "cuda" or not all(hasattr(compiled, f) for f in fields):
+        return None
+    return compiled
+
+
+def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) -> None:
+    """``kernel[grid](*tensors, *scalars, num_warps=num_warps)`` (tensors first in the kernel's
+    signature, then the other arguments, constexprs included), calling the compiled kernel's
+    launcher directly after the first launch of each signature.
+
+    ``kernel[grid](...)`` binds the arguments, specializes each and looks up the compiled kernel
+    on every call: 15-25 us of host time per launch on the CPU machine (Triton 3.9,
+    ``benchmarks/host_cost_cpu.py``), against about 4 us here. What selects Triton's compiled
+    kernel is the current device, the options, each tensor's dtype and 16-byte alignment, each
+    constexpr's value and each other argument's class (an int's: 1, a multiple of 16, 32 or 64
+    bits); the key below holds the device, ``num_warps``, the tensors' dtypes and addresses
+    modulo 16 and every other argument's value: finer than Triton's, so a new value costs one
+    launch through Triton, never a wrong kernel. The launcher is then called as
+    ``JITFunction.run`` calls it (current stream, launch metadata and hooks). Under the
+    interpreter, and for kernels not compiled for CUDA, every launch goes through Triton."""
+    if not _DIRECT:
+        kernel[grid](*tensors, *scalars, num_warps=num_warps)
+        return
+    device = driver.active.get_current_device()
+    key = (id(kernel), device, num_warps, scalars, *[t.dtype for t in tensors], *[t.data_ptr() % 16 for t in tensors])
+    cached = _COMPILED.get(key)
+    if cached is None or cached[0] is not kernel or cached[1] is None:
+        compiled = kernel[grid](*tensors, *scalars, num_warps=num_warps)
+        if cached is None or cached[0] is not kernel:  # first launch of this signature
+            if len(_COMPILED) >= _MAX_COMPILED:
+                _COMPILED.clear()
+            _COMPILED[key] = (kernel, _direct_launcher(compiled))
+        return
+    compiled = cached[1]
+    stream = driver.active.get_current_stream(device)
+    args = (*tensors, *scalars)
+    grid_1, grid_2 = (*grid[1:], 1, 1)[:2]
+    metadata = compiled.launch_metadata(grid, stream, *args)
+    compiled.run(grid[0], grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, metadata,
+                 *_launch_hooks(), *args)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- devices and autocast
