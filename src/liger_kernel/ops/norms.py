@@ -63,9 +63,9 @@ LN_PART = 4096
 PART_WARPS = 16
 
 # ``_sum_partials_kernel``'s tile, [partial rows, columns], and warps: one program per 64 columns of
-# dW (and of dB), each adding 32 partial rows a step (the backward's persistent grid has one
-# partial row per SM: 5 steps on an H200's 132).
-SUM_BLOCK_P = 32
+# dW (and of dB), each adding 64 partial rows a step (the backward's persistent grid has one
+# partial row per SM: 3 steps on an H200's 132).
+SUM_BLOCK_P = 64
 SUM_BLOCK_N = 64
 SUM_WARPS = 4
 
