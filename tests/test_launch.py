@@ -113,8 +113,13 @@ def test_direct_launch_skips_triton_after_the_first(stand_in, monkeypatch):
     assert recorder.launches[-1][1] == (2, 3, 1)
 
 
-def test_other_backends_always_launch_through_triton(stand_in, monkeypatch):
-    kernel, recorder = stand_in(backend="hip")
+@pytest.mark.parametrize("case", ["other backend", "pre-run hook"])
+def test_launches_through_triton_where_it_does_more(case, stand_in, monkeypatch):
+    kernel, recorder = stand_in(backend="hip" if case == "other backend" else "cuda")
+    if case == "pre-run hook":
+        if not hasattr(kernel, "pre_run_hooks"):
+            pytest.skip("Triton without pre-run hooks")
+        kernel.pre_run_hooks.append(lambda *args, **kwargs: None)
     calls = []
     run = kernel.run
     monkeypatch.setattr(kernel, "run", lambda *args, **kwargs: calls.append(1) or run(*args, **kwargs))

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
 from triton.runtime import driver
+from triton.runtime.jit import JITFunction
 
 from liger_kernel.utils import infer_device, interpreting, is_npu_available
 
@@ -128,11 +129,14 @@ if not hasattr(_HOOKS, "launch_enter_hook"):
     _HOOKS = triton.compiler.CompiledKernel
 
 
-def _direct_launcher(compiled):
+def _direct_launcher(kernel, compiled):
     """``compiled`` (what ``kernel[grid](...)`` returned) where its launcher can be called as
-    Triton 3.3-3.9 call it for CUDA, else None."""
+    Triton 3.3-3.9 call it, else None: a plain ``@triton.jit`` kernel (an autotuner's or a
+    pre-run hook's work would be skipped) compiled for CUDA."""
     target = getattr(getattr(compiled, "metadata", None), "target", None)
     fields = ("run", "function", "packed_metadata", "launch_metadata")
+    if type(kernel) is not JITFunction or getattr(kernel, "pre_run_hooks", None):
+        return None
     if getattr(target, "backend", None) != "cuda" or not all(hasattr(compiled, f) for f in fields):
         return None
     return compiled
@@ -165,7 +169,7 @@ def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) 
         if cached is None or cached[0] is not kernel:  # first launch of this signature
             if len(_COMPILED) >= _MAX_COMPILED:
                 _COMPILED.clear()
-            _COMPILED[key] = (kernel, _direct_launcher(compiled))
+            _COMPILED[key] = (kernel, _direct_launcher(kernel, compiled))
         return
     compiled = cached[1]
     stream = active.get_current_stream(device)
