@@ -15,58 +15,34 @@ about 2x slower per Python call). "through Triton" is ours with every launch goi
 ``kernel[grid](...)`` (no direct launcher, ``ops.utils.launch``).
 """
 
+import sys
 import time
 import timeit
-from types import SimpleNamespace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton.runtime.jit
-from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 
 import liger_kernel.ops.utils as ops_utils
 import liger_kernel.utils
 from liger_kernel.transformers.functional import liger_geglu, liger_layer_norm, liger_rms_norm, liger_rope, liger_swiglu
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from triton_stand_in import StandInDriver, compiled_kernel  # noqa: E402
+
 EPS = 1e-6
 
 
-class _Driver:
-    """Triton's active driver, reporting one CUDA device (sm_90) and its default stream."""
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-
-class _Compiled:
-    """A compiled kernel whose launcher does nothing (what ``kernel[grid](...)`` returns)."""
-
-    function, packed_metadata = 0, ()
-    metadata = SimpleNamespace(target=_Driver().get_current_target())
-
-    def launch_metadata(self, grid, stream, *args):
-        return None
-
-    def run(self, *args):
-        return None
-
-
 def _compile(self, key, signature, device, *rest):
-    """Stands in for ``JITFunction._do_compile`` (Triton 3.4-3.9): caches a ``_Compiled``."""
-    kernel = self.device_caches[device][0][key] = _Compiled()
-    return kernel
+    """Stands in for ``JITFunction._do_compile``: a compiled kernel whose launcher does nothing."""
+    return compiled_kernel(self, key, device)
 
 
 def stub_launches():
     """Triton kernels launch through the stand-in driver; the ops take their Triton path on CPU tensors."""
-    driver.set_active(_Driver())
+    driver.set_active(StandInDriver())
     triton.runtime.jit.JITFunction._do_compile = _compile
     liger_kernel.utils.launches_kernels = lambda device_type: True
 

@@ -4,15 +4,15 @@ is called directly. The key must never pick a compiled kernel other than the one
 On the CPU, Triton's real ``JITFunction.run`` (binding, specialization, cache) runs against a
 stand-in CUDA driver whose compiled kernels record their launches; on a GPU, the real kernels."""
 
-import types
+import itertools
 
 import pytest
 import torch
 import triton
 import triton.language as tl
-from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import JITFunction
+from triton_stand_in import StandInDriver, compiled_kernel
 
 import liger_kernel.ops.utils as ops_utils
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
@@ -36,26 +36,9 @@ class _Recorder:
         self.backend, self.launches = backend, []
 
     def compile(self, jit_fn, key, signature, device, *rest):
-        compiled = types.SimpleNamespace(
-            function=0,
-            packed_metadata=(),
-            metadata=types.SimpleNamespace(target=GPUTarget(self.backend, 90, 32)),
-            launch_metadata=lambda grid, stream, *args: None,
-        )
+        compiled = compiled_kernel(jit_fn, key, device, self.backend)
         compiled.run = lambda *args: self.launches.append((compiled, args[:3], args[9:]))
-        jit_fn.device_caches[device][0][key] = compiled
         return compiled
-
-
-class _Driver:
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ def stand_in(monkeypatch):
         monkeypatch.setattr(kernel, "_do_compile", lambda *args: recorder.compile(kernel, *args))
         return kernel, recorder
 
-    monkeypatch.setattr(driver, "_active", _Driver())
+    monkeypatch.setattr(driver, "_active", StandInDriver())
     monkeypatch.setattr(ops_utils, "_DIRECT", True)
     monkeypatch.setattr(ops_utils, "_COMPILED", {})
     return make
@@ -89,16 +72,17 @@ def _signatures():
 @pytest.mark.skipif(not hasattr(JITFunction, "_do_compile"), reason="Triton without JITFunction._do_compile")
 def test_direct_launch_uses_the_kernel_triton_picks(stand_in):
     kernel, recorder = stand_in()
-    for tensors, scalars in _signatures():
-        for num_warps in (4, 8):
-            grid = (3,)
-            kernel[grid](*tensors, *scalars, num_warps=num_warps)
-            picked = recorder.launches[-1][0]
-            ops_utils.launch(kernel, grid, tensors, scalars, num_warps)  # first: through Triton
-            ops_utils.launch(kernel, grid, tensors, scalars, num_warps)  # then: direct
-            first, direct = recorder.launches[-2:]
-            assert first[0] is picked and direct[0] is picked
-            assert direct[1] == (3, 1, 1) and direct[2] == (*tensors, *scalars)
+    for device, (tensors, scalars), num_warps in itertools.product((0, 1), _signatures(), (4, 8)):
+        driver.active.get_current_device = lambda device=device: device  # the current device, as Triton reads it
+        grid = (3,)
+        kernel[grid](*tensors, *scalars, num_warps=num_warps)
+        picked = recorder.launches[-1][0]
+        ops_utils.launch(kernel, grid, tensors, scalars, num_warps)  # first: through Triton
+        ops_utils.launch(kernel, grid, tensors, scalars, num_warps)  # then: direct
+        first, direct = recorder.launches[-2:]
+        assert first[0] is picked and direct[0] is picked
+        assert direct[1] == (3, 1, 1) and direct[2] == (*tensors, *scalars)
+    assert len({id(c) for c, _, _ in recorder.launches}) > 100  # so many specializations, each its own
 
 
 def test_direct_launch_skips_triton_after_the_first(stand_in, monkeypatch):
