@@ -28,6 +28,11 @@ def _scale(X, Y, n, stride, alpha, FLAG: tl.constexpr, BLOCK: tl.constexpr):
     tl.store(Y + offs, x * alpha if FLAG else x, mask=offs < n)
 
 
+def _scale_with_default(X, Y, n, stride, alpha, FLAG: tl.constexpr, BLOCK: tl.constexpr, shift=0):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(Y + offs, tl.load(X + offs * stride, mask=offs < n) + shift, mask=offs < n)
+
+
 class _Recorder:
     """Stand-in for Triton's compiled kernels: each new specialization gets its own, which
     records its launches."""
@@ -45,9 +50,9 @@ class _Recorder:
 def stand_in(monkeypatch):
     """A JIT kernel (whatever TRITON_INTERPRET says) launched through a stand-in CUDA driver."""
 
-    def make(backend="cuda"):
+    def make(backend="cuda", fn=_scale):
         recorder = _Recorder(backend)
-        kernel = JITFunction(_scale)
+        kernel = JITFunction(fn)
         monkeypatch.setattr(kernel, "_do_compile", lambda *args: recorder.compile(kernel, *args))
         return kernel, recorder
 
@@ -97,9 +102,10 @@ def test_direct_launch_skips_triton_after_the_first(stand_in, monkeypatch):
     assert recorder.launches[-1][1] == (2, 3, 1)
 
 
-@pytest.mark.parametrize("case", ["other backend", "pre-run hook"])
+@pytest.mark.parametrize("case", ["other backend", "pre-run hook", "default argument"])
 def test_launches_through_triton_where_it_does_more(case, stand_in, monkeypatch):
-    kernel, recorder = stand_in(backend="hip" if case == "other backend" else "cuda")
+    backend = "hip" if case == "other backend" else "cuda"
+    kernel, recorder = stand_in(backend, _scale_with_default if case == "default argument" else _scale)
     if case == "pre-run hook":
         if not hasattr(kernel, "pre_run_hooks"):
             pytest.skip("Triton without pre-run hooks")

@@ -118,7 +118,7 @@ def empty_like_output(t: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- kernel launches
 
 # Compiled kernels by launch signature (see ``launch``): ``(kernel, compiled)``, compiled None for
-# a signature that launches through Triton every time (a backend other than CUDA).
+# a signature that launches through Triton every time (see ``_direct_launcher``).
 _COMPILED: dict = {}
 _MAX_COMPILED = 4096
 _DIRECT = not interpreting()
@@ -129,13 +129,16 @@ if not hasattr(_HOOKS, "launch_enter_hook"):
     _HOOKS = triton.compiler.CompiledKernel
 
 
-def _direct_launcher(kernel, compiled):
+def _direct_launcher(kernel, compiled, n_args: int):
     """``compiled`` (what ``kernel[grid](...)`` returned) where its launcher can be called as
     Triton 3.3-3.9 call it, else None: a plain ``@triton.jit`` kernel (an autotuner's or a
-    pre-run hook's work would be skipped) compiled for CUDA."""
+    pre-run hook's work would be skipped), given every parameter (Triton passes defaults too),
+    compiled for CUDA."""
     target = getattr(getattr(compiled, "metadata", None), "target", None)
     fields = ("run", "function", "packed_metadata", "launch_metadata")
     if type(kernel) is not JITFunction or getattr(kernel, "pre_run_hooks", None):
+        return None
+    if len(getattr(kernel, "params", ())) != n_args:
         return None
     if getattr(target, "backend", None) != "cuda" or not all(hasattr(compiled, f) for f in fields):
         return None
@@ -148,7 +151,7 @@ def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) 
     launcher directly after the first launch of each signature.
 
     ``kernel[grid](...)`` binds the arguments, specializes each and looks up the compiled kernel
-    on every call: 15-25 us of host time per launch on the CPU machine (Triton 3.9,
+    on every call: 15-27 us of host time per launch on the CPU machine (Triton 3.9,
     ``benchmarks/host_cost_cpu.py``), against about 4 us here. What selects Triton's compiled
     kernel is the current device, the options, each tensor's dtype and 16-byte alignment, each
     constexpr's value and each other argument's class (an int's: 1, a multiple of 16, 32 or 64
@@ -156,7 +159,7 @@ def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) 
     modulo 16 and every other argument's value: finer than Triton's, so a new value costs one
     launch through Triton, never a wrong kernel. The launcher is then called as
     ``JITFunction.run`` calls it (current stream, launch metadata and hooks). Under the
-    interpreter, and for kernels not compiled for CUDA, every launch goes through Triton."""
+    interpreter, and where ``_direct_launcher`` declines, every launch goes through Triton."""
     if not _DIRECT:
         kernel[grid](*tensors, *scalars, num_warps=num_warps)
         return
@@ -169,7 +172,7 @@ def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) 
         if cached is None or cached[0] is not kernel:  # first launch of this signature
             if len(_COMPILED) >= _MAX_COMPILED:
                 _COMPILED.clear()
-            _COMPILED[key] = (kernel, _direct_launcher(kernel, compiled))
+            _COMPILED[key] = (kernel, _direct_launcher(kernel, compiled, len(tensors) + len(scalars)))
         return
     compiled = cached[1]
     stream = active.get_current_stream(device)
