@@ -121,7 +121,10 @@ def empty_like_output(t: torch.Tensor) -> torch.Tensor:
 # a signature that launches through Triton every time (see ``_direct_launcher``).
 _COMPILED: dict = {}
 _MAX_COMPILED = 4096
-_DIRECT = not interpreting()
+# The launcher's calling convention below is read from Triton 3.3 to 3.9; another version
+# launches through Triton every time.
+_KNOWN_LAUNCHER = (3, 3) <= Version(triton.__version__).release[:2] <= (3, 9)
+_DIRECT = _KNOWN_LAUNCHER and not interpreting()
 # Where Triton keeps the launch hooks it passes to a kernel's launcher: ``triton.knobs.runtime``
 # from Triton 3.4, ``CompiledKernel`` (class attributes) in 3.3.
 _HOOKS = getattr(getattr(triton, "knobs", None), "runtime", None)
