@@ -9,14 +9,15 @@ whatever ``liger_kernel.chunked_loss`` is on the path).
 
 Shape of the issue: N=8192 tokens, H=4096, V=128256, bf16, a student head (trained) and a
 teacher head (forward only), loss ``0.5 CE + 0.5 JSD_beta`` (the losses' defaults, beta=0.5).
-Providers: "chunked" (``LigerFusedLinearJSDLoss()``; "chunked K2048" and "chunked L512": ours
-with 2048-token blocks, or 512 MiB of sub-chunk logits), "plain" (bf16 logits of both heads, TRL's
+Providers: "chunked" (``LigerFusedLinearJSDLoss()``; the other "chunked ..." names: ours with
+other settings, ``VARIANTS``), "plain" (bf16 logits of both heads, TRL's
 ``generalized_jsd_loss`` on them plus PyTorch's cross-entropy: what TRL's GKD trainer does without
 Liger, the CE added so both compute one loss). Per provider: ``do_bench`` median of forward +
 backward, peak extra memory of one forward + backward (``max_memory_allocated`` minus the inputs),
-and each student gradient's max and rms error against float64 over those of rounding the float64
-result once to bf16 (1.00 = one rounding). The floor is 8NHV (6 for the student, 2 for the
-teacher) at the measured rate of the logits matmul.
+and each student gradient's max and rms error against float64 (of the bf16 teacher logits, as the
+spec computes them) over those of rounding the float64 result once to bf16 (1.00 = one
+rounding). The floor is 8NHV (6 for the student, 2 for the teacher) at the measured rate of the
+logits matmul.
 """
 
 import argparse
@@ -65,32 +66,48 @@ def plain_loss(x, w, xt, wt, y):
     return 0.5 * F.cross_entropy(z, y) + 0.5 * generalized_jsd_loss(z, zt, y, BETA)
 
 
-# Variants of ours for tuning: name -> (chunk_size, LOGITS_BUDGET_BYTES in MiB; None: the defaults).
-VARIANTS = {"chunked": (1024, None), "chunked K2048": (2048, None), "chunked L512": (1024, 512)}
-DEFAULT_BUDGET = {}
+# Variants of ours for tuning: name -> the module constants it sets (the rest at their defaults).
+# "chunked": the defaults (blocks of >= 2048 tokens, bf16 teacher logits, the loss pass backwards);
+# "chunked main": as main before them (1024-token blocks, fp32 teacher logits, every pass forwards).
+VARIANTS = {
+    "chunked": {},
+    "chunked main": dict(MIN_BLOCK_TOKENS=1, TEACHER_LOGITS_DTYPE=torch.float32, REVERSE_MIDDLE_PASS=False),
+    "chunked K1024": dict(MIN_BLOCK_TOKENS=1),
+    "chunked T32": dict(TEACHER_LOGITS_DTYPE=torch.float32),
+    "chunked fwd": dict(REVERSE_MIDDLE_PASS=False),
+    "chunked K1024 L512": dict(MIN_BLOCK_TOKENS=1, LOGITS_BUDGET_BYTES=512 * 2**20),
+    "chunked B8192": dict(BLOCK_COLS=8192),
+    "chunked B2048": dict(BLOCK_COLS=2048),
+}
+DEFAULTS = {}
 
 
 def chunked_loss(name):
     """``LigerFusedLinearJSDLoss`` of whichever liger_kernel is on the path (a variant: ours only)."""
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
-    from liger_kernel.chunked_loss import fused_linear_distillation as ops
 
-    chunk_size, budget_mib = VARIANTS[name]
-    if hasattr(ops, "LOGITS_BUDGET_BYTES"):  # ours
-        DEFAULT_BUDGET.setdefault("bytes", ops.LOGITS_BUDGET_BYTES)
-        ops.LOGITS_BUDGET_BYTES = DEFAULT_BUDGET["bytes"] if budget_mib is None else budget_mib * 2**20
-    module = LigerFusedLinearJSDLoss(beta=BETA, chunk_size=chunk_size)
+    if VARIANTS[name] or DEFAULTS:
+        from liger_kernel.chunked_loss import fused_linear_distillation
+        from liger_kernel.ops import jsd_distillation_rows
+
+        modules = (fused_linear_distillation, jsd_distillation_rows)
+        if not DEFAULTS:
+            DEFAULTS.update({(m, k): getattr(m, k) for m in modules for k in dir(m) if k.isupper()})
+        for (module, key), value in DEFAULTS.items():
+            setattr(module, key, VARIANTS[name].get(key, value))
+    module = LigerFusedLinearJSDLoss(beta=BETA)
     return lambda x, w, xt, wt, y: module(x, w, xt, wt, y)
 
 
 def reference_grads(x, w, xt, wt, y, chunk=1024):
-    """float64 gradients of ``0.5 CE + 0.5 JSD`` (mean over tokens), in token chunks."""
-    x64, w64, xt64, wt64 = (t.detach().double() for t in (x, w, xt, wt))
+    """float64 gradients of ``0.5 CE + 0.5 JSD`` (mean over tokens), in token chunks; the teacher
+    logits as the spec and the teacher's ``lm_head`` give them (bf16), the student's exact."""
+    x64, w64 = (t.detach().double() for t in (x, w))
     gx, gw = torch.empty_like(x64), torch.zeros_like(w64)
     n = x.shape[0]
     for s in range(0, n, chunk):
         z = (x64[s : s + chunk] @ w64.T).requires_grad_()
-        zt = xt64[s : s + chunk] @ wt64.T
+        zt = (xt[s : s + chunk] @ wt.T).double()
         loss = (
             F.cross_entropy(z, y[s : s + chunk], reduction="sum")
             + generalized_jsd_loss(z, zt, y[s : s + chunk], BETA) * (z.shape[0])
@@ -155,15 +172,15 @@ def main():
     with open(os.path.join(args.out, "bench_distill.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"\n{results['meta']['gpu']}, H={h}, V={v}, bf16, 0.5 CE + 0.5 JSD(beta={BETA}), student + teacher heads")
-    print(f"{'N':>5} {'provider':10} {'fwd+bwd ms':>10} {'x floor':>7} {'peak GB':>8} gx max/rms    gw max/rms")
+    print(f"{'N':>5} {'provider':18} {'fwd+bwd ms':>10} {'x floor':>7} {'peak GB':>8} gx max/rms    gw max/rms")
     for r in results["rows"]:
         if "error" in r:
-            print(f"{r['N']:>5} {r['provider']:10} {r['error']}")
+            print(f"{r['N']:>5} {r['provider']:18} {r['error']}")
             continue
         floor = results["floor"][r["N"]]["floor_ms"]
         gx, gw = r.get("gx_max_rms", "-"), r.get("gw_max_rms", "-")
         print(
-            f"{r['N']:>5} {r['provider']:10} {r['ms']:>10} {r['ms'] / floor:>7.3f} {r['peak_extra_GB']:>8} "
+            f"{r['N']:>5} {r['provider']:18} {r['ms']:>10} {r['ms'] / floor:>7.3f} {r['peak_extra_GB']:>8} "
             f"{gx!s:13} {gw!s}"
         )
 

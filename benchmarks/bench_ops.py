@@ -265,6 +265,40 @@ class GeGLU(_Gated):
         return lambda a, b: F.gelu(a, approximate="tanh") * b  # GemmaMLP
 
 
+class ReLUSquared(Op):
+    """Nemotron's MLP activation on the up projection's output [tokens, intermediate]."""
+
+    name = "relu_squared"
+    title = "ReLU² relu(x)^2 (bf16), Nemotron-4 15B's intermediate 24576"
+
+    def sweeps(self, level):
+        cols = pick(level, 150, 24576, 24576)
+        rows = pick(level, (8, 24, 40), (2048, 8192, 16384), (2048, 4096, 8192, 16384))
+        return [Sweep("rows", "rows (tokens)", [(r, {"rows": r, "cols": cols}) for r in rows])]
+
+    def anchor(self, level):
+        return {"rows": pick(level, 24, 8192, 8192), "cols": pick(level, 150, 24576, 24576)}
+
+    def shape_str(self, p):
+        return f"{p['rows']}x{p['cols']}"
+
+    def floor(self, p):
+        # forward reads x and writes y; backward reads x, dy and writes dx: 5 passes
+        return "bytes", 5 * p["rows"] * p["cols"] * 2
+
+    def inputs(self, p, device):
+        shape = (p["rows"], p["cols"])
+        return [_randn(shape, device).requires_grad_()], [0], [_randn(shape, device)]
+
+    def eager(self, p):
+        return lambda x: F.relu(x).square()  # transformers' ReLUSquaredActivation
+
+    def liger(self, p, provider):
+        from liger_kernel.transformers.functional import liger_relu_squared
+
+        return liger_relu_squared
+
+
 class CrossEntropy(Op):
     name = "cross_entropy"
     title = "Cross-entropy on bf16 logits [tokens, vocab], mean reduction"
@@ -357,8 +391,149 @@ class FusedLinearCrossEntropy(Op):
         return lambda x, w, target: linear_cross_entropy(x, w, target)
 
 
+def _generalized_jsd(log_q, log_p, beta=0.5):
+    """TRL's GKD ``generalized_jsd_loss`` (batchmean over tokens, no labels) on log-probabilities."""
+    if beta == 0:
+        jsd = F.kl_div(log_q, log_p, reduction="none", log_target=True)
+    elif beta == 1:
+        jsd = F.kl_div(log_p, log_q, reduction="none", log_target=True)
+    else:
+        log_m = torch.logsumexp(torch.stack([log_q + math.log(1 - beta), log_p + math.log(beta)]), dim=0)
+        kl_p = F.kl_div(log_m, log_p, reduction="none", log_target=True)
+        kl_q = F.kl_div(log_m, log_q, reduction="none", log_target=True)
+        jsd = beta * kl_p + (1 - beta) * kl_q
+    return jsd.sum() / jsd.shape[0]
+
+
+class _Divergence(CrossEntropy):
+    """A divergence of two [tokens, vocab] distributions (bf16; the cross-entropy's shapes); the
+    gradient of the first."""
+
+    log_inputs = True  # log-probabilities (else probabilities)
+    functional = ""
+    kwargs = {}
+    notes = {}
+
+    def floor(self, p):
+        # forward reads both inputs; backward reads them again and writes the gradient: 5 passes
+        return "bytes", 5 * p["N"] * p["V"] * 2
+
+    def inputs(self, p, device):
+        def dist(scale):
+            z = _randn((p["N"], p["V"]), device, torch.float32, scale)
+            return (z.log_softmax(-1) if self.log_inputs else z.softmax(-1)).to(BF16)
+
+        return [dist(2.0).requires_grad_(), dist(1.0)], [0], None
+
+    def liger(self, p, provider):
+        import liger_kernel.transformers.functional as functional
+
+        fn = getattr(functional, self.functional)
+        return lambda x, y: fn(x, y, **self.kwargs)
+
+
+class JSD(_Divergence):
+    name = "jsd"
+    title = "Generalized JSD (beta 0.5) of bf16 log-probabilities [tokens, vocab], batchmean"
+    functional = "liger_jsd"
+    notes = {"eager": "TRL GKD generalized_jsd_loss on the bf16 log-probabilities"}
+
+    def eager(self, p):
+        return _generalized_jsd
+
+
+class KLDiv(_Divergence):
+    name = "kl_div"
+    title = "KL divergence of bf16 log-probabilities against bf16 probabilities, batchmean"
+    functional = "liger_kl_div"
+    log_inputs = False
+    kwargs = {"reduction": "batchmean"}
+    notes = {"eager": "F.kl_div(x.float(), y.float(), reduction='batchmean')"}
+
+    def inputs(self, p, device):
+        (x, y), grad_idx, grad_outs = super().inputs(p, device)
+        return [x.detach().float().clamp_min(1e-30).log().to(BF16).requires_grad_(), y], grad_idx, grad_outs
+
+    def eager(self, p):
+        return lambda x, y: F.kl_div(x.float(), y.float(), reduction="batchmean")
+
+
+class TVD(_Divergence):
+    name = "tvd"
+    title = "Total variation distance of bf16 probabilities [tokens, vocab], batchmean"
+    functional = "liger_tvd"
+    log_inputs = False
+    kwargs = {"reduction": "batchmean"}
+    notes = {"eager": "0.5 * (p.float() - q.float()).abs().sum() / tokens"}
+
+    def eager(self, p):
+        return lambda x, y: 0.5 * (x.float() - y.float()).abs().sum() / x.shape[0]
+
+
+class FusedLinearJSD(Op):
+    name = "fused_linear_jsd"
+    title = "Fused linear JSD: student x [N,H] @ Ws[V,H].T vs a frozen teacher head (bf16, beta 0.5)"
+    notes = {
+        "ours": "defaults: fp32 logits per token chunk, fp32 weight-gradient accumulator rounded once",
+        "eager": "materialized logits of both heads, float log-softmax, TRL's generalized_jsd_loss",
+    }
+
+    def _p(self, level, n, v):
+        return {"N": n, "H": pick(level, 24, 4096, 4096), "V": v}
+
+    def sweeps(self, level):
+        a = self.anchor(level)
+        ns = pick(level, (16, 40), (2048, 8192), (1024, 2048, 4096, 8192))
+        return [Sweep("tokens", "tokens N", [(n, self._p(level, n, a["V"])) for n in ns])]
+
+    def anchor(self, level):
+        return self._p(level, pick(level, 40, 8192, 8192), pick(level, 333, 128256, 128256))
+
+    def shape_str(self, p):
+        return f"N{p['N']} H{p['H']} V{p['V']}"
+
+    def floor(self, p):
+        # student logits, grad input, grad weight (6NHV) and the teacher's logits (2NHV)
+        return "flops", 8 * p["N"] * p["H"] * p["V"]
+
+    def inputs(self, p, device):
+        scale = 1.0 / math.sqrt(p["H"])
+        xs = _randn((p["N"], p["H"]), device).requires_grad_()
+        ws = _randn((p["V"], p["H"]), device, scale=scale).requires_grad_()
+        xt, wt = _randn((p["N"], p["H"]), device), _randn((p["V"], p["H"]), device, scale=scale)
+        return [xs, ws, xt, wt], [0, 1], None
+
+    def eager(self, p):
+        def jsd(xs, ws, xt, wt):
+            log_q = (xs @ ws.T).float().log_softmax(-1)
+            with torch.no_grad():
+                log_p = (xt @ wt.T).float().log_softmax(-1)
+            return _generalized_jsd(log_q, log_p)
+
+        return jsd
+
+    def liger(self, p, provider):
+        from liger_kernel.transformers.functional import liger_fused_linear_jsd
+
+        return liger_fused_linear_jsd
+
+
 OPS = {
-    op.name: op for op in (RMSNorm(), LayerNorm(), Rope(), SwiGLU(), GeGLU(), CrossEntropy(), FusedLinearCrossEntropy())
+    op.name: op
+    for op in (
+        RMSNorm(),
+        LayerNorm(),
+        Rope(),
+        SwiGLU(),
+        GeGLU(),
+        ReLUSquared(),
+        CrossEntropy(),
+        FusedLinearCrossEntropy(),
+        JSD(),
+        KLDiv(),
+        TVD(),
+        FusedLinearJSD(),
+    )
 }
 
 

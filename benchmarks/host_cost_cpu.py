@@ -1,55 +1,50 @@
-"""Host (Python) cost of one fwd+bwd per call, measured on the CPU with the Triton launches stubbed out.
+"""Host (Python) cost of one fwd+bwd per call, measured on the CPU with a stand-in CUDA driver.
 
     PYTHONPATH=src python benchmarks/host_cost_cpu.py
 
-``host_cost.py`` needs a GPU; this isolates what our own Python path costs per call: each op runs
-its launch path (argument checks, layout decisions, allocations, launch settings, autograd
-bookkeeping, the dW / dB reduction) on tiny CPU tensors with every Triton kernel replaced by a
-no-op, against eager PyTorch's fwd+bwd on the same tensors, whose time is dispatch, which is what
-its GPU host cost is made of too; and against an autograd Function that only allocates its
-outputs (the floor of any op written in Python). One thread, CPU time of the process (the machine
-is shared: wall time swings by 10x), best of interleaved rounds. The numbers are this machine's;
-their ratios are what carries over. Triton's own launcher is not in them (on the GPU machines it
-added roughly 20 us per launch).
+``host_cost.py`` needs a GPU; this measures what our host path costs per call without one: each op
+runs its whole launch path (argument checks, layout decisions, allocations, launch settings,
+autograd bookkeeping, the dW / dB reduction, and Triton's own launcher: binding, specialization,
+cache lookup) on tiny CPU tensors, with Triton's driver replaced by one that reports a CUDA device
+and compiled kernels that do nothing. Against eager PyTorch's fwd+bwd on the same tensors, whose
+time is dispatch, which is what its GPU host cost is made of too; and against an autograd
+Function that only allocates its outputs (the floor of any op written in Python). One thread, CPU
+time of the process (the machine is shared: wall time swings by 10x), best of interleaved rounds.
+The numbers are this machine's; their ratios are what carries over (the H200 machine's host was
+about 2x slower per Python call). "through Triton" is ours with every launch going through
+``kernel[grid](...)`` (no direct launcher, ``ops.utils.launch``).
 """
 
-import os
+import sys
 import time
 import timeit
+from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "1"  # before liger_kernel: CPU tensors take the Triton path
+import torch
+import torch.nn.functional as F
+import triton.runtime.jit
+from triton.runtime import driver
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import liger_kernel.ops.utils as ops_utils
+import liger_kernel.utils
+from liger_kernel.transformers.functional import liger_geglu, liger_layer_norm, liger_rms_norm, liger_rope, liger_swiglu
 
-import liger_kernel.ops.norms as norms  # noqa: E402
-import liger_kernel.ops.rope as rope_ops  # noqa: E402
-import liger_kernel.ops.swiglu as swiglu_ops  # noqa: E402
-from liger_kernel.transformers.functional import (  # noqa: E402
-    liger_geglu,
-    liger_layer_norm,
-    liger_rms_norm,
-    liger_rope,
-    liger_swiglu,
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from triton_stand_in import StandInDriver, compiled_kernel  # noqa: E402
 
 EPS = 1e-6
 
 
-class _NoLaunch:
-    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **meta)`` does nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **meta: None
+def _compile(self, key, signature, device, *rest):
+    """Stands in for ``JITFunction._do_compile``: a compiled kernel whose launcher does nothing."""
+    return compiled_kernel(self, key, device)
 
 
 def stub_launches():
-    """Every launched kernel of the measured ops becomes a no-op (launch caches cleared)."""
-    for module in (norms, swiglu_ops, rope_ops):
-        for name in dir(module):
-            if name.endswith("_kernel") and hasattr(getattr(module, name), "run"):
-                setattr(module, name, _NoLaunch())
-    norms.clear_launch_caches()
+    """Triton kernels launch through the stand-in driver; the ops take their Triton path on CPU tensors."""
+    driver.set_active(StandInDriver())
+    triton.runtime.jit.JITFunction._do_compile = _compile
+    liger_kernel.utils.launches_kernels = lambda device_type: True
 
 
 class _NothingFunction(torch.autograd.Function):
@@ -109,23 +104,37 @@ def cases() -> dict:
         "autograd Function, no work (3 in)": fwd_bwd(_NothingFunction.apply, (x, w, b), g),
         "autograd Function, no work (2 in)": fwd_bwd(_NothingFunction.apply, ab, dc),
         "layer_norm eager F.layer_norm": fwd_bwd(lambda x, w, b: F.layer_norm(x, (hidden,), w, b, EPS), (x, w, b), g),
-        "layer_norm ours (stubbed)": fwd_bwd(lambda x, w, b: liger_layer_norm(x, w, b, EPS), (x, w, b), g),
+        "layer_norm ours": fwd_bwd(lambda x, w, b: liger_layer_norm(x, w, b, EPS), (x, w, b), g),
         "rms_norm eager F.rms_norm": fwd_bwd(lambda x, w: F.rms_norm(x, (hidden,), w, EPS), (x, w), g),
         "rms_norm eager LlamaRMSNorm": fwd_bwd(llama_rms_norm, (x, w), g),
-        "rms_norm ours (stubbed)": fwd_bwd(lambda x, w: liger_rms_norm(x, w, EPS), (x, w), g),
+        "rms_norm ours": fwd_bwd(lambda x, w: liger_rms_norm(x, w, EPS), (x, w), g),
         "swiglu eager silu(a) * b": fwd_bwd(lambda a, b: F.silu(a) * b, ab, dc),
-        "swiglu ours (stubbed)": fwd_bwd(liger_swiglu, ab, dc),
+        "swiglu ours": fwd_bwd(liger_swiglu, ab, dc),
         "geglu eager gelu_tanh(a) * b": fwd_bwd(lambda a, b: gelu_tanh(a) * b, ab, dc),
-        "geglu ours (stubbed)": fwd_bwd(liger_geglu, ab, dc),
+        "geglu ours": fwd_bwd(liger_geglu, ab, dc),
         "rope eager HF apply_rotary_pos_emb": fwd_bwd(hf_rope, rope_args, rope_grads),
-        "rope ours (stubbed)": fwd_bwd(liger_rope, rope_args, rope_grads),
+        "rope ours": fwd_bwd(liger_rope, rope_args, rope_grads),
     }
+
+
+def through_triton(call):
+    """``call`` with every launch going through ``kernel[grid](...)`` (no direct launcher)."""
+
+    def run():
+        ops_utils._DIRECT = False
+        try:
+            return call()
+        finally:
+            ops_utils._DIRECT = True
+
+    return run
 
 
 def main():
     torch.set_num_threads(1)
-    measured = cases()
     stub_launches()
+    measured = cases()
+    measured.update({f"{label}, through Triton": through_triton(c) for label, c in measured.items() if "ours" in label})
     print(f"torch {torch.__version__}; tiny fp32 CPU tensors; CPU us per fwd+bwd, best of 25 rounds")
     for label, us in best_us(measured).items():
         print(f"  {label:<38}{us:8.1f}")

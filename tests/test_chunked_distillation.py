@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from parity import DEVICE, as64, assert_matches, randn
 
 import liger_kernel.chunked_loss.fused_linear_distillation as distill
+import liger_kernel.ops.jsd_distillation_rows as jsd_rows
 from liger_kernel.chunked_loss import LigerFusedLinearCosineSimilarityLoss, LigerFusedLinearJSDLoss
 from liger_kernel.chunked_loss.functional import liger_fused_linear_cosine, liger_fused_linear_jsd
 from liger_kernel.chunked_loss.fused_linear_distillation import LigerFusedLinearDistillationBase
@@ -52,11 +53,15 @@ def cosine_loss(student_logits, teacher_logits, labels, beta=0.5, temperature=1.
     return rows[mask].sum() / mask.sum().clamp(min=1)
 
 
-def reference(kind, x, w, xt, wt, y, b=None, bt=None, beta=0.5, temperature=1.0, weight_hard=0.5, weight_soft=0.5):
-    """``(loss, soft, hard)`` from logits in the inputs' dtype (float64 for the reference)."""
+def reference(
+    kind, x, w, xt, wt, y, b=None, bt=None, beta=0.5, temperature=1.0, weight_hard=0.5, weight_soft=0.5, zt=None
+):
+    """``(loss, soft, hard)`` from logits in the inputs' dtype (float64 for the reference); ``zt``:
+    the teacher logits, when given instead of ``xt``, ``wt``, ``bt``."""
     z = F.linear(x.reshape(-1, x.shape[-1]), w, b).float() if x.dtype != torch.float64 else F.linear(x, w, b)
     z = z.reshape(-1, w.shape[0])
-    zt = F.linear(xt.reshape(-1, xt.shape[-1]), wt, bt).detach()
+    if zt is None:
+        zt = F.linear(xt.reshape(-1, xt.shape[-1]), wt, bt).detach()
     zt = zt.to(z.dtype)
     labels = y.reshape(-1)
     n = (labels != -100).sum().clamp(min=1)
@@ -69,6 +74,13 @@ def reference(kind, x, w, xt, wt, y, b=None, bt=None, beta=0.5, temperature=1.0,
 
 
 MODULES = {"jsd": LigerFusedLinearJSDLoss, "cosine": LigerFusedLinearCosineSimilarityLoss}
+
+
+@pytest.fixture(autouse=True)
+def blocks_of_chunk_size(monkeypatch):
+    """Blocks of ``chunk_size`` tokens, so that these small batches run several (at least
+    ``MIN_BLOCK_TOKENS`` = 2048 otherwise: one block)."""
+    monkeypatch.setattr(distill, "MIN_BLOCK_TOKENS", 1)
 
 
 def make_inputs(n, hidden, vocab, dtype, bias=False, teacher_hidden=None, ignored=(), batch=None):
@@ -92,7 +104,9 @@ def make_inputs(n, hidden, vocab, dtype, bias=False, teacher_hidden=None, ignore
 
 def check_against_reference(kind, inputs, chunk_size=1024, grad_scale=1.0, **options):
     """Loss and every student gradient of the module against float64, with PyTorch in the inputs'
-    dtype (the reference run on them) as the yardstick."""
+    dtype (the reference run on them) as the yardstick. The teacher logits are those of the spec
+    (``F.linear`` in the teacher's dtype: a frozen input of the loss, as the teacher's ``lm_head``
+    gives them), the student's exact."""
     x, w, xt, wt, y, b, bt = inputs
     module = MODULES[kind](chunk_size=chunk_size, return_soft_hard_loss=True, **options)
     loss, soft, hard = module(x, w, xt, wt, y, b, bt)
@@ -101,8 +115,9 @@ def check_against_reference(kind, inputs, chunk_size=1024, grad_scale=1.0, **opt
         beta=module.beta, temperature=module.temperature,
         weight_hard=module.weight_hard_loss, weight_soft=module.weight_soft_loss,
     )  # fmt: skip
-    x64, w64, xt64, wt64, b64, bt64 = as64(x, w, xt, wt, b, bt)
-    ref = reference(kind, x64, w64, xt64, wt64, y, b64, bt64, **ref_options)
+    x64, w64, b64 = as64(x, w, b)
+    zt = F.linear(xt.reshape(-1, xt.shape[-1]), wt, bt).double()
+    ref = reference(kind, x64, w64, None, None, y, b64, zt=zt, **ref_options)
     (ref[0] * grad_scale).backward()
     same = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in (x, w, b)]
     base = reference(kind, same[0], same[1], xt, wt, y, same[2], bt, **ref_options)
@@ -122,6 +137,61 @@ def check_against_reference(kind, inputs, chunk_size=1024, grad_scale=1.0, **opt
 def test_jsd_matches_trl(dtype, beta):
     inputs = make_inputs(23, 12, 37, dtype, bias=True, ignored=(2, 9))
     check_against_reference("jsd", inputs, chunk_size=8, beta=beta)
+
+
+@pytest.mark.parametrize("reverse", [True, False])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_jsd_rows_in_column_blocks(beta, reverse, monkeypatch):
+    """The row kernel's passes over several column blocks (16 of 41 columns: the last one partial),
+    the loss pass backwards or forwards, with a temperature (the cross-entropy's own log-sum-exp)."""
+    monkeypatch.setattr(jsd_rows, "BLOCK_COLS", 16)
+    monkeypatch.setattr(jsd_rows, "REVERSE_MIDDLE_PASS", reverse)
+    inputs = make_inputs(15, 10, 41, torch.bfloat16, bias=True, ignored=(3,))
+    check_against_reference("jsd", inputs, chunk_size=6, beta=beta, temperature=1.5)
+
+
+@pytest.mark.parametrize("min_block", [2048, 5])
+def test_blocks_of_at_least_min_block_tokens(min_block, monkeypatch):
+    """``chunk_size`` below ``MIN_BLOCK_TOKENS`` gives blocks of ``MIN_BLOCK_TOKENS`` tokens: the
+    same loss and gradients (one block, or several of 5 tokens; bf16, so the weight gradient's
+    fp32 sum over blocks is rounded once either way)."""
+    monkeypatch.setattr(distill, "MIN_BLOCK_TOKENS", min_block)
+    blocks, mm_fp32 = [], distill.mm_fp32
+
+    def spy(a, b, out):  # grad_x = dlogits @ W: one per block
+        if out.shape[1] == 12:
+            blocks.append(len(a))
+        mm_fp32(a, b, out)
+
+    monkeypatch.setattr(distill, "mm_fp32", spy)
+    inputs = make_inputs(21, 12, 37, torch.bfloat16, ignored=(4,))
+    check_against_reference("jsd", inputs, chunk_size=3, beta=0.3)
+    assert blocks == ([20] if min_block == 2048 else [5, 5, 5, 5])  # the 20 kept tokens
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_teacher_logits_as_the_spec_computes_them(bias, monkeypatch):
+    """The row kernel gets the teacher logits bit for bit as ``F.linear`` in the teacher's dtype
+    gives them (the spec's ``chunk_forward``; bf16: half the traffic of fp32), and the loss is that
+    of those rounded logits: at 20x the teacher's scale, closer to the float64 loss of the
+    bf16-rounded teacher logits than fp32 teacher logits would be."""
+    x, w, xt, wt, y, b, bt = make_inputs(13, 16, 29, torch.bfloat16, bias=bias, ignored=(6,))
+    wt = (wt.float() * 20).bfloat16()
+    seen = []
+    rows = LigerFusedLinearJSDFunction.rows_loss_and_grad.__func__
+
+    def spy(cls, z, zt, *args):
+        seen.append(zt.clone())
+        return rows(cls, z, zt, *args)
+
+    monkeypatch.setattr(LigerFusedLinearJSDFunction, "rows_loss_and_grad", classmethod(spy))
+    loss = LigerFusedLinearJSDLoss(beta=0.4, chunk_size=4)(x, w, xt, wt, y, b, bt)
+    kept = torch.cat([torch.arange(6), torch.arange(7, 13)])
+    expected_zt = F.linear(xt, wt, bt)[kept]
+    assert torch.cat(seen).dtype == torch.bfloat16 and torch.equal(torch.cat(seen), expected_zt)
+    x64, w64, b64 = as64(x, w, b)
+    rounded = reference("jsd", x64, w64, None, None, y, b64, beta=0.4, zt=F.linear(xt, wt, bt).double())[0]
+    torch.testing.assert_close(loss.double(), rounded, rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

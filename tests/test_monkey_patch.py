@@ -16,8 +16,10 @@ from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 import liger_kernel.transformers as lk  # noqa: E402
 from liger_kernel.transformers import (  # noqa: E402
     AutoLigerKernelForCausalLM,
+    LigerFalconH1SwiGLUMLP,
     LigerGEGLUMLP,
     LigerPhi3SwiGLUMLP,
+    LigerReLUSquared,
     LigerRMSNorm,
     LigerSwiGLUMLP,
     liger_rotary_pos_emb,
@@ -25,13 +27,47 @@ from liger_kernel.transformers import (  # noqa: E402
 from liger_kernel.transformers import monkey_patch as mp  # noqa: E402
 from liger_kernel.transformers.model.causal_lm import causal_lm_forward  # noqa: E402
 from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy  # noqa: E402
-from liger_kernel.transformers.model_specs import GEGLU, MODEL_SPECS, PHI3  # noqa: E402
+from liger_kernel.transformers.model_specs import (  # noqa: E402
+    FALCON_H1_SWIGLU,
+    GEGLU,
+    GEMMA4_GEGLU,
+    MODEL_SPECS,
+    PHI3,
+    RELU2,
+)
 
 FAMILIES = sorted(MODEL_SPECS)
-LIGER_MLP = {GEGLU: LigerGEGLUMLP, PHI3: LigerPhi3SwiGLUMLP}
+LIGER_MLP = {
+    GEGLU: LigerGEGLUMLP,
+    GEMMA4_GEGLU: LigerGEGLUMLP,
+    PHI3: LigerPhi3SwiGLUMLP,
+    FALCON_H1_SWIGLU: LigerFalconH1SwiGLUMLP,
+    RELU2: LigerReLUSquared,  # Nemotron: the activation module of its plain MLP
+}
+# The config a family's causal LM is built from, where the table key names the multimodal one.
+CONFIG_TYPE = {"qwen3_5": "qwen3_5_text"}
+# One linear-attention (gated DeltaNet) layer and one attention layer, small.
+LINEAR_ATTENTION = {
+    "layer_types": ["linear_attention", "full_attention"],
+    "linear_num_value_heads": 2,
+    "linear_num_key_heads": 2,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+}
 EXTRA_CONFIG = {
     "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 1},
     "qwen3_moe": {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 16, "mlp_only_layers": [0]},
+    "qwen3_next": {
+        "num_experts": 2,
+        "num_experts_per_tok": 1,
+        "moe_intermediate_size": 16,
+        "shared_expert_intermediate_size": 24,
+        "mlp_only_layers": [0],
+        **LINEAR_ATTENTION,
+    },
+    "qwen3_5": LINEAR_ATTENTION,
+    "falcon_h1": {"mamba_d_ssm": 16, "mamba_n_heads": 2, "mamba_d_head": 8, "mamba_d_state": 8, "mamba_chunk_size": 4},
+    "gemma4_text": {"hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 97, "global_head_dim": 8},
 }
 
 
@@ -49,7 +85,7 @@ def tiny_config(model_type, **overrides):
         eos_token_id=2,
     )
     kwargs.update(EXTRA_CONFIG.get(model_type, {}), **overrides)
-    return AutoConfig.for_model(model_type, **kwargs)
+    return AutoConfig.for_model(CONFIG_TYPE.get(model_type, model_type), **kwargs)
 
 
 def tiny_model(model_type, **overrides):
@@ -63,7 +99,7 @@ def modeling(model_type):
 
 def stock_symbols(model_type):
     spec, module = MODEL_SPECS[model_type], modeling(model_type)
-    names = (*spec.norms, *spec.mlps, spec.rope)
+    names = (*spec.norms, *spec.mlps, spec.rope or "apply_rotary_pos_emb", "ACT2FN")
     causal_lm = getattr(module, spec.causal_lm)
     return {name: getattr(module, name) for name in names}, causal_lm.forward, causal_lm.__dict__.get("_loss_function")
 
@@ -88,6 +124,8 @@ def count_converted(model, model_type):
     spec = MODEL_SPECS[model_type]
     stock_norms = {mp._original(modeling(model_type), n) for n in spec.norms}
     stock_mlps = {mp._original(modeling(model_type), n) for n in spec.mlps}
+    if spec.mlp_kind == RELU2:
+        stock_mlps = {type(mp._original(modeling(model_type), "ACT2FN")["relu2"])}
     liger_mlp = LIGER_MLP.get(spec.mlp_kind, LigerSwiGLUMLP)
     modules = list(model.modules())
     return (
@@ -102,18 +140,19 @@ def count_converted(model, model_type):
 def test_class_patch_builds_liger_modules_and_reverts(model_type):
     stock = tiny_model(model_type)
     n_norms, n_mlps = count_converted(stock, model_type)[2:]
-    assert n_norms >= 2 * 2 + 1  # two per layer and the final one, at least
+    module, spec = modeling(model_type), MODEL_SPECS[model_type]
+    assert n_norms >= (2 * 2 + 1 if spec.norms else 0)  # two per layer and the final one, at least
     symbols, forward, loss_fn = stock_symbols(model_type)
 
-    apply_fn(model_type)()
-    module, spec = modeling(model_type), MODEL_SPECS[model_type]
-    assert getattr(module, spec.rope) is liger_rotary_pos_emb
+    apply_fn(model_type)(rope=True)
+    rope = module.apply_rotary_pos_emb
+    assert rope is (liger_rotary_pos_emb if spec.rope else symbols["apply_rotary_pos_emb"])
     assert getattr(module, spec.causal_lm).forward is causal_lm_forward
     patched = tiny_model(model_type)
     assert count_converted(patched, model_type) == (n_norms, n_mlps, 0, 0)
     # Hugging Face's init keys on the class name: Gemma norms must still start at zero (1 + w).
-    norm = next(m for m in patched.modules() if isinstance(m, LigerRMSNorm))
-    assert torch.all(norm.weight == (0.0 if spec.norm.offset else 1.0))
+    norms = [m for m in patched.modules() if isinstance(m, LigerRMSNorm) and m.weight is not None]
+    assert all(torch.all(norm.weight == (0.0 if spec.norm.offset else 1.0)) for norm in norms)
 
     revert_fn(model_type)()
     assert stock_symbols(model_type) == (symbols, forward, loss_fn)
@@ -146,6 +185,29 @@ def test_instance_patch_output_matches_stock():
         mp._apply_liger_kernel_to_instance(model)
         got = model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_qwen3_5_vision_language_model_and_text_alias():
+    """``qwen3_5`` (the vision-language model) and ``qwen3_5_text`` share one apply function. On the
+    vision-language model the decoder's norms and MLPs (the text classes) are converted; the vision
+    tower and the multimodal forward stay stock, and the output is stock's."""
+    assert mp.MODEL_TYPE_TO_APPLY_LIGER_FN["qwen3_5_text"] is apply_fn("qwen3_5")
+    text = tiny_config("qwen3_5").to_dict()
+    vision = dict(depth=1, hidden_size=16, intermediate_size=24, num_heads=2, out_hidden_size=32, patch_size=4)
+    torch.manual_seed(0)
+    model = transformers.Qwen3_5ForConditionalGeneration(
+        AutoConfig.for_model("qwen3_5", text_config=text, vision_config=vision)
+    )
+    n_norms, n_mlps = count_converted(model, "qwen3_5")[2:]
+    ids = torch.randint(3, 97, (2, 5))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        mp._apply_liger_kernel_to_instance(model)
+        got = model(input_ids=ids).logits
+    assert count_converted(model, "qwen3_5") == (n_norms, n_mlps, 0, 0) and n_norms >= 5 and n_mlps == 2
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    revert_fn("qwen3_5")(model=model)
+    assert count_converted(model, "qwen3_5") == (0, 0, n_norms, n_mlps)
 
 
 def test_peft_wrapped_model():
@@ -189,10 +251,19 @@ def test_conflicting_loss_flags_raise(model_type):
 
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_signatures(model_type):
-    mlp = MODEL_SPECS[model_type].mlp_flag
+    """Liger Kernel 0.8.5's parameters and defaults; the ones differing from Llama's are listed."""
     params = inspect.signature(apply_fn(model_type)).parameters
-    assert list(params) == ["rope", "cross_entropy", "fused_linear_cross_entropy", "rms_norm", mlp, "model"]
-    assert [p.default for p in params.values()] == [True, False, True, True, True, None]
+    mlp = MODEL_SPECS[model_type].mlp_flag
+    expected = {"rope": True, "cross_entropy": False, "fused_linear_cross_entropy": True, "rms_norm": True, mlp: True}
+    if model_type in ("gemma4_text", "glm4", "qwen3_5", "qwen3_next"):  # no RoPE kernel for their rotation
+        expected["rope"] = False
+    if model_type == "nemotron":
+        expected = {"relu_squared": True, "cross_entropy": False, "fused_linear_cross_entropy": True, "model": None}
+        assert list(params)[-1] == "kwargs" and params["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+    else:
+        expected["model"] = None
+    assert {n: p.default for n, p in params.items() if n != "kwargs"} == expected
+    assert list(params)[: len(expected)] == list(expected)
     assert getattr(lk, f"apply_liger_kernel_to_{model_type}") is apply_fn(model_type)
     if model_type == "granite":  # our defaults differ from Liger 0.8.5's there: the docstring says why
         assert "fused_linear_cross_entropy=False" in apply_fn(model_type).__doc__
@@ -374,8 +445,14 @@ def test_patched_forward_warns_no_more_than_stock(model_type):
 
 # The modules the peer's code imports the installed forward from: (module, name) per family.
 FORWARD_MODULES = {
-    **{f: (f, "lce_forward") for f in FAMILIES if f not in ("gemma3_text", "granite")},
+    **{
+        f: (f, "lce_forward")
+        for f in FAMILIES
+        if f not in ("gemma3_text", "gemma4_text", "granite", "hunyuan_v1_dense")
+    },
     "gemma3_text": ("gemma3", "causal_forward"),
+    "gemma4_text": ("gemma4", "causal_forward"),
+    "hunyuan_v1_dense": ("hunyuan_v1", "lce_forward"),
 }
 
 

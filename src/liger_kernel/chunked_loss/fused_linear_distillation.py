@@ -15,14 +15,18 @@ the JSD term. The loss comes back in fp32 (``(loss, soft_loss, hard_loss)`` with
 
 How (all gradients computed in the forward, the backward scales them by the upstream gradient):
 
-- Tokens in blocks of ``chunk_size`` (default 1024); inside a block, sub-chunks of rows whose fp32
-  student and teacher logits fit ``LOGITS_BUDGET_BYTES`` (256 MiB: 256 rows of a 128k vocabulary).
-  Per sub-chunk: fp32 logits of both heads (one matmul each, the teacher's under ``no_grad``),
-  then ``rows_loss_and_grad`` gives the summed soft and hard losses and writes
-  ``d loss / d z`` (already over ``n``) into the block's gradient buffer in the input dtype.
-- Per block: ``grad_x = dlogits @ W`` and ``grad_W += dlogits.T @ x`` with K = ``chunk_size``
-  (one fp32 accumulator for the whole run: every gradient is one fp32 sum rounded once), the bias
-  gradient as an fp32 column sum.
+- Tokens in blocks of ``max(chunk_size, MIN_BLOCK_TOKENS)`` (2048 by default: ``chunk_size`` is the
+  peer's tokens per chunk, 1024 by default; the result does not depend on the blocks, only the
+  memory and the speed do); inside a block, sub-chunks of rows whose fp32 student logits and
+  teacher logits fit ``LOGITS_BUDGET_BYTES`` (256 MiB: 256 rows of a 128k vocabulary).
+  Per sub-chunk: fp32 student logits, teacher logits in the teacher's dtype (as the spec and an
+  ``lm_head`` compute them: bf16 halves their traffic and memory; under ``no_grad``), then
+  ``rows_loss_and_grad`` gives the summed soft and hard losses and writes ``d loss / d z``
+  (already over ``n``) into the block's gradient buffer in the input dtype.
+- Per block: ``grad_x = dlogits @ W`` and ``grad_W += dlogits.T @ x`` with K = the block's tokens
+  (one fp32 accumulator for the whole run: every gradient is one fp32 sum rounded once; each block
+  reads and writes the 2.1 GB accumulator, so 2048-token blocks halve that traffic against 1024),
+  the bias gradient as an fp32 column sum.
 - ``rows_loss_and_grad`` is the seam: the base differentiates the subclass's
   ``distillation_loss_fn`` (and the cross-entropy) with torch autograd on the sub-chunk's fp32
   logits, exact for any hook; a subclass may replace it by a row kernel (the JSD loss does:
@@ -35,9 +39,10 @@ Flops: 8NHV (student logits, input and weight gradients; teacher logits), the fl
 Memory for a 2-byte weight [V, H]: the fp32 weight-gradient accumulator (2.1 GB at 128256 x 4096)
 is held as two halves by vocabulary rows, and rounded to the weight's dtype in place in the first
 half's memory (the second half's rows land in its upper part), so the rounding never needs a
-third copy beside the accumulator; plus the block's dlogits (``chunk_size`` x V in the input dtype,
-263 MB), the sub-chunk's fp32 logits (256 MiB) and the fp32 input gradient (N x H, 134 MB at
-8192 x 4096): about 2.76 GB at that shape (Liger 0.8.5: 3.06 GB; not yet measured on a GPU).
+third copy beside the accumulator; plus the block's dlogits (2048 x V in the input dtype, 525 MB),
+the sub-chunk's logits (256 rows: 131 MB fp32 student, 66 MB bf16 teacher) and the fp32 input
+gradient (N x H, 134 MB at 8192 x 4096): about 2.96 GB at that shape (Liger 0.8.5: 3.06 GB; with
+1024-token blocks and fp32 teacher logits, 2.765 GB measured on an H200).
 
 ``compiled`` is accepted for compatibility and ignored: nothing here runs through torch.compile.
 """
@@ -65,6 +70,12 @@ from liger_kernel.utils import use_triton
 # fp32 row arrays of one sub-chunk (student and teacher logits, plus what ``rows_loss_and_grad``
 # allocates, counted by ``row_arrays()``): 256 rows of both heads' logits at V = 128256.
 LOGITS_BUDGET_BYTES = 256 * 2**20
+
+# Fewest tokens per block (the weight-gradient matmul's K; module docstring).
+MIN_BLOCK_TOKENS = 2048
+
+# dtype of the teacher logits; None: the teacher's input dtype, as the spec computes them.
+TEACHER_LOGITS_DTYPE = None
 
 
 class DistillOptions(NamedTuple):
@@ -98,10 +109,12 @@ def valid_count(target, ignore_index):
 
 
 def generic_rows_loss_and_grad(hook, student_logits, teacher_logits, target, grad_out, scale, opts: DistillOptions):
-    """Summed soft and hard losses (fp32 0-dim) of fp32 logits ``[n, V]``, and, when ``grad_out``
-    ([n, V], the input dtype) is given, ``scale * d(w_hard * hard + w_soft * soft) / d
-    student_logits`` written into it, by torch autograd through ``hook`` (exact for any hook)."""
+    """Summed soft and hard losses (fp32 0-dim) of fp32 student logits ``[n, V]`` (the teacher's in
+    its dtype, handed to the hook in fp32), and, when ``grad_out`` ([n, V], the input dtype) is
+    given, ``scale * d(w_hard * hard + w_soft * soft) / d student_logits`` written into it, by
+    torch autograd through ``hook`` (exact for any hook)."""
     leaf = student_logits.detach().requires_grad_(grad_out is not None)
+    teacher_logits = at_least_fp32(teacher_logits)
     with torch.enable_grad():
         hard = leaf.new_zeros(())
         if opts.compute_ce_loss:
@@ -159,10 +172,11 @@ def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
     need_x, need_w, need_b = needs
     any_grad = need_x or need_w or need_b
     scale = 1.0 / valid_count(y, opts.ignore_index)
-    block = max(1, min(chunk_size, n_rows))
+    block = max(1, min(max(chunk_size, MIN_BLOCK_TOKENS), n_rows))
     rows = split_size(block, n_vocab * 4 * cls.row_arrays(), LOGITS_BUDGET_BYTES)
+    teacher_dtype = TEACHER_LOGITS_DTYPE or xt.dtype
     student_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
-    teacher_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+    teacher_buf = torch.empty(rows * n_vocab, dtype=teacher_dtype, device=x.device)
     grad_buf = torch.empty(block * n_vocab if any_grad else 0, dtype=x.dtype, device=x.device)
     grad_x = torch.empty(n_rows, x.shape[1], dtype=torch.float32, device=x.device) if need_x else None
     grad_w = WeightGradAccumulator(weight) if need_w else None
@@ -200,7 +214,11 @@ def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
 
 
 def _head(x, weight, bias, out):
-    """``out = x @ weight.T + bias`` in fp32 (the products of 2-byte inputs accumulated in fp32)."""
+    """``out = x @ weight.T + bias`` in ``out``'s dtype: fp32 from the fp32 accumulator of 2-byte
+    inputs, or in the inputs' dtype exactly as ``F.linear`` (the spec) rounds it."""
+    if out.dtype == x.dtype and bias is not None:
+        torch.addmm(bias, x, weight.t(), out=out)
+        return
     mm_fp32(x, weight.t(), out)
     if bias is not None:
         out += bias

@@ -24,9 +24,9 @@ from liger_kernel.ops.jsd_distillation_rows import jsd_distillation_rows, jsd_ro
 class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
     """``weight_hard_loss * CE + weight_soft_loss * JSD_beta`` (module docstring) from the student's
     and the teacher's hidden states and heads. Its rows run through the row kernel of
-    ``ops/jsd_distillation_rows.py`` (2 fp32 row arrays, 3 passes) and ignored tokens are dropped
-    before the matmuls, unless a subclass replaces ``distillation_loss_fn`` (then the base's
-    autograd path over every token)."""
+    ``ops/jsd_distillation_rows.py`` (3 passes over the fp32 student and the teacher's logits) and
+    ignored tokens are dropped before the matmuls, unless a subclass replaces
+    ``distillation_loss_fn`` (then the base's autograd path over every token)."""
 
     @classmethod
     def hook_masks_ignored_rows(cls):

@@ -1,13 +1,15 @@
 """The row-normalization kernel family shared by RMSNorm (``ops/rms_norm.py``) and LayerNorm
-(``ops/layer_norm.py``): one forward kernel and two backward kernels, RMSNorm being LayerNorm
-without the mean (constexpr ``IS_RMS``).
+(``ops/layer_norm.py``): one forward kernel, two backward kernels and the weight gradient's sum,
+RMSNorm being LayerNorm without the mean (constexpr ``IS_RMS``).
 
 Memory traffic is the floor of 5 row passes: the forward reads X and writes Y, saving per-row
 fp32 ``rstd`` (and ``mean``) so that the backward reads dY and X once and writes dX without
 redoing the statistics' pass over X. The weight (and bias) gradient is reduced from fp32
 partials: the backward runs a persistent grid of one program per SM, each looping over a
 strided set of row tiles (``_backward_tile``) and summing ``dY * x_hat`` in registers; one
-``torch.sum`` over the [dW and/or dB] x [programs, H] partials finishes both. No atomics.
+launch of ``_sum_partials_kernel`` over the [dW and/or dB] x [programs, H] partials finishes both,
+in the parameters' dtypes (``torch.sum``, a view per gradient and a cast cost more host time than
+one launch). No atomics.
 
 Rows up to ``FWD_MAX_BLOCK`` / ``BWD_MAX_BLOCK`` columns are held in registers whole; wider
 rows (up to ``MAX_HIDDEN``) loop over column blocks: the forward merges per-block statistics
@@ -24,7 +26,15 @@ import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.utils import POISON, as_rows, cdiv, check_float, check_same_device, next_power_of_2
+from liger_kernel.ops.utils import (
+    as_rows,
+    cdiv,
+    check_float,
+    check_same_device,
+    empty_like_output,
+    launch,
+    next_power_of_2,
+)
 from liger_kernel.utils import interpreting
 
 # Widest hidden size supported. Wider rows would work in the loop, but the fp32 dW partials
@@ -51,6 +61,13 @@ PARTS_MAX_COLS = 16384
 RMS_PART = 8192
 LN_PART = 4096
 PART_WARPS = 16
+
+# ``_sum_partials_kernel``'s tile, [partial rows, columns], and warps: one program per 64 columns of
+# dW (and of dB), each adding 64 partial rows a step (the backward's persistent grid has one
+# partial row per SM: 3 steps on an H200's 132).
+SUM_BLOCK_P = 64
+SUM_BLOCK_N = 64
+SUM_WARPS = 4
 
 # Triton's interpreter truncates fp32 -> bf16 casts where the GPU rounds to nearest even: there the
 # kernels round by hand (a few integer ops per element, which the GPU's cast does not need).
@@ -412,6 +429,32 @@ def _norm_backward_parts_kernel(
             tl.store(DB_PART + part_row + c, _part(db0, db1, db2, db3, part), mask=c < n_cols)
 
 
+@triton.jit
+def _sum_partials_kernel(
+    PARTIALS, DW, DB, n_programs, n_cols,
+    DW_SUM: tl.constexpr, DB_SUM: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """dW and dB in their parameters' dtypes: the backward's fp32 partials ([dW and/or dB] x
+    [programs, H]) summed over the programs. Program (i, j) sums column block i of partial block
+    j; ``DW_SUM`` / ``DB_SUM``: the block of dW / dB, -1 when not wanted."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    block = tl.program_id(1)
+    rows = PARTIALS + block.to(tl.int64) * n_programs * n_cols
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_programs, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        mask = (p < n_programs)[:, None] & col_mask[None, :]
+        acc += tl.load(rows + p.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    total = tl.sum(acc, axis=0)
+    if DW_SUM >= 0:
+        if block == DW_SUM:
+            tl.store(DW + cols, total.to(DW.dtype.element_ty), mask=col_mask)
+    if DB_SUM >= 0:
+        if block == DB_SUM:
+            tl.store(DB + cols, total.to(DB.dtype.element_ty), mask=col_mask)
+
+
 # ----------------------------------------------------------------------------- launchers
 
 
@@ -459,6 +502,7 @@ class _BackwardLaunch(NamedTuple):
     num_warps: int
     single: bool  # whole rows in one block
     parts: int  # column parts of ``_norm_backward_parts_kernel``; 0: ``_norm_backward_kernel``
+    sum_block_p: int  # partial rows per step of ``_sum_partials_kernel``
 
 
 def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) -> _BackwardLaunch:
@@ -467,9 +511,14 @@ def _backward_launch(n_rows: int, n_cols: int, is_rms: bool, device_index: int) 
     single = block_n >= n_cols
     if single or n_cols > PARTS_MAX_COLS:
         n_programs = _num_programs(cdiv(n_rows, block_rows), device_index)
-        return _BackwardLaunch(n_programs, block_rows, block_n, num_warps, single, 0)
+        return _BackwardLaunch(n_programs, block_rows, block_n, num_warps, single, 0, _sum_block_p(n_programs))
     part = RMS_PART if is_rms else LN_PART
-    return _BackwardLaunch(_num_programs(n_rows, device_index), 1, part, PART_WARPS, False, cdiv(n_cols, part))
+    n_programs = _num_programs(n_rows, device_index)
+    return _BackwardLaunch(n_programs, 1, part, PART_WARPS, False, cdiv(n_cols, part), _sum_block_p(n_programs))
+
+
+def _sum_block_p(n_programs: int) -> int:
+    return min(SUM_BLOCK_P, next_power_of_2(n_programs))
 
 
 class NormPlan(NamedTuple):
@@ -571,13 +620,6 @@ def require_kernels(X) -> None:
         raise TypeError("`X` is float64, which the kernels (fp32 inside) do not compute exactly: use the Function.")
 
 
-def _empty_like(t):
-    """A contiguous ``torch.empty_like`` (~2 us less host time than ``torch.empty`` with a shape,
-    dtype and device); NaN-filled under ``LIGER_KERNEL_POISON=1`` (see ``ops.utils.empty_output``)."""
-    out = torch.empty_like(t, memory_format=torch.contiguous_format)
-    return out.fill_(float("nan")) if POISON else out
-
-
 def kernel_forward(X, W, B, eps: float, offset: float, casting: int, is_rms: bool):
     """The forward kernel without autograd (the ops' ``*_forward`` functions): ``(Y, X as
     [rows, H] (a view where one exists), stats, plan)``."""
@@ -644,16 +686,16 @@ def norm_forward(plan: NormPlan, X, W, B, eps: float, offset: float, casting: in
     """``(Y, X_rows, stats)``: Y in X's shape and dtype; X_rows (``rows_of``), what the backward
     reads X from; the fp32 per-row statistics, [rstd] or [mean, rstd] rows."""
     X_rows = rows_of(plan, X)
-    Y = _empty_like(X)
+    Y = empty_like_output(X)
     stats = torch.empty((plan.stats_rows, plan.n_rows), dtype=torch.float32, device=X.device)
     if plan.n_rows and plan.n_cols:
-        _norm_forward_kernel[plan.fwd_grid](
-            X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats,
+        tensors = (X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats)
+        scalars = (
             plan.x_stride or plan.n_cols, plan.n_rows, plan.n_cols, float(eps), float(offset),
             plan.is_rms, casting, W is not None, B is not None,
             plan.fwd_block_rows, plan.fwd_block_n, plan.fwd_block_n >= plan.n_cols,
-            num_warps=plan.fwd_warps,
         )  # fmt: skip
+        launch(_norm_forward_kernel, plan.fwd_grid, tensors, scalars, plan.fwd_warps)
     return Y, X_rows, stats
 
 
@@ -668,50 +710,39 @@ def norm_backward(plan: NormPlan, dY, X_rows, W, B, stats, offset: float, castin
     same_dtype = dY.dtype == X_rows.dtype
     if dY.is_contiguous():
         dY_rows, dy_stride = dY, n_cols
-        dX = dY if reuse_dy and same_dtype else _empty_like(dY if same_dtype else X_rows.view(plan.x_shape))
+        dX = dY if reuse_dy and same_dtype else empty_like_output(dY if same_dtype else X_rows.view(plan.x_shape))
     else:
         dY_rows = as_rows(dY)
         dy_stride = dY_rows.stride(0)
         ours = dY_rows.data_ptr() != dY.data_ptr()  # a copy made here
         dense = dy_stride == n_cols and same_dtype
-        dX = dY_rows.view(plan.x_shape) if dense and (reuse_dy or ours) else _empty_like(X_rows.view(plan.x_shape))
-    n_sums = need_dw + need_db
+        reuse = dense and (reuse_dy or ours)
+        dX = dY_rows.view(plan.x_shape) if reuse else empty_like_output(X_rows.view(plan.x_shape))
+    dW = empty_like_output(W) if need_dw else None
+    dB = empty_like_output(B) if need_db else None
     if dX.numel() == 0:
-        partials = torch.zeros(n_sums, 1, n_cols, device=X_rows.device)
-        return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
-    launch = plan.bwd
+        return dX, *(None if g is None else g.zero_() for g in (dW, dB))
+    settings = plan.bwd
     # fp32 partials, [dW and/or dB] x [programs, H]: every program stores its row when it holds the
     # sums in registers; the looped path adds block by block into it, so it starts at zero.
+    n_sums = need_dw + need_db
     partials = X_rows
     if n_sums:
-        alloc = torch.empty if launch.single or launch.parts else torch.zeros
-        partials = alloc((n_sums, launch.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
-    args = (
-        dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials,
+        alloc = torch.empty if settings.single or settings.parts else torch.zeros
+        partials = alloc((n_sums, settings.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
+    tensors = (dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials)
+    scalars = (
         dy_stride, plan.x_stride or n_cols, n_cols, n_rows, n_cols, float(offset),
         plan.is_rms, casting, W is not None, need_dw, need_db,
     )  # fmt: skip
-    grid = (launch.n_programs,)
-    if launch.parts:
-        _norm_backward_parts_kernel[grid](*args, launch.block_n, launch.parts, num_warps=launch.num_warps)
+    if settings.parts:
+        kernel, scalars = _norm_backward_parts_kernel, (*scalars, settings.block_n, settings.parts)
     else:
-        _norm_backward_kernel[grid](*args, launch.block_rows, launch.block_n, launch.single, num_warps=launch.num_warps)
-    return dX, *_parameter_grads(partials, W, B, need_dw, need_db)
-
-
-def _parameter_grads(partials, W, B, need_dw: bool, need_db: bool):
-    """(dW, dB), each in its parameter's dtype, from the fp32 partials ([dW and/or dB] x
-    [programs, H]); as few torch calls as possible (each costs host time)."""
-    if not (need_dw or need_db):
-        return None, None
-    if not (need_dw and need_db):
-        grad = _cast(partials.sum((0, 1)), (W if need_dw else B).dtype)
-        return (grad, None) if need_dw else (None, grad)
-    sums = partials.sum(1)
-    if W.dtype == B.dtype:
-        return tuple(_cast(sums, W.dtype).unbind(0))  # one cast for both
-    return _cast(sums[0], W.dtype), _cast(sums[1], B.dtype)
-
-
-def _cast(t, dtype):
-    return t if dtype == torch.float32 else t.to(dtype)
+        kernel, scalars = _norm_backward_kernel, (*scalars, settings.block_rows, settings.block_n, settings.single)
+    launch(kernel, (settings.n_programs,), tensors, scalars, settings.num_warps)
+    if n_sums:
+        sums = (settings.n_programs, n_cols, 0 if need_dw else -1, n_sums - 1 if need_db else -1)
+        grid = (cdiv(n_cols, SUM_BLOCK_N), n_sums)
+        tensors = (partials, partials if dW is None else dW, partials if dB is None else dB)
+        launch(_sum_partials_kernel, grid, tensors, (*sums, settings.sum_block_p, SUM_BLOCK_N), SUM_WARPS)
+    return dX, dW, dB

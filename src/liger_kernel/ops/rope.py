@@ -25,6 +25,7 @@ from liger_kernel.ops.utils import (
     empty_output,
     fallback_backward,
     fallback_forward,
+    launch,
     next_power_of_2,
 )
 from liger_kernel.utils import use_triton
@@ -278,7 +279,10 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, o
     qo = empty_output(q.shape, q, strides=plan.out_strides[0])
     ko = empty_output(k.shape, k, strides=plan.out_strides[1])
     if plan.grid:
-        _rope_kernel[plan.grid](q, k, qo, ko, cos, sin, *plan.int_args, INVERSE=inverse, **plan.meta)
+        m = plan.meta
+        constexprs = (m["HALF"], m["PASS"], m["BLOCK_T"], m["BLOCK_HQ"], m["BLOCK_HK"], m["HALF_PAD"], m["PASS_PAD"])
+        scalars = (*plan.int_args, *constexprs, inverse, m["COMPUTE"])
+        launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), scalars, m["num_warps"])
     return qo, ko, plan
 
 

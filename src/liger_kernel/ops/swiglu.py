@@ -30,9 +30,10 @@ from liger_kernel.ops.utils import (
     check_same_device,
     check_same_dtype,
     check_same_shape,
-    empty_output,
+    empty_like_output,
     fallback_backward,
     fallback_forward,
+    launch,
     next_power_of_2,
 )
 from liger_kernel.utils import use_triton
@@ -136,12 +137,11 @@ def _layout(*tensors):
 
 def gated_forward(a, b, activation: str, gate_multiplier: float = 1.0, down_multiplier: float = 1.0):
     """``down_multiplier * act(gate_multiplier * a) * b`` into a new tensor of a's shape."""
-    c = empty_output(a.shape, a)
+    c = empty_like_output(a)
     if c.numel():
         (a2, b2, c2), strides, n_cols, grid, per_row, block, warps = _layout(a, b, c)
-        _gated_forward_kernel[grid](
-            a2, b2, c2, *strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, block, num_warps=warps
-        )
+        scalars = (*strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, block)
+        launch(_gated_forward_kernel, grid, (a2, b2, c2), scalars, warps)
     return c
 
 
@@ -153,8 +153,8 @@ def gated_backward(
     gradient) or into new tensors. With ``store_c``, ``down_multiplier * act(gate_multiplier * a)
     * b`` is also written over ``dc``, which must then be a contiguous buffer the caller owns
     (``LigerGatedMLPFunction`` recomputes c this way, in the same pass)."""
-    da = empty_output(a.shape, a) if da is None else da
-    db = empty_output(b.shape, b) if db is None else db
+    da = empty_like_output(a) if da is None else da
+    db = empty_like_output(b) if db is None else db
     if not a.numel():
         return da, db
     if store_c and not dc.is_contiguous():
@@ -162,10 +162,8 @@ def gated_backward(
     views, strides, n_cols, grid, per_row, block, warps = _layout(dc, a, b, da, db)
     if views[3] is not da and (views[3].data_ptr() != da.data_ptr() or views[4].data_ptr() != db.data_ptr()):
         raise ValueError("`da` and `db` must have row views (unit column stride, non-overlapping rows).")
-    _gated_backward_kernel[grid](
-        *views, *strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, store_c, block,
-        num_warps=warps,
-    )  # fmt: skip
+    scalars = (*strides, n_cols, per_row, gate_multiplier, down_multiplier, activation, store_c, block)
+    launch(_gated_backward_kernel, grid, views, scalars, warps)
     return da, db
 
 
@@ -400,7 +398,7 @@ def swiglu_fused_gate_up_backward(y, dc, dy=None):
     _check_stacked(y)
     if not use_triton(y):
         return reference_vjp(swiglu_fused_gate_up_reference, dc, y)[0]
-    dy = empty_output(y.shape, y) if dy is None else dy
+    dy = empty_like_output(y) if dy is None else dy
     gated_backward(dc, *y.chunk(2, dim=-1), "silu", *dy.chunk(2, dim=-1))
     return dy
 

@@ -10,8 +10,10 @@ import torch
 import triton
 import triton.language as tl
 from torch._vendor.packaging.version import Version  # torch vendors packaging; no extra dependency
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
 
-from liger_kernel.utils import infer_device, is_npu_available
+from liger_kernel.utils import infer_device, interpreting, is_npu_available
 
 # Widest row one program holds in registers at once; wider rows are processed in a loop.
 MAX_FUSED_SIZE = 65536
@@ -103,6 +105,85 @@ def empty_output(shape, like: torch.Tensor, dtype=None, strides=None) -> torch.T
     if POISON and out.is_floating_point():
         out.fill_(float("nan"))
     return out
+
+
+def empty_like_output(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous float tensor of ``t``'s shape, dtype and device for a kernel's output, as
+    ``empty_output`` (NaN-filled under ``LIGER_KERNEL_POISON=1``) with ~2 us less host time
+    (``torch.empty_like``: no shape, dtype and device to parse)."""
+    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    return out.fill_(float("nan")) if POISON else out
+
+
+# ----------------------------------------------------------------------------- kernel launches
+
+# Compiled kernels by launch signature (see ``launch``): ``(kernel, compiled)``, compiled None for
+# a signature that launches through Triton every time (see ``_direct_launcher``).
+_COMPILED: dict = {}
+_MAX_COMPILED = 4096
+# The launcher's calling convention below is read from Triton 3.3 to 3.9; another version
+# launches through Triton every time.
+_KNOWN_LAUNCHER = (3, 3) <= Version(triton.__version__).release[:2] <= (3, 9)
+_DIRECT = _KNOWN_LAUNCHER and not interpreting()
+# Where Triton keeps the launch hooks it passes to a kernel's launcher: ``triton.knobs.runtime``
+# from Triton 3.4, ``CompiledKernel`` (class attributes) in 3.3.
+_HOOKS = getattr(getattr(triton, "knobs", None), "runtime", None)
+if not hasattr(_HOOKS, "launch_enter_hook"):
+    _HOOKS = triton.compiler.CompiledKernel
+
+
+def _direct_launcher(kernel, compiled, n_args: int):
+    """``compiled`` (what ``kernel[grid](...)`` returned) where its launcher can be called as
+    Triton 3.3-3.9 call it, else None: a plain ``@triton.jit`` kernel (an autotuner's or a
+    pre-run hook's work would be skipped), given every parameter (Triton passes defaults too),
+    compiled for CUDA."""
+    target = getattr(getattr(compiled, "metadata", None), "target", None)
+    fields = ("run", "function", "packed_metadata", "launch_metadata")
+    if type(kernel) is not JITFunction or getattr(kernel, "pre_run_hooks", None):
+        return None
+    if len(getattr(kernel, "params", ())) != n_args:
+        return None
+    if getattr(target, "backend", None) != "cuda" or not all(hasattr(compiled, f) for f in fields):
+        return None
+    return compiled
+
+
+def launch(kernel, grid: tuple, tensors: tuple, scalars: tuple, num_warps: int) -> None:
+    """``kernel[grid](*tensors, *scalars, num_warps=num_warps)`` (tensors first in the kernel's
+    signature, then the other arguments, constexprs included), calling the compiled kernel's
+    launcher directly after the first launch of each signature.
+
+    ``kernel[grid](...)`` binds the arguments, specializes each and looks up the compiled kernel
+    on every call: 15-27 us of host time per launch on the CPU machine (Triton 3.9,
+    ``benchmarks/host_cost_cpu.py``), against about 4 us here. What selects Triton's compiled
+    kernel is the current device, the options, each tensor's dtype and 16-byte alignment, each
+    constexpr's value and each other argument's class (an int's: 1, a multiple of 16, 32 or 64
+    bits); the key below holds the device, ``num_warps``, the tensors' dtypes and addresses
+    modulo 16 and every other argument's value: finer than Triton's, so a new value costs one
+    launch through Triton, never a wrong kernel. The launcher is then called as
+    ``JITFunction.run`` calls it (current stream, launch metadata and hooks). Under the
+    interpreter, and where ``_direct_launcher`` declines, every launch goes through Triton."""
+    if not _DIRECT:
+        kernel[grid](*tensors, *scalars, num_warps=num_warps)
+        return
+    active = driver.active
+    device = active.get_current_device()
+    key = (id(kernel), device, num_warps, scalars, *[t.dtype for t in tensors], *[t.data_ptr() % 16 for t in tensors])
+    cached = _COMPILED.get(key)
+    if cached is None or cached[0] is not kernel or cached[1] is None:
+        compiled = kernel[grid](*tensors, *scalars, num_warps=num_warps)
+        if cached is None or cached[0] is not kernel:  # first launch of this signature
+            if len(_COMPILED) >= _MAX_COMPILED:
+                _COMPILED.clear()
+            _COMPILED[key] = (kernel, _direct_launcher(kernel, compiled, len(tensors) + len(scalars)))
+        return
+    compiled = cached[1]
+    stream = active.get_current_stream(device)
+    args = (*tensors, *scalars)
+    grid_1, grid_2 = (*grid[1:], 1, 1)[:2]
+    metadata = compiled.launch_metadata(grid, stream, *args)
+    compiled.run(grid[0], grid_1, grid_2, stream, compiled.function, compiled.packed_metadata, metadata,
+                 _HOOKS.launch_enter_hook, _HOOKS.launch_exit_hook, *args)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- devices and autocast

@@ -31,6 +31,7 @@ _LAZY = {
     "LigerFalconH1SwiGLUMLP": "swiglu",
     "LigerSwiGLUMLPForMuseGlimmer": "swiglu",
     "LigerMLP": "mlp",
+    "LigerReLUSquared": "relu_squared",
     "LigerFalconH1MLP": "mlp",
     "liger_rotary_pos_emb": "rope",
     "liger_rotary_pos_emb_gpt_oss": "rope",
@@ -38,6 +39,12 @@ _LAZY = {
     "LigerCrossEntropyLoss": "cross_entropy",
     "CrossEntropyOutput": "cross_entropy",
     "LigerFusedLinearCrossEntropyLoss": "fused_linear_cross_entropy",
+    "LigerKLDIVLoss": "kl_div",
+    "LigerJSD": "jsd",
+    "LigerTVDLoss": "tvd",
+    "LigerFusedLinearJSD": "fused_linear_jsd",
+    "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
+    "LigerFusedCETVDLoss": "fused_ce_tvd",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).

@@ -4,11 +4,17 @@ import torch
 
 from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
 from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction
+from liger_kernel.ops.fused_linear_kl_div import LigerFusedLinearKLDivFunction
 from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.jsd import LigerJSDFunction
+from liger_kernel.ops.kl_div import LigerKLDivLossFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
+from liger_kernel.ops.tvd import LigerTVDLossFunction
 from liger_kernel.transformers.cross_entropy import CrossEntropyOutput as CrossEntropyOutput  # the peer's path
 from liger_kernel.transformers.cross_entropy import pack_outputs
 
@@ -26,6 +32,11 @@ def liger_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=No
 def liger_geglu(a, b):
     """``gelu_tanh(a) * b`` for tensors of one shape."""
     return LigerGELUMulFunction.apply(a, b)
+
+
+def liger_relu_squared(x):
+    """``relu(x) ** 2`` elementwise (Nemotron's MLP activation)."""
+    return LigerReLUSquaredFunction.apply(x)
 
 
 def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
@@ -62,7 +73,7 @@ def liger_cross_entropy(
     backward writes the gradient over the logits unless a leaf owns them (see
     ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
-        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
     outputs = LigerCrossEntropyFunction.apply(
         input,
         target,
@@ -130,3 +141,60 @@ def liger_fused_linear_cross_entropy(
         loss_dtype,
     )
     return pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
+
+
+def liger_kl_div(input, target, size_average=True, reduce=True, reduction="mean", log_target=False, eps=1e-10):
+    """``F.kl_div(input, target, reduction=reduction, log_target=log_target)`` (``input``
+    log-probabilities; ``eps`` bounds the log of a probability target). The legacy
+    ``size_average`` / ``reduce`` decide the reduction only when one of them is False, as
+    PyTorch's would (their defaults here are True, which leaves ``reduction`` in charge)."""
+    if size_average is False or reduce is False:
+        reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
+    return LigerKLDivLossFunction.apply(input, target, reduction, log_target, eps)
+
+
+def liger_jsd(input, target, shift_labels=None, beta=0.5, ignore_index=-100):
+    """Generalized JSD of the student's log-probabilities ``input`` and the teacher's ``target``
+    [BT, V], over the rows whose ``shift_labels`` is not ``ignore_index`` (see ``LigerJSD``)."""
+    return LigerJSDFunction.apply(input, target, shift_labels, beta, ignore_index)
+
+
+def liger_tvd(input, target, shift_labels=None, reduction="mean", ignore_index=-100):
+    """Total variation distance of the probabilities ``input`` and ``target`` [BT, V] (see ``LigerTVDLoss``)."""
+    return LigerTVDLossFunction.apply(input, target, shift_labels, reduction, ignore_index)
+
+
+def liger_fused_linear_jsd(
+    student_input,
+    student_weight,
+    teacher_input,
+    teacher_weight,
+    shift_labels=None,
+    jsd_beta=0.5,
+    ignore_index=-100,
+    temperature=1.0,
+    accum_dtype=None,
+):
+    """The JSD of a student's and a teacher's head outputs without their logits (see ``LigerFusedLinearJSD``)."""
+    return LigerFusedLinearJSDFunction.apply(
+        student_input, student_weight, teacher_input, teacher_weight, shift_labels, jsd_beta, ignore_index,
+        temperature, accum_dtype,
+    )  # fmt: skip
+
+
+def liger_fused_linear_kl_div(
+    student_input,
+    student_weight,
+    target,
+    shift_labels=None,
+    reduction="batchmean",
+    ignore_index=-100,
+    temperature=1.0,
+    eps=1e-10,
+    accum_dtype=None,
+):
+    """KL of a student head's output against teacher probabilities without the student's logits
+    (see ``LigerFusedLinearKLDivLoss``)."""
+    return LigerFusedLinearKLDivFunction.apply(
+        student_input, student_weight, target, shift_labels, reduction, ignore_index, temperature, eps, accum_dtype
+    )

@@ -2,7 +2,8 @@
 
 Each entry names what the patcher swaps in ``transformers.models.<m>.modeling_<m>`` and the
 numerics our kernels must reproduce there. Adding a family is adding an entry here (and a
-convergence test), never writing a new patch function or forward.
+convergence test), never writing a new patch function or forward. Every class and function an
+entry names exists in transformers 5.17 (the GPU image) and 5.24 (checked in both wheels).
 """
 
 from dataclasses import dataclass
@@ -11,6 +12,10 @@ from dataclasses import dataclass
 SWIGLU = "swiglu"  # gate_proj/up_proj/down_proj, silu(gate) * up
 PHI3 = "phi3"  # one fused gate_up_proj, silu(gate) * up
 GEGLU = "geglu"  # gate_proj/up_proj/down_proj, gelu_tanh(gate) * up
+GEMMA4_GEGLU = "gemma4_geglu"  # GeGLU built as (config, layer_idx): double-wide in KV-sharing layers
+HUNYUAN_SWIGLU = "hunyuan_swiglu"  # SwiGLU built as (config, layer_idx=None, is_shared_mlp=False)
+FALCON_H1_SWIGLU = "falcon_h1_swiglu"  # SwiGLU with config.mlp_multipliers on the gate and the output
+RELU2 = "relu2"  # no gated MLP: ReLU² replaces the activation module of down(relu2(up(x))) (Nemotron)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ LLAMA_NORM = NormSpec()
 GEMMA_NORM = NormSpec(offset=1.0, casting_mode="gemma", init_fn="zeros")
 GEMMA_POST_NORM = NormSpec(offset=1.0, casting_mode="gemma", init_fn="zeros", in_place=False)
 OLMO2_NORM = NormSpec(casting_mode="gemma", in_place=False)
+LLAMA_POST_NORM = NormSpec(in_place=False)
+# Gemma 4: the weight at ones and applied in fp32, x_hat * w (some norms have no weight at all).
+GEMMA4_NORM = NormSpec(casting_mode="gemma", in_place=False)
 
 
 @dataclass(frozen=True)
@@ -47,7 +55,9 @@ class ModelSpec:
     norms: RMSNorm class names (all share ``norm`` numerics; q/k norms included).
     mlps: dense MLP class names replaced by ``mlp_kind`` (MoE experts stay stock).
     activation: the config attribute naming the MLP activation.
-    rope: the module-level RoPE function name.
+    rope: the module-level RoPE function name; None where our kernel does not compute the
+        family's rotation (interleaved pairs, multimodal sections, a one-tensor signature): the
+        ``rope`` flag then defaults to False, as in Liger Kernel 0.8.5, and True is ignored.
     moe: whether the forward adds the router load-balancing loss (the module's
         ``load_balancing_loss_func``).
     note: a sentence for the family's ``apply_liger_kernel_to_*`` docstring.
@@ -67,7 +77,19 @@ class ModelSpec:
     @property
     def mlp_flag(self) -> str:
         """The name of the MLP switch in this family's ``apply_liger_kernel_to_*``."""
-        return "geglu" if self.mlp_kind == GEGLU else "swiglu"
+        if self.mlp_kind == RELU2:
+            return "relu_squared"
+        return "geglu" if self.mlp_kind in (GEGLU, GEMMA4_GEGLU) else "swiglu"
+
+    @property
+    def flags(self) -> tuple:
+        """``(name, default)`` of each switch of ``apply_liger_kernel_to_*``, in Liger Kernel
+        0.8.5's order (``model=None`` follows). Nemotron's has only the activation and the
+        losses, and takes any other keyword (``**kwargs``), as there."""
+        losses = (("cross_entropy", False), ("fused_linear_cross_entropy", True))
+        if self.mlp_kind == RELU2:
+            return ((self.mlp_flag, True), *losses)
+        return (("rope", self.rope is not None), *losses, ("rms_norm", True), (self.mlp_flag, True))
 
 
 GRANITE_NOTE = (
@@ -76,6 +98,18 @@ GRANITE_NOTE = (
     "forward divides the hidden states by ``logits_scaling`` before the fused loss, ``(h / s) W^T == (h W^T) / s``, "
     "so the loss is the stock one without the [B*T, V] logits. Pass ``cross_entropy=True, "
     "fused_linear_cross_entropy=False`` for the loss on logits."
+)
+
+
+FALCON_H1_NOTE = (
+    "The generic forward multiplies the hidden states by ``lm_head_multiplier`` before the fused loss, "
+    "``(h m) W^T == (h W^T) m``; the Mamba mixer and its gated norm stay stock."
+)
+NO_ROPE_NOTE = "Our RoPE kernel does not compute this family's rotation: ``rope=True`` is ignored."
+QWEN3_5_NOTE = (
+    "Also for ``qwen3_5_text``. The norms and MLPs of the vision-language ``Qwen3_5ForConditionalGeneration`` "
+    "are these classes and are patched too; its forward (the loss on logits) stays stock. "
+    "The gated DeltaNet and its gated norm stay stock. " + NO_ROPE_NOTE
 )
 
 
@@ -132,4 +166,80 @@ MODEL_SPECS = {
     "smollm3": ModelSpec(
         _hf("smollm3"), "SmolLM3ForCausalLM", ("SmolLM3RMSNorm",), LLAMA_NORM, ("SmolLM3MLP",), SWIGLU
     ),
+    # GLM-4: one fused gate_up_proj as Phi-3; norms after attention and MLP (post-norm); interleaved RoPE.
+    "glm4": ModelSpec(
+        _hf("glm4"),
+        "Glm4ForCausalLM",
+        ("Glm4RMSNorm",),
+        LLAMA_POST_NORM,
+        ("Glm4MLP",),
+        PHI3,
+        rope=None,
+        note=NO_ROPE_NOTE,
+    ),
+    "olmo3": ModelSpec(_hf("olmo3"), "Olmo3ForCausalLM", ("Olmo3RMSNorm",), OLMO2_NORM, ("Olmo3MLP",), SWIGLU),
+    "exaone4": ModelSpec(
+        _hf("exaone4"), "Exaone4ForCausalLM", ("Exaone4RMSNorm",), LLAMA_POST_NORM, ("Exaone4MLP",), SWIGLU
+    ),
+    "hunyuan_v1_dense": ModelSpec(
+        _hf("hunyuan_v1_dense"),
+        "HunYuanDenseV1ForCausalLM",
+        ("HunYuanDenseV1RMSNorm",),
+        LLAMA_NORM,
+        ("HunYuanDenseV1MLP",),
+        HUNYUAN_SWIGLU,
+    ),
+    "falcon_h1": ModelSpec(
+        _hf("falcon_h1"),
+        "FalconH1ForCausalLM",
+        ("FalconH1RMSNorm",),
+        LLAMA_NORM,
+        ("FalconH1MLP",),
+        FALCON_H1_SWIGLU,
+        note=FALCON_H1_NOTE,
+    ),
+    "gemma4_text": ModelSpec(
+        _hf("gemma4"),
+        "Gemma4ForCausalLM",
+        ("Gemma4RMSNorm",),
+        GEMMA4_NORM,
+        ("Gemma4TextMLP",),
+        GEMMA4_GEGLU,
+        activation="hidden_activation",
+        rope=None,
+        note=NO_ROPE_NOTE,
+    ),
+    # Qwen3.5: Gemma's norm numerics; linear-attention (gated DeltaNet) layers between the attention ones.
+    "qwen3_5": ModelSpec(
+        _hf("qwen3_5"),
+        "Qwen3_5ForCausalLM",
+        ("Qwen3_5RMSNorm",),
+        GEMMA_NORM,
+        ("Qwen3_5MLP",),
+        SWIGLU,
+        rope=None,
+        note=QWEN3_5_NOTE,
+    ),
+    # Qwen3-Next: the dense and shared-expert MLPs are patched, the routed experts stay stock.
+    "qwen3_next": ModelSpec(
+        _hf("qwen3_next"),
+        "Qwen3NextForCausalLM",
+        ("Qwen3NextRMSNorm",),
+        GEMMA_NORM,
+        ("Qwen3NextMLP",),
+        SWIGLU,
+        rope=None,
+        moe=True,
+        note="The routed experts and the gated DeltaNet stay stock. " + NO_ROPE_NOTE,
+    ),
+    # Nemotron: LayerNorm1P (kept stock) and a plain MLP, down(relu2(up(x))): ReLU² is what Liger swaps.
+    "nemotron": ModelSpec(_hf("nemotron"), "NemotronForCausalLM", (), LLAMA_NORM, (), RELU2, rope=None),
 }
+
+# Model types whose apply function is another type's: the text decoder of a multimodal family.
+ALIASES = {"qwen3_5_text": "qwen3_5"}
+
+
+def spec_for(model_type):
+    """The table entry for a ``config.model_type`` (aliases resolved), or None."""
+    return MODEL_SPECS.get(ALIASES.get(model_type, model_type))

@@ -21,13 +21,30 @@ import textwrap
 import torch
 import torch.nn as nn
 
-from liger_kernel.transformers.geglu import LigerGEGLUMLP
+from liger_kernel.transformers.geglu import LigerGEGLUMLP, LigerGEGLUMLPForGemma4
 from liger_kernel.transformers.model.causal_lm import causal_lm_forward
 from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy
-from liger_kernel.transformers.model_specs import GEGLU, MODEL_SPECS, PHI3, SWIGLU
+from liger_kernel.transformers.model_specs import (
+    ALIASES,
+    FALCON_H1_SWIGLU,
+    GEGLU,
+    GEMMA4_GEGLU,
+    HUNYUAN_SWIGLU,
+    MODEL_SPECS,
+    PHI3,
+    RELU2,
+    SWIGLU,
+)
+from liger_kernel.transformers.relu_squared import LigerReLUSquared
 from liger_kernel.transformers.rms_norm import LigerRMSNorm
 from liger_kernel.transformers.rope import liger_rotary_pos_emb
-from liger_kernel.transformers.swiglu import SILU_NAMES, LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
+from liger_kernel.transformers.swiglu import (
+    SILU_NAMES,
+    LigerFalconH1SwiGLUMLP,
+    LigerHunyuanV1SwiGLUMLP,
+    LigerPhi3SwiGLUMLP,
+    LigerSwiGLUMLP,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +54,17 @@ _MISSING = object()
 # (modeling module, stock class name) -> its Liger adapter class, built once so identity is stable.
 _ADAPTERS = {}
 
-_MLP_BASES = {SWIGLU: LigerSwiGLUMLP, PHI3: LigerPhi3SwiGLUMLP, GEGLU: LigerGEGLUMLP}
+_MLP_BASES = {
+    SWIGLU: LigerSwiGLUMLP,
+    PHI3: LigerPhi3SwiGLUMLP,
+    GEGLU: LigerGEGLUMLP,
+    GEMMA4_GEGLU: LigerGEGLUMLPForGemma4,
+    HUNYUAN_SWIGLU: LigerHunyuanV1SwiGLUMLP,
+    FALCON_H1_SWIGLU: LigerFalconH1SwiGLUMLP,
+}
 # What each fused kernel computes: silu, or GELU's tanh form (HF's "gelu_pytorch_tanh"/"gelu_new").
-_MLP_ACTIVATIONS = {SWIGLU: SILU_NAMES, PHI3: SILU_NAMES, GEGLU: ("gelu_pytorch_tanh", "gelu_new")}
+_TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
+_MLP_ACTIVATIONS = {kind: SILU_NAMES for kind in _MLP_BASES} | {GEGLU: _TANH_GELU, GEMMA4_GEGLU: _TANH_GELU}
 # Plain attributes of every nn.Module: never copied when converting a module in place.
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
@@ -98,14 +123,15 @@ def _mlp_supported(spec, config) -> bool:
 
 
 def _norm_adapter(spec, modeling, name):
-    """``LigerRMSNorm`` with the family's numerics and the stock constructor ``(size, eps)``
-    (Gemma 3 passes the size as ``dim=``). Its name keeps "RMSNorm", which Hugging Face's
-    weight init keys on (ones, or zeros for Gemma)."""
+    """``LigerRMSNorm`` with the family's numerics and the stock constructor ``(size, eps,
+    with_scale=True)`` (Gemma 3 and 4 pass the size as ``dim=``; Gemma 4's ``with_scale=False``
+    has no weight). Its name keeps "RMSNorm", which Hugging Face's weight init keys on (ones, or
+    zeros for Gemma)."""
     key = (modeling.__name__, name)
     if key not in _ADAPTERS:
         numerics = spec.norm
 
-        def __init__(self, hidden_size=None, eps=1e-6, *, dim=None):
+        def __init__(self, hidden_size=None, eps=1e-6, with_scale=True, *, dim=None):
             LigerRMSNorm.__init__(
                 self,
                 hidden_size if hidden_size is not None else dim,
@@ -113,6 +139,7 @@ def _norm_adapter(spec, modeling, name):
                 offset=numerics.offset,
                 casting_mode=numerics.casting_mode,
                 init_fn=numerics.init_fn,
+                elementwise_affine=with_scale,
                 grad_output_unshared=numerics.in_place,
             )
 
@@ -145,37 +172,69 @@ def _mlp_adapter(spec, modeling, name):
     return _ADAPTERS[key]
 
 
+def _activation_adapter(modeling):
+    """``LigerReLUSquared`` standing in for Hugging Face's ``ReLUSquaredActivation``."""
+    key = (modeling.__name__, "relu2")
+    if key not in _ADAPTERS:
+        stock = _original(modeling, "ACT2FN")["relu2"].__class__
+        _ADAPTERS[key] = type(
+            "LigerReLUSquaredActivation", (LigerReLUSquared,), {"__module__": __name__, "stock_class": stock}
+        )
+    return _ADAPTERS[key]
+
+
+def _activations_with_relu_squared(modeling):
+    """The modeling module's ``ACT2FN`` with ``"relu2"`` built as ``LigerReLUSquared``."""
+    from transformers.activations import ACT2CLS, ClassInstantier
+
+    return ClassInstantier({**ACT2CLS, "relu2": _activation_adapter(modeling)})
+
+
 def _convert(module, adapter, undo, *args):
     """Turn ``module`` into an ``adapter`` in place: same object, same Parameters and hooks.
-    A meta-device instance supplies the plain attributes the Liger forward reads."""
+    A meta-device instance supplies the plain attributes the Liger forward reads that the stock
+    module lacks (those it has describe the same module: its config, its width)."""
     with torch.device("meta"):
         fresh = adapter(*args)
-    new = {key: value for key, value in vars(fresh).items() if key not in _MODULE_INTERNALS}
+    new = {key: value for key, value in vars(fresh).items() if key not in _MODULE_INTERNALS and key not in vars(module)}
     previous, cls = {key: vars(module).get(key, _MISSING) for key in new}, type(module)
+    # A parameter slot the Liger forward reads as None (a norm without weight) that the stock module lacks.
+    empty = [name for name, p in fresh._parameters.items() if p is None and name not in module._parameters]
     for key, value in new.items():
         setattr(module, key, value)
+    for name in empty:
+        module.register_parameter(name, None)
     module.__class__ = adapter
 
     def back():
         module.__class__ = cls
         for key, value in previous.items():
             _set_or_delete(module, key, value)
+        for name in empty:
+            del module._parameters[name]
 
     undo.append(back)
 
 
 def _patch_instance(model, spec, modeling, rms_norm, mlp, undo):
-    """Convert the model's stock norms and MLPs; returns counts and the reasons for what was left."""
+    """Convert the model's stock norms and MLPs (or activations); returns counts and the reasons
+    for what was left."""
     norms = {_original(modeling, n): n for n in spec.norms} if rms_norm else {}
     mlps = {_original(modeling, n): n for n in spec.mlps} if mlp else {}
+    activation = _activation_adapter(modeling) if mlp and spec.mlp_kind == RELU2 else None
     done = {"rms_norm": 0, "mlp": 0}
     kept = []
     for path, module in model.named_modules():
         cls = type(module)
         if cls in norms:
             eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-            _convert(module, _norm_adapter(spec, modeling, norms[cls]), undo, module.weight.shape[0], eps)
+            weight = getattr(module, "weight", None)
+            size = None if weight is None else weight.shape[0]
+            _convert(module, _norm_adapter(spec, modeling, norms[cls]), undo, size, eps, weight is not None)
             done["rms_norm"] += 1
+        elif activation is not None and cls is activation.stock_class:
+            _convert(module, activation, undo)
+            done["mlp"] += 1
         elif cls in mlps:
             if not _mlp_supported(spec, module.config):
                 kept.append(f"{path} ({cls.__name__}: config not reproducible by the {spec.mlp_kind} kernel)")
@@ -204,20 +263,21 @@ def _check_arguments(flags, model):
         )
 
 
-def _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, mlp):
+def _apply(model_type, model, flags, others):
+    """``flags``: the family's switches by name (``spec.flags``); ``others``: the keywords a
+    ``**kwargs`` signature took, which patch nothing here."""
     spec = MODEL_SPECS[model_type]
-    flags = {
-        "rope": rope,
-        "cross_entropy": cross_entropy,
-        "fused_linear_cross_entropy": fused_linear_cross_entropy,
-        "rms_norm": rms_norm,
-        spec.mlp_flag: mlp,
-    }
     _check_arguments(flags, model)
+    if others:
+        logger.info("apply_liger_kernel_to_%s ignores %s", model_type, sorted(others))
+    rope, rms_norm, mlp = flags.get("rope"), flags.get("rms_norm"), flags[spec.mlp_flag]
+    cross_entropy, fused_linear_cross_entropy = flags["cross_entropy"], flags["fused_linear_cross_entropy"]
+    if rope and spec.rope is None:
+        logger.info("rope=True ignored for %s: our RoPE kernel does not compute its rotation.", model_type)
     modeling = importlib.import_module(spec.module)
     causal_lm = getattr(modeling, spec.causal_lm)
     with _all_or_nothing() as undo:
-        if rope:
+        if rope and spec.rope is not None:
             _swap(modeling, spec.rope, liger_rotary_pos_emb, undo)
         if rms_norm:
             for name in spec.norms:
@@ -225,6 +285,8 @@ def _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, r
         if mlp:
             for name in spec.mlps:
                 _swap(modeling, name, _mlp_adapter(spec, modeling, name), undo)
+            if spec.mlp_kind == RELU2:
+                _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
         if cross_entropy:
             # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
             # attribute hooks this family only, leaving transformers' shared loss functions alone.
@@ -241,38 +303,47 @@ def _revert(model_type, model):
     modeling = importlib.import_module(spec.module)
     _restore({modeling, getattr(modeling, spec.causal_lm)})
     if model is not None:
-        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in spec.norms + spec.mlps} - {None}
+        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in (*spec.norms, *spec.mlps, "relu2")} - {None}
         for module in model.modules():
             if type(module) in adapters:
                 module.__class__ = type(module).stock_class
 
 
 def _make_apply(model_type):
+    """``apply(<spec.flags>, model=None)`` (``**kwargs`` too for Nemotron), with the signature
+    Liger Kernel 0.8.5 gives this family."""
     spec = MODEL_SPECS[model_type]
-    if spec.mlp_flag == "geglu":
+    P = inspect.Parameter
+    params = [P(name, P.POSITIONAL_OR_KEYWORD, default=default) for name, default in spec.flags]
+    params.append(P("model", P.POSITIONAL_OR_KEYWORD, default=None))
+    if spec.mlp_kind == RELU2:
+        params.append(P("kwargs", P.VAR_KEYWORD))
+    signature = inspect.Signature(params)
 
-        def apply(
-            rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, geglu=True, model=None
-        ):
-            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, geglu)
+    def apply(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        flags = dict(bound.arguments)
+        model, others = flags.pop("model"), flags.pop("kwargs", {})
+        _apply(model_type, model, flags, others)
 
-    else:
-
-        def apply(
-            rope=True, cross_entropy=False, fused_linear_cross_entropy=True, rms_norm=True, swiglu=True, model=None
-        ):
-            _apply(model_type, model, rope, cross_entropy, fused_linear_cross_entropy, rms_norm, swiglu)
-
-    note = "\n\n" + textwrap.fill(spec.note, 100, initial_indent="    ", subsequent_indent="    ") if spec.note else ""
-    apply.__doc__ = f"""Patch {spec.module} with Liger kernels.
-
-    rope: RoPE kernel for ``{spec.rope}``. cross_entropy: Liger cross-entropy as the loss on
-    logits. fused_linear_cross_entropy: the generic causal-LM forward, whose training loss
-    never materializes logits (exclusive with ``cross_entropy``). rms_norm: {", ".join(spec.norms)}.
-    {spec.mlp_flag}: {", ".join(spec.mlps) or "nothing (the MoE experts stay stock)"}.
-    model: an already-built model (PEFT-wrapped too) to convert in place, keeping its weights.
-    Flags are bools (None is off); a bad argument raises before anything is patched.{note}
-    """
+    apply.__signature__ = signature
+    mlp = ", ".join(spec.mlps) or (
+        "ReLUSquaredActivation" if spec.mlp_kind == RELU2 else "nothing (the MoE experts stay stock)"
+    )
+    lines = [f"Patch {spec.module} with Liger kernels.", ""]
+    if spec.mlp_kind != RELU2:
+        lines.append(f"rope: RoPE kernel for ``{spec.rope}``. rms_norm: {', '.join(spec.norms)}.")
+    lines += [
+        f"{spec.mlp_flag}: {mlp}. cross_entropy: Liger cross-entropy as the loss on logits.",
+        "fused_linear_cross_entropy: the generic causal-LM forward, whose training loss never materializes",
+        "logits (exclusive with ``cross_entropy``). model: an already-built model (PEFT-wrapped too) to",
+        "convert in place, keeping its weights. Flags are bools (None is off); a bad argument raises before",
+        "anything is patched.",
+    ]
+    if spec.note:
+        lines += ["", *textwrap.wrap(spec.note, 100)]
+    apply.__doc__ = "\n    ".join(lines) + "\n    "
     return apply
 
 
@@ -295,6 +366,8 @@ for _model_type in MODEL_SPECS:
         globals()[_fn.__name__] = _fn
         __all__.append(_fn.__name__)
     MODEL_TYPE_TO_APPLY_LIGER_FN[_model_type] = globals()[f"apply_liger_kernel_to_{_model_type}"]
+for _alias, _model_type in ALIASES.items():
+    MODEL_TYPE_TO_APPLY_LIGER_FN[_alias] = MODEL_TYPE_TO_APPLY_LIGER_FN[_model_type]
 
 
 def _name(fn):

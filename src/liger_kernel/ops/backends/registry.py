@@ -24,7 +24,22 @@ LIGER_KERNEL_IMPL_ENV = "LIGER_KERNEL_IMPL"
 DEFAULT_IMPL = "triton"
 
 # Ops that run through the switch (their ``ops.<name>`` modules).
-OPS = ("cross_entropy", "fused_linear_cross_entropy", "geglu", "layer_norm", "rms_norm", "rope", "swiglu")
+OPS = (
+    "cross_entropy",
+    "fused_ce_tvd",
+    "fused_linear_cross_entropy",
+    "fused_linear_jsd",
+    "fused_linear_kl_div",
+    "geglu",
+    "jsd",
+    "kl_div",
+    "layer_norm",
+    "relu_squared",
+    "rms_norm",
+    "rope",
+    "swiglu",
+    "tvd",
+)
 
 
 @dataclass(frozen=True)

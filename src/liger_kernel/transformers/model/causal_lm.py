@@ -4,7 +4,8 @@ It runs the decoder as the stock forward does, then either computes logits and t
 usual loss, or (``skip_logits``, the default when training with labels) hands the last hidden
 states and ``lm_head.weight`` to the fused linear cross-entropy so the [B*T, V] logits never
 exist. What differs between families is read from the config (Granite's ``logits_scaling``,
-Gemma's ``final_logit_softcapping``) or from the family's table entry (the MoE auxiliary loss).
+Falcon-H1's ``lm_head_multiplier``, Gemma's ``final_logit_softcapping``) or from the family's
+table entry (the MoE auxiliary loss).
 """
 
 import importlib
@@ -21,7 +22,7 @@ from liger_kernel.transformers.model.loss_utils import (
     token_scaled_loss,
     unpack_cross_entropy_result,
 )
-from liger_kernel.transformers.model_specs import MODEL_SPECS
+from liger_kernel.transformers.model_specs import spec_for
 
 try:  # transformers >= 5.2x: also handles boolean per-sample masks
     from transformers.modeling_utils import slice_logits_to_keep
@@ -112,7 +113,7 @@ def causal_lm_forward(
     ``cache_position`` (the peer's per-family forwards take them) reach the decoder when given;
     ``return_dict=False`` (or the config's) returns a tuple.
     """
-    spec = MODEL_SPECS.get(self.config.model_type)
+    spec = spec_for(self.config.model_type)
     moe = spec is not None and spec.moe
     cache = kwargs.pop("cache", None)
     if past_key_values is not None and cache is not None:
@@ -144,12 +145,15 @@ def causal_lm_forward(
     if skip_logits and not has_targets:
         raise ValueError("skip_logits=True needs labels or shift_labels: without logits the loss is the only output.")
     scaling = getattr(self.config, "logits_scaling", None)  # Granite: logits = lm_head(h) / scaling
+    multiplier = getattr(self.config, "lm_head_multiplier", None)  # Falcon-H1: logits = lm_head(h) * multiplier
     softcap = getattr(self.config, "final_logit_softcapping", None)
 
     logits = loss = token_accuracy = predicted_tokens = None
     if skip_logits:
         if scaling is not None:
             hidden_states = hidden_states / scaling  # (h / s) W^T == (h W^T) / s
+        if multiplier is not None:
+            hidden_states = hidden_states * multiplier
         result = lce_maybe_trainable_lm_head(
             self,
             hidden_states,
@@ -168,6 +172,8 @@ def causal_lm_forward(
         logits = self.lm_head(hidden_states)
         if scaling is not None:
             logits = logits / scaling
+        if multiplier is not None:
+            logits = logits * multiplier
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         if has_targets:

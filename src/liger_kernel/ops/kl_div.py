@@ -1,0 +1,111 @@
+"""KL divergence: ``F.kl_div(y_pred, y_true, reduction, log_target)`` in one pass forward and one
+backward, fp32 math whatever the inputs' dtypes.
+
+Per element, ``y_pred`` = log q and ``y_true`` = p (``log_target=False``) or log p (True)::
+
+    log_target=False:  p (log max(p, eps) - log q)      (PyTorch: xlogy(p, p) - p log q)
+    log_target=True:   e^(log p) (log p - log q)
+
+The two agree with PyTorch everywhere except targets in (0, eps), where ``eps`` (default 1e-10)
+bounds the log: the terms differ there by less than ``eps |log eps|`` = 2.3e-9 each. Reductions as
+PyTorch: ``none`` (per element), ``sum``, ``mean`` (over all elements), ``batchmean`` (over
+``y_pred.shape[0]``); an empty input gives 0 rather than NaN. Both arguments are differentiable
+(``y_true`` too, as in PyTorch). The loss comes back in ``torch.promote_types`` of the inputs'
+dtypes (what ``F.kl_div`` returns), computed in fp32 and cast once; each gradient in its input's
+dtype. The backward reads both inputs again rather than keeping an ``[N, V]`` gradient from the
+forward: the same 5 passes over memory, nothing held between the two.
+"""
+
+import torch
+
+from liger_kernel.ops.cross_entropy import RemembersGradMode, caller_grad_mode, one_grad_per_argument
+from liger_kernel.ops.divergence import (
+    KL_LOG,
+    KL_PROB,
+    Divergence,
+    check_pair,
+    check_reduction,
+    reference_outputs,
+    rows_launch,
+)
+from liger_kernel.ops.utils import as_rows, empty_output, fallback_backward
+from liger_kernel.utils import use_triton
+
+
+def compute_dtype(*tensors) -> torch.dtype:
+    """fp64 when any input is fp64, else fp32: the precision of the references' math."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def kl_div_elements(y_pred, y_true, log_target: bool, eps: float):
+    """The per-element terms of the module docstring, in the inputs' dtype (upcast them first)."""
+    if log_target:
+        return torch.exp(y_true) * (y_true - y_pred)
+    return y_true * (torch.log(torch.clamp(y_true, min=eps)) - y_pred)
+
+
+def reduce_elements(loss, reduction: str, batch: int):
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    return total / max(loss.numel() if reduction == "mean" else batch, 1)
+
+
+def kl_div_reference(y_pred, y_true, reduction="batchmean", log_target=False, eps=1e-10):
+    """The spec and the CPU fallback: the module docstring's formula in fp32 (fp64 for fp64
+    inputs), reduced as asked, cast once to ``promote_types`` of the inputs' dtypes."""
+    compute = compute_dtype(y_pred, y_true)
+    loss = kl_div_elements(y_pred.to(compute), y_true.to(compute), log_target, eps)
+    batch = y_pred.shape[0] if y_pred.dim() else 1
+    return reduce_elements(loss, reduction, batch).to(torch.promote_types(y_pred.dtype, y_true.dtype))
+
+
+class LigerKLDivLossFunction(RemembersGradMode):
+    """``forward(y_pred, y_true, reduction="batchmean", log_target=False, eps=1e-10)``: the KL
+    divergence of the module docstring (``F.kl_div(y_pred, y_true, reduction=reduction,
+    log_target=log_target)``); ``y_pred`` and ``y_true`` of one shape."""
+
+    @staticmethod
+    def forward(ctx, y_pred, y_true, reduction="batchmean", log_target=False, eps=1e-10):
+        check_pair("y_pred", y_pred, "y_true", y_true)
+        check_reduction(reduction)
+        need_grad = caller_grad_mode.enabled and any(ctx.needs_input_grad[:2])
+        ctx.use_triton = use_triton(y_pred) and compute_dtype(y_pred, y_true) == torch.float32
+        if not ctx.use_triton:
+            return reference_outputs(ctx, kl_div_reference, need_grad, y_pred, y_true, reduction, log_target, eps)
+        x2, y2 = (as_rows(t.reshape(1, 1) if t.dim() == 0 else t) for t in (y_pred, y_true))
+        div = Divergence(KL_LOG.value if log_target else KL_PROB.value, eps=eps)
+        out_dtype = torch.promote_types(y_pred.dtype, y_true.dtype)
+        ctx.div, ctx.reduction, ctx.shape = div, reduction, y_pred.shape
+        ctx.divisor = float(max(y_pred.numel() if reduction == "mean" else y_pred.shape[0] if y_pred.dim() else 1, 1))
+        if need_grad:
+            ctx.save_for_backward(x2, y2)
+        if reduction == "none":
+            out = empty_output(x2.shape, x2, dtype=out_dtype)
+            rows_launch(x2, y2, div, out=out)
+            return out.view(y_pred.shape)
+        rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+        rows_launch(x2, y2, div, out=rows)
+        total = rows.sum()
+        if reduction != "sum":
+            total = total / ctx.divisor
+        return total.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if not ctx.use_triton:
+            return one_grad_per_argument(fallback_backward(ctx, grad_output)[:2], 5)
+        x2, y2 = ctx.saved_tensors
+        if ctx.reduction == "none":
+            g = as_rows(grad_output.reshape(x2.shape))
+        else:
+            g = grad_output.reshape(1).to(torch.float32)
+            if ctx.reduction != "sum":
+                g = g / ctx.divisor
+        gx = empty_output(x2.shape, x2) if ctx.needs_input_grad[0] else None
+        gy = empty_output(y2.shape, y2) if ctx.needs_input_grad[1] else None
+        rows_launch(x2, y2, ctx.div, g=g, gx=gx, gy=gy)
+        grads = (None if t is None else t.view(ctx.shape) for t in (gx, gy))
+        return one_grad_per_argument(tuple(grads), 5)

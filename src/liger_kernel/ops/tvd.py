@@ -1,0 +1,90 @@
+"""Total variation distance ``TVD(p, q) = sum_v |p_v - q_v| / 2`` of two distributions given as
+probabilities, [..., V] each, rows masked by ``shift_labels`` (rows whose label is
+``ignore_index`` count as 0 and are not counted; the labels are only a mask).
+
+Reductions: ``none`` (per element, [..., V], 0 at ignored rows), ``sum``, ``mean`` (over the
+elements of the rows that count) and ``batchmean`` (over the rows that count); nothing counting
+gives 0 rather than NaN. Gradients ``sign(p - q) / 2`` and its negative (0 where they are equal,
+as PyTorch's ``abs``), both arguments differentiable. One pass forward, one backward; fp32 math,
+the loss in ``promote_types`` of the inputs' dtypes, each gradient in its input's dtype.
+"""
+
+import torch
+
+from liger_kernel.ops.cross_entropy import RemembersGradMode, caller_grad_mode, one_grad_per_argument
+from liger_kernel.ops.divergence import (
+    TVD,
+    Divergence,
+    check_labels,
+    check_pair,
+    check_reduction,
+    masked_rows,
+    reduction_divisor,
+    reference_outputs,
+    rows_launch,
+    valid_rows,
+)
+from liger_kernel.ops.kl_div import compute_dtype
+from liger_kernel.ops.utils import as_rows, empty_output, fallback_backward
+from liger_kernel.utils import use_triton
+
+
+def tvd_reference(p, q, shift_labels=None, reduction="batchmean", ignore_index=-100):
+    """The spec and the CPU fallback: the module docstring's loss in fp32 (fp64 for fp64 inputs),
+    cast once to ``promote_types`` of the inputs' dtypes."""
+    compute = compute_dtype(p, q)
+    n_cols = p.shape[-1]
+    elements = 0.5 * (p.reshape(-1, n_cols).to(compute) - q.reshape(-1, n_cols).to(compute)).abs()
+    labels = None if shift_labels is None else shift_labels.reshape(-1)
+    mask, count = valid_rows(labels, ignore_index, elements.shape[0], elements.device)
+    elements = masked_rows(elements, mask)
+    out_dtype = torch.promote_types(p.dtype, q.dtype)
+    if reduction == "none":
+        return elements.view(p.shape).to(out_dtype)
+    return (elements.sum() / reduction_divisor(reduction, count, n_cols).to(compute)).to(out_dtype)
+
+
+class LigerTVDLossFunction(RemembersGradMode):
+    """``forward(p, q, shift_labels=None, reduction="batchmean", ignore_index=-100)``: the total
+    variation distance of the module docstring."""
+
+    @staticmethod
+    def forward(ctx, p, q, shift_labels=None, reduction="batchmean", ignore_index=-100):
+        check_pair("p", p, "q", q)
+        check_reduction(reduction)
+        if p.dim() < 1:
+            raise ValueError("`p` must have a class dimension: [BT, V] probabilities.")
+        labels = check_labels(shift_labels, p.numel() // max(p.shape[-1], 1), {"p": p})
+        need_grad = caller_grad_mode.enabled and any(ctx.needs_input_grad[:2])
+        ctx.use_triton = use_triton(p) and compute_dtype(p, q) == torch.float32
+        if not ctx.use_triton:
+            return reference_outputs(ctx, tvd_reference, need_grad, p, q, shift_labels, reduction, ignore_index)
+        x2, y2 = as_rows(p), as_rows(q)
+        _, count = valid_rows(labels, ignore_index, x2.shape[0], x2.device)
+        ctx.divisor = reduction_divisor(reduction, count, x2.shape[1])
+        ctx.reduction, ctx.ignore_index, ctx.shape = reduction, ignore_index, p.shape
+        if need_grad:
+            ctx.save_for_backward(x2, y2, labels)
+        out_dtype = torch.promote_types(p.dtype, q.dtype)
+        div = Divergence(TVD.value)
+        if reduction == "none":
+            out = empty_output(x2.shape, x2, dtype=out_dtype)
+            rows_launch(x2, y2, div, labels, ignore_index, out=out)
+            return out.view(p.shape)
+        rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+        rows_launch(x2, y2, div, labels, ignore_index, out=rows)
+        return (rows.sum() / ctx.divisor).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if not ctx.use_triton:
+            return one_grad_per_argument(fallback_backward(ctx, grad_output)[:2], 5)
+        x2, y2, labels = ctx.saved_tensors
+        if ctx.reduction == "none":
+            g = as_rows(grad_output.reshape(x2.shape))
+        else:
+            g = (grad_output.to(torch.float32) / ctx.divisor).reshape(1)
+        gx = empty_output(x2.shape, x2) if ctx.needs_input_grad[0] else None
+        gy = empty_output(y2.shape, y2) if ctx.needs_input_grad[1] else None
+        rows_launch(x2, y2, Divergence(TVD.value), labels, ctx.ignore_index, g=g, gx=gx, gy=gy)
+        return one_grad_per_argument(tuple(None if t is None else t.view(ctx.shape) for t in (gx, gy)), 5)
