@@ -290,13 +290,11 @@ def liger085_dpo(i):
     return ours_dpo(i)  # the peer's module of the same name, in its own process
 
 
-# the reference head's logits in fp32 (2 x 1 GiB chunks) rather than bf16
-variant("dpo", "ours-fp32ref", ours_dpo, {FLP: dict(NO_GRAD_LOGITS_IN_INPUT_DTYPE=False)})
-# fp32 logits in both heads, one pair per 1 GiB chunk (main's route with the shared, in-place-rounded
-# weight-gradient accumulator): ~3.1 GB expected
+# fp32 logits in both heads (the reference's follow the policy's), one pair per 1 GiB chunk (main's
+# route with the shared, in-place-rounded weight-gradient accumulator): ~3.1 GB expected
 variant(
     "dpo", "ours-fp32", ours_dpo,
-    {FLP: dict(ONE_PASS_LOGITS_IN_INPUT_DTYPE=False, NO_GRAD_LOGITS_IN_INPUT_DTYPE=False),
+    {FLP: dict(ONE_PASS_LOGITS_IN_INPUT_DTYPE=False),
      PREF: dict(ONE_PASS_BUDGET_BYTES=2**30)},
 )  # fmt: skip
 # two pairs per chunk of bf16 logits: one accumulation of the weight gradient less, ~0.5 GB more
@@ -420,7 +418,7 @@ def main():
     p.add_argument("--losses", default="dpo,grpo")
     p.add_argument(
         "--providers",
-        default="ours,ours-fp32,ours-512M,ours-fp32ref,ours-2pairs,ours-2pass,plain,liger085",
+        default="ours,ours-fp32,ours-512M,ours-2pairs,ours-2pass,plain,liger085",
         help="comma-separated; each loss runs those it has (also: compile)",
     )
     p.add_argument("--out", default=None, help="folder for post_training.json")

@@ -432,3 +432,16 @@ def test_under_torch_compile():
     got = torch.autograd.grad(step(x, w), [x, w])
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "bco_pair"])
+def test_reference_equal_to_policy_gives_zero_rewards(loss_type, passes):
+    """A reference head identical to the policy (DPO's first step): its logits in the policy's
+    dtype on either route, so the rewards are 0 up to summation order (with bf16 reference
+    logits beside fp32 policy ones, bco_pair's two-pass route was off by a bf16 rounding)."""
+    x, w, b, y, _ = make_inputs(torch.bfloat16, True, ref=False)
+    loss_fn = LigerFusedLinearDPOLoss(loss_type=loss_type)
+    _, outputs = loss_fn(w, x, y, b, x.detach(), w.detach(), b.detach())
+    chosen, rejected, *_, chosen_rewards, rejected_rewards = outputs
+    scale = torch.cat([chosen, rejected]).abs().max().item()
+    assert torch.cat([chosen_rewards, rejected_rewards]).abs().max().item() <= 1e-6 * scale

@@ -6,6 +6,7 @@ from torch.utils._pytree import tree_leaves
 
 from liger_kernel.ops import fused_linear_logprobs as flp
 from liger_kernel.ops.fused_linear_logprobs import (
+    frozen_head_logprobs,
     fused_linear_logprobs,
     fused_linear_logprobs_loss,
     fused_linear_logprobs_reference,
@@ -180,14 +181,15 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v // 2 * h * 4  # the first half's memory
 
 
-def test_no_grad_logprobs_use_input_dtype_logits():
-    """Without a backward (a frozen reference head) the bf16 logits of the spec: equal to the
-    reference in the input dtype up to the kernels' summation order."""
+@pytest.mark.parametrize("logits_dtype", [None, torch.bfloat16])
+def test_frozen_head_logprobs(logits_dtype):
+    """A frozen head's log-probs, fp32 logits or the spec's bf16 ones (then equal to the
+    reference in the input dtype up to the kernels' summation order); no autograd."""
     x, w, b, y = make_inputs(37, 24, 301, torch.bfloat16, bias=True, ignore=True)
-    with torch.no_grad():
-        logp = fused_linear_logprobs(x, w, y, b)
+    logp = frozen_head_logprobs(x, w, y, b, logits_dtype=logits_dtype)
+    assert not logp.requires_grad
     x64, w64, b64 = as64(x, w, b)
-    assert_matches(
-        "logp", logp, fused_linear_logprobs_reference(x64, w64, y, b64), fused_linear_logprobs_reference(x, w, y, b)
-    )
-    torch.testing.assert_close(logp, fused_linear_logprobs_reference(x, w, y, b), rtol=1e-5, atol=1e-5)
+    spec = fused_linear_logprobs_reference(x, w, y, b)
+    assert_matches("logp", logp, fused_linear_logprobs_reference(x64, w64, y, b64), spec)
+    if logits_dtype is not None:
+        torch.testing.assert_close(logp, spec.detach(), rtol=1e-5, atol=1e-5)

@@ -18,7 +18,11 @@ chunks are sized by memory (``ops.fused_linear_ppo.ROWS_BUDGET_BYTES``).
 import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode, scale_by_upstream
-from liger_kernel.ops.fused_linear_logprobs import fused_linear_logprobs
+from liger_kernel.ops.fused_linear_logprobs import (
+    frozen_head_logprobs,
+    fused_linear_logprobs,
+    one_pass_logits_dtype,
+)
 from liger_kernel.ops.fused_linear_ppo import logps_and_grads
 from liger_kernel.ops.grpo_loss import dapo_normalizer
 from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float, check_same_dtype
@@ -89,10 +93,10 @@ class LigerFusedLinearPPOBase(torch.autograd.Function):
         keep = mask.bool()
         safe_ids = torch.where(keep, ids, 0).reshape(-1)  # masked tokens never count: any id is fine
         if beta != 0.0 and ref_per_token_logps is None and use_ref_model and ref_weight is not None:
-            with torch.no_grad():
-                ref_x = x if ref_input is None else ref_input.reshape(-1, ref_input.shape[-1])
-                ref_per_token_logps = fused_linear_logprobs(ref_x, ref_weight, safe_ids, ref_bias, temperature)
-                ref_per_token_logps = ref_per_token_logps.view(n_seqs, seq_len)
+            ref_x = x if ref_input is None else ref_input.reshape(-1, ref_input.shape[-1])
+            dtype = one_pass_logits_dtype(x, temperature)  # the policy's logits, as the engine computes them
+            ref_per_token_logps = frozen_head_logprobs(ref_x, ref_weight, safe_ids, ref_bias, temperature, -100, dtype)
+            ref_per_token_logps = ref_per_token_logps.view(n_seqs, seq_len)
         options = dict(
             epsilon_low=epsilon_low, epsilon_high=epsilon_high, beta=beta, loss_type=loss_type,
             max_completion_length=max_completion_length, importance_sampling_level=importance_sampling_level,

@@ -10,7 +10,8 @@ without a ``[tokens, vocab]`` logits tensor:
   a temperature: the spec's): each chunk's per-token log-probs, the subclass's
   ``preference_loss_fn`` on the chunk's pairs, and the head's gradients written at once (6NHV;
   an fp32 ``[V, H]`` weight-gradient accumulator). A frozen reference head only runs forward
-  (2NHV, no gradient, bf16 logits). Losses that couple the whole batch (DPO's ``bco_pair``: the
+  (2NHV, no gradient; its logits in the policy's dtype on either route, so that a reference equal
+  to the policy gives rewards of exactly 0). Losses that couple the whole batch (DPO's ``bco_pair``: the
   batch's mean reward) and a separate ``nll_target`` take the two-pass route instead:
   ``_compute_loss`` on the whole batch through the engine's autograd Function (8NHV, no ``[V,
   H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route always.
@@ -39,8 +40,10 @@ import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode
 from liger_kernel.ops.fused_linear_logprobs import (
+    frozen_head_logprobs,
     fused_linear_logprobs,
     fused_linear_logprobs_loss,
+    one_pass_logits_dtype,
     one_pass_row_bytes,
 )
 from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
@@ -82,8 +85,9 @@ def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average):
-    """Per-sequence log-probs of the frozen reference head ([S]), or None without one."""
+def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average, logits_dtype=None):
+    """Per-sequence log-probs of the frozen reference head ([S]), or None without one; its logits
+    in ``logits_dtype``, the policy's (None: fp32, as on the two-pass route)."""
     if not use_ref_model:
         return None
     if ref_input is None or ref_weight is None:
@@ -94,10 +98,8 @@ def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, igno
         raise ValueError(
             f"`ref_input` must be [{target.shape[0]}, {target.shape[1]}, hidden], got {tuple(ref_input.shape)}."
         )
-    with torch.no_grad():
-        tok = fused_linear_logprobs(
-            ref_input.reshape(-1, ref_input.shape[-1]), ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index
-        )
+    flat = ref_input.reshape(-1, ref_input.shape[-1])
+    tok = frozen_head_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index, logits_dtype)
     return sequence_logps(tok.view(target.shape), target != ignore_index, average)
 
 
@@ -219,15 +221,17 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         _input, weight, bias = in_autocast_dtype(_input, weight, bias)
         check_sequences(_input, weight, target, bias, paired=True)
         n_pairs, seq_len = target.shape[0] // 2, target.shape[1]
+        one_pass = any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs)
         ref_seq = reference_logps(
-            use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob
-        )
+            use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob,
+            one_pass_logits_dtype(_input, 1.0) if one_pass else None,
+        )  # fmt: skip
         spec = PairSpec(
             cls.preference_loss_fn, target, target if nll_target is None else nll_target, ignore_index, alpha, beta,
             compute_nll_loss, use_ref_model, average_log_prob, loss_kwargs,
         )  # fmt: skip
         x = _input.reshape(-1, _input.shape[-1])
-        if any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs):
+        if one_pass:
             row_bytes = one_pass_row_bytes(x, weight, 1.0)
             bounds = group_bounds(n_pairs, 2 * seq_len, row_bytes, ONE_PASS_BUDGET_BYTES)
 

@@ -29,6 +29,7 @@ from liger_kernel.ops.fused_linear_cross_entropy import EXACT_ROWS_BUDGET_BYTES
 from liger_kernel.ops.fused_linear_logprobs import (
     fused_linear_logprobs,
     fused_linear_logprobs_loss,
+    one_pass_logits_dtype,
     one_pass_row_bytes,
 )
 
@@ -70,15 +71,17 @@ class LigerFusedLinearUnpairedPreferenceBase(ChunkedLossFunction):
             raise ValueError(f"`preference_labels` must be a tensor of shape ({target.shape[0]},), one per sequence.")
         labels = preference_labels.bool()
         n_seq, seq_len = target.shape
+        one_pass = any(needs) and cls.one_pass
         ref_seq = reference_logps(
-            use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob
-        )
+            use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob,
+            one_pass_logits_dtype(_input, 1.0) if one_pass else None,
+        )  # fmt: skip
         common = dict(
             preference_loss_fn=cls.preference_loss_fn, full_target=target, ignore_index=ignore_index,
             use_ref_model=use_ref_model, average_log_prob=average_log_prob,
         )  # fmt: skip
         x = _input.reshape(-1, _input.shape[-1])
-        if any(needs) and cls.one_pass:
+        if one_pass:
             bounds = group_bounds(n_seq, seq_len, one_pass_row_bytes(x, weight, 1.0), EXACT_ROWS_BUDGET_BYTES)
 
             def chunk_loss(k, tok):

@@ -25,10 +25,10 @@ produces tile by tile.
   accumulator (2.1 GB at V=128256, H=4096). The engine of the preference and PPO/GRPO losses.
 
 Logits: the spec's are in the input dtype (an ``lm_head``'s output), then fp32. Where nothing
-recomputes them (the one-pass engine, a forward without backward) and there is no temperature,
-the kernels compute exactly those (``ONE_PASS_LOGITS_IN_INPUT_DTYPE``,
-``NO_GRAD_LOGITS_IN_INPUT_DTYPE``: half the memory and traffic of fp32 ones); elsewhere fp32
-logits (the backward's tiles must match the forward's statistics). Softmax in fp32 everywhere;
+recomputes them (the one-pass engine) and there is no temperature, the kernels compute exactly
+those (``ONE_PASS_LOGITS_IN_INPUT_DTYPE``: half the memory and traffic of fp32 ones), and a frozen
+reference head beside it the same (``frozen_head_logprobs``); elsewhere fp32 logits (the
+backward's tiles must match the forward's statistics). Softmax in fp32 everywhere;
 the dlogits enter the gradient matmuls in the input dtype, rounded to nearest (as the fused
 cross-entropy does).
 """
@@ -51,13 +51,11 @@ from liger_kernel.ops.head_grad import WeightGradAccumulator
 from liger_kernel.ops.utils import check_float, check_same_device, check_same_dtype, next_power_of_2
 from liger_kernel.utils import use_triton
 
-# Logits in the input dtype (the spec's, ``fused_linear_logprobs_reference``: an lm_head's output)
-# rather than fp32, when there is no temperature: half the buffer (one DPO pair of 2 x 1024 tokens at
-# V=128256 in bf16: 501 MiB) and half the traffic of the row passes over it. In the one-pass engine,
-# and in ``fused_linear_logprobs``' forward when no gradient follows (a frozen reference head; with a
-# backward, whose logits are fp32, the forward's must be too). Read at call time.
+# The one-pass engine's logits in the input dtype (the spec's, ``fused_linear_logprobs_reference``:
+# an lm_head's output) rather than fp32, when there is no temperature: half the buffer (one DPO pair
+# of 2 x 1024 tokens at V=128256 in bf16: 501 MiB) and half the traffic of the row passes over it;
+# a frozen reference head beside it uses the same dtype (``frozen_head_logprobs``). Read at call time.
 ONE_PASS_LOGITS_IN_INPUT_DTYPE = True
-NO_GRAD_LOGITS_IN_INPUT_DTYPE = True
 
 # dlogits_in_place reads only ``label_smoothing`` (0: no smoothing term) and ``softcap`` (None).
 _PLAIN = CEOptions()
@@ -190,10 +188,8 @@ class LigerFusedLinearLogprobsFunction(RemembersGradMode):
     def forward(ctx, x, weight, target, bias, temperature, ignore_index):
         xc, wc = x.contiguous(), weight.contiguous()
         bc = None if bias is None else bias.contiguous()
+        logp, lse, label = logprobs_forward(xc, wc, target, bc, temperature, ignore_index)
         ctx.needs = tuple(caller_grad_mode.enabled and ctx.needs_input_grad[i] for i in (0, 1, 3))
-        # without a backward (a frozen reference head) nothing recomputes the logits in fp32 later
-        dtype = torch.float32 if any(ctx.needs) or not NO_GRAD_LOGITS_IN_INPUT_DTYPE else logits_dtype(x, temperature)
-        logp, lse, label = logprobs_forward(xc, wc, target, bc, temperature, ignore_index, dtype=dtype)
         ctx.temperature = temperature
         if any(ctx.needs):
             ctx.save_for_backward(xc, wc, bc, lse, label)
@@ -205,6 +201,21 @@ class LigerFusedLinearLogprobsFunction(RemembersGradMode):
         grads = logprobs_backward(x, weight, bias, lse, label, grad_logp.float(), ctx.temperature, ctx.needs)
         grad_x, grad_w, grad_b = grads
         return grad_x, grad_w, None, grad_b, None, None
+
+
+def frozen_head_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, logits_dtype=None):
+    """``fused_linear_logprobs`` of a frozen head (no gradient, no autograd) from logits in
+    ``logits_dtype`` (None: fp32). Pass the trained head's logits dtype (``one_pass_logits_dtype``
+    on the one-pass route), so that identical heads give identical log-probs: a DPO reference
+    equal to the policy gives margins of exactly 0, as in the spec."""
+    check_logprobs_inputs(x, weight, target, bias, temperature)
+    if not use_triton(x) or x.dtype == torch.float64:
+        with torch.no_grad():
+            return fused_linear_logprobs_reference(x, weight, target, bias, temperature, ignore_index)
+    dtype = torch.float32 if logits_dtype is None or temperature != 1.0 else logits_dtype
+    bias = None if bias is None else bias.detach().contiguous()
+    x, weight = x.detach().contiguous(), weight.detach().contiguous()
+    return logprobs_forward(x, weight, target, bias, temperature, ignore_index, dtype=dtype)[0]
 
 
 def fused_linear_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_index=-100):
