@@ -1,0 +1,58 @@
+"""Real clients (TRL, LLaMA-Factory) in their own environments. scripts/setup_clients.sh installs each
+into .clients/<env> (pinned, --no-deps); a test runs the client in a subprocess whose PYTHONPATH is
+this tree's ``src``, that folder, .clients/common and tests/client_scripts, so the test process imports
+none of it and two TRL versions never meet."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import liger_kernel
+
+CLIENTS = Path(__file__).resolve().parents[1] / ".clients"
+SCRIPTS = Path(__file__).resolve().parent / "client_scripts"
+
+
+def client_env(name, tmp_path):
+    """The environment for a subprocess in client environment ``name``; skips (with the reason the
+    installer left) where it is not installed. Hub and caches stay offline, under ``tmp_path``."""
+    folder = CLIENTS / name
+    if not (folder / ".requirements").is_file():
+        skip = CLIENTS / f"{name}.skip"
+        reason = skip.read_text().strip() if skip.is_file() else "not installed"
+        pytest.skip(f"client environment {name}: {reason} (scripts/setup_clients.sh installs it)")
+    paths = [Path(liger_kernel.__file__).parents[1], folder, CLIENTS / "common", SCRIPTS]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(map(str, paths)),
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_DISABLED": "true",
+    }
+
+
+def run_client(name, tmp_path, *args, timeout=900):
+    """``python ARGS`` in client environment ``name``; fails with the output's tail if it fails."""
+    result = subprocess.run(
+        [sys.executable, *map(str, args)],
+        env=client_env(name, tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, f"{args} failed in {name}:\n{(result.stdout + result.stderr)[-6000:]}"
+    return result
+
+
+def run_trainers(name, mode, trainers, tmp_path):
+    """``client_scripts/trl_runs.py``: {trainer: {"logs": [...]} or {"error": traceback}}."""
+    out = tmp_path / f"{name}_{mode}.json"
+    run_client(name, tmp_path, SCRIPTS / "trl_runs.py", mode, out, *trainers)
+    return json.loads(out.read_text())
