@@ -18,7 +18,7 @@ mkdir -p "$ROOT"
 
 COMMON="pandas==2.3.3 pytz==2025.2 tzdata==2025.2 pyarrow==26.0.1 xxhash==4.1.0 dill==0.3.8 multiprocess==0.70.16"
 TRL024="llamafactory==0.9.5 trl==0.24.0 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2
-  accelerate==1.11.0 peft==0.18.1 datasets==4.0.0 fsspec==2025.3.0"
+  accelerate==1.11.0 peft==0.18.1 datasets==4.0.0 fsspec==2025.3.0 omegaconf==2.4.0"
 TRL116="trl==1.16.0 datasets==5.2.0"
 
 install() {

@@ -4,6 +4,7 @@ this tree's ``src``, that folder, .clients/common and tests/client_scripts, so t
 none of it and two TRL versions never meet."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,9 @@ import liger_kernel
 
 CLIENTS = Path(__file__).resolve().parents[1] / ".clients"
 SCRIPTS = Path(__file__).resolve().parent / "client_scripts"
+# LLaMA-Factory imports torchaudio at the top of its data pipeline: see standins/torchaudio.
+EXTRA_PATHS = {"trl024": [SCRIPTS / "standins"]}
+NOT_COMPARED = {"epoch", "step", "learning_rate"}
 
 
 def client_env(name, tmp_path):
@@ -25,7 +29,7 @@ def client_env(name, tmp_path):
         skip = CLIENTS / f"{name}.skip"
         reason = skip.read_text().strip() if skip.is_file() else "not installed"
         pytest.skip(f"client environment {name}: {reason} (scripts/setup_clients.sh installs it)")
-    paths = [Path(liger_kernel.__file__).parents[1], folder, CLIENTS / "common", SCRIPTS]
+    paths = [Path(liger_kernel.__file__).parents[1], folder, CLIENTS / "common", SCRIPTS, *EXTRA_PATHS.get(name, [])]
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(map(str, paths)),
@@ -56,3 +60,16 @@ def run_trainers(name, mode, trainers, tmp_path):
     out = tmp_path / f"{name}_{mode}.json"
     run_client(name, tmp_path, SCRIPTS / "trl_runs.py", mode, out, *trainers)
     return json.loads(out.read_text())
+
+
+def assert_same_logs(stock, liger, skip=()):
+    """Every metric both runs log, at every step: fp32 on both sides (the loss is logged to 4 decimals)."""
+    for step, (expected, actual) in enumerate(zip(stock, liger), 1):
+        names = sorted((set(expected) & set(actual)) - NOT_COMPARED - set(skip))
+        assert "loss" in names
+        differ = {
+            name: (expected[name], actual[name])
+            for name in names
+            if not math.isclose(expected[name], actual[name], rel_tol=1e-3, abs_tol=1e-4)
+        }
+        assert not differ, f"step {step}, (stock, liger): {differ}"

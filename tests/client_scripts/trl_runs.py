@@ -39,7 +39,7 @@ def config(name, module, liger, **options):
     fields = {field.name for field in dataclasses.fields(cls)}
     common = dict(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=2,
+        per_device_train_batch_size=4,  # the whole preference / SFT set: both steps see the same batch
         max_steps=2,
         learning_rate=1e-3,
         logging_steps=1,
@@ -86,7 +86,7 @@ def dpo(tokenizer, liger):
 
 
 def kto(tokenizer, liger):
-    args = config("KTOConfig", "kto", liger, per_device_train_batch_size=4, max_length=32, max_prompt_length=16)
+    args = config("KTOConfig", "kto", liger, per_device_train_batch_size=8, max_length=32, max_prompt_length=16)
     data = Dataset.from_dict({"prompt": PROMPTS + PROMPTS, "completion": GOOD + BAD, "label": [True] * 4 + [False] * 4})
     return trl_class("KTOTrainer", "kto")(
         model=tiny_llama(tokenizer), args=args, train_dataset=data, processing_class=tokenizer
@@ -109,7 +109,7 @@ def online(name, module, tokenizer, liger):
         model=tiny_llama(tokenizer),
         reward_funcs=count_a,
         args=args,
-        train_dataset=Dataset.from_dict({"prompt": PROMPTS * 2}),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
         processing_class=tokenizer,
     )
 

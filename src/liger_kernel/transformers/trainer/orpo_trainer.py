@@ -5,7 +5,6 @@ materializes (at V=128k, 2 x 4 x 1024 tokens: 4 GB of fp32 logits, plus their gr
 
 import importlib
 
-from liger_kernel.chunked_loss import LigerFusedLinearORPOLoss
 from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped
 
 
@@ -48,6 +47,8 @@ class LigerORPOTrainer(ORPOTrainer):
                 "LigerORPOTrainer does not add the MoE router auxiliary loss: set the model config's"
                 " output_router_logits=False, or use trl's ORPOTrainer"
             )
+        from liger_kernel.chunked_loss import LigerFusedLinearORPOLoss
+
         # TRL 0.24 has a configurable label_pad_token_id; later versions pad labels with -100.
         self.orpo_loss_fn = LigerFusedLinearORPOLoss(
             ignore_index=getattr(self, "label_pad_token_id", -100), beta=self.beta
