@@ -105,8 +105,10 @@ def online(name, module, tokenizer, liger):
         max_completion_length=8,
         beta=0.04,
     )
+    model = tempfile.mkdtemp()  # a path: with beta > 0 the trainer loads its reference from the policy's
+    tiny_llama(tokenizer).save_pretrained(model)
     return trl_class(f"{name}Trainer", module)(
-        model=tiny_llama(tokenizer),
+        model=model,
         reward_funcs=count_a,
         args=args,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
