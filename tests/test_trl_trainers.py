@@ -42,9 +42,14 @@ def step_logs(runs, trainer):
     return logs["stock"], logs["liger"]
 
 
+# TRL 0.24's KTO logs the sum of the logits over every position of the padded batch (prompt and padding
+# included) on its stock path, and over the completion tokens the loss reads on its Liger path.
+DEFINED_APART = {"kto": {"logits/chosen_sum", "logits/rejected_sum"}}
+
+
 @pytest.mark.parametrize("trainer", ["dpo", "kto", "grpo", "gkd"])
 def test_trl024_liger_loss_matches_stock(trl024, trainer):
-    assert_same_logs(*step_logs(trl024, trainer))
+    assert_same_logs(*step_logs(trl024, trainer), skip=DEFINED_APART.get(trainer, ()))
 
 
 def test_trl024_liger_orpo_trainer_matches_orpo_trainer(trl024):

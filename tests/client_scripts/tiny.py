@@ -31,7 +31,12 @@ def tiny_tokenizer():
     )
     tokenizer.train_from_iterator(CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", chat_template=CHAT_TEMPLATE
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        chat_template=CHAT_TEMPLATE,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: Llama's generate refuses them
     )
 
 

@@ -117,15 +117,23 @@ def online(name, module, tokenizer, liger):
 
 
 def gkd(tokenizer, liger):
-    """Off-policy (lmbda=0): the student learns the teacher's distribution on the dataset's completions."""
+    """Off-policy (lmbda=0): the student learns the teacher's distribution on the dataset's completions.
+
+    TRL 0.24 builds its ``LigerFusedLinearJSDLoss`` with the loss's defaults, ``weight_hard_loss=0.5,
+    weight_soft_loss=0.5``: half the student's cross-entropy on the labels plus half the JSD, where its
+    stock loss is the JSD alone. The run sets the weights to (0, 1), TRL's stock objective, so the two
+    runs compare like for like."""
     args = config("GKDConfig", "gkd", liger, max_length=32, lmbda=0.0, beta=0.5, max_new_tokens=8)
-    return trl_class("GKDTrainer", "gkd")(
+    trainer = trl_class("GKDTrainer", "gkd")(
         model=tiny_llama(tokenizer),
         teacher_model=tiny_llama(tokenizer, seed=1),
         args=args,
         train_dataset=conversation_data(),
         processing_class=tokenizer,
     )
+    if getattr(trainer, "use_liger_gkd_loss", False):
+        trainer.liger_jsd_loss.weight_hard_loss, trainer.liger_jsd_loss.weight_soft_loss = 0.0, 1.0
+    return trainer
 
 
 def distillation(tokenizer, liger):
