@@ -121,9 +121,10 @@ def gkd(tokenizer, liger):
 
     TRL 0.24 builds its ``LigerFusedLinearJSDLoss`` with the loss's defaults, ``weight_hard_loss=0.5,
     weight_soft_loss=0.5``: half the student's cross-entropy on the labels plus half the JSD, where its
-    stock loss is the JSD alone. The run sets the weights to (0, 1), TRL's stock objective, so the two
-    runs compare like for like."""
-    args = config("GKDConfig", "gkd", liger, max_length=32, lmbda=0.0, beta=0.5, max_new_tokens=8)
+    stock loss is the JSD alone; and its stock loss ignores ``temperature`` (1) where the Liger one
+    divides by it. The run sets the weights to (0, 1) and the temperature to 1, TRL's stock objective,
+    so the two runs compare like for like."""
+    args = config("GKDConfig", "gkd", liger, max_length=32, lmbda=0.0, beta=0.5, temperature=1.0, max_new_tokens=8)
     trainer = trl_class("GKDTrainer", "gkd")(
         model=tiny_llama(tokenizer),
         teacher_model=tiny_llama(tokenizer, seed=1),
