@@ -8,7 +8,7 @@
 #           transformers<=5.6.0, datasets<=4.0.0, accelerate<=1.11.0, peft<=0.18.1, trl<=0.24.0),
 #           plus the few packages its training path imports.
 #   trl116: TRL 1.16 (current) on the main environment's transformers, and the datasets it needs.
-#   common: pandas, pyarrow and datasets' small requirements, the same versions for both.
+#   common: pandas, pyarrow and xxhash, the same versions for both.
 # Reruns are instant (a folder whose .requirements matches is kept). Without a package index an
 # environment is left out and .clients/<env>.skip says why; the tests skip with that reason.
 set -uo pipefail
@@ -16,10 +16,10 @@ cd "$(dirname "$0")/.."
 ROOT=.clients
 mkdir -p "$ROOT"
 
-COMMON="pandas==2.3.3 pytz==2025.2 tzdata==2025.2 pyarrow==26.0.1 xxhash==4.1.0 dill==0.3.8 multiprocess==0.70.16"
+COMMON="pandas==2.3.3 pytz==2025.2 tzdata==2025.2 pyarrow==26.0.1 xxhash==4.1.0"
 TRL024="llamafactory==0.9.5 trl==0.24.0 transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.2
-  accelerate==1.11.0 peft==0.18.1 datasets==4.0.0 fsspec==2025.3.0 omegaconf==2.4.0"
-TRL116="trl==1.16.0 datasets==5.2.0"
+  accelerate==1.11.0 peft==0.18.1 datasets==4.0.0 fsspec==2025.3.0 dill==0.3.8 multiprocess==0.70.16 omegaconf==2.4.0"
+TRL116="trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19"
 
 install() {
   local name=$1 requirements dir=$ROOT/$1
