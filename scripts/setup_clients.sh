@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Client environments for the client tests (tests/test_clients_import.py, test_trl_trainers.py,
-# test_llamafactory.py, test_orpo_trainer.py): each client in its own `pip install --target` folder
+# test_llamafactory.py): each client in its own `pip install --target` folder
 # under .clients/, every package --no-deps and pinned (never a CUDA torch, nothing of the main
 # environment replaced). A test runs the client's Python with PYTHONPATH=src:.clients/<env>:.clients/common,
 # so the folder's packages shadow the main environment's and torch comes from it.
-#   trl024: LLaMA-Factory 0.9.5 and what `pip install llamafactory==0.9.5` resolves for it (its pins
-#           transformers<=5.6.0, datasets<=4.0.0, accelerate<=1.11.0, peft<=0.18.1, trl<=0.24.0),
-#           plus the few packages its training path imports.
+#   trl024: LLaMA-Factory 0.9.5 on versions inside its pins (transformers<=5.6.0, datasets<=4.0.0,
+#           accelerate<=1.11.0, peft<=0.18.1, trl<=0.24.0) that run: transformers 4.57.6, since TRL 0.24
+#           cannot import its trainers under transformers 5 (its optional-package checks read
+#           transformers 5's (bool, version) tuples as true and import mergekit), plus the few packages
+#           LLaMA-Factory's training path imports.
 #   trl116: TRL 1.16 (current) on the main environment's transformers, and the datasets it needs.
 #   common: pandas, pyarrow and xxhash, the same versions for both.
 # Reruns are instant (a folder whose .requirements matches is kept). Without a package index an
@@ -29,7 +31,7 @@ install() {
   fi
   rm -rf "$dir" "$dir.tmp" "$dir.skip"
   # shellcheck disable=SC2086
-  if python3 -m pip install -q --disable-pip-version-check --no-deps --no-compile --target "$dir.tmp" \
+  if python3 -m pip install -q --disable-pip-version-check --retries 2 --timeout 30 --no-deps --no-compile --target "$dir.tmp" \
     $requirements >"$dir.log" 2>&1; then
     mv "$dir.tmp" "$dir" && echo "$requirements" >"$dir/.requirements" && rm -f "$dir.log"
   else

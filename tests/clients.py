@@ -25,10 +25,11 @@ def client_env(name, tmp_path):
     """The environment for a subprocess in client environment ``name``; skips (with the reason the
     installer left) where it is not installed. Hub and caches stay offline, under ``tmp_path``."""
     folder = CLIENTS / name
-    if not (folder / ".requirements").is_file():
-        skip = CLIENTS / f"{name}.skip"
-        reason = skip.read_text().strip() if skip.is_file() else "not installed"
-        pytest.skip(f"client environment {name}: {reason} (scripts/setup_clients.sh installs it)")
+    for part in (name, "common"):
+        if not (CLIENTS / part / ".requirements").is_file():
+            skip = CLIENTS / f"{part}.skip"
+            reason = skip.read_text().strip() if skip.is_file() else "not installed"
+            pytest.skip(f"client environment {part}: {reason} (scripts/setup_clients.sh installs it)")
     paths = [Path(liger_kernel.__file__).parents[1], folder, CLIENTS / "common", SCRIPTS, *EXTRA_PATHS.get(name, [])]
     # The kernels' own tests run them in Triton's interpreter; here, on CPU, the ops run their
     # PyTorch references (on a GPU, the kernels), so a trainer run takes seconds, not minutes.
