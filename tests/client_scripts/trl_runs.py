@@ -118,6 +118,9 @@ def online(name, module, tokenizer, liger):
 
 def gkd(tokenizer, liger):
     """Off-policy (lmbda=0): the student learns the teacher's distribution on the dataset's completions.
+    One conversation, 4 times: TRL 0.24's stock loss reads the positions after the longest prompt of
+    the left-padded batch, which drops completion tokens of rows with shorter prompts and longer
+    completions; its Liger loss reads every completion token. Equal rows make the two the same.
 
     TRL 0.24 builds its ``LigerFusedLinearJSDLoss`` with the loss's defaults, ``weight_hard_loss=0.5,
     weight_soft_loss=0.5``: half the student's cross-entropy on the labels plus half the JSD, where its
@@ -129,7 +132,7 @@ def gkd(tokenizer, liger):
         model=tiny_llama(tokenizer),
         teacher_model=tiny_llama(tokenizer, seed=1),
         args=args,
-        train_dataset=conversation_data(),
+        train_dataset=conversation_data().select([0, 0, 0, 0]),
         processing_class=tokenizer,
     )
     if getattr(trainer, "use_liger_gkd_loss", False):
