@@ -18,7 +18,7 @@ CLIENTS = Path(__file__).resolve().parents[1] / ".clients"
 SCRIPTS = Path(__file__).resolve().parent / "client_scripts"
 # LLaMA-Factory imports torchaudio at the top of its data pipeline: see standins/torchaudio.
 EXTRA_PATHS = {"trl024": [SCRIPTS / "standins"]}
-NOT_COMPARED = {"epoch", "step", "learning_rate"}
+NOT_COMPARED = {"epoch", "step", "learning_rate", "step_time"}
 
 
 def client_env(name, tmp_path):

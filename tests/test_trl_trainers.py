@@ -3,8 +3,9 @@
 TRL 0.24 (LLaMA-Factory 0.9.5's pin): DPO, KTO and GRPO with ``use_liger_loss=True`` (the fused losses
 of ``liger_kernel.chunked_loss``), GKD with ``use_liger_kernel=True`` (the fused JSD), and our
 ``LigerORPOTrainer`` against TRL's ``ORPOTrainer``. TRL 1.16: every trainer with ``use_liger_kernel=True``
-(the model patch; 1.16 dropped ``use_liger_loss``). Each logged metric of each step must agree; the
-runs happen in the client environments of scripts/setup_clients.sh (tests/clients.py)."""
+(the model patch; 1.16 dropped ``use_liger_loss``), and ``LigerORPOTrainer`` on its experimental ORPO.
+Each logged metric of each step must agree; the runs happen in the client environments of
+scripts/setup_clients.sh (tests/clients.py)."""
 
 import importlib
 import math
@@ -12,8 +13,8 @@ import math
 import pytest
 from clients import assert_same_logs, run_client, run_trainers
 
-TRL024 = ["dpo", "kto", "grpo", "orpo", "gkd"]
-TRL116 = ["sft", "dpo", "kto", "grpo", "rloo", "cpo", "orpo", "distillation", "gkd"]
+TRL024 = ["dpo", "kto", "grpo", "liger_orpo", "gkd"]
+TRL116 = ["sft", "dpo", "kto", "grpo", "rloo", "cpo", "orpo", "liger_orpo", "distillation", "gkd"]
 
 
 def both_modes(env, trainers, tmp_path_factory):
@@ -52,10 +53,12 @@ def test_trl024_liger_loss_matches_stock(trl024, trainer):
     assert_same_logs(*step_logs(trl024, trainer), skip=DEFINED_APART.get(trainer, ()))
 
 
-def test_trl024_liger_orpo_trainer_matches_orpo_trainer(trl024):
-    """LigerORPOTrainer against TRL's ORPOTrainer: the same batch twice, so the loss must also go down.
-    ``logits/*`` differ by definition (see LigerORPOTrainer)."""
-    stock, liger = step_logs(trl024, "orpo")
+@pytest.mark.parametrize("env", ["trl024", "trl116"])
+def test_liger_orpo_trainer_matches_orpo_trainer(env, request):
+    """LigerORPOTrainer against TRL's ORPOTrainer (``trl.trainer`` in 0.24, ``trl.experimental.orpo`` in
+    1.16): the same batch twice, so the loss must also go down. ``logits/*`` differ by definition (see
+    LigerORPOTrainer)."""
+    stock, liger = step_logs(request.getfixturevalue(env), "liger_orpo")
     assert_same_logs(stock, liger, skip={"logits/chosen", "logits/rejected"})
     assert liger[1]["loss"] < liger[0]["loss"]
 

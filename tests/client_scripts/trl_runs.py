@@ -4,7 +4,7 @@
 
 Run in a client environment (tests/clients.py). ``liger`` turns on what the installed TRL offers:
 ``use_liger_loss`` (TRL 0.24's fused losses from ``liger_kernel.chunked_loss``) and ``use_liger_kernel``
-(the model patch, and GKD's fused JSD); for ``orpo`` it swaps TRL's ORPOTrainer for ours. One process per
+(the model patch, and GKD's fused JSD); for ``liger_orpo`` it swaps TRL's ORPOTrainer for ours. One process per
 mode, since the model patch is process-wide. A trainer that fails records its traceback instead."""
 
 import dataclasses
@@ -56,6 +56,13 @@ def config(name, module, liger, **options):
     return cls(**{key: value for key, value in {**common, **options}.items() if key in fields})
 
 
+def saved_llama(tokenizer):
+    """The tiny Llama as a path: trainers that build a reference model load it from the policy's path."""
+    path = tempfile.mkdtemp()
+    tiny_llama(tokenizer).save_pretrained(path)
+    return path
+
+
 def preference_data():
     return Dataset.from_dict({"prompt": PROMPTS, "chosen": GOOD, "rejected": BAD})
 
@@ -81,7 +88,7 @@ def sft(tokenizer, liger):
 def dpo(tokenizer, liger):
     args = config("DPOConfig", "dpo", liger, max_length=32, max_prompt_length=16)
     return trl_class("DPOTrainer", "dpo")(
-        model=tiny_llama(tokenizer), args=args, train_dataset=preference_data(), processing_class=tokenizer
+        model=saved_llama(tokenizer), args=args, train_dataset=preference_data(), processing_class=tokenizer
     )
 
 
@@ -89,7 +96,7 @@ def kto(tokenizer, liger):
     args = config("KTOConfig", "kto", liger, per_device_train_batch_size=8, max_length=32, max_prompt_length=16)
     data = Dataset.from_dict({"prompt": PROMPTS + PROMPTS, "completion": GOOD + BAD, "label": [True] * 4 + [False] * 4})
     return trl_class("KTOTrainer", "kto")(
-        model=tiny_llama(tokenizer), args=args, train_dataset=data, processing_class=tokenizer
+        model=saved_llama(tokenizer), args=args, train_dataset=data, processing_class=tokenizer
     )
 
 
@@ -105,10 +112,8 @@ def online(name, module, tokenizer, liger):
         max_completion_length=8,
         beta=0.04,
     )
-    model = tempfile.mkdtemp()  # a path: with beta > 0 the trainer loads its reference from the policy's
-    tiny_llama(tokenizer).save_pretrained(model)
     return trl_class(f"{name}Trainer", module)(
-        model=model,
+        model=saved_llama(tokenizer),
         reward_funcs=count_a,
         args=args,
         train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
@@ -146,16 +151,18 @@ def distillation(tokenizer, liger):
         model=tiny_llama(tokenizer),
         teacher_model=tiny_llama(tokenizer, seed=1),
         args=args,
-        train_dataset=conversation_data(),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS, "completion": GOOD}),
         processing_class=tokenizer,
     )
 
 
-def odds_ratio(name, module):
+def odds_ratio(name, module, ours=False):
+    """CPO / ORPO; ``ours``: in the Liger run, our LigerORPOTrainer in place of TRL's ORPOTrainer."""
+
     def build(tokenizer, liger):
-        args = config(f"{name}Config", module, liger, max_length=32, max_prompt_length=16)
+        args = config(f"{name}Config", module, liger and not ours, max_length=32, max_prompt_length=16)
         trainer = trl_class(f"{name}Trainer", module)
-        if name == "ORPO" and liger:
+        if ours and liger:
             from liger_kernel.transformers.trainer import LigerORPOTrainer as trainer
         return trainer(
             model=tiny_llama(tokenizer), args=args, train_dataset=preference_data(), processing_class=tokenizer
@@ -172,6 +179,7 @@ TRAINERS = {
     "rloo": lambda tokenizer, liger: online("RLOO", "rloo", tokenizer, liger),
     "cpo": odds_ratio("CPO", "cpo"),
     "orpo": odds_ratio("ORPO", "orpo"),
+    "liger_orpo": odds_ratio("ORPO", "orpo", ours=True),
     "distillation": distillation,
     "gkd": gkd,  # last: TRL 0.24's GKD patches the model classes process-wide under use_liger_kernel
 }
