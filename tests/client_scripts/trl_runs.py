@@ -186,9 +186,11 @@ TRAINERS = {
 
 
 def train(name, liger):
+    """The per-step logs, and whether the trained model carried Liger modules (the patch took)."""
     trainer = TRAINERS[name](tiny_tokenizer(), liger)
     trainer.train()
-    return [entry for entry in trainer.state.log_history if "loss" in entry]
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {"logs": logs, "patched": any(type(m).__name__.startswith("Liger") for m in trainer.model.modules())}
 
 
 def main():
@@ -196,7 +198,7 @@ def main():
     results = {}
     for name in names:
         try:
-            results[name] = {"logs": train(name, mode == "liger")}
+            results[name] = train(name, mode == "liger")
         except Exception:
             results[name] = {"error": traceback.format_exc()}
         with open(out, "w") as file:
