@@ -13,3 +13,6 @@ $PIP -e ".[dev]"
 # adds to ours. Axolotl 0.21 declares Python >= 3.12; the plugin runs on this 3.11 too.
 $PIP --no-deps --ignore-requires-python axolotl==0.21.0 addict \
   || echo "axolotl not installed (no package index?): tests/test_axolotl.py will be skipped"
+# The client tests' environments (TRL 0.24 with LLaMA-Factory 0.9.5, TRL 1.16), each in its own
+# folder under .clients/; without a package index they are left out and those tests skip.
+bash scripts/setup_clients.sh

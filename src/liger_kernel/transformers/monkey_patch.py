@@ -158,8 +158,9 @@ def _mlp_adapter(spec, modeling, name):
     key = (modeling.__name__, name)
     if key not in _ADAPTERS:
 
-        def __new__(cls, config, *args, **kwargs):
-            if not _mlp_supported(spec, config):
+        def __new__(cls, config=None, *args, **kwargs):
+            # copy.deepcopy and pickle call __new__(cls) alone, to fill in an existing module's state.
+            if config is not None and not _mlp_supported(spec, config):
                 logger.warning("%s kept stock: Liger's %s MLP cannot reproduce this config.", name, spec.mlp_kind)
                 return cls.stock_class(config, *args, **kwargs)
             return nn.Module.__new__(cls)
