@@ -328,7 +328,7 @@ def test_weight_gradient_rounded_in_place(n_vocab, monkeypatch):
     once, through the first-step temporary and the doubling steps, odd and even vocabularies."""
     monkeypatch.setattr(head_grad, "FIRST_ROUNDING_ELEMENTS", 5)
     hidden = 7
-    weight = torch.zeros(n_vocab, hidden, dtype=torch.bfloat16)
+    weight = torch.zeros(n_vocab, hidden, dtype=torch.bfloat16, device=DEVICE)
     acc = head_grad.WeightGradAccumulator(weight)
     chunks = [(randn(4, n_vocab).to(torch.bfloat16), randn(4, hidden).to(torch.bfloat16)) for _ in range(3)]
     for i, (g, x) in enumerate(chunks):
@@ -423,7 +423,7 @@ def test_base_hook_is_abstract():
         (dict(wt=torch.zeros(5, 8)), "share one vocabulary"),
         (dict(w=torch.zeros(19, 7)), "student_weight"),
         (dict(xt=torch.zeros(3, 8)), "teacher_input"),
-        (dict(y=torch.full((11,), 19)), "outside"),
+        (dict(y=torch.full((11,), 19, device=DEVICE)), "outside"),
         (dict(y=torch.zeros(11)), "integer"),
         (dict(beta=1.5), "beta"),
         (dict(temperature=0.0), "temperature"),

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from parity import DTYPES, ON_GPU, as64, assert_matches, randn, sizes
+from parity import DEVICE, DTYPES, ON_GPU, as64, assert_matches, randn, sizes
 
 from liger_kernel.ops.relu_squared import (
     LigerReLUSquaredFunction,
@@ -62,7 +62,7 @@ def test_forward_is_exact(dtype):
     """relu(x)^2 of a representable x, computed in fp32 and rounded once: PyTorch's value bit for
     bit; zero and negatives (and -0.0) give 0, with a zero gradient."""
     torch.manual_seed(5)
-    x = torch.cat([randn(1000, scale=4.0), torch.tensor([-3.0, -0.0, 0.0, 0.5, 3.0])]).to(dtype)
+    x = torch.cat([randn(1000, scale=4.0), torch.tensor([-3.0, -0.0, 0.0, 0.5, 3.0], device=DEVICE)]).to(dtype)
     assert torch.equal(relu_squared_forward(x), relu_squared_reference(x))
     dx = relu_squared_backward(x, torch.ones_like(x))
     assert torch.equal(dx[x <= 0], torch.zeros_like(dx[x <= 0]))
