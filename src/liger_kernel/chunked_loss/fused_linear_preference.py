@@ -239,7 +239,9 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
                 first, last = bounds[k]
                 pairs = torch.cat([torch.arange(first, last), torch.arange(first, last) + n_pairs]).to(target.device)
                 ref = None if ref_seq is None else ref_seq[pairs]
-                return pair_head(tok.view(-1, seq_len), target[pairs], ref, spec)[0]
+                # The head in float64 (a few values per pair): its own rounding, amplified by
+                # exp-shaped losses (discopop), stays out of the gradient.
+                return pair_head(tok.double().view(-1, seq_len), target[pairs], ref, spec)[0]
 
             chunks = [pair_rows(n_pairs, seq_len, first, last) for first, last in bounds]
             loss, tok, *grads = fused_linear_logprobs_loss(
