@@ -5,7 +5,8 @@ NCCL with one GPU a rank when two are visible) and exits non-zero when a rank fa
 Cases: ``ddp``, ``fsdp2`` (``fully_shard`` per decoder layer and the root), ``fsdp2-head``
 (``lm_head`` its own FSDP2 unit), ``fsdp1`` (every decoder layer and ``lm_head`` its own FSDP unit);
 on GPUs also ``trainer-fsdp1``, ``trainer-zero2``, ``trainer-zero3`` (the Hugging Face Trainer
-through accelerate / DeepSpeed; ``trainer-zero3`` with untied, tied and frozen heads)."""
+through accelerate / DeepSpeed; ``trainer-zero3`` with untied, tied and frozen heads); and the
+tensor-parallel cases of tests/tensor_parallel_cases.py (``tp-norms``, ``tp-vocab-ce``, ``tp-flce``)."""
 
 import faulthandler
 import os
@@ -148,7 +149,7 @@ def trainer_losses(model, strategy, tmp):
     examples = []
     for step in range(STEPS * WORLD):
         ids, labels = batch(step, 0, "cpu")
-        examples += [{"input_ids": i, "labels": l} for i, l in zip(ids, labels)]
+        examples += [{"input_ids": i, "labels": t} for i, t in zip(ids, labels)]
     options = dict(output_dir=tmp, max_steps=STEPS, per_device_train_batch_size=2, logging_steps=1, report_to=[])
     options.update(learning_rate=1e-2, lr_scheduler_type="constant", save_strategy="no", seed=0, data_seed=0)
     if strategy == "fsdp1":
@@ -207,9 +208,14 @@ def worker(rank, cases, port):
             continue
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=WORLD)
-        wrapper_case(case, device)
+        if case.startswith("tp-"):
+            from tensor_parallel_cases import CASES
+
+            CASES[case](device)
+        else:
+            wrapper_case(case, device)
         if rank == 0:
-            print(f"{case}: stock and patched losses and gradients equal", flush=True)
+            print(f"{case}: equal to the reference", flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -232,9 +238,12 @@ def run(cases, timeout=240):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import transformers.models.llama.modeling_llama  # noqa: F401  once, before forking
 
     import liger_kernel.transformers  # noqa: F401
 
     method = "spawn" if torch.cuda.is_available() else "fork"
-    torch.multiprocessing.start_processes(worker, args=(sys.argv[1], int(sys.argv[2])), nprocs=WORLD, start_method=method)
+    torch.multiprocessing.start_processes(
+        worker, args=(sys.argv[1], int(sys.argv[2])), nprocs=WORLD, start_method=method
+    )
