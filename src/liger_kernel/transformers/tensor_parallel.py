@@ -10,7 +10,7 @@
 
 from liger_kernel.ops.cross_entropy import CEOptions
 from liger_kernel.ops.fused_linear_cross_entropy_tp import LigerFusedLinearScaledCrossEntropyTPFunction
-from liger_kernel.transformers.cross_entropy import CrossEntropyOutput
+from liger_kernel.transformers.cross_entropy import pack_outputs
 
 
 def is_dtensor(t) -> bool:
@@ -118,7 +118,7 @@ def liger_fused_linear_scaled_cross_entropy_tp(
         return_predicted_tokens=return_predicted_tokens,
         use_token_scaling=use_token_scaling,
     )
-    loss, z_loss, accuracy, predicted, entropy = LigerFusedLinearScaledCrossEntropyTPFunction.apply(
+    *outputs, entropy = LigerFusedLinearScaledCrossEntropyTPFunction.apply(
         input,
         weight,
         target,
@@ -131,7 +131,5 @@ def liger_fused_linear_scaled_cross_entropy_tp(
         ce_weight,
         opts,
     )
-    result = loss
-    if return_z_loss or return_token_accuracy or return_predicted_tokens:
-        result = CrossEntropyOutput(loss, z_loss, accuracy, predicted)
+    result = pack_outputs(outputs, return_z_loss, return_token_accuracy, return_predicted_tokens)
     return (result, entropy) if return_entropy else result
