@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Multi-GPU checks on a machine with two GPUs (about 5 min in all: tests 1.5 min, benchmark 3.5 min on 2x H200): the two-process NCCL cases of
-# tests/distributed_cases.py (DDP, FSDP2, FSDP1, TP=2 norms and vocabulary-parallel losses, then the
-# Hugging Face Trainer under FSDP1 and DeepSpeed ZeRO-2/3) and benchmarks/bench_multigpu.py.
+# Multi-GPU checks on a machine with two GPUs, about 5 min in all on 2x H200 (tests 1.5 min,
+# benchmark 3.5 min): the two-process NCCL cases of tests/distributed_cases.py (DDP, FSDP2, FSDP1,
+# TP=2 norms and vocabulary-parallel losses, then the Hugging Face Trainer under FSDP1 and
+# DeepSpeed ZeRO-2/3) and benchmarks/bench_multigpu.py.
 #   bash scripts/gpu/multigpu.sh [tests|trainer|bench|all]
 # Run from the repo root (or a copy of src/tests/benchmarks/scripts; .peer/ is looked up one folder
-# up too). DeepSpeed: its wheel and the ones it lacks on the GPU image (pydantic, pydantic-core,
-# annotated-types, typing-inspection, typing-extensions, hjson) in $DS_WHEELS (default wheels/),
-# installed into /tmp/ds_site. Logs under "$OUT/multigpu/"; results in benchmarks/results/h200/.
+# up too; Liger 0.8.5 unpacked by benchmarks/setup_peers.sh). DeepSpeed: its wheel and those it
+# lacks on the GPU image (pydantic, pydantic-core, annotated-types, typing-inspection,
+# typing-extensions, hjson) in $DS_WHEELS (default .peer/wheels/deepspeed/, git-ignored: carry
+# .peer), installed into /tmp/ds_site. Logs under "$OUT/multigpu/"; results in
+# benchmarks/results/h200/.
 set -uo pipefail
 PART="${1:-all}"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 LOGS="${OUT:-/tmp}/multigpu"
 mkdir -p "$LOGS"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-DS_WHEELS="${DS_WHEELS:-wheels}"
+if [ -z "${DS_WHEELS:-}" ]; then
+  for d in .peer/wheels/deepspeed ../.peer/wheels/deepspeed wheels; do [ -d "$d" ] && DS_WHEELS="$d" && break; done
+fi
+DS_WHEELS="${DS_WHEELS:-.peer/wheels/deepspeed}"
 if [ ! -d /tmp/ds_site/deepspeed ] && ls "$DS_WHEELS"/*.whl >/dev/null 2>&1 && ! python3 -c "import deepspeed" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ds_site "$DS_WHEELS"/*.whl
 fi
