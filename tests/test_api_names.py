@@ -887,6 +887,29 @@ NAMES = [
         " full_target=None, ignore_index=-100, use_ref_model=False, ref_input_chunk=None, ref_weight=None,"
         " ref_bias=None, average_log_prob=False, **loss_kwargs)",
     ),
+    # Issue 16: tensor parallel (§1.3, §1.6, §5.2)
+    (T, "LigerVocabParallelCrossEntropy", None, None),
+    *module_class(
+        f"{T}.vocab_parallel_cross_entropy",
+        "LigerVocabParallelCrossEntropy",
+        "(ignore_index=-100, label_smoothing=0.0, reduction='none', label_smoothing_formula='pytorch',"
+        " label_smoothing_mode='global')",
+        "(vocab_parallel_logits, target, tp_group=None)",
+    ),
+    (
+        f"{OPS}.vocab_parallel_cross_entropy",
+        "LigerVocabParallelCEFunction",
+        "forward",
+        "accepts:(vocab_parallel_logits, target, tp_group, ignore_index, label_smoothing, label_smoothing_formula,"
+        " label_smoothing_mode)",
+    ),
+    (
+        f"{T}.functional",
+        "liger_fused_linear_scaled_cross_entropy_tp",
+        None,
+        "accepts:(input, weight, target, tp_group, temperature=1.0, ignore_index=-100, tiles_per_reduce=1,"
+        " return_entropy=False)",
+    ),
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.
@@ -894,7 +917,6 @@ EXCLUDED = {
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
     f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
-    f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
     f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
     f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
         "llama4 / Qwen2-VL RoPE variants: new families"
@@ -907,11 +929,8 @@ EXCLUDED = {
     f"{T}.functional: liger_dyt, liger_fused_add_rms_norm, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
     " liger_softmax, liger_sparsemax, liger_multi_token_attention,"
     " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*, liger_qwen2vl_mrope": "ops not built yet",
-    f"{T}.functional: liger_fused_linear_scaled_cross_entropy_tp": "tensor-parallel loss not built yet",
     f"{OPS}: the other 29 names of §1.6 (DyT, group/poly/modulated norms, softmax, sparsemax,"
-    " attention, MHC, llama4/mrope RoPE, tiled and fully fused MLP (LigerMLPFunction), vocab-parallel CE)": (
-        "ops not built yet"
-    ),
+    " attention, MHC, llama4/mrope RoPE, tiled and fully fused MLP (LigerMLPFunction))": ("ops not built yet"),
     f"{OPS}.backends._triton/_cutile/_cutedsl/_ascend, {OPS}.cutile, {OPS}.cutedsl, {OPS}.cute, {OPS}.configure": (
         "alternative kernel implementations (cuTile, CuTe DSL, Ascend): the registry lists what exists"
     ),
