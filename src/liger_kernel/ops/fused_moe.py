@@ -22,7 +22,8 @@ Two weight layouts, both transformers 5.x's: Qwen3-MoE / Mixtral / DeepSeek stor
 2I, H]`` (gate rows then up rows) and ``down_proj[E, H, I]``; GPT-OSS stores them transposed,
 ``[E, H, 2I]`` with gate and up interleaved (columns 0, 2, 4... are gate) and ``[E, I, H]``, plus
 biases, and gates with ``(clamp(up, -limit, limit) + 1) * g * sigmoid(alpha * g)``, ``g =
-min(gate, limit)``. The kernels see either through strides and a column map, never a copy.
+min(gate, limit)``. The kernels read either through strides (never a copy), and gu keeps the
+weight's order of gate and up columns, so only the gating epilogues need to know it.
 """
 
 import torch
@@ -71,10 +72,13 @@ def _gating(gate, up, alpha, limit, CLAMPED: tl.constexpr):
 
 
 @triton.jit
-def _weight_column(q, inter, GATE_STEP, UP_OFFSET):
-    """Column of the weight's 2I axis holding column q of our [gate | up] layout: q itself for
-    concatenated weights (GATE_STEP 1, UP_OFFSET I), 2q or 2(q - I) + 1 for interleaved ones."""
-    return tl.where(q < inter, q * GATE_STEP, (q - inter) * GATE_STEP + UP_OFFSET)
+def _gate_up_columns(j, inter, INTERLEAVED: tl.constexpr):
+    """Columns of gate j and up j on the 2I axis: 2j and 2j + 1 (GPT-OSS), or j and I + j.
+    gu and dgu ([S, 2I]) use the weight's own order, so the GEMMs read and write them unmapped."""
+    if INTERLEAVED:
+        return 2 * j, 2 * j + 1
+    else:
+        return j, j + inter
 
 
 @triton.jit
@@ -92,8 +96,8 @@ def _tile(tiles_ptr, n_tiles, BLOCK_M: tl.constexpr):
 def _gate_up_kernel(
     x_ptr, w_ptr, bias_ptr, gu_ptr, h_ptr, order_ptr, tiles_ptr,
     stride_x, stride_we, stride_wq, stride_wh, stride_be, stride_bq,
-    n_tiles, num_experts, inter, H, TOP_K, GATE_STEP, UP_OFFSET, alpha, limit,
-    CLAMPED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+    n_tiles, num_experts, inter, H, TOP_K, alpha, limit,
+    CLAMPED: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """gu[r] = x[token(r)] @ W_gu[e]^T (+ bias) for BLOCK_N gate and BLOCK_N up columns at once (one
@@ -106,7 +110,10 @@ def _gate_up_kernel(
     c = tl.arange(0, 2 * BLOCK_N)
     j = tl.program_id(1) * BLOCK_N + c // 2
     col_mask = j < inter
-    wcol = _weight_column(j + (c % 2) * inter, inter, GATE_STEP, UP_OFFSET)
+    if INTERLEAVED:  # 2 BLOCK_N contiguous columns: gate, up, gate, up...
+        wcol = tl.program_id(1) * 2 * BLOCK_N + c
+    else:  # gate j and up j side by side
+        wcol = j + (c % 2) * inter
     k = tl.arange(0, BLOCK_K)
     a_ptrs = x_ptr + tokens[:, None] * stride_x + k[None, :]
     b_ptrs = w_ptr + expert * stride_we + wcol[None, :] * stride_wq + k[:, None] * stride_wh
@@ -125,54 +132,38 @@ def _gate_up_kernel(
     h, _, _ = _gating(gate, up, alpha, limit, CLAMPED)
     jn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = row_mask[:, None] & (jn < inter)[None, :]
-    gu_ptrs = gu_ptr + rows[:, None].to(tl.int64) * (2 * inter) + jn[None, :]
-    tl.store(gu_ptrs, gate.to(gu_ptr.dtype.element_ty), mask=mask)
-    tl.store(gu_ptrs + inter, up.to(gu_ptr.dtype.element_ty), mask=mask)
+    gate_col, up_col = _gate_up_columns(jn, inter, INTERLEAVED)
+    gu_row = gu_ptr + rows[:, None].to(tl.int64) * (2 * inter)
+    tl.store(gu_row + gate_col[None, :], gate.to(gu_ptr.dtype.element_ty), mask=mask)
+    tl.store(gu_row + up_col[None, :], up.to(gu_ptr.dtype.element_ty), mask=mask)
     tl.store(h_ptr + rows[:, None].to(tl.int64) * inter + jn[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _row_matmul(
-    a_ptr, w_ptr, rows, row_mask, expert, num_experts, stride_we, stride_wk, stride_wn,
-    n_k, n_out, inter, GATE_STEP, UP_OFFSET,
-    MAP_K: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """a[rows] @ W[expert] over n_k columns of a (contiguous rows of n_k), columns BLOCK_N of this
-    program; W's k index goes through ``_weight_column`` with MAP_K. Zero for the sentinel
-    expert (pairs routed to no expert here)."""
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * n_k + k[None, :]
-    w_base = w_ptr + expert * stride_we + n[None, :] * stride_wn
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_end = tl.where(expert < num_experts, n_k, 0)
-    for k0 in range(0, k_end, BLOCK_K):
-        kk = k0 + k
-        k_mask = kk < n_k
-        wk = _weight_column(kk, inter, GATE_STEP, UP_OFFSET) if MAP_K else kk
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(w_base + wk[:, None] * stride_wk, mask=k_mask[:, None] & (n < n_out)[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_FP32)
-        a_ptrs += BLOCK_K
-    return acc, n
 
 
 @triton.jit
 def _pair_output_kernel(
     a_ptr, w_ptr, bias_ptr, weights_ptr, out_ptr, order_ptr, tiles_ptr,
     stride_we, stride_wk, stride_wn, stride_be, stride_out,
-    n_tiles, num_experts, n_k, n_out, inter, GATE_STEP, UP_OFFSET,
-    MAP_K: tl.constexpr, HAS_BIAS: tl.constexpr, WEIGHTED: tl.constexpr, DOT_FP32: tl.constexpr,
+    n_tiles, num_experts, n_k, n_out,
+    HAS_BIAS: tl.constexpr, WEIGHTED: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[pair(r)] = (a[r] @ W[e] (+ bias)) (* w[pair]), written at the pair's unsorted row: the
-    forward's down projection (a = h) and the backward's dx (a = dgu, W = W_gu with MAP_K)."""
+    forward's down projection (a = h, W = W_d) and the backward's dx (a = dgu, W = W_gu). The
+    rows routed to no expert get zeros."""
     rows, row_mask, expert = _tile(tiles_ptr, n_tiles, BLOCK_M)
-    acc, n = _row_matmul(
-        a_ptr, w_ptr, rows, row_mask, expert, num_experts, stride_we, stride_wk, stride_wn, n_k, n_out, inter,
-        GATE_STEP, UP_OFFSET, MAP_K, DOT_FP32, BLOCK_M, BLOCK_N, BLOCK_K,
-    )  # fmt: skip
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < n_out
+    k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * n_k + k[None, :]
+    b_ptrs = w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None] * stride_wk
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, tl.where(expert < num_experts, n_k, 0), BLOCK_K):
+        k_mask = k0 + k < n_k
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        acc = _dot(a, b, acc, DOT_FP32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_wk
     pairs = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64)
     if HAS_BIAS:
         if expert < num_experts:
@@ -188,7 +179,7 @@ def _down_backward_kernel(
     dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr,
     stride_dy, stride_we, stride_wh, stride_wi,
     n_tiles, num_experts, S, inter, H, TOP_K, alpha, limit,
-    CLAMPED: tl.constexpr, DOT_FP32: tl.constexpr,
+    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """g = dy[token(r)] @ W_d[e] for BLOCK_N columns of I; with h recomputed from gu: this block's
@@ -212,16 +203,17 @@ def _down_backward_kernel(
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_wh
     mask = row_mask[:, None] & j_mask[None, :]
-    offsets = rows[:, None].to(tl.int64) * (2 * inter) + j[None, :]
-    gate = tl.load(gu_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(gu_ptr + offsets + inter, mask=mask, other=0.0).to(tl.float32)
+    gate_col, up_col = _gate_up_columns(j, inter, INTERLEAVED)
+    row = rows[:, None].to(tl.int64) * (2 * inter)
+    gate = tl.load(gu_ptr + row + gate_col[None, :], mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gu_ptr + row + up_col[None, :], mask=mask, other=0.0).to(tl.float32)
     h, dgate, dup = _gating(gate, up, alpha, limit, CLAMPED)
     h = h.to(hw_ptr.dtype.element_ty).to(tl.float32)  # h as the forward's down projection read it
     w = tl.load(weights_ptr + pairs, mask=row_mask, other=0.0).to(tl.float32)[:, None]
     tl.store(dw_ptr + tl.program_id(1) * S + pairs, tl.sum(g * h, axis=1), mask=row_mask)
     dh = g * w
-    tl.store(dgu_ptr + offsets, (dh * dgate).to(dgu_ptr.dtype.element_ty), mask=mask)
-    tl.store(dgu_ptr + offsets + inter, (dh * dup).to(dgu_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgu_ptr + row + gate_col[None, :], (dh * dgate).to(dgu_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgu_ptr + row + up_col[None, :], (dh * dup).to(dgu_ptr.dtype.element_ty), mask=mask)
     tl.store(hw_ptr + rows[:, None].to(tl.int64) * inter + j[None, :], (h * w).to(hw_ptr.dtype.element_ty), mask=mask)
 
 
@@ -229,13 +221,13 @@ def _down_backward_kernel(
 def _weight_grad_kernel(
     a_ptr, b_ptr, order_ptr, bounds_ptr, out_ptr, bias_grad_ptr,
     stride_b, stride_oe, stride_om, stride_on, stride_bge, stride_bgm,
-    n_m, n_n, inter, TOP_K, GATE_STEP, UP_OFFSET,
-    MAP_M: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+    n_m, n_n, TOP_K,
+    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[e] = sum over expert e's sorted rows r of a[r]^T b[token(r)], [n_m, n_n] per expert (a:
     [S, n_m] in sorted order, b: [tokens, n_n] read through the permutation), written through
-    strides (and the ``_weight_column`` map with MAP_M); with HAS_BIAS also bias_grad[e] = sum_r
+    strides; with HAS_BIAS also bias_grad[e] = sum_r
     a[r]. dW_d is a = hw, b = dy; dW_gu is a = dgu, b = x. An expert without rows gets zeros."""
     expert = tl.program_id(1).to(tl.int64)
     blocks_n = tl.cdiv(n_n, BLOCK_N)
@@ -258,12 +250,11 @@ def _weight_grad_kernel(
         acc = _dot(a, b, acc, DOT_FP32)
         if HAS_BIAS:
             column_sum += tl.sum(a.to(tl.float32), axis=1)
-    wm = _weight_column(m, inter, GATE_STEP, UP_OFFSET) if MAP_M else m
-    out = out_ptr + expert * stride_oe + wm[:, None] * stride_om + n[None, :] * stride_on
+    out = out_ptr + expert * stride_oe + m[:, None] * stride_om + n[None, :] * stride_on
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
     if HAS_BIAS:
         if tl.program_id(0) % blocks_n == 0:
-            bias_grad = bias_grad_ptr + expert * stride_bge + wm * stride_bgm
+            bias_grad = bias_grad_ptr + expert * stride_bge + m * stride_bgm
             tl.store(bias_grad, column_sum.to(bias_grad_ptr.dtype.element_ty), mask=m_mask)
 
 
@@ -294,9 +285,9 @@ CONFIGS = {
 }
 KERNELS = {
     "gate_up": (_gate_up_kernel, ["inter", "H"]),
-    "pair_output": (_pair_output_kernel, ["n_k", "n_out", "MAP_K"]),
+    "pair_output": (_pair_output_kernel, ["n_k", "n_out"]),
     "down_backward": (_down_backward_kernel, ["inter", "H"]),
-    "weight_grad": (_weight_grad_kernel, ["n_m", "n_n", "MAP_M"]),
+    "weight_grad": (_weight_grad_kernel, ["n_m", "n_n"]),
 }
 _TUNED = {}
 
@@ -368,7 +359,6 @@ def fused_moe_forward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, ga
     routing = _route(top_k_index, E)
     order, bounds, tiles, n_tiles = routing
     big = S >= AUTOTUNE_MIN_PAIRS
-    gate_step, up_offset = (1, inter) if is_concatenated else (2, 1)
     gu = torch.empty(S, 2 * inter, dtype=x.dtype, device=x.device)
     h = torch.empty(S, inter, dtype=x.dtype, device=x.device)
     clamped = alpha is not None
@@ -378,8 +368,9 @@ def fused_moe_forward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, ga
         x, gate_up_proj, bias, gu, h, order, tiles,
         x.stride(0), gate_up_proj.stride(0), *_axis_strides(gate_up_proj, gu_axes),
         bias.stride(0), bias.stride(-1),
-        n_tiles, E, inter, H, K, gate_step, up_offset, float(alpha or 0.0), float(limit or 0.0),
-        CLAMPED=clamped, HAS_BIAS=gate_up_proj_bias is not None, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        n_tiles, E, inter, H, K, float(alpha or 0.0), float(limit or 0.0),
+        CLAMPED=clamped, HAS_BIAS=gate_up_proj_bias is not None, INTERLEAVED=not is_concatenated,
+        DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
     )  # fmt: skip
     out = torch.empty(S, H, dtype=x.dtype, device=x.device)
     bias = down_proj_bias if down_proj_bias is not None else down_proj
@@ -388,8 +379,8 @@ def fused_moe_forward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, ga
         "pair_output", lambda m: (n_tiles, cdiv(H, m["BLOCK_N"])), big,
         h, down_proj, bias, top_k_weights, out, order, tiles,
         down_proj.stride(0), down_i, down_h, bias.stride(0), out.stride(0),
-        n_tiles, E, inter, H, inter, 1, 0,
-        MAP_K=False, HAS_BIAS=down_proj_bias is not None, WEIGHTED=True, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        n_tiles, E, inter, H,
+        HAS_BIAS=down_proj_bias is not None, WEIGHTED=True, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
     )  # fmt: skip
     y = out if K == 1 else out.view(T, K, H).sum(1)
     return y, gu, routing
@@ -404,7 +395,6 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
     S = T * K
     order, bounds, tiles, n_tiles = routing
     big = S >= AUTOTUNE_MIN_PAIRS
-    gate_step, up_offset = (1, inter) if is_concatenated else (2, 1)
     dy = dy.contiguous()
     dgu = torch.empty_like(gu)
     hw = torch.empty(S, inter, dtype=x.dtype, device=x.device)
@@ -414,7 +404,7 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
         dy, down_proj, gu, top_k_weights, order, tiles, dgu, hw, dw_parts,
         dy.stride(0), down_proj.stride(0), *_axis_strides(down_proj, down_axes),
         n_tiles, E, S, inter, H, K, float(alpha or 0.0), float(limit or 0.0),
-        CLAMPED=alpha is not None, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        CLAMPED=alpha is not None, INTERLEAVED=not is_concatenated, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
     )  # fmt: skip
     dx = d_gate_up = d_down = d_weights = d_gate_up_bias = d_down_bias = None
     if needs[3]:
@@ -432,8 +422,8 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
             "weight_grad", lambda m: (cdiv(inter, m["BLOCK_M"]) * cdiv(H, m["BLOCK_N"]), E), big,
             hw, dy, order, bounds, d_down, d_down,
             dy.stride(0), d_down.stride(0), *_axis_strides(d_down, down_axes[::-1]), 0, 0,
-            inter, H, inter, K, 1, 0,
-            MAP_M=False, HAS_BIAS=False, DOT_FP32=DOT_FP32,
+            inter, H, K,
+            HAS_BIAS=False, DOT_FP32=DOT_FP32,
         )  # fmt: skip
     if needs[1] or needs[4]:
         d_gate_up = torch.empty_like(gate_up_proj)
@@ -443,8 +433,8 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
             dgu, x, order, bounds, d_gate_up, d_gate_up_bias,
             x.stride(0), d_gate_up.stride(0), *_axis_strides(d_gate_up, gu_axes),
             d_gate_up_bias.stride(0), d_gate_up_bias.stride(-1),
-            2 * inter, H, inter, K, gate_step, up_offset,
-            MAP_M=True, HAS_BIAS=has_gate_up_bias, DOT_FP32=DOT_FP32,
+            2 * inter, H, K,
+            HAS_BIAS=has_gate_up_bias, DOT_FP32=DOT_FP32,
         )  # fmt: skip
         d_gate_up_bias = d_gate_up_bias if has_gate_up_bias else None
     if needs[0]:
@@ -453,8 +443,8 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
             "pair_output", lambda m: (n_tiles, cdiv(H, m["BLOCK_N"])), big,
             dgu, gate_up_proj, gate_up_proj, top_k_weights, dx_pairs, order, tiles,
             gate_up_proj.stride(0), *_axis_strides(gate_up_proj, gu_axes), 0, dx_pairs.stride(0),
-            n_tiles, E, 2 * inter, H, inter, gate_step, up_offset,
-            MAP_K=True, HAS_BIAS=False, WEIGHTED=False, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+            n_tiles, E, 2 * inter, H,
+            HAS_BIAS=False, WEIGHTED=False, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
         )  # fmt: skip
         dx = dx_pairs if K == 1 else dx_pairs.view(T, K, H).sum(1)
     return dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias

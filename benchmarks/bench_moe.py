@@ -1,0 +1,207 @@
+"""Experts block forward + backward at two real layer shapes, bf16, on one GPU: ours
+(``LigerExperts``) vs transformers' experts modules (eager loop, and its ``grouped_mm`` /
+``batched_mm`` implementations where the installed version has them) vs Liger Kernel 0.8.5's
+``LigerExperts`` (run in its own process from ``--peer``, the unpacked wheel).
+
+    python benchmarks/bench_moe.py --out benchmarks/results/h200/moe [--peer .peer/liger085]
+
+Shapes: Qwen3-30B-A3B (128 experts, top-8, hidden 2048, width 768) and GPT-OSS-20B (32 experts,
+top-4, hidden 2880, width 2880), 8192 tokens. Time is ``triton.testing.do_bench``'s median of
+one forward + backward (parameter and input gradients); peak memory is the most allocated during
+one forward + backward beyond what weights and inputs already hold. TFLOP/s counts the seven GEMMs
+of a forward + backward, 18 * tokens * top_k * hidden * width. Liger 0.8.5's module has no biases
+or clamped gating: at the GPT-OSS shape it runs plain SwiGLU experts of the same sizes.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import types
+
+import torch
+
+SHAPES = {
+    "qwen3_30b_a3b": dict(experts=128, top_k=8, hidden=2048, width=768, tokens=8192),
+    "gpt_oss_20b": dict(experts=32, top_k=4, hidden=2880, width=2880, tokens=8192),
+}
+MATMUL_TFLOPS = 720.0  # the H200's measured dense bf16 matmul rate, the yardstick of the TFLOP/s column
+
+
+def _config(shape_name, s, gpt_oss_layout):
+    """A transformers config of the shape (GPT-OSS's own for its layout, else Qwen3-MoE's)."""
+    if gpt_oss_layout:
+        from transformers import GptOssConfig
+
+        return GptOssConfig(
+            hidden_size=s["hidden"], intermediate_size=s["width"], num_local_experts=s["experts"],
+            num_experts_per_tok=s["top_k"],
+        )  # fmt: skip
+    try:
+        from transformers import Qwen3MoeConfig
+
+        return Qwen3MoeConfig(
+            hidden_size=s["hidden"], moe_intermediate_size=s["width"], num_experts=s["experts"],
+            num_experts_per_tok=s["top_k"], hidden_act="silu",
+        )  # fmt: skip
+    except ImportError:  # a process without transformers: the fields the modules read
+        return types.SimpleNamespace(
+            hidden_size=s["hidden"], moe_intermediate_size=s["width"], intermediate_size=s["width"],
+            num_experts=s["experts"], hidden_act="silu",
+        )  # fmt: skip
+
+
+def _module(impl, shape_name, s):
+    gpt_oss = shape_name.startswith("gpt_oss") and impl != "liger085"
+    config = _config(shape_name, s, gpt_oss)
+    if impl in ("ours", "liger085"):
+        from liger_kernel.transformers.swiglu import LigerExperts
+
+        module = LigerExperts(config)
+    else:
+        if gpt_oss:
+            from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts as Experts
+        else:
+            from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeExperts as Experts
+        config._experts_implementation = impl.removeprefix("hf_")
+        module = Experts(config)
+    module = module.to("cuda", torch.bfloat16)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.02)
+    return module
+
+
+def _inputs(s):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(s["tokens"], s["hidden"], device="cuda", generator=g).to(torch.bfloat16)
+    logits = torch.randn(s["tokens"], s["experts"], device="cuda", generator=g)
+    weights, index = logits.softmax(-1).topk(s["top_k"], dim=-1)
+    dy = torch.randn(s["tokens"], s["hidden"], device="cuda", generator=g).to(torch.bfloat16)
+    return x.requires_grad_(), index, weights.to(torch.bfloat16).requires_grad_(), dy
+
+
+def measure(impl, shape_name, profile=False):
+    """{ms, peak_mib, tflops, y_checksum...} of one implementation at one shape."""
+    from triton.testing import do_bench
+
+    s = SHAPES[shape_name]
+    torch.manual_seed(0)
+    module = _module(impl, shape_name, s)
+    x, index, weights, dy = _inputs(s)
+    leaves = [x, weights, *module.parameters()]
+
+    def step():
+        module(x, index, weights).backward(dy)
+
+    step()  # compiles / autotunes
+    torch.cuda.synchronize()
+    for t in leaves:
+        t.grad = None
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    with torch.no_grad():
+        y = module(x, index, weights).float()
+    ms = do_bench(step, warmup=50, rep=300, grad_to_none=leaves, return_mode="median")
+    if profile and impl == "ours":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        print(f"{shape_name} kernels of one step:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+    flops = 18 * s["tokens"] * s["top_k"] * s["hidden"] * s["width"]
+    return {
+        "impl": impl, "shape": shape_name, "ms": ms, "peak_mib": peak / 2**20, "tflops": flops / ms / 1e9,
+        "matmul_fraction": flops / ms / 1e9 / MATMUL_TFLOPS, "y_abs_mean": y.abs().mean().item(),
+        "y_head": None if impl == "liger085" and shape_name.startswith("gpt_oss") else y.flatten()[:4096].tolist(),
+    }  # fmt: skip
+
+
+def _hf_impls():
+    """transformers' experts implementations this version has (eager first)."""
+    try:
+        from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+    except ImportError:
+        return ["hf_eager"]
+    # batched_mm gathers every pair's weights ([pairs, 2I, H]: hundreds of GB at these shapes): not run.
+    return ["hf_eager"] + (["hf_grouped_mm"] if "grouped_mm" in ALL_EXPERTS_FUNCTIONS else [])
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--peer", default=".peer/liger085")
+    parser.add_argument("--impls", default=None, help="comma-separated; default: ours, every hf_*, liger085")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--one", action="store_true", help="(internal) print one JSON row per measurement")
+    parser.add_argument("--timeout", type=int, default=150, help="seconds per implementation (both shapes)")
+    parser.add_argument("--profile", action="store_true", help="print the GPU kernels of one step of ours")
+    args = parser.parse_args()
+    shapes = args.shapes.split(",")
+    if args.one:
+        for impl in args.impls.split(","):
+            for shape in shapes:
+                print("ROW " + json.dumps(measure(impl, shape, args.profile)), flush=True)
+                torch.cuda.empty_cache()
+        return
+    impls = args.impls.split(",") if args.impls else ["ours", *_hf_impls(), "liger085"]
+    rows = []
+    for impl in impls:  # one process per implementation: no allocator or autotune state shared
+        env = dict(os.environ)
+        if impl == "liger085":
+            if not os.path.isdir(args.peer):
+                print(f"skip liger085: {args.peer} missing (run benchmarks/setup_peers.sh)")
+                continue
+            env["PYTHONPATH"] = os.path.abspath(args.peer)
+        cmd = [sys.executable, __file__, "--one", "--impls", impl, "--shapes", args.shapes]
+        try:
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired as e:
+            print(f"{impl}: timed out after {args.timeout} s\n{(e.stdout or b'')[-2000:]}")
+            continue
+        found = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        print("\n".join(line for line in done.stdout.splitlines() if not line.startswith("ROW ")))
+        if len(found) < len(shapes):
+            print(f"{impl} failed:\n{done.stderr[-3000:]}")
+        rows += found
+    report(rows, args.out)
+
+
+def report(rows, out):
+    lines = [
+        "| shape | implementation | fwd+bwd ms | peak MiB | TFLOP/s | of 720 | vs fastest other | rel diff vs hf |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape in SHAPES:
+        here = [r for r in rows if r["shape"] == shape]
+        others = [r["ms"] for r in here if r["impl"] != "ours"]
+        reference = next((r for r in here if r["impl"].startswith("hf_") and r["y_head"]), None)
+        for r in here:
+            diff = ""
+            if reference and r["y_head"] and r is not reference:
+                a, b = torch.tensor(r["y_head"]), torch.tensor(reference["y_head"])
+                diff = f"{((a - b).abs().max() / b.abs().max()).item():.2e}"
+            speed = f"{min(others) / r['ms']:.2f}x" if r["impl"] == "ours" and others else ""
+            lines.append(
+                f"| {shape} | {r['impl']} | {r['ms']:.3f} | {r['peak_mib']:.0f} | {r['tflops']:.0f} | "
+                f"{r['matmul_fraction']:.0%} | {speed} | {diff} |"
+            )
+    table = "\n".join(lines)
+    print(table)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        for r in rows:
+            r.pop("y_head", None)
+        env = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else ""}
+        with open(os.path.join(out, "moe.json"), "w") as f:
+            json.dump({"env": env, "rows": rows}, f, indent=1)
+        with open(os.path.join(out, "moe.md"), "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
