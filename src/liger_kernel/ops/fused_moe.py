@@ -227,8 +227,7 @@ def _weight_grad_kernel(
 ):  # fmt: skip
     """out[e] = sum over expert e's sorted rows r of a[r]^T b[token(r)], [n_m, n_n] per expert (a:
     [S, n_m] in sorted order, b: [tokens, n_n] read through the permutation), written through
-    strides; with HAS_BIAS also bias_grad[e] = sum_r
-    a[r]. dW_d is a = hw, b = dy; dW_gu is a = dgu, b = x. An expert without rows gets zeros."""
+    strides; with HAS_BIAS also bias_grad[e] = sum_r a[r]. dW_d is a = hw, b = dy; dW_gu is a = dgu, b = x. An expert without rows gets zeros."""
     expert = tl.program_id(1).to(tl.int64)
     blocks_n = tl.cdiv(n_n, BLOCK_N)
     m = (tl.program_id(0) // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
