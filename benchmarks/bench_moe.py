@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import types
 
 import torch
@@ -149,26 +150,54 @@ def main():
                 torch.cuda.empty_cache()
         return
     impls = args.impls.split(",") if args.impls else ["ours", *_hf_impls(), "liger085"]
-    rows = []
-    for impl in impls:  # one process per implementation: no allocator or autotune state shared
+    # One process per implementation (no allocator or autotune state shared). With two GPUs Liger
+    # 0.8.5, whose first call autotunes for minutes, runs on the second one meanwhile.
+    gpus = torch.cuda.device_count()
+    jobs = []
+    for impl in impls:
         env = dict(os.environ)
         if impl == "liger085":
             if not os.path.isdir(args.peer):
                 print(f"skip liger085: {args.peer} missing (run benchmarks/setup_peers.sh)")
                 continue
             env["PYTHONPATH"] = os.path.abspath(args.peer)
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus - 1 if impl == "liger085" and gpus > 1 else 0)
         cmd = [sys.executable, __file__, "--one", "--impls", impl, "--shapes", args.shapes]
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-        except subprocess.TimeoutExpired as e:
-            print(f"{impl}: timed out after {args.timeout} s\n{(e.stdout or b'')[-2000:]}")
+        cmd += ["--profile"] if args.profile else []
+        jobs.append((impl, cmd, env))
+    jobs.sort(key=lambda job: job[0] != "liger085")  # the peer first: in the background with two GPUs
+    background = {}
+    rows = []
+    for impl, cmd, env in jobs:
+        # Output to files, not pipes: a background process must never block on a full pipe.
+        logs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        process = subprocess.Popen(cmd, env=env, stdout=logs[0], stderr=logs[1], text=True)
+        process.logs = logs
+        if impl == "liger085" and gpus > 1:
+            background[impl] = process
             continue
-        found = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("ROW ")]
-        print("\n".join(line for line in done.stdout.splitlines() if not line.startswith("ROW ")))
-        if len(found) < len(shapes):
-            print(f"{impl} failed:\n{done.stderr[-3000:]}")
-        rows += found
+        rows += _collect(impl, process, len(shapes), args.timeout)
+    for impl, process in background.items():
+        rows += _collect(impl, process, len(shapes), args.timeout)
     report(rows, args.out)
+
+
+def _collect(impl, process, n_rows, timeout):
+    """The JSON rows a ``--one`` process printed (its other output echoed)."""
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        print(f"{impl}: timed out after {timeout} s")
+    for log in process.logs:
+        log.seek(0)
+    stdout, stderr = (log.read() for log in process.logs)
+    found = [json.loads(line[4:]) for line in stdout.splitlines() if line.startswith("ROW ")]
+    print("\n".join(line for line in stdout.splitlines() if not line.startswith("ROW ")))
+    if len(found) < n_rows:
+        print(f"{impl}: {len(found)} of {n_rows} shapes measured\n{stderr[-3000:]}")
+    return found
 
 
 def report(rows, out):
@@ -201,6 +230,43 @@ def report(rows, out):
             json.dump({"env": env, "rows": rows}, f, indent=1)
         with open(os.path.join(out, "moe.md"), "w") as f:
             f.write(table + "\n")
+        try:
+            plot(rows, os.path.join(out, "moe.png"))
+        except ImportError:
+            print("matplotlib missing: no plot")
+
+
+def plot(rows, path):
+    """Bars per shape: fwd+bwd time and peak memory of each implementation (hf_eager's time, tens
+    of times the others', is written on its bar and clipped)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    get = {(r["shape"], r["impl"]): r for r in rows}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(impls)
+    for ax, key, title in ((axes[0], "ms", "fwd+bwd ms (lower is better)"), (axes[1], "peak_mib", "peak MiB")):
+        top = 1.3 * max(r[key] for r in rows if r["impl"] != "hf_eager")
+        for j, impl in enumerate(impls):
+            for i, shape in enumerate(SHAPES):
+                r = get.get((shape, impl))
+                if r is None:
+                    continue
+                x = i + (j - (len(impls) - 1) / 2) * width
+                ax.bar(x, min(r[key], top), width, color=f"C{j}", label=impl if i == 0 else None)
+                ax.text(x, min(r[key], top), f"{r[key]:.1f}" if key == "ms" else f"{r[key]:.0f}", ha="center",
+                        va="bottom", fontsize=7)  # fmt: skip
+        ax.set_ylim(0, top * 1.1)
+        ax.set_xticks(range(len(SHAPES)), list(SHAPES))
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle("MoE experts block, bf16, 8192 tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

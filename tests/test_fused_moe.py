@@ -115,6 +115,7 @@ def test_liger_experts_matches_transformers(family):
     hf, config = _hf_experts(family)
     ours = LigerExperts(config).to(DEVICE)
     ours.load_state_dict(hf.state_dict())  # same names and shapes: checkpoints load unchanged
+    assert (ours.alpha, ours.limit) == ((hf.alpha, hf.limit) if family == "gpt_oss" else (None, None))
     index, weights = _routing(2, skewed=True)
     x = randn(T, H, requires_grad=True)
     outputs, grads = [], []
@@ -132,3 +133,31 @@ def test_liger_experts_matches_transformers(family):
     names = ["x"] + [n for n, _ in ours.named_parameters()]
     for name, g, g_hf in zip(names, *grads):
         assert_matches(f"d {name} vs transformers", g, g_hf.detach().double(), floor=1e-5)
+
+
+def test_liger_experts_reads_gpt_oss_configs_without_swiglu_fields():
+    """transformers 5.17's GptOssConfig has no swiglu_alpha / swiglu_limit (its experts hard-code 1.702
+    and 7.0): the model type alone must select GPT-OSS's layout and gating."""
+    import types
+
+    config = types.SimpleNamespace(
+        model_type="gpt_oss", hidden_size=H, intermediate_size=INTER, num_local_experts=E, hidden_act="silu"
+    )
+    experts = LigerExperts(config)
+    assert (experts.alpha, experts.limit) == (1.702, 7.0)
+    assert dict((n, tuple(p.shape)) for n, p in experts.named_parameters()) == {
+        "gate_up_proj": (E, H, 2 * INTER),
+        "gate_up_proj_bias": (E, 2 * INTER),
+        "down_proj": (E, INTER, H),
+        "down_proj_bias": (E, H),
+    }
+
+
+def test_fused_moe_second_backward_raises():
+    """The backward writes its gradient over the saved pre-activation: a second backward through the
+    same graph (retain_graph=True) must fail clearly, not return wrong gradients."""
+    tensors, index = _inputs("qwen", torch.float32, 2, False)
+    y = LigerFusedMoEFunction.apply(*tensors[:3], index, tensors[3])
+    y.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        y.sum().backward()

@@ -178,12 +178,12 @@ class LigerExperts(nn.Module):
 
     ``forward(hidden_states [T, H] (or [..., H]), top_k_index [T, K], top_k_weights [T, K])`` ->
     [T, H]. Parameters as transformers lays them out, so its checkpoints load unchanged:
-    ``gate_up_proj[E, 2I, H]`` (gate rows, then up rows) and ``down_proj[E, H, I]``; for a config
-    with ``swiglu_limit`` (GPT-OSS) ``gate_up_proj[E, H, 2I]`` (gate and up interleaved),
-    ``gate_up_proj_bias[E, 2I]``, ``down_proj[E, I, H]``, ``down_proj_bias[E, H]`` and the clamped
-    gating with ``swiglu_alpha`` / ``swiglu_limit``. E is ``config.num_experts``,
-    ``num_local_experts`` or ``n_routed_experts``; I is ``moe_intermediate_size`` or
-    ``intermediate_size``; other activations than silu are rejected."""
+    ``gate_up_proj[E, 2I, H]`` (gate rows, then up rows) and ``down_proj[E, H, I]``; for GPT-OSS
+    (``model_type`` gpt_oss, or a config with ``swiglu_limit``) ``gate_up_proj[E, H, 2I]`` (gate and
+    up interleaved), ``gate_up_proj_bias[E, 2I]``, ``down_proj[E, I, H]``, ``down_proj_bias[E, H]``
+    and the clamped gating with ``swiglu_alpha`` / ``swiglu_limit`` (1.702 and 7.0 where the config
+    has none). E is ``config.num_experts``, ``num_local_experts`` or ``n_routed_experts``; I is
+    ``moe_intermediate_size`` or ``intermediate_size``; other activations than silu are rejected."""
 
     def __init__(self, config):
         super().__init__()
@@ -197,9 +197,11 @@ class LigerExperts(nn.Module):
             config.intermediate_size
         )
         E, H, inter = self.num_experts, self.hidden_dim, self.intermediate_dim
-        self.is_transposed = getattr(config, "swiglu_limit", None) is not None
+        # GPT-OSS; older transformers (5.17) has no swiglu_alpha / swiglu_limit and uses these values.
+        self.is_transposed = getattr(config, "model_type", None) == "gpt_oss" or hasattr(config, "swiglu_limit")
         if self.is_transposed:
-            self.alpha, self.limit = float(config.swiglu_alpha), float(config.swiglu_limit)
+            self.alpha = float(getattr(config, "swiglu_alpha", 1.702))
+            self.limit = float(getattr(config, "swiglu_limit", 7.0))
             self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * inter))
             self.gate_up_proj_bias = nn.Parameter(torch.empty(E, 2 * inter))
             self.down_proj = nn.Parameter(torch.empty(E, inter, H))
