@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import types
 
 import torch
@@ -140,6 +141,7 @@ def main():
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--one", action="store_true", help="(internal) print one JSON row per measurement")
     parser.add_argument("--timeout", type=int, default=150, help="seconds per implementation (both shapes)")
+    parser.add_argument("--budget", type=int, default=10**6, help="seconds for all implementations together")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of one step of ours")
     args = parser.parse_args()
     shapes = args.shapes.split(",")
@@ -165,9 +167,11 @@ def main():
         cmd = [sys.executable, __file__, "--one", "--impls", impl, "--shapes", args.shapes]
         cmd += ["--profile"] if args.profile else []
         jobs.append((impl, cmd, env))
-    jobs.sort(key=lambda job: job[0] != "liger085")  # the peer first: in the background with two GPUs
+    # The peer first, in the background, with two GPUs; last with one (it may run out of time).
+    jobs.sort(key=lambda job: (job[0] == "liger085") != (gpus > 1))
     background = {}
     rows = []
+    deadline = time.monotonic() + args.budget
     for impl, cmd, env in jobs:
         # Output to files, not pipes: a background process must never block on a full pipe.
         logs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
@@ -176,9 +180,9 @@ def main():
         if impl == "liger085" and gpus > 1:
             background[impl] = process
             continue
-        rows += _collect(impl, process, len(shapes), args.timeout)
+        rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
     for impl, process in background.items():
-        rows += _collect(impl, process, len(shapes), args.timeout)
+        rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
     report(rows, args.out)
 
 
@@ -189,7 +193,7 @@ def _collect(impl, process, n_rows, timeout):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-        print(f"{impl}: timed out after {timeout} s")
+        print(f"{impl}: timed out after {timeout:.0f} s")
     for log in process.logs:
         log.seek(0)
     stdout, stderr = (log.read() for log in process.logs)
