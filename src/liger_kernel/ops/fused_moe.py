@@ -72,13 +72,42 @@ def _gating(gate, up, alpha, limit, CLAMPED: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_columns(j, inter, INTERLEAVED: tl.constexpr):
-    """Columns of gate j and up j on the 2I axis: 2j and 2j + 1 (GPT-OSS), or j and I + j.
-    gu and dgu ([S, 2I]) use the weight's own order, so the GEMMs read and write them unmapped."""
+def _gate_up_rows(rows, row_mask, j0, inter, BLOCK_N: tl.constexpr):
+    """Offsets of rows' gate/up pair columns j0..j0 + BLOCK_N in a [S, 2I] tensor, and their mask."""
+    return rows[:, None].to(tl.int64) * (2 * inter), row_mask[:, None] & (j0 + tl.arange(0, BLOCK_N) < inter)[None, :]
+
+
+@triton.jit
+def _load_gate_up(gu_ptr, rows, row_mask, j0, inter, INTERLEAVED: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):  # fmt: skip
+    """(gate, up) [BLOCK_M, BLOCK_N] in fp32 for pair columns j0..: in the weight's own order, 2j and
+    2j + 1 (GPT-OSS, read as one contiguous tile) or j and I + j."""
+    row, mask = _gate_up_rows(rows, row_mask, j0, inter, BLOCK_N)
     if INTERLEAVED:
-        return 2 * j, 2 * j + 1
+        c = 2 * j0 + tl.arange(0, 2 * BLOCK_N)
+        pair = tl.load(gu_ptr + row + c[None, :], mask=row_mask[:, None] & (c < 2 * inter)[None, :], other=0.0)
+        gate, up = tl.split(tl.reshape(pair.to(tl.float32), (BLOCK_M, BLOCK_N, 2)))
     else:
-        return j, j + inter
+        j = j0 + tl.arange(0, BLOCK_N)
+        gate = tl.load(gu_ptr + row + j[None, :], mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gu_ptr + row + inter + j[None, :], mask=mask, other=0.0).to(tl.float32)
+    return gate, up
+
+
+@triton.jit
+def _store_gate_up(gu_ptr, rows, row_mask, j0, inter, gate, up, INTERLEAVED: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr):  # fmt: skip
+    """Store (gate, up) where ``_load_gate_up`` reads them, rounded to gu's dtype."""
+    row, mask = _gate_up_rows(rows, row_mask, j0, inter, BLOCK_N)
+    if INTERLEAVED:
+        c = 2 * j0 + tl.arange(0, 2 * BLOCK_N)
+        pair = tl.reshape(tl.join(gate, up), (BLOCK_M, 2 * BLOCK_N))
+        mask2 = row_mask[:, None] & (c < 2 * inter)[None, :]
+        tl.store(gu_ptr + row + c[None, :], pair.to(gu_ptr.dtype.element_ty), mask=mask2)
+    else:
+        j = j0 + tl.arange(0, BLOCK_N)
+        tl.store(gu_ptr + row + j[None, :], gate.to(gu_ptr.dtype.element_ty), mask=mask)
+        tl.store(gu_ptr + row + inter + j[None, :], up.to(gu_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -129,13 +158,19 @@ def _gate_up_kernel(
         bias = tl.load(bias_ptr + expert * stride_be + wcol * stride_bq, mask=col_mask, other=0.0)
         acc += bias.to(tl.float32)[None, :]
     gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N, 2)))
+    j0 = tl.program_id(1) * BLOCK_N
+    if INTERLEAVED:  # the tile is already in gu's order: one contiguous store
+        mask = row_mask[:, None] & col_mask[None, :]
+        tl.store(
+            gu_ptr + rows[:, None].to(tl.int64) * (2 * inter) + wcol[None, :],
+            acc.to(gu_ptr.dtype.element_ty),
+            mask=mask,
+        )
+    else:
+        _store_gate_up(gu_ptr, rows, row_mask, j0, inter, gate, up, INTERLEAVED, BLOCK_M, BLOCK_N)
     h, _, _ = _gating(gate, up, alpha, limit, CLAMPED)
-    jn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask = row_mask[:, None] & (jn < inter)[None, :]
-    gate_col, up_col = _gate_up_columns(jn, inter, INTERLEAVED)
-    gu_row = gu_ptr + rows[:, None].to(tl.int64) * (2 * inter)
-    tl.store(gu_row + gate_col[None, :], gate.to(gu_ptr.dtype.element_ty), mask=mask)
-    tl.store(gu_row + up_col[None, :], up.to(gu_ptr.dtype.element_ty), mask=mask)
+    _, mask = _gate_up_rows(rows, row_mask, j0, inter, BLOCK_N)
+    jn = j0 + tl.arange(0, BLOCK_N)
     tl.store(h_ptr + rows[:, None].to(tl.int64) * inter + jn[None, :], h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
@@ -176,14 +211,15 @@ def _pair_output_kernel(
 
 @triton.jit
 def _down_backward_kernel(
-    dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr,
+    dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
     stride_dy, stride_we, stride_wh, stride_wi,
     n_tiles, num_experts, S, inter, H, TOP_K, alpha, limit,
-    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_FP32: tl.constexpr,
+    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """g = dy[token(r)] @ W_d[e] for BLOCK_N columns of I; with h recomputed from gu: this block's
-    share of dw[pair] = <g, h>, dgu = gating'(gu) * w * g, and hw = w * h (for dW_d)."""
+    share of dw[pair] = <g, h>, dgu = gating'(gu) * w * g, and hw = w * h (for dW_d); with HAS_BIAS
+    dgu summed over the tile's rows (all of one expert) is added to bias_grad (fp32 [E, 2I])."""
     rows, row_mask, expert = _tile(tiles_ptr, n_tiles, BLOCK_M)
     if expert >= num_experts:
         return
@@ -202,32 +238,39 @@ def _down_backward_kernel(
         g = _dot(a, b, g, DOT_FP32)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K * stride_wh
-    mask = row_mask[:, None] & j_mask[None, :]
-    gate_col, up_col = _gate_up_columns(j, inter, INTERLEAVED)
-    row = rows[:, None].to(tl.int64) * (2 * inter)
-    gate = tl.load(gu_ptr + row + gate_col[None, :], mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(gu_ptr + row + up_col[None, :], mask=mask, other=0.0).to(tl.float32)
+    j0 = tl.program_id(1) * BLOCK_N
+    gate, up = _load_gate_up(gu_ptr, rows, row_mask, j0, inter, INTERLEAVED, BLOCK_M, BLOCK_N)
     h, dgate, dup = _gating(gate, up, alpha, limit, CLAMPED)
     h = h.to(hw_ptr.dtype.element_ty).to(tl.float32)  # h as the forward's down projection read it
     w = tl.load(weights_ptr + pairs, mask=row_mask, other=0.0).to(tl.float32)[:, None]
     tl.store(dw_ptr + tl.program_id(1) * S + pairs, tl.sum(g * h, axis=1), mask=row_mask)
     dh = g * w
-    tl.store(dgu_ptr + row + gate_col[None, :], (dh * dgate).to(dgu_ptr.dtype.element_ty), mask=mask)
-    tl.store(dgu_ptr + row + up_col[None, :], (dh * dup).to(dgu_ptr.dtype.element_ty), mask=mask)
+    dgate *= dh
+    dup *= dh
+    _store_gate_up(dgu_ptr, rows, row_mask, j0, inter, dgate, dup, INTERLEAVED, BLOCK_M, BLOCK_N)
+    _, mask = _gate_up_rows(rows, row_mask, j0, inter, BLOCK_N)
     tl.store(hw_ptr + rows[:, None].to(tl.int64) * inter + j[None, :], (h * w).to(hw_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:  # rows without a pair have g = 0, hence dgate = dup = 0
+        bias_grad = bias_grad_ptr + expert * 2 * inter
+        if INTERLEAVED:
+            gate_col, up_col = 2 * j, 2 * j + 1
+        else:
+            gate_col, up_col = j, inter + j
+        tl.atomic_add(bias_grad + gate_col, tl.sum(dgate, axis=0), mask=j_mask)
+        tl.atomic_add(bias_grad + up_col, tl.sum(dup, axis=0), mask=j_mask)
 
 
 @triton.jit
 def _weight_grad_kernel(
-    a_ptr, b_ptr, order_ptr, bounds_ptr, out_ptr, bias_grad_ptr,
-    stride_b, stride_oe, stride_om, stride_on, stride_bge, stride_bgm,
+    a_ptr, b_ptr, order_ptr, bounds_ptr, out_ptr,
+    stride_b, stride_oe, stride_om, stride_on,
     n_m, n_n, TOP_K,
-    HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+    DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[e] = sum over expert e's sorted rows r of a[r]^T b[token(r)], [n_m, n_n] per expert (a:
     [S, n_m] in sorted order, b: [tokens, n_n] read through the permutation), written through
-    strides; with HAS_BIAS also bias_grad[e] = sum_r a[r]. dW_d is a = hw, b = dy; dW_gu is
+    strides. dW_d is a = hw, b = dy; dW_gu is
     a = dgu, b = x. An expert without rows gets zeros."""
     expert = tl.program_id(1).to(tl.int64)
     blocks_n = tl.cdiv(n_n, BLOCK_N)
@@ -238,7 +281,6 @@ def _weight_grad_kernel(
     start = tl.load(bounds_ptr + expert)
     end = tl.load(bounds_ptr + expert + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    column_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for r0 in range(start, end, BLOCK_K):
         rows = r0 + tl.arange(0, BLOCK_K)
         r_mask = rows < end
@@ -248,14 +290,8 @@ def _weight_grad_kernel(
         )
         b = tl.load(b_ptr + tokens[:, None] * stride_b + n[None, :], mask=r_mask[:, None] & n_mask[None, :], other=0.0)
         acc = _dot(a, b, acc, DOT_FP32)
-        if HAS_BIAS:
-            column_sum += tl.sum(a.to(tl.float32), axis=1)
     out = out_ptr + expert * stride_oe + m[:, None] * stride_om + n[None, :] * stride_on
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
-    if HAS_BIAS:
-        if tl.program_id(0) % blocks_n == 0:
-            bias_grad = bias_grad_ptr + expert * stride_bge + m * stride_bgm
-            tl.store(bias_grad, column_sum.to(bias_grad_ptr.dtype.element_ty), mask=m_mask)
 
 
 # ----------------------------------------------------------------------------- launch settings
@@ -287,24 +323,26 @@ CONFIGS = {
         (128, 64, 128, 8, 3), (128, 32, 128, 4, 4), (128, 32, 128, 4, 5), (256, 32, 128, 8, 4), (256, 64, 128, 8, 3)
     ),
 }
+# (kernel, autotune key, arguments the autotuner must restore after each trial: the backward kernel
+# writes dgu over gu and adds into the bias gradient).
 KERNELS = {
-    "gate_up": (_gate_up_kernel, ["inter", "H"]),
-    "pair_output": (_pair_output_kernel, ["n_k", "n_out"]),
-    "down_backward": (_down_backward_kernel, ["inter", "H"]),
-    "weight_grad": (_weight_grad_kernel, ["n_m", "n_n"]),
+    "gate_up": (_gate_up_kernel, ["inter", "H"], []),
+    "pair_output": (_pair_output_kernel, ["n_k", "n_out"], []),
+    "down_backward": (_down_backward_kernel, ["inter", "H"], ["gu_ptr", "bias_grad_ptr"]),
+    "weight_grad": (_weight_grad_kernel, ["n_m", "n_n"], []),
 }
 _TUNED = {}
 
 
 def _launch(name, grid, big, *args, **constexprs):
     """Launch kernel ``name``; ``grid(blocks)`` gives the grid from the config's block sizes."""
-    kernel, key = KERNELS[name]
+    kernel, key, restore = KERNELS[name]
     if interpreting():
         blocks = dict(INTERPRETER_BLOCKS, **({"BLOCK_M": 16} if name == "weight_grad" else {}))
         kernel[grid(blocks)](*args, **constexprs, **blocks)
     elif big:
         if name not in _TUNED:
-            _TUNED[name] = triton.autotune(CONFIGS[name], key=key)(kernel)
+            _TUNED[name] = triton.autotune(CONFIGS[name], key=key, restore_value=restore)(kernel)
         _TUNED[name][lambda meta: grid(meta)](*args, **constexprs)
     else:
         config = CONFIGS[name][0]
@@ -403,14 +441,18 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
     dgu = gu  # each program reads its gate/up block before writing dgate/dup there: no second [S, 2I]
     hw = torch.empty(S, inter, dtype=x.dtype, device=x.device)
     dw_parts = torch.zeros(cdiv(inter, _narrowest("down_backward")), S, device=x.device)
+    bias_sums = torch.zeros(E, 2 * inter, device=x.device) if has_gate_up_bias and needs[4] else dw_parts
     _launch(
         "down_backward", lambda m: (n_tiles, cdiv(inter, m["BLOCK_N"])), big,
-        dy, down_proj, gu, top_k_weights, order, tiles, dgu, hw, dw_parts,
+        dy, down_proj, gu, top_k_weights, order, tiles, dgu, hw, dw_parts, bias_sums,
         dy.stride(0), down_proj.stride(0), *_axis_strides(down_proj, down_axes),
         n_tiles, E, S, inter, H, K, float(alpha or 0.0), float(limit or 0.0),
-        CLAMPED=alpha is not None, INTERLEAVED=not is_concatenated, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        CLAMPED=alpha is not None, INTERLEAVED=not is_concatenated, HAS_BIAS=bias_sums is not dw_parts,
+        DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
     )  # fmt: skip
     dx = d_gate_up = d_down = d_weights = d_gate_up_bias = d_down_bias = None
+    if bias_sums is not dw_parts:
+        d_gate_up_bias = bias_sums.to(x.dtype)
     if needs[3]:
         d_weights = dw_parts.sum(0).view(T, K)
         if down_proj_bias is not None:  # <dy, down bias of the pair's expert>; 0 for no expert
@@ -426,10 +468,10 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
         d_down = torch.empty_like(down_proj)
         _launch(
             "weight_grad", lambda m: (cdiv(inter, m["BLOCK_M"]) * cdiv(H, m["BLOCK_N"]), E), big,
-            hw, dy, order, bounds, d_down, d_down,
-            dy.stride(0), d_down.stride(0), *_axis_strides(d_down, down_axes[::-1]), 0, 0,
+            hw, dy, order, bounds, d_down,
+            dy.stride(0), d_down.stride(0), *_axis_strides(d_down, down_axes[::-1]),
             inter, H, K,
-            HAS_BIAS=False, DOT_FP32=DOT_FP32,
+            DOT_FP32=DOT_FP32,
         )  # fmt: skip
     del hw
     if needs[0]:
@@ -443,18 +485,15 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
         )  # fmt: skip
         dx = dx_pairs if K == 1 else dx_pairs.view(T, K, H).sum(1)
         del dx_pairs
-    if needs[1] or needs[4]:
+    if needs[1]:
         d_gate_up = torch.empty_like(gate_up_proj)
-        d_gate_up_bias = torch.empty(E, 2 * inter, dtype=x.dtype, device=x.device) if has_gate_up_bias else d_gate_up
         _launch(
             "weight_grad", lambda m: (cdiv(2 * inter, m["BLOCK_M"]) * cdiv(H, m["BLOCK_N"]), E), big,
-            dgu, x, order, bounds, d_gate_up, d_gate_up_bias,
+            dgu, x, order, bounds, d_gate_up,
             x.stride(0), d_gate_up.stride(0), *_axis_strides(d_gate_up, gu_axes),
-            d_gate_up_bias.stride(0), d_gate_up_bias.stride(-1),
             2 * inter, H, K,
-            HAS_BIAS=has_gate_up_bias, DOT_FP32=DOT_FP32,
+            DOT_FP32=DOT_FP32,
         )  # fmt: skip
-        d_gate_up_bias = d_gate_up_bias if has_gate_up_bias else None
     return dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias
 
 
