@@ -51,6 +51,22 @@ def _dot(a, b, acc, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _rows_times_weight(a_ptrs, b_ptrs, row_mask, col_mask, n_k, stride_bk, acc, DOT_FP32: tl.constexpr,
+                       BLOCK_K: tl.constexpr):  # fmt: skip
+    """acc + a @ b over n_k: a_ptrs a [BLOCK_M, BLOCK_K] block of rows (unit stride along k, rows
+    gathered by the caller), b_ptrs a [BLOCK_K, N] block of one expert's weight (stride_bk along k)."""
+    k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, n_k, BLOCK_K):
+        k_mask = k0 + k < n_k
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        acc = _dot(a, b, acc, DOT_FP32)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * stride_bk
+    return acc
+
+
+@triton.jit
 def _gating(gate, up, alpha, limit, CLAMPED: tl.constexpr):
     """(h, dh/dgate, dh/dup) in fp32: ``silu(gate) * up``, or GPT-OSS's clamped form (its clamps
     pass no gradient outside their range, as ``torch.clamp``'s backward)."""
@@ -147,13 +163,7 @@ def _gate_up_kernel(
     a_ptrs = x_ptr + tokens[:, None] * stride_x + k[None, :]
     b_ptrs = w_ptr + expert * stride_we + wcol[None, :] * stride_wq + k[:, None] * stride_wh
     acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        k_mask = k0 + k < H
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_FP32)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K * stride_wh
+    acc = _rows_times_weight(a_ptrs, b_ptrs, row_mask, col_mask, H, stride_wh, acc, DOT_FP32, BLOCK_K)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + expert * stride_be + wcol * stride_bq, mask=col_mask, other=0.0)
         acc += bias.to(tl.float32)[None, :]
@@ -192,13 +202,8 @@ def _pair_output_kernel(
     a_ptrs = a_ptr + rows[:, None].to(tl.int64) * n_k + k[None, :]
     b_ptrs = w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, tl.where(expert < num_experts, n_k, 0), BLOCK_K):
-        k_mask = k0 + k < n_k
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-        acc = _dot(a, b, acc, DOT_FP32)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K * stride_wk
+    n_k = tl.where(expert < num_experts, n_k, 0)  # no product for pairs routed to no expert
+    acc = _rows_times_weight(a_ptrs, b_ptrs, row_mask, n_mask, n_k, stride_wk, acc, DOT_FP32, BLOCK_K)
     pairs = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64)
     if HAS_BIAS:
         if expert < num_experts:
@@ -231,13 +236,7 @@ def _down_backward_kernel(
     a_ptrs = dy_ptr + tokens[:, None] * stride_dy + k[None, :]
     b_ptrs = w_ptr + expert * stride_we + k[:, None] * stride_wh + j[None, :] * stride_wi
     g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        k_mask = k0 + k < H
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & j_mask[None, :], other=0.0)
-        g = _dot(a, b, g, DOT_FP32)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K * stride_wh
+    g = _rows_times_weight(a_ptrs, b_ptrs, row_mask, j_mask, H, stride_wh, g, DOT_FP32, BLOCK_K)
     j0 = tl.program_id(1) * BLOCK_N
     gate, up = _load_gate_up(gu_ptr, rows, row_mask, j0, inter, INTERLEAVED, BLOCK_M, BLOCK_N)
     h, dgate, dup = _gating(gate, up, alpha, limit, CLAMPED)
