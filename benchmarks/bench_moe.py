@@ -146,8 +146,20 @@ def main():
     parser.add_argument("--timeout", type=int, default=150, help="seconds per implementation (both shapes)")
     parser.add_argument("--budget", type=int, default=10**6, help="seconds for all implementations together")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of one step of ours")
+    parser.add_argument("--keep-heads", action="store_true", help="keep the compared values in moe.json (to --merge)")
+    parser.add_argument("--merge", default="", help="comma-separated moe.json files (--keep-heads) to report with")
     args = parser.parse_args()
     shapes = args.shapes.split(",")
+    merged = []
+    for path in filter(None, args.merge.split(",")):
+        if os.path.exists(path):
+            with open(path) as f:
+                merged += json.load(f)["rows"]
+        else:
+            print(f"{path} missing: not merged")
+    if args.impls == "":  # report only
+        report(merged, args.out, args.keep_heads)
+        return
     if args.one:
         for impl in args.impls.split(","):
             for shape in shapes:
@@ -158,6 +170,7 @@ def main():
     # One process per implementation (no allocator or autotune state shared). With two GPUs Liger
     # 0.8.5, whose first call autotunes for minutes, runs on the second one meanwhile.
     gpus = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(gpus)))).split(",")
     jobs = []
     for impl in impls:
         env = dict(os.environ)
@@ -166,7 +179,7 @@ def main():
                 print(f"skip liger085: {args.peer} missing (run benchmarks/setup_peers.sh)")
                 continue
             env["PYTHONPATH"] = os.path.abspath(args.peer)
-        env["CUDA_VISIBLE_DEVICES"] = str(gpus - 1 if impl == "liger085" and gpus > 1 else 0)
+        env["CUDA_VISIBLE_DEVICES"] = visible[gpus - 1 if impl == "liger085" and gpus > 1 else 0]
         cmd = [sys.executable, __file__, "--one", "--impls", impl, "--shapes", args.shapes]
         cmd += ["--profile"] if args.profile else []
         jobs.append((impl, cmd, env))
@@ -186,7 +199,7 @@ def main():
         rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
     for impl, process in background.items():
         rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
-    report(rows, args.out)
+    report(rows + merged, args.out, args.keep_heads)
 
 
 def _collect(impl, process, n_rows, timeout):
@@ -217,7 +230,7 @@ def _worst_diff(heads, reference):
     return max(diffs.items(), key=lambda item: item[1])
 
 
-def report(rows, out):
+def report(rows, out, keep_heads=False):
     lines = [
         "| shape | implementation | fwd+bwd ms | peak MiB | TFLOP/s | of 720 | vs fastest other | worst diff vs hf |",
         "|---|---|---|---|---|---|---|---|",
@@ -228,9 +241,10 @@ def report(rows, out):
         reference = next(
             (r for r in sorted(here, key=lambda r: r["impl"] != "hf_grouped_mm") if r["impl"].startswith("hf_")), None
         )
+        reference = reference if reference and reference.get("heads") else None
         for r in here:
             diff = ""
-            if reference and r["heads"] and r is not reference:
+            if reference and r.get("heads") and r is not reference:
                 diff = "{1:.1e} ({0})".format(*_worst_diff(r["heads"], reference["heads"]))
             speed = f"{min(others) / r['ms']:.2f}x" if r["impl"] == "ours" and others else ""
             lines.append(
@@ -241,8 +255,8 @@ def report(rows, out):
     print(table)
     if out:
         os.makedirs(out, exist_ok=True)
-        for r in rows:
-            r.pop("heads", None)
+        if not keep_heads:
+            rows = [{k: v for k, v in r.items() if k != "heads"} for r in rows]
         env = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else ""}
         with open(os.path.join(out, "moe.json"), "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=1)

@@ -320,9 +320,10 @@ def _configs(*settings):
     ]
 
 
-# (BLOCK_N, BLOCK_K[, BLOCK_M], warps, stages), autotuned on the benchmark shapes; the H200 picked
-# the first of gate_up and down_backward and the second and third of the others at the Qwen3-30B-A3B
-# and GPT-OSS-20B shapes. The gate/up kernel's tile is 2 BLOCK_N wide.
+# (BLOCK_N, BLOCK_K[, BLOCK_M], warps, stages), autotuned from AUTOTUNE_MIN_PAIRS (the first of
+# each list below that). On the H200 at the Qwen3-30B-A3B and GPT-OSS-20B shapes the picks were:
+# gate_up 128x64 (tile 128 x 256), pair_output 256x64, down_backward 64x64 over 4 warps,
+# weight_grad 128x32 or 128x64 (256x64 for GPT-OSS's dW_gu). The gate/up kernel's tile is 2 BLOCK_N wide.
 CONFIGS = {
     "gate_up": _configs((128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (128, 32, 8, 4)),
     "pair_output": _configs((128, 64, 4, 4), (128, 64, 8, 3), (256, 64, 8, 3), (256, 64, 8, 4)),
