@@ -161,3 +161,21 @@ def test_fused_moe_second_backward_raises():
     y.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         y.sum().backward()
+
+
+def test_liger_experts_under_autocast():
+    """Mixed precision keeps fp32 weights and computes in the autocast dtype (as F.linear does there):
+    the experts cast their inputs instead of rejecting the dtype mismatch."""
+    torch.manual_seed(0)
+    hf, config = _hf_experts("qwen3_moe")
+    ours = LigerExperts(config).to(DEVICE)
+    ours.load_state_dict(hf.state_dict())
+    index, weights = _routing(2, skewed=False)
+    x = randn(T, H, requires_grad=True)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = ours(x, index, weights)
+    y.backward(torch.ones_like(y))
+    assert y.dtype == torch.bfloat16 and ours.gate_up_proj.grad.dtype == torch.float32
+    y64 = fused_moe_reference(x.double(), hf.gate_up_proj.double(), hf.down_proj.double(), index, weights.double())
+    bf16 = [t.detach().bfloat16() for t in (x, hf.gate_up_proj, hf.down_proj)]
+    assert_matches("y under autocast", y, y64, fused_moe_reference(*bf16, index, weights.bfloat16()))

@@ -214,9 +214,13 @@ class LigerExperts(nn.Module):
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         x = hidden_states.reshape(-1, self.hidden_dim)
+        weights = [self.gate_up_proj, self.down_proj, self.gate_up_proj_bias, self.down_proj_bias]
+        if torch.is_autocast_enabled(x.device.type):  # as F.linear under autocast: compute in its dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, *weights = [None if t is None else t.to(dtype) for t in (x, *weights)]
+        gate_up_proj, down_proj, gate_up_proj_bias, down_proj_bias = weights
         y = LigerFusedMoEFunction.apply(
-            x, self.gate_up_proj, self.down_proj, top_k_index.reshape(x.shape[0], -1),
-            top_k_weights.reshape(x.shape[0], -1), self.gate_up_proj_bias, self.down_proj_bias,
-            self.is_transposed, not self.is_transposed, self.alpha, self.limit,
+            x, gate_up_proj, down_proj, top_k_index.reshape(x.shape[0], -1), top_k_weights.reshape(x.shape[0], -1),
+            gate_up_proj_bias, down_proj_bias, self.is_transposed, not self.is_transposed, self.alpha, self.limit,
         )  # fmt: skip
-        return y.view(hidden_states.shape)
+        return y.view(*hidden_states.shape[:-1], self.hidden_dim)
