@@ -189,9 +189,8 @@ class LigerExperts(nn.Module):
         super().__init__()
         _check_activation(config)
         self.config = config
-        self.num_experts = next(
-            getattr(config, n) for n in ("num_experts", "num_local_experts", "n_routed_experts") if hasattr(config, n)
-        )
+        counts = (getattr(config, n, None) for n in ("num_experts", "num_local_experts", "n_routed_experts"))
+        self.num_experts = next(count for count in counts if count is not None)
         self.hidden_dim = self.hidden_size = config.hidden_size
         self.intermediate_dim = self.intermediate_size = getattr(config, "moe_intermediate_size", None) or (
             config.intermediate_size
