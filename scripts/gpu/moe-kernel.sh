@@ -3,7 +3,7 @@
 # eager and grouped_mm experts vs Liger 0.8.5) at the Qwen3-30B-A3B and GPT-OSS-20B layer shapes, then
 # tests/test_fused_moe.py on the same GPU. Results: benchmarks/results/h200/moe/ (moe.md, moe.json,
 # moe.png where matplotlib is installed); logs: "$OUT/moe-kernel/" (bench.log has our per-kernel
-# profile and the autotuner's picks are not printed). About 4 minutes. With two GPUs Liger 0.8.5,
+# profile and the autotuner's picks). About 4 minutes. With two GPUs Liger 0.8.5,
 # whose first call autotunes for minutes, runs on the second one from the start and gets the whole
 # 4 minutes (a shape it has not finished by then is left out); with one GPU it is left out.
 set -uo pipefail
@@ -18,7 +18,7 @@ if [ "$GPUS" -gt 1 ] && bash benchmarks/setup_peers.sh > "$LOG/setup_peers.log" 
     --out "$LOG/peer" --keep-heads > "$LOG/peer.log" 2>&1 &
   PEER_JSON="$LOG/peer/moe.json"
 fi
-CUDA_VISIBLE_DEVICES=0 timeout 125 python benchmarks/bench_moe.py --impls ours,hf_grouped_mm,hf_eager \
+CUDA_VISIBLE_DEVICES=0 TRITON_PRINT_AUTOTUNING=1 timeout 125 python benchmarks/bench_moe.py --impls ours,hf_grouped_mm,hf_eager \
   --timeout 120 --budget 120 --profile --out "$LOG/main" --keep-heads > "$LOG/bench.log" 2>&1
 CUDA_VISIBLE_DEVICES=0 timeout 110 python -m pytest tests/test_fused_moe.py -q -p no:cacheprovider 2>&1 \
   | tail -30 | tee "$LOG/tests.log"
