@@ -16,7 +16,12 @@ backward  down     g = dy[t] @ W_d[e]; recomputes h from gu; dw = <g, h> (+ <dy,
           dx       dx[t] = sum_k dgu @ W_gu[e]
 
 Only gu (the pre-activation, [S, 2I]) is kept between forward and backward: the activation is
-recomputed where it is needed, which is cheaper than a second [S, I] tensor per layer.
+recomputed where it is needed, which is cheaper than a second [S, I] tensor per layer, and the
+backward writes dgu over it (so a second backward through one graph raises). The backward's
+buffers are freed as soon as read. On an H200 at the Qwen3-30B-A3B layer shape (8192 tokens,
+bf16) forward + backward took 5.87 ms and 1408 MiB against transformers' grouped_mm experts' 9.18
+ms and 1889 MiB. The gate_up bias gradient is summed with fp32 atomics (its rounding order varies
+from run to run); every other result is deterministic.
 
 Two weight layouts, both transformers 5.x's: Qwen3-MoE / Mixtral / DeepSeek store ``gate_up_proj[E,
 2I, H]`` (gate rows then up rows) and ``down_proj[E, H, I]``; GPT-OSS stores them transposed,
