@@ -45,6 +45,7 @@ _LAZY = {
     "LigerFusedLinearJSD": "fused_linear_jsd",
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
+    "LigerExperts": "swiglu",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).
