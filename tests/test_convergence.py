@@ -92,11 +92,6 @@ FAMILY_CONFIG = {
         "global_head_dim": 2 * HIDDEN // HEADS,
     },
 }
-# Gemma 4's attention is unscaled (scaling=1.0 on normed q and k), which amplifies q's rounding in
-# the scores, and RMSNorm's dW sums row tiles in fp32 with 1-2.6x PyTorch's error (20 seeds of its
-# 56-row q_norm shape): at seed 0 layer 1's q_norm dW lands 1.27x over the bound in fp32 (the stock
-# run's own error being small there); seeds 3 and 4 pass at 0.83 and 0.38 of it.
-FAMILY_SEED = {"gemma4_text": 3}
 # The config a family's causal LM is built from, where the table key names the multimodal one.
 CONFIG_TYPE = {"qwen3_5": "qwen3_5_text"}
 
@@ -177,30 +172,72 @@ def train(model, steps=STEPS):
     return torch.stack(losses), first_grads
 
 
-# Triton's CPU interpreter casts fp32 to bf16 by truncation (measured: every relu²/norm output of a
-# bf16 kernel equals its fp32 value with the low 16 bits cleared), up to 1 ulp where a GPU's
-# round-to-nearest-even is half of one: twice PyTorch's rounding error per kernel output, so the
-# yardstick's factor doubles for bf16 on CPU. On a GPU it stays 2.
+# Triton's CPU interpreter casts fp32 to bf16 by truncation (measured again in session 7: all of
+# 4096 random values stored as bf16 by an interpreted kernel equal their fp32 bits with the low 16
+# cleared, half of them differ from round-to-nearest-even), up to 1 ulp where a GPU's rounding is
+# half of one: twice PyTorch's rounding error per kernel output, so the yardstick's factor doubles
+# for bf16 on CPU. On a GPU it stays 2.
 INTERPRETED_BF16_FACTOR = 4.0
+
+
+def sdpa_copy(model, model64):
+    """``model`` with SDPA attention: a second stock implementation, the same function with its own
+    rounding; None where SDPA computes another function (checked in float64 on a batch): Gemma 2's
+    softcapped attention scores, which transformers 5.24 refuses there and 5.17 silently drops."""
+    ids, _ = make_batch(99)
+    other64 = copy.deepcopy(model64)
+    try:
+        other64.set_attn_implementation("sdpa")
+        with torch.no_grad():
+            logits, expected = other64(input_ids=ids).logits, model64(input_ids=ids).logits
+    except ValueError:
+        return None
+    if not torch.allclose(logits, expected, rtol=1e-9, atol=1e-12):
+        return None
+    other = copy.deepcopy(model)
+    other.set_attn_implementation("sdpa")
+    return other
+
+
+def larger_error(reference, *candidates):
+    """The candidate farther from ``reference`` (None candidates skipped)."""
+    present = [c for c in candidates if c is not None]
+    return max(present, key=lambda c: (c.detach().double() - reference.detach().double()).abs().max().item())
 
 
 def assert_converges(name, model64, stock, make_patched):
     """Train float64 and same-dtype stock copies, then patch (a class-level patch also reaches
     already-built models: their forward and RoPE) and train the patched copy. Its per-step
     losses and first gradients must track the float64 run per element as well as stock does,
-    and so must its trained weights."""
+    and so must its trained weights.
+
+    "As well as stock" is measured on two stock runs where the family allows (eager attention,
+    and SDPA: the same function, its own rounding), the larger error of the two per tensor. One
+    run's error is one sample, and on a tensor of a few elements (a Mamba or gated-DeltaNet
+    layer's per-head ``A_log``, ``dt_bias``) it can be nearly exact by chance: on CPU, qwen3_5 at
+    seed 2 put the SDPA stock run itself 1.7e4 times over 2x the eager run's error on
+    ``linear_attn.dt_bias``'s first gradient (the patched run: 8e3 times), and gemma4_text at seed
+    0 put it over on 5 tensors; against the larger of the two stock errors the patched runs of
+    falcon_h1, gemma4_text, qwen3_5 and qwen3_next stay within 1.3x at seeds 0-4. On the H200
+    (session 6) these families' failures were 1.0-1.3x on such tensors."""
+    second = sdpa_copy(stock, model64)
     (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
+    losses_second, grads_second = train(second) if second is not None else (None, {})
     patched = make_patched()
     losses, grads = train(patched)
     dtype = next(stock.parameters()).dtype
     factor = INTERPRETED_BF16_FACTOR if dtype == torch.bfloat16 and not ON_GPU else 2.0
-    assert_matches(f"{name} losses", losses, losses64, losses_stock, factor, floor=FLOOR[dtype])
+    baseline = larger_error(losses64, losses_stock, losses_second)
+    assert_matches(f"{name} losses", losses, losses64, baseline, factor, floor=FLOOR[dtype])
     for pname, grad in grads.items():
-        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], grads_stock[pname], factor)
+        baseline = larger_error(grads64[pname], grads_stock[pname], grads_second.get(pname))
+        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], baseline, factor)
     named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
+    named_second = {} if second is None else dict(second.named_parameters())
     for pname, p in patched.named_parameters():
         if p.requires_grad:
-            assert_matches(f"{name} {pname}", p, named64[pname], named_stock[pname], factor)
+            baseline = larger_error(named64[pname], named_stock[pname], named_second.get(pname))
+            assert_matches(f"{name} {pname}", p, named64[pname], baseline, factor)
 
 
 def instance_patched(model, rope=ON_GPU):
@@ -222,7 +259,7 @@ def test_family_converges(model_type, dtype):
     for Llama and for Phi-3's partial rotation (the other families' rotary functions are
     Llama's); its parity is in test_rope.py. On a GPU every family runs everything."""
     rope = ON_GPU or (model_type in ("llama", "phi3") and dtype == torch.float32)
-    stock = build(model_type, dtype, seed=FAMILY_SEED.get(model_type, 0))
+    stock = build(model_type, dtype)
     model64 = float64_copy(stock)
     initial = copy.deepcopy(stock.state_dict())
 
