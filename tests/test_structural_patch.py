@@ -14,14 +14,14 @@ from parity import DEVICE, assert_matches
 transformers = pytest.importorskip("transformers")
 from test_convergence import assert_converges, build, float64_copy, make_batch, train  # noqa: E402
 
-from liger_kernel.transformers import monkey_patch  # noqa: E402
-from liger_kernel.transformers.model_specs import MODEL_SPECS  # noqa: E402
-from liger_kernel.transformers.rms_norm import LigerRMSNorm  # noqa: E402
-from liger_kernel.transformers.structural import (  # noqa: E402
+from liger_kernel.transformers import (  # noqa: E402
     StructuralPatchReport,
     apply_liger_kernel,
     apply_liger_kernel_by_structure,
+    monkey_patch,  # noqa: E402
 )
+from liger_kernel.transformers.model_specs import MODEL_SPECS  # noqa: E402
+from liger_kernel.transformers.rms_norm import LigerRMSNorm  # noqa: E402
 
 # model type -> (RMSNorms, MLPs) of the tiny models of test_convergence (2 layers)
 EXPECTED = {"llama": (5, 2), "qwen2": (5, 2), "gemma2": (9, 2)}

@@ -204,10 +204,15 @@ def _checked(cache, module, check):
 # RMSNorm
 
 
+def _ours(module) -> bool:
+    """Already one of our modules (by this patch or the table's)."""
+    return type(module).__module__.startswith("liger_kernel.")
+
+
 def _norm_eps(module):
     """The epsilon of an RMSNorm-like leaf (1-D weight, float eps), else None."""
     weight = module._parameters.get("weight")
-    if isinstance(module, LigerRMSNorm) or next(module.children(), None) is not None:
+    if _ours(module) or next(module.children(), None) is not None:
         return None
     if weight is None or weight.dim() != 1:
         return None
@@ -320,7 +325,7 @@ def _check_mlp(module):
 def _patch_mlps(model, report, flags):
     checks = {}
     for path, module in list(model.named_modules()):
-        if type(module) in _MLP_ADAPTERS.values() or _mlp_layout(module) is None:
+        if _ours(module) or _mlp_layout(module) is None:
             continue
         label = f"{path} ({type(module).__name__})"
         forward, why = _checked(checks, module, _check_mlp)
@@ -465,6 +470,8 @@ def _loss_candidate(lm, fused):
 def _patch_loss(model, report, fused):
     for path, lm in list(_causal_lms(model)):
         label = f"{path or 'model'} ({type(lm).__name__})"
+        if getattr(vars(lm).get("forward"), "__func__", None) is causal_lm_forward or "_loss_function" in vars(lm):
+            continue  # patched before
         name, value, what, call = _loss_candidate(lm, fused)
         try:
             why = _check_forward(lm, call)
