@@ -246,22 +246,12 @@ def _check_norm(module):
     ours = copy.deepcopy(probe)
     _convert(ours, LigerRMSNorm, [], size, eps, *numerics)
     why = _module_check(probe, ours, [_norm_input(size, eps, dtype, device)])
-    return (None, why) if why else (numerics, None)
+    return (None, f"not our RMSNorm, {why}") if why else (numerics, None)
 
 
-def _patch_norms(model, report):
-    checks = {}
-    for path, module in list(model.named_modules()):
-        eps = _norm_eps(module)
-        if eps is None:
-            continue
-        label = f"{path} ({type(module).__name__})"
-        numerics, why = _checked(checks, module, _check_norm)
-        if why:
-            report.left.append(f"{label}: not our RMSNorm, {why}")
-            continue
-        _convert(module, LigerRMSNorm, report._undo, module.weight.shape[0], eps, *numerics)
-        report.patched.append(f"{label}: LigerRMSNorm offset={numerics[0]} casting_mode={numerics[1]!r}")
+def _swap_norm(module, numerics, undo):
+    _convert(module, LigerRMSNorm, undo, module.weight.shape[0], _norm_eps(module), *numerics)
+    return f"LigerRMSNorm offset={numerics[0]} casting_mode={numerics[1]!r}", None
 
 
 # Gated MLP
@@ -322,22 +312,31 @@ def _check_mlp(module):
     return (None, why) if why else (forward, None)
 
 
-def _patch_mlps(model, report, flags):
-    checks = {}
-    for path, module in list(model.named_modules()):
-        if _ours(module) or _mlp_layout(module) is None:
-            continue
-        label = f"{path} ({type(module).__name__})"
-        forward, why = _checked(checks, module, _check_mlp)
-        if why:
-            report.left.append(f"{label}: {why}")
-            continue
+def _mlp_swapper(flags):
+    def swap(module, forward, undo):
         flag = next(f for fwd, f in MLP_FORWARDS.values() if fwd is forward)
         if not flags[flag]:
-            report.left.append(f"{label}: {flag}=False")
+            return None, f"{flag}=False"
+        _set_class(module, _mlp_adapter(type(module), forward), undo)
+        return f"{flag} kernel", None
+
+    return swap
+
+
+def _patch_modules(model, report, candidate, check, swap):
+    """Each module ``candidate`` accepts (ours aside) is checked (``check``, once per kind), then
+    ``swap(module, verdict, undo)`` returns what it did or why it did not."""
+    checks = {}
+    for path, module in list(model.named_modules()):
+        if _ours(module) or not candidate(module):
             continue
-        _set_class(module, _mlp_adapter(type(module), forward), report._undo)
-        report.patched.append(f"{label}: {flag} kernel")
+        verdict, why = _checked(checks, module, check)
+        done, why = (None, why) if why else swap(module, verdict, report._undo)
+        label = f"{path} ({type(module).__name__})"
+        if done:
+            report.patched.append(f"{label}: {done}")
+        else:
+            report.left.append(f"{label}: {why}")
 
 
 # Rotary embedding
@@ -507,9 +506,9 @@ def apply_liger_kernel_by_structure(model, **kwargs) -> StructuralPatchReport:
     report = StructuralPatchReport()
     try:
         if flags["rms_norm"]:
-            _patch_norms(model, report)
+            _patch_modules(model, report, lambda m: _norm_eps(m) is not None, _check_norm, _swap_norm)
         if flags["swiglu"] or flags["geglu"]:
-            _patch_mlps(model, report, flags)
+            _patch_modules(model, report, lambda m: _mlp_layout(m) is not None, _check_mlp, _mlp_swapper(flags))
         if flags["rope"]:
             _patch_rotary(model, report)
         if flags["fused_linear_cross_entropy"] or flags["cross_entropy"]:
