@@ -132,9 +132,26 @@ def float64_causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, 
     return loss if num_items_in_batch is None else loss / num_items_in_batch
 
 
+def with_sdpa(model):
+    """``model`` switched to SDPA attention, or None where SDPA computes another function: Gemma 2's
+    softcapped attention scores, which transformers 5.24 refuses there and 5.17 silently drops."""
+    if getattr(model.config, "attn_logit_softcapping", None) is not None:
+        return None
+    try:
+        model.set_attn_implementation("sdpa")
+    except ValueError:  # the family has no SDPA path
+        return None
+    return model
+
+
 def float64_copy(model):
-    """The float64 reference run of a stock model, loss included."""
+    """The float64 reference run of a stock model, loss included. Its attention is SDPA where the
+    family allows: Hugging Face's eager attention takes the softmax in fp32 whatever the dtype
+    (``softmax(..., dtype=torch.float32)``), so an eager "float64" run carries fp32 rounding in every
+    attention layer, as large as the errors it is the reference for (5e-7 of the logits on this
+    file's CPU models; SDPA in float64 agrees with a float64 softmax to 4e-16)."""
     model64 = copy.deepcopy(model).double()
+    with_sdpa(model64)
     model64.loss_function = float64_causal_lm_loss
     return model64
 
@@ -180,25 +197,6 @@ def train(model, steps=STEPS):
 INTERPRETED_BF16_FACTOR = 4.0
 
 
-def sdpa_copy(model, model64):
-    """``model`` with SDPA attention: a second stock implementation, the same function with its own
-    rounding; None where SDPA computes another function (checked in float64 on a batch): Gemma 2's
-    softcapped attention scores, which transformers 5.24 refuses there and 5.17 silently drops."""
-    ids, _ = make_batch(99)
-    other64 = copy.deepcopy(model64)
-    try:
-        other64.set_attn_implementation("sdpa")
-        with torch.no_grad():
-            logits, expected = other64(input_ids=ids).logits, model64(input_ids=ids).logits
-    except ValueError:
-        return None
-    if not torch.allclose(logits, expected, rtol=1e-9, atol=1e-12):
-        return None
-    other = copy.deepcopy(model)
-    other.set_attn_implementation("sdpa")
-    return other
-
-
 def larger_error(reference, *candidates):
     """The candidate farther from ``reference`` (None candidates skipped)."""
     present = [c for c in candidates if c is not None]
@@ -220,7 +218,7 @@ def assert_converges(name, model64, stock, make_patched):
     0 put it over on 5 tensors; against the larger of the two stock errors the patched runs of
     falcon_h1, gemma4_text, qwen3_5 and qwen3_next stay within 1.3x at seeds 0-4. On the H200
     (session 6) these families' failures were 1.0-1.3x on such tensors."""
-    second = sdpa_copy(stock, model64)
+    second = with_sdpa(copy.deepcopy(stock))
     (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
     losses_second, grads_second = train(second) if second is not None else (None, {})
     patched = make_patched()
@@ -253,13 +251,13 @@ def instance_patched(model, rope=ON_GPU):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("model_type", sorted(MODEL_SPECS))
-def test_family_converges(model_type, dtype):
+def test_family_converges(model_type, dtype, seed=0):
     """Class-level patch, model built afterwards, loaded with the stock model's initial weights.
     On CPU the RoPE kernel (one interpreted program per token, ~10 s a run) is patched only
     for Llama and for Phi-3's partial rotation (the other families' rotary functions are
     Llama's); its parity is in test_rope.py. On a GPU every family runs everything."""
     rope = ON_GPU or (model_type in ("llama", "phi3") and dtype == torch.float32)
-    stock = build(model_type, dtype)
+    stock = build(model_type, dtype, seed=seed)
     model64 = float64_copy(stock)
     initial = copy.deepcopy(stock.state_dict())
 
@@ -270,6 +268,14 @@ def test_family_converges(model_type, dtype):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+def test_converges_where_one_stock_run_is_exact_by_chance():
+    """qwen3_5 at seed 2 (fp32): on CPU the eager stock run's first gradient of
+    ``linear_attn.dt_bias`` is nearly exact by chance; measured against it alone, the patched run
+    was 8e3 times over the bound there (and the SDPA stock run 1.7e4 times): the second stock run
+    in the yardstick is what lets a correct run pass."""
+    test_family_converges("qwen3_5", torch.float32, seed=2)
 
 
 @pytest.mark.parametrize("model_type", ["llama"])
