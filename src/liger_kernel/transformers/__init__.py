@@ -45,6 +45,7 @@ _LAZY = {
     "LigerFusedLinearJSD": "fused_linear_jsd",
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
+    "LigerExperts": "swiglu",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).
@@ -54,6 +55,10 @@ _PATCHING = {
     "_apply_liger_kernel": "monkey_patch",
     "_apply_liger_kernel_to_instance": "monkey_patch",
     **{f"{verb}_liger_kernel_to_{family}": "monkey_patch" for family in MODEL_SPECS for verb in ("apply", "revert")},
+    # Any decoder, by structure (a type the table does not name).
+    "apply_liger_kernel": "structural",
+    "apply_liger_kernel_by_structure": "structural",
+    "StructuralPatchReport": "structural",
 }
 
 # Importable but not in ``__all__``, as in the peer.
