@@ -3,7 +3,9 @@ gradients must be equal. ``python tests/distributed_cases.py CASE[,CASE...] PORT
 NCCL with one GPU a rank when two are visible) and exits non-zero when a rank fails.
 
 Cases: ``ddp``, ``fsdp2`` (``fully_shard`` per decoder layer and the root), ``fsdp2-head``
-(``lm_head`` its own FSDP2 unit), ``fsdp1`` (every decoder layer and ``lm_head`` its own FSDP unit);
+(``lm_head`` its own FSDP2 unit: outside its forward its weight is a sharded DTensor; on CPU the
+PyTorch reference would compute right through DTensor ops even unredirected, the kernels need the
+redirection), ``fsdp1`` (every decoder layer and ``lm_head`` its own FSDP unit);
 on GPUs also ``trainer-fsdp1``, ``trainer-zero2``, ``trainer-zero3`` (the Hugging Face Trainer
 through accelerate / DeepSpeed; ``trainer-zero3`` with untied, tied and frozen heads); and the
 tensor-parallel cases of tests/tensor_parallel_cases.py (``tp-norms``, ``tp-vocab-ce``, ``tp-flce``)."""
