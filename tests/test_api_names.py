@@ -78,6 +78,7 @@ LCE_FORWARD_MOE = LCE_FORWARD.replace(
     "output_hidden_states=None,", "output_hidden_states=None, output_router_logits=None,"
 )
 ROPE = "(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None)"
+MROPE = "(q, k, cos, sin, mrope_section, unsqueeze_dim=1)"
 CE = (
     "(_input, target, weight, ignore_index=-100, lse_square_scale=0.0, label_smoothing=0.0, reduction='mean',"
     " softcap=None, return_z_loss=False, return_token_accuracy=False, return_predicted_tokens=False)"
@@ -887,6 +888,33 @@ NAMES = [
         " full_target=None, ignore_index=-100, use_ref_model=False, ref_input_chunk=None, ref_weight=None,"
         " ref_bias=None, average_log_prob=False, **loss_kwargs)",
     ),
+    # Issue 13: the kernels of the new families (§1.2, §1.3, §1.6, §5.2)
+    *[
+        (path, name, None, spec)
+        for path in (T, f"{T}.qwen2vl_mrope")
+        for name, spec in [("liger_multimodal_rotary_pos_emb", MROPE)]
+    ],
+    *[
+        (path, name, None, spec)
+        for path in (T, f"{T}.llama4_rope")
+        for name, spec in [
+            ("liger_llama4_text_rotary_pos_emb", "(xq, xk, freqs_cis)"),
+            ("liger_llama4_vision_rotary_pos_emb", "(query, key, freqs_ci)"),
+        ]
+    ],
+    (f"{T}.llama4_rope", "apply_liger_llama4_rope_full", None, "(modeling_module)"),
+    (f"{T}.functional", "liger_qwen2vl_mrope", None, MROPE),
+    *[
+        (path, name, member, spec)
+        for module, name, member, spec in [
+            ("qwen2vl_mrope", "LigerQwen2VLMRopeFunction", "forward", MROPE),
+            ("qwen2vl_mrope", "qwen2vl_mrope_forward", None, MROPE),
+            ("qwen2vl_mrope", "qwen2vl_mrope_backward", None, "(dq, dk, cos, sin, mrope_section, unsqueeze_dim=1)"),
+            ("llama4_rope", "LigerLlama4RopeFunction", "forward", "(q, k, freqs_cis, BLOCK_SIZE=None)"),
+            ("llama4_rope", "llama4_rope_forward", None, "(q, k, freqs_cis, BLOCK_SIZE=None)"),
+        ]
+        for path in (OPS, f"{OPS}.{module}")
+    ],
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.
@@ -896,9 +924,6 @@ EXCLUDED = {
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
     f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
     f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
-    f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
-        "llama4 / Qwen2-VL RoPE variants: new families"
-    ),
     f"{T}.rms_norm: LigerRMSNormForMuseGlimmer, LigerRMSNormForMuseGlimmerTextCentered": (
         "norms of families we do not patch yet"
     ),
@@ -906,12 +931,10 @@ EXCLUDED = {
     f"{T}.apply_liger_kernel_to_* for the 22 other families": "new model families: later issues",
     f"{T}.functional: liger_dyt, liger_fused_add_rms_norm, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
     " liger_softmax, liger_sparsemax, liger_multi_token_attention,"
-    " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*, liger_qwen2vl_mrope": "ops not built yet",
+    " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*": "ops not built yet",
     f"{T}.functional: liger_fused_linear_scaled_cross_entropy_tp": "tensor-parallel loss not built yet",
     f"{OPS}: the other 29 names of §1.6 (DyT, group/poly/modulated norms, softmax, sparsemax,"
-    " attention, MHC, llama4/mrope RoPE, tiled and fully fused MLP (LigerMLPFunction), vocab-parallel CE)": (
-        "ops not built yet"
-    ),
+    " attention, MHC, tiled and fully fused MLP (LigerMLPFunction), vocab-parallel CE)": ("ops not built yet"),
     f"{OPS}.backends._triton/_cutile/_cutedsl/_ascend, {OPS}.cutile, {OPS}.cutedsl, {OPS}.cute, {OPS}.configure": (
         "alternative kernel implementations (cuTile, CuTe DSL, Ascend): the registry lists what exists"
     ),

@@ -50,6 +50,11 @@ _NAMES = {
     "LigerFusedCETVDFunction": "fused_ce_tvd",
     "fused_ce_tvd_forward": "fused_ce_tvd",
     "fused_ce_tvd_backward": "fused_ce_tvd",
+    "LigerQwen2VLMRopeFunction": "qwen2vl_mrope",
+    "qwen2vl_mrope_forward": "qwen2vl_mrope",
+    "qwen2vl_mrope_backward": "qwen2vl_mrope",
+    "LigerLlama4RopeFunction": "llama4_rope",
+    "llama4_rope_forward": "llama4_rope",
 }
 
 __all__ = list(_NAMES)

@@ -45,6 +45,9 @@ _LAZY = {
     "LigerFusedLinearJSD": "fused_linear_jsd",
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
+    "liger_multimodal_rotary_pos_emb": "qwen2vl_mrope",
+    "liger_llama4_text_rotary_pos_emb": "llama4_rope",
+    "liger_llama4_vision_rotary_pos_emb": "llama4_rope",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).

@@ -10,6 +10,7 @@ from liger_kernel.ops.geglu import LigerGELUMulFunction
 from liger_kernel.ops.jsd import LigerJSDFunction
 from liger_kernel.ops.kl_div import LigerKLDivLossFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
 from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
@@ -198,3 +199,8 @@ def liger_fused_linear_kl_div(
     return LigerFusedLinearKLDivFunction.apply(
         student_input, student_weight, target, shift_labels, reduction, ignore_index, temperature, eps, accum_dtype
     )
+
+
+def liger_qwen2vl_mrope(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
+    """Qwen2-VL's multimodal RoPE of q and k, cos/sin [3, B, T, D]; ``(q_embed, k_embed)``."""
+    return LigerQwen2VLMRopeFunction.apply(q, k, cos, sin, mrope_section, unsqueeze_dim)
