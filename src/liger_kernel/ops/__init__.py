@@ -55,6 +55,11 @@ _NAMES = {
     "qwen2vl_mrope_backward": "qwen2vl_mrope",
     "LigerLlama4RopeFunction": "llama4_rope",
     "llama4_rope_forward": "llama4_rope",
+    "LigerFusedAddRMSNormFunction": "fused_add_rms_norm",
+    "fused_add_rms_norm_forward": "fused_add_rms_norm",
+    "fused_add_rms_norm_backward": "fused_add_rms_norm",
+    "LigerTiledMLPFunction": "tiled_mlp",
+    "apply_tiled_mlp": "tiled_mlp",
 }
 
 __all__ = list(_NAMES)
