@@ -22,7 +22,9 @@ SMOKE = dict(tokens=5, hidden=37)
 
 def _inputs(shape, device):
     torch.manual_seed(0)
-    x, r, dy, ds = (torch.randn(shape["tokens"], shape["hidden"], device=device, dtype=torch.bfloat16) for _ in range(4))
+    x, r, dy, ds = (
+        torch.randn(shape["tokens"], shape["hidden"], device=device, dtype=torch.bfloat16) for _ in range(4)
+    )
     return x.requires_grad_(), r.requires_grad_(), (dy, ds)
 
 

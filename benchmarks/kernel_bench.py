@@ -68,7 +68,9 @@ def measure(make, shape, device) -> dict:
 def _run_peer(script, cases, peer, device) -> dict:
     if not PEER_PATH.is_dir():
         return {p: {c: {"error": f"{PEER_PATH} missing: bash benchmarks/setup_peers.sh"} for c in cases} for p in peer}
-    env = dict(os.environ, PYTHONPATH=str(PEER_PATH))
+    ours = str(REPO / "src")
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != Path(ours)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PEER_PATH), *rest]))
     cmd = [sys.executable, script, "--child", "--providers", ",".join(peer), "--cases", ",".join(cases)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     try:
@@ -103,22 +105,33 @@ def main(script, title, cases, providers, peer=(), smoke=None):
     if args.smoke:
         case_names = ["smoke"]
         cases = {"smoke": smoke}
+    if args.child:
+        import liger_kernel
+
+        if not str(liger_kernel.__file__).startswith(str(PEER_PATH)):
+            raise SystemExit(f"the peer process imported {liger_kernel.__file__}, not {PEER_PATH}")
+    title = f"{title} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})"
     results = {}
+
+    def write():  # after every provider: a run cut short by a timeout keeps what it measured
+        report = _table(title, case_names, names, results)
+        if args.out and not args.child:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            shapes = {c: cases[c] for c in case_names}
+            Path(f"{args.out}.json").write_text(json.dumps({"shapes": shapes, "results": results}, indent=1))
+            Path(f"{args.out}.md").write_text(report)
+        return report
+
+    wanted_peer = [p for p in names if p in peer]
+    if wanted_peer and not args.child and not args.smoke:
+        results.update(_run_peer(script, case_names, wanted_peer, device))
     for p in names:
         if p in peer and not args.child:
             continue
         results[p] = {c: measure(providers[p], cases[c], device) for c in case_names}
         print(f"{p}: {results[p]}", file=sys.stderr)
+        write()
     if args.child:
         print(json.dumps(results))
         return
-    wanted_peer = [p for p in names if p in peer]
-    if wanted_peer and not args.smoke:
-        results.update(_run_peer(script, case_names, wanted_peer, device))
-    report = _table(f"{title} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})", case_names, names, results)
-    print(report)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        shapes = {c: cases[c] for c in case_names}
-        Path(f"{args.out}.json").write_text(json.dumps({"shapes": shapes, "results": results}, indent=1))
-        Path(f"{args.out}.md").write_text(report)
+    print(write())

@@ -920,6 +920,27 @@ NAMES = [
         for name in ("LigerTiledSwiGLUMLP", "LigerTiledGEGLUMLP")
         for entry in module_class(path, name, "(config, num_shards=None)", "(x)")
     ],
+    *[
+        entry
+        for path in (T, f"{T}.rms_norm")
+        for name, init in [
+            (
+                "LigerRMSNormForMuseGlimmer",
+                "(dim=None, eps=1e-06, offset=0.0, casting_mode='gemma', init_fn='ones', in_place=False, with_scale=True)",
+            ),
+            (
+                "LigerRMSNormForMuseGlimmerTextCentered",
+                "(hidden_size, eps=1e-06, offset=1.0, casting_mode='gemma', init_fn='zeros', in_place=False,"
+                " row_mode=None)",
+            ),
+        ]
+        for entry in module_class(path, name, init, "(hidden_states)")
+    ],
+    *[
+        entry
+        for path in (T, f"{T}.swiglu")
+        for entry in module_class(path, "LigerSwiGLUMLPForMuseGlimmer", "(config)", "(x)")
+    ],
     (
         f"{T}.functional",
         "liger_fused_add_rms_norm",
@@ -962,10 +983,6 @@ EXCLUDED = {
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC": "ops not built yet",
     f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
     f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
-    f"{T}.rms_norm: LigerRMSNormForMuseGlimmer, LigerRMSNormForMuseGlimmerTextCentered": (
-        "norms of families we do not patch yet"
-    ),
-    f"{T}.swiglu: LigerSwiGLUMLPForMuseGlimmer": "MLPs of families we do not patch yet",
     f"{T}.apply_liger_kernel_to_* for the 22 other families": "new model families: later issues",
     f"{T}.functional: liger_dyt, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
     " liger_softmax, liger_sparsemax, liger_multi_token_attention,"
