@@ -926,7 +926,8 @@ NAMES = [
         for name, init in [
             (
                 "LigerRMSNormForMuseGlimmer",
-                "(dim=None, eps=1e-06, offset=0.0, casting_mode='gemma', init_fn='ones', in_place=False, with_scale=True)",
+                "(dim=None, eps=1e-06, offset=0.0, casting_mode='gemma', init_fn='ones', in_place=False,"
+                " with_scale=True)",
             ),
             (
                 "LigerRMSNormForMuseGlimmerTextCentered",

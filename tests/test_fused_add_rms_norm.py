@@ -119,3 +119,12 @@ def test_bad_residual_names_the_argument():
         liger_fused_add_rms_norm(x, randn(3, 9), w, EPS)
     with pytest.raises(TypeError, match="`R`"):
         liger_fused_add_rms_norm(x, randn(3, 8, dtype=torch.bfloat16), w, EPS)
+
+
+def test_pytorch_path(monkeypatch):
+    """Where the kernels do not run (a CPU without the interpreter, ``LIGER_KERNEL_IMPL=torch``)."""
+    import liger_kernel.ops.fused_add_rms_norm as op
+
+    monkeypatch.setattr(op, "use_triton", lambda t: False)
+    run_parity(SHAPES[0], torch.float32, "gemma", 1.0)
+    run_parity(SHAPES[0], torch.float32, "llama", 0.0, with_ds=False)

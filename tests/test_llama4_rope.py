@@ -1,6 +1,6 @@
 import pytest
 import torch
-from parity import DEVICE, DTYPES, as64, assert_matches, randn, sizes
+from parity import DEVICE, DTYPES, check_rotation, randn, sizes
 
 from liger_kernel.ops.llama4_rope import LigerLlama4RopeFunction, llama4_rope_forward, llama4_rope_reference
 from liger_kernel.transformers import liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb
@@ -27,21 +27,8 @@ def make_freqs(b, t, d, layout, dtype=torch.complex64, scale=1.0):
     return torch.polar(torch.full(shape, scale, device=DEVICE), torch.rand(shape, device=DEVICE) * 6.3).to(dtype)
 
 
-def run_parity(q, k, freqs, apply=LigerLlama4RopeFunction.apply, ref=llama4_rope_reference):
-    dq_out, dk_out = randn(*q.shape, dtype=q.dtype), randn(*k.shape, dtype=k.dtype)
-    q64, k64 = as64(q, k)
-    out64 = ref(q64, k64, freqs.to(torch.complex128))
-    ref_grads = torch.autograd.grad(out64, (q64, k64), (dq_out.double(), dk_out.double()))
-    qt, kt = (x.detach().clone().requires_grad_() for x in (q, k))
-    base = ref(qt, kt, freqs)
-    base_grads = torch.autograd.grad(base, (qt, kt), (dq_out, dk_out))
-    out = apply(q, k, freqs)
-    grads = torch.autograd.grad(out, (q, k), (dq_out, dk_out))
-    for name, a, r, bl in zip(
-        ("q_out", "k_out", "dq", "dk"), (*out, *grads), (*out64, *ref_grads), (*base, *base_grads)
-    ):
-        assert_matches(name, a, r, bl)
-    return out, grads
+def run_parity(q, k, freqs, apply=LigerLlama4RopeFunction.apply):
+    return check_rotation(apply, llama4_rope_reference, q, k, (freqs,), (freqs.to(torch.complex128),))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -116,3 +103,13 @@ def test_bad_inputs_name_the_argument():
         liger_llama4_text_rotary_pos_emb(q, k, randn(2, 7, 8))
     with pytest.raises(ValueError, match="`freqs_cis`"):
         liger_llama4_text_rotary_pos_emb(q, k, make_freqs(2, 7, 12, "BTD"))
+
+
+def test_pytorch_path(monkeypatch):
+    """Where the kernels do not run (a CPU without the interpreter, ``LIGER_KERNEL_IMPL=torch``)."""
+    import liger_kernel.ops.llama4_rope as op
+
+    monkeypatch.setattr(op, "use_triton", lambda t: False)
+    b, t, hq, hk, d, layout, _ = SHAPES[0]
+    q, k = randn(b, t, hq, d, requires_grad=True), randn(b, t, hk, d, requires_grad=True)
+    run_parity(q, k, make_freqs(b, t, d, layout))

@@ -9,8 +9,8 @@ registers. One launch for q and k each way.
 
 import torch
 
-from liger_kernel.ops.rope import check_rope_shapes, check_rope_tensors, rope_launch
-from liger_kernel.ops.utils import LigerFunction, check_float, fallback_backward, fallback_forward
+from liger_kernel.ops.rope import LigerRopeFunction, check_rope_shapes, check_rope_tensors, rope_launch, save_launch
+from liger_kernel.ops.utils import check_float, fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -49,12 +49,12 @@ def _cos_sin_pairs(q, k, freqs_cis) -> torch.Tensor:
     return pairs
 
 
-class LigerLlama4RopeFunction(LigerFunction):
+class LigerLlama4RopeFunction(LigerRopeFunction):
     """Llama 4 RoPE on q and k with one fused Triton launch each way; see ``llama4_rope_reference``.
 
     ``forward(q, k, freqs_cis, BLOCK_SIZE=None) -> (q_out, k_out)``, new tensors in q's and k's
     memory layouts. ``BLOCK_SIZE`` is accepted for the peer's signature; the launch settings
-    follow from the shapes. ``freqs_cis`` gets no gradient.
+    follow from the shapes. ``freqs_cis`` gets no gradient. The backward is RoPE's.
     """
 
     @staticmethod
@@ -64,17 +64,8 @@ class LigerLlama4RopeFunction(LigerFunction):
         if not ctx.use_triton:
             return fallback_forward(ctx, llama4_rope_reference, q, k, freqs_cis.detach())
         qo, ko, plan = rope_launch(q, k, pairs, pairs, 2, None, False, interleaved=True)
-        ctx.orders = plan.orders
-        ctx.save_for_backward(pairs)
+        save_launch(ctx, plan, pairs, pairs, 2, interleaved=True)
         return qo, ko
-
-    @staticmethod
-    def backward(ctx, dq, dk):
-        if not ctx.use_triton:
-            return fallback_backward(ctx, dq, dk)
-        (pairs,) = ctx.saved_tensors
-        dq, dk, _ = rope_launch(dq, dk, pairs, pairs, 2, None, True, ctx.orders, interleaved=True)
-        return dq, dk, None, None
 
 
 def llama4_rope_forward(q, k, freqs_cis, BLOCK_SIZE=None):

@@ -12,13 +12,16 @@ and two concatenations).
 import torch
 
 from liger_kernel.ops.rope import (
+    LigerRopeFunction,
     check_mrope_section,
     check_rope_shapes,
     check_rope_tensors,
+    reference_backward,
     rope_launch,
     rope_reference,
+    save_launch,
 )
-from liger_kernel.ops.utils import LigerFunction, fallback_backward, fallback_forward
+from liger_kernel.ops.utils import fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -53,11 +56,11 @@ def _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim) -> tuple:
     return sections
 
 
-class LigerQwen2VLMRopeFunction(LigerFunction):
+class LigerQwen2VLMRopeFunction(LigerRopeFunction):
     """M-RoPE on q and k with one fused Triton launch each way; see ``qwen2vl_mrope_reference``.
 
     ``forward(q, k, cos, sin, mrope_section, unsqueeze_dim=1) -> (q_out, k_out)``, new tensors in
-    the memory layouts of q and k; cos and sin get no gradient.
+    the memory layouts of q and k; cos and sin get no gradient. The backward is RoPE's.
     """
 
     @staticmethod
@@ -70,17 +73,8 @@ class LigerQwen2VLMRopeFunction(LigerFunction):
                 ctx, qwen2vl_mrope_reference, q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim
             )
         qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=sections)
-        ctx.unsqueeze_dim, ctx.sections, ctx.orders = unsqueeze_dim, sections, plan.orders
-        ctx.save_for_backward(cos, sin)
+        save_launch(ctx, plan, cos, sin, unsqueeze_dim, sections)
         return qo, ko
-
-    @staticmethod
-    def backward(ctx, dq, dk):
-        if not ctx.use_triton:
-            return fallback_backward(ctx, dq, dk)
-        cos, sin = ctx.saved_tensors
-        dq, dk, _ = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, None, True, ctx.orders, ctx.sections)
-        return dq, dk, None, None, None, None
 
 
 def qwen2vl_mrope_forward(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
@@ -100,9 +94,6 @@ def qwen2vl_mrope_backward(dq, dk, cos, sin, mrope_section, unsqueeze_dim=1):
     check_rope_tensors(dq, dk, cos, sin)
     sections = _check_shapes(dq, dk, cos, sin, mrope_section, unsqueeze_dim)
     if not use_triton(dq):
-        with torch.enable_grad():
-            q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
-            outputs = qwen2vl_mrope_reference(q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim)
-            return torch.autograd.grad(outputs, (q, k), (dq, dk))
+        return reference_backward(qwen2vl_mrope_reference, dq, dk, cos, sin, sections, unsqueeze_dim)
     dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, None, True, mrope_section=sections)
     return dq_in, dk_in

@@ -436,18 +436,28 @@ class LigerRopeFunction(LigerFunction):
                 ctx, rope_reference, q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim
             )
         qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, rotary_dim, False)
-        ctx.unsqueeze_dim, ctx.rotary_dim, ctx.orders = unsqueeze_dim, plan.rotary_dim, plan.orders
-        ctx.save_for_backward(cos, sin)
+        save_launch(ctx, plan, cos, sin, unsqueeze_dim)
         return qo, ko
 
     @staticmethod
     def backward(ctx, dq, dk):
-        if not ctx.use_triton:
-            return fallback_backward(ctx, dq, dk)
-        cos, sin = ctx.saved_tensors
-        # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
-        dq, dk, _ = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, ctx.rotary_dim, True, ctx.orders)
-        return dq, dk, None, None, None, None, None
+        """Shared by the RoPE variants (M-RoPE, Llama 4): the inverse rotation of the forward's launch."""
+        if ctx.use_triton:
+            cos, sin = ctx.saved_tensors
+            unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved = ctx.launch
+            # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
+            dq, dk, _ = rope_launch(
+                dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True, orders, mrope_section, interleaved
+            )
+        else:
+            dq, dk = fallback_backward(ctx, dq, dk)[:2]
+        return dq, dk, *[None] * (len(ctx.needs_input_grad) - 2)
+
+
+def save_launch(ctx, plan, cos, sin, unsqueeze_dim, mrope_section=None, interleaved=False) -> None:
+    """Keep what ``LigerRopeFunction.backward`` needs to run the forward's launch inverted."""
+    ctx.launch = (unsqueeze_dim, plan.rotary_dim, plan.orders, mrope_section, interleaved)
+    ctx.save_for_backward(cos, sin)
 
 
 def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
@@ -462,15 +472,20 @@ def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=
     return qo, ko, cos, sin
 
 
+def reference_backward(reference, dq, dk, cos, sin, *args):
+    """The gradients of q and k for upstream ``dq``, ``dk`` through ``reference(q, k, cos, sin,
+    *args)``, a rotation of q and k (the op helpers' PyTorch path)."""
+    with torch.enable_grad():
+        q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
+        return torch.autograd.grad(reference(q, k, cos.detach(), sin.detach(), *args), (q, k), (dq, dk))
+
+
 def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
     """The peer's op helper: ``(dq_in, dk_in)``, the gradients of q and k for the upstream
     ``dq``, ``dk`` of ``rope_forward`` (the inverse rotation), as new tensors."""
     check_rope_tensors(dq, dk, cos, sin)
     if not use_triton(dq):
         rotary_dim = check_rope_shapes(dq.shape, dk.shape, cos.shape, sin.shape, unsqueeze_dim, rotary_dim)
-        with torch.enable_grad():
-            q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
-            outputs = rope_reference(q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim)
-            return torch.autograd.grad(outputs, (q, k), (dq, dk))
+        return reference_backward(rope_reference, dq, dk, cos, sin, None, unsqueeze_dim, rotary_dim)
     dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True)
     return dq_in, dk_in

@@ -1,18 +1,14 @@
 """``LigerFusedAddRMSNorm``: a pre-norm layer's residual add and the RMSNorm after it, one kernel."""
 
-import torch
-import torch.nn as nn
-
 from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
-from liger_kernel.ops.rms_norm import casting_mode_name
-from liger_kernel.transformers.rms_norm import INIT_FNS
+from liger_kernel.transformers.rms_norm import LigerRMSNorm
 
 
-class LigerFusedAddRMSNorm(nn.Module):
+class LigerFusedAddRMSNorm(LigerRMSNorm):
     """``forward(hidden_states, residual) -> (normed, summed)``: ``summed = hidden_states +
-    residual`` (the new residual stream) and its RMSNorm, in hidden_states' dtype. Numerics and
-    parameters as ``LigerRMSNorm`` with the same arguments (``weight`` [hidden_size],
-    ``variance_epsilon``, ``offset``, ``casting_mode``), so its state_dict loads into either.
+    residual`` (the new residual stream) and its RMSNorm, in hidden_states' dtype. Numerics,
+    parameters and state_dict as ``LigerRMSNorm`` with the same arguments (``weight``,
+    ``variance_epsilon``, ``offset``, ``casting_mode``).
 
     ``in_place`` (off by default) lets the backward reuse the normed output's gradient buffer, and
     only with ``grad_output_unshared=True``, the caller's word that nothing else reads it.
@@ -28,16 +24,9 @@ class LigerFusedAddRMSNorm(nn.Module):
         in_place=False,
         grad_output_unshared=False,
     ):
-        super().__init__()
-        if init_fn not in INIT_FNS:
-            raise ValueError(f"`init_fn` must be one of {INIT_FNS}, got {init_fn!r}.")
-        self.hidden_size = hidden_size
-        self.variance_epsilon = eps
-        self.offset = offset
-        self.casting_mode = casting_mode_name(casting_mode)
-        self.in_place = in_place
-        self.grad_output_unshared = grad_output_unshared
-        self.weight = nn.Parameter((torch.ones if init_fn == "ones" else torch.zeros)(hidden_size))
+        super().__init__(
+            hidden_size, eps, offset, casting_mode, init_fn, in_place, grad_output_unshared=grad_output_unshared
+        )
 
     def forward(self, hidden_states, residual):
         return LigerFusedAddRMSNormFunction.apply(
@@ -49,10 +38,4 @@ class LigerFusedAddRMSNorm(nn.Module):
             self.casting_mode,
             self.in_place,
             self.grad_output_unshared,
-        )
-
-    def extra_repr(self):
-        return (
-            f"{self.hidden_size}, eps={self.variance_epsilon}, offset={self.offset}, "
-            f"casting_mode={self.casting_mode!r}, in_place={self.in_place}"
         )

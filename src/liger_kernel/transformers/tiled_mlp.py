@@ -7,23 +7,25 @@ from liger_kernel.transformers.geglu import LigerGEGLUMLP
 from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
 
 
-class LigerTiledSwiGLUMLP(LigerSwiGLUMLP):
-    """``LigerSwiGLUMLP`` in ``num_shards`` token shards (None: about ``hidden_size`` tokens each)."""
+class _Tiled:
+    """The MLP class after this one in the MRO, its forward run in ``num_shards`` token shards
+    (None: about ``hidden_size`` tokens each)."""
 
     def __init__(self, config, num_shards=None):
         super().__init__(config)
         self.num_shards = num_shards
 
     def forward(self, x):
-        return apply_tiled_mlp(LigerSwiGLUMLP.forward, self, x, self.num_shards)
+        return apply_tiled_mlp(_untiled_forward, self, x, self.num_shards)
 
 
-class LigerTiledGEGLUMLP(LigerGEGLUMLP):
-    """``LigerGEGLUMLP`` in ``num_shards`` token shards (None: about ``hidden_size`` tokens each)."""
+def _untiled_forward(mlp, x):
+    return super(_Tiled, mlp).forward(x)
 
-    def __init__(self, config, num_shards=None):
-        super().__init__(config)
-        self.num_shards = num_shards
 
-    def forward(self, x):
-        return apply_tiled_mlp(LigerGEGLUMLP.forward, self, x, self.num_shards)
+class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
+    """``LigerSwiGLUMLP`` in token shards: ``(config, num_shards=None)``."""
+
+
+class LigerTiledGEGLUMLP(_Tiled, LigerGEGLUMLP):
+    """``LigerGEGLUMLP`` in token shards: ``(config, num_shards=None)``."""
