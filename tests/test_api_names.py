@@ -280,6 +280,12 @@ NAMES = [
     ),
     ("liger_kernel.functional", "rope", None, f"(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, {IMPL_KW})"),
     ("liger_kernel.functional", "swiglu", None, f"(a, b, gate_multiplier=1.0, down_multiplier=1.0, {IMPL_KW})"),
+    (
+        "liger_kernel.functional",
+        "fused_add_rms_norm",
+        None,
+        f"(X, R, W, eps=1e-06, offset=0.0, casting_mode='llama', in_place=False, {IMPL_KW})",
+    ),
     # §3(f) the environment report
     ("liger_kernel.env_report", "print_env_report", None, "()"),
     # §1.2 liger_kernel.transformers

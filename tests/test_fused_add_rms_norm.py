@@ -128,3 +128,12 @@ def test_pytorch_path(monkeypatch):
     monkeypatch.setattr(op, "use_triton", lambda t: False)
     run_parity(SHAPES[0], torch.float32, "gemma", 1.0)
     run_parity(SHAPES[0], torch.float32, "llama", 0.0, with_ds=False)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_dispatcher_functional(impl):
+    """``liger_kernel.functional.fused_add_rms_norm`` with a per-call implementation."""
+    from liger_kernel.functional import fused_add_rms_norm
+
+    x, r, w = randn(3, 37), randn(3, 37), randn(37) + 1
+    torch.testing.assert_close(fused_add_rms_norm(x, r, w, impl=impl), fused_add_rms_norm_reference(x, r, w, EPS))
