@@ -137,3 +137,13 @@ def test_dispatcher_functional(impl):
 
     x, r, w = randn(3, 37), randn(3, 37), randn(37) + 1
     torch.testing.assert_close(fused_add_rms_norm(x, r, w, impl=impl), fused_add_rms_norm_reference(x, r, w, EPS))
+
+
+def test_leaf_gradients_are_separate_tensors():
+    """X and R get one gradient; as leaves their ``.grad`` must not share storage (an in-place
+    clip of one would change the other)."""
+    x, r, w = randn(3, 8, requires_grad=True), randn(3, 8, requires_grad=True), randn(8)
+    y, s = liger_fused_add_rms_norm(x, r, w, EPS)
+    (y.sum() + s.sum()).backward()
+    assert x.grad.data_ptr() != r.grad.data_ptr()
+    torch.testing.assert_close(x.grad, r.grad)

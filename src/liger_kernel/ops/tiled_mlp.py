@@ -1,11 +1,12 @@
 """An MLP run over its tokens in shards, so that only one shard's intermediate is alive.
 
 A gated MLP of width I holds [tokens, I] activations three times over (gate, up, their product)
-for its backward: 2.6 GB per layer at 32K tokens and I = 14336 in bf16, 3.5x the layer's input.
+for its backward: 2.8 GB per layer at 32K tokens and I = 14336 in bf16, 10x the layer's input.
 Here the forward runs ``fn(mlp_module, shard)`` shard by shard without autograd, keeping only the
 input; the backward recomputes each shard's forward with autograd and backpropagates it at once,
 summing the parameters' gradients over the shards. Rows of an MLP are independent, so the result
-is the untiled one (the weight gradients summed in another order); the cost is one more forward.
+is the untiled one (the weight gradients summed over the shards in fp32 and rounded once, as one
+matmul's would be); the cost is one more forward.
 
 The parameters are inputs of the autograd Function, so their gradients flow through autograd like
 any other (``torch.autograd.grad`` returns them; DDP's and FSDP's accumulate-grad hooks see the
@@ -77,10 +78,11 @@ class LigerTiledMLPFunction(LigerFunction):
             if need_x:
                 grad_x[start : start + shard.shape[0]] = grads.pop(0)
             for i, g in enumerate(grads):
-                if g is not None:
+                if g is not None:  # summed in fp32 at least: one rounding, as the untiled matmul's
+                    g = g.to(torch.promote_types(g.dtype, torch.float32))
                     param_grads[i] = g if param_grads[i] is None else param_grads[i].add_(g)
             start += shard.shape[0]
-        by_param = iter(param_grads)
+        by_param = iter(None if g is None else g.to(p.dtype) for g, p in zip(param_grads, wanted))
         params_out = [next(by_param) if need else None for need in ctx.needs_input_grad[5:]]
         return None, None, None if grad_x is None else grad_x.view(x.shape), None, None, *params_out
 
