@@ -45,3 +45,21 @@ def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=Non
         bound += factor * (baseline.detach().double() - ref)[finite].abs().max().item()
     err = (act - ref)[finite].abs().max().item()
     assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e}, {actual.dtype})"
+
+
+def check_rotation(apply, reference, q, k, args, args64):
+    """``apply(q, k, *args)`` (a RoPE-like op returning new q and k) against ``reference(q, k,
+    *args64)`` in float64, outputs and q/k gradients for random upstream gradients, with the
+    reference in q's dtype as the yardstick. Returns ``(outputs, gradients)``."""
+    dq_out, dk_out = randn(*q.shape, dtype=q.dtype), randn(*k.shape, dtype=k.dtype)
+    q64, k64 = as64(q, k)
+    out64 = reference(q64, k64, *args64)
+    grads64 = torch.autograd.grad(out64, (q64, k64), (dq_out.double(), dk_out.double()))
+    qt, kt = (x.detach().clone().requires_grad_() for x in (q, k))
+    base = reference(qt, kt, *args)
+    base_grads = torch.autograd.grad(base, (qt, kt), (dq_out, dk_out))
+    out = apply(q, k, *args)
+    grads = torch.autograd.grad(out, (q, k), (dq_out, dk_out))
+    for name, a, r, bl in zip(("q_out", "k_out", "dq", "dk"), (*out, *grads), (*out64, *grads64), (*base, *base_grads)):
+        assert_matches(name, a, r, bl)
+    return out, grads

@@ -78,6 +78,7 @@ LCE_FORWARD_MOE = LCE_FORWARD.replace(
     "output_hidden_states=None,", "output_hidden_states=None, output_router_logits=None,"
 )
 ROPE = "(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None)"
+MROPE = "(q, k, cos, sin, mrope_section, unsqueeze_dim=1)"
 CE = (
     "(_input, target, weight, ignore_index=-100, lse_square_scale=0.0, label_smoothing=0.0, reduction='mean',"
     " softcap=None, return_z_loss=False, return_token_accuracy=False, return_predicted_tokens=False)"
@@ -291,6 +292,12 @@ NAMES = [
     ),
     ("liger_kernel.functional", "rope", None, f"(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, {IMPL_KW})"),
     ("liger_kernel.functional", "swiglu", None, f"(a, b, gate_multiplier=1.0, down_multiplier=1.0, {IMPL_KW})"),
+    (
+        "liger_kernel.functional",
+        "fused_add_rms_norm",
+        None,
+        f"(X, R, W, eps=1e-06, offset=0.0, casting_mode='llama', in_place=False, {IMPL_KW})",
+    ),
     # §3(f) the environment report
     ("liger_kernel.env_report", "print_env_report", None, "()"),
     # §1.2 liger_kernel.transformers
@@ -922,30 +929,110 @@ NAMES = [
         "accepts:(input, weight, target, tp_group, temperature=1.0, ignore_index=-100, tiles_per_reduce=1,"
         " return_entropy=False)",
     ),
+    # Issue 13: the kernels of the new families (§1.2, §1.3, §1.6, §5.2)
+    *[
+        (path, name, None, spec)
+        for path in (T, f"{T}.qwen2vl_mrope")
+        for name, spec in [("liger_multimodal_rotary_pos_emb", MROPE)]
+    ],
+    *[
+        (path, name, None, spec)
+        for path in (T, f"{T}.llama4_rope")
+        for name, spec in [
+            ("liger_llama4_text_rotary_pos_emb", "(xq, xk, freqs_cis)"),
+            ("liger_llama4_vision_rotary_pos_emb", "(query, key, freqs_ci)"),
+        ]
+    ],
+    (f"{T}.llama4_rope", "apply_liger_llama4_rope_full", None, "(modeling_module)"),
+    (f"{T}.functional", "liger_qwen2vl_mrope", None, MROPE),
+    *[
+        entry
+        for path in (T, f"{T}.fused_add_rms_norm")
+        for entry in module_class(
+            path,
+            "LigerFusedAddRMSNorm",
+            "(hidden_size, eps=1e-06, offset=0.0, casting_mode='llama', init_fn='ones', in_place=False)",
+            "(hidden_states, residual)",
+        )
+    ],
+    *[
+        entry
+        for path in (T, f"{T}.tiled_mlp")
+        for name in ("LigerTiledSwiGLUMLP", "LigerTiledGEGLUMLP")
+        for entry in module_class(path, name, "(config, num_shards=None)", "(x)")
+    ],
+    *[
+        entry
+        for path in (T, f"{T}.rms_norm")
+        for name, init in [
+            (
+                "LigerRMSNormForMuseGlimmer",
+                "(dim=None, eps=1e-06, offset=0.0, casting_mode='gemma', init_fn='ones', in_place=False,"
+                " with_scale=True)",
+            ),
+            (
+                "LigerRMSNormForMuseGlimmerTextCentered",
+                "(hidden_size, eps=1e-06, offset=1.0, casting_mode='gemma', init_fn='zeros', in_place=False,"
+                " row_mode=None)",
+            ),
+        ]
+        for entry in module_class(path, name, init, "(hidden_states)")
+    ],
+    *[
+        entry
+        for path in (T, f"{T}.swiglu")
+        for entry in module_class(path, "LigerSwiGLUMLPForMuseGlimmer", "(config)", "(x)")
+    ],
+    (
+        f"{T}.functional",
+        "liger_fused_add_rms_norm",
+        None,
+        "(X, R, W, eps, offset=0.0, casting_mode='llama', in_place=True)",
+    ),
+    *[
+        (path, name, member, spec)
+        for module, name, member, spec in [
+            ("qwen2vl_mrope", "LigerQwen2VLMRopeFunction", "forward", MROPE),
+            ("qwen2vl_mrope", "qwen2vl_mrope_forward", None, MROPE),
+            ("qwen2vl_mrope", "qwen2vl_mrope_backward", None, "(dq, dk, cos, sin, mrope_section, unsqueeze_dim=1)"),
+            ("llama4_rope", "LigerLlama4RopeFunction", "forward", "(q, k, freqs_cis, BLOCK_SIZE=None)"),
+            ("llama4_rope", "llama4_rope_forward", None, "(q, k, freqs_cis, BLOCK_SIZE=None)"),
+            (
+                "fused_add_rms_norm",
+                "LigerFusedAddRMSNormFunction",
+                "forward",
+                "(X, R, W, eps, offset=0.0, casting_mode='llama', in_place=False)",
+            ),
+            ("fused_add_rms_norm", "fused_add_rms_norm_forward", None, "(X, R, W, eps, offset, casting_mode)"),
+            ("tiled_mlp", "LigerTiledMLPFunction", "forward", "(fn, mlp_module, x, shards, compute_params=None)"),
+            ("tiled_mlp", "apply_tiled_mlp", None, "(fn, mlp_module, x, num_shards=None, compute_params=None)"),
+            (
+                "fused_add_rms_norm",
+                "fused_add_rms_norm_backward",
+                None,
+                "(dY, dS_out, S, W, RSTD, offset, casting_mode, BLOCK_SIZE, num_warps, num_stages, in_place,"
+                " needs_dw=None)",
+            ),
+        ]
+        for path in (OPS, f"{OPS}.{module}")
+    ],
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.
 EXCLUDED = {
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
-    f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
-    " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
-    f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
-        "llama4 / Qwen2-VL RoPE variants: new families"
-    ),
-    f"{T}.rms_norm: LigerRMSNormForMuseGlimmer, LigerRMSNormForMuseGlimmerTextCentered": (
-        "norms of families we do not patch yet"
-    ),
-    f"{T}.swiglu: LigerSwiGLUMLPForMuseGlimmer": "MLPs of families we do not patch yet",
-    f"{T}.apply_liger_kernel_to_* for the 22 other families": "new model families: later issues",
-    f"{T}.functional: liger_dyt, liger_fused_add_rms_norm, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
+    f"{T}: LigerDyT, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
+    " LigerSparsemax, LigerMultiTokenAttention, LigerMHC": "ops not built yet",
+    f"{T}.apply_liger_kernel_to_* for the families not in the table yet": "new model families: later issues",
+    f"{T}.functional: liger_dyt, liger_modulated_rms_norm, liger_poly_norm, liger_group_norm,"
     " liger_softmax, liger_sparsemax, liger_multi_token_attention,"
-    " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*, liger_qwen2vl_mrope": "ops not built yet",
-    f"{OPS}: the other 29 names of §1.6 (DyT, group/poly/modulated norms, softmax, sparsemax,"
-    " attention, MHC, llama4/mrope RoPE, tiled and fully fused MLP (LigerMLPFunction))": ("ops not built yet"),
+    " liger_fused_neighborhood_attention, liger_attn_res, liger_mhc_*": "ops not built yet",
+    f"{OPS}: the other names of §1.6 (DyT, group/poly/modulated norms, softmax, sparsemax,"
+    " attention, MHC, the fully fused MLP (LigerMLPFunction))": "ops not built yet",
     f"{OPS}.backends._triton/_cutile/_cutedsl/_ascend, {OPS}.cutile, {OPS}.cutedsl, {OPS}.cute, {OPS}.configure": (
         "alternative kernel implementations (cuTile, CuTe DSL, Ascend): the registry lists what exists"
     ),
-    f"{T}.model.<family> for the 22 other families, lce_forward_for_multimodal, gemma3.multimodal_forward,"
+    f"{T}.model.<family> for the families not in the table yet, gemma3.multimodal_forward,"
     " output classes of multimodal families": "new model families: later issues",
 }
 

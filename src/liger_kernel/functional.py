@@ -10,7 +10,16 @@ from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 from liger_kernel.transformers import functional as _functional
 
-__all__ = ["cross_entropy", "fused_linear_cross_entropy", "geglu", "layer_norm", "rms_norm", "rope", "swiglu"]
+__all__ = [
+    "cross_entropy",
+    "fused_linear_cross_entropy",
+    "geglu",
+    "layer_norm",
+    "rms_norm",
+    "rope",
+    "swiglu",
+    "fused_add_rms_norm",
+]
 
 
 def _implementation(impl, mode, backend):
@@ -120,3 +129,11 @@ def swiglu(a, b, gate_multiplier=1.0, down_multiplier=1.0, *, impl=None, mode=No
     ``LigerSiLUMulFunction`` applies them (1.0: plain SwiGLU)."""
     with _implementation(impl, mode, backend):
         return LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier)
+
+
+def fused_add_rms_norm(
+    X, R, W, eps=1e-6, offset=0.0, casting_mode="llama", in_place=False, *, impl=None, mode=None, backend=None
+):
+    """``(Y, S)``: ``S = X + R`` and its RMSNorm, one pass (``liger_fused_add_rms_norm``)."""
+    with _implementation(impl, mode, backend):
+        return _functional.liger_fused_add_rms_norm(X, R, W, eps, offset, casting_mode, in_place)

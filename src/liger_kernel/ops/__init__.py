@@ -51,6 +51,16 @@ _NAMES = {
     "fused_ce_tvd_forward": "fused_ce_tvd",
     "fused_ce_tvd_backward": "fused_ce_tvd",
     "LigerFusedMoEFunction": "fused_moe",
+    "LigerQwen2VLMRopeFunction": "qwen2vl_mrope",
+    "qwen2vl_mrope_forward": "qwen2vl_mrope",
+    "qwen2vl_mrope_backward": "qwen2vl_mrope",
+    "LigerLlama4RopeFunction": "llama4_rope",
+    "llama4_rope_forward": "llama4_rope",
+    "LigerFusedAddRMSNormFunction": "fused_add_rms_norm",
+    "fused_add_rms_norm_forward": "fused_add_rms_norm",
+    "fused_add_rms_norm_backward": "fused_add_rms_norm",
+    "LigerTiledMLPFunction": "tiled_mlp",
+    "apply_tiled_mlp": "tiled_mlp",
 }
 
 __all__ = list(_NAMES)

@@ -147,22 +147,39 @@ def _buffers(STATS, PARTIALS, n_rows, n_cols, IS_RMS: tl.constexpr, DW: tl.const
 
 
 @triton.jit
+def _load_input(x_rows, r_rows, s_rows, c, mask, HAS_RESIDUAL: tl.constexpr, STORE_SUM: tl.constexpr):
+    """The row tile's input at columns ``c`` in fp32: x, or with a residual ``x + r`` rounded to
+    X's dtype (what the model's own add gives), also stored to S when ``STORE_SUM``."""
+    x = tl.load(x_rows + c, mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        total = tl.load(r_rows + c, mask=mask, other=0.0).to(tl.float32) + x.to(tl.float32)
+        total = _round(total, x.dtype)
+        if STORE_SUM:
+            tl.store(s_rows + c, total.to(s_rows.dtype.element_ty), mask=mask)
+        return total
+    return x.to(tl.float32)
+
+
+@triton.jit
 def _norm_forward_kernel(
-    X, Y, W, B, STATS,
-    stride_x, n_rows, n_cols, eps, offset,
+    X, Y, W, B, STATS, R, S,
+    stride_x, stride_r, n_rows, n_cols, eps, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
-    """One tile of BLOCK_ROWS rows: statistics, then ``Y = x_hat * (offset + W) + B``."""
+    """One tile of BLOCK_ROWS rows: statistics, then ``Y = x_hat * (offset + W) + B``. With
+    ``HAS_RESIDUAL`` the input is ``S = X + R``, written out as a second output."""
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = rows < n_rows
     x_rows = X + rows.to(tl.int64)[:, None] * stride_x
+    r_rows = R + rows.to(tl.int64)[:, None] * stride_r
+    s_rows = S + rows.to(tl.int64)[:, None] * n_cols
     y_rows = Y + rows.to(tl.int64)[:, None] * n_cols
     cols = tl.arange(0, BLOCK_N)
     if SINGLE:  # the whole row in registers: exact two-pass statistics, X read once
         col_mask = cols < n_cols
         mask = row_mask[:, None] & col_mask[None, :]
-        x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x = _load_input(x_rows, r_rows, s_rows, cols[None, :], mask, HAS_RESIDUAL, True)
         if IS_RMS:
             mean = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
             m2 = tl.sum(x * x, axis=1)
@@ -177,7 +194,7 @@ def _norm_forward_kernel(
         for start in range(0, n_cols, BLOCK_N):
             c = start + cols
             mask = row_mask[:, None] & (c < n_cols)[None, :]
-            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_input(x_rows, r_rows, s_rows, c[None, :], mask, HAS_RESIDUAL, True)
             if IS_RMS:
                 m2 += tl.sum(x * x, axis=1)
             else:
@@ -203,7 +220,7 @@ def _norm_forward_kernel(
             c = start + cols
             col_mask = c < n_cols
             mask = row_mask[:, None] & col_mask[None, :]
-            x = tl.load(x_rows + c[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = _load_input(x_rows, r_rows, s_rows, c[None, :], mask, HAS_RESIDUAL, False)
             _write_output(x, mean, rstd, Y, W, B, y_rows, c, mask, col_mask, offset, IS_RMS, CASTING, HAS_W, HAS_B)
 
 
@@ -228,6 +245,14 @@ def _input_gradient(g, x_hat, rstd, gx_mean, g_mean, IS_RMS: tl.constexpr):
 
 
 @triton.jit
+def _plus_residual_grad(dx, DRES, offsets, mask, HAS_DRES: tl.constexpr):
+    """dX plus the gradient reaching the norm's input directly (the fused add's sum output)."""
+    if HAS_DRES:
+        dx += tl.load(DRES + offsets, mask=mask, other=0.0).to(tl.float32)
+    return dx
+
+
+@triton.jit
 def _column_block_terms(
     DY, X, W, rows64, row_mask, c, n_cols, stride_dy, stride_x, mean, rstd, offset, x_dtype,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -246,8 +271,9 @@ def _column_block_terms(
 
 @triton.jit
 def _column_block_backward(
-    DY, X, W, DX, rows64, row_mask, c, n_cols, stride_dy, stride_x, stride_dx, mean, rstd, gx_mean, g_mean,
-    offset, IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY, X, W, DX, DRES, rows64, row_mask, c, n_cols, stride_dy, stride_x, stride_dx, stride_dres, mean, rstd,
+    gx_mean, g_mean, offset, IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr,
+    HAS_DRES: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Second pass over columns ``c`` of a row tile: stores their dX and returns their dW and dB
     sums over the tile's rows."""
@@ -257,6 +283,7 @@ def _column_block_backward(
         IS_RMS, CASTING, HAS_W, BLOCK_N,
     )  # fmt: skip
     dx = _input_gradient(g, x_hat, rstd[:, None], gx_mean[:, None], g_mean[:, None], IS_RMS)
+    dx = _plus_residual_grad(dx, DRES, rows64 * stride_dres + c[None, :], mask, HAS_DRES)
     tl.store(DX + rows64 * stride_dx + c[None, :], dx.to(DX.dtype.element_ty), mask=mask)
     return tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0), tl.sum(dy, axis=0)
 
@@ -289,10 +316,10 @@ def _part(a0, a1, a2, a3, p: tl.constexpr):
 
 @triton.jit
 def _norm_backward_kernel(
-    DY, X, W, STATS, DX, PARTIALS,
-    stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
+    DY, X, W, STATS, DX, PARTIALS, DRES,
+    stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, DW: tl.constexpr, DB: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
+    HAS_DRES: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     """A persistent program: row tiles pid, pid + P, ...; its dW / dB sums go to partial row pid."""
     pid = tl.program_id(0)
@@ -321,6 +348,7 @@ def _norm_backward_kernel(
                 mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
             g, x_hat, gx_sum, g_sum = _row_gradient_terms(dy, x, w, mean, rstd, mask, IS_RMS, HAS_W)
             dx = _input_gradient(g, x_hat, rstd[:, None], (gx_sum / n_cols)[:, None], (g_sum / n_cols)[:, None], IS_RMS)
+            dx = _plus_residual_grad(dx, DRES, rows64 * stride_dres + cols[None, :], mask, HAS_DRES)
             tl.store(DX + rows64 * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
             if DW:
                 dw += tl.sum(dy * _rounded(x_hat, x_dtype, CASTING), axis=0)
@@ -351,8 +379,8 @@ def _norm_backward_kernel(
             for start in range(0, n_cols, BLOCK_N):
                 c = start + cols
                 dw_b, db_b = _column_block_backward(
-                    DY, X, W, DX, rows64, row_mask, c, n_cols, stride_dy, stride_x, stride_dx,
-                    mean, rstd, gx_sum / n_cols, g_sum / n_cols, offset, IS_RMS, CASTING, HAS_W, BLOCK_N,
+                    DY, X, W, DX, DRES, rows64, row_mask, c, n_cols, stride_dy, stride_x, stride_dx, stride_dres,
+                    mean, rstd, gx_sum / n_cols, g_sum / n_cols, offset, IS_RMS, CASTING, HAS_W, HAS_DRES, BLOCK_N,
                 )  # fmt: skip
                 if DW:
                     dw_b += tl.load(DW_PART + part_row + c, mask=c < n_cols)
@@ -379,10 +407,10 @@ def _row_part(
 
 @triton.jit
 def _norm_backward_parts_kernel(
-    DY, X, W, STATS, DX, PARTIALS,
-    stride_dy, stride_x, stride_dx, n_rows, n_cols, offset,
+    DY, X, W, STATS, DX, PARTIALS, DRES,
+    stride_dy, stride_x, stride_dx, stride_dres, n_rows, n_cols, offset,
     IS_RMS: tl.constexpr, CASTING: tl.constexpr, HAS_W: tl.constexpr, DW: tl.constexpr, DB: tl.constexpr,
-    PART: tl.constexpr, PARTS: tl.constexpr,
+    HAS_DRES: tl.constexpr, PART: tl.constexpr, PARTS: tl.constexpr,
 ):  # fmt: skip
     """Rows of up to PARTS (<= 4) column parts, one row at a time, each part with its own dW / dB
     sums in registers. Pass 1 reads the row for its sums, pass 2 re-reads it (from cache: one row
@@ -417,6 +445,7 @@ def _norm_backward_parts_kernel(
             mask = c < n_cols
             dy, g, x_hat = _row_part(dy_row, x_row, W, c, mask, mean, rstd, offset, x_dtype, IS_RMS, CASTING, HAS_W)
             dx = _input_gradient(g, x_hat, rstd, gx_sum / n_cols, g_sum / n_cols, IS_RMS)
+            dx = _plus_residual_grad(dx, DRES, r * stride_dres + c, mask, HAS_DRES)
             tl.store(dx_row + c, dx.to(DX.dtype.element_ty), mask=mask)
             dw0, dw1, dw2, dw3 = _add_to_part(dw0, dw1, dw2, dw3, dy * _rounded(x_hat, x_dtype, CASTING), part)
             db0, db1, db2, db3 = _add_to_part(db0, db1, db2, db3, dy, part)
@@ -682,26 +711,35 @@ def stats_of(n_rows: int, **rows):
     return torch.stack([t.reshape(n_rows).to(torch.float32) for _, t in named])
 
 
-def norm_forward(plan: NormPlan, X, W, B, eps: float, offset: float, casting: int):
+def norm_forward(plan: NormPlan, X, W, B, eps: float, offset: float, casting: int, residual=None):
     """``(Y, X_rows, stats)``: Y in X's shape and dtype; X_rows (``rows_of``), what the backward
-    reads X from; the fp32 per-row statistics, [rstd] or [mean, rstd] rows."""
+    reads X from; the fp32 per-row statistics, [rstd] or [mean, rstd] rows.
+
+    With ``residual`` (R, X's shape and dtype) the norm is of ``S = X + R``, and X_rows is S, a
+    new contiguous tensor in X's shape (the fused add's second output)."""
     X_rows = rows_of(plan, X)
     Y = empty_like_output(X)
     stats = torch.empty((plan.stats_rows, plan.n_rows), dtype=torch.float32, device=X.device)
+    R_rows = S = X_rows
+    if residual is not None:
+        R_rows, S = as_rows(residual), empty_like_output(X)
     if plan.n_rows and plan.n_cols:
-        tensors = (X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats)
+        tensors = (X_rows, Y, X_rows if W is None else W, X_rows if B is None else B, stats, R_rows, S)
         scalars = (
-            plan.x_stride or plan.n_cols, plan.n_rows, plan.n_cols, float(eps), float(offset),
-            plan.is_rms, casting, W is not None, B is not None,
+            plan.x_stride or plan.n_cols, R_rows.stride(0), plan.n_rows, plan.n_cols, float(eps), float(offset),
+            plan.is_rms, casting, W is not None, B is not None, residual is not None,
             plan.fwd_block_rows, plan.fwd_block_n, plan.fwd_block_n >= plan.n_cols,
         )  # fmt: skip
         launch(_norm_forward_kernel, plan.fwd_grid, tensors, scalars, plan.fwd_warps)
-    return Y, X_rows, stats
+    return Y, S, stats
 
 
-def norm_backward(plan: NormPlan, dY, X_rows, W, B, stats, offset: float, casting: int, need_dw, need_db, reuse_dy):
+def norm_backward(
+    plan: NormPlan, dY, X_rows, W, B, stats, offset: float, casting: int, need_dw, need_db, reuse_dy, dres=None
+):
     """``(dX in X's shape, dW in W's dtype or None, dB in B's dtype or None)``; dW and dB are
-    summed in fp32.
+    summed in fp32. ``dres`` (X's shape): a gradient reaching the norm's input directly, added to
+    dX in the same pass (the fused add's sum output).
 
     ``reuse_dy`` writes dX into dY's buffer when dY is dense and in X's dtype: only for a caller
     that knows nothing else reads dY. A dY that had to be copied to rows is our own buffer and
@@ -730,10 +768,11 @@ def norm_backward(plan: NormPlan, dY, X_rows, W, B, stats, offset: float, castin
     if n_sums:
         alloc = torch.empty if settings.single or settings.parts else torch.zeros
         partials = alloc((n_sums, settings.n_programs, n_cols), dtype=torch.float32, device=X_rows.device)
-    tensors = (dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials)
+    dres_rows = dY_rows if dres is None else as_rows(dres)
+    tensors = (dY_rows, X_rows, X_rows if W is None else W, stats, dX, partials, dres_rows)
     scalars = (
-        dy_stride, plan.x_stride or n_cols, n_cols, n_rows, n_cols, float(offset),
-        plan.is_rms, casting, W is not None, need_dw, need_db,
+        dy_stride, plan.x_stride or n_cols, n_cols, dres_rows.stride(0), n_rows, n_cols, float(offset),
+        plan.is_rms, casting, W is not None, need_dw, need_db, dres is not None,
     )  # fmt: skip
     if settings.parts:
         kernel, scalars = _norm_backward_parts_kernel, (*scalars, settings.block_n, settings.parts)

@@ -60,28 +60,42 @@ def _rotate_heads(
     s2,
     HALF: tl.constexpr,
     PASS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HALF_PAD: tl.constexpr,
     PASS_PAD: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
     """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``
-    (features at unit stride)."""
+    (features at unit stride). The pairs are (d, d + HALF), or (2d, 2d + 1) when ``INTERLEAVED``."""
     d = tl.arange(0, HALF_PAD)[None, None, :]
     x_row = x_ptr + b * stride_xb + t * stride_xt
     o_row = o_ptr + b * stride_ob + t * stride_ot
     for h0 in range(0, n_heads, BLOCK_H):
         h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)[None, :, None]
         mask = t_mask & (h < n_heads)
-        # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant along
-        # the features keeps the loads vectorized.
-        mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
         x = x_row + h * stride_xh
         o = o_row + h * stride_oh
-        x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
-        x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
-        tl.store(o + d, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
-        tl.store(o + (d + HALF), (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
+        if INTERLEAVED:
+            # One contiguous load of the head, split into its pairs in registers (stride-2 loads
+            # would not vectorize).
+            e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+            mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
+            pairs = tl.load(x + e, mask=mask_e, other=0.0).to(COMPUTE)
+            x1, x2 = tl.split(tl.reshape(pairs, (BLOCK_T, BLOCK_H, HALF_PAD, 2)))
+            rotated = tl.join(x1 * c1 - x2 * s1, x2 * c2 + x1 * s2)
+            tl.store(
+                o + e, tl.reshape(rotated, (BLOCK_T, BLOCK_H, 2 * HALF_PAD)).to(o_ptr.dtype.element_ty), mask=mask_e
+            )
+        else:
+            # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant
+            # along the features keeps the loads vectorized.
+            mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
+            x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
+            x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+            tl.store(o + d, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
+            tl.store(o + (d + HALF), (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
         if PASS > 0:
             p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
             mask_p = mask & (p < 2 * HALF + PASS)
@@ -108,6 +122,7 @@ def _rope_kernel(
     skob,
     skoh,
     skot,
+    scp,
     scb,
     sct,
     seq_len,
@@ -120,6 +135,9 @@ def _rope_kernel(
     BLOCK_HK: tl.constexpr,
     HALF_PAD: tl.constexpr,
     PASS_PAD: tl.constexpr,
+    SECTION_1: tl.constexpr,
+    SECTION_2: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
     INVERSE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
@@ -135,21 +153,34 @@ def _rope_kernel(
     # cos/sin once per position, shared by all heads of q and k (stride_b is 0 when broadcast).
     c = cos_ptr + b * scb + t * sct
     s = sin_ptr + b * scb + t * sct
-    c1 = tl.load(c + d, mask=mask_d, other=0.0).to(COMPUTE)
-    c2 = tl.load(c + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
-    s1 = tl.load(s + d, mask=mask_d, other=0.0).to(COMPUTE)
-    s2 = tl.load(s + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+    if SECTION_1 < HALF:
+        # Multimodal RoPE: features [0, SECTION_1) take the angles of plane 0 (temporal positions),
+        # [SECTION_1, SECTION_2) of plane 1 (height), the rest of plane 2 (width), in each half.
+        plane = (d >= SECTION_1).to(tl.int64) + (d >= SECTION_2).to(tl.int64)
+        c += plane * scp
+        s += plane * scp
+    if INTERLEAVED:
+        # cos holds (cos, sin) pairs: the real view of complex frequencies, one angle per pair.
+        e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+        pairs = tl.load(c + e, mask=t_mask & (e < 2 * HALF), other=0.0).to(COMPUTE)
+        c1, s1 = tl.split(tl.reshape(pairs, (BLOCK_T, 1, HALF_PAD, 2)))
+        c2, s2 = c1, s1
+    else:
+        c1 = tl.load(c + d, mask=mask_d, other=0.0).to(COMPUTE)
+        c2 = tl.load(c + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+        s1 = tl.load(s + d, mask=mask_d, other=0.0).to(COMPUTE)
+        s2 = tl.load(s + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
     if INVERSE:
         # The transpose of [[c1, -s1], [s2, c2]] is [[c1, s2], [-s1, c2]]: the forward with the
         # sine negated and its halves swapped (the same thing for HF's duplicated cos/sin halves).
         s1, s2 = -s2, -s1
     _rotate_heads(
         q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_HQ, HALF_PAD, PASS_PAD, COMPUTE,
+        HALF, PASS, BLOCK_T, BLOCK_HQ, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
     )  # fmt: skip
     _rotate_heads(
         k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_HK, HALF_PAD, PASS_PAD, COMPUTE,
+        HALF, PASS, BLOCK_T, BLOCK_HK, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
     )  # fmt: skip
 
 
@@ -219,12 +250,19 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=512)
 def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_shape, sin_strides,
-                 unsqueeze_dim, rotary_dim, orders, fp64) -> _Plan:  # fmt: skip
+                 unsqueeze_dim, rotary_dim, orders, fp64, mrope_section, interleaved) -> _Plan:  # fmt: skip
     """Validate the shapes (errors name the argument) and work out a launch, once per geometry: a
     forward+backward otherwise spends more host time here than the GPU spends on small inputs.
-    ``orders`` None: the outputs take the inputs' memory orders (forward)."""
-    rotary_dim = check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim)
+    ``orders`` None: the outputs take the inputs' memory orders (forward). ``mrope_section``: cos
+    and sin are [3, ...] planes of angles, taken per section (see ``rope_launch``)."""
     readable = _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_strides)
+    plane_stride = 0
+    if mrope_section is not None:
+        check_mrope_section(cos_shape, mrope_section)
+        check_mrope_section(sin_shape, mrope_section)
+        plane_stride = cos_strides[0]
+        cos_shape, cos_strides, sin_shape = cos_shape[1:], cos_strides[1:], sin_shape[1:]
+    rotary_dim = check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim)
     if orders is None:
         orders = (_layout_order(q_shape, q_strides), _layout_order(k_shape, k_strides))
     out_strides = (_dense_strides(q_shape, orders[0]), _dense_strides(k_shape, orders[1]))
@@ -241,8 +279,9 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     int_args = (
         *_bhtd(q_strides, unsqueeze_dim)[:3], *_bhtd(k_strides, unsqueeze_dim)[:3],
         *_bhtd(out_strides[0], unsqueeze_dim)[:3], *_bhtd(out_strides[1], unsqueeze_dim)[:3],
-        cos_b, cos_strides[-2], seq_len, n_q_heads, n_k_heads,
+        plane_stride, cos_b, cos_strides[-2], seq_len, n_q_heads, n_k_heads,
     )  # fmt: skip
+    sections = (half, half) if mrope_section is None else (mrope_section[0], mrope_section[0] + mrope_section[1])
     meta = dict(
         HALF=half,
         PASS=pass_dims,
@@ -251,36 +290,49 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
         BLOCK_HK=max(1, min(next_power_of_2(n_k_heads), block_h)),
         HALF_PAD=half_pad,
         PASS_PAD=next_power_of_2(pass_dims) if pass_dims else 1,
+        SECTION_1=sections[0],
+        SECTION_2=sections[1],
+        INTERLEAVED=interleaved,
         COMPUTE=tl.float64 if fp64 else tl.float32,
         num_warps=NUM_WARPS,
     )
     return _Plan(rotary_dim, readable, orders, out_strides, (batch * n_t_blocks,), int_args, meta)
 
 
-def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None) -> _Plan:
-    """The launch plan for these tensors (shapes checked); see ``_launch_plan``."""
+def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False):
+    """The launch plan (a ``_Plan``) for these tensors (shapes checked); see ``_launch_plan``."""
     return _launch_plan(
         q.shape, q.stride(), k.shape, k.stride(), cos.shape, cos.stride(), sin.shape, sin.stride(), unsqueeze_dim,
-        rotary_dim, orders, q.dtype == torch.float64,
+        rotary_dim, orders, q.dtype == torch.float64, mrope_section, interleaved,
     )  # fmt: skip
 
 
-def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None):
+def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None, mrope_section=None,
+                interleaved=False):  # fmt: skip
     """Rotate (``inverse=False``) or un-rotate q and k in one launch into new tensors, laid out in
     memory as q and k are (``orders`` None) or in the given memory orders. Returns (q_out, k_out,
-    plan)."""
-    plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, orders)
+    plan).
+
+    Two variants share the kernel. ``mrope_section`` (3 ints summing to R/2): cos and sin are
+    [3, B or 1, T, R], one plane of angles per position set (temporal, height, width), and each half
+    of the rotary features takes its first section from plane 0, the next from plane 1, the last
+    from plane 2 (Qwen2-VL's multimodal RoPE, without building the merged [B, T, R] tables).
+    ``interleaved``: the pairs are adjacent features (2i, 2i + 1), and cos is the real view of the
+    complex frequencies, (cos, sin) pairs flattened to [.., T, R] (``sin`` is not read; pass cos).
+    """
+    plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved)
     if not plan.readable:
         q, k = _unit_feature_stride(q), _unit_feature_stride(k)
         cos, sin = _unit_feature_stride(cos), _unit_feature_stride(sin)
         if cos.stride() != sin.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
-        plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders)
+        plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders, mrope_section, interleaved)
     qo = empty_output(q.shape, q, strides=plan.out_strides[0])
     ko = empty_output(k.shape, k, strides=plan.out_strides[1])
     if plan.grid:
         m = plan.meta
         constexprs = (m["HALF"], m["PASS"], m["BLOCK_T"], m["BLOCK_HQ"], m["BLOCK_HK"], m["HALF_PAD"], m["PASS_PAD"])
+        constexprs += (m["SECTION_1"], m["SECTION_2"], m["INTERLEAVED"])
         scalars = (*plan.int_args, *constexprs, inverse, m["COMPUTE"])
         launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), scalars, m["num_warps"])
     return qo, ko, plan
@@ -292,6 +344,20 @@ def check_rope_tensors(q, k, cos, sin) -> None:
         check_float(name, t)
     check_same_device(q=q, k=k, cos=cos, sin=sin)
     check_same_dtype(q=q, k=k)
+
+
+def check_mrope_section(cos_shape, mrope_section) -> None:
+    """Multimodal RoPE's cos/sin [3, B or 1, T, R] and sections: three sizes summing to R / 2."""
+    if len(cos_shape) != 4 or cos_shape[0] != 3:
+        raise ValueError(
+            f"`cos` and `sin` must be [3, B, T, R] (temporal, height and width angles) for multimodal RoPE; "
+            f"got {tuple(cos_shape)}."
+        )
+    if len(mrope_section) != 3 or min(mrope_section) < 0 or 2 * sum(mrope_section) != cos_shape[-1]:
+        raise ValueError(
+            f"`mrope_section` must be 3 non-negative sizes summing to cos.shape[-1] / 2 = {cos_shape[-1] / 2:g}; "
+            f"got {list(mrope_section)}."
+        )
 
 
 def check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim) -> int:
@@ -370,18 +436,28 @@ class LigerRopeFunction(LigerFunction):
                 ctx, rope_reference, q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim
             )
         qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, rotary_dim, False)
-        ctx.unsqueeze_dim, ctx.rotary_dim, ctx.orders = unsqueeze_dim, plan.rotary_dim, plan.orders
-        ctx.save_for_backward(cos, sin)
+        save_launch(ctx, plan, cos, sin, unsqueeze_dim)
         return qo, ko
 
     @staticmethod
     def backward(ctx, dq, dk):
-        if not ctx.use_triton:
-            return fallback_backward(ctx, dq, dk)
-        cos, sin = ctx.saved_tensors
-        # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
-        dq, dk, _ = rope_launch(dq, dk, cos, sin, ctx.unsqueeze_dim, ctx.rotary_dim, True, ctx.orders)
-        return dq, dk, None, None, None, None, None
+        """Shared by the RoPE variants (M-RoPE, Llama 4): the inverse rotation of the forward's launch."""
+        if ctx.use_triton:
+            cos, sin = ctx.saved_tensors
+            unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved = ctx.launch
+            # The gradients take q's and k's layouts, whatever the upstream ones (expanded, transposed).
+            dq, dk, _ = rope_launch(
+                dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True, orders, mrope_section, interleaved
+            )
+        else:
+            dq, dk = fallback_backward(ctx, dq, dk)[:2]
+        return dq, dk, *[None] * (len(ctx.needs_input_grad) - 2)
+
+
+def save_launch(ctx, plan, cos, sin, unsqueeze_dim, mrope_section=None, interleaved=False) -> None:
+    """Keep what ``LigerRopeFunction.backward`` needs to run the forward's launch inverted."""
+    ctx.launch = (unsqueeze_dim, plan.rotary_dim, plan.orders, mrope_section, interleaved)
+    ctx.save_for_backward(cos, sin)
 
 
 def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
@@ -396,15 +472,20 @@ def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=
     return qo, ko, cos, sin
 
 
+def reference_backward(reference, dq, dk, cos, sin, *args):
+    """The gradients of q and k for upstream ``dq``, ``dk`` through ``reference(q, k, cos, sin,
+    *args)``, a rotation of q and k (the op helpers' PyTorch path)."""
+    with torch.enable_grad():
+        q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
+        return torch.autograd.grad(reference(q, k, cos.detach(), sin.detach(), *args), (q, k), (dq, dk))
+
+
 def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
     """The peer's op helper: ``(dq_in, dk_in)``, the gradients of q and k for the upstream
     ``dq``, ``dk`` of ``rope_forward`` (the inverse rotation), as new tensors."""
     check_rope_tensors(dq, dk, cos, sin)
     if not use_triton(dq):
         rotary_dim = check_rope_shapes(dq.shape, dk.shape, cos.shape, sin.shape, unsqueeze_dim, rotary_dim)
-        with torch.enable_grad():
-            q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
-            outputs = rope_reference(q, k, cos.detach(), sin.detach(), None, unsqueeze_dim, rotary_dim)
-            return torch.autograd.grad(outputs, (q, k), (dq, dk))
+        return reference_backward(rope_reference, dq, dk, cos, sin, None, unsqueeze_dim, rotary_dim)
     dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True)
     return dq_in, dk_in

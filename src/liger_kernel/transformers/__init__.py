@@ -46,6 +46,12 @@ _LAZY = {
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
     "LigerExperts": "swiglu",
+    "liger_multimodal_rotary_pos_emb": "qwen2vl_mrope",
+    "liger_llama4_text_rotary_pos_emb": "llama4_rope",
+    "liger_llama4_vision_rotary_pos_emb": "llama4_rope",
+    "LigerFusedAddRMSNorm": "fused_add_rms_norm",
+    "LigerTiledSwiGLUMLP": "tiled_mlp",
+    "LigerTiledGEGLUMLP": "tiled_mlp",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).

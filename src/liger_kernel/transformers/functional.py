@@ -3,6 +3,7 @@
 import torch
 
 from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
+from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
 from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction
 from liger_kernel.ops.fused_linear_kl_div import LigerFusedLinearKLDivFunction
@@ -10,6 +11,7 @@ from liger_kernel.ops.geglu import LigerGELUMulFunction
 from liger_kernel.ops.jsd import LigerJSDFunction
 from liger_kernel.ops.kl_div import LigerKLDivLossFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
 from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
@@ -201,3 +203,14 @@ def liger_fused_linear_kl_div(
     return LigerFusedLinearKLDivFunction.apply(
         student_input, student_weight, target, shift_labels, reduction, ignore_index, temperature, eps, accum_dtype
     )
+
+
+def liger_qwen2vl_mrope(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
+    """Qwen2-VL's multimodal RoPE of q and k, cos/sin [3, B, T, D]; ``(q_embed, k_embed)``."""
+    return LigerQwen2VLMRopeFunction.apply(q, k, cos, sin, mrope_section, unsqueeze_dim)
+
+
+def liger_fused_add_rms_norm(X, R, W, eps, offset=0.0, casting_mode="llama", in_place=True):
+    """``(Y, S)``: ``S = X + R`` and its RMSNorm ``Y`` in one pass (see ``LigerFusedAddRMSNormFunction``).
+    ``in_place`` reuses a gradient buffer only where the caller also vouches, as in ``liger_rms_norm``."""
+    return LigerFusedAddRMSNormFunction.apply(X, R, W, eps, offset, casting_mode, in_place)

@@ -39,6 +39,9 @@ OPS = (
     "rope",
     "swiglu",
     "tvd",
+    "qwen2vl_mrope",
+    "llama4_rope",
+    "fused_add_rms_norm",
 )
 
 

@@ -1,0 +1,59 @@
+"""Long-sequence SwiGLU MLP (Llama-3-8B widths, bf16, forward + backward): ours tiled
+(``LigerTiledSwiGLUMLP``, default shards), ours untiled (``LigerSwiGLUMLP``), eager PyTorch (HF's
+``LlamaMLP`` math), ``torch.compile`` of it, and Liger Kernel 0.8.5's ``LigerTiledSwiGLUMLP``. The
+point is the peak memory: the tiled MLP trades one recomputed forward for it.
+
+    PYTHONPATH=src python benchmarks/bench_tiled_mlp.py --out benchmarks/results/h200/tiled_mlp
+"""
+
+import functools
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from kernel_bench import main
+
+CASES = {
+    "llama3-8b_t16384": dict(tokens=16384, hidden=4096, intermediate=14336),
+    "llama3-8b_t65536": dict(tokens=65536, hidden=4096, intermediate=14336),
+}
+SMOKE = dict(tokens=9, hidden=16, intermediate=24)
+
+
+def eager_mlp(x, gate, up, down):
+    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
+@functools.cache
+def _compiled():
+    return torch.compile(eager_mlp)
+
+
+def make(shape, device, impl="ours"):
+    torch.manual_seed(0)
+    config = SimpleNamespace(hidden_size=shape["hidden"], intermediate_size=shape["intermediate"], hidden_act="silu")
+    x = torch.randn(1, shape["tokens"], shape["hidden"], device=device, dtype=torch.bfloat16, requires_grad=True)
+    grads = (torch.randn_like(x),)
+    if impl in ("eager", "compile"):
+        weights = [
+            (torch.randn(o, i, device=device) * i**-0.5).to(torch.bfloat16).requires_grad_()
+            for o, i in ((shape["intermediate"], shape["hidden"]),) * 2 + ((shape["hidden"], shape["intermediate"]),)
+        ]
+        return (_compiled() if impl == "compile" else eager_mlp), (x, *weights), grads
+    import liger_kernel.transformers as lt
+
+    mlp = (lt.LigerSwiGLUMLP if impl == "ours_untiled" else lt.LigerTiledSwiGLUMLP)(config).to(device, torch.bfloat16)
+    params = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    return (lambda x, *weights: mlp(x)), (x, *params), grads
+
+
+PROVIDERS = {
+    "ours": make,
+    "ours_untiled": functools.partial(make, impl="ours_untiled"),
+    "liger085": make,
+    "compile": functools.partial(make, impl="compile"),
+    "eager": functools.partial(make, impl="eager"),
+}
+
+if __name__ == "__main__":
+    main(__file__, "Tiled SwiGLU MLP, fwd+bwd", CASES, PROVIDERS, peer=("liger085",), smoke=SMOKE)

@@ -1,0 +1,31 @@
+"""Gated MLPs run in token shards (``ops/tiled_mlp.py``): the parameters and state_dict of
+``LigerSwiGLUMLP`` / ``LigerGEGLUMLP``, with one shard's intermediate alive instead of the whole
+sequence's (long-context training)."""
+
+from liger_kernel.ops.tiled_mlp import apply_tiled_mlp
+from liger_kernel.transformers.geglu import LigerGEGLUMLP
+from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+
+
+class _Tiled:
+    """The MLP class after this one in the MRO, its forward run in ``num_shards`` token shards
+    (None: about ``hidden_size`` tokens each)."""
+
+    def __init__(self, config, num_shards=None):
+        super().__init__(config)
+        self.num_shards = num_shards
+
+    def forward(self, x):
+        return apply_tiled_mlp(_untiled_forward, self, x, self.num_shards)
+
+
+def _untiled_forward(mlp, x):
+    return super(_Tiled, mlp).forward(x)
+
+
+class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
+    """``LigerSwiGLUMLP`` in token shards: ``(config, num_shards=None)``."""
+
+
+class LigerTiledGEGLUMLP(_Tiled, LigerGEGLUMLP):
+    """``LigerGEGLUMLP`` in token shards: ``(config, num_shards=None)``."""
