@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.cross_entropy import CEOptions, LigerCrossEntropyFunction
+from liger_kernel.ops.library import apply_of
 
 
 @dataclass
@@ -43,7 +44,7 @@ def keep_options(module: nn.Module, **options) -> None:
 def apply_options(function, module: nn.Module, *tensors):
     """A loss module's ``forward``: ``function`` on the tensors and the module's current options,
     packed by ``pack_outputs``."""
-    outputs = function.apply(*tensors, *(getattr(module, name) for name in module._option_names))
+    outputs = apply_of(function)(*tensors, *(getattr(module, name) for name in module._option_names))
     return pack_outputs(outputs, module.return_z_loss, module.return_token_accuracy, module.return_predicted_tokens)
 
 

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction, layer_norm_reference
+from liger_kernel.ops.library import apply_of
 
 INIT_FNS = ("ones", "zeros")
 # Implementations a module can pin (None: the process-wide selection, LIGER_KERNEL_IMPL).
@@ -52,7 +53,7 @@ class LigerLayerNorm(nn.Module):
     def forward(self, hidden_states):
         if self.impl == "torch":
             return layer_norm_reference(hidden_states, self.weight, self.bias, self.eps)
-        return LigerLayerNormFunction.apply(hidden_states, self.weight, self.bias, self.eps)
+        return apply_of(LigerLayerNormFunction)(hidden_states, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.hidden_size}, eps={self.eps}" + (f", impl={self.impl!r}" if self.impl else "")

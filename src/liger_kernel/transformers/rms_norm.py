@@ -5,6 +5,7 @@ subclasses, which only change the constructor's defaults to each family's numeri
 import torch
 import torch.nn as nn
 
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction, casting_mode_name
 
 INIT_FNS = ("ones", "zeros")
@@ -55,7 +56,7 @@ class LigerRMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, hidden_states):
-        return LigerRMSNormFunction.apply(
+        return apply_of(LigerRMSNormFunction)(
             hidden_states,
             self.weight,
             self.variance_epsilon,

@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.modules.module as module_globals
 
 from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction, LigerGatedMLPFunction, LigerSiLUMulFunction
 from liger_kernel.utils import use_triton
 
@@ -49,14 +50,14 @@ def gated_mlp(x, gate, up, down, activation="silu", gate_multiplier=1.0, down_mu
     bias, which ``down_multiplier`` scales too."""
     if fusable(x, gate, up, down):
         weights = (gate.weight, up.weight, down.weight)
-        return LigerGatedMLPFunction.apply(x, *weights, activation, gate_multiplier, down_multiplier)
+        return apply_of(LigerGatedMLPFunction)(x, *weights, activation, gate_multiplier, down_multiplier)
     a, b = gate(x), up(x)
     if activation == "silu" and getattr(down, "bias", None) is None:
-        return down(LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier))
+        return down(apply_of(LigerSiLUMulFunction)(a, b, gate_multiplier, down_multiplier))
     if activation == "silu":
-        h = LigerSiLUMulFunction.apply(a, b, gate_multiplier)
+        h = apply_of(LigerSiLUMulFunction)(a, b, gate_multiplier)
     else:
-        h = LigerGELUMulFunction.apply(a if gate_multiplier == 1.0 else a * gate_multiplier, b)
+        h = apply_of(LigerGELUMulFunction)(a if gate_multiplier == 1.0 else a * gate_multiplier, b)
     y = down(h)
     return y if down_multiplier == 1.0 else y * down_multiplier
 
@@ -162,6 +163,6 @@ class LigerPhi3SwiGLUMLP(nn.Module):
 
     def forward(self, x):
         if fusable(x, self.gate_up_proj, self.down_proj):
-            return LigerGatedMLPFunction.apply(x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu")
+            return apply_of(LigerGatedMLPFunction)(x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu")
         # The projection's output is read by nothing else: its buffer takes the gradient.
-        return self.down_proj(LigerFusedGateUpSiLUMulFunction.apply(self.gate_up_proj(x), None))
+        return self.down_proj(apply_of(LigerFusedGateUpSiLUMulFunction)(self.gate_up_proj(x), None))
