@@ -71,7 +71,7 @@ is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # torch >
 # torch.library.custom_op with register_autograd / register_fake: torch >= 2.4. Older torch keeps
 # the eager path under compile too (one graph break per op).
 ENABLED = all(hasattr(torch.library, name) for name in ("custom_op", "register_autograd", "register_fake"))
-_TWINS: dict = {}
+_TWINS: dict = {}  # op name: twin
 
 
 class _Unregistered:
@@ -94,13 +94,13 @@ def _custom_op(name: str, mutates_args=()):
     return torch.library.custom_op(f"liger::{name}", mutates_args=mutates_args)
 
 
-def apply_of(function):
-    """``function.apply``, or, while Dynamo traces, its custom-op twin (same arguments) when it has
-    one. Eager calls pay one ``is_compiling()`` check (~0.1 us)."""
-    if is_compiling():
-        twin = _TWINS.get(function.__name__)
-        if twin is not None:
-            return twin
+def apply_of(function, op: str):
+    """``function.apply``, or, while Dynamo traces, the twin of ``function`` built on the custom op
+    ``op`` (same arguments), where torch has custom ops. Named, not looked up by ``function``:
+    Dynamo can neither hash nor compare the Function classes. Eager calls pay one
+    ``is_compiling()`` check (~0.1 us)."""
+    if is_compiling() and op in _TWINS:
+        return _TWINS[op]
     return function.apply
 
 
@@ -660,13 +660,13 @@ def _flce_twin(
 
 if ENABLED:
     _TWINS.update(
-        LigerRMSNormFunction=_rms_norm_twin,
-        LigerLayerNormFunction=_layer_norm_twin,
-        LigerRopeFunction=_rope_twin,
-        LigerSiLUMulFunction=_silu_mul_twin,
-        LigerGELUMulFunction=_gelu_mul_twin,
-        LigerFusedGateUpSiLUMulFunction=_fused_gate_up_twin,
-        LigerGatedMLPFunction=_gated_mlp_twin,
-        LigerCrossEntropyFunction=_cross_entropy_twin,
-        LigerFusedLinearCrossEntropyFunction=_flce_twin,
+        rms_norm=_rms_norm_twin,
+        layer_norm=_layer_norm_twin,
+        rope=_rope_twin,
+        silu_mul=_silu_mul_twin,
+        gelu_mul=_gelu_mul_twin,
+        fused_gate_up_silu_mul=_fused_gate_up_twin,
+        gated_mlp=_gated_mlp_twin,
+        cross_entropy=_cross_entropy_twin,
+        fused_linear_cross_entropy=_flce_twin,
     )

@@ -22,17 +22,17 @@ from liger_kernel.transformers.cross_entropy import pack_outputs
 
 def liger_swiglu(a, b):
     """``silu(a) * b`` for tensors of one shape."""
-    return apply_of(LigerSiLUMulFunction)(a, b)
+    return apply_of(LigerSiLUMulFunction, "silu_mul")(a, b)
 
 
 def liger_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
     """RoPE of q [B, Hq, T, D] and k [B, Hk, T, D] in HF's rotate_half layout; ``(q_embed, k_embed)``."""
-    return apply_of(LigerRopeFunction)(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
+    return apply_of(LigerRopeFunction, "rope")(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
 
 
 def liger_geglu(a, b):
     """``gelu_tanh(a) * b`` for tensors of one shape."""
-    return apply_of(LigerGELUMulFunction)(a, b)
+    return apply_of(LigerGELUMulFunction, "gelu_mul")(a, b)
 
 
 def liger_relu_squared(x):
@@ -45,12 +45,12 @@ def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
     The backward never writes into the incoming gradient here, whatever ``in_place`` says: a
     caller sure that nothing else reads it passes ``grad_output_unshared=True`` to
     ``LigerRMSNormFunction`` / ``LigerRMSNorm`` instead."""
-    return apply_of(LigerRMSNormFunction)(X, W, eps, offset, casting_mode, in_place)
+    return apply_of(LigerRMSNormFunction, "rms_norm")(X, W, eps, offset, casting_mode, in_place)
 
 
 def liger_layer_norm(X, W, B, eps):
     """LayerNorm of X [..., H] with weight W [H] and bias B [H] (or None)."""
-    return apply_of(LigerLayerNormFunction)(X, W, B, eps)
+    return apply_of(LigerLayerNormFunction, "layer_norm")(X, W, B, eps)
 
 
 def liger_cross_entropy(
@@ -75,7 +75,7 @@ def liger_cross_entropy(
     ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
-    outputs = apply_of(LigerCrossEntropyFunction)(
+    outputs = apply_of(LigerCrossEntropyFunction, "cross_entropy")(
         input,
         target,
         weight,
@@ -120,7 +120,7 @@ def liger_fused_linear_cross_entropy(
     ``F.cross_entropy(F.linear(...))``), computed in fp32 and cast once (the patched models ask for
     ``torch.float32``, the loss Hugging Face's upcast logits give). See
     ``LigerFusedLinearCrossEntropyFunction``."""
-    outputs = apply_of(LigerFusedLinearCrossEntropyFunction)(
+    outputs = apply_of(LigerFusedLinearCrossEntropyFunction, "fused_linear_cross_entropy")(
         input,
         weight,
         target,

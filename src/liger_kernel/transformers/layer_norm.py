@@ -53,7 +53,7 @@ class LigerLayerNorm(nn.Module):
     def forward(self, hidden_states):
         if self.impl == "torch":
             return layer_norm_reference(hidden_states, self.weight, self.bias, self.eps)
-        return apply_of(LigerLayerNormFunction)(hidden_states, self.weight, self.bias, self.eps)
+        return apply_of(LigerLayerNormFunction, "layer_norm")(hidden_states, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.hidden_size}, eps={self.eps}" + (f", impl={self.impl!r}" if self.impl else "")

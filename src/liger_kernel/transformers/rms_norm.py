@@ -56,7 +56,7 @@ class LigerRMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, hidden_states):
-        return apply_of(LigerRMSNormFunction)(
+        return apply_of(LigerRMSNormFunction, "rms_norm")(
             hidden_states,
             self.weight,
             self.variance_epsilon,
