@@ -141,8 +141,12 @@ def opcheck_cases():
     }
 
 
+@pytest.mark.parametrize("impl", ["default", "torch"])
 @pytest.mark.parametrize("name", list(opcheck_cases()))
-def test_opcheck(name):
+def test_opcheck(name, impl, monkeypatch):
+    """Kernels (on the GPU, or the CPU under the interpreter), and the reference (``LIGER_KERNEL_IMPL=torch``)."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
     op, args = opcheck_cases()[name]
     torch.library.opcheck(op, args)
 
@@ -186,11 +190,15 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("model_type", CORE)
-def test_patched_training_step_compiles_whole(model_type, dynamic):
+@pytest.mark.parametrize(
+    "model_type, dynamic, impl",
+    [(m, d, "default") for m in CORE for d in (False, True)] + [("llama", False, "torch")],
+)
+def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeypatch):
     """Forward and loss in one graph (``explain``: no graph break), the backward compiled with
-    it; losses and every parameter gradient as eager."""
+    it; losses and every parameter gradient as eager (kernels, and ``LIGER_KERNEL_IMPL=torch``)."""
+    if impl == "torch":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
     model = _patched_model(model_type)
     ids = torch.randint(3, 97, (2, 9), device=DEVICE)
     step = _training_step(model, ids)

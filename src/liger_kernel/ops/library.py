@@ -153,9 +153,9 @@ def _or_zeros(grad, like):
 @_custom_op("rms_norm")
 def rms_norm(X: Tensor, W: Tensor | None, eps: float, offset: float, casting_mode: str) -> tuple[Tensor, Tensor]:
     """``(Y, stats)``: Y contiguous in X's shape and dtype, stats the fp32 per-row 1/rms [1, rows]
-    (unwritten on the reference path)."""
+    (zeros on the reference path)."""
     if not _kernels(X):
-        return rms_norm_reference(X, W, eps, offset, casting_mode).contiguous(), _stats(X, 1)
+        return rms_norm_reference(X, W, eps, offset, casting_mode).contiguous(), _stats(X, 1).zero_()
     Y, _, stats, _ = kernel_forward(X, W, None, eps, offset, CASTING_MODES[casting_mode], is_rms=True)
     return Y, stats
 
@@ -218,7 +218,7 @@ def _rms_norm_twin(
 def layer_norm(X: Tensor, W: Tensor | None, B: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
     """``(Y, stats)``: Y contiguous in X's shape and dtype, stats the fp32 per-row [mean, 1/std]."""
     if not _kernels(X):
-        return layer_norm_reference(X, W, B, eps).contiguous(), _stats(X, 2)
+        return layer_norm_reference(X, W, B, eps).contiguous(), _stats(X, 2).zero_()
     Y, _, stats, _ = kernel_forward(X, W, B, eps, 0.0, GEMMA, is_rms=False)
     return Y, stats
 
@@ -501,12 +501,13 @@ def cross_entropy(
     logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, lse_square_scale: float,
     label_smoothing: float, reduction: str, softcap: float | None, return_z_loss: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(loss, z_loss (empty unless asked), per-row fp32 log-sum-exp (unwritten on the reference
+    """``(loss, z_loss (empty unless asked), per-row fp32 log-sum-exp (zeros on the reference
     path))``; the logits are left intact."""
     opts = _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
     lse = logits.new_empty(_rows(logits), dtype=torch.float32)
     if not _kernels(logits):
         loss, z_loss, _, _ = cross_entropy_core(logits, target, weight, opts, out_dtype=logits.dtype)
+        lse.zero_()
     else:
         (loss, z_loss, _, _), _ = cross_entropy_rows(
             logits.reshape(-1, logits.shape[-1]), target, weight, opts, lse=lse
@@ -589,12 +590,13 @@ def fused_linear_cross_entropy(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """``(loss, z_loss, grad_input, grad_weight, grad_bias)``, the gradients for an upstream gradient
     of 1, each empty unless asked (z_loss unless ``return_z_loss``)."""
-    loss, z_loss, _, _, grad_x, grad_w, grad_b = fused_linear_cross_entropy_forward(
-        input, weight, target, ce_weight, bias, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
-        return_z_loss, accum_dtype, use_token_scaling, False, False, ce_impl, ce_mode, None,
-        compute_gradients=need_input or need_weight or need_bias, weight_requires_grad=need_weight,
-        chunk_mem_const=chunk_mem_const, loss_dtype=loss_dtype,
-    )  # fmt: skip
+    with _autograd_enabled():  # the reference path differentiates the reference
+        loss, z_loss, _, _, grad_x, grad_w, grad_b = fused_linear_cross_entropy_forward(
+            input, weight, target, ce_weight, bias, ignore_index, lse_square_scale, label_smoothing, reduction,
+            softcap, return_z_loss, accum_dtype, use_token_scaling, False, False, ce_impl, ce_mode, None,
+            compute_gradients=need_input or need_weight or need_bias, weight_requires_grad=need_weight,
+            chunk_mem_const=chunk_mem_const, loss_dtype=loss_dtype,
+        )  # fmt: skip
     return (
         loss,
         _empty(input) if z_loss is None else z_loss,
