@@ -90,10 +90,15 @@ class _Unregistered:
         pass
 
 
+# Inductor keeps the stride order the inputs had when traced (some releases default to choosing
+# it freely): RoPE lays its outputs out in its inputs' memory order, which the fake must predict.
+_FIXED_STRIDE_ORDER = tuple(t for t in [getattr(torch.Tag, "needs_fixed_stride_order", None)] if t is not None)
+
+
 def _custom_op(name: str, mutates_args=()):
     if not ENABLED:
         return _Unregistered
-    return torch.library.custom_op(f"liger::{name}", mutates_args=mutates_args)
+    return torch.library.custom_op(f"liger::{name}", mutates_args=mutates_args, tags=_FIXED_STRIDE_ORDER)
 
 
 def apply_of(function, op: str):
