@@ -401,11 +401,6 @@ def gated_backward_op(
     return _gated_backward(dc, a, b, activation, gate_multiplier, down_multiplier, False)
 
 
-@gated_backward_op.register_fake
-def _(dc, a, b, activation, gate_multiplier, down_multiplier):
-    return a.new_empty(a.shape), b.new_empty(b.shape)
-
-
 @_custom_op("gated_backward_store_c", mutates_args=("dc",))
 def gated_backward_store_c(
     dc: Tensor, a: Tensor, b: Tensor, activation: str, gate_multiplier: float, down_multiplier: float
@@ -414,9 +409,12 @@ def gated_backward_store_c(
     return _gated_backward(dc, a, b, activation, gate_multiplier, down_multiplier, True)
 
 
-@gated_backward_store_c.register_fake
-def _(dc, a, b, activation, gate_multiplier, down_multiplier):
+def _gated_grads_fake(dc, a, b, activation, gate_multiplier, down_multiplier):
     return a.new_empty(a.shape), b.new_empty(b.shape)
+
+
+gated_backward_op.register_fake(_gated_grads_fake)
+gated_backward_store_c.register_fake(_gated_grads_fake)
 
 
 def _gated_setup(ctx, inputs, output):
