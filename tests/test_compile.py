@@ -16,7 +16,7 @@ from liger_kernel.transformers import (
     LigerRMSNorm,
     LigerSwiGLUMLP,
 )
-from liger_kernel.transformers.functional import liger_geglu, liger_rope, liger_swiglu
+from liger_kernel.transformers.functional import liger_geglu, liger_relu_squared, liger_rope, liger_swiglu
 from liger_kernel.transformers.rms_norm import LigerRMSNormForGemma
 
 pytestmark = pytest.mark.skipif(not library.ENABLED, reason="torch without torch.library.custom_op")
@@ -60,6 +60,7 @@ def cases():
         **{name: (lambda x, m=m: (m(x) * x.detach().cos()).sum()) for name, m in modules.items()},
         "swiglu": lambda x: (liger_swiglu(x, x.flip(1)) * x.detach()).sum(),
         "geglu": lambda x: (liger_geglu(x, x.flip(1)) * x.detach()).sum(),
+        "relu_squared": lambda x: (liger_relu_squared(x) * x.detach()).sum(),
         "rope": _rope_sum,
         "cross_entropy": lambda x: LigerCrossEntropyLoss(lse_square_scale=0.01)(x @ lm_head.T, target),
         "fused_linear_cross_entropy": lambda x: LigerFusedLinearCrossEntropyLoss(label_smoothing=0.1)(
@@ -125,6 +126,8 @@ def opcheck_cases():
         ),
         "swiglu": (library.gated, (a, a2, "silu", 0.5, 2.0)),
         "geglu": (library.gated, (a, a2, "gelu_tanh", 1.0, 1.0)),
+        "relu_squared": (library.relu_squared, (a,)),
+        "relu_squared_backward": (library.relu_squared_backward_op, (a2.detach(), a.detach())),
         "gated_backward": (library.gated_backward_op, (*plain, "silu", 1.0, 1.0)),
         "gated_backward_store_c": (library.gated_backward_store_c, (*plain, "gelu_tanh", 1.0, 1.0)),
         "cross_entropy": (library.cross_entropy, (logits, target, None, *ce_options, True)),

@@ -47,6 +47,7 @@ from liger_kernel.ops.fused_linear_cross_entropy import (
 from liger_kernel.ops.geglu import geglu_reference
 from liger_kernel.ops.layer_norm import layer_norm_reference
 from liger_kernel.ops.norms import CASTING_MODES, GEMMA, check_norm_inputs, kernel_backward, kernel_forward
+from liger_kernel.ops.relu_squared import relu_squared_backward, relu_squared_forward
 from liger_kernel.ops.rms_norm import casting_mode_name, rms_norm_reference
 from liger_kernel.ops.rope import (
     _dense_strides,
@@ -65,6 +66,7 @@ from liger_kernel.ops.swiglu import (
     gated_forward,
     swiglu_reference,
 )
+from liger_kernel.ops.utils import check_float
 from liger_kernel.utils import use_triton
 
 # Dynamo reads it as True while it traces; eagerly a bare "return False" (~0.1 us; ``is_compiling()`` costs
@@ -356,7 +358,7 @@ def _rope_twin(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=No
     return rope(q, k, cos.detach(), sin.detach(), unsqueeze_dim, rotary_dim)
 
 
-# ----------------------------------------------------------------------------- SwiGLU, GeGLU, gated MLP
+# ----------------------------------------------------------------------------- SwiGLU, GeGLU, gated MLP, ReLU^2
 
 
 def _gated_reference(activation, gate_multiplier, down_multiplier):
@@ -490,6 +492,43 @@ def _gated_mlp_twin(
     _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation)
     weights = (gate_weight, up_weight, down_weight)
     return CompiledGatedMLP.apply(x, *weights, activation, *_multipliers(gate_multiplier, down_multiplier))
+
+
+@_custom_op("relu_squared")
+def relu_squared(X: Tensor) -> Tensor:
+    """``relu(X) ** 2``, contiguous."""
+    return relu_squared_forward(X).contiguous()
+
+
+@relu_squared.register_fake
+def _(X):
+    return X.new_empty(X.shape)
+
+
+@_custom_op("relu_squared_backward")
+def relu_squared_backward_op(dY: Tensor, X: Tensor) -> Tensor:
+    return relu_squared_backward(X, dY).contiguous()
+
+
+@relu_squared_backward_op.register_fake
+def _(dY, X):
+    return X.new_empty(X.shape)
+
+
+def _relu_squared_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _relu_squared_backward_formula(ctx, dY):
+    return relu_squared_backward_op(dY, ctx.saved_tensors[0])
+
+
+relu_squared.register_autograd(_relu_squared_backward_formula, setup_context=_relu_squared_setup)
+
+
+def _relu_squared_twin(X):
+    check_float("X", X)
+    return relu_squared(X)
 
 
 # ----------------------------------------------------------------------------- cross-entropy
@@ -674,6 +713,7 @@ if ENABLED:
         gelu_mul=_gelu_mul_twin,
         fused_gate_up_silu_mul=_fused_gate_up_twin,
         gated_mlp=_gated_mlp_twin,
+        relu_squared=_relu_squared_twin,
         cross_entropy=_cross_entropy_twin,
         fused_linear_cross_entropy=_flce_twin,
     )

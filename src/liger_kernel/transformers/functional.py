@@ -37,7 +37,7 @@ def liger_geglu(a, b):
 
 def liger_relu_squared(x):
     """``relu(x) ** 2`` elementwise (Nemotron's MLP activation)."""
-    return LigerReLUSquaredFunction.apply(x)
+    return apply_of(LigerReLUSquaredFunction, "relu_squared")(x)
 
 
 def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
