@@ -70,9 +70,14 @@ def cases():
 
 
 def _no_graph_breaks(fn, *args):
+    """One graph, no break, and our ops in it (code Dynamo skips, as a ``torch.compiler.disable``d
+    call, is no break to ``explain``, and leaves no op in the graph)."""
     torch._dynamo.reset()
     explained = torch._dynamo.explain(fn)(*args)
     assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+    graphs = [m.graph for m in explained.graphs[0].modules() if isinstance(m, torch.fx.GraphModule)]
+    assert any("torch.ops.liger." in str(graph) for graph in graphs)  # subgraphs: traced autograd.Functions
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
