@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(not library.ENABLED, reason="torch without torch
 H, V = 48, 101
 # Inductor on a GPU; on the CPU, AOT autograd without code generation (the graphs are the same).
 BACKEND = "inductor" if DEVICE == "cuda" else "aot_eager"
+# Inductor's generated code sums and fuses in its own order: fp32 results agree to rounding.
+TOLERANCE = dict(rtol=1e-4, atol=1e-5) if BACKEND == "inductor" else {}
 
 
 class Config:
@@ -91,8 +93,8 @@ def test_op_under_compile_matches_eager(name, dynamic):
     torch._dynamo.reset()
     compiled = torch.compile(fn, backend=BACKEND, fullgraph=True, dynamic=dynamic)(x)
     (compiled_grad,) = torch.autograd.grad(compiled, [x])
-    torch.testing.assert_close(compiled, eager)
-    torch.testing.assert_close(compiled_grad, eager_grad)
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    torch.testing.assert_close(compiled_grad, eager_grad, **TOLERANCE)
 
 
 def _rows(*shape, requires_grad=True, dtype=torch.float32):
@@ -215,11 +217,11 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
     torch._dynamo.reset()
     compiled = torch.compile(step, backend=BACKEND, fullgraph=True, dynamic=dynamic)(ids)
     compiled.backward()
-    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
     compiled_grads = _grads(model)
     assert compiled_grads.keys() == eager_grads.keys()
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, msg=name)
+        torch.testing.assert_close(compiled_grads[name], grad, msg=name, **TOLERANCE)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="~30 s a family under Triton's interpreter: run on the GPU")
@@ -240,4 +242,4 @@ def test_loss_under_compile_and_no_grad():
         eager = fn(x)
         compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)(x)
     assert not compiled.requires_grad
-    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
