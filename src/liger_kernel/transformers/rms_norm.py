@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction, casting_mode_name
+from liger_kernel.transformers.tensor_parallel import is_dtensor, norm_on_local_tensors
 
 INIT_FNS = ("ones", "zeros")
 
@@ -56,9 +57,7 @@ class LigerRMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, hidden_states):
-        return apply_of(LigerRMSNormFunction, "rms_norm")(
-            hidden_states,
-            self.weight,
+        options = (
             self.variance_epsilon,
             self.offset,
             self.casting_mode,
@@ -66,6 +65,9 @@ class LigerRMSNorm(nn.Module):
             self.row_mode,
             self.grad_output_unshared,
         )
+        if is_dtensor(hidden_states) or is_dtensor(self.weight):  # tensor parallel
+            return norm_on_local_tensors(LigerRMSNormFunction.apply, hidden_states, (self.weight,), *options)
+        return apply_of(LigerRMSNormFunction, "rms_norm")(hidden_states, self.weight, *options)
 
     def extra_repr(self):
         return (
