@@ -172,7 +172,9 @@ def markdown(rows, meta) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU (aot_eager backend)")
-    ap.add_argument("--rows", help="comma-separated CASE:VARIANT subset (default: all, in order)")
+    ap.add_argument(
+        "--rows", help="comma-separated CASE:VARIANT subset (default: all, in order), added to the results file's rows"
+    )
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --smoke)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; 1 with --smoke)")
     ap.add_argument("--whole", action="store_true", help="compile the whole model, not layer by layer")
@@ -201,6 +203,12 @@ def main():
         command="python benchmarks/bench_compile.py " + " ".join(sys.argv[1:]),
     )
     rows = []
+    if args.rows and out and (Path(out) / "compile.json").exists():  # a later run adds to (or redoes) rows
+        rows = [
+            r
+            for r in json.loads((Path(out) / "compile.json").read_text())["rows"]
+            if (r["case"], r["variant"]) not in rows_wanted
+        ]
     for case, variant in rows_wanted:
         r = run_one(case, variant, args.smoke, warmup, steps, args.whole, args.timeout_s)
         rows.append(r)
