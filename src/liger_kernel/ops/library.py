@@ -2,10 +2,10 @@
 model without a graph break: each op has a fake (meta) implementation that gives its outputs'
 shapes, dtypes and strides, and a registered autograd formula whose backward is a custom op too.
 
-The eager path is untouched: modules and functionals call ``apply_of(Function)(...)``, which is the
-Function's own ``apply`` unless Dynamo is tracing (``torch.compiler.is_compiling()``); then it is the
-twin below, with the Function's signature, built on these ops. Custom-op dispatch costs tens of
-microseconds of host time per call that eager calls do not pay.
+The eager path is untouched: modules and functionals call ``apply_of(Function, op)(...)``, which is
+the Function's own ``apply`` unless Dynamo is tracing; then it is the twin below, with the
+Function's signature, built on these ops. Eager calls so pay no custom-op dispatch (Python, per
+call) and keep the Functions' buffer reuse.
 
 Each op's implementation is the eager op's: the Triton kernels where ``use_triton`` says so (on a
 GPU, or on a CPU under Triton's interpreter), else the PyTorch reference (backward: autograd of
@@ -83,7 +83,7 @@ class _Unregistered:
     and ``apply_of`` never routes to it."""
 
     def __init__(self, fn):
-        self.fn = fn
+        pass
 
     def register_fake(self, fn):
         return fn
