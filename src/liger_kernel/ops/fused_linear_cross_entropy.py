@@ -927,6 +927,7 @@ def fused_linear_cross_entropy_forward(
     compute_gradients=None,
     weight_requires_grad=None,
     chunk_mem_const=1,
+    loss_dtype=None,
 ):
     """Loss and gradients in one call, without autograd: ``(loss, z_loss, token_accuracy,
     predicted_tokens, grad_input, grad_weight, grad_bias)``, the gradients for an upstream
@@ -935,7 +936,8 @@ def fused_linear_cross_entropy_forward(
     weight or bias requires grad; then ``grad_input`` always, ``grad_bias`` with a bias and
     ``grad_weight`` unless ``weight_requires_grad`` is False (None: ``weight.requires_grad``, or
     True when no tensor requires grad). Scale them by a scalar upstream gradient with
-    ``fused_linear_cross_entropy_backward``. Other arguments as ``LigerFusedLinearCrossEntropyFunction``.
+    ``fused_linear_cross_entropy_backward``. Other arguments as ``LigerFusedLinearCrossEntropyFunction``
+    (``loss_dtype`` too).
     """
     check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
     opts = make_options(
@@ -952,7 +954,9 @@ def fused_linear_cross_entropy_forward(
     needs = (compute, compute and bool(weight_requires_grad), compute and bias is not None)
     with torch.no_grad():
         if mode == "torch" or not use_triton(_input) or _input.dtype == torch.float64:
-            return reference_with_grads(_input, weight, target, bias, ce_weight, opts, needs, token_grad_output)
+            return reference_with_grads(
+                _input, weight, target, bias, ce_weight, opts, needs, token_grad_output, loss_dtype
+            )
         x = _input.reshape(-1, _input.shape[-1]).contiguous()
         tensors = (x, weight.contiguous(), target, None if bias is None else bias.contiguous())
         g = None if token_grad_output is None else token_grad_output.reshape(-1).to(torch.float32)
@@ -976,14 +980,14 @@ def fused_linear_cross_entropy_forward(
             )  # fmt: skip
         grad_x, grad_w, grad_b = grads
         grad_x = None if grad_x is None else grad_x.view(_input.shape)
-        return *in_input_dtype(outputs, _input.dtype), grad_x, grad_w, grad_b
+        return *in_input_dtype(outputs, loss_dtype or _input.dtype), grad_x, grad_w, grad_b
 
 
-def reference_with_grads(_input, weight, target, bias, ce_weight, opts, needs, token_grad_output):
+def reference_with_grads(_input, weight, target, bias, ce_weight, opts, needs, token_grad_output, loss_dtype=None):
     """``fused_linear_cross_entropy_forward`` through the reference and autograd."""
     leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip((_input, weight, bias), needs)]
     with torch.enable_grad():
-        outputs = fused_linear_cross_entropy_core(leaves[0], leaves[1], target, leaves[2], ce_weight, opts)
+        outputs = fused_linear_cross_entropy_core(leaves[0], leaves[1], target, leaves[2], ce_weight, opts, loss_dtype)
     loss = outputs[0]
     wanted = [t for t in leaves if t is not None and t.requires_grad]
     grads = [None, None, None]

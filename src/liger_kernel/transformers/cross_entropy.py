@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.cross_entropy import CEOptions, LigerCrossEntropyFunction
+from liger_kernel.ops.library import apply_of
 
 
 @dataclass
@@ -42,8 +43,9 @@ def keep_options(module: nn.Module, **options) -> None:
 
 def apply_options(function, module: nn.Module, *tensors):
     """A loss module's ``forward``: ``function`` on the tensors and the module's current options,
-    packed by ``pack_outputs``."""
-    outputs = function.apply(*tensors, *(getattr(module, name) for name in module._option_names))
+    packed by ``pack_outputs``; under ``torch.compile``, the module's ``compiled_op`` instead."""
+    options = (getattr(module, name) for name in module._option_names)
+    outputs = apply_of(function, module.compiled_op)(*tensors, *options)
     return pack_outputs(outputs, module.return_z_loss, module.return_token_accuracy, module.return_predicted_tokens)
 
 
@@ -60,6 +62,8 @@ class LigerCrossEntropyLoss(nn.Module):
     ``logits.clone()`` to keep them), except logits owned by a leaf tensor or parameter, which are
     never written.
     """
+
+    compiled_op = "cross_entropy"  # what ``torch.compile`` runs instead (``ops/library.py``)
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from liger_kernel.ops.jsd import LigerJSDFunction
 from liger_kernel.ops.kl_div import LigerKLDivLossFunction
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction
 from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction
 from liger_kernel.ops.rope import LigerRopeFunction
@@ -26,22 +27,22 @@ from liger_kernel.transformers.tensor_parallel import (  # noqa: F401  the peer'
 
 def liger_swiglu(a, b):
     """``silu(a) * b`` for tensors of one shape."""
-    return LigerSiLUMulFunction.apply(a, b)
+    return apply_of(LigerSiLUMulFunction, "silu_mul")(a, b)
 
 
 def liger_rope(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
     """RoPE of q [B, Hq, T, D] and k [B, Hk, T, D] in HF's rotate_half layout; ``(q_embed, k_embed)``."""
-    return LigerRopeFunction.apply(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
+    return apply_of(LigerRopeFunction, "rope")(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
 
 
 def liger_geglu(a, b):
     """``gelu_tanh(a) * b`` for tensors of one shape."""
-    return LigerGELUMulFunction.apply(a, b)
+    return apply_of(LigerGELUMulFunction, "gelu_mul")(a, b)
 
 
 def liger_relu_squared(x):
     """``relu(x) ** 2`` elementwise (Nemotron's MLP activation)."""
-    return LigerReLUSquaredFunction.apply(x)
+    return apply_of(LigerReLUSquaredFunction, "relu_squared")(x)
 
 
 def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
@@ -49,12 +50,12 @@ def liger_rms_norm(X, W, eps, offset=0.0, casting_mode="llama", in_place=True):
     The backward never writes into the incoming gradient here, whatever ``in_place`` says: a
     caller sure that nothing else reads it passes ``grad_output_unshared=True`` to
     ``LigerRMSNormFunction`` / ``LigerRMSNorm`` instead."""
-    return LigerRMSNormFunction.apply(X, W, eps, offset, casting_mode, in_place)
+    return apply_of(LigerRMSNormFunction, "rms_norm")(X, W, eps, offset, casting_mode, in_place)
 
 
 def liger_layer_norm(X, W, B, eps):
     """LayerNorm of X [..., H] with weight W [H] and bias B [H] (or None)."""
-    return LigerLayerNormFunction.apply(X, W, B, eps)
+    return apply_of(LigerLayerNormFunction, "layer_norm")(X, W, B, eps)
 
 
 def liger_cross_entropy(
@@ -79,7 +80,7 @@ def liger_cross_entropy(
     ``LigerCrossEntropyFunction``)."""
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
-    outputs = LigerCrossEntropyFunction.apply(
+    outputs = apply_of(LigerCrossEntropyFunction, "cross_entropy")(
         input,
         target,
         weight,
@@ -124,7 +125,7 @@ def liger_fused_linear_cross_entropy(
     ``F.cross_entropy(F.linear(...))``), computed in fp32 and cast once (the patched models ask for
     ``torch.float32``, the loss Hugging Face's upcast logits give). See
     ``LigerFusedLinearCrossEntropyFunction``."""
-    outputs = LigerFusedLinearCrossEntropyFunction.apply(
+    outputs = apply_of(LigerFusedLinearCrossEntropyFunction, "fused_linear_cross_entropy")(
         input,
         weight,
         target,

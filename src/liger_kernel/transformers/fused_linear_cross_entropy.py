@@ -18,6 +18,8 @@ class LigerFusedLinearCrossEntropyLoss(nn.Module):
     ``forward``: the weight comes first.
     """
 
+    compiled_op = "fused_linear_cross_entropy"  # what ``torch.compile`` runs instead (``ops/library.py``)
+
     def __init__(
         self,
         ce_weight=None,

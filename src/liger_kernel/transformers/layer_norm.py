@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction, layer_norm_reference
+from liger_kernel.ops.library import apply_of
 from liger_kernel.transformers.tensor_parallel import is_dtensor, norm_on_local_tensors
 
 INIT_FNS = ("ones", "zeros")
@@ -57,7 +58,7 @@ class LigerLayerNorm(nn.Module):
             return norm_on_local_tensors(
                 LigerLayerNormFunction.apply, hidden_states, (self.weight, self.bias), self.eps
             )
-        return LigerLayerNormFunction.apply(hidden_states, self.weight, self.bias, self.eps)
+        return apply_of(LigerLayerNormFunction, "layer_norm")(hidden_states, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.hidden_size}, eps={self.eps}" + (f", impl={self.impl!r}" if self.impl else "")

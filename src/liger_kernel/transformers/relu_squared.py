@@ -2,6 +2,7 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.relu_squared import LigerReLUSquaredFunction
 
 
@@ -9,4 +10,4 @@ class LigerReLUSquared(nn.Module):
     """``relu(x) ** 2`` elementwise: ``(x [...]) -> same shape``."""
 
     def forward(self, x):
-        return LigerReLUSquaredFunction.apply(x)
+        return apply_of(LigerReLUSquaredFunction, "relu_squared")(x)

@@ -5,6 +5,7 @@ subclasses, which only change the constructor's defaults to each family's numeri
 import torch
 import torch.nn as nn
 
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction, casting_mode_name
 from liger_kernel.transformers.tensor_parallel import is_dtensor, norm_on_local_tensors
 
@@ -66,7 +67,7 @@ class LigerRMSNorm(nn.Module):
         )
         if is_dtensor(hidden_states) or is_dtensor(self.weight):  # tensor parallel
             return norm_on_local_tensors(LigerRMSNormFunction.apply, hidden_states, (self.weight,), *options)
-        return LigerRMSNormFunction.apply(hidden_states, self.weight, *options)
+        return apply_of(LigerRMSNormFunction, "rms_norm")(hidden_states, self.weight, *options)
 
     def extra_repr(self):
         return (

@@ -2,6 +2,7 @@
 
 import torch
 
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.rope import LigerRopeFunction
 
 
@@ -14,7 +15,7 @@ def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rot
     compatibility and ignored, as in HF: cos/sin are already gathered per position.
     Returns ``(q_embed, k_embed)`` in q's and k's shapes, dtype and memory layout.
     """
-    return LigerRopeFunction.apply(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
+    return apply_of(LigerRopeFunction, "rope")(q, k, cos, sin, position_ids, unsqueeze_dim, rotary_dim)
 
 
 def liger_rotary_pos_emb_gpt_oss(q, k, cos, sin):
@@ -22,7 +23,7 @@ def liger_rotary_pos_emb_gpt_oss(q, k, cos, sin):
     [B, T, D/2] (one angle per pair, not duplicated), ``out = (x1 * cos - x2 * sin, x2 * cos + x1 *
     sin)`` for the halves x1, x2 of each head: the rotate_half rotation with cos and sin repeated
     over both halves, which is how our kernel gets them (a [B, T, D] copy, small beside q)."""
-    return LigerRopeFunction.apply(q, k, torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1))
+    return apply_of(LigerRopeFunction, "rope")(q, k, torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1))
 
 
 def liger_rotary_pos_emb_vision(q, k, cos, sin):
@@ -30,5 +31,5 @@ def liger_rotary_pos_emb_vision(q, k, cos, sin):
     [S, H, D] (patches, heads, features), cos, sin [S, D] in rotate_half layout; the result in
     q's and k's dtypes. HF computes in fp32 and rounds once, as the kernel does (cos and sin
     enter in their own dtype); on the PyTorch path cos and sin are first cast to q's dtype."""
-    q_embed, k_embed = LigerRopeFunction.apply(q.unsqueeze(0), k.unsqueeze(0), cos, sin, None, 2)
+    q_embed, k_embed = apply_of(LigerRopeFunction, "rope")(q.unsqueeze(0), k.unsqueeze(0), cos, sin, None, 2)
     return q_embed.squeeze(0), k_embed.squeeze(0)

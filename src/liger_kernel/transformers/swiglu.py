@@ -6,6 +6,7 @@ import torch.nn.modules.module as module_globals
 
 from liger_kernel.ops.fused_moe import LigerFusedMoEFunction
 from liger_kernel.ops.geglu import LigerGELUMulFunction
+from liger_kernel.ops.library import apply_of, is_compiling
 from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction, LigerGatedMLPFunction, LigerSiLUMulFunction
 from liger_kernel.utils import use_triton
 
@@ -27,9 +28,14 @@ def fusable(x: torch.Tensor, *projections: nn.Module) -> bool:
 
     Only plain bias-free ``nn.Linear`` modules with plain weights of ``x``'s dtype and no hooks
     (PEFT's LoRA layers, quantized or parametrized Linears, ZeRO-3/offload hooks all take the
-    unfused path, which calls the modules). Autocast and the PyTorch reference impl do too.
+    unfused path, which calls the modules). Autocast and the PyTorch reference impl do too, except
+    under ``torch.compile``, where the fused MLP's ops pick the reference themselves.
     """
-    if not use_triton(x) or torch.is_autocast_enabled(x.device.type) or _has_hooks(module_globals, "_global"):
+    if (
+        not (is_compiling() or use_triton(x))
+        or torch.is_autocast_enabled(x.device.type)
+        or _has_hooks(module_globals, "_global")
+    ):
         return False
     return all(
         type(p) is nn.Linear
@@ -50,14 +56,14 @@ def gated_mlp(x, gate, up, down, activation="silu", gate_multiplier=1.0, down_mu
     bias, which ``down_multiplier`` scales too."""
     if fusable(x, gate, up, down):
         weights = (gate.weight, up.weight, down.weight)
-        return LigerGatedMLPFunction.apply(x, *weights, activation, gate_multiplier, down_multiplier)
+        return apply_of(LigerGatedMLPFunction, "gated_mlp")(x, *weights, activation, gate_multiplier, down_multiplier)
     a, b = gate(x), up(x)
     if activation == "silu" and getattr(down, "bias", None) is None:
-        return down(LigerSiLUMulFunction.apply(a, b, gate_multiplier, down_multiplier))
+        return down(apply_of(LigerSiLUMulFunction, "silu_mul")(a, b, gate_multiplier, down_multiplier))
     if activation == "silu":
-        h = LigerSiLUMulFunction.apply(a, b, gate_multiplier)
+        h = apply_of(LigerSiLUMulFunction, "silu_mul")(a, b, gate_multiplier)
     else:
-        h = LigerGELUMulFunction.apply(a if gate_multiplier == 1.0 else a * gate_multiplier, b)
+        h = apply_of(LigerGELUMulFunction, "gelu_mul")(a if gate_multiplier == 1.0 else a * gate_multiplier, b)
     y = down(h)
     return y if down_multiplier == 1.0 else y * down_multiplier
 
@@ -163,9 +169,13 @@ class LigerPhi3SwiGLUMLP(nn.Module):
 
     def forward(self, x):
         if fusable(x, self.gate_up_proj, self.down_proj):
-            return LigerGatedMLPFunction.apply(x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu")
+            return apply_of(LigerGatedMLPFunction, "gated_mlp")(
+                x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu"
+            )
         # The projection's output is read by nothing else: its buffer takes the gradient.
-        return self.down_proj(LigerFusedGateUpSiLUMulFunction.apply(self.gate_up_proj(x), None))
+        return self.down_proj(
+            apply_of(LigerFusedGateUpSiLUMulFunction, "fused_gate_up_silu_mul")(self.gate_up_proj(x), None)
+        )
 
 
 # ----------------------------------------------------------------------------- mixture-of-experts experts

@@ -1,0 +1,228 @@
+"""Training under ``torch.compile``: tokens/s and peak memory, stock vs ours, compiled vs eager, and
+which of our ops to leave to Inductor under compile.
+
+    python benchmarks/bench_compile.py                       # GPU: every row (about 5-6 min on an H200)
+    python benchmarks/bench_compile.py --rows llama-1b-8x2048:hf-compile,llama-1b-8x2048:ours-compile
+    python benchmarks/bench_compile.py --smoke               # CPU: tiny models, checks the pipeline
+
+The cases (shapes, batch, sequence) and the patch are ``benchmarks/e2e.py``'s, as are the training
+step (bf16 weights, fused AdamW, sdpa, labels = inputs) and the one-process-per-row isolation.
+Variants: ``hf-compile`` (stock transformers compiled), ``ours-eager``, ``ours-compile``, and
+``ours-compile-no-<op>``: our patch without that op (the stock module or function, compiled by
+Inductor with what surrounds it). Compilation is regional: each decoder layer is compiled
+(``fullgraph=True``), the embedding, final norm and loss run as they are (for ours, the fused
+linear cross-entropy; for stock, ``lm_head`` and the cross-entropy on upcast logits): identical
+layers share one compiled graph, which keeps compile time per row to tens of seconds. ``--whole``
+compiles the whole model instead. Warm-up steps (compile, autotune) are untimed.
+
+Writes ``benchmarks/results/<gpu>/compile.json`` and ``compile.md`` after every row (a time limit
+keeps what finished).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import e2e  # noqa: E402
+
+RESULT = "@@COMPILE "
+# The ops a variant may leave to Inductor: the patch function's flag for each.
+OP_FLAGS = {"rope": "rope", "swiglu": "swiglu", "geglu": "geglu", "rms_norm": "rms_norm"}
+# (case, variant) in run order: the headline rows first, per-op choices last.
+ROWS = [
+    ("llama-1b-8x2048", "hf-compile"),
+    ("llama-1b-8x2048", "ours-compile"),
+    ("llama-1b-8x2048", "ours-eager"),
+    ("llama-1b-8x2048", "ours-compile-no-rope"),
+    ("llama-1b-8x2048", "ours-compile-no-swiglu"),
+    ("qwen2.5-1.5b-4x2048", "hf-compile"),
+    ("qwen2.5-1.5b-4x2048", "ours-compile"),
+    ("qwen2.5-1.5b-4x2048", "ours-eager"),
+    ("gemma2-2b-2x2048", "hf-compile"),
+    ("gemma2-2b-2x2048", "ours-compile"),
+    ("gemma2-2b-2x2048", "ours-eager"),
+    ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
+]
+SMOKE_ROWS = [(c, v) for c in ("llama-tiny", "gemma2-tiny") for v in ("hf-compile", "ours-compile", "ours-eager")]
+SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope")]
+
+
+def _patch(family, variant):
+    import liger_kernel.transformers as lkt
+
+    skipped = variant.removeprefix("ours-compile-no-") if "-no-" in variant else None
+    flags = {OP_FLAGS[skipped]: False} if skipped else {}
+    getattr(lkt, f"apply_liger_kernel_to_{family}")(**flags)
+
+
+def worker(case, variant, smoke, warmup, steps, whole):
+    import torch
+    import transformers
+
+    family, _, shape, batch, seq = (e2e.SMOKE_CASES if smoke else e2e.CASES)[case]
+    device = "cpu" if smoke else "cuda"
+    if variant != "hf-compile":
+        _patch(family, variant)
+    out = {"case": case, "variant": variant, "versions": e2e._versions(), "whole": whole}
+    config = getattr(transformers, e2e.CONFIG_CLASS[family])(**shape)
+    model_cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    attn = "sdpa" if getattr(model_cls, "_supports_sdpa", True) else "eager"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+    model.to(torch.bfloat16).train()
+    forward = model
+    if variant.endswith("compile") or "compile-no-" in variant:
+        backend = "aot_eager" if smoke else "inductor"
+        if whole:
+            forward = torch.compile(model, backend=backend)
+        else:
+            for layer in model.model.layers:
+                layer.compile(backend=backend, fullgraph=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
+    gen = torch.Generator(device).manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (warmup + steps, batch, seq), device=device, generator=gen)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    losses = []
+    t_start = time.perf_counter()
+    try:
+        for i in range(warmup + steps):
+            if i == warmup:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out["warmup_s"] = round(t0 - t_start, 1)
+            loss = forward(input_ids=ids[i], labels=ids[i]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    except torch.cuda.OutOfMemoryError:
+        out.update(status="out of memory", peak_gib=torch.cuda.max_memory_allocated() / 2**30)
+        return out
+    out.update(
+        status="ok",
+        tokens_per_s=batch * seq * steps / elapsed,
+        step_ms=1000 * elapsed / steps,
+        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
+        losses=[float(x) for x in losses],
+    )
+    return out
+
+
+def run_one(case, variant, smoke, warmup, steps, whole, timeout_s):
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case, variant, f"--warmup={warmup}"]
+    cmd += [f"--steps={steps}"] + (["--smoke"] if smoke else []) + (["--whole"] if whole else [])
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, env=e2e._env("ours"), capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc = None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)] if proc else []
+    if proc is None:
+        r = {"case": case, "variant": variant, "status": "error", "error": f"timed out after {timeout_s} s"}
+    elif lines:
+        r = json.loads(lines[-1][len(RESULT) :])
+    else:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-8:]
+        r = {"case": case, "variant": variant, "status": "error", "error": tail[-1][:300] if tail else "no output"}
+        r["stderr_tail"] = "\n".join(tail)[-1500:]
+    r["wall_s"] = round(time.time() - t0, 1)
+    return r
+
+
+def _ratio(tps, base) -> str:
+    return "-" if base is None else f"{tps / base['tokens_per_s']:.2f}x"
+
+
+def markdown(rows, meta) -> str:
+    """One table per case: tokens/s, vs stock compiled, vs ours eager, peak memory."""
+    lines = [
+        f"{meta['gpu']}, {meta['date']}; torch {meta.get('torch')}, transformers {meta.get('transformers')}; "
+        f"{meta['warmup']} warm-up + {meta['steps']} timed steps; bf16, fused AdamW, "
+        + ("whole-model compile." if meta["whole"] else "each decoder layer compiled (fullgraph).")
+    ]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        ok = {r["variant"]: r for r in mine if r["status"] == "ok"}
+        lines += ["", f"**{case}**", "", "| variant | tokens/s | vs stock compiled | vs ours eager | peak memory |"]
+        lines.append("|---|---:|---:|---:|---:|")
+        for r in mine:
+            if r["status"] != "ok":
+                lines.append(f"| {r['variant']} | {r['status']}: {r.get('error', '')[:80]} | | | |")
+                continue
+            tps = r["tokens_per_s"]
+            stock, eager = (_ratio(tps, ok.get(v)) for v in ("hf-compile", "ours-eager"))
+            peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f} GiB"
+            lines.append(f"| {r['variant']} | {tps:,.0f} | {stock} | {eager} | {peak} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU (aot_eager backend)")
+    ap.add_argument(
+        "--rows", help="comma-separated CASE:VARIANT subset (default: all, in order), added to the results file's rows"
+    )
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --smoke)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; 1 with --smoke)")
+    ap.add_argument("--whole", action="store_true", help="compile the whole model, not layer by layer")
+    ap.add_argument("--timeout-s", type=int, default=150, help="per row (its own process)")
+    ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>; nothing with --smoke)")
+    ap.add_argument("--worker", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
+    steps = args.steps if args.steps is not None else (1 if args.smoke else 5)
+    if args.worker:
+        print(RESULT + json.dumps(worker(*args.worker, args.smoke, warmup, steps, args.whole)), flush=True)
+        return
+    rows_wanted = [tuple(r.split(":")) for r in args.rows.split(",")] if args.rows else None
+    rows_wanted = rows_wanted or (SMOKE_ROWS if args.smoke else ROWS)
+    out = args.out
+    if out is None and not args.smoke:
+        from run import _gpu_slug
+
+        out = str(HERE / "results" / _gpu_slug("cuda"))
+    meta = dict(
+        gpu="cpu" if args.smoke else e2e._gpu_name(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        warmup=warmup,
+        steps=steps,
+        whole=args.whole,
+        command="python benchmarks/bench_compile.py " + " ".join(sys.argv[1:]),
+    )
+    rows = []
+    if args.rows and out and (Path(out) / "compile.json").exists():  # a later run adds to (or redoes) rows
+        rows = [
+            r
+            for r in json.loads((Path(out) / "compile.json").read_text())["rows"]
+            if (r["case"], r["variant"]) not in rows_wanted
+        ]
+    for case, variant in rows_wanted:
+        r = run_one(case, variant, args.smoke, warmup, steps, args.whole, args.timeout_s)
+        rows.append(r)
+        meta.update({k: v for k, v in r.get("versions", {}).items() if k in ("torch", "transformers")})
+        what = (
+            f"{r['tokens_per_s']:>10,.0f} tokens/s" if r["status"] == "ok" else r["status"] + " " + r.get("error", "")
+        )
+        print(f"  {case:<22} {variant:<26} {what} (warm-up {r.get('warmup_s', '-')} s, {r['wall_s']} s)", flush=True)
+        if out:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            (Path(out) / "compile.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+            (Path(out) / "compile.md").write_text("# Training under torch.compile\n\n" + markdown(rows, meta) + "\n")
+    print("\n" + markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
