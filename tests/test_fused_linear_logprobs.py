@@ -163,8 +163,8 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     """The one-pass engine's memory on a DPO-like chunking (one pair a chunk, given as the chosen
     and rejected slices), bf16, no temperature: the fp32 weight-gradient accumulator (two halves,
     rounded in place: no rounded copy), one pair's logits in bf16 (fp32 with the flag off), the
-    input gradient and each pair's input rows in turn, nothing else (before: fp32 logits, and the rounded
-    weight gradient allocated beside the accumulator and the still-referenced logits)."""
+    input gradient, nothing else (before: fp32 logits, the rounded weight gradient allocated beside the
+    accumulator and the still-referenced logits, and a gathered copy of each pair's input rows)."""
     monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits, raising=False)
     n_pairs, seq, h, v = 2, 16, 64, 1000
     x, w, _, y = make_inputs(2 * n_pairs * seq, h, v, torch.bfloat16)
@@ -176,7 +176,7 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     with NewBuffers(threshold=h * seq * 2) as mode:
         loss, _, gx, gw, _ = fused_linear_logprobs_loss(x, w, y, None, chunks, loss_fn)
     logits = 2 * seq * v * (2 if input_dtype_logits else 4)
-    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2] + [2 * seq * h * 2] * n_pairs  # x rows a pair
+    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2]  # no copy of a pair's input rows
     assert sorted(mode.sizes) == sorted(expected)
     assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v // 2 * h * 4  # the first half's memory
 

@@ -286,6 +286,18 @@ def _rows(chunk, device):
     return chunk, None
 
 
+def _pieces(x, rows, segments):
+    """``(start, end, x rows)`` of a chunk: a view of ``x`` per segment, or the gathered rows."""
+    if segments is None:
+        return [(0, len(rows), x[rows])]
+    out, start = [], 0
+    for seg in segments:
+        end = start + seg.stop - seg.start
+        out.append((start, end, x[seg]))
+        start = end
+    return out
+
+
 def _count(chunk):
     if isinstance(chunk, (list, tuple)):
         return sum(s.stop - s.start for s in chunk)
@@ -328,8 +340,12 @@ def fused_linear_logprobs_loss(
         if n == 0:
             continue
         rows, segments = _rows(chunk, x.device)
-        x_c = x[rows]
-        z = _logits(x_c, weight, bias, temperature, flat_view(buf, n, n_vocab))
+        z = flat_view(buf, n, n_vocab)
+        # Each segment's rows are a view of ``x``: no gathered copy of a pair's inputs (16 MiB at
+        # 2 x 1024 tokens, H=4096, bf16); an index tensor's rows are gathered once.
+        pieces = _pieces(x, rows, segments)
+        for start, end, x_rows in pieces:
+            _logits(x_rows, weight, bias, temperature, z[start:end])
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
         z_label = torch.empty_like(lse)
         _row_stats(z, y_safe[rows], lse, z_label)
@@ -346,19 +362,17 @@ def fused_linear_logprobs_loss(
         coef = torch.where(label_c >= 0, grad_logp * (-1.0 / temperature), 0.0)
         g = dlogits_in_place(z, x.dtype, 0, RowTerms(lse, label_c, coef, coef, coef), None, _PLAIN)
         if need_x and segments is not None:  # written in place, segment by segment
-            start = 0
-            for seg in segments:
-                end = start + seg.stop - seg.start
+            for (start, end, _), seg in zip(pieces, segments):
                 torch.mm(g[start:end], weight, out=grad_x[seg])
-                start = end
         elif need_x:
             grad_x[rows] = torch.mm(g, weight)
-        if need_w:
-            grad_w.add(g, x_c, first)
+        for start, end, x_rows in pieces if need_w else ():
+            grad_w.add(g[start:end], x_rows, first)
+            first = False
         if need_b:
             grad_b32 += g.sum(0, dtype=torch.float32)
         first = False
-    buf = z = g = x_c = None  # the chunk's logits are freed before the weight gradient is rounded
+    buf = z = g = pieces = None  # the chunk's logits are freed before the weight gradient is rounded
     raise_if_bad_labels(bad, n_vocab, ignore_index)
     if need_w and first:
         grad_w.zero()
