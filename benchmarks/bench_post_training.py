@@ -411,6 +411,15 @@ def liger085_jsd(i):
     return ours_jsd(i)  # the peer's module of the same name, in its own process
 
 
+DISTILL = "liger_kernel.chunked_loss.fused_linear_distillation"
+# 512-row sub-chunks (GEMMs of M=512 for the logits): 256 MiB more
+variant("jsd", "ours-L512", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20)})
+# 4096-token blocks: half the weight-gradient accumulator's traffic, 525 MB more
+variant("jsd", "ours-K4096", ours_jsd, {DISTILL: dict(MIN_BLOCK_TOKENS=4096)})
+# both
+variant("jsd", "ours-L512K4096", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20, MIN_BLOCK_TOKENS=4096)})
+
+
 compiled("grpo", plain_grpo)
 compiled("dpo", plain_dpo)
 compiled("jsd", plain_jsd)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU run for the post-training helper (session 7, issue 12): the post-training tests at their GPU
 # sizes, then benchmarks/bench_post_training.py (DPO, GRPO, JSD distillation: ours, plain,
-# torch.compile, Liger 0.8.5 in its own process; then ours with every DPO and GRPO loss type).
+# torch.compile, Liger 0.8.5 in its own process; JSD also with three block settings of ours, to
+# find the one that reaches 75% of the floor; then ours with every DPO and GRPO loss type).
 # Logs under $OUT/post/, results under benchmarks/results/h200/post_training/ (also copied to
 # $OUT/post/). Expected: ~5 minutes, at most 350 s (tests 110 s, benchmark 110 s, compile 60 s,
 # loss types 60 s; setup ~10 s).
@@ -27,7 +28,7 @@ tail -25 "$LOGS/tests.log"
 
 echo "== benchmark $(date -u +%H:%M:%S)"
 PYTHONPATH=src timeout 110 python3 benchmarks/bench_post_training.py --losses dpo,grpo,jsd \
-  --providers ours,plain,liger085 --out "$RESULTS" >"$LOGS/bench.log" 2>&1
+  --providers ours,plain,liger085,ours-L512,ours-K4096,ours-L512K4096 --out "$RESULTS" >"$LOGS/bench.log" 2>&1
 echo "exit $?"
 tail -20 "$LOGS/bench.log"
 
