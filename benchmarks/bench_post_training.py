@@ -1,9 +1,15 @@
 """Post-training losses on one GPU, side by side: forward+backward time, peak extra memory and the
 head-matmul floor, for ours, the plain PyTorch path with materialized logits (what TRL does
 without Liger), ``torch.compile`` of that path, and Liger Kernel 0.8.5 (its own process).
+Losses (issue 12's shapes): ``dpo`` (4 pairs x 1024 tokens, a reference head), ``grpo`` (8 x 1024
+tokens, dapo), ``jsd`` (distillation, 8192 tokens, student and teacher heads).
 
     bash benchmarks/setup_peers.sh                       # once: unpack .peer/liger085
-    PYTHONPATH=src python benchmarks/bench_post_training.py --out /tmp/post      # DPO and GRPO, every provider
+    PYTHONPATH=src python benchmarks/bench_post_training.py --out benchmarks/results/h200/post_training
+        # DPO, GRPO and JSD; ours, plain, compile, liger085
+    PYTHONPATH=src python benchmarks/bench_post_training.py --losses dpo,grpo --providers ours --sweep --no-errors \
+        --out benchmarks/results/h200/post_training --name loss_types.json
+        # ours with every DPO loss type (11) and GRPO loss type (8): providers "type=<loss_type>"
     PYTHONPATH=src python benchmarks/bench_post_training.py --smoke      # tiny shapes, CPU ok
 
 Liger Kernel 0.8.5 has our import name, so its provider runs in a child process of this script
@@ -196,15 +202,20 @@ variant("grpo", "ours-fp32", ours_grpo, {FLP: dict(ONE_PASS_LOGITS_IN_INPUT_DTYP
 # 2 sequences per chunk of bf16 logits: ~0.5 GB less peak memory, one accumulation more
 variant("grpo", "ours-512M", ours_grpo, {"liger_kernel.ops.fused_linear_ppo": dict(ROWS_BUDGET_BYTES=512 * 2**20)})
 provider("grpo", "plain")(plain_grpo)
-_compiled_grpo = None
 
 
-@provider("grpo", "compile")
-def compiled_grpo(i):
-    global _compiled_grpo
-    if _compiled_grpo is None:
-        _compiled_grpo = torch.compile(plain_grpo)
-    return _compiled_grpo(i)
+_compiled = {}
+
+
+def compiled(name, plain):
+    """``torch.compile`` of a plain path (compiled on first use)."""
+
+    def run(i):
+        if name not in _compiled:
+            _compiled[name] = torch.compile(plain)
+        return _compiled[name](i)
+
+    BENCHES[name].providers["compile"] = run
 
 
 @provider("grpo", "liger085")
@@ -313,6 +324,146 @@ def ours_dpo_two_passes(i):
         LigerFusedLinearPreferenceBase.one_pass = saved
 
 
+# ----------------------------------------------------------------------------- JSD distillation
+
+# Issue 12: 8192 tokens, H=4096, V=128256, bf16, a student head (trained) and a teacher head
+# (forward only), loss 0.5 CE + 0.5 JSD_beta (the module's defaults, beta=0.5).
+JSD_BETA = 0.5
+
+
+def jsd_inputs(s, device):
+    g = torch.Generator(device=device).manual_seed(0)
+    n, h, v = s["N"], s["H"], s["V"]
+    x = torch.randn(n, h, generator=g, device=device).bfloat16().requires_grad_()
+    w = (torch.randn(v, h, generator=g, device=device) * (3 / math.sqrt(h))).bfloat16().requires_grad_()
+    xt = torch.randn(n, h, generator=g, device=device).bfloat16()
+    wt = (torch.randn(v, h, generator=g, device=device) * (3 / math.sqrt(h))).bfloat16()
+    y = torch.randint(0, v, (n,), generator=g, device=device)
+    return dict(x=x, w=w, xt=xt, wt=wt, y=y)
+
+
+def generalized_jsd_loss(student_logits, teacher_logits, labels, beta):
+    """TRL 0.24.0 ``GKDTrainer.generalized_jsd_loss`` (reduction "batchmean", temperature 1)."""
+    student_log_probs = torch.log_softmax(student_logits, dim=-1)
+    teacher_log_probs = torch.log_softmax(teacher_logits, dim=-1)
+    beta = torch.tensor(beta, dtype=student_log_probs.dtype)
+    mixture_log_probs = torch.logsumexp(
+        torch.stack([student_log_probs + torch.log(1 - beta), teacher_log_probs + torch.log(beta)]), dim=0
+    )
+    kl = torch.nn.functional.kl_div
+    kl_teacher = kl(mixture_log_probs, teacher_log_probs, reduction="none", log_target=True)
+    kl_student = kl(mixture_log_probs, student_log_probs, reduction="none", log_target=True)
+    jsd = beta * kl_teacher + (1 - beta) * kl_student
+    mask = labels != -100
+    return jsd[mask].sum() / mask.sum()
+
+
+def jsd_reference(i, chunk=1024):
+    """float64 gradients of ``0.5 CE + 0.5 JSD`` (mean over tokens) in token chunks; the teacher
+    logits as its ``lm_head`` gives them (bf16), the student's exact."""
+    x64, w64 = (i[k].detach().double() for k in ("x", "w"))
+    gx, gw = torch.empty_like(x64), torch.zeros_like(w64)
+    n = x64.shape[0]
+    for s in range(0, n, chunk):
+        z = (x64[s : s + chunk] @ w64.T).requires_grad_()
+        zt = (i["xt"][s : s + chunk] @ i["wt"].T).double()
+        y = i["y"][s : s + chunk]
+        loss = (
+            torch.nn.functional.cross_entropy(z, y, reduction="sum")
+            + generalized_jsd_loss(z, zt, y, JSD_BETA) * (z.shape[0])
+        )
+        (g,) = torch.autograd.grad(loss * (0.5 / n), z)
+        gx[s : s + chunk] = g @ w64
+        gw.addmm_(g.T, x64[s : s + chunk])
+    return {"x": gx.cpu(), "w": gw.cpu()}
+
+
+BENCHES["jsd"] = Bench(
+    shape=dict(N=8192, H=4096, V=128256),
+    smoke_shape=dict(N=32, H=32, V=67),
+    inputs=jsd_inputs,
+    tokens=lambda s: s["N"],
+    flops=lambda s: 8 * s["N"] * s["H"] * s["V"],
+    grads=("x", "w"),
+    reference=jsd_reference,
+)
+
+
+@provider("jsd", "plain")
+def plain_jsd(i):
+    """What TRL's GKD trainer does without Liger: bf16 logits of both heads, its generalized JSD,
+    plus PyTorch's cross-entropy (so that both compute one loss)."""
+    z = i["x"] @ i["w"].T
+    with torch.no_grad():
+        zt = i["xt"] @ i["wt"].T
+    return 0.5 * torch.nn.functional.cross_entropy(z, i["y"]) + 0.5 * generalized_jsd_loss(z, zt, i["y"], JSD_BETA)
+
+
+@provider("jsd", "ours")
+def ours_jsd(i):
+    from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+    return LigerFusedLinearJSDLoss(beta=JSD_BETA)(i["x"], i["w"], i["xt"], i["wt"], i["y"])
+
+
+@provider("jsd", "liger085")
+def liger085_jsd(i):
+    return ours_jsd(i)  # the peer's module of the same name, in its own process
+
+
+DISTILL = "liger_kernel.chunked_loss.fused_linear_distillation"
+# 512-row sub-chunks (GEMMs of M=512 for the logits): 256 MiB more
+variant("jsd", "ours-L512", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20)})
+# 4096-token blocks: half the weight-gradient accumulator's traffic, 525 MB more
+variant("jsd", "ours-K4096", ours_jsd, {DISTILL: dict(MIN_BLOCK_TOKENS=4096)})
+# both
+variant("jsd", "ours-L512K4096", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20, MIN_BLOCK_TOKENS=4096)})
+
+
+compiled("grpo", plain_grpo)
+compiled("dpo", plain_dpo)
+compiled("jsd", plain_jsd)
+
+
+# ----------------------------------------------------------------------------- every loss type (--sweep)
+
+
+def sweep_dpo(loss_type):
+    def run(i):
+        from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+
+        module = LigerFusedLinearDPOLoss(beta=DPO_BETA, loss_type=loss_type)
+        return module(i["w"], i["x"], i["ids"], None, i["ref_x"], i["ref_w"])[0]
+
+    return run
+
+
+def sweep_grpo(loss_type):
+    def run(i):
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+
+        opts = dict(GRPO, loss_type=loss_type, max_completion_length=i["ids"].shape[1])
+        if loss_type == "cispo":
+            opts["epsilon_high"] = 5.0  # cispo caps the ratio itself: a cap above 1
+        return LigerFusedLinearGRPOLoss(**opts)(i["x"], i["w"], i["ids"], i["mask"], i["adv"], None, i["ref"])[0]
+
+    return run
+
+
+def register_sweep():
+    """Providers ``type=<loss_type>``: ours with each DPO and GRPO loss type (no error columns:
+    the float64 references are of the default types), for "each loss type within 10% of the
+    fastest of its family"."""
+    from liger_kernel.chunked_loss.dpo_loss import DPO_LOSS_TYPES
+    from liger_kernel.ops.grpo_loss import LOSS_TYPES
+
+    for t in DPO_LOSS_TYPES:
+        BENCHES["dpo"].providers[f"type={t}"] = sweep_dpo(t)
+    for t in LOSS_TYPES:
+        BENCHES["grpo"].providers[f"type={t}"] = sweep_grpo(t)
+    return [f"type={t}" for t in (*DPO_LOSS_TYPES, *LOSS_TYPES)]
+
+
 # ----------------------------------------------------------------------------- harness
 
 
@@ -376,7 +527,7 @@ def measure(name, providers, shape, device, errors):
                 row["peak_extra_GB"] = round((torch.cuda.max_memory_allocated() - base) / 1e9, 3)
             row["loss_value"] = float(loss.detach())
             row["grad_norms"] = {k: float(inputs[k].grad.float().norm()) for k in bench.grads}
-            if reference is not None:
+            if reference is not None and not prov.startswith("type="):
                 row["err_max_rms"] = {k: error_ratios(inputs[k].grad, reference[k]) for k in bench.grads}
             row["ms"] = round(time_ms(functools.partial(fwd_bwd, fn, inputs, bench.grads), device), 2)
         except Exception as e:  # recorded; the next provider still runs
@@ -415,13 +566,15 @@ def run_peer(args, peers):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--losses", default="dpo,grpo")
+    p.add_argument("--losses", default="dpo,grpo,jsd")
     p.add_argument(
         "--providers",
-        default="ours,ours-fp32,ours-512M,ours-2pairs,ours-2pass,plain,liger085",
-        help="comma-separated; each loss runs those it has (also: compile)",
+        default="ours,plain,compile,liger085",
+        help="comma-separated; each loss runs those it has (also: ours-fp32, ours-512M, ours-2pairs, ours-2pass)",
     )
-    p.add_argument("--out", default=None, help="folder for post_training.json")
+    p.add_argument("--sweep", action="store_true", help="also ours with every DPO and GRPO loss type (type=...)")
+    p.add_argument("--out", default=None, help="folder for the results (--name)")
+    p.add_argument("--name", default="post_training.json", help="results file name in --out")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
     p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -429,7 +582,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    wanted = args.providers.split(",")
+    wanted = args.providers.split(",") + (register_sweep() if args.sweep else [])
     rows, meta = [], {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
     losses = args.losses.split(",")
     for name in losses:
@@ -471,7 +624,7 @@ def main():
         )
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "post_training.json"), "w") as f:
+        with open(os.path.join(args.out, args.name), "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 

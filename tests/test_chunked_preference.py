@@ -384,9 +384,13 @@ def test_kto(dtype, opts, passes):
     base_grads = torch.autograd.grad(base_loss, leaves)
     check("loss", loss, ref_loss, base_loss)
     assert len(metrics) == 6
-    magnitude = logits_magnitude(x, w, b, "sum")
+    # logits sums: the logits' size; rewards sums beta (sum logp - sum ref_logp) over a group, a
+    # cancelling difference: the size of its two terms (log-probs <= 0, so |sum| is the sum of sizes)
+    magnitudes = [None, None, *[logits_magnitude(x, w, b, "sum")] * 2]
+    magnitudes += [(beta * ref_metrics[i]).abs().item() + (beta * ref_metrics[i] - ref_metrics[i + 4]).abs().item()
+                   for i in (0, 1)]  # fmt: skip
     for i, (got, want, plain) in enumerate(zip(metrics, ref_metrics, base_metrics)):
-        check(f"metric {i}", got, want, plain, magnitude if i in (2, 3) else None)
+        check(f"metric {i}", got, want, plain, magnitudes[i])
     for name, got, want, plain in zip(("grad_input", "grad_weight", "grad_bias"), grads, ref_grads, base_grads):
         check(name, got, want, plain)
 

@@ -46,11 +46,16 @@ def test_selective_log_softmax(dtype, extra_position):
         assert torch.count_nonzero(grad[:, -1]) == 0
 
 
-def reference_outputs(logits, ids, mask, adv, old, ref, temperature, **opts):
-    """TRL's loss and metrics on float64 textbook log-probs, and the logits' float64 gradient."""
+def reference_outputs(logits, ids, mask, adv, old, ref, temperature, rounded=False, **opts):
+    """TRL's loss and metrics on float64 textbook log-probs, and the logits' float64 gradient.
+    ``rounded``: the log-probs rounded once to fp32 first (each off by its own rounding only), the
+    error no fp32 kernel can avoid, as the loss amplifies it (VESPO's weight of a sequence is
+    a function of the sum of its log-probs)."""
     x64 = logits.detach().double().requires_grad_()
-    loss, kl, clip = trl_grpo_loss(textbook(x64, ids, temperature), old.double(), ref.double(), adv.double(), mask,
-                                   **opts)  # fmt: skip
+    logp = textbook(x64, ids, temperature)
+    if rounded:
+        logp = logp + (logp.float().double() - logp).detach()
+    loss, kl, clip = trl_grpo_loss(logp, old.double(), ref.double(), adv.double(), mask, **opts)
     (grad,) = torch.autograd.grad(loss, x64)
     return loss, kl, clip, grad
 
@@ -105,6 +110,10 @@ def test_triton_grpo_loss(loss_type, level, dtype):
 )
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "vespo"])
 def test_options(loss_type, extra):
+    """Each option against TRL in float64, within the fp32 floor plus 4x the error of the loss
+    on log-probs rounded once to fp32 (what the loss's own conditioning makes of unavoidable
+    rounding). At the GPU shape, with logits times fp32(1 / T) (biased; ``reciprocal_parts``),
+    vespo's loss was 4.4x that bound (2.4x with vLLM ratios): the H200's failures, 1.4e-4 error."""
     logits, ids, mask, adv, old, ref = make(torch.float32)
     extra = dict(extra)
     if "importance_sampling_ratio" in extra:
@@ -115,17 +124,20 @@ def test_options(loss_type, extra):
     loss, kl, clip = call_op(logits, ids, mask, adv, old, ref, 0.9, **opts)
     (grad,) = torch.autograd.grad(loss, logits)
     ref_loss, ref_kl, _, ref_grad = reference_outputs(logits, ids, mask, adv, old, ref, 0.9, **opts)
-    assert_matches("loss", loss, ref_loss, floor=FLOOR[torch.float32] * 16)
-    assert_matches("grad_logits", grad, ref_grad, floor=FLOOR[torch.float32] * 16)
+    base_loss, _, _, base_grad = reference_outputs(logits, ids, mask, adv, old, ref, 0.9, rounded=True, **opts)
+    assert_matches("loss", loss, ref_loss, base_loss, factor=4.0, floor=FLOOR[torch.float32] * 16)
+    assert_matches("grad_logits", grad, ref_grad, base_grad, factor=4.0, floor=FLOOR[torch.float32] * 16)
     assert (kl is None) == (opts.get("beta", 0.04) == 0.0)
 
 
 def test_per_token_outputs_and_reference():
     """``reduce=False``: per-token loss, kl and clip flags (0 outside the mask) whose sums give the
-    reduced values; the Function matches its PyTorch reference, gradients included."""
-    logits, ids, mask, adv, old, ref = make(torch.float32)
-    per_tok, kl_tok, clip_tok = call_op(logits, ids, mask, adv, old, ref, 0.9, reduce=False, loss_type="bnpo")
-    loss, kl, clip = call_op(logits, ids, mask, adv, old, ref, 0.9, reduce=True, loss_type="bnpo")
+    reduced values; the Function matches its PyTorch reference, gradients included. Seed 2 has a
+    token with a ratio in (1.2, 1.4] and a positive advantage: its loss depends on epsilon_high."""
+    logits, ids, mask, adv, old, ref = make(torch.float32, seed=2)
+    opts = dict(loss_type="bnpo", epsilon_high=0.4)
+    per_tok, kl_tok, clip_tok = call_op(logits, ids, mask, adv, old, ref, 0.9, reduce=False, **opts)
+    loss, kl, clip = call_op(logits, ids, mask, adv, old, ref, 0.9, reduce=True, **opts)
     assert per_tok.shape == kl_tok.shape == clip_tok.shape == (B, T)
     n = mask.sum()
     torch.testing.assert_close(per_tok.sum() / n, loss)

@@ -16,7 +16,8 @@ REDUCTIONS = ["none", "sum", "mean", "batchmean"]
 def textbook_tvd(p, q, labels, reduction):
     """Half the L1 distance per row, ignored rows dropped, then the reduction over what is left."""
     rows_p, rows_q = p.reshape(-1, p.shape[-1]), q.reshape(-1, q.shape[-1])
-    keep = torch.ones(rows_p.shape[0], dtype=torch.bool) if labels is None else labels.reshape(-1) != IGNORE
+    everything = torch.ones(rows_p.shape[0], dtype=torch.bool, device=p.device)
+    keep = everything if labels is None else labels.reshape(-1) != IGNORE
     tvd = 0.5 * (rows_p - rows_q).abs() * keep[:, None]
     if reduction == "none":
         return tvd.view(p.shape)

@@ -19,8 +19,9 @@ without a ``[tokens, vocab]`` logits tensor:
   an H200 (main, 2026-11-29, fp32 chunk logits): one pass 64.06 ms / 4088 MiB, two passes
   73.36 ms / 2132 MiB (Liger 0.8.5: 60.96 ms / 2601 MiB). Now expected (not yet measured; see
   ``benchmarks/bench_post_training.py --losses dpo``): one pass 8NHV, peak extra the 2004 MiB
-  accumulator + one pair's bf16 logits (501 MiB) + the input gradient (64 MiB) + a pair's input
-  rows (16 MiB): ~2585 MiB, and ~3 ms less traffic.
+  accumulator + one pair's bf16 logits (501 MiB) + the input gradient (64 MiB): ~2569 MiB (a
+  pair's input rows are views now, no longer a 16 MiB gathered copy: the H200 measured 2.728 GB
+  with it, Liger 0.8.5 2.727 GB), and ~3 ms less traffic.
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 

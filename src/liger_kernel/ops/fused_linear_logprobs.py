@@ -34,6 +34,8 @@ cross-entropy does).
 """
 
 import torch
+import triton
+import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import CEOptions, RemembersGradMode, caller_grad_mode, raise_if_bad_labels
 from liger_kernel.ops.fused_linear_cross_entropy import (
@@ -99,7 +101,31 @@ def _labels(target, ignore_index, n_vocab):
     return mask, torch.where(mask & in_range, target, 0), torch.where(mask, target, -1), bad
 
 
-def _logits(x_rows, weight_rows, bias_rows, inv_t, out):
+def reciprocal_parts(temperature) -> tuple[float, float]:
+    """``1 / temperature`` as two fp32 values ``hi + lo``. ``fma(z, hi, z * lo)`` is ``z / T``
+    correctly rounded but for rare ties; ``z * fp32(1 / T)`` is off by one relative error (4.8e-8 at T = 0.9) in
+    every logit, which biases every log-prob the same way (by 4.8e-8 (z_y - E[z]), ~5e-7): a
+    sequence sum adds it up (at 512 tokens VESPO's weight and loss were off by 1.4e-4 relative,
+    5.5x the fp32 bound; unbiased they are within it)."""
+    hi = torch.tensor(1.0 / temperature, dtype=torch.float32).item()
+    return hi, 1.0 / temperature - hi
+
+
+@triton.jit
+def divide(z, inv_hi, inv_lo):
+    """``z / T`` from ``reciprocal_parts(T)`` (fp32), rounded once (an fma); infinite ``z`` as
+    ``z * inv_hi`` (the correction term would make ``inf - inf``)."""
+    return tl.fma(z, inv_hi, tl.where(tl.abs(z) < float("inf"), z * inv_lo, 0.0))
+
+
+@triton.jit
+def _divide_kernel(z_ptr, n, inv_hi, inv_lo, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(z_ptr + offs, divide(tl.load(z_ptr + offs, mask=mask), inv_hi, inv_lo), mask=mask)
+
+
+def _logits(x_rows, weight_rows, bias_rows, temperature, out):
     """``(x_rows @ weight_rows.T + bias_rows) / T`` into ``out`` (fp32, or the input dtype as
     ``F.linear`` computes it: the bias added before the one rounding)."""
     if bias_rows is not None and out.dtype == x_rows.dtype != torch.float32:
@@ -108,9 +134,15 @@ def _logits(x_rows, weight_rows, bias_rows, inv_t, out):
         mm_fp32(x_rows, weight_rows.t(), out)
         if bias_rows is not None:
             out += bias_rows
-    if inv_t != 1.0:
-        out *= inv_t
-    return out
+    return divide_in_place(out, temperature)
+
+
+def divide_in_place(z, temperature):
+    """``z /= temperature`` for a contiguous fp32 ``z``, unbiased (``reciprocal_parts``)."""
+    if temperature != 1.0 and z.numel():
+        block = 4096
+        _divide_kernel[(triton.cdiv(z.numel(), block),)](z, z.numel(), *reciprocal_parts(temperature), BLOCK=block)
+    return z
 
 
 def _row_stats(z, y_safe, lse, z_label):
@@ -134,7 +166,7 @@ def logprobs_forward(x, weight, target, bias, temperature, ignore_index, budget=
         buf = torch.empty(rows * n_vocab, dtype=dtype, device=x.device)
         for start in range(0, n_rows, rows):
             end = min(start + rows, n_rows)
-            z = _logits(x[start:end], weight, bias, 1.0 / temperature, flat_view(buf, end - start, n_vocab))
+            z = _logits(x[start:end], weight, bias, temperature, flat_view(buf, end - start, n_vocab))
             _row_stats(z, y_safe[start:end], lse[start:end], z_label[start:end])
     raise_if_bad_labels(bad, n_vocab, ignore_index)
     logp = torch.where(mask, z_label - lse, 0.0)
@@ -163,7 +195,7 @@ def logprobs_backward(x, weight, bias, lse, label, grad_logp, temperature, needs
                 x,
                 weight[tile],
                 None if bias is None else bias[tile],
-                1.0 / temperature,
+                temperature,
                 flat_view(buf, n_rows, end - start),
             )
             g = dlogits_in_place(z, x.dtype, start, terms, None, _PLAIN)
@@ -254,6 +286,18 @@ def _rows(chunk, device):
     return chunk, None
 
 
+def _pieces(x, rows, segments):
+    """``(start, end, x rows)`` of a chunk: a view of ``x`` per segment, or the gathered rows."""
+    if segments is None:
+        return [(0, len(rows), x[rows])]
+    out, start = [], 0
+    for seg in segments:
+        end = start + seg.stop - seg.start
+        out.append((start, end, x[seg]))
+        start = end
+    return out
+
+
 def _count(chunk):
     if isinstance(chunk, (list, tuple)):
         return sum(s.stop - s.start for s in chunk)
@@ -296,8 +340,12 @@ def fused_linear_logprobs_loss(
         if n == 0:
             continue
         rows, segments = _rows(chunk, x.device)
-        x_c = x[rows]
-        z = _logits(x_c, weight, bias, 1.0 / temperature, flat_view(buf, n, n_vocab))
+        z = flat_view(buf, n, n_vocab)
+        # Each segment's rows are a view of ``x``: no gathered copy of a pair's inputs (16 MiB at
+        # 2 x 1024 tokens, H=4096, bf16); an index tensor's rows are gathered once.
+        pieces = _pieces(x, rows, segments)
+        for start, end, x_rows in pieces:
+            _logits(x_rows, weight, bias, temperature, z[start:end])
         lse = torch.empty(n, dtype=torch.float32, device=x.device)
         z_label = torch.empty_like(lse)
         _row_stats(z, y_safe[rows], lse, z_label)
@@ -314,19 +362,17 @@ def fused_linear_logprobs_loss(
         coef = torch.where(label_c >= 0, grad_logp * (-1.0 / temperature), 0.0)
         g = dlogits_in_place(z, x.dtype, 0, RowTerms(lse, label_c, coef, coef, coef), None, _PLAIN)
         if need_x and segments is not None:  # written in place, segment by segment
-            start = 0
-            for seg in segments:
-                end = start + seg.stop - seg.start
+            for (start, end, _), seg in zip(pieces, segments):
                 torch.mm(g[start:end], weight, out=grad_x[seg])
-                start = end
         elif need_x:
             grad_x[rows] = torch.mm(g, weight)
-        if need_w:
-            grad_w.add(g, x_c, first)
+        for start, end, x_rows in pieces if need_w else ():
+            grad_w.add(g[start:end], x_rows, first)
+            first = False
         if need_b:
             grad_b32 += g.sum(0, dtype=torch.float32)
         first = False
-    buf = z = g = x_c = None  # the chunk's logits are freed before the weight gradient is rounded
+    buf = z = g = pieces = None  # the chunk's logits are freed before the weight gradient is rounded
     raise_if_bad_labels(bad, n_vocab, ignore_index)
     if need_w and first:
         grad_w.zero()

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step
+from liger_kernel.ops.fused_linear_logprobs import divide, reciprocal_parts
 from liger_kernel.ops.utils import fallback_backward, fallback_forward, next_power_of_2
 from liger_kernel.utils import use_triton
 
@@ -285,7 +286,8 @@ def _selective_logsoftmax_kernel(
     lse_ptr,  # [B, T] fp32 out: log-sum-exp of logits / temperature
     n_pos,
     n_vocab,
-    inv_temp,
+    inv_hi,  # 1 / temperature = inv_hi + inv_lo (reciprocal_parts)
+    inv_lo,
     BLOCK: tl.constexpr,
 ):
     """One token per program: an online log-sum-exp of ``logits / temperature`` over the vocabulary."""
@@ -298,10 +300,10 @@ def _selective_logsoftmax_kernel(
     d = tl.zeros([BLOCK], tl.float32)
     for start in range(0, n_vocab, BLOCK):
         cols = start + offs
-        z = tl.load(base + cols, mask=cols < n_vocab, other=float("-inf")).to(tl.float32) * inv_temp
+        z = divide(tl.load(base + cols, mask=cols < n_vocab, other=float("-inf")).to(tl.float32), inv_hi, inv_lo)
         m, d = online_logsumexp_step(z, m, d)
     lse = finish_logsumexp(m, d)
-    z_id = tl.load(base + tl.load(ids_ptr + row)).to(tl.float32) * inv_temp
+    z_id = divide(tl.load(base + tl.load(ids_ptr + row)).to(tl.float32), inv_hi, inv_lo)
     tl.store(logp_ptr + row, z_id - lse)
     tl.store(lse_ptr + row, lse)
 
@@ -318,7 +320,8 @@ def _logits_grad_kernel(
     n_pos,  # T
     n_len,  # L (T or T + 1)
     n_vocab,
-    inv_temp,
+    inv_hi,  # 1 / temperature = inv_hi + inv_lo (reciprocal_parts)
+    inv_lo,
     BLOCK: tl.constexpr,
 ):
     """``dlogits = g (onehot - softmax(logits / temperature)) / temperature`` for one position per
@@ -330,13 +333,13 @@ def _logits_grad_kernel(
     out = grad_ptr + row * n_vocab
     inside = t < n_pos
     tok = b * n_pos + tl.minimum(t, n_pos - 1)
-    g = tl.where(inside, tl.load(g_ptr + tok), 0.0) * inv_temp
+    g = divide(tl.where(inside, tl.load(g_ptr + tok), 0.0), inv_hi, inv_lo)
     lse = tl.where(inside, tl.load(lse_ptr + tok), 0.0)
     label = tl.where(inside, tl.load(ids_ptr + tok), -1)
     for start in range(0, n_vocab, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_vocab
-        z = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32) * inv_temp
+        z = divide(tl.load(base + cols, mask=mask, other=0.0).to(tl.float32), inv_hi, inv_lo)
         grad = tl.where(cols == label, g, 0.0) - g * tl.exp(z - lse)
         grad = tl.where(inside, grad, 0.0)
         tl.store(out + cols, grad.to(grad_ptr.dtype.element_ty), mask=mask)
@@ -353,8 +356,8 @@ def logsoftmax_stats(logits, ids, temperature):
     lse = torch.empty_like(logp)
     if logp.numel():
         _selective_logsoftmax_kernel[(batch * n_pos,)](
-            logits, logits.stride(0), logits.stride(1), ids, logp, lse, n_pos, logits.shape[2], 1.0 / temperature,
-            BLOCK=_vocab_block(logits.shape[2]), num_warps=8,
+            logits, logits.stride(0), logits.stride(1), ids, logp, lse, n_pos, logits.shape[2],
+            *reciprocal_parts(temperature), BLOCK=_vocab_block(logits.shape[2]), num_warps=8,
         )  # fmt: skip
     return logp, lse
 
@@ -366,7 +369,7 @@ def logits_grad(logits, ids, lse, g, temperature):
     if grad.numel():
         _logits_grad_kernel[(batch * n_len,)](
             logits, logits.stride(0), logits.stride(1), grad, ids, lse, g.to(torch.float32).contiguous(),
-            ids.shape[1], n_len, n_vocab, 1.0 / temperature, BLOCK=_vocab_block(n_vocab), num_warps=8,
+            ids.shape[1], n_len, n_vocab, *reciprocal_parts(temperature), BLOCK=_vocab_block(n_vocab), num_warps=8,
         )  # fmt: skip
     return grad
 
