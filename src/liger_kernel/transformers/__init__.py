@@ -45,6 +45,7 @@ _LAZY = {
     "LigerFusedLinearJSD": "fused_linear_jsd",
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
+    "LigerExperts": "swiglu",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).
@@ -60,12 +61,17 @@ _PATCHING = {
     "StructuralPatchReport": "structural",
 }
 
+# Importable but not in ``__all__``, as in the peer.
+_NOT_IN_ALL = {"LigerVocabParallelCrossEntropy": "vocab_parallel_cross_entropy"}
+
 __all__ = ["is_transformers_available", *_LAZY] + (list(_PATCHING) if TRANSFORMERS_AVAILABLE else [])
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _NOT_IN_ALL:
+        return getattr(importlib.import_module(f"{__name__}.{_NOT_IN_ALL[name]}"), name)
     if name in _PATCHING:
         if not TRANSFORMERS_AVAILABLE:
             raise ImportError(f"{name} patches Hugging Face models and needs transformers: pip install transformers")
