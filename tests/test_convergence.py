@@ -133,15 +133,14 @@ def float64_causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, 
 
 
 def with_sdpa(model):
-    """``model`` switched to SDPA attention, or None where SDPA computes another function: Gemma 2's
+    """Switch ``model`` to SDPA attention, except where SDPA computes another function: Gemma 2's
     softcapped attention scores, which transformers 5.24 refuses there and 5.17 silently drops."""
     if getattr(model.config, "attn_logit_softcapping", None) is not None:
-        return None
+        return
     try:
         model.set_attn_implementation("sdpa")
-    except ValueError:  # the family has no SDPA path
-        return None
-    return model
+    except ValueError:  # the family has no SDPA path: eager it stays
+        pass
 
 
 def float64_copy(model):
@@ -197,45 +196,32 @@ def train(model, steps=STEPS):
 INTERPRETED_BF16_FACTOR = 4.0
 
 
-def larger_error(reference, *candidates):
-    """The candidate farther from ``reference`` (None candidates skipped)."""
-    present = [c for c in candidates if c is not None]
-    return max(present, key=lambda c: (c.detach().double() - reference.detach().double()).abs().max().item())
-
-
 def assert_converges(name, model64, stock, make_patched):
     """Train float64 and same-dtype stock copies, then patch (a class-level patch also reaches
     already-built models: their forward and RoPE) and train the patched copy. Its per-step
     losses and first gradients must track the float64 run per element as well as stock does,
     and so must its trained weights.
 
-    "As well as stock" is measured on two stock runs where the family allows (eager attention,
-    and SDPA: the same function, its own rounding), the larger error of the two per tensor. One
-    run's error is one sample, and on a tensor of a few elements (a Mamba or gated-DeltaNet
-    layer's per-head ``A_log``, ``dt_bias``) it can be nearly exact by chance: on CPU, qwen3_5 at
-    seed 2 put the SDPA stock run itself 1.7e4 times over 2x the eager run's error on
-    ``linear_attn.dt_bias``'s first gradient (the patched run: 8e3 times), and gemma4_text at seed
-    0 put it over on 5 tensors; against the larger of the two stock errors the patched runs of
-    falcon_h1, gemma4_text, qwen3_5 and qwen3_next stay within 1.3x at seeds 0-4. On the H200
-    (session 6) these families' failures were 1.0-1.3x on such tensors."""
-    second = with_sdpa(copy.deepcopy(stock))
+    The float64 run must be exact for this (``float64_copy``): with eager attention it took the
+    softmax in fp32, and the fp32 stock run, taking the same softmax of nearly the same scores,
+    shared that rounding, so its error looked smaller than it is while any other correct run's did
+    not. On CPU with the eager reference, qwen3_5 at seed 2 was 8e3 times over the bound on
+    ``linear_attn.dt_bias``'s first gradient, and a stock run with SDPA attention in place of the
+    patched one 1.7e4 times; gemma4_text failed at seed 0 (it ran at seed 3). With the SDPA
+    reference both families pass at those seeds, as do falcon_h1 and qwen3_next: the likely cause
+    of their H200 failures in session 6 (1.0-1.3x the bound), to be confirmed there."""
     (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
-    losses_second, grads_second = train(second) if second is not None else (None, {})
     patched = make_patched()
     losses, grads = train(patched)
     dtype = next(stock.parameters()).dtype
     factor = INTERPRETED_BF16_FACTOR if dtype == torch.bfloat16 and not ON_GPU else 2.0
-    baseline = larger_error(losses64, losses_stock, losses_second)
-    assert_matches(f"{name} losses", losses, losses64, baseline, factor, floor=FLOOR[dtype])
+    assert_matches(f"{name} losses", losses, losses64, losses_stock, factor, floor=FLOOR[dtype])
     for pname, grad in grads.items():
-        baseline = larger_error(grads64[pname], grads_stock[pname], grads_second.get(pname))
-        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], baseline, factor)
+        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], grads_stock[pname], factor)
     named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
-    named_second = {} if second is None else dict(second.named_parameters())
     for pname, p in patched.named_parameters():
         if p.requires_grad:
-            baseline = larger_error(named64[pname], named_stock[pname], named_second.get(pname))
-            assert_matches(f"{name} {pname}", p, named64[pname], baseline, factor)
+            assert_matches(f"{name} {pname}", p, named64[pname], named_stock[pname], factor)
 
 
 def instance_patched(model, rope=ON_GPU):
@@ -270,11 +256,9 @@ def test_family_converges(model_type, dtype, seed=0):
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
 
 
-def test_converges_where_one_stock_run_is_exact_by_chance():
-    """qwen3_5 at seed 2 (fp32): on CPU the eager stock run's first gradient of
-    ``linear_attn.dt_bias`` is nearly exact by chance; measured against it alone, the patched run
-    was 8e3 times over the bound there (and the SDPA stock run 1.7e4 times): the second stock run
-    in the yardstick is what lets a correct run pass."""
+def test_converges_against_an_exact_reference():
+    """qwen3_5 at seed 2 (fp32): against an eager-attention "float64" reference (softmax in fp32,
+    shared with the eager stock run) the patched run was 8e3 times over the bound on CPU."""
     test_family_converges("qwen3_5", torch.float32, seed=2)
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 from parity import DEVICE, assert_matches
 
 transformers = pytest.importorskip("transformers")
-from test_convergence import assert_converges, build, float64_copy, make_batch, train  # noqa: E402
+from test_convergence import LAYERS, assert_converges, build, float64_copy, make_batch, train  # noqa: E402
 
 from liger_kernel.transformers import (  # noqa: E402
     StructuralPatchReport,
@@ -23,8 +23,8 @@ from liger_kernel.transformers import (  # noqa: E402
 from liger_kernel.transformers.model_specs import MODEL_SPECS  # noqa: E402
 from liger_kernel.transformers.rms_norm import LigerRMSNorm  # noqa: E402
 
-# model type -> (RMSNorms, MLPs) of the tiny models of test_convergence (2 layers)
-EXPECTED = {"llama": (5, 2), "qwen2": (5, 2), "gemma2": (9, 2)}
+# model type -> (RMSNorms, MLPs) of test_convergence's models: per layer 2 norms (Gemma 2: 4), one MLP.
+EXPECTED = {"llama": (2 * LAYERS + 1, LAYERS), "qwen2": (2 * LAYERS + 1, LAYERS), "gemma2": (4 * LAYERS + 1, LAYERS)}
 NUMERICS = {"llama": "offset=0.0 casting_mode='llama'", "qwen2": "offset=0.0 casting_mode='llama'"}
 NUMERICS["gemma2"] = "offset=1.0 casting_mode='gemma'"
 
@@ -196,7 +196,7 @@ def test_lookalikes_stay_stock():
     assert [type(m).__name__ for m in model.mlps] == ["MyMLP", "MyMLP", "LigerMyMLP"]
     assert len(report.left) == 5 and all("norms" in line for line in report.left[:3]), str(report)
     assert "max error" in report.left[3] and "no kernel for its activation (GELU)" in report.left[4]
-    torch.testing.assert_close(model(ids), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model(ids), expected, rtol=1e-4, atol=1e-5)  # one MLP is ours
 
 
 def test_revert_restores_stock(monkeypatch):
@@ -225,8 +225,9 @@ def test_flags_and_logging(monkeypatch, caplog):
     model = build("qwen2", torch.float32)
     with caplog.at_level(logging.INFO, logger="liger_kernel"):
         report = apply_liger_kernel(model, rope=False, swiglu=False, fused_linear_cross_entropy=False, foo=1)
-    assert not kinds(report, "forward") and not kinds(report, "kernel") and len(kinds(report, "RMSNorm")) == 5
-    assert sum("swiglu=False" in line for line in report.left) == 2
+    assert not kinds(report, "forward") and not kinds(report, "kernel")
+    assert len(kinds(report, "RMSNorm")) == EXPECTED["qwen2"][0]
+    assert sum("swiglu=False" in line for line in report.left) == LAYERS
     assert "foo" in caplog.text and "left stock" in caplog.text
     report.revert()
     with pytest.raises(ValueError, match="cannot both be True"):

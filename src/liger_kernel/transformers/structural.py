@@ -135,7 +135,7 @@ def _run(fn, params, inputs, dtype):
     inputs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
     outputs = fn(*inputs)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    generator = torch.Generator().manual_seed(len(outputs))
+    generator = torch.Generator().manual_seed(5)
     grads = [torch.randn(o.shape, generator=generator).to(dtype).to(o) for o in outputs]
     leaves = {f"grad of input {i}": t for i, t in enumerate(inputs) if t.requires_grad}
     leaves |= {f"grad of {name}": p for name, p in params.items()}
@@ -144,9 +144,9 @@ def _run(fn, params, inputs, dtype):
 
 
 def _random_copy(module):
-    """A copy of ``module`` whose float parameters are random (1-D ones around 1, matrices at
-    1/sqrt(fan-in)) and trainable, so a stored zero or one hides no term."""
-    probe = copy.deepcopy(module)
+    """A copy of ``module`` in eval mode (no dropout) whose float parameters are random (1-D ones
+    around 1, matrices at 1/sqrt(fan-in)) and trainable, so a stored zero or one hides no term."""
+    probe = copy.deepcopy(module).eval()
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in probe.parameters():
