@@ -1,0 +1,193 @@
+"""Convergence of the mixture-of-experts families (every table entry with routed experts), with
+test_convergence.py's yardstick: a mini model trained a few AdamW steps stock and patched from the
+same initial state; per-step losses (the router's auxiliary loss included) and final parameters
+as close to a float64 stock run as the stock run in the same dtype is, in fp32 and bf16. Also:
+the auxiliary loss and its gradient with a real top-k choice, instance patching and its revert."""
+
+import copy
+import importlib
+
+import pytest
+import torch
+from parity import ON_GPU, assert_matches
+from test_convergence import (
+    INTERMEDIATE,
+    LAYERS,
+    assert_converges,
+    build,
+    float64_copy,
+    make_batch,
+    revert_all,  # noqa: F401 (autouse: every family reverted after each test)
+)
+
+from liger_kernel.transformers import monkey_patch
+from liger_kernel.transformers.model_specs import MODEL_SPECS
+from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+MOE_FAMILIES = sorted(t for t, spec in MODEL_SPECS.items() if spec.experts)
+LINEAR_ATTENTION = {
+    "layer_types": ["linear_attention", "full_attention"] * (LAYERS // 2),
+    "linear_num_value_heads": 2,
+    "linear_num_key_heads": 2,
+    "linear_key_head_dim": 8,
+    "linear_value_head_dim": 8,
+}
+# Multi-head latent attention: as many key/value heads as query heads, head_dim the rotary part.
+MLA = {"num_key_value_heads": 4, "head_dim": 8, "kv_lora_rank": 16, "q_lora_rank": 24}
+MLA |= {"qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 12}
+# Every family: all experts active (a near-tie in routing cannot flip a token's expert between two
+# runs), a dense layer next to the sparse one where the family has them, shared experts where it has them.
+MOE_CONFIG = {
+    "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 2, "output_router_logits": True},
+    "qwen3_moe": {
+        "num_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": INTERMEDIATE // 2,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [0],  # the dense Qwen3MoeMLP next to the experts
+        "output_router_logits": True,
+    },
+    "qwen3_next": {
+        "num_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": INTERMEDIATE // 2,
+        "shared_expert_intermediate_size": INTERMEDIATE // 2,
+        "mlp_only_layers": [0],  # the dense Qwen3NextMLP next to the experts' shared one
+        "output_router_logits": True,
+        **LINEAR_ATTENTION,
+    },
+    "qwen3_5_moe": {
+        "num_experts": 2,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": INTERMEDIATE // 2,
+        "shared_expert_intermediate_size": INTERMEDIATE // 2,
+        "output_router_logits": True,
+        **LINEAR_ATTENTION,
+    },
+    # A sliding layer with a window shorter than the sequence; the attention sinks are stock.
+    "gpt_oss": {
+        "num_local_experts": 2,
+        "num_experts_per_tok": 2,
+        "output_router_logits": True,
+        "sliding_window": 4,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
+    # The first layer dense (first_k_dense_replace), the second sparse with a shared expert.
+    "deepseek_v2": {
+        "n_routed_experts": 2,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": INTERMEDIATE // 4,
+        "first_k_dense_replace": 1,
+        **MLA,
+    },
+    "deepseek_v3": {
+        "n_routed_experts": 2,
+        "num_experts_per_tok": 2,
+        "n_shared_experts": 1,
+        "moe_intermediate_size": INTERMEDIATE // 4,
+        "first_k_dense_replace": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        **MLA,
+    },
+    "hunyuan_v1_moe": {"num_experts": 2, "moe_topk": 2, "use_qk_norm": True},
+}
+# The config a family's causal LM is built from, where the table key names the multimodal one.
+CONFIG_TYPE = {"qwen3_5_moe": "qwen3_5_moe_text"}
+# Families whose RoPE kernel runs on CPU too (GPT-OSS has its own rotary function; the others are Llama's,
+# covered by test_convergence.py): one interpreted program per token is ~10 s a run.
+CPU_ROPE = ("gpt_oss",)
+
+
+def build_moe(model_type, dtype, **overrides):
+    importlib.import_module(MODEL_SPECS[model_type].module)  # the families a transformers lacks fail here, clearly
+    return build(CONFIG_TYPE.get(model_type, model_type), dtype, **{**MOE_CONFIG[model_type], **overrides})
+
+
+def liger_modules(model):
+    """The model's modules that are Liger adapters, by stock class name."""
+    return sorted(type(m).stock_class.__name__ for m in model.modules() if hasattr(type(m), "stock_class"))
+
+
+def expected_modules(model, spec):
+    """The stock norm and MLP modules a default patch converts (MLPs only where the flag defaults on)."""
+    names = (*spec.norms, *(spec.mlps if spec.mlp_default else ()))
+    return sorted(type(m).__name__ for m in model.modules() if type(m).__name__ in names)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("model_type", MOE_FAMILIES)
+def test_moe_family_converges(model_type, dtype):
+    """Class-level patch with the family's defaults, model built afterwards, loaded with the stock
+    model's initial weights; every norm and dense/shared MLP of it must be ours."""
+    spec = MODEL_SPECS[model_type]
+    rope = spec.rope is not None and (ON_GPU or (model_type in CPU_ROPE and dtype == torch.float32))
+    stock = build_moe(model_type, dtype)
+    model64 = float64_copy(stock)
+    initial = copy.deepcopy(stock.state_dict())
+    expected = expected_modules(stock, spec)
+
+    def make():
+        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type](rope=rope)
+        patched = build_moe(model_type, dtype)
+        patched.load_state_dict(initial)
+        assert liger_modules(patched) == expected
+        return patched
+
+    assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+@pytest.mark.parametrize("model_type", sorted(t for t in MOE_FAMILIES if MODEL_SPECS[t].moe))
+def test_router_aux_loss(model_type):
+    """Top-2 of 4 experts, so the load-balancing loss varies with the router: the patched
+    forward's loss, auxiliary loss and router gradients track the float64 stock run (fp32, one step)."""
+    stock = build_moe(model_type, torch.float32, **router_config(model_type))
+    model64, patched = float64_copy(stock), copy.deepcopy(stock)
+    _apply_liger_kernel_to_instance(patched, rope=False)
+    ids, labels = make_batch(11)
+    outs = []
+    for model in (model64, stock, patched):
+        model.train()
+        out = model(input_ids=ids, labels=labels, output_router_logits=True)
+        out.loss.backward()
+        outs.append(out)
+    assert outs[2].aux_loss is not None and outs[2].logits is None  # the fused loss ran
+    assert_matches(f"{model_type} loss", outs[2].loss, outs[0].loss, outs[1].loss)
+    assert_matches(f"{model_type} aux loss", outs[2].aux_loss, outs[0].aux_loss, outs[1].aux_loss)
+    named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
+    routers = [(n, p) for n, p in patched.named_parameters() if ".gate." in n or ".router." in n]
+    assert routers
+    for name, p in routers:
+        assert_matches(f"{model_type} grad {name}", p.grad, named64[name].grad, named_stock[name].grad)
+
+
+def router_config(model_type):
+    """Four experts, top-2, with the family's own names for them."""
+    config = MOE_CONFIG[model_type]
+    experts = next(key for key in ("num_local_experts", "num_experts", "n_routed_experts") if key in config)
+    return {experts: 4, "num_experts_per_tok": 2}
+
+
+@pytest.mark.parametrize("model_type", MOE_FAMILIES)
+def test_moe_instance_patch_and_revert(model_type):
+    """An already-built model converted in place keeps its parameters; the revert gives back the
+    stock classes and forward, which then compute exactly what the untouched copy does."""
+    spec = MODEL_SPECS[model_type]
+    stock = build_moe(model_type, torch.float32)
+    model = copy.deepcopy(stock)
+    params = {name: p for name, p in model.named_parameters()}
+    expected = expected_modules(model, spec)
+    _apply_liger_kernel_to_instance(model, rope=False)
+    assert liger_modules(model) == expected
+    assert {name: p for name, p in model.named_parameters()} == params
+    assert type(model).forward is monkey_patch.causal_lm_forward
+    ids, labels = make_batch(5)
+    model.train()
+    assert model(input_ids=ids, labels=labels).logits is None  # the fused loss
+
+    getattr(monkey_patch, f"revert_liger_kernel_to_{model_type}")(model=model)
+    assert liger_modules(model) == []
+    assert type(model).forward is not monkey_patch.causal_lm_forward
+    stock.train()
+    assert torch.equal(model(input_ids=ids, labels=labels).loss, stock(input_ids=ids, labels=labels).loss)
