@@ -62,7 +62,8 @@ class ModelSpec:
     """One model family.
 
     module: the modeling module whose symbols are swapped.
-    causal_lm: the causal-LM class whose ``forward`` becomes the generic one.
+    causal_lm: the causal-LM class whose ``forward`` becomes the generic one (None: a multimodal
+        family whose forward and loss stay stock).
     norms: RMSNorm class names (all share ``norm`` numerics; q/k norms included).
     mlps: dense MLP class names replaced by ``mlp_kind`` (MoE experts stay stock).
     activation: the config attribute naming the MLP activation.
@@ -306,6 +307,10 @@ QWEN3_5_MOE_NOTE = (
     "``Qwen3_5MoeForConditionalGeneration`` are these classes and are patched too; its forward (the loss on "
     "logits) stays stock. The gated DeltaNet and the routed experts stay stock. " + NO_ROPE_NOTE
 )
+VISION_MOE_NOTE = (
+    "The ``*ForConditionalGeneration`` forward and its loss on logits stay stock (``cross_entropy`` and "
+    "``fused_linear_cross_entropy`` patch nothing yet); the vision tower's MLP and the routed experts stay stock."
+)
 MOE_SPECS = {
     "gpt_oss": ModelSpec(
         _hf("gpt_oss"),
@@ -385,9 +390,34 @@ MOE_SPECS = {
         experts=("HunYuanMoEV1Experts",),
         experts_kind=SILU_EXPERTS,
     ),
+    # Vision-language MoE: the text decoder's norms, dense and shared MLPs (and the vision blocks'
+    # RMSNorms) are ours; the multimodal forward stays stock (``causal_lm`` None) until the table has one.
+    "glm4v_moe": ModelSpec(
+        _hf("glm4v_moe"),
+        None,
+        ("Glm4vMoeTextRMSNorm", "Glm4vMoeRMSNorm"),
+        LLAMA_POST_NORM,  # the vision tower's norm outputs may feed more than one consumer: no in-place backward
+        ("Glm4vMoeTextMLP",),
+        SWIGLU,
+        rope=None,
+        note=VISION_MOE_NOTE + " " + NO_ROPE_NOTE,
+        experts=("Glm4vMoeTextExperts",),
+        experts_kind=SILU_EXPERTS,
+    ),
+    "qwen3_vl_moe": ModelSpec(
+        _hf("qwen3_vl_moe"),
+        None,
+        ("Qwen3VLMoeTextRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen3VLMoeTextMLP",),
+        SWIGLU,
+        note="Also for ``qwen3_vl_moe_text``. " + VISION_MOE_NOTE,
+        experts=("Qwen3VLMoeTextExperts",),
+        experts_kind=SILU_EXPERTS,
+    ),
 }
 MODEL_SPECS.update(MOE_SPECS)
-ALIASES.update({"qwen3_5_moe_text": "qwen3_5_moe"})
+ALIASES.update({"qwen3_5_moe_text": "qwen3_5_moe", "qwen3_vl_moe_text": "qwen3_vl_moe"})
 
 
 def spec_for(model_type):

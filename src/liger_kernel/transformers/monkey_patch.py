@@ -31,6 +31,7 @@ from liger_kernel.transformers.model_specs import (
     FALCON_H1_SWIGLU,
     GEGLU,
     GEMMA4_GEGLU,
+    GPT_OSS_EXPERTS,
     HUNYUAN_SWIGLU,
     MODEL_SPECS,
     PHI3,
@@ -82,9 +83,11 @@ _MLP_BASES = {
 # MLP kinds whose constructor takes the width as ``intermediate_size`` (shared experts are narrower).
 _SIZED_MLPS = (SWIGLU, DEEPSEEK_V2_SWIGLU)
 # Experts kind -> (module, class) of the fused experts module computing it, built as (config) with the
-# stock parameters; resolved when an entry sets ``fused_experts``.
-_FUSED_EXPERTS = {SILU_EXPERTS: ("liger_kernel.transformers.swiglu", "LigerExperts")}
-_EXPERTS_ACTIVATIONS = {SILU_EXPERTS: SILU_NAMES}
+# stock parameters; resolved when an entry sets ``fused_experts``. DeepSeek-V4's clamped kind has none.
+_FUSED_EXPERTS = {
+    kind: ("liger_kernel.transformers.swiglu", "LigerExperts") for kind in (SILU_EXPERTS, GPT_OSS_EXPERTS)
+}
+_EXPERTS_ACTIVATIONS = {SILU_EXPERTS: SILU_NAMES, GPT_OSS_EXPERTS: SILU_NAMES}
 # What each fused kernel computes: silu, or GELU's tanh form (HF's "gelu_pytorch_tanh"/"gelu_new").
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 _MLP_ACTIVATIONS = {kind: SILU_NAMES for kind in _MLP_BASES} | {GEGLU: _TANH_GELU, GEMMA4_GEGLU: _TANH_GELU}
@@ -327,7 +330,10 @@ def _apply(model_type, model, flags, others):
     if rope and spec.rope is None:
         logger.info("rope=True ignored for %s: our RoPE kernel does not compute its rotation.", model_type)
     modeling = importlib.import_module(spec.module)
-    causal_lm = getattr(modeling, spec.causal_lm)
+    # No causal LM: a multimodal family whose forward (and loss) stays stock.
+    causal_lm = getattr(modeling, spec.causal_lm) if spec.causal_lm else None
+    if causal_lm is None and (cross_entropy or fused_linear_cross_entropy):
+        logger.info("The %s forward and loss stay stock: no generic forward for its multimodal model.", model_type)
     with _all_or_nothing() as undo:
         if rope and spec.rope is not None:
             _swap(modeling, spec.rope, getattr(rope_functions, spec.rope_fn), undo)
@@ -342,11 +348,11 @@ def _apply(model_type, model, flags, others):
             if spec.fused_experts:
                 for name in spec.experts:
                     _swap(modeling, name, _experts_adapter(spec, modeling, name), undo)
-        if cross_entropy:
+        if cross_entropy and causal_lm is not None:
             # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
             # attribute hooks this family only, leaving transformers' shared loss functions alone.
             _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
-        if fused_linear_cross_entropy:
+        if fused_linear_cross_entropy and causal_lm is not None:
             _swap(causal_lm, "forward", causal_lm_forward, undo)
         if model is not None:
             done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp, undo)
@@ -356,7 +362,7 @@ def _apply(model_type, model, flags, others):
 def _revert(model_type, model):
     spec = MODEL_SPECS[model_type]
     modeling = importlib.import_module(spec.module)
-    _restore({modeling, getattr(modeling, spec.causal_lm)})
+    _restore({modeling, *([getattr(modeling, spec.causal_lm)] if spec.causal_lm else [])})
     if model is not None:
         names = (*spec.norms, *spec.mlps, *spec.experts, "relu2")
         adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in names} - {None}
