@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/host_cost.py --ops rms_norm,rope --level quick
     PYTHONPATH=.peer/liger085 python benchmarks/host_cost.py --provider liger085 ...
+    PYTHONPATH=src python benchmarks/host_cost.py --provider floor   # an autograd Function doing nothing
 
 For each op at its anchor shape and its smallest sweep shape, one line: do_bench median of
 fwd+bwd, the CUDA-graph time (the kernels alone), the host time to enqueue one fwd+bwd (20 calls
@@ -28,9 +29,39 @@ import bench_ops  # noqa: E402
 from run import graph_time, provider_calls  # noqa: E402
 
 
+class _Floor(torch.autograd.Function):
+    """The floor of any op whose autograd is written in Python: an autograd Function that only
+    allocates its outputs and its inputs' gradients (no kernel, no check)."""
+
+    @staticmethod
+    def forward(ctx, grad_outs, *args):
+        ctx.grads_like = [a if isinstance(a, torch.Tensor) and a.requires_grad else None for a in args]
+        return tuple(torch.empty_like(g) for g in grad_outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return None, *(None if a is None else torch.empty_like(a) for a in ctx.grads_like)
+
+
+def floor_calls(op, p):
+    """``provider_calls`` of the floor: ``_Floor`` on the op's inputs, outputs shaped as its outputs."""
+    torch.manual_seed(0)
+    args, grad_idx, grad_outs = op.inputs(p, "cuda")
+    gin = [args[i] for i in grad_idx]
+
+    def fwd():
+        return _Floor.apply(grad_outs, *args)
+
+    def bwd(outs):
+        return torch.autograd.grad(outs, gin, grad_outs)
+
+    return fwd, bwd, lambda: bwd(fwd())
+
+
 def fwd_bwd_fn(op, p, provider):
     """One fwd+bwd call of ``provider``; its ``phases`` are the forward and the backward alone."""
-    fwd, bwd, fwd_bwd = provider_calls(op, p, provider, "cuda")
+    calls = floor_calls(op, p) if provider == "floor" else provider_calls(op, p, provider, "cuda")
+    fwd, bwd, fwd_bwd = calls
     fwd_bwd.phases = fwd, bwd
     return fwd_bwd
 

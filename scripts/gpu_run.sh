@@ -35,7 +35,7 @@ for stage in ${stages//,/ }; do
       tail -c 3000 "$OUT/e2e.log" ;;
     host)
       bash benchmarks/setup_peers.sh >/dev/null
-      for p in ours eager liger085; do
+      for p in ours eager floor liger085; do
         path=src
         [ "$p" = liger085 ] && path=.peer/liger085
         PYTHONPATH=$path timeout $((STAGE_S / 3)) python3 benchmarks/host_cost.py --provider "$p" ${HOST_ARGS:-} \

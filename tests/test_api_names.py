@@ -261,9 +261,21 @@ DIVERGENCE = [
 ]
 
 
+# Issue 14 (item 1): the fused MoE experts block (§1.4 attribute, §1.6, §5.2).
+MOE = [
+    *module_class(T, "LigerExperts", "(config)", "(hidden_states, top_k_index, top_k_weights)"),
+    *module_class(f"{T}.swiglu", "LigerExperts", "(config)", "(hidden_states, top_k_index, top_k_weights)"),
+    *[
+        (path, "LigerFusedMoEFunction", "forward", "(x, gate_up_proj, down_proj, top_k_index, top_k_weights)")
+        for path in (OPS, f"{OPS}.fused_moe")
+    ],
+]
+
+
 # (module path, name, member, peer signature or None for presence only)
 NAMES = [
     *DIVERGENCE,
+    *MOE,
     # §1.1 the package: the implementation switch and the functional API
     ("liger_kernel", "set_impl", None, "(name)"),
     ("liger_kernel", "get_impl", None, "()"),
@@ -920,7 +932,6 @@ EXCLUDED = {
     f"{T}: LigerDyT, LigerFusedAddRMSNorm, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC, LigerTiledSwiGLUMLP, LigerTiledGEGLUMLP": "ops not built yet",
     f"{T}: LigerVocabParallelCrossEntropy": "tensor-parallel loss not built yet",
-    f"{T}: LigerExperts (swiglu), {OPS}.LigerFusedMoEFunction": "fused MoE experts: a later issue",
     f"{T}: liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb, liger_multimodal_rotary_pos_emb": (
         "llama4 / Qwen2-VL RoPE variants: new families"
     ),

@@ -68,11 +68,6 @@ FAMILY_CONFIG = {
         "global_head_dim": 2 * HIDDEN // HEADS,
     },
 }
-# Gemma 4's attention is unscaled (scaling=1.0 on normed q and k), which amplifies q's rounding in
-# the scores, and RMSNorm's dW sums row tiles in fp32 with 1-2.6x PyTorch's error (20 seeds of its
-# 56-row q_norm shape): at seed 0 layer 1's q_norm dW lands 1.27x over the bound in fp32 (the stock
-# run's own error being small there); seeds 3 and 4 pass at 0.83 and 0.38 of it.
-FAMILY_SEED = {"gemma4_text": 3}
 # The config a family's causal LM is built from, where the table key names the multimodal one.
 CONFIG_TYPE = {"qwen3_5": "qwen3_5_text"}
 
@@ -113,9 +108,26 @@ def float64_causal_lm_loss(logits, labels, vocab_size, num_items_in_batch=None, 
     return loss if num_items_in_batch is None else loss / num_items_in_batch
 
 
+def with_sdpa(model):
+    """``model`` switched to SDPA attention, or None where SDPA computes another function: Gemma 2's
+    softcapped attention scores, which transformers 5.24 refuses there and 5.17 silently drops."""
+    if getattr(model.config, "attn_logit_softcapping", None) is not None:
+        return None
+    try:
+        model.set_attn_implementation("sdpa")
+    except ValueError:  # the family has no SDPA path
+        return None
+    return model
+
+
 def float64_copy(model):
-    """The float64 reference run of a stock model, loss included."""
+    """The float64 reference run of a stock model, loss included. Its attention is SDPA where the
+    family allows: Hugging Face's eager attention takes the softmax in fp32 whatever the dtype
+    (``softmax(..., dtype=torch.float32)``), so an eager "float64" run carries fp32 rounding in every
+    attention layer, as large as the errors it is the reference for (5e-7 of the logits on this
+    file's CPU models; SDPA in float64 agrees with a float64 softmax to 4e-16)."""
     model64 = copy.deepcopy(model).double()
+    with_sdpa(model64)
     model64.loss_function = float64_causal_lm_loss
     return model64
 
@@ -156,31 +168,54 @@ def train(model, steps=STEPS):
     return torch.stack(losses), first_grads
 
 
-# Triton's CPU interpreter casts fp32 to bf16 by truncation (measured: every relu²/norm output of a
-# bf16 kernel equals its fp32 value with the low 16 bits cleared), up to 1 ulp where a GPU's
-# round-to-nearest-even is half of one: twice PyTorch's rounding error per kernel output, so the
-# yardstick's factor doubles for bf16 on CPU. On a GPU it stays 2.
+# Triton's CPU interpreter casts fp32 to bf16 by truncation (measured again in session 7: all of
+# 4096 random values stored as bf16 by an interpreted kernel equal their fp32 bits with the low 16
+# cleared, half of them differ from round-to-nearest-even), up to 1 ulp where a GPU's rounding is
+# half of one: twice PyTorch's rounding error per kernel output, so the yardstick's factor doubles
+# for bf16 on CPU. On a GPU it stays 2.
 INTERPRETED_BF16_FACTOR = 4.0
+
+
+def larger_error(reference, *candidates):
+    """The candidate farther from ``reference`` (None candidates skipped)."""
+    present = [c for c in candidates if c is not None]
+    return max(present, key=lambda c: (c.detach().double() - reference.detach().double()).abs().max().item())
 
 
 def assert_converges(name, model64, stock, make_patched):
     """Train float64 and same-dtype stock copies, then patch (a class-level patch also reaches
     already-built models: their forward and RoPE) and train the patched copy. Its per-step
     losses and first gradients must track the float64 run per element as well as stock does,
-    and so must its trained weights."""
+    and so must its trained weights.
+
+    "As well as stock" is measured on two stock runs where the family allows (eager attention,
+    and SDPA: the same function, its own rounding), the larger error of the two per tensor. One
+    run's error is one sample, and on a tensor of a few elements (a Mamba or gated-DeltaNet
+    layer's per-head ``A_log``, ``dt_bias``) it can be nearly exact by chance: on CPU, qwen3_5 at
+    seed 2 put the SDPA stock run itself 1.7e4 times over 2x the eager run's error on
+    ``linear_attn.dt_bias``'s first gradient (the patched run: 8e3 times), and gemma4_text at seed
+    0 put it over on 5 tensors; against the larger of the two stock errors the patched runs of
+    falcon_h1, gemma4_text, qwen3_5 and qwen3_next stay within 1.3x at seeds 0-4. On the H200
+    (session 6) these families' failures were 1.0-1.3x on such tensors."""
+    second = with_sdpa(copy.deepcopy(stock))
     (losses64, grads64), (losses_stock, grads_stock) = train(model64), train(stock)
+    losses_second, grads_second = train(second) if second is not None else (None, {})
     patched = make_patched()
     losses, grads = train(patched)
     dtype = next(stock.parameters()).dtype
     factor = INTERPRETED_BF16_FACTOR if dtype == torch.bfloat16 and not ON_GPU else 2.0
-    assert_matches(f"{name} losses", losses, losses64, losses_stock, factor, floor=FLOOR[dtype])
+    baseline = larger_error(losses64, losses_stock, losses_second)
+    assert_matches(f"{name} losses", losses, losses64, baseline, factor, floor=FLOOR[dtype])
     assert grads.keys() == grads64.keys()
     for pname, grad in grads.items():
-        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], grads_stock[pname], factor)
+        baseline = larger_error(grads64[pname], grads_stock[pname], grads_second.get(pname))
+        assert_matches(f"{name} first grad {pname}", grad, grads64[pname], baseline, factor)
     named64, named_stock = dict(model64.named_parameters()), dict(stock.named_parameters())
+    named_second = {} if second is None else dict(second.named_parameters())
     for pname, p in patched.named_parameters():
         if p.requires_grad:
-            assert_matches(f"{name} {pname}", p, named64[pname], named_stock[pname], factor)
+            baseline = larger_error(named64[pname], named_stock[pname], named_second.get(pname))
+            assert_matches(f"{name} {pname}", p, named64[pname], baseline, factor)
 
 
 def instance_patched(model, rope=ON_GPU):
@@ -196,14 +231,14 @@ def instance_patched(model, rope=ON_GPU):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("model_type", sorted(t for t, spec in MODEL_SPECS.items() if not spec.experts))
-def test_family_converges(model_type, dtype):
+def test_family_converges(model_type, dtype, seed=0):
     """Class-level patch, model built afterwards, loaded with the stock model's initial weights.
     On CPU the RoPE kernel (one interpreted program per token, ~10 s a run) is patched only
     for Llama and for Phi-3's partial rotation (the other families' rotary functions are
     Llama's); its parity is in test_rope.py. On a GPU every family runs everything. The mixtures
     of experts are in test_convergence_moe.py."""
     rope = ON_GPU or (model_type in ("llama", "phi3") and dtype == torch.float32)
-    stock = build(model_type, dtype, seed=FAMILY_SEED.get(model_type, 0))
+    stock = build(model_type, dtype, seed=seed)
     model64 = float64_copy(stock)
     initial = copy.deepcopy(stock.state_dict())
 
@@ -214,6 +249,14 @@ def test_family_converges(model_type, dtype):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+def test_converges_where_one_stock_run_is_exact_by_chance():
+    """qwen3_5 at seed 2 (fp32): on CPU the eager stock run's first gradient of
+    ``linear_attn.dt_bias`` is nearly exact by chance; measured against it alone, the patched run
+    was 8e3 times over the bound there (and the SDPA stock run 1.7e4 times): the second stock run
+    in the yardstick is what lets a correct run pass."""
+    test_family_converges("qwen3_5", torch.float32, seed=2)
 
 
 @pytest.mark.parametrize("model_type", ["llama"])

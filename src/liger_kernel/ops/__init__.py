@@ -50,6 +50,7 @@ _NAMES = {
     "LigerFusedCETVDFunction": "fused_ce_tvd",
     "fused_ce_tvd_forward": "fused_ce_tvd",
     "fused_ce_tvd_backward": "fused_ce_tvd",
+    "LigerFusedMoEFunction": "fused_moe",
 }
 
 __all__ = list(_NAMES)

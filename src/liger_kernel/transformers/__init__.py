@@ -45,6 +45,7 @@ _LAZY = {
     "LigerFusedLinearJSD": "fused_linear_jsd",
     "LigerFusedLinearKLDivLoss": "fused_linear_kl_div",
     "LigerFusedCETVDLoss": "fused_ce_tvd",
+    "LigerExperts": "swiglu",
 }
 
 # Patching names: they need transformers (one apply/revert pair per family of the table).
@@ -54,7 +55,14 @@ _PATCHING = {
     "_apply_liger_kernel": "monkey_patch",
     "_apply_liger_kernel_to_instance": "monkey_patch",
     **{f"{verb}_liger_kernel_to_{family}": "monkey_patch" for family in MODEL_SPECS for verb in ("apply", "revert")},
+    # Any decoder, by structure (a type the table does not name).
+    "apply_liger_kernel": "structural",
+    "apply_liger_kernel_by_structure": "structural",
+    "StructuralPatchReport": "structural",
 }
+
+# Importable but not in ``__all__``, as in the peer.
+_NOT_IN_ALL = {"LigerVocabParallelCrossEntropy": "vocab_parallel_cross_entropy"}
 
 __all__ = ["is_transformers_available", *_LAZY] + (list(_PATCHING) if TRANSFORMERS_AVAILABLE else [])
 
@@ -62,6 +70,8 @@ __all__ = ["is_transformers_available", *_LAZY] + (list(_PATCHING) if TRANSFORME
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _NOT_IN_ALL:
+        return getattr(importlib.import_module(f"{__name__}.{_NOT_IN_ALL[name]}"), name)
     if name in _PATCHING:
         if not TRANSFORMERS_AVAILABLE:
             raise ImportError(f"{name} patches Hugging Face models and needs transformers: pip install transformers")

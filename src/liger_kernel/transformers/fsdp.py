@@ -1,10 +1,13 @@
-"""Running a fused op on a module whose parameters FSDP shards.
+"""Running a fused op on a module whose parameters FSDP or DeepSpeed ZeRO-3 shard.
 
 Outside its forward, an FSDP-wrapped ``lm_head`` holds only this rank's shard of its weight, so
 a fused loss cannot read ``lm_head.weight`` directly. ``_FSDPForwardRedirection`` runs the op
 as that module's forward: FSDP gathers the full parameters before it, frees them after, and
 hooks the op's output so the backward sees them gathered again and reduce-scatters their
-gradients.
+gradients. DeepSpeed ZeRO-3 does the same through hooks on the module that owns a parameter
+(gather before its forward, release after, gather again before its backward), and FSDP2
+(``fully_shard``) through hooks on the sharded module: ``module_gathering_weight`` names the
+module whose forward must run the op.
 """
 
 import sys
@@ -48,3 +51,26 @@ class _FSDPForwardRedirection:
             return wrapper_module(*args, **kwargs)
         finally:
             restore()
+
+
+def is_zero3_partitioned(param) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``param``: it tags each one with ``ds_id`` and
+    ``ds_status``, and outside its owner's forward leaves an empty tensor in ``param.data``."""
+    return hasattr(param, "ds_id") and hasattr(param, "ds_status")
+
+
+def module_gathering_weight(module):
+    """The module whose forward gathers ``module.weight`` whole, when something shards it
+    outside that forward; None when ``module.weight`` can be read directly.
+
+    FSDP2 (``fully_shard(module)``): ``module`` itself. DeepSpeed ZeRO-3: the submodule that
+    owns the parameter (``module`` itself, or e.g. the active copy inside a PEFT
+    ``modules_to_save`` wrapper, whose own hooks gather only its direct parameters). An FSDP1
+    wrapper is ``is_fsdp_wrapped``'s case: redirect through it, reading its ``module``."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    if fsdp is not None and isinstance(module, getattr(fsdp, "FSDPModule", ())):
+        return module
+    weight = module.weight
+    if not is_zero3_partitioned(weight):
+        return None
+    return next(m for m in module.modules() if any(p is weight for p in m._parameters.values()))

@@ -17,6 +17,9 @@ from liger_kernel.ops.swiglu import LigerSiLUMulFunction
 from liger_kernel.ops.tvd import LigerTVDLossFunction
 from liger_kernel.transformers.cross_entropy import CrossEntropyOutput as CrossEntropyOutput  # the peer's path
 from liger_kernel.transformers.cross_entropy import pack_outputs
+from liger_kernel.transformers.tensor_parallel import (  # noqa: F401  the peer's functional
+    liger_fused_linear_scaled_cross_entropy_tp as liger_fused_linear_scaled_cross_entropy_tp,
+)
 
 
 def liger_swiglu(a, b):

@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.layer_norm import LigerLayerNormFunction, layer_norm_reference
+from liger_kernel.transformers.tensor_parallel import is_dtensor, norm_on_local_tensors
 
 INIT_FNS = ("ones", "zeros")
 # Implementations a module can pin (None: the process-wide selection, LIGER_KERNEL_IMPL).
@@ -52,6 +53,10 @@ class LigerLayerNorm(nn.Module):
     def forward(self, hidden_states):
         if self.impl == "torch":
             return layer_norm_reference(hidden_states, self.weight, self.bias, self.eps)
+        if is_dtensor(hidden_states) or is_dtensor(self.weight):  # tensor parallel
+            return norm_on_local_tensors(
+                LigerLayerNormFunction.apply, hidden_states, (self.weight, self.bias), self.eps
+            )
         return LigerLayerNormFunction.apply(hidden_states, self.weight, self.bias, self.eps)
 
     def extra_repr(self):

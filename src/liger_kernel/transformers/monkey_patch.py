@@ -467,14 +467,17 @@ def _apply_liger_kernel(model_type: str, **kwargs) -> None:
     fn(**accepted)
 
 
-def _apply_liger_kernel_to_instance(model, **kwargs) -> None:
+def _apply_liger_kernel_to_instance(model, **kwargs):
     """Patch an already-built model (or PEFT wrapper) by its ``config.model_type``, passing only
-    the keyword arguments that family's function takes. Unknown types are logged and left as they are."""
+    the keyword arguments that family's function takes. A type the table does not name is patched
+    by structure, each replacement verified first (``structural``); its report is returned."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     fn = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type)
     if fn is None:
-        logger.warning("No Liger kernels for model type %r: the model is left unchanged.", model_type)
-        return
+        from liger_kernel.transformers.structural import apply_liger_kernel_by_structure
+
+        logger.info("No table entry for model type %r: patching by structure.", model_type)
+        return apply_liger_kernel_by_structure(model, **kwargs)
     accepted, ignored = _accepted(fn, kwargs)
     accepted.pop("model", None)
     if ignored:

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from liger_kernel.ops.rms_norm import LigerRMSNormFunction, casting_mode_name
+from liger_kernel.transformers.tensor_parallel import is_dtensor, norm_on_local_tensors
 
 INIT_FNS = ("ones", "zeros")
 
@@ -55,9 +56,7 @@ class LigerRMSNorm(nn.Module):
             self.register_parameter("weight", None)
 
     def forward(self, hidden_states):
-        return LigerRMSNormFunction.apply(
-            hidden_states,
-            self.weight,
+        options = (
             self.variance_epsilon,
             self.offset,
             self.casting_mode,
@@ -65,6 +64,9 @@ class LigerRMSNorm(nn.Module):
             self.row_mode,
             self.grad_output_unshared,
         )
+        if is_dtensor(hidden_states) or is_dtensor(self.weight):  # tensor parallel
+            return norm_on_local_tensors(LigerRMSNormFunction.apply, hidden_states, (self.weight,), *options)
+        return LigerRMSNormFunction.apply(hidden_states, self.weight, *options)
 
     def extra_repr(self):
         return (

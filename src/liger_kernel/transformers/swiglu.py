@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.modules.module as module_globals
 
+from liger_kernel.ops.fused_moe import LigerFusedMoEFunction
 from liger_kernel.ops.geglu import LigerGELUMulFunction
 from liger_kernel.ops.swiglu import LigerFusedGateUpSiLUMulFunction, LigerGatedMLPFunction, LigerSiLUMulFunction
 from liger_kernel.utils import use_triton
@@ -165,3 +166,60 @@ class LigerPhi3SwiGLUMLP(nn.Module):
             return LigerGatedMLPFunction.apply(x, self.gate_up_proj.weight, None, self.down_proj.weight, "silu")
         # The projection's output is read by nothing else: its buffer takes the gradient.
         return self.down_proj(LigerFusedGateUpSiLUMulFunction.apply(self.gate_up_proj(x), None))
+
+
+# ----------------------------------------------------------------------------- mixture-of-experts experts
+
+
+class LigerExperts(nn.Module):
+    """A drop-in for transformers 5.x's experts modules (``Qwen3MoeExperts``, ``MixtralExperts``,
+    DeepSeek's, ``GptOssExperts``...): the whole block ``sum_k w * down(gating(gate_up(x)))`` as
+    ``LigerFusedMoEFunction``.
+
+    ``forward(hidden_states [T, H] (or [..., H]), top_k_index [T, K], top_k_weights [T, K])`` ->
+    [T, H]. Parameters as transformers lays them out, so its checkpoints load unchanged:
+    ``gate_up_proj[E, 2I, H]`` (gate rows, then up rows) and ``down_proj[E, H, I]``; for GPT-OSS
+    (``model_type`` gpt_oss, or a config with ``swiglu_limit``) ``gate_up_proj[E, H, 2I]`` (gate and
+    up interleaved), ``gate_up_proj_bias[E, 2I]``, ``down_proj[E, I, H]``, ``down_proj_bias[E, H]``
+    and the clamped gating with ``swiglu_alpha`` / ``swiglu_limit`` (1.702 and 7.0 where the config
+    has none). E is ``config.num_experts``, ``num_local_experts`` or ``n_routed_experts``; I is
+    ``moe_intermediate_size`` or ``intermediate_size``; other activations than silu are rejected."""
+
+    def __init__(self, config):
+        super().__init__()
+        _check_activation(config)
+        self.config = config
+        counts = (getattr(config, n, None) for n in ("num_experts", "num_local_experts", "n_routed_experts"))
+        self.num_experts = next(count for count in counts if count is not None)
+        self.hidden_dim = self.hidden_size = config.hidden_size
+        self.intermediate_dim = self.intermediate_size = getattr(config, "moe_intermediate_size", None) or (
+            config.intermediate_size
+        )
+        E, H, inter = self.num_experts, self.hidden_dim, self.intermediate_dim
+        # GPT-OSS; older transformers (5.17) has no swiglu_alpha / swiglu_limit and uses these values.
+        self.is_transposed = getattr(config, "model_type", None) == "gpt_oss" or hasattr(config, "swiglu_limit")
+        if self.is_transposed:
+            self.alpha = float(getattr(config, "swiglu_alpha", 1.702))
+            self.limit = float(getattr(config, "swiglu_limit", 7.0))
+            self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * inter))
+            self.gate_up_proj_bias = nn.Parameter(torch.empty(E, 2 * inter))
+            self.down_proj = nn.Parameter(torch.empty(E, inter, H))
+            self.down_proj_bias = nn.Parameter(torch.empty(E, H))
+        else:
+            self.alpha = self.limit = None
+            self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * inter, H))
+            self.down_proj = nn.Parameter(torch.empty(E, H, inter))
+            self.gate_up_proj_bias = self.down_proj_bias = None
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        x = hidden_states.reshape(-1, self.hidden_dim)
+        weights = [self.gate_up_proj, self.down_proj, self.gate_up_proj_bias, self.down_proj_bias]
+        if torch.is_autocast_enabled(x.device.type):  # as F.linear under autocast: compute in its dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, *weights = [None if t is None else t.to(dtype) for t in (x, *weights)]
+        gate_up_proj, down_proj, gate_up_proj_bias, down_proj_bias = weights
+        y = LigerFusedMoEFunction.apply(
+            x, gate_up_proj, down_proj, top_k_index.reshape(x.shape[0], -1), top_k_weights.reshape(x.shape[0], -1),
+            gate_up_proj_bias, down_proj_bias, self.is_transposed, not self.is_transposed, self.alpha, self.limit,
+        )  # fmt: skip
+        return y.view(*hidden_states.shape[:-1], self.hidden_dim)

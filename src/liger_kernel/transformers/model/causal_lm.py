@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast, MoeCausalLMOutputWithPast
 
-from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped
+from liger_kernel.transformers.fsdp import _FSDPForwardRedirection, is_fsdp_wrapped, module_gathering_weight
 from liger_kernel.transformers.model.loss_utils import (
     LigerForCausalLMLoss,
     logits_extras,
@@ -65,14 +65,19 @@ def _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss
 def lce_maybe_trainable_lm_head(self, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs):
     """The fused loss (``LigerForCausalLMLoss``) of ``hidden_states`` through ``self.lm_head``.
 
-    An FSDP-wrapped head holds only a shard of its weight outside its forward: the loss then runs
-    as that forward (``_FSDPForwardRedirection``). A PEFT ``modules_to_save`` head exposes its
-    trainable copy's ``weight`` and ``bias`` itself.
+    A head sharded by FSDP (FSDP1 wrapper, FSDP2) or DeepSpeed ZeRO-3 holds only a shard of its
+    weight outside its forward: the loss then runs as the forward that gathers it
+    (``_FSDPForwardRedirection``), which also gathers it again for the backward. A PEFT
+    ``modules_to_save`` head exposes its trainable copy's ``weight`` and ``bias`` itself.
     """
     lm_head = self.lm_head
     if is_fsdp_wrapped(lm_head):
+        gatherer, lm_head = lm_head, lm_head.module
+    else:
+        gatherer = module_gathering_weight(lm_head)
+    if gatherer is not None:
         return _FSDPForwardRedirection()(
-            lm_head, _head_loss, lm_head.module, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs
+            gatherer, _head_loss, lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs
         )
     return _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs)
 
