@@ -321,6 +321,7 @@ def test_fused_experts_switch(monkeypatch):
     fused module of the entry's kind in place of the stock experts (and the model converges), an
     instance patch converts them keeping their parameters, the revert restores them."""
     monkeypatch.setitem(monkey_patch._FUSED_EXPERTS, SILU_EXPERTS, (__name__, "ReferenceExperts"))
+    monkeypatch.setattr(monkey_patch, "_ADAPTERS", {})  # adapters built here (on the stand-in) stay here
     monkeypatch.setitem(MODEL_SPECS, "qwen3_moe", dataclasses.replace(MODEL_SPECS["qwen3_moe"], fused_experts=True))
     test_moe_family_converges("qwen3_moe", torch.float32)  # expects the experts converted too
     monkey_patch.revert_liger_kernel_to_qwen3_moe()

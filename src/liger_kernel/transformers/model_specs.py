@@ -65,7 +65,7 @@ class ModelSpec:
     causal_lm: the causal-LM class whose ``forward`` becomes the generic one (None: a multimodal
         family whose forward and loss stay stock).
     norms: RMSNorm class names (all share ``norm`` numerics; q/k norms included).
-    mlps: dense MLP class names replaced by ``mlp_kind`` (MoE experts stay stock).
+    mlps: dense MLP class names replaced by ``mlp_kind`` (MoE routed experts: ``experts``).
     activation: the config attribute naming the MLP activation.
     rope: the module-level RoPE function name; None where our kernel does not compute the
         family's rotation (interleaved pairs, multimodal sections, a one-tensor signature): the
@@ -151,7 +151,7 @@ MODEL_SPECS = {
     "ministral": ModelSpec(
         _hf("ministral"), "MinistralForCausalLM", ("MinistralRMSNorm",), LLAMA_NORM, ("MinistralMLP",), SWIGLU
     ),
-    # Mixtral's experts are one fused 3-D parameter pair with routing inside: left stock.
+    # Mixtral's experts: one 3-D parameter pair, the fused experts module under the swiglu flag.
     "mixtral": ModelSpec(
         _hf("mixtral"),
         "MixtralForCausalLM",
@@ -162,10 +162,11 @@ MODEL_SPECS = {
         moe=True,
         experts=("MixtralExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "qwen2": ModelSpec(_hf("qwen2"), "Qwen2ForCausalLM", ("Qwen2RMSNorm",), LLAMA_NORM, ("Qwen2MLP",), SWIGLU),
     "qwen3": ModelSpec(_hf("qwen3"), "Qwen3ForCausalLM", ("Qwen3RMSNorm",), LLAMA_NORM, ("Qwen3MLP",), SWIGLU),
-    # Qwen3MoeMLP is the dense MLP of `mlp_only_layers`; the experts stay stock.
+    # Qwen3MoeMLP is the dense MLP of `mlp_only_layers`; the experts are the fused module.
     "qwen3_moe": ModelSpec(
         _hf("qwen3_moe"),
         "Qwen3MoeForCausalLM",
@@ -176,6 +177,7 @@ MODEL_SPECS = {
         moe=True,
         experts=("Qwen3MoeExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "gemma": ModelSpec(_hf("gemma"), "GemmaForCausalLM", ("GemmaRMSNorm",), GEMMA_NORM, ("GemmaMLP",), GEGLU),
     "gemma2": ModelSpec(
@@ -264,7 +266,7 @@ MODEL_SPECS = {
         rope=None,
         note=QWEN3_5_NOTE,
     ),
-    # Qwen3-Next: the dense and shared-expert MLPs are patched, the routed experts stay stock.
+    # Qwen3-Next: the dense and shared-expert MLPs and the routed experts are patched.
     "qwen3_next": ModelSpec(
         _hf("qwen3_next"),
         "Qwen3NextForCausalLM",
@@ -274,9 +276,10 @@ MODEL_SPECS = {
         SWIGLU,
         rope=None,
         moe=True,
-        note="The routed experts and the gated DeltaNet stay stock. " + NO_ROPE_NOTE,
+        note="The gated DeltaNet stays stock. " + NO_ROPE_NOTE,
         experts=("Qwen3NextExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     # Nemotron: LayerNorm1P (kept stock) and a plain MLP, down(relu2(up(x))): ReLU² is what Liger swaps.
     "nemotron": ModelSpec(_hf("nemotron"), "NemotronForCausalLM", (), LLAMA_NORM, (), RELU2, rope=None),
@@ -285,17 +288,17 @@ MODEL_SPECS = {
 # Model types whose apply function is another type's: the text decoder of a multimodal family.
 ALIASES = {"qwen3_5_text": "qwen3_5"}
 
-# Mixture of experts. Routed experts stay stock until their entry sets ``fused_experts``; shared experts
+# Mixture of experts. Routed experts are the fused module where the entry sets ``fused_experts``; shared experts
 # and dense layers are dense SwiGLU MLPs (``mlps``); attention (MLA, sinks, sliding windows) stays stock.
-EXPERTS_STOCK_NOTE = "The routed experts stay stock."
+EXPERTS_NOTE = "swiglu: the shared MLP and the routed experts (the fused experts module)."
 GPT_OSS_NOTE = (
     "Our RoPE kernel computes GPT-OSS's rotation (``liger_rotary_pos_emb_gpt_oss``); the attention with its "
-    "sinks and sliding windows, the router and the experts (clamped gating with biases) stay stock: "
-    "``swiglu`` patches nothing here, as in Liger Kernel 0.8.5, where it defaults to False."
+    "sinks and sliding windows and the router stay stock; ``swiglu`` (default False, as in Liger Kernel 0.8.5) "
+    "swaps the experts (clamped gating with biases) for the fused experts module."
 )
 DEEPSEEK_NOTE = (
     "Multi-head latent attention stays stock (its q/kv norms are ours); the dense MLPs of the first "
-    "``first_k_dense_replace`` layers and the shared experts are ours; the routed experts stay stock. " + NO_ROPE_NOTE
+    "``first_k_dense_replace`` layers, the shared experts and the routed experts (fused) are ours. " + NO_ROPE_NOTE
 )
 DEEPSEEK_V4_NOTE = (
     "DeepSeek-V4's MLPs clamp the gate and up projections at ``swiglu_limit``, which our SwiGLU kernel does "
@@ -305,11 +308,12 @@ DEEPSEEK_V4_NOTE = (
 QWEN3_5_MOE_NOTE = (
     "Also for ``qwen3_5_moe_text``. The norms and shared-expert MLPs of the vision-language "
     "``Qwen3_5MoeForConditionalGeneration`` are these classes and are patched too; its forward (the loss on "
-    "logits) stays stock. The gated DeltaNet and the routed experts stay stock. " + NO_ROPE_NOTE
+    "logits) stays stock. The gated DeltaNet stays stock; the routed experts are the fused module. " + NO_ROPE_NOTE
 )
 VISION_MOE_NOTE = (
     "The ``*ForConditionalGeneration`` forward and its loss on logits stay stock (``cross_entropy`` and "
-    "``fused_linear_cross_entropy`` patch nothing yet); the vision tower's MLP and the routed experts stay stock."
+    "``fused_linear_cross_entropy`` patch nothing yet); the vision tower's MLP stays stock, the routed experts "
+    "are the fused module."
 )
 MOE_SPECS = {
     "gpt_oss": ModelSpec(
@@ -323,6 +327,7 @@ MOE_SPECS = {
         note=GPT_OSS_NOTE,
         experts=("GptOssExperts",),
         experts_kind=GPT_OSS_EXPERTS,
+        fused_experts=True,
         mlp_default=False,
         rope_fn="liger_rotary_pos_emb_gpt_oss",
     ),
@@ -337,6 +342,7 @@ MOE_SPECS = {
         note=DEEPSEEK_NOTE,
         experts=("DeepseekV2Experts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "deepseek_v3": ModelSpec(
         _hf("deepseek_v3"),
@@ -349,6 +355,7 @@ MOE_SPECS = {
         note=DEEPSEEK_NOTE,
         experts=("DeepseekV3Experts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "deepseek_v4": ModelSpec(
         _hf("deepseek_v4"),
@@ -377,6 +384,7 @@ MOE_SPECS = {
         note=QWEN3_5_MOE_NOTE,
         experts=("Qwen3_5MoeExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     # Every layer sparse, with a shared MLP (HunYuanMoEV1MLP); no load-balancing loss in the stock forward.
     "hunyuan_v1_moe": ModelSpec(
@@ -386,9 +394,10 @@ MOE_SPECS = {
         LLAMA_NORM,
         ("HunYuanMoEV1MLP",),
         SWIGLU,
-        note=EXPERTS_STOCK_NOTE,
+        note=EXPERTS_NOTE,
         experts=("HunYuanMoEV1Experts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     # Vision-language MoE: the text decoder's norms, dense and shared MLPs (and the vision blocks'
     # RMSNorms) are ours; the multimodal forward stays stock (``causal_lm`` None) until the table has one.
@@ -403,6 +412,7 @@ MOE_SPECS = {
         note=VISION_MOE_NOTE + " " + NO_ROPE_NOTE,
         experts=("Glm4vMoeTextExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "qwen3_vl_moe": ModelSpec(
         _hf("qwen3_vl_moe"),
@@ -414,6 +424,7 @@ MOE_SPECS = {
         note="Also for ``qwen3_vl_moe_text``. " + VISION_MOE_NOTE,
         experts=("Qwen3VLMoeTextExperts",),
         experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
 }
 MODEL_SPECS.update(MOE_SPECS)
