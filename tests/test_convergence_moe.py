@@ -202,18 +202,20 @@ def liger_modules(model):
     return sorted(type(m).stock_class.__name__ for m in model.modules() if hasattr(type(m), "stock_class"))
 
 
-def expected_modules(model, spec):
-    """The stock norm, MLP and (where switched to the fused ones) experts modules a default patch
-    converts (MLPs and experts only where the MLP flag defaults on)."""
-    names = (*spec.norms, *(spec.mlps if spec.mlp_default else ()), *(spec.experts if spec.fused_experts else ()))
+def expected_modules(model, spec, mlp=None):
+    """The stock norm, MLP and (where switched to the fused ones) experts modules a patch converts
+    (MLPs and experts only under the MLP flag, by default its default)."""
+    mlp = spec.mlp_default if mlp is None else mlp
+    names = (*spec.norms, *(spec.mlps if mlp else ()), *(spec.experts if mlp and spec.fused_experts else ()))
     return sorted(type(m).__name__ for m in model.modules() if type(m).__name__ in names)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("model_type", MOE_FAMILIES)
-def test_moe_family_converges(model_type, dtype):
-    """Class-level patch with the family's defaults, model built afterwards, loaded with the stock
-    model's initial weights; every norm and dense/shared MLP of it must be ours."""
+def test_moe_family_converges(model_type, dtype, mlp=None):
+    """Class-level patch with the family's defaults (``mlp``: the MLP flag), model built afterwards,
+    loaded with the stock model's initial weights; every norm, dense/shared MLP and routed experts
+    module of it must be ours."""
     spec = MODEL_SPECS[model_type]
     if model_type == "deepseek_v4" and dtype == torch.bfloat16 and not ON_GPU:
         pytest.skip(
@@ -225,10 +227,10 @@ def test_moe_family_converges(model_type, dtype):
     modeling = importlib.import_module(spec.module)
     model64 = float64_copy(stock)
     initial = copy.deepcopy(stock.state_dict())
-    expected = expected_modules(stock, spec)
+    expected = expected_modules(stock, spec, mlp)
 
     def make():
-        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type](rope=rope)
+        MODEL_TYPE_TO_APPLY_LIGER_FN[model_type](rope=rope, **({} if mlp is None else {spec.mlp_flag: mlp}))
         if rope:
             assert getattr(modeling, spec.rope) is getattr(rope_functions, spec.rope_fn)
         patched = build_moe(model_type, dtype)
@@ -237,6 +239,12 @@ def test_moe_family_converges(model_type, dtype):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpt_oss_fused_experts_converge(dtype):
+    """GPT-OSS with ``swiglu=True`` (off by default): its clamped, biased, interleaved experts fused."""
+    test_moe_family_converges("gpt_oss", dtype, mlp=True)
 
 
 @pytest.mark.parametrize("model_type", sorted(t for t in MOE_FAMILIES if MODEL_SPECS[t].moe))
