@@ -69,6 +69,18 @@ DENSE_FORWARDS = {  # module -> forward name
     "qwen3_5": "lce_forward",
     "qwen3_next": "lce_forward",
 }
+# Mixture of experts (issue 14): Liger Kernel 0.8.5's apply signatures (§2.2) and forward modules (§1.10).
+MOE_FAMILIES = {
+    "gpt_oss": APPLY.replace("swiglu=True", "swiglu=False"),
+    "deepseek_v2": APPLY_NO_ROPE,
+    "deepseek_v3": APPLY_NO_ROPE,
+    "deepseek_v4": APPLY_NO_ROPE.replace("swiglu=True", "swiglu=False"),
+    "qwen3_5_moe": APPLY_NO_ROPE,
+    "hunyuan_v1_moe": APPLY,
+    "glm4v_moe": APPLY_NO_ROPE,
+    "qwen3_vl_moe": APPLY,
+}
+MOE_FORWARDS = ("gpt_oss", "deepseek_v2", "deepseek_v3", "deepseek_v4", "qwen3_5_moe")
 LCE_FORWARD = (
     "accepts:(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,"
     " labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,"
@@ -1016,10 +1028,23 @@ NAMES = [
         ]
         for path in (OPS, f"{OPS}.{module}")
     ],
+    # Mixture of experts: the families' apply functions and their forward modules
+    *[(T, f"apply_liger_kernel_to_{family}", None, spec) for family, spec in MOE_FAMILIES.items()],
+    *[
+        (
+            f"{T}.model.{module}",
+            "lce_forward",
+            None,
+            LCE_FORWARD if module in ("deepseek_v2", "deepseek_v3") else LCE_FORWARD_MOE,
+        )
+        for module in MOE_FORWARDS
+    ],
 ]
 
 # Names of §1.1-§1.10 that later issues bring, with the reason: the boundary of this test.
 EXCLUDED = {
+    f"{T}.model.qwen3_5_moe.lce_forward_conditional_generation, {T}.model.glm4v_moe.lce_forward,"
+    f" {T}.model.qwen3_vl_moe.lce_forward": "the multimodal forwards: issue 14, the vlm branch",
     f"{T}.trainer.LigerORPOTrainer (§1.9)": "needs the chunked ORPO loss; trl 1.16 has no trl.trainer.ORPOTrainer",
     f"{T}: LigerDyT, LigerModulatedRMSNorm, LigerPolyNorm, LigerSoftmax,"
     " LigerSparsemax, LigerMultiTokenAttention, LigerMHC": "ops not built yet",
@@ -1137,7 +1162,7 @@ def test_names_are_listed_once():
 def test_every_family_is_covered():
     from liger_kernel.transformers.model_specs import MODEL_SPECS
 
-    assert set(MODEL_SPECS) == set(FAMILIES) | set(DENSE_FAMILIES)
+    assert set(MODEL_SPECS) == set(FAMILIES) | set(DENSE_FAMILIES) | set(MOE_FAMILIES)
 
 
 # ----------------------------------------------------------------------------- the helpers work as callers use them

@@ -32,11 +32,15 @@ from liger_kernel.transformers.model_specs import (  # noqa: E402
     GEGLU,
     GEMMA4_GEGLU,
     MODEL_SPECS,
+    MOE_SPECS,
     PHI3,
     RELU2,
 )
 
 FAMILIES = sorted(MODEL_SPECS)
+# The mixture-of-experts families of issue 14: their class and instance patches, reverts and signatures are
+# checked in test_convergence_moe.py and test_api_names.py (tiny configs of their own).
+FAMILIES = [f for f in FAMILIES if f not in MOE_SPECS]
 LIGER_MLP = {
     GEGLU: LigerGEGLUMLP,
     GEMMA4_GEGLU: LigerGEGLUMLP,

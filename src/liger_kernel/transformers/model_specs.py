@@ -16,6 +16,15 @@ GEMMA4_GEGLU = "gemma4_geglu"  # GeGLU built as (config, layer_idx): double-wide
 HUNYUAN_SWIGLU = "hunyuan_swiglu"  # SwiGLU built as (config, layer_idx=None, is_shared_mlp=False)
 FALCON_H1_SWIGLU = "falcon_h1_swiglu"  # SwiGLU with config.mlp_multipliers on the gate and the output
 RELU2 = "relu2"  # no gated MLP: ReLU² replaces the activation module of down(relu2(up(x))) (Nemotron)
+DEEPSEEK_V2_SWIGLU = "deepseek_v2_swiglu"  # SwiGLU built as (config, hidden_size=None, intermediate_size=None)
+
+# Experts kinds (mixture of experts): what a family's routed ``*Experts`` module computes per expert,
+# the contract a fused experts module must meet to stand in for it (parameters as transformers 5.x lays
+# them out: gate_up_proj [E, 2I, H], down_proj [E, H, I]).
+SILU_EXPERTS = "silu_experts"  # silu(gate) * up on the two halves of gate_up_proj
+# GPT-OSS: gate_up_proj [E, H, 2I] with gate/up interleaved, biases, (up + 1) * clamped gate * sigmoid(alpha gate)
+GPT_OSS_EXPERTS = "gpt_oss_experts"
+CLAMPED_SILU_EXPERTS = "clamped_silu_experts"  # DeepSeek-V4: silu(gate clamped) * up clamped, at swiglu_limit
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ OLMO2_NORM = NormSpec(casting_mode="gemma", in_place=False)
 LLAMA_POST_NORM = NormSpec(in_place=False)
 # Gemma 4: the weight at ones and applied in fp32, x_hat * w (some norms have no weight at all).
 GEMMA4_NORM = NormSpec(casting_mode="gemma", in_place=False)
+# GPT-OSS and DeepSeek-V4: (w * x_hat_fp32).to(dtype), pre-norm layers.
+FP32_WEIGHT_NORM = NormSpec(casting_mode="gemma")
 
 
 @dataclass(frozen=True)
@@ -51,16 +62,26 @@ class ModelSpec:
     """One model family.
 
     module: the modeling module whose symbols are swapped.
-    causal_lm: the causal-LM class whose ``forward`` becomes the generic one.
+    causal_lm: the causal-LM class whose ``forward`` becomes the generic one (None: a multimodal
+        family whose forward and loss stay stock).
     norms: RMSNorm class names (all share ``norm`` numerics; q/k norms included).
-    mlps: dense MLP class names replaced by ``mlp_kind`` (MoE experts stay stock).
+    mlps: dense MLP class names replaced by ``mlp_kind`` (MoE routed experts: ``experts``).
     activation: the config attribute naming the MLP activation.
     rope: the module-level RoPE function name; None where our kernel does not compute the
         family's rotation (interleaved pairs, multimodal sections, a one-tensor signature): the
         ``rope`` flag then defaults to False, as in Liger Kernel 0.8.5, and True is ignored.
     moe: whether the forward adds the router load-balancing loss (the module's
-        ``load_balancing_loss_func``).
+        ``load_balancing_loss_func``, times the model's ``router_aux_loss_coef``).
     note: a sentence for the family's ``apply_liger_kernel_to_*`` docstring.
+
+    Mixture of experts (shared experts and the dense layers of ``mlp_only_layers`` or
+    ``first_k_dense_replace`` are dense MLPs: they are in ``mlps``):
+    experts: the routed experts' class names (``*Experts``, one 3-D parameter pair per layer).
+    experts_kind: what they compute (``SILU_EXPERTS``, ...): the math a fused module must match.
+    fused_experts: the switch: True swaps ``experts`` for the fused experts module of
+        ``experts_kind`` under the MLP flag; False leaves them stock.
+    mlp_default: the MLP flag's default (False where Liger Kernel 0.8.5 defaults it off).
+    rope_fn: our function (in ``liger_kernel.transformers.rope``) that replaces ``rope``.
     """
 
     module: str
@@ -73,6 +94,11 @@ class ModelSpec:
     rope: str = "apply_rotary_pos_emb"
     moe: bool = False
     note: str = ""
+    experts: tuple = ()
+    experts_kind: str = ""
+    fused_experts: bool = False
+    mlp_default: bool = True
+    rope_fn: str = "liger_rotary_pos_emb"
 
     @property
     def mlp_flag(self) -> str:
@@ -89,7 +115,7 @@ class ModelSpec:
         losses = (("cross_entropy", False), ("fused_linear_cross_entropy", True))
         if self.mlp_kind == RELU2:
             return ((self.mlp_flag, True), *losses)
-        return (("rope", self.rope is not None), *losses, ("rms_norm", True), (self.mlp_flag, True))
+        return (("rope", self.rope is not None), *losses, ("rms_norm", True), (self.mlp_flag, self.mlp_default))
 
 
 GRANITE_NOTE = (
@@ -125,13 +151,33 @@ MODEL_SPECS = {
     "ministral": ModelSpec(
         _hf("ministral"), "MinistralForCausalLM", ("MinistralRMSNorm",), LLAMA_NORM, ("MinistralMLP",), SWIGLU
     ),
-    # Mixtral's experts are one fused 3-D parameter pair with routing inside: left stock.
-    "mixtral": ModelSpec(_hf("mixtral"), "MixtralForCausalLM", ("MixtralRMSNorm",), LLAMA_NORM, (), SWIGLU, moe=True),
+    # Mixtral's experts: one 3-D parameter pair, the fused experts module under the swiglu flag.
+    "mixtral": ModelSpec(
+        _hf("mixtral"),
+        "MixtralForCausalLM",
+        ("MixtralRMSNorm",),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        moe=True,
+        experts=("MixtralExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
     "qwen2": ModelSpec(_hf("qwen2"), "Qwen2ForCausalLM", ("Qwen2RMSNorm",), LLAMA_NORM, ("Qwen2MLP",), SWIGLU),
     "qwen3": ModelSpec(_hf("qwen3"), "Qwen3ForCausalLM", ("Qwen3RMSNorm",), LLAMA_NORM, ("Qwen3MLP",), SWIGLU),
-    # Qwen3MoeMLP is the dense MLP of `mlp_only_layers`; the experts stay stock.
+    # Qwen3MoeMLP is the dense MLP of `mlp_only_layers`; the experts are the fused module.
     "qwen3_moe": ModelSpec(
-        _hf("qwen3_moe"), "Qwen3MoeForCausalLM", ("Qwen3MoeRMSNorm",), LLAMA_NORM, ("Qwen3MoeMLP",), SWIGLU, moe=True
+        _hf("qwen3_moe"),
+        "Qwen3MoeForCausalLM",
+        ("Qwen3MoeRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen3MoeMLP",),
+        SWIGLU,
+        moe=True,
+        experts=("Qwen3MoeExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     "gemma": ModelSpec(_hf("gemma"), "GemmaForCausalLM", ("GemmaRMSNorm",), GEMMA_NORM, ("GemmaMLP",), GEGLU),
     "gemma2": ModelSpec(
@@ -220,7 +266,7 @@ MODEL_SPECS = {
         rope=None,
         note=QWEN3_5_NOTE,
     ),
-    # Qwen3-Next: the dense and shared-expert MLPs are patched, the routed experts stay stock.
+    # Qwen3-Next: the dense and shared-expert MLPs and the routed experts are patched.
     "qwen3_next": ModelSpec(
         _hf("qwen3_next"),
         "Qwen3NextForCausalLM",
@@ -230,7 +276,10 @@ MODEL_SPECS = {
         SWIGLU,
         rope=None,
         moe=True,
-        note="The routed experts and the gated DeltaNet stay stock. " + NO_ROPE_NOTE,
+        note="The gated DeltaNet stays stock. " + NO_ROPE_NOTE,
+        experts=("Qwen3NextExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
     ),
     # Nemotron: LayerNorm1P (kept stock) and a plain MLP, down(relu2(up(x))): ReLU² is what Liger swaps.
     "nemotron": ModelSpec(_hf("nemotron"), "NemotronForCausalLM", (), LLAMA_NORM, (), RELU2, rope=None),
@@ -238,6 +287,148 @@ MODEL_SPECS = {
 
 # Model types whose apply function is another type's: the text decoder of a multimodal family.
 ALIASES = {"qwen3_5_text": "qwen3_5"}
+
+# Mixture of experts. Routed experts are the fused module where the entry sets ``fused_experts``; shared experts
+# and dense layers are dense SwiGLU MLPs (``mlps``); attention (MLA, sinks, sliding windows) stays stock.
+EXPERTS_NOTE = "swiglu: the shared MLP and the routed experts (the fused experts module)."
+GPT_OSS_NOTE = (
+    "Our RoPE kernel computes GPT-OSS's rotation (``liger_rotary_pos_emb_gpt_oss``); the attention with its "
+    "sinks and sliding windows and the router stay stock; ``swiglu`` (default False, as in Liger Kernel 0.8.5) "
+    "swaps the experts (clamped gating with biases) for the fused experts module."
+)
+DEEPSEEK_NOTE = (
+    "Multi-head latent attention stays stock (its q/kv norms are ours); the dense MLPs of the first "
+    "``first_k_dense_replace`` layers, the shared experts and the routed experts (fused) are ours. " + NO_ROPE_NOTE
+)
+DEEPSEEK_V4_NOTE = (
+    "DeepSeek-V4's MLPs clamp the gate and up projections at ``swiglu_limit``, which our SwiGLU kernel does "
+    "not: ``swiglu`` patches nothing (default False, as in Liger Kernel 0.8.5). The attention with its "
+    "compressors, the hyper-connections and the routed experts stay stock. " + NO_ROPE_NOTE
+)
+QWEN3_5_MOE_NOTE = (
+    "Also for ``qwen3_5_moe_text``. The norms and shared-expert MLPs of the vision-language "
+    "``Qwen3_5MoeForConditionalGeneration`` are these classes and are patched too; its forward (the loss on "
+    "logits) stays stock. The gated DeltaNet stays stock; the routed experts are the fused module. " + NO_ROPE_NOTE
+)
+VISION_MOE_NOTE = (
+    "The ``*ForConditionalGeneration`` forward and its loss on logits stay stock (``cross_entropy`` and "
+    "``fused_linear_cross_entropy`` patch nothing yet); the vision tower's MLP stays stock, the routed experts "
+    "are the fused module."
+)
+MOE_SPECS = {
+    "gpt_oss": ModelSpec(
+        _hf("gpt_oss"),
+        "GptOssForCausalLM",
+        ("GptOssRMSNorm",),
+        FP32_WEIGHT_NORM,
+        (),
+        SWIGLU,
+        moe=True,
+        note=GPT_OSS_NOTE,
+        experts=("GptOssExperts",),
+        experts_kind=GPT_OSS_EXPERTS,
+        fused_experts=True,
+        mlp_default=False,
+        rope_fn="liger_rotary_pos_emb_gpt_oss",
+    ),
+    "deepseek_v2": ModelSpec(
+        _hf("deepseek_v2"),
+        "DeepseekV2ForCausalLM",
+        ("DeepseekV2RMSNorm",),
+        LLAMA_NORM,
+        ("DeepseekV2MLP",),
+        DEEPSEEK_V2_SWIGLU,
+        rope=None,
+        note=DEEPSEEK_NOTE,
+        experts=("DeepseekV2Experts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+    "deepseek_v3": ModelSpec(
+        _hf("deepseek_v3"),
+        "DeepseekV3ForCausalLM",
+        ("DeepseekV3RMSNorm",),
+        LLAMA_NORM,
+        ("DeepseekV3MLP",),
+        SWIGLU,
+        rope=None,
+        note=DEEPSEEK_NOTE,
+        experts=("DeepseekV3Experts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+    "deepseek_v4": ModelSpec(
+        _hf("deepseek_v4"),
+        "DeepseekV4ForCausalLM",
+        ("DeepseekV4RMSNorm",),
+        FP32_WEIGHT_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        moe=True,
+        note=DEEPSEEK_V4_NOTE,
+        experts=("DeepseekV4Experts",),
+        experts_kind=CLAMPED_SILU_EXPERTS,
+        mlp_default=False,
+    ),
+    # The shared expert (Qwen3_5MoeMLP) is the only dense MLP; every layer is sparse.
+    "qwen3_5_moe": ModelSpec(
+        _hf("qwen3_5_moe"),
+        "Qwen3_5MoeForCausalLM",
+        ("Qwen3_5MoeRMSNorm",),
+        GEMMA_NORM,
+        ("Qwen3_5MoeMLP",),
+        SWIGLU,
+        rope=None,
+        moe=True,
+        note=QWEN3_5_MOE_NOTE,
+        experts=("Qwen3_5MoeExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+    # Every layer sparse, with a shared MLP (HunYuanMoEV1MLP); no load-balancing loss in the stock forward.
+    "hunyuan_v1_moe": ModelSpec(
+        _hf("hunyuan_v1_moe"),
+        "HunYuanMoEV1ForCausalLM",
+        ("HunYuanMoEV1RMSNorm",),
+        LLAMA_NORM,
+        ("HunYuanMoEV1MLP",),
+        SWIGLU,
+        note=EXPERTS_NOTE,
+        experts=("HunYuanMoEV1Experts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+    # Vision-language MoE: the text decoder's norms, dense and shared MLPs (and the vision blocks'
+    # RMSNorms) are ours; the multimodal forward stays stock (``causal_lm`` None) until the table has one.
+    "glm4v_moe": ModelSpec(
+        _hf("glm4v_moe"),
+        None,
+        ("Glm4vMoeTextRMSNorm", "Glm4vMoeRMSNorm"),
+        LLAMA_POST_NORM,  # the vision tower's norm outputs may feed more than one consumer: no in-place backward
+        ("Glm4vMoeTextMLP",),
+        SWIGLU,
+        rope=None,
+        note=VISION_MOE_NOTE + " " + NO_ROPE_NOTE,
+        experts=("Glm4vMoeTextExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+    "qwen3_vl_moe": ModelSpec(
+        _hf("qwen3_vl_moe"),
+        None,
+        ("Qwen3VLMoeTextRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen3VLMoeTextMLP",),
+        SWIGLU,
+        note="Also for ``qwen3_vl_moe_text``. " + VISION_MOE_NOTE,
+        experts=("Qwen3VLMoeTextExperts",),
+        experts_kind=SILU_EXPERTS,
+        fused_experts=True,
+    ),
+}
+MODEL_SPECS.update(MOE_SPECS)
+ALIASES.update({"qwen3_5_moe_text": "qwen3_5_moe", "qwen3_vl_moe_text": "qwen3_vl_moe"})
 
 
 def spec_for(model_type):

@@ -21,23 +21,26 @@ import textwrap
 import torch
 import torch.nn as nn
 
+from liger_kernel.transformers import rope as rope_functions
 from liger_kernel.transformers.geglu import LigerGEGLUMLP, LigerGEGLUMLPForGemma4
 from liger_kernel.transformers.model.causal_lm import causal_lm_forward
 from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy
 from liger_kernel.transformers.model_specs import (
     ALIASES,
+    DEEPSEEK_V2_SWIGLU,
     FALCON_H1_SWIGLU,
     GEGLU,
     GEMMA4_GEGLU,
+    GPT_OSS_EXPERTS,
     HUNYUAN_SWIGLU,
     MODEL_SPECS,
     PHI3,
     RELU2,
+    SILU_EXPERTS,
     SWIGLU,
 )
 from liger_kernel.transformers.relu_squared import LigerReLUSquared
 from liger_kernel.transformers.rms_norm import LigerRMSNorm
-from liger_kernel.transformers.rope import liger_rotary_pos_emb
 from liger_kernel.transformers.swiglu import (
     SILU_NAMES,
     LigerFalconH1SwiGLUMLP,
@@ -47,6 +50,20 @@ from liger_kernel.transformers.swiglu import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+class _LigerDeepseekV2SwiGLUMLP(LigerSwiGLUMLP):
+    """``LigerSwiGLUMLP`` under DeepSeek-V2's constructor ``(config, hidden_size=None,
+    intermediate_size=None)``; every DeepSeek-V2 MLP is ``config.hidden_size`` wide."""
+
+    def __init__(self, config, hidden_size=None, intermediate_size=None):
+        if hidden_size not in (None, config.hidden_size):
+            raise ValueError(
+                f"hidden_size must be None or config.hidden_size ({config.hidden_size}), got {hidden_size}: "
+                "the Liger DeepSeek-V2 MLP is as wide as the model."
+            )
+        super().__init__(config, intermediate_size)
+
 
 # (owner, attribute name) -> the owner's own value before the first patch (_MISSING: it had none).
 _ORIGINALS = {}
@@ -61,7 +78,16 @@ _MLP_BASES = {
     GEMMA4_GEGLU: LigerGEGLUMLPForGemma4,
     HUNYUAN_SWIGLU: LigerHunyuanV1SwiGLUMLP,
     FALCON_H1_SWIGLU: LigerFalconH1SwiGLUMLP,
+    DEEPSEEK_V2_SWIGLU: _LigerDeepseekV2SwiGLUMLP,
 }
+# MLP kinds whose constructor takes the width as ``intermediate_size`` (shared experts are narrower).
+_SIZED_MLPS = (SWIGLU, DEEPSEEK_V2_SWIGLU)
+# Experts kind -> (module, class) of the fused experts module computing it, built as (config) with the
+# stock parameters; resolved when an entry sets ``fused_experts``. DeepSeek-V4's clamped kind has none.
+_FUSED_EXPERTS = {
+    kind: ("liger_kernel.transformers.swiglu", "LigerExperts") for kind in (SILU_EXPERTS, GPT_OSS_EXPERTS)
+}
+_EXPERTS_ACTIVATIONS = {SILU_EXPERTS: SILU_NAMES, GPT_OSS_EXPERTS: SILU_NAMES}
 # What each fused kernel computes: silu, or GELU's tanh form (HF's "gelu_pytorch_tanh"/"gelu_new").
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_new")
 _MLP_ACTIVATIONS = {kind: SILU_NAMES for kind in _MLP_BASES} | {GEGLU: _TANH_GELU, GEMMA4_GEGLU: _TANH_GELU}
@@ -151,26 +177,45 @@ def _norm_adapter(spec, modeling, name):
     return _ADAPTERS[key]
 
 
-def _mlp_adapter(spec, modeling, name):
-    """The family's Liger MLP under the stock constructor. A config it cannot reproduce (biased
-    projections, another activation) gets the stock MLP instead, so patching never changes a
+def _experts_supported(spec, config) -> bool:
+    """The fused experts compute one fixed activation."""
+    return getattr(config, "hidden_act", None) in _EXPERTS_ACTIVATIONS[spec.experts_kind]
+
+
+def _config_adapter(spec, modeling, name, base, supported, what):
+    """``base`` under the stock constructor ``(config, ...)`` of ``name``. A config it cannot
+    reproduce (``supported`` says no) gets the stock module instead, so patching never changes a
     model's math."""
     key = (modeling.__name__, name)
     if key not in _ADAPTERS:
 
         def __new__(cls, config=None, *args, **kwargs):
             # copy.deepcopy and pickle call __new__(cls) alone, to fill in an existing module's state.
-            if config is not None and not _mlp_supported(spec, config):
-                logger.warning("%s kept stock: Liger's %s MLP cannot reproduce this config.", name, spec.mlp_kind)
+            if config is not None and not supported(spec, config):
+                logger.warning("%s kept stock: Liger's %s cannot reproduce this config.", name, what)
                 return cls.stock_class(config, *args, **kwargs)
             return nn.Module.__new__(cls)
 
         _ADAPTERS[key] = type(
             f"Liger{name}",
-            (_MLP_BASES[spec.mlp_kind],),
+            (base,),
             {"__new__": __new__, "__module__": __name__, "stock_class": _original(modeling, name)},
         )
     return _ADAPTERS[key]
+
+
+def _mlp_adapter(spec, modeling, name):
+    """The family's Liger MLP under the stock constructor (biased projections or another
+    activation keep the stock MLP)."""
+    return _config_adapter(spec, modeling, name, _MLP_BASES[spec.mlp_kind], _mlp_supported, f"{spec.mlp_kind} MLP")
+
+
+def _experts_adapter(spec, modeling, name):
+    """The fused experts module of the family's ``experts_kind`` under the stock ``(config)``
+    constructor (another activation keeps the stock experts)."""
+    module, class_name = _FUSED_EXPERTS[spec.experts_kind]
+    base = getattr(importlib.import_module(module), class_name)
+    return _config_adapter(spec, modeling, name, base, _experts_supported, f"fused {spec.experts_kind}")
 
 
 def _activation_adapter(modeling):
@@ -191,12 +236,12 @@ def _activations_with_relu_squared(modeling):
     return ClassInstantier({**ACT2CLS, "relu2": _activation_adapter(modeling)})
 
 
-def _convert(module, adapter, undo, *args):
+def _convert(module, adapter, undo, *args, **kwargs):
     """Turn ``module`` into an ``adapter`` in place: same object, same Parameters and hooks.
     A meta-device instance supplies the plain attributes the Liger forward reads that the stock
     module lacks (those it has describe the same module: its config, its width)."""
     with torch.device("meta"):
-        fresh = adapter(*args)
+        fresh = adapter(*args, **kwargs)
     new = {key: value for key, value in vars(fresh).items() if key not in _MODULE_INTERNALS and key not in vars(module)}
     previous, cls = {key: vars(module).get(key, _MISSING) for key in new}, type(module)
     # A parameter slot the Liger forward reads as None (a norm without weight) that the stock module lacks.
@@ -222,8 +267,11 @@ def _patch_instance(model, spec, modeling, rms_norm, mlp, undo):
     for what was left."""
     norms = {_original(modeling, n): n for n in spec.norms} if rms_norm else {}
     mlps = {_original(modeling, n): n for n in spec.mlps} if mlp else {}
+    experts = {_original(modeling, n): n for n in spec.experts} if mlp and spec.fused_experts else {}
+    # The experts' config (a multimodal model's text config).
+    config = model.config.get_text_config() if experts else None
     activation = _activation_adapter(modeling) if mlp and spec.mlp_kind == RELU2 else None
-    done = {"rms_norm": 0, "mlp": 0}
+    done = {"rms_norm": 0, "mlp": 0, "experts": 0}
     kept = []
     for path, module in model.named_modules():
         cls = type(module)
@@ -240,9 +288,15 @@ def _patch_instance(model, spec, modeling, rms_norm, mlp, undo):
             if not _mlp_supported(spec, module.config):
                 kept.append(f"{path} ({cls.__name__}: config not reproducible by the {spec.mlp_kind} kernel)")
                 continue
-            args = (module.config, module.down_proj.in_features) if spec.mlp_kind == SWIGLU else (module.config,)
-            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), undo, *args)
+            width = {"intermediate_size": module.down_proj.in_features} if spec.mlp_kind in _SIZED_MLPS else {}
+            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), undo, module.config, **width)
             done["mlp"] += 1
+        elif cls in experts:
+            if not _experts_supported(spec, config):
+                kept.append(f"{path} ({cls.__name__}: config not reproducible by the fused {spec.experts_kind})")
+                continue
+            _convert(module, _experts_adapter(spec, modeling, experts[cls]), undo, config)
+            done["experts"] += 1
     return done, kept
 
 
@@ -276,10 +330,13 @@ def _apply(model_type, model, flags, others):
     if rope and spec.rope is None:
         logger.info("rope=True ignored for %s: our RoPE kernel does not compute its rotation.", model_type)
     modeling = importlib.import_module(spec.module)
-    causal_lm = getattr(modeling, spec.causal_lm)
+    # No causal LM: a multimodal family whose forward (and loss) stays stock.
+    causal_lm = getattr(modeling, spec.causal_lm) if spec.causal_lm else None
+    if causal_lm is None and (cross_entropy or fused_linear_cross_entropy):
+        logger.info("The %s forward and loss stay stock: no generic forward for its multimodal model.", model_type)
     with _all_or_nothing() as undo:
         if rope and spec.rope is not None:
-            _swap(modeling, spec.rope, liger_rotary_pos_emb, undo)
+            _swap(modeling, spec.rope, getattr(rope_functions, spec.rope_fn), undo)
         if rms_norm:
             for name in spec.norms:
                 _swap(modeling, name, _norm_adapter(spec, modeling, name), undo)
@@ -288,11 +345,14 @@ def _apply(model_type, model, flags, others):
                 _swap(modeling, name, _mlp_adapter(spec, modeling, name), undo)
             if spec.mlp_kind == RELU2:
                 _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
-        if cross_entropy:
+            if spec.fused_experts:
+                for name in spec.experts:
+                    _swap(modeling, name, _experts_adapter(spec, modeling, name), undo)
+        if cross_entropy and causal_lm is not None:
             # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
             # attribute hooks this family only, leaving transformers' shared loss functions alone.
             _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
-        if fused_linear_cross_entropy:
+        if fused_linear_cross_entropy and causal_lm is not None:
             _swap(causal_lm, "forward", causal_lm_forward, undo)
         if model is not None:
             done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp, undo)
@@ -302,9 +362,10 @@ def _apply(model_type, model, flags, others):
 def _revert(model_type, model):
     spec = MODEL_SPECS[model_type]
     modeling = importlib.import_module(spec.module)
-    _restore({modeling, getattr(modeling, spec.causal_lm)})
+    _restore({modeling, *([getattr(modeling, spec.causal_lm)] if spec.causal_lm else [])})
     if model is not None:
-        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in (*spec.norms, *spec.mlps, "relu2")} - {None}
+        names = (*spec.norms, *spec.mlps, *spec.experts, "relu2")
+        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in names} - {None}
         for module in model.modules():
             if type(module) in adapters:
                 module.__class__ = type(module).stock_class
@@ -329,7 +390,7 @@ def _make_apply(model_type):
         _apply(model_type, model, flags, others)
 
     apply.__signature__ = signature
-    mlp = ", ".join(spec.mlps) or (
+    mlp = ", ".join((*spec.mlps, *(spec.experts if spec.fused_experts else ()))) or (
         "ReLUSquaredActivation" if spec.mlp_kind == RELU2 else "nothing (the MoE experts stay stock)"
     )
     lines = [f"Patch {spec.module} with Liger kernels.", ""]

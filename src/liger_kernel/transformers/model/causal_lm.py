@@ -111,8 +111,9 @@ def causal_lm_forward(
         (each token's loss times the detached probability of its target).
     ``kwargs`` go to the decoder and the loss as in the stock forward; the loss reads
     ``shift_labels`` (targets already shifted, [B, T]), ``num_items_in_batch`` (the loss is a sum
-    divided by it) and ``ignore_index`` from them. MoE families (Mixtral, Qwen3-MoE) add
-    ``router_aux_loss_coef`` times the load-balancing loss when ``output_router_logits``.
+    divided by it) and ``ignore_index`` from them. MoE families whose stock forward does (Mixtral,
+    Qwen3-MoE, GPT-OSS, ...: the entry's ``moe``) add ``router_aux_loss_coef`` times the
+    load-balancing loss when ``output_router_logits``; every MoE decoder's router logits are returned.
     The KV cache comes as ``past_key_values`` or ``cache`` and goes to the decoder under the name
     the running transformers uses. ``output_attentions``, ``output_hidden_states`` and
     ``cache_position`` (the peer's per-family forwards take them) reach the decoder when given;
@@ -120,6 +121,7 @@ def causal_lm_forward(
     """
     spec = spec_for(self.config.model_type)
     moe = spec is not None and spec.moe
+    routed = spec is not None and bool(spec.experts)  # a mixture of experts, with or without the balancing loss
     cache = kwargs.pop("cache", None)
     if past_key_values is not None and cache is not None:
         raise ValueError("Got both past_key_values and cache: they are one KV cache, pass one of them.")
@@ -127,9 +129,9 @@ def causal_lm_forward(
     model_kwargs[CACHE_ARG] = cache if past_key_values is None else past_key_values
     given = zip(_DECODER_OPTIONS, (output_attentions, output_hidden_states, cache_position))
     model_kwargs.update((name, value) for name, value in given if value is not None)
-    if moe:
-        if output_router_logits is None:
-            output_router_logits = self.config.output_router_logits
+    if moe and output_router_logits is None:
+        output_router_logits = self.config.output_router_logits
+    if routed and output_router_logits is not None:
         model_kwargs["output_router_logits"] = output_router_logits
     outputs = self.model(
         input_ids=input_ids,
@@ -200,11 +202,12 @@ def causal_lm_forward(
         "token_accuracy": token_accuracy,
         "predicted_tokens": predicted_tokens,
     }
-    if not moe:
+    # MoE decoders without the balancing loss in their stock forward (DeepSeek, HunYuan) still return router logits.
+    if not routed:
         output = LigerCausalLMOutputWithPast(**common)
     else:
         aux_loss = None
-        if output_router_logits:
+        if moe and output_router_logits:
             balance = importlib.import_module(spec.module).load_balancing_loss_func
             aux_loss = balance(outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
             if loss is not None:
