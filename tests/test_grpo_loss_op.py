@@ -146,12 +146,19 @@ def test_per_token_outputs_and_reference():
     assert torch.count_nonzero(per_tok[~mask.bool()]) == 0
     up = torch.randn(B, T, device=DEVICE)
     (grad,) = torch.autograd.grad((per_tok * up).sum() + kl_tok.sum(), logits)
-    x = logits.detach().requires_grad_()
-    args = (x, old, ref, ids, adv, mask, 0.9, 0.04, 0.2, 0.4, True, "bnpo", None, False)
-    r_tok, r_kl, _ = grpo_loss_reference(*args)
-    (r_grad,) = torch.autograd.grad((r_tok * up).sum() + r_kl.sum(), x)
-    torch.testing.assert_close(per_tok, r_tok)
-    torch.testing.assert_close(grad, r_grad, rtol=1e-4, atol=1e-6)
+    # The reference in float64 (the spec) and in fp32 (the yardstick): the H200 run put 4 of 131M
+    # gradient entries of the kernel 3.3e-6 from the fp32 reference, beyond a fixed atol of 1e-6.
+    r_tok, r_grad = {}, {}
+    for dtype in (torch.float64, torch.float32):
+        x = logits.detach().to(dtype).requires_grad_()
+        cast = [t.to(dtype) if t.is_floating_point() else t for t in (old, ref, ids, adv, mask)]
+        tok, kl_ref, _ = grpo_loss_reference(x, *cast, 0.9, 0.04, 0.2, 0.4, True, "bnpo", None, False)
+        (r_grad[dtype],) = torch.autograd.grad((tok * up.to(dtype)).sum() + kl_ref.sum(), x)
+        r_tok[dtype] = tok
+    assert_matches("per-token loss", per_tok, r_tok[torch.float64], r_tok[torch.float32], factor=4.0,
+                   floor=FLOOR[torch.float32] * 16)  # fmt: skip
+    assert_matches("grad_logits", grad, r_grad[torch.float64], r_grad[torch.float32], factor=4.0,
+                   floor=FLOOR[torch.float32] * 16)  # fmt: skip
     out = GrpoLossFunction.apply(logits, old, ref, ids, adv, mask, 0.9, 0.04, 0.2, 0.4, True)
     assert len(out) == 3 and out[0].dim() == 0  # defaults: loss_type "grpo", reduce=True
 

@@ -624,7 +624,10 @@ class LigerFusedMoEFunction(LigerFunction):
         if not ctx.use_triton:
             return fallback_forward(ctx, fused_moe_reference, *args, is_transposed, is_concatenated, alpha, limit)
         x = x.contiguous()
-        top_k_weights = top_k_weights.contiguous()
+        # In x's dtype, as the weights: an fp32 router's weights under autocast (softmax runs in fp32
+        # there) would otherwise meet bf16 rows in the backward's matmuls, which Triton rejects on a GPU
+        # (the H200 run of test_liger_experts_under_autocast); autograd casts their gradient back.
+        top_k_weights = top_k_weights.to(x.dtype).contiguous()
         y, gu, routing = fused_moe_forward(
             x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias, down_proj_bias,
             is_transposed, is_concatenated, alpha, limit,
