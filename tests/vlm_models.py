@@ -35,7 +35,7 @@ def text_config(**overrides):
 
 
 def vision_config(model_type, **overrides):
-    return dict(
+    config = dict(
         model_type=model_type,
         hidden_size=VISION_HIDDEN,
         intermediate_size=VISION_INTERMEDIATE,
@@ -44,15 +44,13 @@ def vision_config(model_type, **overrides):
         image_size=IMAGE,
         patch_size=PATCH,
         initializer_range=0.1,
-        **overrides,
     )
+    return config | overrides
 
 
 # The mrope sections split head_dim / 2 frequencies between time, height and width.
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [HEAD_DIM // 4, HEAD_DIM // 8, HEAD_DIM // 8]}
-QWEN_VL_TOKENS = dict(
-    image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START
-)
+QWEN_VL_TOKENS = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START)
 QWEN_VISION = dict(patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2, in_channels=3, initializer_range=0.1)
 
 # Per family: the config (besides model_type) and how an image becomes tokens.
@@ -101,9 +99,106 @@ CONFIGS = {
         ),
         **QWEN_VL_TOKENS,
     ),
+    "glm4v": dict(
+        text_config=text_config(model_type="glm4v_text", rope_parameters=dict(MROPE, partial_rotary_factor=1.0)),
+        vision_config=dict(
+            depth=2,
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=VISION_INTERMEDIATE,
+            num_heads=2,
+            out_hidden_size=HIDDEN,
+            image_size=IMAGE,
+            **QWEN_VISION,
+        ),
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        image_start_token_id=VISION_START,
+        image_end_token_id=VISION_END,
+    ),
+    "mllama": dict(
+        text_config=text_config(model_type="mllama_text_model", cross_attention_layers=[1]),
+        vision_config=dict(
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=VISION_INTERMEDIATE,
+            num_hidden_layers=2,
+            num_global_layers=1,
+            attention_heads=2,
+            intermediate_layers_indices=[0],
+            vision_output_dim=2 * VISION_HIDDEN,
+            image_size=IMAGE,
+            patch_size=PATCH,
+            max_num_tiles=1,
+            supported_aspect_ratios=[[1, 1]],
+            initializer_range=0.1,
+        ),
+        image_token_index=IMAGE_TOKEN,
+    ),
+    "qwen3_vl": dict(
+        text_config=text_config(
+            model_type="qwen3_vl_text", rope_parameters=dict(MROPE, mrope_interleaved=True), **QWEN_VL_TOKENS
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=VISION_INTERMEDIATE,
+            num_heads=2,
+            out_hidden_size=HIDDEN,
+            num_position_embeddings=(IMAGE // PATCH) ** 2,
+            deepstack_visual_indexes=[0],
+            **QWEN_VISION,
+        ),
+        **QWEN_VL_TOKENS,
+    ),
+    "internvl": dict(
+        text_config=text_config(model_type="qwen2"),
+        vision_config=vision_config(
+            "internvl_vision", image_size=[IMAGE, IMAGE], patch_size=[PATCH, PATCH], use_mean_pooling=False
+        ),
+        image_token_id=IMAGE_TOKEN,
+        image_seq_length=(IMAGE // PATCH) ** 2 // 4,
+        downsample_ratio=0.5,
+    ),
+    "smolvlm": dict(
+        text_config=text_config(model_type="llama"),
+        vision_config=vision_config("smolvlm_vision"),
+        image_token_id=IMAGE_TOKEN,
+        scale_factor=2,
+    ),
+    "llama4": dict(
+        text_config=text_config(
+            model_type="llama4_text",
+            intermediate_size_mlp=INTERMEDIATE,
+            num_local_experts=1,
+            num_experts_per_tok=1,
+            interleave_moe_layer_step=2,
+            attention_chunk_size=4 * SEQ,
+        ),
+        # The pixel-shuffled patches (4 x hidden) enter the adapter MLP, as wide as the encoder's.
+        vision_config=dict(
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=4 * VISION_HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE,
+            patch_size=PATCH,
+            vision_output_dim=VISION_HIDDEN,
+            projector_input_dim=VISION_HIDDEN,
+            projector_output_dim=VISION_HIDDEN,
+            initializer_range=0.1,
+        ),
+        image_token_index=IMAGE_TOKEN,
+        boi_token_index=VISION_START,
+        eoi_token_index=VISION_END,
+    ),
 }
 # Image tokens per image in the text.
 IMAGE_TOKENS = {
+    "qwen3_vl": (IMAGE // PATCH) ** 2 // 4,
+    "internvl": (IMAGE // PATCH) ** 2 // 4,
+    "smolvlm": (IMAGE // PATCH) ** 2 // 4,
+    "llama4": (IMAGE // PATCH) ** 2 // 4,
+    "glm4v": (IMAGE // PATCH) ** 2 // 4,
+    "mllama": 1,
     "gemma3": 4,
     "paligemma": (IMAGE // PATCH) ** 2,
     "llava": (IMAGE // PATCH) ** 2,
@@ -144,8 +239,10 @@ def make_inputs(model_type, seed, dtype, batch=BATCH, seq=SEQ):
     labels = ids.clone()
     labels[:, : 1 + n_image + seq // 4] = -100
     inputs = {"input_ids": ids, "labels": labels}
-    if model_type in ("gemma3", "paligemma", "llava"):
+    if model_type in ("gemma3", "paligemma", "llava", "internvl", "llama4"):
         inputs["pixel_values"] = _pixels(g, batch, 3, IMAGE, IMAGE)
+    if model_type == "smolvlm":  # [B, images, C, H, W]
+        inputs["pixel_values"] = _pixels(g, batch, 1, 3, IMAGE, IMAGE)
     if model_type in ("gemma3", "paligemma"):
         # Gemma 3: 1 on image tokens. PaliGemma: 0 on the prefix (image and prompt), 1 on the suffix.
         token_type = torch.zeros_like(ids)
@@ -154,7 +251,12 @@ def make_inputs(model_type, seed, dtype, batch=BATCH, seq=SEQ):
         else:
             token_type[:, 1 + n_image + seq // 4 :] = 1
         inputs["token_type_ids"] = token_type
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+    if model_type == "mllama":  # one single-tile image per sample, seen by the cross-attention layers
+        inputs["pixel_values"] = _pixels(g, batch, 1, 1, 3, IMAGE, IMAGE)
+        inputs["aspect_ratio_ids"] = torch.ones(batch, 1, dtype=torch.long)
+        inputs["aspect_ratio_mask"] = torch.ones(batch, 1, 1, dtype=torch.long)
+        inputs["cross_attention_mask"] = torch.ones(batch, ids.shape[1], 1, 1, dtype=torch.long)
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "glm4v", "qwen3_vl"):
         grid = IMAGE // PATCH
         inputs["pixel_values"] = _pixels(g, batch * grid * grid, 3 * 2 * PATCH * PATCH)
         inputs["image_grid_thw"] = torch.tensor([[1, grid, grid]] * batch)

@@ -386,6 +386,93 @@ VISION_LANGUAGE_SPECS = {
         signature=_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True),
         note="Also for ``qwen2_5_vl_text``; rms_norm covers the vision blocks too. " + MROPE_NOTE,
     ),
+    # Qwen3-VL: the interleaved multimodal sections are merged into cos and sin as in Qwen2-VL;
+    # Liger Kernel 0.8.5 leaves the MLP stock by default (swiglu=False).
+    "qwen3_vl": ModelSpec(
+        _hf("qwen3_vl"),
+        None,
+        ("Qwen3VLTextRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen3VLTextMLP",),
+        SWIGLU,
+        multimodal="Qwen3VLForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True, swiglu=False),
+        note="Also for ``qwen3_vl_text``. The vision tower (LayerNorm, GELU MLP) stays stock. " + MROPE_NOTE,
+    ),
+    # Gemma 4: Gemma4RMSNorm is also the vision and audio encoders' norm. Its only LayerNorms (the
+    # audio encoder's) have no bias, which LigerLayerNorm would add: layer_norm patches nothing.
+    "gemma4": replace(
+        MODEL_SPECS["gemma4_text"],
+        multimodal="Gemma4ForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "layer_norm", "rms_norm", "geglu", layer_norm=False),
+        note="Also the text-only Gemma4ForCausalLM; rms_norm covers the vision and audio encoders. "
+        "layer_norm: Gemma 4's LayerNorms have no bias and stay stock. " + NO_ROPE_NOTE,
+    ),
+    "internvl": ModelSpec(
+        _hf("internvl"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        multimodal="InternVLForConditionalGeneration",
+        towers=(
+            tower(
+                _hf("internvl"), norms=("InternVLVisionRMSNorm",), layer_norm="nn.LayerNorm", norm_registry="NORM2FN"
+            ),
+        ),
+        by_config=True,
+        signature=_flags(*LOSSES, "rms_norm", "layer_norm"),
+        any_kwargs=True,
+        note="rms_norm, layer_norm: the vision encoder's norms (either kind, by its ``norm_type``) and the "
+        "projector's LayerNorm. " + WRAPPER_NOTE,
+    ),
+    "smolvlm": ModelSpec(
+        _hf("smolvlm"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        multimodal="SmolVLMForConditionalGeneration",
+        towers=(tower(_hf("smolvlm"), layer_norm="nn.LayerNorm"),),
+        by_config=True,
+        signature=_flags(*LOSSES, "rms_norm", "layer_norm"),
+        any_kwargs=True,
+        note="layer_norm: the vision encoder's LayerNorms. " + WRAPPER_NOTE,
+    ),
+    # Llama 4: the shared expert and the dense layers' MLP are Llama4TextMLP; the routed experts stay
+    # stock. Llama4ForConditionalGeneration runs the text model's head itself (no multimodal
+    # decoder to hand the fused loss): its forward stays stock and computes logits.
+    "llama4": ModelSpec(
+        _hf("llama4"),
+        "Llama4ForCausalLM",
+        ("Llama4TextRMSNorm",),
+        LLAMA_NORM,
+        ("Llama4TextMLP",),
+        SWIGLU,
+        rope=None,
+        towers=(tower(_hf("llama4"), layer_norm="nn.LayerNorm"),),
+        signature=(*_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True), ("model", None), ("layer_norm", True)),
+        note="Also for ``llama4_text``. fused_linear_cross_entropy: Llama4ForCausalLM only; the multimodal "
+        "Llama4ForConditionalGeneration keeps its forward (the loss on logits). layer_norm: the vision "
+        "encoder's LayerNorms. " + NO_ROPE_NOTE,
+    ),
+    # A vision encoder alone (LLaVA's, by its vision_config): no head, no loss flags.
+    "pixtral": ModelSpec(
+        _hf("pixtral"),
+        None,
+        ("PixtralRMSNorm",),
+        LLAMA_NORM,
+        ("PixtralMLP",),
+        SWIGLU,
+        rope=None,
+        signature=_flags("rope", "rms_norm", "swiglu", rope=True),
+        note="The vision encoder only. Its RoPE is called with one-dimensional patch positions "
+        "(``unsqueeze_dim=0``), which our kernel does not take: ``rope=True`` is ignored.",
+    ),
 }
 MODEL_SPECS.update(VISION_LANGUAGE_SPECS)
 ALIASES.update(
@@ -393,6 +480,8 @@ ALIASES.update(
         "mllama_text_model": "mllama",
         "qwen2_vl_text": "qwen2_vl",
         "qwen2_5_vl_text": "qwen2_5_vl",
+        "qwen3_vl_text": "qwen3_vl",
+        "llama4_text": "llama4",
     }
 )
 
