@@ -346,7 +346,8 @@ def lce_forward_for_multimodal(
         token_accuracy=token_accuracy,
         predicted_tokens=predicted_tokens,
         **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
-        **{name: getattr(outputs, name, None) for name in MULTIMODAL_FIELDS},
+        # The output's own keys, not attributes: 5.2x keeps image_hidden_states as a deprecated property.
+        **{name: outputs.get(name) for name in MULTIMODAL_FIELDS},
     )
     if return_dict is None:
         return_dict = getattr(self.config, "return_dict", True)
