@@ -3,6 +3,7 @@
     python benchmarks/e2e.py                        # GPU: every case, every provider (about 4-5 min on an H100)
     python benchmarks/e2e.py --cases llama-1b-8x2048 --providers hf,ours
     python benchmarks/e2e.py --smoke                # CPU: tiny models, checks the pipeline
+    python benchmarks/e2e.py --cases qwen2.5-vl-3b-4x2048,gemma3-4b-2x2048 --out ...  # vision-language
 
 Random-init models built from a config (no downloads), bf16 weights (``model.to(bfloat16)``, as the
 anchors were measured), fused AdamW (``torch.optim.AdamW(fused=True)`` on a GPU: the Hugging
@@ -80,6 +81,72 @@ GEMMA2_2B = dict(
 )
 
 
+# Qwen2.5-VL-3B's decoder (12 of its 36 layers) with a 4-block vision tower (of 32; the last one
+# full attention, the others windowed), one 448x448 image (1024 patches, 256 tokens) per sample.
+QWEN25_VL_3B = dict(
+    text_config=dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=12,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    vision_config=dict(
+        depth=4,
+        hidden_size=1280,
+        intermediate_size=3420,
+        num_heads=16,
+        out_hidden_size=2048,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[3],
+        hidden_act="silu",
+    ),
+    image_token_id=151655,
+    video_token_id=151656,
+    vision_start_token_id=151652,
+    tie_word_embeddings=True,
+)
+# Gemma 3 4B (vocab 262144) with 8 of its 34 decoder layers and 4 of SigLIP's 27, one 896x896 image
+# (4096 patches pooled to 256 tokens) per sample.
+GEMMA3_4B = dict(
+    text_config=dict(
+        vocab_size=262144,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+    ),
+    vision_config=dict(
+        model_type="siglip_vision_model",
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=4,
+        num_attention_heads=16,
+        image_size=896,
+        patch_size=14,
+        vision_use_head=False,
+    ),
+    mm_tokens_per_image=256,
+    image_token_index=262143,
+    boi_token_index=255999,
+    eoi_token_index=256000,
+)
+VISION_LANGUAGE = {"qwen2_5_vl", "gemma3"}
+
+
 def _tiny(shape, vocab):
     """The same family at a size the CPU runs in seconds."""
     tiny = dict(shape, hidden_size=64, intermediate_size=136, num_hidden_layers=2, vocab_size=vocab)
@@ -95,7 +162,16 @@ CASES = {
     "llama-1b-4x8192": ("llama", "Llama-3.2-1B", LLAMA_1B, 4, 8192),
     "qwen2.5-1.5b-4x2048": ("qwen2", "Qwen2.5-1.5B (28 layers, H 1536, V 151936, tied)", QWEN25_15B, 4, 2048),
     "gemma2-2b-2x2048": ("gemma2", "Gemma-2-2B (26 layers, H 2304, V 256000, softcap 30)", GEMMA2_2B, 2, 2048),
+    "qwen2.5-vl-3b-4x2048": (
+        "qwen2_5_vl",
+        "Qwen2.5-VL-3B shape (12 layers, vision 4 blocks, V 151936), 448px image",
+        QWEN25_VL_3B,
+        4,
+        2048,
+    ),
+    "gemma3-4b-2x2048": ("gemma3", "Gemma-3-4B shape (8 layers, SigLIP 4, V 262144), 896px image", GEMMA3_4B, 2, 2048),
 }
+VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048")  # not in the default run: --cases
 SMOKE_CASES = {
     "llama-tiny": ("llama", "Llama, tiny", _tiny(LLAMA_1B, 1000), 2, 64),
     "qwen2-tiny": ("qwen2", "Qwen2.5, tiny", _tiny(QWEN25_15B, 1200), 2, 64),
@@ -148,19 +224,26 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
         out["lib_file"] = _patch(family, provider)
     out["versions"] = _versions()  # after the import: the peer's own metadata, when it has one
 
-    config = getattr(transformers, CONFIG_CLASS[family])(**shape)
-    model_cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    if family in VISION_LANGUAGE:
+        config = transformers.AutoConfig.for_model(family, **shape)
+        auto = transformers.AutoModelForImageTextToText
+    else:
+        config = getattr(transformers, CONFIG_CLASS[family])(**shape)
+        auto = transformers.AutoModelForCausalLM
+    model_cls = auto._model_mapping[type(config)]
     # Gemma 2 accepts sdpa in transformers 5.17 but not in later releases (its attention softcap).
     attn = "sdpa" if getattr(model_cls, "_supports_sdpa", True) else "eager"
     out["attn"] = attn
     torch.manual_seed(0)
     with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn)
+        model = auto.from_config(config, attn_implementation=attn)
     model.to(torch.bfloat16).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device == "cuda")
     gen = torch.Generator(device).manual_seed(0)
-    ids = torch.randint(0, config.vocab_size, (warmup + steps, batch, seq), device=device, generator=gen)
+    vocab = config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab - 300, (warmup + steps, batch, seq), device=device, generator=gen)
     out["params"] = sum(p.numel() for p in model.parameters())
+    batches = [_inputs(family, config, x, gen) for x in ids]
 
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -168,7 +251,7 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
     losses = []
 
     def step(i):
-        loss = model(input_ids=ids[i], labels=ids[i]).loss
+        loss = model(**batches[i]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -204,6 +287,38 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
         sort = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=70))
     return out
+
+
+def _inputs(family, config, ids, gen):
+    """One step's model inputs: ``labels = input_ids``; for the vision-language cases one image per
+    sample, its placeholder tokens after the first token (labels -100 there) and its pixels."""
+    import torch
+
+    inputs = {"input_ids": ids, "labels": ids}
+    if family not in VISION_LANGUAGE:
+        return inputs
+    ids, labels = ids.clone(), ids.clone()
+    batch = ids.shape[0]
+    if family == "gemma3":
+        n_image, image_token = config.mm_tokens_per_image, config.image_token_index
+        size = config.vision_config.image_size
+        inputs["pixel_values"] = torch.randn(batch, 3, size, size, device=ids.device, generator=gen)
+    else:
+        vision = config.vision_config
+        grid = 448 // vision.patch_size
+        n_image, image_token = grid * grid // vision.spatial_merge_size**2, config.image_token_id
+        patch = 3 * vision.temporal_patch_size * vision.patch_size**2
+        inputs["pixel_values"] = torch.randn(batch * grid * grid, patch, device=ids.device, generator=gen)
+        inputs["image_grid_thw"] = torch.tensor([[1, grid, grid]] * batch, device=ids.device)
+        ids[:, 0] = config.vision_start_token_id
+    ids[:, 1 : 1 + n_image] = image_token
+    labels[:, : 1 + n_image] = -100
+    types = torch.zeros_like(ids)
+    types[:, 1 : 1 + n_image] = 1
+    inputs.update(input_ids=ids, labels=labels)
+    inputs["token_type_ids" if family == "gemma3" else "mm_token_type_ids"] = types
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    return inputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +358,7 @@ def run(device="cuda", level="default", cases=None, providers=None, warmup=None,
     """Every (case, provider) in its own process; the JSON-able result (``markdown()`` renders it)."""
     smoke = level == "smoke" or device == "cpu"
     table = SMOKE_CASES if smoke else CASES
-    cases = cases or list(table)
+    cases = cases or [c for c in table if c not in VLM_CASES]
     # The peer's kernels need a GPU (they fail in Triton's CPU interpreter): on CPU only on request.
     providers = providers or [p for p in PROVIDERS if p != "liger085" or (LIBS["liger085"].is_dir() and not smoke)]
     warmup = warmup if warmup is not None else (1 if smoke else 3)
@@ -409,7 +524,7 @@ def _check(result):
     for r in result["rows"]:
         if r["status"] == "ok":
             shape = (SMOKE_CASES if result["meta"]["smoke"] else CASES)[r["case"]][2]
-            first, expect = r["losses"][0], math.log(shape["vocab_size"])
+            first, expect = r["losses"][0], math.log(shape.get("text_config", shape)["vocab_size"])
             if not math.isfinite(first) or abs(first - expect) > 1.5:
                 problems.append(f"{r['case']}/{r['provider']}: first loss {first:.3f}, expected about {expect:.2f}")
     return problems

@@ -58,6 +58,47 @@ DENSE_FAMILIES = {
     "qwen3_5": APPLY_NO_ROPE,
     "qwen3_next": APPLY_NO_ROPE,
 }
+# The vision-language families of issue 13: Liger Kernel 0.8.5's signatures (API_LIGER085.md §2.2).
+LOSSES = "cross_entropy=False, fused_linear_cross_entropy=True"
+VISION_LANGUAGE_FAMILIES = {
+    "gemma3": f"(rope=True, {LOSSES}, layer_norm=True, rms_norm=True, geglu=True, model=None)",
+    "gemma4": f"(rope=False, {LOSSES}, layer_norm=False, rms_norm=True, geglu=True, model=None)",
+    "glm4v": f"(rope=False, {LOSSES}, rms_norm=True, swiglu=True, model=None)",
+    "internvl": f"({LOSSES}, rms_norm=True, layer_norm=True, model=None, **kwargs)",
+    "llama4": f"(rope=True, {LOSSES}, rms_norm=True, swiglu=True, model=None, layer_norm=True)",
+    "llava": f"({LOSSES}, model=None, **kwargs)",
+    "mllama": f"(rope=True, {LOSSES}, layer_norm=True, rms_norm=True, swiglu=True, model=None)",
+    "paligemma": f"(rope=True, {LOSSES}, layer_norm=True, rms_norm=True, geglu=True, model=None)",
+    "pixtral": "(rope=True, rms_norm=True, swiglu=True, model=None)",
+    "qwen2_5_vl": f"(rope=True, {LOSSES}, rms_norm=True, swiglu=True, model=None)",
+    "qwen2_vl": f"(rope=True, {LOSSES}, rms_norm=True, layer_norm=True, swiglu=True, model=None)",
+    "qwen3_vl": f"(rope=True, {LOSSES}, rms_norm=True, swiglu=False, model=None)",
+    "smolvlm": f"({LOSSES}, rms_norm=True, layer_norm=True, model=None, **kwargs)",
+}
+VISION_LANGUAGE_FORWARDS = [  # (module, forward name): the peer's names, ours the generic forwards
+    *[
+        (family, "lce_forward")
+        for family in (
+            "glm4v",
+            "internvl",
+            "llama4",
+            "llava",
+            "mllama",
+            "paligemma",
+            "qwen2_vl",
+            "qwen2_5_vl",
+            "qwen3_vl",
+            "smolvlm",
+        )
+    ],
+    ("gemma3", "multimodal_forward"),
+    ("gemma4", "multimodal_forward"),
+    *[  # the generic forward under its own name too (Llama 4's multimodal forward stays stock)
+        (family, "lce_forward_for_multimodal")
+        for family in sorted(VISION_LANGUAGE_FAMILIES)
+        if family not in ("llama4", "pixtral")
+    ],
+]
 DENSE_FORWARDS = {  # module -> forward name
     "exaone4": "lce_forward",
     "falcon_h1": "lce_forward",
@@ -347,6 +388,8 @@ NAMES = [
     ],
     (T, "apply_liger_kernel_to_granite", None, None),
     *[(T, f"apply_liger_kernel_to_{family}", None, spec) for family, spec in DENSE_FAMILIES.items()],
+    *[(T, f"apply_liger_kernel_to_{family}", None, spec) for family, spec in VISION_LANGUAGE_FAMILIES.items()],
+    *[(f"{T}.model.{module}", name, None, LCE_FORWARD) for module, name in VISION_LANGUAGE_FORWARDS],
     *[
         (f"{T}.model.{module}", name, None, LCE_FORWARD_MOE if module == "qwen3_next" else LCE_FORWARD)
         for module, name in DENSE_FORWARDS.items()
@@ -1162,7 +1205,7 @@ def test_names_are_listed_once():
 def test_every_family_is_covered():
     from liger_kernel.transformers.model_specs import MODEL_SPECS
 
-    assert set(MODEL_SPECS) == set(FAMILIES) | set(DENSE_FAMILIES) | set(MOE_FAMILIES)
+    assert set(MODEL_SPECS) == set(FAMILIES) | set(DENSE_FAMILIES) | set(MOE_FAMILIES) | set(VISION_LANGUAGE_FAMILIES)
 
 
 # ----------------------------------------------------------------------------- the helpers work as callers use them

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import yaml
-from clients import assert_same_logs, run_client
+from clients import SCRIPTS, assert_same_logs, run_client
 
 PROMPTS = ["what is two plus two?", "the cat sat on", "a quick brown fox", "good answers are"]
 GOOD = ["four.", "the mat and the dog", "jumps over the lazy dog", "short and kind"]
@@ -76,3 +76,21 @@ def test_llamafactory_train_with_liger_matches_stock(workdir, stage):
     stock, liger = train(workdir, stage, liger=False), train(workdir, stage, liger=True)
     assert len(stock) == len(liger) == 2
     assert_same_logs(stock, liger)
+
+
+# Mapped by LLaMA-Factory 0.9.5 but not patchable here: why, by model type (the rest must succeed).
+NOT_PATCHED = {
+    "gpt_oss": "liger_kernel has no apply_liger_kernel_to_gpt_oss",  # MoE families: the next issue
+    "qwen3_5": "this transformers has no such model",  # the client's transformers 4.57 predates Qwen3.5
+}
+
+
+def test_llamafactory_apply_liger_kernel_for_every_mapped_type(tmp_path):
+    """``apply_liger_kernel`` as LLaMA-Factory calls it (class level, before loading; with and without
+    ``require_logits``) succeeds for every model type it maps, vision-language ones included."""
+    out = tmp_path / "apply.json"
+    run_client("trl024", tmp_path, SCRIPTS / "llamafactory_apply.py", out)
+    results = json.loads(out.read_text())
+    assert {"gemma3", "glm4v", "llava", "mllama", "paligemma", "qwen2_vl", "qwen2_5_vl"} <= set(results)
+    failed = {t: r for t, r in results.items() if r != "ok" and r != f"skipped: {NOT_PATCHED.get(t)}"}
+    assert not failed, failed

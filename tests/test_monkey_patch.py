@@ -35,12 +35,12 @@ from liger_kernel.transformers.model_specs import (  # noqa: E402
     MOE_SPECS,
     PHI3,
     RELU2,
+    VISION_LANGUAGE_SPECS,
 )
 
-FAMILIES = sorted(MODEL_SPECS)
-# The mixture-of-experts families of issue 14: their class and instance patches, reverts and signatures are
-# checked in test_convergence_moe.py and test_api_names.py (tiny configs of their own).
-FAMILIES = [f for f in FAMILIES if f not in MOE_SPECS]
+# The text families: the mixture-of-experts ones of issue 14 are checked in test_convergence_moe.py and
+# test_api_names.py (tiny configs of their own), the vision-language ones in tests/test_convergence_vlm.py.
+FAMILIES = sorted(set(MODEL_SPECS) - set(VISION_LANGUAGE_SPECS) - set(MOE_SPECS))
 LIGER_MLP = {
     GEGLU: LigerGEGLUMLP,
     GEMMA4_GEGLU: LigerGEGLUMLP,

@@ -218,6 +218,20 @@ def test_fused_mlp_parity(module_cls, shape, dtype):
             assert_matches(name, g, g64, gt)
 
 
+def test_fused_mlp_output_takes_in_place_ops():
+    """Llama 4's MoE adds the routed experts into the shared expert's output in place: the fused
+    Function's output must not be a view it created (autograd forbids modifying those)."""
+    mlp = make_mlp(LigerSwiGLUMLP, 21, 37)
+    x = randn(3, 5, 21, requires_grad=True)
+    y = mlp(x)
+    assert type(y.grad_fn).__name__ == FUSED
+    y.add_(1.0)
+    y.sum().backward()
+    x64, *weights64 = as64(x.detach().requires_grad_(), *mlp_weights(mlp))
+    (gated_mlp_reference(x64, *weights64, "silu") + 1.0).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("module_cls", MLP_ACTIVATIONS)
 @pytest.mark.parametrize("trainable", ["down", "x_only", "weights_only"])
 def test_fused_mlp_frozen_weights(module_cls, trainable):

@@ -503,8 +503,12 @@ class LigerGatedMLPFunction(LigerFunction):
             a, b = x2 @ gate_weight.T, x2 @ up_weight.T
             ctx.save_for_backward(x2, gate_weight, up_weight, down_weight, a, b)
         ctx.stacked, ctx.activation, ctx.x_shape, ctx.multipliers = up_weight is None, activation, x.shape, multipliers
-        y = gated_forward(a, b, activation, *multipliers) @ down_weight.T
-        return y.view(*x.shape[:-1], down_weight.shape[0])
+        c = gated_forward(a, b, activation, *multipliers)
+        # Written through a 2-D view into the output's own storage: a view returned from a Function
+        # cannot be modified in place (Llama 4's MoE adds the routed experts into the shared one's).
+        y = c.new_empty(*x.shape[:-1], down_weight.shape[0])
+        torch.matmul(c, down_weight.T, out=y.view(-1, down_weight.shape[0]))
+        return y
 
     @staticmethod
     def backward(ctx, dy):

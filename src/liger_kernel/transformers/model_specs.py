@@ -6,7 +6,7 @@ convergence test), never writing a new patch function or forward. Every class an
 entry names exists in transformers 5.17 (the GPU image) and 5.24 (checked in both wheels).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # MLP kinds: the Liger module that replaces the family's MLP and the activations it computes.
 SWIGLU = "swiglu"  # gate_proj/up_proj/down_proj, silu(gate) * up
@@ -82,6 +82,21 @@ class ModelSpec:
         ``experts_kind`` under the MLP flag; False leaves them stock.
     mlp_default: the MLP flag's default (False where Liger Kernel 0.8.5 defaults it off).
     rope_fn: our function (in ``liger_kernel.transformers.rope``) that replaces ``rope``.
+    Vision-language families (and parts of one: ``causal_lm`` None, see ``tower``) also have:
+    multimodal: the ``*ForConditionalGeneration`` class whose ``forward`` becomes
+        ``lce_forward_for_multimodal``.
+    layer_norm: how the module names torch's LayerNorm, swapped by the ``layer_norm`` flag:
+        ``"LayerNorm"`` (imported by name) or ``"nn.LayerNorm"`` (through ``nn``).
+    norm_registry: a module-level dict (name -> norm class) built at import time, whose swapped
+        classes are swapped in it too (InternVL's ``NORM2FN``).
+    towers: parts in other modules (vision encoders) or of other kinds patched with the family.
+    decoders: table keys of text decoders patched with the family (its rope, norm and MLP
+        flags; losses off: the loss is the multimodal forward's).
+    by_config: with ``model=``, the table entries of its ``text_config`` / ``vision_config``
+        model types are patched too (families that wrap any decoder, as LLaVA).
+    signature: ``(name, default)`` of each parameter of ``apply_liger_kernel_to_*`` in Liger
+        Kernel 0.8.5's order, ``("model", None)`` included where it is not last; empty: ``flags``.
+    any_kwargs: the function also takes ``**kwargs`` (passed to the decoders' flags).
     """
 
     module: str
@@ -99,6 +114,14 @@ class ModelSpec:
     fused_experts: bool = False
     mlp_default: bool = True
     rope_fn: str = "liger_rotary_pos_emb"
+    multimodal: str | None = None
+    layer_norm: str | None = None
+    norm_registry: str | None = None
+    towers: tuple = ()
+    decoders: tuple = ()
+    by_config: bool = False
+    signature: tuple = ()
+    any_kwargs: bool = False
 
     @property
     def mlp_flag(self) -> str:
@@ -109,13 +132,19 @@ class ModelSpec:
 
     @property
     def flags(self) -> tuple:
-        """``(name, default)`` of each switch of ``apply_liger_kernel_to_*``, in Liger Kernel
-        0.8.5's order (``model=None`` follows). Nemotron's has only the activation and the
-        losses, and takes any other keyword (``**kwargs``), as there."""
+        """``(name, default)`` of each parameter of ``apply_liger_kernel_to_*``, in Liger Kernel
+        0.8.5's order (``model=None`` follows unless listed). Nemotron's has only the activation
+        and the losses, and takes any other keyword (``**kwargs``), as there."""
+        if self.signature:
+            return self.signature
         losses = (("cross_entropy", False), ("fused_linear_cross_entropy", True))
         if self.mlp_kind == RELU2:
             return ((self.mlp_flag, True), *losses)
         return (("rope", self.rope is not None), *losses, ("rms_norm", True), (self.mlp_flag, self.mlp_default))
+
+    @property
+    def takes_kwargs(self) -> bool:
+        return self.any_kwargs or self.mlp_kind == RELU2
 
 
 GRANITE_NOTE = (
@@ -429,6 +458,222 @@ MOE_SPECS = {
 }
 MODEL_SPECS.update(MOE_SPECS)
 ALIASES.update({"qwen3_5_moe_text": "qwen3_5_moe", "qwen3_vl_moe_text": "qwen3_vl_moe"})
+
+
+# ---- Vision-language families ---------------------------------------------------------------
+# Each is its decoder's entry (or none, for families that wrap any decoder) plus the multimodal
+# forward and its vision tower's parts. The flags and defaults are Liger Kernel 0.8.5's.
+
+
+def tower(module, norms=(), norm=LLAMA_NORM, mlps=(), mlp_kind=SWIGLU, layer_norm=None, norm_registry=None):
+    """A vision encoder's part of a family: its RMSNorms and gated MLPs (the ``rms_norm`` and MLP
+    flags) and torch's LayerNorm as the module names it (the ``layer_norm`` flag)."""
+    return ModelSpec(
+        module, None, norms, norm, mlps, mlp_kind, rope=None, layer_norm=layer_norm, norm_registry=norm_registry
+    )
+
+
+def _flags(*names, **defaults):
+    """A signature in Liger Kernel 0.8.5's order: ``names`` default True unless in ``defaults``."""
+    return tuple((name, defaults.get(name, name not in ("rope", "cross_entropy"))) for name in names)
+
+
+LOSSES = ("cross_entropy", "fused_linear_cross_entropy")
+SIGLIP = tower(_hf("siglip"), layer_norm="nn.LayerNorm")
+MROPE_NOTE = (
+    "The multimodal RoPE sections are merged into cos and sin by the rotary embedding module, so the "
+    "rotation itself is the standard one our RoPE kernel computes (``rope``)."
+)
+WRAPPER_NOTE = (
+    "With ``model=``, the decoder (``text_config.model_type``) and the vision encoder (``vision_config``) "
+    "are patched by their own table entries when they have one; the other keywords go to them."
+)
+
+VISION_LANGUAGE_SPECS = {
+    "gemma3": replace(
+        MODEL_SPECS["gemma3_text"],
+        multimodal="Gemma3ForConditionalGeneration",
+        towers=(SIGLIP,),
+        signature=_flags("rope", *LOSSES, "layer_norm", "rms_norm", "geglu", rope=True),
+        note="Also the text-only Gemma3ForCausalLM. layer_norm: the SigLIP vision tower's LayerNorms.",
+    ),
+    "paligemma": ModelSpec(
+        _hf("paligemma"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        GEGLU,
+        rope=None,
+        multimodal="PaliGemmaForConditionalGeneration",
+        towers=(SIGLIP,),
+        decoders=("gemma", "gemma2"),
+        signature=_flags("rope", *LOSSES, "layer_norm", "rms_norm", "geglu", rope=True),
+        note="The Gemma and Gemma 2 decoders (rope, rms_norm, geglu); layer_norm: the SigLIP vision tower.",
+    ),
+    # GLM-4V: post-norm layers, fused gate_up_proj and interleaved RoPE as GLM-4; Glm4vRMSNorm is
+    # also the vision blocks' norm. The vision MLP is sized by out_hidden_size: left stock.
+    "glm4v": ModelSpec(
+        _hf("glm4v"),
+        None,
+        ("Glm4vRMSNorm",),
+        LLAMA_POST_NORM,
+        ("Glm4vTextMLP",),
+        PHI3,
+        rope=None,
+        multimodal="Glm4vForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "rms_norm", "swiglu"),
+        note=NO_ROPE_NOTE,
+    ),
+    "llava": ModelSpec(
+        _hf("llava"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        multimodal="LlavaForConditionalGeneration",
+        by_config=True,
+        signature=_flags(*LOSSES),
+        any_kwargs=True,
+        note=WRAPPER_NOTE,
+    ),
+    "mllama": ModelSpec(
+        _hf("mllama"),
+        "MllamaForCausalLM",
+        ("MllamaTextRMSNorm",),
+        LLAMA_NORM,
+        ("MllamaTextMLP",),
+        SWIGLU,
+        multimodal="MllamaForConditionalGeneration",
+        towers=(tower(_hf("mllama"), layer_norm="nn.LayerNorm"),),
+        signature=_flags("rope", *LOSSES, "layer_norm", "rms_norm", "swiglu", rope=True),
+        note="Also for ``mllama_text_model`` (MllamaForCausalLM). layer_norm: the vision encoder's LayerNorms.",
+    ),
+    # The vision blocks' MLP is not gated (quick_gelu) and stays stock.
+    "qwen2_vl": ModelSpec(
+        _hf("qwen2_vl"),
+        None,
+        ("Qwen2VLRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen2MLP",),
+        SWIGLU,
+        multimodal="Qwen2VLForConditionalGeneration",
+        towers=(tower(_hf("qwen2_vl"), layer_norm="LayerNorm"),),
+        signature=_flags("rope", *LOSSES, "rms_norm", "layer_norm", "swiglu", rope=True),
+        note="Also for ``qwen2_vl_text``. layer_norm: the vision blocks' and merger's LayerNorms. " + MROPE_NOTE,
+    ),
+    # Qwen2_5_VLRMSNorm is also the vision blocks' norm; their gated MLP has biases and stays stock.
+    "qwen2_5_vl": ModelSpec(
+        _hf("qwen2_5_vl"),
+        None,
+        ("Qwen2_5_VLRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen2MLP",),
+        SWIGLU,
+        multimodal="Qwen2_5_VLForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True),
+        note="Also for ``qwen2_5_vl_text``; rms_norm covers the vision blocks too. " + MROPE_NOTE,
+    ),
+    # Qwen3-VL: the interleaved multimodal sections are merged into cos and sin as in Qwen2-VL;
+    # Liger Kernel 0.8.5 leaves the MLP stock by default (swiglu=False).
+    "qwen3_vl": ModelSpec(
+        _hf("qwen3_vl"),
+        None,
+        ("Qwen3VLTextRMSNorm",),
+        LLAMA_NORM,
+        ("Qwen3VLTextMLP",),
+        SWIGLU,
+        multimodal="Qwen3VLForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True, swiglu=False),
+        note="Also for ``qwen3_vl_text``. The vision tower (LayerNorm, GELU MLP) stays stock. " + MROPE_NOTE,
+    ),
+    # Gemma 4: Gemma4RMSNorm is also the vision and audio encoders' norm. Its only LayerNorms (the
+    # audio encoder's) have no bias, which LigerLayerNorm would add: layer_norm patches nothing.
+    "gemma4": replace(
+        MODEL_SPECS["gemma4_text"],
+        multimodal="Gemma4ForConditionalGeneration",
+        signature=_flags("rope", *LOSSES, "layer_norm", "rms_norm", "geglu", layer_norm=False),
+        note="Also the text-only Gemma4ForCausalLM; rms_norm covers the vision and audio encoders. "
+        "layer_norm: Gemma 4's LayerNorms have no bias and stay stock. " + NO_ROPE_NOTE,
+    ),
+    "internvl": ModelSpec(
+        _hf("internvl"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        multimodal="InternVLForConditionalGeneration",
+        towers=(
+            tower(
+                _hf("internvl"), norms=("InternVLVisionRMSNorm",), layer_norm="nn.LayerNorm", norm_registry="NORM2FN"
+            ),
+        ),
+        by_config=True,
+        signature=_flags(*LOSSES, "rms_norm", "layer_norm"),
+        any_kwargs=True,
+        note="rms_norm, layer_norm: the vision encoder's norms (either kind, by its ``norm_type``) and the "
+        "projector's LayerNorm. " + WRAPPER_NOTE,
+    ),
+    "smolvlm": ModelSpec(
+        _hf("smolvlm"),
+        None,
+        (),
+        LLAMA_NORM,
+        (),
+        SWIGLU,
+        rope=None,
+        multimodal="SmolVLMForConditionalGeneration",
+        towers=(tower(_hf("smolvlm"), layer_norm="nn.LayerNorm"),),
+        by_config=True,
+        signature=_flags(*LOSSES, "rms_norm", "layer_norm"),
+        any_kwargs=True,
+        note="layer_norm: the vision encoder's LayerNorms. " + WRAPPER_NOTE,
+    ),
+    # Llama 4: the shared expert and the dense layers' MLP are Llama4TextMLP; the routed experts stay
+    # stock. Llama4ForConditionalGeneration runs the text model's head itself (no multimodal
+    # decoder to hand the fused loss): its forward stays stock and computes logits.
+    "llama4": ModelSpec(
+        _hf("llama4"),
+        "Llama4ForCausalLM",
+        ("Llama4TextRMSNorm",),
+        LLAMA_NORM,
+        ("Llama4TextMLP",),
+        SWIGLU,
+        rope=None,
+        towers=(tower(_hf("llama4"), layer_norm="nn.LayerNorm"),),
+        signature=(*_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True), ("model", None), ("layer_norm", True)),
+        note="Also for ``llama4_text``. fused_linear_cross_entropy: Llama4ForCausalLM only; the multimodal "
+        "Llama4ForConditionalGeneration keeps its forward (the loss on logits). layer_norm: the vision "
+        "encoder's LayerNorms. " + NO_ROPE_NOTE,
+    ),
+    # A vision encoder alone (LLaVA's, by its vision_config): no head, no loss flags.
+    "pixtral": ModelSpec(
+        _hf("pixtral"),
+        None,
+        ("PixtralRMSNorm",),
+        LLAMA_NORM,
+        ("PixtralMLP",),
+        SWIGLU,
+        rope=None,
+        signature=_flags("rope", "rms_norm", "swiglu", rope=True),
+        note="The vision encoder only. Its RoPE is called with one-dimensional patch positions "
+        "(``unsqueeze_dim=0``), which our kernel does not take: ``rope=True`` is ignored.",
+    ),
+}
+MODEL_SPECS.update(VISION_LANGUAGE_SPECS)
+ALIASES.update(
+    {
+        "mllama_text_model": "mllama",
+        "qwen2_vl_text": "qwen2_vl",
+        "qwen2_5_vl_text": "qwen2_5_vl",
+        "qwen3_vl_text": "qwen3_vl",
+        "llama4_text": "llama4",
+    }
+)
 
 
 def spec_for(model_type):

@@ -17,13 +17,15 @@ import importlib
 import inspect
 import logging
 import textwrap
+import types
 
 import torch
 import torch.nn as nn
 
 from liger_kernel.transformers import rope as rope_functions
 from liger_kernel.transformers.geglu import LigerGEGLUMLP, LigerGEGLUMLPForGemma4
-from liger_kernel.transformers.model.causal_lm import causal_lm_forward
+from liger_kernel.transformers.layer_norm import LigerLayerNorm
+from liger_kernel.transformers.model.causal_lm import causal_lm_forward, lce_forward_for_multimodal
 from liger_kernel.transformers.model.loss_utils import liger_causal_lm_cross_entropy
 from liger_kernel.transformers.model_specs import (
     ALIASES,
@@ -236,6 +238,45 @@ def _activations_with_relu_squared(modeling):
     return ClassInstantier({**ACT2CLS, "relu2": _activation_adapter(modeling)})
 
 
+def _layer_norm_supported(normalized_shape, elementwise_affine=True, bias=True) -> bool:
+    """``LigerLayerNorm`` normalizes the last dimension with a weight and a bias."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    return len(shape) == 1 and bool(elementwise_affine) and bool(bias)
+
+
+def _layer_norm_adapter():
+    """``LigerLayerNorm`` under ``nn.LayerNorm``'s constructor, and an ``nn.LayerNorm`` too, so
+    what keys on that class (Hugging Face's weight init, the Trainer's no-weight-decay list) still
+    sees one. A LayerNorm it cannot reproduce (no bias or weight, several dimensions) stays stock."""
+    key = ("torch.nn", "LayerNorm")
+    if key not in _ADAPTERS:
+
+        def __new__(cls, normalized_shape=None, eps=1e-5, elementwise_affine=True, bias=True, *args, **kwargs):
+            if normalized_shape is not None and not _layer_norm_supported(normalized_shape, elementwise_affine, bias):
+                return nn.LayerNorm(normalized_shape, eps, elementwise_affine, bias, *args, **kwargs)
+            return nn.Module.__new__(cls)
+
+        def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None, dtype=None):
+            nn.LayerNorm.__init__(self, normalized_shape, eps, elementwise_affine, bias, device, dtype)
+            self.impl, self.mode, self.hidden_size = None, None, self.normalized_shape[0]
+
+        _ADAPTERS[key] = type(
+            "LigerLayerNorm",
+            (LigerLayerNorm, nn.LayerNorm),
+            {"__new__": __new__, "__init__": __init__, "__module__": __name__, "stock_class": nn.LayerNorm},
+        )
+    return _ADAPTERS[key]
+
+
+def _nn_with_layer_norm(modeling):
+    """A stand-in for a modeling module's ``nn`` (``from torch import nn``) whose ``LayerNorm`` is
+    ours: everything else is ``torch.nn``'s."""
+    proxy = types.ModuleType(f"{modeling.__name__}.nn")
+    proxy.__getattr__ = lambda name: getattr(nn, name)
+    proxy.LayerNorm = _layer_norm_adapter()
+    return proxy
+
+
 def _convert(module, adapter, undo, *args, **kwargs):
     """Turn ``module`` into an ``adapter`` in place: same object, same Parameters and hooks.
     A meta-device instance supplies the plain attributes the Liger forward reads that the stock
@@ -262,19 +303,29 @@ def _convert(module, adapter, undo, *args, **kwargs):
     undo.append(back)
 
 
-def _patch_instance(model, spec, modeling, rms_norm, mlp, undo):
-    """Convert the model's stock norms and MLPs (or activations); returns counts and the reasons
-    for what was left."""
-    norms = {_original(modeling, n): n for n in spec.norms} if rms_norm else {}
-    mlps = {_original(modeling, n): n for n in spec.mlps} if mlp else {}
-    experts = {_original(modeling, n): n for n in spec.experts} if mlp and spec.fused_experts else {}
+def _patch_instance(model, spec, modeling, rms_norm, mlp, layer_norm, undo):
+    """Convert the model's stock norms and MLPs (or activations), and with ``layer_norm`` the
+    ``nn.LayerNorm`` children of this module's classes; returns counts and the reasons for what
+    was left."""
+    norms = {_original(modeling, n): n for n in spec.norms if hasattr(modeling, n)} if rms_norm else {}
+    mlps = {_original(modeling, n): n for n in spec.mlps if hasattr(modeling, n)} if mlp else {}
+    fused = mlp and spec.fused_experts
+    experts = {_original(modeling, n): n for n in spec.experts if hasattr(modeling, n)} if fused else {}
     # The experts' config (a multimodal model's text config).
     config = model.config.get_text_config() if experts else None
     activation = _activation_adapter(modeling) if mlp and spec.mlp_kind == RELU2 else None
-    done = {"rms_norm": 0, "mlp": 0, "experts": 0}
+    owners = modeling.__name__ if layer_norm and spec.layer_norm else None
+    done = {"rms_norm": 0, "mlp": 0, "layer_norm": 0, "experts": 0}
     kept = []
     for path, module in model.named_modules():
         cls = type(module)
+        if owners is not None and cls.__module__ == owners:
+            for child in module.children():
+                if type(child) is nn.LayerNorm and _layer_norm_supported(
+                    child.normalized_shape, child.elementwise_affine, child.bias is not None
+                ):
+                    _convert(child, _layer_norm_adapter(), undo, child.normalized_shape, child.eps)
+                    done["layer_norm"] += 1
         if cls in norms:
             eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
             weight = getattr(module, "weight", None)
@@ -311,74 +362,151 @@ def _check_arguments(flags, model):
             f"model must be the torch.nn.Module to patch in place (a Hugging Face model or a PEFT wrapper) "
             f"or None, got {type(model).__name__}. Pass model=<your model>, or no model to patch the classes only."
         )
-    if flags["cross_entropy"] and flags["fused_linear_cross_entropy"]:
+    if flags.get("cross_entropy") and flags.get("fused_linear_cross_entropy"):
         raise ValueError(
             "cross_entropy and fused_linear_cross_entropy cannot both be True: the fused linear "
             "cross-entropy already computes the loss without logits. Pass only one of them."
         )
 
 
+def _decoder_keys(spec, model):
+    """The table keys of the decoders (and encoders) a family patches along: its ``decoders``, and
+    with ``by_config`` those its model's ``text_config`` / ``vision_config`` types name."""
+    keys = list(spec.decoders)
+    config = getattr(model, "config", None) if spec.by_config else None
+    for sub in ("text_config", "vision_config"):
+        model_type = getattr(getattr(config, sub, None), "model_type", None)
+        key = ALIASES.get(model_type, model_type)
+        if key in MODEL_SPECS and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def _decoder_flags(key, flags, others):
+    """A decoder's own switches: the family's (and its ``**kwargs``) where they name one, else the
+    decoder's defaults; never its losses (the family's forward owns the loss)."""
+    given = {**others, **flags}
+    own = {name: given.get(name, default) for name, default in MODEL_SPECS[key].flags if name != "model"}
+    return own | {"cross_entropy": False, "fused_linear_cross_entropy": False}
+
+
+def _patch_classes(part, modeling, flags, undo):
+    """Swap one part's symbols in its modeling module (those this transformers has: older ones
+    lack some of a family's classes, which are listed and skipped)."""
+    missing = []
+
+    def present(name):
+        if not hasattr(modeling, name):
+            missing.append(name)
+        return hasattr(modeling, name)
+
+    swapped = {}
+    if flags.get("rope") and part.rope is not None and present(part.rope):
+        _swap(modeling, part.rope, getattr(rope_functions, part.rope_fn), undo)
+    if flags.get("rms_norm"):
+        for name in filter(present, part.norms):
+            swapped[_original(modeling, name)] = _norm_adapter(part, modeling, name)
+            _swap(modeling, name, swapped[_original(modeling, name)], undo)
+    if flags.get(part.mlp_flag):
+        for name in filter(present, part.mlps):
+            _swap(modeling, name, _mlp_adapter(part, modeling, name), undo)
+        if part.mlp_kind == RELU2:
+            _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
+        if part.fused_experts:
+            for name in filter(present, part.experts):
+                _swap(modeling, name, _experts_adapter(part, modeling, name), undo)
+    if flags.get("layer_norm") and part.layer_norm is not None:
+        swapped[nn.LayerNorm] = _layer_norm_adapter()
+        if part.layer_norm == "nn.LayerNorm":
+            _swap(modeling, "nn", _nn_with_layer_norm(modeling), undo)
+        elif present(part.layer_norm):
+            _swap(modeling, part.layer_norm, swapped[nn.LayerNorm], undo)
+    if part.norm_registry is not None and swapped and present(part.norm_registry):
+        registry = _original(modeling, part.norm_registry)
+        _swap(modeling, part.norm_registry, {key: swapped.get(cls, cls) for key, cls in registry.items()}, undo)
+    for class_name, forward in ((part.causal_lm, causal_lm_forward), (part.multimodal, lce_forward_for_multimodal)):
+        if class_name is None or not present(class_name):
+            continue
+        owner = getattr(modeling, class_name)
+        if flags.get("cross_entropy"):
+            # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
+            # attribute hooks this family only, leaving transformers' shared loss functions alone.
+            _swap(owner, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
+        if flags.get("fused_linear_cross_entropy"):
+            _swap(owner, "forward", forward, undo)
+    if missing:
+        logger.warning("Not in this transformers' %s, left out: %s", modeling.__name__, missing)
+
+
+def _patch_family(spec, model, flags, others, undo):
+    """Patch the family's parts (its decoder, its towers) and the decoders it carries; convert
+    ``model`` in place. Returns what was converted and what was left, for the log."""
+    done, kept = {}, []
+    for part in (spec, *spec.towers):
+        modeling = importlib.import_module(part.module)
+        _patch_classes(part, modeling, flags, undo)
+        if model is not None:
+            rms_norm, mlp, layer_norm = flags.get("rms_norm"), flags.get(part.mlp_flag), flags.get("layer_norm")
+            counts, left = _patch_instance(model, part, modeling, rms_norm, mlp, layer_norm, undo)
+            done = {key: done.get(key, 0) + counts[key] for key in counts}
+            kept += left
+    for key in _decoder_keys(spec, model):
+        counts, left = _patch_family(MODEL_SPECS[key], model, _decoder_flags(key, flags, others), {}, undo)
+        done = {name: done.get(name, 0) + counts.get(name, 0) for name in done | counts}
+        kept += left
+    return done, kept
+
+
 def _apply(model_type, model, flags, others):
     """``flags``: the family's switches by name (``spec.flags``); ``others``: the keywords a
-    ``**kwargs`` signature took, which patch nothing here."""
+    ``**kwargs`` signature took (they reach the decoders a family carries, else patch nothing)."""
     spec = MODEL_SPECS[model_type]
     _check_arguments(flags, model)
     if others:
-        logger.info("apply_liger_kernel_to_%s ignores %s", model_type, sorted(others))
-    rope, rms_norm, mlp = flags.get("rope"), flags.get("rms_norm"), flags[spec.mlp_flag]
-    cross_entropy, fused_linear_cross_entropy = flags["cross_entropy"], flags["fused_linear_cross_entropy"]
-    if rope and spec.rope is None:
+        logger.info("apply_liger_kernel_to_%s passes %s to its decoders only", model_type, sorted(others))
+    if flags.get("rope") and spec.rope is None and not spec.decoders:
         logger.info("rope=True ignored for %s: our RoPE kernel does not compute its rotation.", model_type)
-    modeling = importlib.import_module(spec.module)
-    # No causal LM: a multimodal family whose forward (and loss) stays stock.
-    causal_lm = getattr(modeling, spec.causal_lm) if spec.causal_lm else None
-    if causal_lm is None and (cross_entropy or fused_linear_cross_entropy):
-        logger.info("The %s forward and loss stay stock: no generic forward for its multimodal model.", model_type)
     with _all_or_nothing() as undo:
-        if rope and spec.rope is not None:
-            _swap(modeling, spec.rope, getattr(rope_functions, spec.rope_fn), undo)
-        if rms_norm:
-            for name in spec.norms:
-                _swap(modeling, name, _norm_adapter(spec, modeling, name), undo)
-        if mlp:
-            for name in spec.mlps:
-                _swap(modeling, name, _mlp_adapter(spec, modeling, name), undo)
-            if spec.mlp_kind == RELU2:
-                _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
-            if spec.fused_experts:
-                for name in spec.experts:
-                    _swap(modeling, name, _experts_adapter(spec, modeling, name), undo)
-        if cross_entropy and causal_lm is not None:
-            # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
-            # attribute hooks this family only, leaving transformers' shared loss functions alone.
-            _swap(causal_lm, "_loss_function", staticmethod(liger_causal_lm_cross_entropy), undo)
-        if fused_linear_cross_entropy and causal_lm is not None:
-            _swap(causal_lm, "forward", causal_lm_forward, undo)
-        if model is not None:
-            done, kept = _patch_instance(model, spec, modeling, rms_norm, mlp, undo)
-            logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+        done, kept = _patch_family(spec, model, flags, others, undo)
+    if model is not None:
+        logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+
+
+def _family_parts(spec, model):
+    """Every part a family patches: its own, its towers, its decoders' (recursively)."""
+    parts = [spec, *spec.towers]
+    for key in _decoder_keys(spec, model):
+        parts += _family_parts(MODEL_SPECS[key], model)
+    return parts
 
 
 def _revert(model_type, model):
-    spec = MODEL_SPECS[model_type]
-    modeling = importlib.import_module(spec.module)
-    _restore({modeling, *([getattr(modeling, spec.causal_lm)] if spec.causal_lm else [])})
+    adapters = set()
+    for part in _family_parts(MODEL_SPECS[model_type], model):
+        modeling = importlib.import_module(part.module)
+        forwards = (part.causal_lm, part.multimodal)
+        classes = [getattr(modeling, name) for name in forwards if name and hasattr(modeling, name)]
+        _restore({modeling, *classes})
+        names = (*part.norms, *part.mlps, *part.experts, "relu2")
+        adapters |= {_ADAPTERS.get((modeling.__name__, name)) for name in names}
+        if part.layer_norm is not None:
+            adapters.add(_ADAPTERS.get(("torch.nn", "LayerNorm")))
+    adapters.discard(None)
     if model is not None:
-        names = (*spec.norms, *spec.mlps, *spec.experts, "relu2")
-        adapters = {_ADAPTERS.get((modeling.__name__, n)) for n in names} - {None}
         for module in model.modules():
             if type(module) in adapters:
                 module.__class__ = type(module).stock_class
 
 
 def _make_apply(model_type):
-    """``apply(<spec.flags>, model=None)`` (``**kwargs`` too for Nemotron), with the signature
+    """``apply(<spec.flags>, model=None)`` (``**kwargs`` too for some families), with the signature
     Liger Kernel 0.8.5 gives this family."""
     spec = MODEL_SPECS[model_type]
     P = inspect.Parameter
     params = [P(name, P.POSITIONAL_OR_KEYWORD, default=default) for name, default in spec.flags]
-    params.append(P("model", P.POSITIONAL_OR_KEYWORD, default=None))
-    if spec.mlp_kind == RELU2:
+    if "model" not in dict(spec.flags):
+        params.append(P("model", P.POSITIONAL_OR_KEYWORD, default=None))
+    if spec.takes_kwargs:
         params.append(P("kwargs", P.VAR_KEYWORD))
     signature = inspect.Signature(params)
 
@@ -390,23 +518,36 @@ def _make_apply(model_type):
         _apply(model_type, model, flags, others)
 
     apply.__signature__ = signature
+    apply.__doc__ = _apply_doc(spec)
+    return apply
+
+
+def _apply_doc(spec):
     mlp = ", ".join((*spec.mlps, *(spec.experts if spec.fused_experts else ()))) or (
         "ReLUSquaredActivation" if spec.mlp_kind == RELU2 else "nothing (the MoE experts stay stock)"
     )
+    flags = dict(spec.flags)
     lines = [f"Patch {spec.module} with Liger kernels.", ""]
-    if spec.mlp_kind != RELU2:
-        lines.append(f"rope: RoPE kernel for ``{spec.rope}``. rms_norm: {', '.join(spec.norms)}.")
+    if "rope" in flags:
+        lines.append(f"rope: RoPE kernel for ``{spec.rope}``.")
+    if "rms_norm" in flags:
+        lines.append(f"rms_norm: {', '.join(n for p in (spec, *spec.towers) for n in p.norms) or 'the decoders'}.")
+    if spec.mlp_flag in flags:
+        lines.append(f"{spec.mlp_flag}: {mlp}.")
+    if "cross_entropy" in flags:
+        forward = "``lce_forward_for_multimodal``" if spec.multimodal else "the generic causal-LM forward"
+        lines += [
+            "cross_entropy: Liger cross-entropy as the loss on logits.",
+            f"fused_linear_cross_entropy: {forward}, whose training loss never materializes",
+            "logits (exclusive with ``cross_entropy``).",
+        ]
     lines += [
-        f"{spec.mlp_flag}: {mlp}. cross_entropy: Liger cross-entropy as the loss on logits.",
-        "fused_linear_cross_entropy: the generic causal-LM forward, whose training loss never materializes",
-        "logits (exclusive with ``cross_entropy``). model: an already-built model (PEFT-wrapped too) to",
-        "convert in place, keeping its weights. Flags are bools (None is off); a bad argument raises before",
-        "anything is patched.",
+        "model: an already-built model (PEFT-wrapped too) to convert in place, keeping its weights.",
+        "Flags are bools (None is off); a bad argument raises before anything is patched.",
     ]
     if spec.note:
         lines += ["", *textwrap.wrap(spec.note, 100)]
-    apply.__doc__ = "\n    ".join(lines) + "\n    "
-    return apply
+    return "\n    ".join(lines) + "\n    "
 
 
 def _make_revert(model_type):

@@ -8,7 +8,9 @@ Falcon-H1's ``lm_head_multiplier``, Gemma's ``final_logit_softcapping``) or from
 table entry (the MoE auxiliary loss).
 """
 
+import functools
 import importlib
+import inspect
 from dataclasses import dataclass, fields
 
 import torch
@@ -56,6 +58,37 @@ class LigerMoeCausalLMOutputWithPast(MoeCausalLMOutputWithPast):
     predicted_tokens: torch.LongTensor | None = None
 
 
+# What Hugging Face's multimodal outputs carry besides the loss, logits, cache, hidden states and
+# attentions, across transformers 5.x (5.17: ``*_hidden_states`` and ``rope_deltas``; 5.2x: the
+# encoders' ``*_outputs``); the multimodal forward passes on those its decoder returns.
+MULTIMODAL_FIELDS = (
+    "image_hidden_states",
+    "video_hidden_states",
+    "audio_hidden_states",
+    "rope_deltas",
+    "image_outputs",
+    "video_outputs",
+    "audio_outputs",
+    "router_logits",
+    "shared_kv_states",
+)
+
+
+@dataclass
+class LigerMultimodalCausalLMOutputWithPast(LigerCausalLMOutputWithPast):
+    """``LigerCausalLMOutputWithPast`` plus the multimodal decoder's outputs (``MULTIMODAL_FIELDS``)."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+    video_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+    rope_deltas: torch.LongTensor | None = None
+    image_outputs: object | None = None
+    video_outputs: object | None = None
+    audio_outputs: object | None = None
+    router_logits: tuple | None = None
+    shared_kv_states: object | None = None
+
+
 def _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs):
     return LigerForCausalLMLoss(
         hidden_states, lm_head.weight, labels, hidden_size, shift_labels=shift_labels, bias=lm_head.bias, **loss_kwargs
@@ -80,6 +113,90 @@ def lce_maybe_trainable_lm_head(self, hidden_states, hidden_size, labels, shift_
             gatherer, _head_loss, lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs
         )
     return _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs)
+
+
+def _decoder_kwargs(kwargs, past_key_values, output_attentions, output_hidden_states, cache_position):
+    """The keyword arguments the decoder gets: ``kwargs`` (its ``cache`` popped from them), the KV
+    cache under the running transformers' name, and the decoder options that were given."""
+    cache = kwargs.pop("cache", None)
+    if past_key_values is not None and cache is not None:
+        raise ValueError("Got both past_key_values and cache: they are one KV cache, pass one of them.")
+    model_kwargs = dict(kwargs)
+    model_kwargs[CACHE_ARG] = cache if past_key_values is None else past_key_values
+    given = zip(_DECODER_OPTIONS, (output_attentions, output_hidden_states, cache_position))
+    model_kwargs.update((name, value) for name, value in given if value is not None)
+    return model_kwargs
+
+
+def _head_and_loss(
+    self,
+    last_hidden_state,
+    labels,
+    kwargs,
+    logits_to_keep,
+    skip_logits,
+    return_token_accuracy,
+    use_token_scaling,
+    return_predicted_tokens,
+):
+    """``(loss, logits, token_accuracy, predicted_tokens)`` of the decoder's last hidden states
+    through ``self.lm_head``: the fused loss without logits (``skip_logits``, default in training
+    with targets), else the logits and the model's own loss on them. Scaling, multiplier and
+    softcap are read from the text config (a multimodal model's ``text_config``)."""
+    config = self.config.get_text_config()
+    hidden_states = slice_logits_to_keep(last_hidden_state, logits_to_keep)
+
+    shift_labels = kwargs.get("shift_labels")
+    num_items_in_batch = kwargs.get("num_items_in_batch")
+    ignore_index = kwargs.get("ignore_index", -100)
+    has_targets = labels is not None or shift_labels is not None
+    if skip_logits is None:
+        skip_logits = self.training and has_targets
+    if skip_logits and not has_targets:
+        raise ValueError("skip_logits=True needs labels or shift_labels: without logits the loss is the only output.")
+    scaling = getattr(config, "logits_scaling", None)  # Granite: logits = lm_head(h) / scaling
+    multiplier = getattr(config, "lm_head_multiplier", None)  # Falcon-H1: logits = lm_head(h) * multiplier
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    logits = loss = token_accuracy = predicted_tokens = None
+    if skip_logits:
+        if scaling is not None:
+            hidden_states = hidden_states / scaling  # (h / s) W^T == (h W^T) / s
+        if multiplier is not None:
+            hidden_states = hidden_states * multiplier
+        result = lce_maybe_trainable_lm_head(
+            self,
+            hidden_states,
+            hidden_states.shape[-1],
+            labels,
+            shift_labels,
+            num_items_in_batch=num_items_in_batch,
+            ignore_index=ignore_index,
+            final_logit_softcapping=softcap,
+            return_token_accuracy=return_token_accuracy,
+            return_predicted_tokens=return_predicted_tokens,
+            use_token_scaling=use_token_scaling,
+        )
+        loss, _, token_accuracy, predicted_tokens = unpack_cross_entropy_result(result)
+    else:
+        logits = self.lm_head(hidden_states)
+        if scaling is not None:
+            logits = logits / scaling
+        if multiplier is not None:
+            logits = logits * multiplier
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        if has_targets:
+            target = shifted_targets(labels, shift_labels, ignore_index).to(logits.device)
+            if use_token_scaling:
+                loss = token_scaled_loss(logits, target, ignore_index, num_items_in_batch)
+            else:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=config.vocab_size, **kwargs)
+            token_accuracy, predicted_tokens = logits_extras(
+                logits, target, ignore_index, return_token_accuracy, return_predicted_tokens
+            )
+
+    return loss, logits, token_accuracy, predicted_tokens
 
 
 def causal_lm_forward(
@@ -122,13 +239,7 @@ def causal_lm_forward(
     spec = spec_for(self.config.model_type)
     moe = spec is not None and spec.moe
     routed = spec is not None and bool(spec.experts)  # a mixture of experts, with or without the balancing loss
-    cache = kwargs.pop("cache", None)
-    if past_key_values is not None and cache is not None:
-        raise ValueError("Got both past_key_values and cache: they are one KV cache, pass one of them.")
-    model_kwargs = dict(kwargs)
-    model_kwargs[CACHE_ARG] = cache if past_key_values is None else past_key_values
-    given = zip(_DECODER_OPTIONS, (output_attentions, output_hidden_states, cache_position))
-    model_kwargs.update((name, value) for name, value in given if value is not None)
+    model_kwargs = _decoder_kwargs(kwargs, past_key_values, output_attentions, output_hidden_states, cache_position)
     if moe and output_router_logits is None:
         output_router_logits = self.config.output_router_logits
     if routed and output_router_logits is not None:
@@ -141,58 +252,17 @@ def causal_lm_forward(
         use_cache=use_cache,
         **model_kwargs,
     )
-    hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-
-    shift_labels = kwargs.get("shift_labels")
-    num_items_in_batch = kwargs.get("num_items_in_batch")
-    ignore_index = kwargs.get("ignore_index", -100)
-    has_targets = labels is not None or shift_labels is not None
-    if skip_logits is None:
-        skip_logits = self.training and has_targets
-    if skip_logits and not has_targets:
-        raise ValueError("skip_logits=True needs labels or shift_labels: without logits the loss is the only output.")
-    scaling = getattr(self.config, "logits_scaling", None)  # Granite: logits = lm_head(h) / scaling
-    multiplier = getattr(self.config, "lm_head_multiplier", None)  # Falcon-H1: logits = lm_head(h) * multiplier
-    softcap = getattr(self.config, "final_logit_softcapping", None)
-
-    logits = loss = token_accuracy = predicted_tokens = None
-    if skip_logits:
-        if scaling is not None:
-            hidden_states = hidden_states / scaling  # (h / s) W^T == (h W^T) / s
-        if multiplier is not None:
-            hidden_states = hidden_states * multiplier
-        result = lce_maybe_trainable_lm_head(
-            self,
-            hidden_states,
-            hidden_states.shape[-1],
-            labels,
-            shift_labels,
-            num_items_in_batch=num_items_in_batch,
-            ignore_index=ignore_index,
-            final_logit_softcapping=softcap,
-            return_token_accuracy=return_token_accuracy,
-            return_predicted_tokens=return_predicted_tokens,
-            use_token_scaling=use_token_scaling,
-        )
-        loss, _, token_accuracy, predicted_tokens = unpack_cross_entropy_result(result)
-    else:
-        logits = self.lm_head(hidden_states)
-        if scaling is not None:
-            logits = logits / scaling
-        if multiplier is not None:
-            logits = logits * multiplier
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        if has_targets:
-            target = shifted_targets(labels, shift_labels, ignore_index).to(logits.device)
-            if use_token_scaling:
-                loss = token_scaled_loss(logits, target, ignore_index, num_items_in_batch)
-            else:
-                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            token_accuracy, predicted_tokens = logits_extras(
-                logits, target, ignore_index, return_token_accuracy, return_predicted_tokens
-            )
-
+    loss, logits, token_accuracy, predicted_tokens = _head_and_loss(
+        self,
+        outputs.last_hidden_state,
+        labels,
+        kwargs,
+        logits_to_keep,
+        skip_logits,
+        return_token_accuracy,
+        use_token_scaling,
+        return_predicted_tokens,
+    )
     common = {
         "loss": loss,
         "logits": logits,
@@ -213,6 +283,80 @@ def causal_lm_forward(
             if loss is not None:
                 common["loss"] = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
         output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=outputs.router_logits, **common)
+    if return_dict is None:
+        return_dict = getattr(self.config, "return_dict", True)
+    return output if return_dict else output.to_tuple()
+
+
+@functools.cache
+def _takes_labels(decoder_class) -> bool:
+    """Whether the multimodal decoder's forward names ``labels`` (Gemma 3's: the stock forward passes them)."""
+    return "labels" in inspect.signature(decoder_class.forward).parameters
+
+
+def lce_forward_for_multimodal(
+    self,
+    input_ids=None,
+    *,
+    attention_mask=None,
+    position_ids=None,
+    past_key_values=None,
+    inputs_embeds=None,
+    labels=None,
+    use_cache=None,
+    output_attentions=None,
+    output_hidden_states=None,
+    return_dict=None,
+    cache_position=None,
+    logits_to_keep=0,
+    skip_logits=None,
+    return_token_accuracy=False,
+    use_token_scaling=False,
+    return_predicted_tokens=False,
+    **kwargs,
+):
+    """The one ``*ForConditionalGeneration.forward`` of every patched vision-language family.
+
+    ``self.model`` (the family's multimodal decoder) gets every input: pixel values, image and
+    video grids, ``mm_token_type_ids``, ``token_type_ids``, cross-attention states and whatever
+    else the family takes, through ``kwargs`` as the stock forward passes them. The head and the
+    loss are ``causal_lm_forward``'s (same options: ``skip_logits``, token accuracy, DFT), read
+    from the text config: in training with labels the logits never exist. Arguments after
+    ``input_ids`` are keywords only, since the stock forwards order them differently per family.
+    """
+    model_kwargs = _decoder_kwargs(kwargs, past_key_values, output_attentions, output_hidden_states, cache_position)
+    if labels is not None and _takes_labels(type(self.model)):
+        model_kwargs["labels"] = labels
+    outputs = self.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        inputs_embeds=inputs_embeds,
+        use_cache=use_cache,
+        **model_kwargs,
+    )
+    loss, logits, token_accuracy, predicted_tokens = _head_and_loss(
+        self,
+        outputs.last_hidden_state,
+        labels,
+        kwargs,
+        logits_to_keep,
+        skip_logits,
+        return_token_accuracy,
+        use_token_scaling,
+        return_predicted_tokens,
+    )
+    output = LigerMultimodalCausalLMOutputWithPast(
+        loss=loss,
+        logits=logits,
+        hidden_states=outputs.hidden_states,
+        attentions=outputs.attentions,
+        token_accuracy=token_accuracy,
+        predicted_tokens=predicted_tokens,
+        **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
+        # The output's own keys, not attributes: 5.2x keeps image_hidden_states as a deprecated property.
+        **{name: outputs.get(name) for name in MULTIMODAL_FIELDS},
+    )
     if return_dict is None:
         return_dict = getattr(self.config, "return_dict", True)
     return output if return_dict else output.to_tuple()
