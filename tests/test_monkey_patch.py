@@ -376,11 +376,11 @@ def test_an_instance_conversion_failing_midway_undoes_the_whole_patch(monkeypatc
     attributes = {name: dict(vars(m)) for name, m in model.named_modules()}
     convert, calls = mp._convert, []
 
-    def convert_then_fail(*args):
+    def convert_then_fail(*args, **kwargs):
         calls.append(args)
         if len(calls) == 4:
             raise RuntimeError("conversion failed")
-        convert(*args)
+        convert(*args, **kwargs)
 
     monkeypatch.setattr(mp, "_convert", convert_then_fail)
     with pytest.raises(RuntimeError, match="conversion failed"):
