@@ -119,14 +119,15 @@ def with_sdpa(model):
         pass
 
 
-def float64_copy(model):
+def float64_copy(model, sdpa=True):
     """The float64 reference run of a stock model, loss included. Its attention is SDPA where the
-    family allows: Hugging Face's eager attention takes the softmax in fp32 whatever the dtype
-    (``softmax(..., dtype=torch.float32)``), so an eager "float64" run carries fp32 rounding in every
-    attention layer, as large as the errors it is the reference for (5e-7 of the logits on this
+    family allows (``sdpa``): Hugging Face's eager attention takes the softmax in fp32 whatever the
+    dtype (``softmax(..., dtype=torch.float32)``), so an eager "float64" run carries fp32 rounding in
+    every attention layer, as large as the errors it is the reference for (5e-7 of the logits on this
     file's CPU models; SDPA in float64 agrees with a float64 softmax to 4e-16)."""
     model64 = copy.deepcopy(model).double()
-    with_sdpa(model64)
+    if sdpa:
+        with_sdpa(model64)
     model64.loss_function = float64_causal_lm_loss
     return model64
 

@@ -16,6 +16,11 @@ from test_convergence import assert_converges, float64_copy  # noqa: E402
 from test_convergence import build as build_causal_lm  # noqa: E402
 from vlm_models import CONFIGS, build, make_inputs  # noqa: E402
 
+# The float64 runs keep eager attention here, as these tests were validated: with the SDPA float64
+# run of test_convergence.py, gemma3 fp32 misses its bound 1.5x on the projector's weight (CPU, seed
+# 0), not yet explained (Gemma 3 builds its image-token masks per attention implementation).
+VLM_SDPA = False
+
 from liger_kernel.transformers import monkey_patch  # noqa: E402
 from liger_kernel.transformers.model.causal_lm import lce_forward_for_multimodal  # noqa: E402
 from liger_kernel.transformers.model_specs import MODEL_SPECS, VISION_LANGUAGE_SPECS  # noqa: E402
@@ -53,7 +58,7 @@ def test_vision_language_family_converges(model_type, dtype):
     fp32 (its multimodal sections)."""
     rope = ON_GPU or (model_type == "qwen2_vl" and dtype == torch.float32)
     stock = build(model_type, dtype)
-    model64 = float64_copy(stock)
+    model64 = float64_copy(stock, sdpa=VLM_SDPA)
     initial = copy.deepcopy(stock.state_dict())
 
     def make():
@@ -136,7 +141,7 @@ def test_llama4_text_converges(dtype):
     MoE layers alternating (the routed experts stay stock, the shared expert is patched)."""
     options = dict(num_local_experts=1, num_experts_per_tok=1, interleave_moe_layer_step=2, intermediate_size_mlp=88)
     stock = build_causal_lm("llama4_text", dtype, **options)
-    model64 = float64_copy(stock)
+    model64 = float64_copy(stock, sdpa=VLM_SDPA)
     initial = copy.deepcopy(stock.state_dict())
 
     def make():
