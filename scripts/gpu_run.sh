@@ -4,6 +4,7 @@
 #   tests  the test suite ($TEST_ARGS for pytest)   bench  benchmarks/run.py --quick ($BENCH_ARGS)
 #   e2e    benchmarks/e2e.py ($E2E_ARGS)            host   benchmarks/host_cost.py ($HOST_ARGS)
 #   env    python -m liger_kernel.env_report
+#   ptests test groups in parallel on the one GPU: TEST_GROUPS="a.py b.py;c.py" (one pytest each)
 # Each stage gets at most STAGE_S seconds (default 540). Results go to $RESULTS (default
 # benchmarks/results/h200) and come back as $OUT/results.tgz. Carry .peer for bench/e2e/host
 # (benchmarks/setup_peers.sh unpacks the peer wheels from there).
@@ -42,6 +43,14 @@ for stage in ${stages//,/ }; do
           >>"$OUT/host_cost.log" 2>&1
       done
       tail -c 4000 "$OUT/host_cost.log" ;;
+    ptests)
+      IFS=';' read -ra groups <<<"$TEST_GROUPS"
+      for i in "${!groups[@]}"; do
+        timeout "$STAGE_S" python3 -m pytest ${groups[$i]} -p no:cacheprovider -o addopts="" -q -rfE --durations=5 \
+          >"$OUT/gpu_tests_$i.log" 2>&1 &
+      done
+      wait
+      for log in "$OUT"/gpu_tests_*.log; do echo "-- $log"; grep -E "^(FAILED|ERROR)|passed|failed" "$log" | tail -15; done ;;
     env)
       python3 -m liger_kernel.env_report 2>&1 | tee "$OUT/env_report.txt" ;;
   esac
