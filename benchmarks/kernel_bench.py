@@ -34,7 +34,9 @@ def _step(make, shape, device):
     def step():
         out = fn(*inputs)
         outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        return torch.autograd.grad(outs, wrt, grad_outputs[: len(outs)])
+        # allow_unused: a module may compute its weights' gradients inside its own backward (Liger
+        # 0.8.5's tiled MLP accumulates them into .grad), outside the graph autograd.grad sees
+        return torch.autograd.grad(outs, wrt, grad_outputs[: len(outs)], allow_unused=True)
 
     return step
 
