@@ -10,6 +10,7 @@ import importlib
 
 import pytest
 import torch
+import transformers
 from parity import DEVICE, ON_GPU, assert_matches
 from test_convergence import (
     HEADS,
@@ -222,6 +223,12 @@ def test_moe_family_converges(model_type, dtype, mlp=None):
             "DeepSeek-V4 bf16 on CPU: the hyper-connections' gradients land 1.3-1.5x over the yardstick with the"
             " interpreter's truncating bf16 casts (fp32 passes); the GPU run checks it"
         )
+    if model_type == "deepseek_v4" and dtype == torch.bfloat16 and not stock_deepseek_v4_norm_keeps_dtype():
+        pytest.skip(
+            f"transformers {transformers.__version__}'s DeepseekV4RMSNorm returns `weight * x.to(input_dtype)`: with"
+            " the fp32 weight of _keep_in_fp32_modules_strict, bf16 activations leave it fp32 and the stock model"
+            " fails at q_a_proj (modeling_deepseek_v4.py:807 in 5.17: 'expected mat1 and mat2 to have the same dtype')"
+        )
     rope = spec.rope is not None and (ON_GPU or (model_type in CPU_ROPE and dtype == torch.float32))
     stock = build_moe(model_type, dtype)
     modeling = importlib.import_module(spec.module)
@@ -239,6 +246,13 @@ def test_moe_family_converges(model_type, dtype, mlp=None):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make)
+
+
+def stock_deepseek_v4_norm_keeps_dtype():
+    """Whether the installed DeepSeek-V4 RMSNorm with its fp32 weight (as ``keep_in_fp32`` and
+    ``from_pretrained`` in bf16 leave it) gives bf16 for bf16 input, as the next projection needs."""
+    modeling = importlib.import_module(MODEL_SPECS["deepseek_v4"].module)
+    return modeling.DeepseekV4RMSNorm(4)(torch.ones(1, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -319,9 +333,15 @@ class ReferenceExperts(torch.nn.Module):
         self.down_proj = torch.nn.Parameter(torch.empty(experts, config.hidden_size, width))
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
-        gate, up = torch.einsum("th,tkih->tki", hidden_states, self.gate_up_proj[top_k_index]).chunk(2, dim=-1)
-        out = torch.einsum("tki,tkhi->tkh", torch.nn.functional.silu(gate) * up, self.down_proj[top_k_index])
-        return (out * top_k_weights[..., None]).sum(1)
+        """Expert by expert on its tokens: indexing the weights by ``top_k_index`` would copy a
+        [T, K, 2I, H] tensor (23.5 GB in fp32 at the GPU sizes, twice that in the float64 run)."""
+        out = torch.zeros_like(hidden_states)
+        for expert in range(self.gate_up_proj.shape[0]):
+            token, slot = (top_k_index == expert).nonzero(as_tuple=True)
+            gate, up = torch.nn.functional.linear(hidden_states[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            y = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down_proj[expert])
+            out = out.index_add(0, token, y * top_k_weights[token, slot, None])
+        return out
 
 
 def test_fused_experts_switch(monkeypatch):

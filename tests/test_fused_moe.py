@@ -5,9 +5,10 @@ skewed routing, and ``LigerExperts`` against transformers' own experts modules."
 import pytest
 import torch
 
+from liger_kernel.ops import fused_moe
 from liger_kernel.ops.fused_moe import LigerFusedMoEFunction, fused_moe_reference
 from liger_kernel.transformers.swiglu import LigerExperts
-from tests.parity import DEVICE, as64, assert_matches, randn, sizes
+from tests.parity import DEVICE, FLOOR, as64, assert_matches, randn, sizes
 
 # (tokens, hidden, intermediate, experts): odd, and past the interpreter's 16-row tiles and 16-wide
 # blocks, so experts span several tiles and every block edge is masked.
@@ -163,9 +164,20 @@ def test_fused_moe_second_backward_raises():
         y.sum().backward()
 
 
-def test_liger_experts_under_autocast():
+def test_liger_experts_under_autocast(monkeypatch):
     """Mixed precision keeps fp32 weights and computes in the autocast dtype (as F.linear does there):
-    the experts cast their inputs instead of rejecting the dtype mismatch."""
+    the experts cast their inputs instead of rejecting the dtype mismatch. The kernels' host code runs
+    with autocast off: CUDA's autocast sums the top-k outputs in fp32, and the fp32 y's gradient then
+    met bf16 weights in the backward's tl.dot (Triton compile error on the H200; CPU autocast keeps
+    that sum in bf16, hence the check of the state the kernels run in)."""
+    autocast_at_launch = []
+
+    def spy(*args):
+        autocast_at_launch.append(torch.is_autocast_enabled(DEVICE))
+        return forward(*args)
+
+    forward = fused_moe.fused_moe_forward
+    monkeypatch.setattr(fused_moe, "fused_moe_forward", spy)
     torch.manual_seed(0)
     hf, config = _hf_experts("qwen3_moe")
     ours = LigerExperts(config).to(DEVICE)
@@ -174,8 +186,16 @@ def test_liger_experts_under_autocast():
     x = randn(T, H, requires_grad=True)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
         y = ours(x, index, weights)
+    assert autocast_at_launch == [False] and y.dtype == torch.bfloat16
     y.backward(torch.ones_like(y))
-    assert y.dtype == torch.bfloat16 and ours.gate_up_proj.grad.dtype == torch.float32
-    y64 = fused_moe_reference(x.double(), hf.gate_up_proj.double(), hf.down_proj.double(), index, weights.double())
-    bf16 = [t.detach().bfloat16() for t in (x, hf.gate_up_proj, hf.down_proj)]
-    assert_matches("y under autocast", y, y64, fused_moe_reference(*bf16, index, weights.bfloat16()))
+    assert ours.gate_up_proj.grad.dtype == torch.float32
+    exact, bf16 = (
+        as64(x, hf.gate_up_proj, hf.down_proj),
+        [t.detach().bfloat16().requires_grad_() for t in (x, hf.gate_up_proj, hf.down_proj)],
+    )
+    y64, y_bf16 = (fused_moe_reference(*t, index, weights.to(t[0].dtype)) for t in (exact, bf16))
+    grads64 = torch.autograd.grad(y64, exact, torch.ones_like(y64))
+    grads_bf16 = torch.autograd.grad(y_bf16, bf16, torch.ones_like(y_bf16))
+    got = (y, x.grad, ours.gate_up_proj.grad, ours.down_proj.grad)
+    for name, a, r, b in zip(("y", "dx", "d gate_up_proj", "d down_proj"), got, (y64, *grads64), (y_bf16, *grads_bf16)):
+        assert_matches(f"{name} under autocast", a, r, b, floor=FLOOR[torch.bfloat16])  # computed in bf16

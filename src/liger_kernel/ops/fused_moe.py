@@ -628,10 +628,13 @@ class LigerFusedMoEFunction(LigerFunction):
         # there) would otherwise meet bf16 rows in the backward's matmuls, which Triton rejects on a GPU
         # (the H200 run of test_liger_experts_under_autocast); autograd casts their gradient back.
         top_k_weights = top_k_weights.to(x.dtype).contiguous()
-        y, gu, routing = fused_moe_forward(
-            x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias, down_proj_bias,
-            is_transposed, is_concatenated, alpha, limit,
-        )  # fmt: skip
+        # Autocast off: CUDA's computes the torch.sum of the top-k outputs in fp32, and an fp32 y's
+        # gradient met bf16 weights in the backward's tl.dot (compile error on the H200).
+        with torch.autocast(x.device.type, enabled=False):
+            y, gu, routing = fused_moe_forward(
+                x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias,
+                down_proj_bias, is_transposed, is_concatenated, alpha, limit,
+            )  # fmt: skip
         ctx.save_for_backward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, *routing[:3])
         ctx.n_tiles = routing[3]
         ctx.gu_spent = False

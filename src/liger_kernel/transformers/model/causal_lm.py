@@ -277,12 +277,14 @@ def causal_lm_forward(
         output = LigerCausalLMOutputWithPast(**common)
     else:
         aux_loss = None
+        # None where the decoder records no router logits (DeepSeek-V2/V3 and HunYuan-MoE in transformers 5.17)
+        router_logits = getattr(outputs, "router_logits", None)
         if moe and output_router_logits:
             balance = importlib.import_module(spec.module).load_balancing_loss_func
-            aux_loss = balance(outputs.router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
+            aux_loss = balance(router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
             if loss is not None:
                 common["loss"] = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
-        output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=outputs.router_logits, **common)
+        output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=router_logits, **common)
     if return_dict is None:
         return_dict = getattr(self.config, "return_dict", True)
     return output if return_dict else output.to_tuple()
