@@ -429,8 +429,9 @@ def run_one(case, provider, smoke, warmup, steps, timeout_s):
     return r
 
 
-def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=180):
-    """Every (case, provider) in its own process; the JSON-able result (``markdown()`` renders it)."""
+def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=180, skip=()):
+    """Every (case, provider) in its own process, but the ``case/provider`` pairs in ``skip``; the
+    JSON-able result (``markdown()`` renders it)."""
     smoke = level == "smoke" or device == "cpu"
     table = SMOKE_CASES if smoke else CASES
     cases = cases or [c for c in table if c not in VLM_CASES + MOE_CASES]
@@ -442,6 +443,8 @@ def run(device="cuda", level="default", cases=None, providers=None, warmup=None,
     rows = []
     for case in cases:
         for provider in providers:
+            if f"{case}/{provider}" in skip:
+                continue
             r = run_one(case, provider, smoke, warmup, steps, timeout_s)
             rows.append(r)
             what = (
@@ -623,6 +626,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --smoke)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; 2 with --smoke)")
     ap.add_argument("--timeout-s", type=int, default=180, help="per (case, provider) process")
+    ap.add_argument("--skip", default="", help="comma-separated case/provider pairs not to run")
     ap.add_argument(
         "--out", help="results folder (default benchmarks/results/<gpu>; with --smoke nothing is written unless given)"
     )
@@ -642,6 +646,7 @@ def main():
         warmup=args.warmup,
         steps=args.steps,
         timeout_s=args.timeout_s,
+        skip=args.skip.split(","),
     )
     md = markdown(result)
     print("\n" + md)
