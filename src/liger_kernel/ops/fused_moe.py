@@ -155,7 +155,7 @@ def _tile(tiles_ptr, n_tiles, n_blocks, BLOCK_M: tl.constexpr):
 def _gate_up_kernel(
     x_ptr, w_ptr, bias_ptr, gu_ptr, h_ptr, order_ptr, tiles_ptr,
     stride_x, stride_we, stride_wq, stride_wh, stride_be, stride_bq,
-    n_tiles, num_experts, inter, H, TOP_K, alpha, limit,
+    n_tiles, num_experts, inter, H, TOP_K: tl.constexpr, alpha, limit,
     CLAMPED: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -232,7 +232,7 @@ def _pair_output_kernel(
 def _down_backward_kernel(
     dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
     stride_dy, stride_we, stride_wh, stride_wi,
-    n_tiles, num_experts, S, inter, H, TOP_K, alpha, limit,
+    n_tiles, num_experts, S, inter, H, TOP_K: tl.constexpr, alpha, limit,
     CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -277,14 +277,16 @@ def _down_backward_kernel(
 def _weight_grad_kernel(
     a_ptr, b_ptr, order_ptr, bounds_ptr, out_ptr,
     stride_b, stride_oe, stride_om, stride_on,
-    n_m, n_n, TOP_K,
+    n_m, n_n, TOP_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[e] = sum over expert e's sorted rows r of a[r]^T b[token(r)], [n_m, n_n] per expert (a:
     [S, n_m] in sorted order, b: [tokens, n_n] read through the permutation), written through
-    strides. dW_d is a = hw, b = dy; dW_gu is
-    a = dgu, b = x. An expert without rows gets zeros."""
+    strides. dW_d is a = hw, b = dy; dW_gu is a = dgu, b = x. An expert without rows gets zeros.
+    TOP_K is a compile-time constant in every kernel: token(r) = order[r] // TOP_K, computed here
+    for every row of every step of the reduction, is then a shift or a multiply instead of a
+    ~30-instruction integer division by a runtime value."""
     expert = tl.program_id(1).to(tl.int64)
     blocks_n = tl.cdiv(n_n, BLOCK_N)
     m = (tl.program_id(0) // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
