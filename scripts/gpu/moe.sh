@@ -53,6 +53,7 @@ GPT_OSS=gpt-oss-20b-4x2048
   echo "rc=$?"
   grep "^  e2e\|WARNING" "$LOGS/e2e.log"
   cat "$RESULTS/e2e.md" 2>/dev/null
+  cp "$LOGS/bench.log" "$LOGS/bench_old.log" "$LOGS/bench_peer.log" "$RESULTS/" 2>/dev/null # profiles, autotune picks
   echo "== done $(date -u +%H:%M:%S)"
 } 2>&1 | tee "$OUT/moe/summary.log"
 cp "$OUT/moe/summary.log" "$LOGS/"
