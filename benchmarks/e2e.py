@@ -315,8 +315,8 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
     ids = torch.randint(0, vocab - 300, (warmup + steps, batch, seq), device=device, generator=gen)
     out["params"] = sum(p.numel() for p in model.parameters())
     if family in MOE:  # which experts module ran, and transformers' experts implementation for its own
-        experts = next(m for name, m in model.named_modules() if name.endswith(".experts"))
-        out["experts"] = f"{type(experts).__module__}.{type(experts).__name__}"
+        experts = next((m for name, m in model.named_modules() if name.endswith(".experts")), None)
+        out["experts"] = f"{type(experts).__module__}.{type(experts).__name__}" if experts else "none found"
         out["experts_implementation"] = getattr(config, "_experts_implementation", None)
     batches = [_inputs(family, config, x, gen) for x in ids]
 
