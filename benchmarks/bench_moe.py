@@ -14,8 +14,10 @@ TFLOP/s counts the seven GEMMs of a forward + backward, 18 * tokens * top_k * hi
 Liger 0.8.5's module has no biases or clamped gating: at the GPT-OSS shape it runs plain SwiGLU
 experts of the same sizes.
 
-``ours_old`` is ours with the autotune settings of commit 8cca7b3 (``OLD_CONFIGS``), to tell in one
-run what the newer settings changed. ``first s`` is the first forward + backward (compiling and
+``ours_old`` is ours as of commit 8cca7b3 (measured in session 7): the autotune settings of then
+(``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is today's settings with the
+down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``); together they tell in one
+run what the settings and the split each changed. ``first s`` is the first forward + backward (compiling and
 autotuning included). Liger 0.8.5's first call autotunes for minutes: an implementation whose
 process runs past ``--timeout`` gets a row saying how long its unfinished first call had run.
 """
@@ -45,7 +47,7 @@ OLD_CONFIGS = {
         (128, 64, 128, 8, 3), (128, 32, 128, 4, 4), (128, 32, 128, 4, 5), (256, 32, 128, 8, 4), (256, 64, 128, 8, 3)
     ],
 }  # fmt: skip
-OURS = ("ours", "ours_old")
+OURS = ("ours", "ours_old", "ours_fused")
 
 
 def _config(shape_name, s, gpt_oss_layout):
@@ -106,10 +108,12 @@ def measure(impl, shape_name, profile=False):
     from triton.testing import do_bench
 
     s = SHAPES[shape_name]
-    if impl == "ours_old":
+    if impl in ("ours_old", "ours_fused"):
         from liger_kernel.ops import fused_moe
 
-        fused_moe.CONFIGS = {name: fused_moe._configs(*settings) for name, settings in OLD_CONFIGS.items()}
+        fused_moe.SPLIT_DOWN_BACKWARD = False
+        if impl == "ours_old":
+            fused_moe.CONFIGS = {name: fused_moe._configs(*settings) for name, settings in OLD_CONFIGS.items()}
     print(f"BEGIN {shape_name} {time.time():.1f}", flush=True)
     torch.manual_seed(0)
     module = _module(impl, shape_name, s)

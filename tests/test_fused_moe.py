@@ -5,6 +5,7 @@ skewed routing, and ``LigerExperts`` against transformers' own experts modules."
 import pytest
 import torch
 
+from liger_kernel.ops import fused_moe
 from liger_kernel.ops.fused_moe import LigerFusedMoEFunction, fused_moe_reference
 from liger_kernel.transformers.swiglu import LigerExperts
 from tests.parity import DEVICE, as64, assert_matches, randn, sizes
@@ -56,6 +57,17 @@ def _run(fn, tensors, index, options, dy):
     ],
 )
 def test_fused_moe_matches_reference(layout, dtype, top_k, skewed, sentinel):
+    _check_against_reference(layout, dtype, top_k, skewed, sentinel)
+
+
+@pytest.mark.parametrize("layout", ["qwen", "gpt_oss"])
+def test_fused_down_backward_matches_reference(layout, monkeypatch):
+    """The down backward in one kernel (``SPLIT_DOWN_BACKWARD = False``), kept to compare on the GPU."""
+    monkeypatch.setattr(fused_moe, "SPLIT_DOWN_BACKWARD", False)
+    _check_against_reference(layout, torch.float32, 2, True, layout == "qwen")
+
+
+def _check_against_reference(layout, dtype, top_k, skewed, sentinel):
     torch.manual_seed(0)
     dy = randn(T, H)
     options = tuple(GPT_OSS.values()) if layout == "gpt_oss" else (False, True, None, None)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fused MoE (issue 14) on ONE H200, about 6 minutes (at most 9.7 with every timeout hit):
+# Fused MoE (issue 14) on ONE H200, about 7 minutes (at most 9.8 with every timeout hit):
 #  1. experts-block benchmark (bench_moe.py, bf16, 8192 tokens) at the Qwen3-30B-A3B and GPT-OSS-20B
 #     layer shapes: ours vs transformers' grouped_mm and eager experts, with the GPU kernels of one step
 #     of ours (--profile) and the autotuner's picks; ~105 s (ours' first calls compile ~64 settings);
-#  2. ours_old (the session-7 autotune settings, a subset of today's: compiled already) at the
-#     GPT-OSS shape, to tell what the new settings changed; ~25 s;
+#  2. ours_old (session 7's autotune settings, the down backward in one kernel) and ours_fused
+#     (today's settings, the down backward in one kernel), to tell what the settings and the split
+#     down backward each changed; ~60 s (their settings are mostly compiled already);
 #  3. Liger 0.8.5's LigerExperts at the Qwen3 shape, its first call (minutes of autotuning) given
 #     PEER_S seconds (default 60; PEER_S=150 for a longer try): measured, or reported as unfinished
 #     after that long;
@@ -33,9 +34,9 @@ GPT_OSS=gpt-oss-20b-4x2048
     --timeout 100 --budget 125 --profile --keep-heads --out "$LOGS/main" >"$LOGS/bench.log" 2>&1
   echo "rc=$?"
 
-  echo "== kernel bench: ours_old at the GPT-OSS shape $(date -u +%H:%M:%S)"
-  TRITON_PRINT_AUTOTUNING=1 timeout 50 python benchmarks/bench_moe.py --impls ours_old --shapes gpt_oss_20b \
-    --timeout 45 --profile --keep-heads --out "$LOGS/old" >"$LOGS/bench_old.log" 2>&1
+  echo "== kernel bench: ours_old, ours_fused $(date -u +%H:%M:%S)"
+  TRITON_PRINT_AUTOTUNING=1 timeout 80 python benchmarks/bench_moe.py --impls ours_old,ours_fused \
+    --timeout 45 --budget 75 --profile --keep-heads --out "$LOGS/old" >"$LOGS/bench_old.log" 2>&1
   echo "rc=$?"
 
   echo "== kernel bench: Liger 0.8.5, ${PEER_S} s $(date -u +%H:%M:%S)"
@@ -48,7 +49,7 @@ GPT_OSS=gpt-oss-20b-4x2048
   SKIP=""
   grep -q '"ms"' "$LOGS/peer/moe.json" 2>/dev/null || SKIP="$QWEN/liger085"
   echo "== e2e (skip: ${SKIP:-none}) $(date -u +%H:%M:%S)"
-  timeout 320 python benchmarks/e2e.py --cases "$QWEN,$GPT_OSS" --warmup 2 --steps 4 --timeout-s 52 \
+  timeout 305 python benchmarks/e2e.py --cases "$QWEN,$GPT_OSS" --warmup 2 --steps 4 --timeout-s 50 \
     --skip "$SKIP" --out "$RESULTS" >"$LOGS/e2e.log" 2>&1
   echo "rc=$?"
   grep "^  e2e\|WARNING" "$LOGS/e2e.log"
