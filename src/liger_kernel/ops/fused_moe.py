@@ -10,7 +10,8 @@ the load. Seven GEMMs in all, each a Triton kernel with its elementwise work in 
 forward   gate_up  gu = x[t] @ W_gu[e]^T (+ bias), h = gating(gu)   [S, 2I] kept for backward
           down     o = (h @ W_d[e]^T + bias) * w, per pair, summed over top_k
 backward  down     g = dy[t] @ W_d[e]; recomputes h from gu; dw = <g, h> (+ <dy, bias>),
-                   dgu = gating'(gu) * w * g, hw = w * h
+                   dgu = gating'(gu) * w * g, hw = w * h (a GEMM writing g, then an elementwise
+                   pass: ``SPLIT_DOWN_BACKWARD``; or one kernel)
           d_down   dW_d[e] = sum over e's rows of dy[t]^T hw
           d_gate_up dW_gu[e] = sum over e's rows of dgu^T x[t]
           dx       dx[t] = sum_k dgu @ W_gu[e]
