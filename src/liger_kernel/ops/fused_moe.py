@@ -365,7 +365,8 @@ AUTOTUNE_MIN_PAIRS = 8192
 # 2 x 377 MB (0.18 ms at 4.2 TB/s) at GPT-OSS's shape, 2 x 201 MB at Qwen3-30B-A3B's. False: the
 # fused kernel, kept to compare on the GPU (bench_moe.py's ``ours_fused``).
 SPLIT_DOWN_BACKWARD = True
-# Columns of I per program of ``_down_grad_kernel`` (elementwise: no tuning).
+# Columns of I per program of ``_down_grad_kernel`` (elementwise: no tuning), over 8 warps: 32 values
+# a thread per [BLOCK_M, 64] tensor, of which the gating holds about six at once.
 DOWN_GRAD_BLOCK_N = 16 if interpreting() else 64
 
 
@@ -533,7 +534,7 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
         _down_grad_kernel[(n_tiles * cdiv(inter, DOWN_GRAD_BLOCK_N),)](
             g, gu, top_k_weights, order, tiles, dgu, hw, dw_parts, bias_sums,
             n_tiles, E, S, inter, alpha, limit,
-            **gating, BLOCK_M=BLOCK_M, BLOCK_N=DOWN_GRAD_BLOCK_N, num_warps=4,
+            **gating, BLOCK_M=BLOCK_M, BLOCK_N=DOWN_GRAD_BLOCK_N, num_warps=8,
         )  # fmt: skip
         del g
     else:
