@@ -17,9 +17,10 @@ experts of the same sizes.
 ``ours_old`` is ours as of commit 8cca7b3 (measured in session 7): the autotune settings of then
 (``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is today's settings with the
 down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``); together they tell in one
-run what the settings and the split each changed. ``first s`` is the first forward + backward (compiling and
-autotuning included). Liger 0.8.5's first call autotunes for minutes: an implementation whose
-process runs past ``--timeout`` gets a row saying how long its unfinished first call had run.
+run what the settings and the split each changed. ``first s`` is the first forward + backward
+(compiling and autotuning included). Liger 0.8.5's first call autotunes for minutes: an
+implementation whose process runs past ``--timeout`` (``--peer-timeout`` for Liger) gets a row
+saying how long it had been at the shape it was on.
 """
 
 import argparse
@@ -264,7 +265,7 @@ def _collect(impl, process, shapes, timeout):
         if shape in done:
             continue
         if timed_out and shape in begun:
-            status = f"first call unfinished after {killed_at - float(begun[shape]):.0f} s (autotuning)"
+            status = f"unfinished after {killed_at - float(begun[shape]):.0f} s (the first call compiles, autotunes)"
         else:
             status = "not reached (time limit)" if timed_out else "failed (see log)"
         found.append({"impl": impl, "shape": shape, "status": status})
