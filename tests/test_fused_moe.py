@@ -191,3 +191,26 @@ def test_liger_experts_under_autocast():
     y64 = fused_moe_reference(x.double(), hf.gate_up_proj.double(), hf.down_proj.double(), index, weights.double())
     bf16 = [t.detach().bfloat16() for t in (x, hf.gate_up_proj, hf.down_proj)]
     assert_matches("y under autocast", y, y64, fused_moe_reference(*bf16, index, weights.bfloat16()))
+
+
+def test_fused_moe_kernels_run_outside_autocast(monkeypatch):
+    """CUDA's autocast runs ``sum`` in fp32: the top-k sum of the pairs' outputs made y fp32 there, and
+    its fp32 gradient met bf16 weights in the backward's first GEMM (a Triton compile error on the
+    H200, test_liger_experts_under_autocast). The kernels' host code runs with autocast off."""
+    seen = []
+
+    def spy(original):
+        def run(*args, **kwargs):
+            seen.append(torch.is_autocast_enabled(DEVICE))
+            return original(*args, **kwargs)
+
+        return run
+
+    for name in ("fused_moe_forward", "fused_moe_backward"):
+        monkeypatch.setattr(fused_moe, name, spy(getattr(fused_moe, name)))
+    tensors, index = _inputs("qwen", torch.bfloat16, 2, False)
+    x, gate_up, down, weights, _, _ = tensors
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = LigerFusedMoEFunction.apply(x, gate_up, down, index, weights)
+        y.backward(torch.ones_like(y))
+    assert seen == [False, False] and y.dtype == torch.bfloat16

@@ -709,10 +709,13 @@ class LigerFusedMoEFunction(LigerFunction):
         # there) would otherwise meet bf16 rows in the backward's matmuls, which Triton rejects on a GPU
         # (the H200 run of test_liger_experts_under_autocast); autograd casts their gradient back.
         top_k_weights = top_k_weights.to(x.dtype).contiguous()
-        y, gu, routing = fused_moe_forward(
-            x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias, down_proj_bias,
-            is_transposed, is_concatenated, alpha, limit,
-        )  # fmt: skip
+        # Autocast off: CUDA's runs the top-k sum in fp32, which made y (and so dy, met by bf16 weights in
+        # the backward's first GEMM: a Triton compile error on the H200) fp32.
+        with torch.autocast(x.device.type, enabled=False):
+            y, gu, routing = fused_moe_forward(
+                x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias,
+                down_proj_bias, is_transposed, is_concatenated, alpha, limit,
+            )  # fmt: skip
         ctx.save_for_backward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, *routing[:3])
         ctx.n_tiles = routing[3]
         ctx.gu_spent = False
@@ -732,8 +735,9 @@ class LigerFusedMoEFunction(LigerFunction):
         x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, *routing = ctx.saved_tensors
         wanted = (*ctx.needs_input_grad, False, False)  # the biases may not have been passed
         needs = [wanted[i] for i in (0, 1, 2, 4, 5, 6)]
-        dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias = fused_moe_backward(
-            dy, x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, (*routing, ctx.n_tiles),
-            *ctx.options, needs,
-        )  # fmt: skip
+        with torch.autocast(x.device.type, enabled=False):  # as the forward (a backward called inside autocast)
+            dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias = fused_moe_backward(
+                dy, x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu,
+                (*routing, ctx.n_tiles), *ctx.options, needs,
+            )  # fmt: skip
         return dx, d_gate_up, d_down, None, d_weights, d_gate_up_bias, d_down_bias, None, None, None, None
