@@ -12,6 +12,8 @@
 #  4. end to end (e2e.py): Qwen3-30B-A3B shape (4 layers) and GPT-OSS-20B shape (2 layers), training
 #     steps at 4 x 2048 tokens, stock vs ours vs Liger 0.8.5; Liger's Qwen3 run only when step 3
 #     finished (its autotuning is then on disk: TRITON_CACHE_AUTOTUNING); ~170 s.
+# MOE_TESTS=1 first runs tests/test_fused_moe.py on the GPU (the split down backward and the autocast
+# fix at test sizes; ~90 s more).
 # Results: benchmarks/results/h200/moe/{moe,e2e}.{md,json,png}; everything (results and logs) in ONE
 # file, "$OUT/moe/results.tgz", plus "$OUT/moe/summary.log". Run from the repo root with .peer carried.
 set -uo pipefail
@@ -28,6 +30,13 @@ GPT_OSS=gpt-oss-20b-4x2048
 {
   echo "== setup $(date -u +%H:%M:%S)"
   bash benchmarks/setup_peers.sh >"$LOGS/setup_peers.log" 2>&1 || echo "setup_peers failed (Liger runs will error)"
+
+  if [ "${MOE_TESTS:-0}" = 1 ]; then
+    echo "== tests $(date -u +%H:%M:%S)"
+    timeout 150 python -m pytest tests/test_fused_moe.py -p no:cacheprovider -o addopts="" -q -rfE >"$LOGS/tests.log" 2>&1
+    echo "rc=$?"
+    grep -E "^(FAILED|ERROR)|passed|failed" "$LOGS/tests.log" | tail -15
+  fi
 
   echo "== kernel bench: ours, transformers $(date -u +%H:%M:%S)"
   TRITON_PRINT_AUTOTUNING=1 timeout 130 python benchmarks/bench_moe.py --impls hf_grouped_mm,hf_eager,ours \
@@ -54,7 +63,7 @@ GPT_OSS=gpt-oss-20b-4x2048
   echo "rc=$?"
   grep "^  e2e\|WARNING" "$LOGS/e2e.log"
   cat "$RESULTS/e2e.md" 2>/dev/null
-  cp "$LOGS/bench.log" "$LOGS/bench_old.log" "$LOGS/bench_peer.log" "$RESULTS/" 2>/dev/null # profiles, autotune picks
+  cp "$LOGS"/bench*.log "$RESULTS/" 2>/dev/null # profiles, autotune picks
   echo "== done $(date -u +%H:%M:%S)"
 } 2>&1 | tee "$OUT/moe/summary.log"
 cp "$OUT/moe/summary.log" "$LOGS/"
