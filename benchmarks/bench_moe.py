@@ -14,8 +14,8 @@ TFLOP/s counts the seven GEMMs of a forward + backward, 18 * tokens * top_k * hi
 Liger 0.8.5's module has no biases or clamped gating: at the GPT-OSS shape it runs plain SwiGLU
 experts of the same sizes.
 
-``ours_old`` is ours as of commit 8cca7b3 (measured in session 7): the autotune settings of then
-(``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is today's settings with the
+``ours_old`` is ours as of commit 8cca7b3 (but for top_k, now a compile-time constant): the
+autotune settings of then (``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is today's settings with the
 down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``); together they tell in one
 run what the settings and the split each changed. ``first s`` is the first forward + backward
 (compiling and autotuning included). Liger 0.8.5's first call autotunes for minutes: an
