@@ -705,12 +705,12 @@ class LigerFusedMoEFunction(LigerFunction):
         if not ctx.use_triton:
             return fallback_forward(ctx, fused_moe_reference, *args, is_transposed, is_concatenated, alpha, limit)
         x = x.contiguous()
-        # In x's dtype, as the weights: an fp32 router's weights under autocast (softmax runs in fp32
-        # there) would otherwise meet bf16 rows in the backward's matmuls, which Triton rejects on a GPU
-        # (the H200 run of test_liger_experts_under_autocast); autograd casts their gradient back.
+        # In x's dtype, as the weights (an fp32 router's under autocast, whose softmax runs in fp32): its
+        # gradient comes out in that dtype too, and autograd casts it back.
         top_k_weights = top_k_weights.to(x.dtype).contiguous()
         # Autocast off: CUDA's runs the top-k sum in fp32, which made y (and so dy, met by bf16 weights in
-        # the backward's first GEMM: a Triton compile error on the H200) fp32.
+        # the backward's first GEMM: the Triton compile error of test_liger_experts_under_autocast on the
+        # H200, which casting top_k_weights had not fixed) fp32.
         with torch.autocast(x.device.type, enabled=False):
             y, gu, routing = fused_moe_forward(
                 x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias,
