@@ -15,12 +15,12 @@ Liger 0.8.5's module has no biases or clamped gating: at the GPT-OSS shape it ru
 experts of the same sizes.
 
 ``ours_old`` is ours as of commit 8cca7b3 (but for top_k, now a compile-time constant): the
-autotune settings of then (``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is today's settings with the
-down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``); together they tell in one
-run what the settings and the split each changed. ``first s`` is the first forward + backward
-(compiling and autotuning included). Liger 0.8.5's first call autotunes for minutes: an
-implementation whose process runs past ``--timeout`` (``--peer-timeout`` for Liger) gets a row
-saying how long it had been at the shape it was on.
+autotune settings of then (``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is
+today's settings with the down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``);
+together they tell in one run what the settings and the split each changed. ``first s`` is the
+first forward + backward (compiling and autotuning included). Liger 0.8.5's first call autotunes
+for minutes: an implementation whose process runs past ``--timeout`` (``--peer-timeout`` for
+Liger) gets a row saying how long it had been at the shape it was on.
 """
 
 import argparse
