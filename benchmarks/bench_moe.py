@@ -13,6 +13,14 @@ is the most allocated during one forward + backward beyond what weights and inpu
 TFLOP/s counts the seven GEMMs of a forward + backward, 18 * tokens * top_k * hidden * width.
 Liger 0.8.5's module has no biases or clamped gating: at the GPT-OSS shape it runs plain SwiGLU
 experts of the same sizes.
+
+``ours_old`` is ours as of commit 8cca7b3 (but for top_k, now a compile-time constant): the
+autotune settings of then (``OLD_CONFIGS``) and the down backward in one kernel; ``ours_fused`` is
+today's settings with the down backward in one kernel (``fused_moe.SPLIT_DOWN_BACKWARD = False``);
+together they tell in one run what the settings and the split each changed. ``first s`` is the
+first forward + backward (compiling and autotuning included). Liger 0.8.5's first call autotunes
+for minutes: an implementation whose process runs past ``--timeout`` (``--peer-timeout`` for
+Liger) gets a row saying how long it had been at the shape it was on.
 """
 
 import argparse
@@ -31,6 +39,16 @@ SHAPES = {
     "gpt_oss_20b": dict(experts=32, top_k=4, hidden=2880, width=2880, tokens=8192),
 }
 MATMUL_TFLOPS = 720.0  # the H200's measured dense bf16 matmul rate, the yardstick of the TFLOP/s column
+# ops/fused_moe.CONFIGS as of commit 8cca7b3 (measured on the H200 in session 7): the ``ours_old`` baseline.
+OLD_CONFIGS = {
+    "gate_up": [(128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (128, 32, 8, 4)],
+    "pair_output": [(128, 64, 4, 4), (128, 64, 8, 3), (256, 64, 8, 3), (256, 64, 8, 4)],
+    "down_backward": [(64, 64, 4, 4), (64, 64, 8, 4), (64, 128, 4, 3), (128, 64, 8, 3)],
+    "weight_grad": [
+        (128, 64, 128, 8, 3), (128, 32, 128, 4, 4), (128, 32, 128, 4, 5), (256, 32, 128, 8, 4), (256, 64, 128, 8, 3)
+    ],
+}  # fmt: skip
+OURS = ("ours", "ours_old", "ours_fused")
 
 
 def _config(shape_name, s, gpt_oss_layout):
@@ -59,7 +77,7 @@ def _config(shape_name, s, gpt_oss_layout):
 def _module(impl, shape_name, s):
     gpt_oss = shape_name.startswith("gpt_oss") and impl != "liger085"
     config = _config(shape_name, s, gpt_oss)
-    if impl in ("ours", "liger085"):
+    if impl in (*OURS, "liger085"):
         from liger_kernel.transformers.swiglu import LigerExperts
 
         module = LigerExperts(config)
@@ -91,6 +109,13 @@ def measure(impl, shape_name, profile=False):
     from triton.testing import do_bench
 
     s = SHAPES[shape_name]
+    if impl in ("ours_old", "ours_fused"):
+        from liger_kernel.ops import fused_moe
+
+        fused_moe.SPLIT_DOWN_BACKWARD = False
+        if impl == "ours_old":
+            fused_moe.CONFIGS = {name: fused_moe._configs(*settings) for name, settings in OLD_CONFIGS.items()}
+    print(f"BEGIN {shape_name} {time.time():.1f}", flush=True)
     torch.manual_seed(0)
     module = _module(impl, shape_name, s)
     x, index, weights, dy = _inputs(s)
@@ -99,8 +124,11 @@ def measure(impl, shape_name, profile=False):
     def step():
         module(x, index, weights).backward(dy)
 
+    start = time.perf_counter()
     y = module(x, index, weights)  # the first call compiles and autotunes: its results are compared
     y.backward(dy)
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
     results = {"y": y, "x": x.grad, "top_k_weights": weights.grad, **{n: p.grad for n, p in module.named_parameters()}}
     heads = {name: t.detach().float().flatten()[:4096].tolist() for name, t in results.items() if t is not None}
     del y, results
@@ -112,15 +140,18 @@ def measure(impl, shape_name, profile=False):
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     ms = do_bench(step, warmup=50, rep=300, grad_to_none=leaves, return_mode="median")
-    if profile and impl == "ours":
+    if profile and impl in OURS:
+        for t in leaves:  # as do_bench's steps: no accumulation into existing gradients (a 1 ms pass at GPT-OSS)
+            t.grad = None
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             step()
             torch.cuda.synchronize()
-        print(f"{shape_name} kernels of one step:")
+        print(f"{impl} {shape_name} kernels of one step:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
     flops = 18 * s["tokens"] * s["top_k"] * s["hidden"] * s["width"]
     return {
         "impl": impl, "shape": shape_name, "ms": ms, "peak_mib": peak / 2**20, "tflops": flops / ms / 1e9,
+        "first_s": first_s,
         "matmul_fraction": flops / ms / 1e9 / MATMUL_TFLOPS,
         "heads": None if impl == "liger085" and shape_name.startswith("gpt_oss") else heads,
     }  # fmt: skip
@@ -144,6 +175,7 @@ def main():
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--one", action="store_true", help="(internal) print one JSON row per measurement")
     parser.add_argument("--timeout", type=int, default=150, help="seconds per implementation (both shapes)")
+    parser.add_argument("--peer-timeout", type=int, default=None, help="seconds for liger085 (default --timeout)")
     parser.add_argument("--budget", type=int, default=10**6, help="seconds for all implementations together")
     parser.add_argument("--profile", action="store_true", help="print the GPU kernels of one step of ours")
     parser.add_argument("--keep-heads", action="store_true", help="keep the compared values in moe.json (to --merge)")
@@ -196,27 +228,47 @@ def main():
         if impl == "liger085" and gpus > 1:
             background[impl] = process
             continue
-        rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
+        rows += _collect(impl, process, shapes, _limit(impl, args, deadline))
     for impl, process in background.items():
-        rows += _collect(impl, process, len(shapes), max(1.0, min(args.timeout, deadline - time.monotonic())))
+        rows += _collect(impl, process, shapes, _limit(impl, args, deadline))
     report(rows + merged, args.out, args.keep_heads)
 
 
-def _collect(impl, process, n_rows, timeout):
-    """The JSON rows a ``--one`` process printed (its other output echoed)."""
+def _limit(impl, args, deadline):
+    limit = args.peer_timeout if impl == "liger085" and args.peer_timeout is not None else args.timeout
+    return max(1.0, min(limit, deadline - time.monotonic()))
+
+
+def _collect(impl, process, shapes, timeout):
+    """The JSON rows a ``--one`` process printed (its other output echoed). A process killed at the
+    timeout gets a row for the shape it was on, saying how long it had run (its first call, for
+    Liger 0.8.5: the autotuning), and one per shape it never reached."""
+    timed_out = False
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+        timed_out = True
         print(f"{impl}: timed out after {timeout:.0f} s")
+    killed_at = time.time()
     for log in process.logs:
         log.seek(0)
     stdout, stderr = (log.read() for log in process.logs)
     found = [json.loads(line[4:]) for line in stdout.splitlines() if line.startswith("ROW ")]
-    print("\n".join(line for line in stdout.splitlines() if not line.startswith("ROW ")))
-    if len(found) < n_rows:
-        print(f"{impl}: {len(found)} of {n_rows} shapes measured\n{stderr[-3000:]}")
+    begun = dict(line.split()[1:3] for line in stdout.splitlines() if line.startswith("BEGIN "))
+    print("\n".join(line for line in stdout.splitlines() if not line.startswith(("ROW ", "BEGIN "))))
+    if len(found) < len(shapes):
+        print(f"{impl}: {len(found)} of {len(shapes)} shapes measured\n{stderr[-3000:]}")
+    done = {r["shape"] for r in found}
+    for shape in shapes:
+        if shape in done:
+            continue
+        if timed_out and shape in begun:
+            status = f"unfinished after {killed_at - float(begun[shape]):.0f} s (the first call compiles, autotunes)"
+        else:
+            status = "not reached (time limit)" if timed_out else "failed (see log)"
+        found.append({"impl": impl, "shape": shape, "status": status})
     return found
 
 
@@ -232,24 +284,29 @@ def _worst_diff(heads, reference):
 
 def report(rows, out, keep_heads=False):
     lines = [
-        "| shape | implementation | fwd+bwd ms | peak MiB | TFLOP/s | of 720 | vs fastest other | worst diff vs hf |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | implementation | fwd+bwd ms | peak MiB | TFLOP/s | of 720 | vs fastest other | first s "
+        "| worst diff vs hf |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for shape in SHAPES:
         here = [r for r in rows if r["shape"] == shape]
-        others = [r["ms"] for r in here if r["impl"] != "ours"]
+        others = [r["ms"] for r in here if r["impl"] not in OURS and "ms" in r]
         reference = next(
             (r for r in sorted(here, key=lambda r: r["impl"] != "hf_grouped_mm") if r["impl"].startswith("hf_")), None
         )
         reference = reference if reference and reference.get("heads") else None
         for r in here:
+            if "ms" not in r:  # timed out or failed
+                lines.append(f"| {shape} | {r['impl']} | {r['status']} |  |  |  |  |  |  |")
+                continue
             diff = ""
             if reference and r.get("heads") and r is not reference:
                 diff = "{1:.1e} ({0})".format(*_worst_diff(r["heads"], reference["heads"]))
-            speed = f"{min(others) / r['ms']:.2f}x" if r["impl"] == "ours" and others else ""
+            speed = f"{min(others) / r['ms']:.2f}x" if r["impl"] in OURS and others else ""
+            first = f"{r['first_s']:.1f}" if "first_s" in r else ""
             lines.append(
                 f"| {shape} | {r['impl']} | {r['ms']:.3f} | {r['peak_mib']:.0f} | {r['tflops']:.0f} | "
-                f"{r['matmul_fraction']:.0%} | {speed} | {diff} |"
+                f"{r['matmul_fraction']:.0%} | {speed} | {first} | {diff} |"
             )
     table = "\n".join(lines)
     print(table)
@@ -276,6 +333,7 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if "ms" in r]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     get = {(r["shape"], r["impl"]): r for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))

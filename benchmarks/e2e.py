@@ -146,6 +146,41 @@ GEMMA3_4B = dict(
 )
 VISION_LANGUAGE = {"qwen2_5_vl", "gemma3"}
 
+# Qwen3-30B-A3B's layer shape (128 experts, top-8, expert width 768) with 4 of its 48 layers, and
+# GPT-OSS-20B's (32 experts, top-4, width 2880, clamped gating with biases) with 2 of its 24 (one
+# sliding-window, one full-attention layer); real vocabularies. 4 x 2048 = 8192 tokens a step, the
+# experts-kernel benchmark's (bench_moe.py) token count.
+QWEN3_MOE_30B_A3B = dict(
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=6144,
+    moe_intermediate_size=768,
+    num_experts=128,
+    num_experts_per_tok=8,
+    norm_topk_prob=True,
+    num_hidden_layers=4,
+    num_attention_heads=32,
+    num_key_value_heads=4,
+    head_dim=128,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+)
+GPT_OSS_20B = dict(
+    vocab_size=201088,
+    hidden_size=2880,
+    intermediate_size=2880,
+    num_local_experts=32,
+    num_experts_per_tok=4,
+    num_hidden_layers=2,
+    num_attention_heads=64,
+    num_key_value_heads=8,
+    head_dim=64,
+    sliding_window=128,
+    tie_word_embeddings=False,
+)
+MOE = {"qwen3_moe", "gpt_oss"}
+
 
 def _tiny(shape, vocab):
     """The same family at a size the CPU runs in seconds."""
@@ -170,14 +205,50 @@ CASES = {
         2048,
     ),
     "gemma3-4b-2x2048": ("gemma3", "Gemma-3-4B shape (8 layers, SigLIP 4, V 262144), 896px image", GEMMA3_4B, 2, 2048),
+    "qwen3-moe-30b-a3b-4x2048": (
+        "qwen3_moe",
+        "Qwen3-30B-A3B shape (4 layers, 128 experts top-8, width 768, V 151936)",
+        QWEN3_MOE_30B_A3B,
+        4,
+        2048,
+    ),
+    "gpt-oss-20b-4x2048": (
+        "gpt_oss",
+        "GPT-OSS-20B shape (2 layers, 32 experts top-4, width 2880, V 201088)",
+        GPT_OSS_20B,
+        4,
+        2048,
+    ),
 }
 VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048")  # not in the default run: --cases
+MOE_CASES = ("qwen3-moe-30b-a3b-4x2048", "gpt-oss-20b-4x2048")  # not in the default run either
+# Patch arguments beyond the defaults, per case and provider: GPT-OSS's experts are fused only with
+# swiglu=True (its default is False, as in Liger Kernel 0.8.5, whose experts module has neither the
+# biases nor the clamped gating: the peer runs its defaults there, experts stock).
+PATCH_KWARGS = {"gpt-oss-20b-4x2048": {"ours": {"swiglu": True}}, "gpt-oss-tiny": {"ours": {"swiglu": True}}}
 SMOKE_CASES = {
     "llama-tiny": ("llama", "Llama, tiny", _tiny(LLAMA_1B, 1000), 2, 64),
     "qwen2-tiny": ("qwen2", "Qwen2.5, tiny", _tiny(QWEN25_15B, 1200), 2, 64),
     "gemma2-tiny": ("gemma2", "Gemma 2, tiny, softcap 30", _tiny(GEMMA2_2B, 1500), 2, 64),
+    "qwen3-moe-tiny": (
+        "qwen3_moe",
+        "Qwen3-MoE, tiny, 8 experts top-2",
+        dict(
+            _tiny(QWEN3_MOE_30B_A3B, 1100), moe_intermediate_size=24, num_experts=8, num_experts_per_tok=2, head_dim=16
+        ),
+        2,
+        64,
+    ),
+    "gpt-oss-tiny": (
+        "gpt_oss",
+        "GPT-OSS, tiny, 4 experts top-2",
+        dict(_tiny(GPT_OSS_20B, 1300), intermediate_size=24, num_local_experts=4, num_experts_per_tok=2, head_dim=16),
+        2,
+        64,
+    ),
 }
 CONFIG_CLASS = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "gemma2": "Gemma2Config"}
+CONFIG_CLASS.update(qwen3_moe="Qwen3MoeConfig", gpt_oss="GptOssConfig")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +270,7 @@ def _versions():
     return out
 
 
-def _patch(family, provider):
+def _patch(family, provider, **kwargs):
     """Class-level patch before the model is built, the library's documented one line."""
     import liger_kernel
 
@@ -209,7 +280,7 @@ def _patch(family, provider):
         raise RuntimeError(f"liger_kernel resolved to {liger_kernel.__file__}, expected under {expected}")
     import liger_kernel.transformers as lkt
 
-    getattr(lkt, f"apply_liger_kernel_to_{family}")()
+    getattr(lkt, f"apply_liger_kernel_to_{family}")(**kwargs)
     return liger_kernel.__file__
 
 
@@ -221,7 +292,7 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
     device = "cpu" if smoke else "cuda"
     out = {"case": case, "provider": provider, "versions": _versions()}
     if provider != "hf":
-        out["lib_file"] = _patch(family, provider)
+        out["lib_file"] = _patch(family, provider, **PATCH_KWARGS.get(case, {}).get(provider, {}))
     out["versions"] = _versions()  # after the import: the peer's own metadata, when it has one
 
     if family in VISION_LANGUAGE:
@@ -243,6 +314,10 @@ def worker(case, provider, smoke, warmup, steps, profile=False):
     vocab = config.get_text_config().vocab_size
     ids = torch.randint(0, vocab - 300, (warmup + steps, batch, seq), device=device, generator=gen)
     out["params"] = sum(p.numel() for p in model.parameters())
+    if family in MOE:  # which experts module ran, and transformers' experts implementation for its own
+        experts = next((m for name, m in model.named_modules() if name.endswith(".experts")), None)
+        out["experts"] = f"{type(experts).__module__}.{type(experts).__name__}" if experts else "none found"
+        out["experts_implementation"] = getattr(config, "_experts_implementation", None)
     batches = [_inputs(family, config, x, gen) for x in ids]
 
     if device == "cuda":
@@ -354,11 +429,12 @@ def run_one(case, provider, smoke, warmup, steps, timeout_s):
     return r
 
 
-def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=180):
-    """Every (case, provider) in its own process; the JSON-able result (``markdown()`` renders it)."""
+def run(device="cuda", level="default", cases=None, providers=None, warmup=None, steps=None, timeout_s=180, skip=()):
+    """Every (case, provider) in its own process, but the ``case/provider`` pairs in ``skip``; the
+    JSON-able result (``markdown()`` renders it)."""
     smoke = level == "smoke" or device == "cpu"
     table = SMOKE_CASES if smoke else CASES
-    cases = cases or [c for c in table if c not in VLM_CASES]
+    cases = cases or [c for c in table if c not in VLM_CASES + MOE_CASES]
     # The peer's kernels need a GPU (they fail in Triton's CPU interpreter): on CPU only on request.
     providers = providers or [p for p in PROVIDERS if p != "liger085" or (LIBS["liger085"].is_dir() and not smoke)]
     warmup = warmup if warmup is not None else (1 if smoke else 3)
@@ -367,6 +443,8 @@ def run(device="cuda", level="default", cases=None, providers=None, warmup=None,
     rows = []
     for case in cases:
         for provider in providers:
+            if f"{case}/{provider}" in skip:
+                continue
             r = run_one(case, provider, smoke, warmup, steps, timeout_s)
             rows.append(r)
             what = (
@@ -470,6 +548,16 @@ def markdown(result):
         "(weights, gradients and optimizer state included). Each run in its own process. "
         "Gemma 2 without attention-logit softcapping (sdpa cannot apply it); final-logit softcapping on.",
     ]
+    moe_rows = [r for r in result["rows"] if r.get("experts")]
+    if moe_rows:
+        ran = sorted({f"{r['case']}/{PROVIDERS[r['provider']]}: {r['experts'].rsplit('.', 1)[-1]}" for r in moe_rows})
+        stock = sorted({str(r.get("experts_implementation")) for r in moe_rows if r["provider"] == "hf"})
+        lines[-1] += (
+            f" MoE: stock runs transformers' default experts implementation ({', '.join(stock) or '-'}); ours "
+            "fuses GPT-OSS's experts with `swiglu=True` (default False); Liger 0.8.5 runs its defaults (its "
+            "experts module has no biases or clamped gating: GPT-OSS's experts stay stock there). Experts "
+            "modules: " + "; ".join(ran) + "."
+        )
     return "\n".join(lines)
 
 
@@ -538,6 +626,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 3; 1 with --smoke)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 6; 2 with --smoke)")
     ap.add_argument("--timeout-s", type=int, default=180, help="per (case, provider) process")
+    ap.add_argument("--skip", default="", help="comma-separated case/provider pairs not to run")
     ap.add_argument(
         "--out", help="results folder (default benchmarks/results/<gpu>; with --smoke nothing is written unless given)"
     )
@@ -557,6 +646,7 @@ def main():
         warmup=args.warmup,
         steps=args.steps,
         timeout_s=args.timeout_s,
+        skip=args.skip.split(","),
     )
     md = markdown(result)
     print("\n" + md)

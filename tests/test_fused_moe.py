@@ -57,6 +57,17 @@ def _run(fn, tensors, index, options, dy):
     ],
 )
 def test_fused_moe_matches_reference(layout, dtype, top_k, skewed, sentinel):
+    _check_against_reference(layout, dtype, top_k, skewed, sentinel)
+
+
+@pytest.mark.parametrize("layout", ["qwen", "gpt_oss"])
+def test_fused_down_backward_matches_reference(layout, monkeypatch):
+    """The down backward in one kernel (``SPLIT_DOWN_BACKWARD = False``), kept to compare on the GPU."""
+    monkeypatch.setattr(fused_moe, "SPLIT_DOWN_BACKWARD", False)
+    _check_against_reference(layout, torch.float32, 2, True, layout == "qwen")
+
+
+def _check_against_reference(layout, dtype, top_k, skewed, sentinel):
     torch.manual_seed(0)
     dy = randn(T, H)
     options = tuple(GPT_OSS.values()) if layout == "gpt_oss" else (False, True, None, None)
@@ -199,3 +210,26 @@ def test_liger_experts_under_autocast(monkeypatch):
     got = (y, x.grad, ours.gate_up_proj.grad, ours.down_proj.grad)
     for name, a, r, b in zip(("y", "dx", "d gate_up_proj", "d down_proj"), got, (y64, *grads64), (y_bf16, *grads_bf16)):
         assert_matches(f"{name} under autocast", a, r, b, floor=FLOOR[torch.bfloat16])  # computed in bf16
+
+
+def test_fused_moe_kernels_run_outside_autocast(monkeypatch):
+    """CUDA's autocast runs ``sum`` in fp32: the top-k sum of the pairs' outputs made y fp32 there, and
+    its fp32 gradient met bf16 weights in the backward's first GEMM (a Triton compile error on the
+    H200, test_liger_experts_under_autocast). The kernels' host code runs with autocast off."""
+    seen = []
+
+    def spy(original):
+        def run(*args, **kwargs):
+            seen.append(torch.is_autocast_enabled(DEVICE))
+            return original(*args, **kwargs)
+
+        return run
+
+    for name in ("fused_moe_forward", "fused_moe_backward"):
+        monkeypatch.setattr(fused_moe, name, spy(getattr(fused_moe, name)))
+    tensors, index = _inputs("qwen", torch.bfloat16, 2, False)
+    x, gate_up, down, weights, _, _ = tensors
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        y = LigerFusedMoEFunction.apply(x, gate_up, down, index, weights)
+        y.backward(torch.ones_like(y))
+    assert seen == [False, False] and y.dtype == torch.bfloat16

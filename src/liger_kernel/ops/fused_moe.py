@@ -10,7 +10,8 @@ the load. Seven GEMMs in all, each a Triton kernel with its elementwise work in 
 forward   gate_up  gu = x[t] @ W_gu[e]^T (+ bias), h = gating(gu)   [S, 2I] kept for backward
           down     o = (h @ W_d[e]^T + bias) * w, per pair, summed over top_k
 backward  down     g = dy[t] @ W_d[e]; recomputes h from gu; dw = <g, h> (+ <dy, bias>),
-                   dgu = gating'(gu) * w * g, hw = w * h
+                   dgu = gating'(gu) * w * g, hw = w * h (a GEMM writing g, then an elementwise
+                   pass: ``SPLIT_DOWN_BACKWARD``; or one kernel)
           d_down   dW_d[e] = sum over e's rows of dy[t]^T hw
           d_gate_up dW_gu[e] = sum over e's rows of dgu^T x[t]
           dx       dx[t] = sum_k dgu @ W_gu[e]
@@ -155,7 +156,7 @@ def _tile(tiles_ptr, n_tiles, n_blocks, BLOCK_M: tl.constexpr):
 def _gate_up_kernel(
     x_ptr, w_ptr, bias_ptr, gu_ptr, h_ptr, order_ptr, tiles_ptr,
     stride_x, stride_we, stride_wq, stride_wh, stride_be, stride_bq,
-    n_tiles, num_experts, inter, H, TOP_K, alpha, limit,
+    n_tiles, num_experts, inter, H, TOP_K: tl.constexpr, alpha, limit,
     CLAMPED: tl.constexpr, HAS_BIAS: tl.constexpr, INTERLEAVED: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -201,57 +202,48 @@ def _gate_up_kernel(
 @triton.jit
 def _pair_output_kernel(
     a_ptr, w_ptr, bias_ptr, weights_ptr, out_ptr, order_ptr, tiles_ptr,
-    stride_we, stride_wk, stride_wn, stride_be, stride_out,
-    n_tiles, num_experts, n_k, n_out,
-    HAS_BIAS: tl.constexpr, WEIGHTED: tl.constexpr, DOT_FP32: tl.constexpr,
+    stride_a, stride_we, stride_wk, stride_wn, stride_be, stride_out,
+    n_tiles, num_experts, n_k, n_out, TOP_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WEIGHTED: tl.constexpr, GATHER: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[pair(r)] = (a[r] @ W[e] (+ bias)) (* w[pair]), written at the pair's unsorted row: the
-    forward's down projection (a = h, W = W_d) and the backward's dx (a = dgu, W = W_gu). The
-    rows routed to no expert get zeros."""
+    forward's down projection (a = h, W = W_d) and the backward's dx (a = dgu, W = W_gu). With
+    GATHER, out[r] = a[token(r)] @ W[e] at the sorted row instead: the backward's g = dy @ W_d^T
+    of the split down backward. The rows routed to no expert get zeros."""
     rows, row_mask, expert, block = _tile(tiles_ptr, n_tiles, tl.cdiv(n_out, BLOCK_N), BLOCK_M)
     n = block * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < n_out
     k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + rows[:, None].to(tl.int64) * n_k + k[None, :]
+    pairs = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    a_rows = pairs // TOP_K if GATHER else rows.to(tl.int64)
+    a_ptrs = a_ptr + a_rows[:, None] * stride_a + k[None, :]
     b_ptrs = w_ptr + expert * stride_we + n[None, :] * stride_wn + k[:, None] * stride_wk
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_k = tl.where(expert < num_experts, n_k, 0)  # no product for pairs routed to no expert
     acc = _rows_times_weight(a_ptrs, b_ptrs, row_mask, n_mask, n_k, stride_wk, acc, DOT_FP32, BLOCK_K)
-    pairs = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64)
     if HAS_BIAS:
         if expert < num_experts:
             acc += tl.load(bias_ptr + expert * stride_be + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     if WEIGHTED:
         acc *= tl.load(weights_ptr + pairs, mask=row_mask, other=0.0).to(tl.float32)[:, None]
-    out = out_ptr + pairs[:, None] * stride_out + n[None, :]
+    out_rows = rows.to(tl.int64) if GATHER else pairs
+    out = out_ptr + out_rows[:, None] * stride_out + n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
-def _down_backward_kernel(
-    dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
-    stride_dy, stride_we, stride_wh, stride_wi,
-    n_tiles, num_experts, S, inter, H, TOP_K, alpha, limit,
-    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
-    """g = dy[token(r)] @ W_d[e] for BLOCK_N columns of I; with h recomputed from gu: this block's
-    share of dw[pair] = <g, h>, dgu = gating'(gu) * w * g, and hw = w * h (for dW_d); with HAS_BIAS
-    dgu summed over the tile's rows (all of one expert) is added to bias_grad (fp32 [E, 2I])."""
-    rows, row_mask, expert, block = _tile(tiles_ptr, n_tiles, tl.cdiv(inter, BLOCK_N), BLOCK_M)
-    if expert >= num_experts:
-        return
+def _down_grad_epilogue(g, rows, row_mask, expert, block, gu_ptr, weights_ptr, order_ptr, dgu_ptr, hw_ptr, dw_ptr,
+                        bias_grad_ptr, S, inter, alpha, limit, CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr,
+                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """From g = dy[token(r)] @ W_d[e] (fp32, BLOCK_N columns of I from column block ``block``), with h
+    recomputed from gu: this block's share of dw[pair] = <g, h>, dgu = gating'(gu) * w * g (written
+    over gu), and hw = w * h (for dW_d); with HAS_BIAS dgu summed over the tile's rows (all of one
+    expert) is added to bias_grad (fp32 [E, 2I])."""
     pairs = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-    tokens = pairs // TOP_K
-    j = block * BLOCK_N + tl.arange(0, BLOCK_N)
-    j_mask = j < inter
-    k = tl.arange(0, BLOCK_K)
-    a_ptrs = dy_ptr + tokens[:, None] * stride_dy + k[None, :]
-    b_ptrs = w_ptr + expert * stride_we + k[:, None] * stride_wh + j[None, :] * stride_wi
-    g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    g = _rows_times_weight(a_ptrs, b_ptrs, row_mask, j_mask, H, stride_wh, g, DOT_FP32, BLOCK_K)
     j0 = block * BLOCK_N
+    j = j0 + tl.arange(0, BLOCK_N)
+    j_mask = j < inter
     gate, up = _load_gate_up(gu_ptr, rows, row_mask, j0, inter, INTERLEAVED, BLOCK_M, BLOCK_N)
     h, dgate, dup = _gating(gate, up, alpha, limit, CLAMPED)
     h = h.to(hw_ptr.dtype.element_ty).to(tl.float32)  # h as the forward's down projection read it
@@ -274,17 +266,66 @@ def _down_backward_kernel(
 
 
 @triton.jit
+def _down_backward_kernel(
+    dy_ptr, w_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
+    stride_dy, stride_we, stride_wh, stride_wi,
+    n_tiles, num_experts, S, inter, H, TOP_K: tl.constexpr, alpha, limit,
+    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The fused down backward: g = dy[token(r)] @ W_d[e] for BLOCK_N columns of I, then
+    ``_down_grad_epilogue`` on it."""
+    rows, row_mask, expert, block = _tile(tiles_ptr, n_tiles, tl.cdiv(inter, BLOCK_N), BLOCK_M)
+    if expert >= num_experts:
+        return
+    tokens = tl.load(order_ptr + rows, mask=row_mask, other=0).to(tl.int64) // TOP_K
+    j = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = tl.arange(0, BLOCK_K)
+    a_ptrs = dy_ptr + tokens[:, None] * stride_dy + k[None, :]
+    b_ptrs = w_ptr + expert * stride_we + k[:, None] * stride_wh + j[None, :] * stride_wi
+    g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    g = _rows_times_weight(a_ptrs, b_ptrs, row_mask, j < inter, H, stride_wh, g, DOT_FP32, BLOCK_K)
+    _down_grad_epilogue(
+        g, rows, row_mask, expert, block, gu_ptr, weights_ptr, order_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
+        S, inter, alpha, limit, CLAMPED, INTERLEAVED, HAS_BIAS, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+
+
+@triton.jit
+def _down_grad_kernel(
+    g_ptr, gu_ptr, weights_ptr, order_ptr, tiles_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
+    n_tiles, num_experts, S, inter, alpha, limit,
+    CLAMPED: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """The split down backward's second half: ``_down_grad_epilogue`` on g [S, I] (fp32, sorted rows),
+    which ``_pair_output_kernel`` (GATHER) computed."""
+    rows, row_mask, expert, block = _tile(tiles_ptr, n_tiles, tl.cdiv(inter, BLOCK_N), BLOCK_M)
+    if expert >= num_experts:
+        return
+    _, mask = _gate_up_rows(rows, row_mask, block * BLOCK_N, inter, BLOCK_N)
+    j = block * BLOCK_N + tl.arange(0, BLOCK_N)
+    g = tl.load(g_ptr + rows[:, None].to(tl.int64) * inter + j[None, :], mask=mask, other=0.0)
+    _down_grad_epilogue(
+        g, rows, row_mask, expert, block, gu_ptr, weights_ptr, order_ptr, dgu_ptr, hw_ptr, dw_ptr, bias_grad_ptr,
+        S, inter, alpha, limit, CLAMPED, INTERLEAVED, HAS_BIAS, BLOCK_M, BLOCK_N,
+    )  # fmt: skip
+
+
+@triton.jit
 def _weight_grad_kernel(
     a_ptr, b_ptr, order_ptr, bounds_ptr, out_ptr,
     stride_b, stride_oe, stride_om, stride_on,
-    n_m, n_n, TOP_K,
+    n_m, n_n, TOP_K: tl.constexpr,
     DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """out[e] = sum over expert e's sorted rows r of a[r]^T b[token(r)], [n_m, n_n] per expert (a:
     [S, n_m] in sorted order, b: [tokens, n_n] read through the permutation), written through
-    strides. dW_d is a = hw, b = dy; dW_gu is
-    a = dgu, b = x. An expert without rows gets zeros."""
+    strides. dW_d is a = hw, b = dy; dW_gu is a = dgu, b = x. An expert without rows gets zeros.
+    TOP_K is a compile-time constant in every kernel: token(r) = order[r] // TOP_K, computed here
+    for every row of every step of the reduction, is then a shift or a multiply instead of a
+    ~30-instruction integer division by a runtime value."""
     expert = tl.program_id(1).to(tl.int64)
     blocks_n = tl.cdiv(n_n, BLOCK_N)
     m = (tl.program_id(0) // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -316,6 +357,17 @@ BLOCK_M = 16 if interpreting() else 128
 INTERPRETER_BLOCKS = {"BLOCK_N": 16, "BLOCK_K": 16}
 # Sorted pairs from which the kernels are autotuned (the first config of each list otherwise).
 AUTOTUNE_MIN_PAIRS = 8192
+# The down backward in two kernels: g = dy[token] @ W_d^T alone (the pair_output GEMM, GATHER: the
+# tile sizes of a plain GEMM, measured at 514 TFLOP/s in the forward at GPT-OSS's shape), written
+# as fp32 [S, I], then an elementwise pass for the rest (``_down_grad_kernel``). The fused kernel
+# carries that epilogue's registers through its GEMM: on the H200 it ran 128 x 64 tiles at 116
+# TFLOP/s at GPT-OSS's shape (before the row grouping). The split costs one write and one read of g:
+# 2 x 377 MB (0.18 ms at 4.2 TB/s) at GPT-OSS's shape, 2 x 201 MB at Qwen3-30B-A3B's. False: the
+# fused kernel, kept to compare on the GPU (bench_moe.py's ``ours_fused``).
+SPLIT_DOWN_BACKWARD = True
+# Columns of I per program of ``_down_grad_kernel`` (elementwise: no tuning), over 8 warps: 32 values
+# a thread per [BLOCK_M, 64] tensor, of which the gating holds about six at once.
+DOWN_GRAD_BLOCK_N = 16 if interpreting() else 64
 
 
 def _configs(*settings):
@@ -326,22 +378,30 @@ def _configs(*settings):
 
 
 # (BLOCK_N, BLOCK_K[, BLOCK_M], warps, stages), autotuned from AUTOTUNE_MIN_PAIRS (the first of
-# each list below that). On the H200 at the Qwen3-30B-A3B and GPT-OSS-20B shapes the picks were:
-# gate_up 128x64 (tile 128 x 256), pair_output 256x64, down_backward 64x64 over 4 warps,
-# weight_grad 128x32 or 128x64 (256x64 for GPT-OSS's dW_gu). The gate/up kernel's tile is 2 BLOCK_N wide.
+# each list below that). On the H200 (session 7) at the Qwen3-30B-A3B and GPT-OSS-20B shapes the picks
+# were: gate_up 128x64 (tile 128 x 256), pair_output 256x64, down_backward 64x64 over 4 warps,
+# weight_grad 128x32 or 128x64 (256x64 for GPT-OSS's dW_gu). The gate/up kernel's tile is 2 BLOCK_N
+# wide. The settings after the first line of a list are for GPT-OSS's few experts with many rows
+# (~1024 each at 8192 tokens) and widths of 2880 = 45 x 64 (22.5 x 128: a 128- or 256-wide block
+# wastes 2-7% of its columns on the last one): gate/up pairs in blocks of 64 over 8 warps; a 128 x
+# 128 down_backward tile with a deeper pipeline (a row block of dy read once per 128 columns of I
+# rather than 64, over its H = 2880 reduction); weight-gradient tiles of 256 rows (half the re-reads
+# of the gathered operand per expert) or 256 columns over 4 stages. Each setting costs ~1 s of
+# compiling on a first call.
 CONFIGS = {
-    "gate_up": _configs((128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (128, 32, 8, 4)),
+    "gate_up": _configs((128, 64, 8, 3), (64, 64, 4, 4), (128, 64, 8, 4), (128, 32, 8, 4), (64, 64, 8, 4)),
     "pair_output": _configs((128, 64, 4, 4), (128, 64, 8, 3), (256, 64, 8, 3), (256, 64, 8, 4)),
-    "down_backward": _configs((64, 64, 4, 4), (64, 64, 8, 4), (64, 128, 4, 3), (128, 64, 8, 3)),
+    "down_backward": _configs((64, 64, 4, 4), (64, 64, 8, 4), (64, 128, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4)),
     "weight_grad": _configs(
-        (128, 64, 128, 8, 3), (128, 32, 128, 4, 4), (128, 32, 128, 4, 5), (256, 32, 128, 8, 4), (256, 64, 128, 8, 3)
+        (128, 64, 128, 8, 3), (128, 32, 128, 4, 4), (128, 32, 128, 4, 5), (256, 32, 128, 8, 4), (256, 64, 128, 8, 3),
+        (128, 64, 256, 8, 3), (256, 64, 128, 8, 4),
     ),
-}
+}  # fmt: skip
 # (kernel, autotune key, arguments the autotuner must restore after each trial: the backward kernel
 # writes dgu over gu and adds into the bias gradient).
 KERNELS = {
     "gate_up": (_gate_up_kernel, ["inter", "H"], []),
-    "pair_output": (_pair_output_kernel, ["n_k", "n_out"], []),
+    "pair_output": (_pair_output_kernel, ["n_k", "n_out", "GATHER"], []),
     "down_backward": (_down_backward_kernel, ["inter", "H"], ["gu_ptr", "bias_grad_ptr"]),
     "weight_grad": (_weight_grad_kernel, ["n_m", "n_n"], []),
 }
@@ -367,7 +427,11 @@ def _launch(name, grid, big, *args, **constexprs):
 
 def _narrowest(name: str) -> int:
     """Smallest BLOCK_N kernel ``name`` may run with: buffers of per-block partials are sized by it."""
-    return INTERPRETER_BLOCKS["BLOCK_N"] if interpreting() else min(c.kwargs["BLOCK_N"] for c in CONFIGS[name])
+    if interpreting():
+        return INTERPRETER_BLOCKS["BLOCK_N"]
+    if name == "down_backward" and SPLIT_DOWN_BACKWARD:
+        return DOWN_GRAD_BLOCK_N
+    return min(c.kwargs["BLOCK_N"] for c in CONFIGS[name])
 
 
 def _route(top_k_index: torch.Tensor, num_experts: int):
@@ -434,9 +498,9 @@ def fused_moe_forward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, ga
     _launch(
         "pair_output", lambda m: (n_tiles * cdiv(H, m["BLOCK_N"]),), big,
         h, down_proj, bias, top_k_weights, out, order, tiles,
-        down_proj.stride(0), down_i, down_h, bias.stride(0), out.stride(0),
-        n_tiles, E, inter, H,
-        HAS_BIAS=down_proj_bias is not None, WEIGHTED=True, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        h.stride(0), down_proj.stride(0), down_i, down_h, bias.stride(0), out.stride(0),
+        n_tiles, E, inter, H, K,
+        HAS_BIAS=down_proj_bias is not None, WEIGHTED=True, GATHER=False, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
     )  # fmt: skip
     y = out if K == 1 else out.view(T, K, H).sum(1)
     return y, gu, routing
@@ -456,14 +520,31 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
     hw = torch.empty(S, inter, dtype=x.dtype, device=x.device)
     dw_parts = torch.zeros(cdiv(inter, _narrowest("down_backward")), S, device=x.device)
     bias_sums = torch.zeros(E, 2 * inter, device=x.device) if has_gate_up_bias and needs[4] else dw_parts
-    _launch(
-        "down_backward", lambda m: (n_tiles * cdiv(inter, m["BLOCK_N"]),), big,
-        dy, down_proj, gu, top_k_weights, order, tiles, dgu, hw, dw_parts, bias_sums,
-        dy.stride(0), down_proj.stride(0), *_axis_strides(down_proj, down_axes),
-        n_tiles, E, S, inter, H, K, float(alpha or 0.0), float(limit or 0.0),
-        CLAMPED=alpha is not None, INTERLEAVED=not is_concatenated, HAS_BIAS=bias_sums is not dw_parts,
-        DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
-    )  # fmt: skip
+    gating = dict(CLAMPED=alpha is not None, INTERLEAVED=not is_concatenated, HAS_BIAS=bias_sums is not dw_parts)
+    alpha, limit = float(alpha or 0.0), float(limit or 0.0)
+    if SPLIT_DOWN_BACKWARD:
+        g = torch.empty(S, inter, dtype=torch.float32, device=x.device)
+        _launch(
+            "pair_output", lambda m: (n_tiles * cdiv(inter, m["BLOCK_N"]),), big,
+            dy, down_proj, down_proj, top_k_weights, g, order, tiles,
+            dy.stride(0), down_proj.stride(0), *_axis_strides(down_proj, down_axes), 0, g.stride(0),
+            n_tiles, E, H, inter, K,
+            HAS_BIAS=False, WEIGHTED=False, GATHER=True, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        )  # fmt: skip
+        _down_grad_kernel[(n_tiles * cdiv(inter, DOWN_GRAD_BLOCK_N),)](
+            g, gu, top_k_weights, order, tiles, dgu, hw, dw_parts, bias_sums,
+            n_tiles, E, S, inter, alpha, limit,
+            **gating, BLOCK_M=BLOCK_M, BLOCK_N=DOWN_GRAD_BLOCK_N, num_warps=8,
+        )  # fmt: skip
+        del g
+    else:
+        _launch(
+            "down_backward", lambda m: (n_tiles * cdiv(inter, m["BLOCK_N"]),), big,
+            dy, down_proj, gu, top_k_weights, order, tiles, dgu, hw, dw_parts, bias_sums,
+            dy.stride(0), down_proj.stride(0), *_axis_strides(down_proj, down_axes),
+            n_tiles, E, S, inter, H, K, alpha, limit,
+            **gating, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+        )  # fmt: skip
     dx = d_gate_up = d_down = d_weights = d_gate_up_bias = d_down_bias = None
     if bias_sums is not dw_parts:
         d_gate_up_bias = bias_sums.to(x.dtype)
@@ -493,9 +574,9 @@ def fused_moe_backward(dy, x, gate_up_proj, down_proj, top_k_index, top_k_weight
         _launch(
             "pair_output", lambda m: (n_tiles * cdiv(H, m["BLOCK_N"]),), big,
             dgu, gate_up_proj, gate_up_proj, top_k_weights, dx_pairs, order, tiles,
-            gate_up_proj.stride(0), *_axis_strides(gate_up_proj, gu_axes), 0, dx_pairs.stride(0),
-            n_tiles, E, 2 * inter, H,
-            HAS_BIAS=False, WEIGHTED=False, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
+            dgu.stride(0), gate_up_proj.stride(0), *_axis_strides(gate_up_proj, gu_axes), 0, dx_pairs.stride(0),
+            n_tiles, E, 2 * inter, H, K,
+            HAS_BIAS=False, WEIGHTED=False, GATHER=False, DOT_FP32=DOT_FP32, BLOCK_M=BLOCK_M,
         )  # fmt: skip
         dx = dx_pairs if K == 1 else dx_pairs.view(T, K, H).sum(1)
         del dx_pairs
@@ -624,12 +705,12 @@ class LigerFusedMoEFunction(LigerFunction):
         if not ctx.use_triton:
             return fallback_forward(ctx, fused_moe_reference, *args, is_transposed, is_concatenated, alpha, limit)
         x = x.contiguous()
-        # In x's dtype, as the weights: an fp32 router's weights under autocast (softmax runs in fp32
-        # there) would otherwise meet bf16 rows in the backward's matmuls, which Triton rejects on a GPU
-        # (the H200 run of test_liger_experts_under_autocast); autograd casts their gradient back.
+        # In x's dtype, as the weights (an fp32 router's under autocast, whose softmax runs in fp32): its
+        # gradient comes out in that dtype too, and autograd casts it back.
         top_k_weights = top_k_weights.to(x.dtype).contiguous()
-        # Autocast off: CUDA's computes the torch.sum of the top-k outputs in fp32, and an fp32 y's
-        # gradient met bf16 weights in the backward's tl.dot (compile error on the H200).
+        # Autocast off: CUDA's runs the top-k sum in fp32, which made y (and so dy, met by bf16 weights in
+        # the backward's first GEMM: the Triton compile error of test_liger_experts_under_autocast on the
+        # H200, which casting top_k_weights had not fixed) fp32.
         with torch.autocast(x.device.type, enabled=False):
             y, gu, routing = fused_moe_forward(
                 x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias,
@@ -654,8 +735,9 @@ class LigerFusedMoEFunction(LigerFunction):
         x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, *routing = ctx.saved_tensors
         wanted = (*ctx.needs_input_grad, False, False)  # the biases may not have been passed
         needs = [wanted[i] for i in (0, 1, 2, 4, 5, 6)]
-        dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias = fused_moe_backward(
-            dy, x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, (*routing, ctx.n_tiles),
-            *ctx.options, needs,
-        )  # fmt: skip
+        with torch.autocast(x.device.type, enabled=False):  # as the forward (a backward called inside autocast)
+            dx, d_gate_up, d_down, d_weights, d_gate_up_bias, d_down_bias = fused_moe_backward(
+                dy, x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu,
+                (*routing, ctx.n_tiles), *ctx.options, needs,
+            )  # fmt: skip
         return dx, d_gate_up, d_down, None, d_weights, d_gate_up_bias, d_down_bias, None, None, None, None
