@@ -76,9 +76,12 @@ def divergence_terms(x, y, beta, log_beta, log_1m_beta, eps, KIND: tl.constexpr)
         a = y + log_beta
         b = x + log_1m_beta
         top = tl.maximum(a, b)
-        log_m = top + tl.log(tl.exp(a - top) + tl.exp(b - top))
-        gx = tl.exp(b) * (x - log_m)  # (1 - beta) q (x - log m); the terms from d log m cancel
-        gy = tl.exp(a) * (y - log_m)
+        r = tl.exp(-tl.abs(a - b))  # e^(min - top): three exp/log per element, not five
+        log_m = top + tl.log(1.0 + r)
+        e_top = tl.exp(top)
+        a_top = a >= b
+        gx = tl.where(a_top, e_top * r, e_top) * (x - log_m)  # (1 - beta) q (x - log m); d log m terms cancel
+        gy = tl.where(a_top, e_top, e_top * r) * (y - log_m)
         loss = gx + gy
     else:
         diff = x - y
