@@ -15,6 +15,8 @@ tokens, dapo), ``jsd`` (distillation, 8192 tokens, student and teacher heads).
 One run measures in order of what matters most: ours, its variants and the plain path (with the
 error columns), Liger 0.8.5, every loss type (fewer timed calls), ``torch.compile`` (slow to
 build); the results file is rewritten after each row, so a run cut short keeps what it measured.
+``--warm-only`` makes only each provider's first call (compilation into Triton's and Inductor's
+caches on disk): ``scripts/gpu/post.sh`` runs it beside the tests, so that the timed run starts warm.
 
 Liger Kernel 0.8.5 has our import name, so its provider runs in a child process of this script
 with ``.peer/liger085`` first on PYTHONPATH (as benchmarks/run.py does), without the error
@@ -510,8 +512,9 @@ def error_ratios(actual, reference):
     return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
 
 
-def measure(name, providers, shape, device, record, errors=False, quick=False):
-    """One row per provider of loss ``name``, each handed to ``record`` as soon as it is measured."""
+def measure(name, providers, shape, device, record, errors=False, quick=False, warm_only=False):
+    """One row per provider of loss ``name``, each handed to ``record`` as soon as it is measured.
+    ``warm_only``: only the first call (compilation, caches on disk), its seconds as the row."""
     bench = BENCHES[name]
     inputs = bench.inputs(shape, device)
     reference = bench.reference(inputs) if errors and bench.reference else None
@@ -519,7 +522,12 @@ def measure(name, providers, shape, device, record, errors=False, quick=False):
         row = {"loss": name, "provider": prov}
         try:
             fn = bench.providers[prov]
+            start = time.perf_counter()
             fwd_bwd(fn, inputs, bench.grads)  # warm-up: compile, autotune, workspaces
+            sync(device)
+            if warm_only:
+                record(dict(row, warm_s=round(time.perf_counter() - start, 1)))
+                continue
             for k in bench.grads:
                 inputs[k].grad = None
             sync(device)
@@ -559,7 +567,7 @@ def run_peer(args, peers, record):
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO / "src"]
     env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), *rest])
     cmd = [sys.executable, __file__, "--worker", "--losses", args.losses, "--providers", ",".join(peers)]
-    cmd += ["--smoke"] * args.smoke  # the float64 references import our package: no error columns
+    cmd += ["--smoke"] * args.smoke + ["--warm-only"] * args.warm_only  # no error columns: they import ours
     with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
         got = 0
         for line in child.stdout:
@@ -619,6 +627,9 @@ def main():
     p.add_argument("--name", default="post_training.json", help="results file name in --out")
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
     p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
+    p.add_argument(
+        "--warm-only", action="store_true", help="only the first call of each provider (fills the compile caches)"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -631,10 +642,11 @@ def main():
     if args.worker:  # the peer's providers, rows on stdout
         for name in losses:
             mine = [q for q in wanted if q in BENCHES[name].providers]
-            measure(name, mine, shapes[name], device, lambda row: print(json.dumps(row), flush=True))
+            measure(name, mine, shapes[name], device, lambda row: print(json.dumps(row), flush=True),
+                    warm_only=args.warm_only)  # fmt: skip
         return
     meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
-    for name in losses:
+    for name in losses if not args.warm_only else ():
         rate = matmul_rate(BENCHES[name].tokens(shapes[name]), shapes[name], device)
         if rate:
             meta[name] = {
@@ -653,7 +665,8 @@ def main():
     first = [q for q in wanted if q not in PEERS and q != "compile"]
     for name in losses:
         mine = [q for q in first if q in BENCHES[name].providers]
-        measure(name, mine, shapes[name], device, results.record, errors=not args.no_errors)
+        errors = not (args.no_errors or args.warm_only)
+        measure(name, mine, shapes[name], device, results.record, errors=errors, warm_only=args.warm_only)
     if peers and not PEER_PATH.is_dir():
         results.record({"loss": "-", "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
     elif peers:  # one child for every loss (one process start, one import of the peer)
@@ -661,11 +674,12 @@ def main():
     for name in losses:
         mine = [q for q in sweep if q in BENCHES[name].providers]
         if mine:
-            measure(name, mine, shapes[name], device, results.record, quick=True)
+            measure(name, mine, shapes[name], device, results.record, quick=True, warm_only=args.warm_only)
     if "compile" in wanted:
         for name in losses:
-            measure(name, ["compile"], shapes[name], device, results.record)
-    print_table(meta, results.rows)
+            measure(name, ["compile"], shapes[name], device, results.record, warm_only=args.warm_only)
+    if not args.warm_only:
+        print_table(meta, results.rows)
 
 
 if __name__ == "__main__":

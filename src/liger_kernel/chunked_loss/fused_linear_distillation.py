@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from liger_kernel.ops.cross_entropy import bad_label_message, caller_grad_mode, scale_by_upstream
 from liger_kernel.ops.fused_linear_cross_entropy import flat_view, mm_fp32, split_size
 from liger_kernel.ops.head_grad import WeightGradAccumulator
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.utils import _apply_eagerly as apply_eagerly
 from liger_kernel.ops.utils import _is_compiling as is_compiling
 from liger_kernel.ops.utils import (
@@ -554,9 +555,11 @@ def student_teacher_backward(ctx, grad_output, *args):
 
 class DistillationLossModule(torch.nn.Module):
     """The built-in losses' ``nn.Module``: the options as attributes, ``forward`` calls
-    ``function.apply`` with them."""
+    ``function.apply`` with them (under torch.compile, the twin of the custom op ``op`` where the
+    subclass names one: ``ops/library_jsd.py``)."""
 
     function = None  # the subclass's autograd Function
+    op = None  # its torch.library op, if any
 
     def __init__(
         self,
@@ -591,7 +594,7 @@ class DistillationLossModule(torch.nn.Module):
         student_bias: torch.Tensor = None,
         teacher_bias: torch.Tensor = None,
     ):
-        return self.function.apply(
+        return apply_of(self.function, self.op)(
             student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias, teacher_bias,
             self.weight_hard_loss, self.weight_soft_loss, self.beta, self.ignore_index, self.temperature,
             self.compiled, self.chunk_size, self.return_soft_hard_loss,

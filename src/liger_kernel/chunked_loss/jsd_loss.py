@@ -67,3 +67,7 @@ class LigerFusedLinearJSDLoss(DistillationLossModule):
     teacher_input, teacher_weight, true_labels, student_bias=None, teacher_bias=None)``."""
 
     function = LigerFusedLinearJSDFunction
+    op = "fused_linear_jsd_distillation"
+
+
+from liger_kernel.ops import library_jsd  # noqa: E402, F401  (registers the op; it imports this module)
