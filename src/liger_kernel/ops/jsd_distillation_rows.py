@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step
-from liger_kernel.ops.divergence import Divergence, divergence_terms, jsd_kind, store_rounded
+from liger_kernel.ops.divergence import JSD_MIXTURE, Divergence, divergence_terms, jsd_kind, log_mixture, store_rounded
 from liger_kernel.ops.jsd import jsd_elements
 from liger_kernel.ops.utils import next_power_of_2
 
@@ -157,7 +157,11 @@ def _jsd_logit_rows_kernel(
                 _, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, 0.0, KIND)
                 if GRAD_S:
                     p = tl.exp(x)
-                    g = coef_soft * (gx - p * s_x)
+                    if KIND == JSD_MIXTURE:  # gx = (1 - beta) p (x - log m): log m alone, one exp fewer
+                        log_m = log_mixture(x, y, log_beta, log_1m_beta)[0]
+                        g = coef_soft * p * ((1.0 - beta) * (x - log_m) - s_x)
+                    else:
+                        g = coef_soft * (gx - p * s_x)
                     if CE:
                         p_z = p if UNIT_T else tl.exp(z - lse_z)  # the unscaled softmax
                         g += coef_hard * (p_z - tl.where(cols == label, 1.0, 0.0))
