@@ -559,7 +559,7 @@ class DistillationLossModule(torch.nn.Module):
     subclass names one: ``ops/library_jsd.py``)."""
 
     function = None  # the subclass's autograd Function
-    op = None  # its torch.library op, if any
+    op = None  # its torch.library op, if any (a subclass that changes `function` sets it back to None)
 
     def __init__(
         self,
