@@ -158,7 +158,7 @@ def _jsd_logit_rows_kernel(
                 if GRAD_S:
                     p = tl.exp(x)
                     if KIND == JSD_MIXTURE:  # gx = (1 - beta) p (x - log m): log m alone, one exp fewer
-                        log_m = log_mixture(x, y, log_beta, log_1m_beta)[0]
+                        log_m, _, _, _ = log_mixture(x, y, log_beta, log_1m_beta)
                         g = coef_soft * p * ((1.0 - beta) * (x - log_m) - s_x)
                     else:
                         g = coef_soft * (gx - p * s_x)
