@@ -7,10 +7,16 @@ tokens, dapo), ``jsd`` (distillation, 8192 tokens, student and teacher heads).
     bash benchmarks/setup_peers.sh                       # once: unpack .peer/liger085
     PYTHONPATH=src python benchmarks/bench_post_training.py --out benchmarks/results/h200/post_training
         # DPO, GRPO and JSD; ours, plain, compile, liger085
-    PYTHONPATH=src python benchmarks/bench_post_training.py --losses dpo,grpo --providers ours --sweep --no-errors \
-        --out benchmarks/results/h200/post_training --name loss_types.json
-        # ours with every DPO loss type (11) and GRPO loss type (8): providers "type=<loss_type>"
+    PYTHONPATH=src python benchmarks/bench_post_training.py --sweep --providers ours,plain,liger085,compile \
+        --out benchmarks/results/h200/post_training
+        # also ours with every DPO loss type (11) and GRPO loss type (8): providers "type=<loss_type>"
     PYTHONPATH=src python benchmarks/bench_post_training.py --smoke      # tiny shapes, CPU ok
+
+One run measures in order of what matters most: ours, its variants and the plain path (with the
+error columns), Liger 0.8.5, every loss type (fewer timed calls), ``torch.compile`` (slow to
+build); the results file is rewritten after each row, so a run cut short keeps what it measured.
+``--warm-only`` makes only each provider's first call (compilation into Triton's and Inductor's
+caches on disk): ``scripts/gpu/post.sh`` runs it beside the tests, so that the timed run starts warm.
 
 Liger Kernel 0.8.5 has our import name, so its provider runs in a child process of this script
 with ``.peer/liger085`` first on PYTHONPATH (as benchmarks/run.py does), without the error
@@ -412,12 +418,12 @@ def liger085_jsd(i):
 
 
 DISTILL = "liger_kernel.chunked_loss.fused_linear_distillation"
-# 512-row sub-chunks (GEMMs of M=512 for the logits): 256 MiB more
-variant("jsd", "ours-L512", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20)})
-# 4096-token blocks: half the weight-gradient accumulator's traffic, 525 MB more
+# teacher sub-chunks of 1024 rows (the teacher's logits matmul at M=1024): 66 MB more
+variant("jsd", "ours-L1024", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=256 * 2**20)})
+# teacher sub-chunks of 384 rows: 98 MB less
+variant("jsd", "ours-L384", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=96 * 2**20)})
+# 4096-token blocks: half the weight-gradient accumulator's traffic, 525 MB more (above Liger's memory)
 variant("jsd", "ours-K4096", ours_jsd, {DISTILL: dict(MIN_BLOCK_TOKENS=4096)})
-# both
-variant("jsd", "ours-L512K4096", ours_jsd, {DISTILL: dict(LOGITS_BUDGET_BYTES=512 * 2**20, MIN_BLOCK_TOKENS=4096)})
 
 
 compiled("grpo", plain_grpo)
@@ -480,13 +486,15 @@ def fwd_bwd(fn, inputs, grads):
     return loss
 
 
-def time_ms(step, device):
+def time_ms(step, device, quick=False):
     if device == "cuda":
         from triton.testing import do_bench
 
         est = do_bench(step, warmup=5, rep=1, return_mode="median")
-        # 25 calls, at least 300 ms, at most 4 s (the peer's 467 ms GRPO: 8 calls)
-        warmup, rep = min(max(25, int(5 * est)), 1000), min(max(25 * est, 300), 4000)
+        if quick:  # the loss-type sweep: ~10 calls
+            warmup, rep = 2 * est, max(10 * est, 150)
+        else:  # 25 calls, at least 300 ms, at most 4 s (the peer's 467 ms GRPO: 8 calls)
+            warmup, rep = min(max(25, int(5 * est)), 1000), min(max(25 * est, 300), 4000)
         return do_bench(step, warmup=warmup, rep=rep, return_mode="median")
     step()
     start = time.perf_counter()
@@ -504,16 +512,22 @@ def error_ratios(actual, reference):
     return round((err.abs().max() / once.abs().max()).item(), 3), round((err.norm() / once.norm()).item(), 3)
 
 
-def measure(name, providers, shape, device, errors):
+def measure(name, providers, shape, device, record, errors=False, quick=False, warm_only=False):
+    """One row per provider of loss ``name``, each handed to ``record`` as soon as it is measured.
+    ``warm_only``: only the first call (compilation, caches on disk), its seconds as the row."""
     bench = BENCHES[name]
     inputs = bench.inputs(shape, device)
     reference = bench.reference(inputs) if errors and bench.reference else None
-    rows = []
     for prov in providers:
         row = {"loss": name, "provider": prov}
         try:
             fn = bench.providers[prov]
+            start = time.perf_counter()
             fwd_bwd(fn, inputs, bench.grads)  # warm-up: compile, autotune, workspaces
+            sync(device)
+            if warm_only:
+                record(dict(row, warm_s=round(time.perf_counter() - start, 1)))
+                continue
             for k in bench.grads:
                 inputs[k].grad = None
             sync(device)
@@ -527,14 +541,12 @@ def measure(name, providers, shape, device, errors):
                 row["peak_extra_GB"] = round((torch.cuda.max_memory_allocated() - base) / 1e9, 3)
             row["loss_value"] = float(loss.detach())
             row["grad_norms"] = {k: float(inputs[k].grad.float().norm()) for k in bench.grads}
-            if reference is not None and not prov.startswith("type="):
+            if reference is not None:
                 row["err_max_rms"] = {k: error_ratios(inputs[k].grad, reference[k]) for k in bench.grads}
-            row["ms"] = round(time_ms(functools.partial(fwd_bwd, fn, inputs, bench.grads), device), 2)
+            row["ms"] = round(time_ms(functools.partial(fwd_bwd, fn, inputs, bench.grads), device, quick), 2)
         except Exception as e:  # recorded; the next provider still runs
             row["error"] = f"{type(e).__name__}: {e}"[:300]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    return rows
+        record(row)
 
 
 def matmul_rate(n, shape, device):
@@ -548,63 +560,40 @@ def matmul_rate(n, shape, device):
     return 2 * n * shape["H"] * shape["V"] / do_bench(lambda: a @ b.T, warmup=100, rep=500) / 1e9
 
 
-def run_peer(args, peers):
-    """The peer providers in a child process with the peer's ``liger_kernel`` first on PYTHONPATH."""
+def run_peer(args, peers, record):
+    """The peer providers in a child process with the peer's ``liger_kernel`` first on PYTHONPATH,
+    each row recorded as the child prints it (a timeout keeps the rows already measured)."""
     env = dict(os.environ)
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO / "src"]
     env["PYTHONPATH"] = os.pathsep.join([str(PEER_PATH), *rest])
     cmd = [sys.executable, __file__, "--worker", "--losses", args.losses, "--providers", ",".join(peers)]
-    cmd += ["--smoke"] * args.smoke + ["--no-errors"]  # the float64 references import our package
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode != 0 and not rows:
-        rows = [{"provider": ",".join(peers), "error": out.stderr[-300:]}]
-    for row in rows:
+    cmd += ["--smoke"] * args.smoke + ["--warm-only"] * args.warm_only  # no error columns: they import ours
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, cwd=REPO) as child:
+        got = 0
+        for line in child.stdout:
+            if line.startswith("{"):
+                record(dict({"loss": "-"}, **json.loads(line)))
+                got += 1
+    if child.returncode != 0 and not got:
+        record({"loss": "-", "provider": ",".join(peers), "error": f"peer process exited {child.returncode}"})
+
+
+class Results:
+    """The rows so far and the run's metadata, printed as they come and rewritten to ``path`` (when
+    given) after each row, so that a run cut short keeps what it measured."""
+
+    def __init__(self, path, meta):
+        self.path, self.meta, self.rows = path, meta, []
+
+    def record(self, row):
+        self.rows.append(row)
         print(json.dumps(row), flush=True)
-    return rows
+        if self.path:
+            with open(self.path, "w") as f:
+                json.dump({"meta": self.meta, "rows": self.rows}, f, indent=1)
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--losses", default="dpo,grpo,jsd")
-    p.add_argument(
-        "--providers",
-        default="ours,plain,compile,liger085",
-        help="comma-separated; each loss runs those it has (also: ours-fp32, ours-512M, ours-2pairs, ours-2pass)",
-    )
-    p.add_argument("--sweep", action="store_true", help="also ours with every DPO and GRPO loss type (type=...)")
-    p.add_argument("--out", default=None, help="folder for the results (--name)")
-    p.add_argument("--name", default="post_training.json", help="results file name in --out")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
-    p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    wanted = args.providers.split(",") + (register_sweep() if args.sweep else [])
-    rows, meta = [], {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
-    losses = args.losses.split(",")
-    for name in losses:
-        shape = BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape
-        here = [q for q in wanted if q in BENCHES[name].providers and (args.worker or q not in PEERS)]
-        rows += measure(name, here, shape, device, not args.no_errors)
-        if args.worker:
-            continue
-        rate = matmul_rate(BENCHES[name].tokens(shape), shape, device)
-        if rate:
-            meta[name] = {
-                "shape": shape,
-                "tflops": round(rate, 1),
-                "floor_ms": round(BENCHES[name].flops(shape) / rate / 1e9, 2),
-            }
-    if args.worker:
-        return
-    peers = [q for q in wanted if q in PEERS]
-    if peers and not PEER_PATH.is_dir():
-        rows.append({"loss": "-", "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
-    elif peers:  # one child for every loss, after ours (one process start, one import of the peer)
-        rows += [dict({"loss": "-"}, **r) for r in run_peer(args, peers)]
+def print_table(meta, rows):
     print(f"\n{meta['device']}, torch {meta['torch']}")
     print(
         f"{'loss':6} {'provider':12} {'fwd+bwd ms':>10} {'floor/ms':>8} {'peak GB':>8}  loss, grad norms, "
@@ -622,10 +611,75 @@ def main():
             f"{r['loss']:6} {r['provider']:12} {r['ms']:>10} {frac:>8} {r.get('peak_extra_GB', '-')!s:>8}  "
             f"{r['loss_value']:.6g} {norms}  {errs}"
         )
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--losses", default="dpo,grpo,jsd")
+    p.add_argument(
+        "--providers",
+        default="ours,plain,compile,liger085",
+        help="comma-separated; each loss runs those it has (also: ours-fp32, ours-512M, ours-2pairs, ours-2pass, "
+        "ours-L1024, ours-L384, ours-K4096)",
+    )
+    p.add_argument("--sweep", action="store_true", help="also ours with every DPO and GRPO loss type (type=...)")
+    p.add_argument("--out", default=None, help="folder for the results (--name)")
+    p.add_argument("--name", default="post_training.json", help="results file name in --out")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: the interpreter)")
+    p.add_argument("--no-errors", action="store_true", help="skip the float64 reference and the error columns")
+    p.add_argument(
+        "--warm-only", action="store_true", help="only the first call of each provider (fills the compile caches)"
+    )
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    losses = args.losses.split(",")
+    shapes = {name: BENCHES[name].smoke_shape if args.smoke else BENCHES[name].shape for name in losses}
+    wanted = args.providers.split(",")
+    sweep = register_sweep() if args.sweep else []
+    if args.worker:  # the peer's providers, rows on stdout
+        for name in losses:
+            mine = [q for q in wanted if q in BENCHES[name].providers]
+            measure(name, mine, shapes[name], device, lambda row: print(json.dumps(row), flush=True),
+                    warm_only=args.warm_only)  # fmt: skip
+        return
+    meta = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+    for name in losses if not args.warm_only else ():
+        rate = matmul_rate(BENCHES[name].tokens(shapes[name]), shapes[name], device)
+        if rate:
+            meta[name] = {
+                "shape": shapes[name],
+                "tflops": round(rate, 1),
+                "floor_ms": round(BENCHES[name].flops(shapes[name]) / rate / 1e9, 2),
+            }
+    path = None
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, args.name), "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        path = os.path.join(args.out, args.name)
+    results = Results(path, meta)
+    # In order of what matters most, so that a run cut short keeps it: ours and the plain path (with
+    # the error columns), the peer (its own process), every loss type, torch.compile (slow to build).
+    peers = [q for q in wanted if q in PEERS]
+    first = [q for q in wanted if q not in PEERS and q != "compile"]
+    for name in losses:
+        mine = [q for q in first if q in BENCHES[name].providers]
+        errors = not (args.no_errors or args.warm_only)
+        measure(name, mine, shapes[name], device, results.record, errors=errors, warm_only=args.warm_only)
+    if peers and not PEER_PATH.is_dir():
+        results.record({"loss": "-", "provider": ",".join(peers), "error": f"{PEER_PATH} missing: setup_peers.sh"})
+    elif peers:  # one child for every loss (one process start, one import of the peer)
+        run_peer(args, peers, results.record)
+    for name in losses:
+        mine = [q for q in sweep if q in BENCHES[name].providers]
+        if mine:
+            measure(name, mine, shapes[name], device, results.record, quick=True, warm_only=args.warm_only)
+    if "compile" in wanted:
+        for name in losses:
+            measure(name, ["compile"], shapes[name], device, results.record, warm_only=args.warm_only)
+    if not args.warm_only:
+        print_table(meta, results.rows)
 
 
 if __name__ == "__main__":

@@ -170,28 +170,31 @@ def test_blocks_of_at_least_min_block_tokens(min_block, monkeypatch):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_teacher_logits_as_the_spec_computes_them(bias, monkeypatch):
-    """The row kernel gets the teacher logits bit for bit as ``F.linear`` in the teacher's dtype
-    gives them (the spec's ``chunk_forward``; bf16: half the traffic of fp32), and the loss is that
-    of those rounded logits: at 20x the teacher's scale, closer to the float64 loss of the
-    bf16-rounded teacher logits than fp32 teacher logits would be."""
+def test_logits_as_the_spec_computes_them(bias, monkeypatch):
+    """The row kernel gets the student's and the teacher's logits bit for bit as ``F.linear`` in the
+    inputs' dtype gives them (the spec's ``chunk_forward``; bf16: half the traffic of fp32), the
+    gradient is written over the student's (the buffer ``grad_out`` is them), and the loss is that
+    of those rounded logits: at 20x the heads' scale, closer to the float64 loss of the bf16-rounded
+    logits than fp32 logits would be."""
     x, w, xt, wt, y, b, bt = make_inputs(13, 16, 29, torch.bfloat16, bias=bias, ignored=(6,))
-    wt = (wt.float() * 20).bfloat16()
-    seen = []
+    w, wt = ((t.detach().float() * 20).bfloat16().requires_grad_(t.requires_grad) for t in (w, wt))
+    seen, seen_t = [], []
     rows = LigerFusedLinearJSDFunction.rows_loss_and_grad.__func__
 
-    def spy(cls, z, zt, *args):
-        seen.append(zt.clone())
-        return rows(cls, z, zt, *args)
+    def spy(cls, z, zt, target, grad_out, *args):
+        assert grad_out.data_ptr() == z.data_ptr()
+        seen.append(z.clone())
+        seen_t.append(zt.clone())
+        return rows(cls, z, zt, target, grad_out, *args)
 
     monkeypatch.setattr(LigerFusedLinearJSDFunction, "rows_loss_and_grad", classmethod(spy))
     loss = LigerFusedLinearJSDLoss(beta=0.4, chunk_size=4)(x, w, xt, wt, y, b, bt)
     kept = torch.cat([torch.arange(6), torch.arange(7, 13)])
-    expected_zt = F.linear(xt, wt, bt)[kept]
-    assert torch.cat(seen).dtype == torch.bfloat16 and torch.equal(torch.cat(seen), expected_zt)
-    x64, w64, b64 = as64(x, w, b)
-    rounded = reference("jsd", x64, w64, None, None, y, b64, beta=0.4, zt=F.linear(xt, wt, bt).double())[0]
-    torch.testing.assert_close(loss.double(), rounded, rtol=2e-6, atol=0)
+    for got, expected in ((seen, F.linear(x, w, b)), (seen_t, F.linear(xt, wt, bt))):
+        assert torch.cat(got).dtype == torch.bfloat16 and torch.equal(torch.cat(got), expected.detach()[kept])
+    z64, zt64 = (F.linear(*t).detach().double() for t in ((x, w, b), (xt, wt, bt)))
+    rounded = reference("jsd", z64, torch.eye(29, dtype=torch.float64, device=DEVICE), None, None, y, beta=0.4, zt=zt64)
+    torch.testing.assert_close(loss.double(), rounded[0], rtol=2e-6, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -210,7 +213,7 @@ def test_cosine(dtype):
 def test_jsd_options_bias_and_sub_chunks(options, monkeypatch):
     """Temperature, weights, biases, a teacher of another width, 3-D inputs as TRL's GKD passes
     them, an upstream gradient other than 1, and sub-chunks inside blocks (budget of 3 rows)."""
-    monkeypatch.setattr(distill, "LOGITS_BUDGET_BYTES", 3 * 41 * 4 * LigerFusedLinearJSDFunction.row_arrays())
+    monkeypatch.setattr(distill, "LOGITS_BUDGET_BYTES", 3 * 41 * 4)  # fp32 teacher logits, nothing else
     inputs = make_inputs(24, 10, 41, torch.float32, bias=True, teacher_hidden=14, ignored=(5,), batch=2)
     check_against_reference("jsd", inputs, chunk_size=10, grad_scale=3.0, **options)
 

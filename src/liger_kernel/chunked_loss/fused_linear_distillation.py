@@ -17,32 +17,41 @@ How (all gradients computed in the forward, the backward scales them by the upst
 
 - Tokens in blocks of ``max(chunk_size, MIN_BLOCK_TOKENS)`` (2048 by default: ``chunk_size`` is the
   peer's tokens per chunk, 1024 by default; the result does not depend on the blocks, only the
-  memory and the speed do); inside a block, sub-chunks of rows whose fp32 student logits and
-  teacher logits fit ``LOGITS_BUDGET_BYTES`` (256 MiB: 256 rows of a 128k vocabulary).
-  Per sub-chunk: fp32 student logits, teacher logits in the teacher's dtype (as the spec and an
-  ``lm_head`` compute them: bf16 halves their traffic and memory; under ``no_grad``), then
-  ``rows_loss_and_grad`` gives the summed soft and hard losses and writes ``d loss / d z``
-  (already over ``n``) into the block's gradient buffer in the input dtype.
+  memory and the speed do). Per block, the student logits in the input dtype, as the spec's
+  ``F.linear`` (an ``lm_head``) rounds them, into the block's buffer (one matmul of M = the
+  block's tokens); inside the block, sub-chunks of rows whose teacher logits (and what the row op
+  allocates, ``row_arrays``) fit ``LOGITS_BUDGET_BYTES`` (192 MiB: 768 rows of bf16 logits of a
+  128k vocabulary). Per sub-chunk: the teacher logits in the teacher's dtype (as the spec computes
+  them, under ``no_grad``), then ``rows_loss_and_grad`` gives the summed soft and hard losses and
+  writes ``d loss / d z`` (already over ``n``) over the student logits, in place.
 - Per block: ``grad_x = dlogits @ W`` and ``grad_W += dlogits.T @ x`` with K = the block's tokens
   (one fp32 accumulator for the whole run: every gradient is one fp32 sum rounded once; each block
   reads and writes the 2.1 GB accumulator, so 2048-token blocks halve that traffic against 1024),
   the bias gradient as an fp32 column sum.
 - ``rows_loss_and_grad`` is the seam: the base differentiates the subclass's
-  ``distillation_loss_fn`` (and the cross-entropy) with torch autograd on the sub-chunk's fp32
-  logits, exact for any hook; a subclass may replace it by a row kernel (the JSD loss does:
+  ``distillation_loss_fn`` (and the cross-entropy) with torch autograd on the sub-chunk's logits
+  in fp32, exact for any hook; a subclass may replace it by a row kernel (the JSD loss does:
   ``ops/jsd_distillation_rows.py``). Where the hook gives ignored tokens nothing
   (``hook_masks_ignored_rows``: the built-in losses), they are dropped before the matmuls.
 
-Flops: 8NHV (student logits, input and weight gradients; teacher logits), the floor of issue 12
-(about 48 ms at N=8192, H=4096, V=128256 on an H200); plus the row passes over the fp32 logits.
+Time, at N=8192, H=4096, V=128256 (bf16) on an H200: the floor is 8NHV at the measured matmul rate
+(49.6 ms at 694 TFLOP/s: student logits, input and weight gradients, teacher logits). Above it:
+the row kernel's three passes over both logit rows, ~8 bytes read + 2 written per logit after L2
+hits (1.05e9 logits: ~11 GB, ~2.6 ms at 4.2 TB/s) and 9 exp/log per logit (~2.4 ms of the H200's
+special-function units; the two overlap in part); the logits' writes by the matmuls (4 bytes per
+logit, 1 ms); the accumulator's read and write per block after the first (3 x 4.2 GB, mostly
+under the matmuls); the final rounding of the weight gradient (3.2 GB, 0.75 ms). Session 8's
+measurement with fp32 student logits (6 bytes per logit per pass, plus 4 written by the matmul,
+and matmuls of M=256 for both heads) was 65.4 ms; bf16 logits written in place cut ~8 bytes of
+traffic per logit (~2 ms) and make the student's matmul one of M=2048.
 
 Memory for a 2-byte weight [V, H]: the fp32 weight-gradient accumulator (2.1 GB at 128256 x 4096)
 is held as two halves by vocabulary rows, and rounded to the weight's dtype in place in the first
 half's memory (the second half's rows land in its upper part), so the rounding never needs a
-third copy beside the accumulator; plus the block's dlogits (2048 x V in the input dtype, 525 MB),
-the sub-chunk's logits (256 rows: 131 MB fp32 student, 66 MB bf16 teacher) and the fp32 input
-gradient (N x H, 134 MB at 8192 x 4096): about 2.96 GB at that shape (Liger 0.8.5: 3.06 GB; with
-1024-token blocks and fp32 teacher logits, 2.765 GB measured on an H200).
+third copy beside the accumulator; plus the block's logits and then gradient (2048 x V in the input
+dtype, 525 MB), the sub-chunk's teacher logits (768 rows, 197 MB bf16) and the fp32 input gradient
+(N x H, 134 MB at 8192 x 4096): about 2.96 GB at that shape (Liger 0.8.5: 3.06 GB in issue 12,
+3.21 GB measured in session 6).
 
 ``compiled`` is accepted for compatibility and ignored: nothing here runs through torch.compile.
 """
@@ -56,6 +65,7 @@ import torch.nn.functional as F
 from liger_kernel.ops.cross_entropy import bad_label_message, caller_grad_mode, scale_by_upstream
 from liger_kernel.ops.fused_linear_cross_entropy import flat_view, mm_fp32, split_size
 from liger_kernel.ops.head_grad import WeightGradAccumulator
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.utils import _apply_eagerly as apply_eagerly
 from liger_kernel.ops.utils import _is_compiling as is_compiling
 from liger_kernel.ops.utils import (
@@ -67,9 +77,9 @@ from liger_kernel.ops.utils import (
 )
 from liger_kernel.utils import use_triton
 
-# fp32 row arrays of one sub-chunk (student and teacher logits, plus what ``rows_loss_and_grad``
-# allocates, counted by ``row_arrays()``): 256 rows of both heads' logits at V = 128256.
-LOGITS_BUDGET_BYTES = 256 * 2**20
+# Row arrays of one sub-chunk: the teacher logits plus the fp32 arrays ``rows_loss_and_grad``
+# allocates (``row_arrays()``): 768 rows of bf16 teacher logits at V = 128256 for the JSD loss.
+LOGITS_BUDGET_BYTES = 192 * 2**20
 
 # Fewest tokens per block (the weight-gradient matmul's K; module docstring).
 MIN_BLOCK_TOKENS = 2048
@@ -109,11 +119,14 @@ def valid_count(target, ignore_index):
 
 
 def generic_rows_loss_and_grad(hook, student_logits, teacher_logits, target, grad_out, scale, opts: DistillOptions):
-    """Summed soft and hard losses (fp32 0-dim) of fp32 student logits ``[n, V]`` (the teacher's in
-    its dtype, handed to the hook in fp32), and, when ``grad_out`` ([n, V], the input dtype) is
-    given, ``scale * d(w_hard * hard + w_soft * soft) / d student_logits`` written into it, by
-    torch autograd through ``hook`` (exact for any hook)."""
-    leaf = student_logits.detach().requires_grad_(grad_out is not None)
+    """Summed soft and hard losses (fp32 0-dim) of student logits ``[n, V]`` (both logits handed to
+    the hook in fp32), and, when ``grad_out`` ([n, V], the logits' dtype; it may be the logits
+    themselves) is given, ``scale * d(w_hard * hard + w_soft * soft) / d student_logits`` written
+    into it, by torch autograd through ``hook`` (exact for any hook)."""
+    leaf = at_least_fp32(student_logits).detach()
+    if leaf.data_ptr() == student_logits.data_ptr():
+        leaf = leaf.clone()  # grad_out may be this memory
+    leaf.requires_grad_(grad_out is not None)
     teacher_logits = at_least_fp32(teacher_logits)
     with torch.enable_grad():
         hard = leaf.new_zeros(())
@@ -173,11 +186,11 @@ def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
     any_grad = need_x or need_w or need_b
     scale = 1.0 / valid_count(y, opts.ignore_index)
     block = max(1, min(max(chunk_size, MIN_BLOCK_TOKENS), n_rows))
-    rows = split_size(block, n_vocab * 4 * cls.row_arrays(), LOGITS_BUDGET_BYTES)
     teacher_dtype = TEACHER_LOGITS_DTYPE or xt.dtype
-    student_buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+    row_bytes = n_vocab * (teacher_dtype.itemsize + 4 * cls.row_arrays())
+    rows = split_size(block, row_bytes, LOGITS_BUDGET_BYTES)
+    student_buf = torch.empty(block * n_vocab, dtype=x.dtype, device=x.device)  # logits, then their gradient
     teacher_buf = torch.empty(rows * n_vocab, dtype=teacher_dtype, device=x.device)
-    grad_buf = torch.empty(block * n_vocab if any_grad else 0, dtype=x.dtype, device=x.device)
     grad_x = torch.empty(n_rows, x.shape[1], dtype=torch.float32, device=x.device) if need_x else None
     grad_w = WeightGradAccumulator(weight) if need_w else None
     grad_b = torch.zeros(n_vocab, dtype=torch.float32, device=x.device) if need_b else None
@@ -185,24 +198,23 @@ def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
     hard = torch.zeros((), dtype=torch.float32, device=x.device)
     for start in range(0, n_rows, block):
         end = min(start + block, n_rows)
-        dlogits = flat_view(grad_buf, end - start, n_vocab) if any_grad else None
+        logits = flat_view(student_buf, end - start, n_vocab)
+        _head(x[start:end], weight, bias, logits)
         for sub in range(start, end, rows):
             sub_end = min(sub + rows, end)
-            z = flat_view(student_buf, sub_end - sub, n_vocab)
             zt = flat_view(teacher_buf, sub_end - sub, n_vocab)
-            _head(x[sub:sub_end], weight, bias, z)
             _head(xt[sub:sub_end], teacher_weight, teacher_bias, zt)
-            out = dlogits[sub - start : sub_end - start] if any_grad else None
-            chunk_soft, chunk_hard = cls.rows_loss_and_grad(z, zt, y[sub:sub_end], out, scale, opts)
+            z = logits[sub - start : sub_end - start]
+            chunk_soft, chunk_hard = cls.rows_loss_and_grad(z, zt, y[sub:sub_end], z if any_grad else None, scale, opts)
             soft += chunk_soft
             hard += chunk_hard
         if need_x:
-            mm_fp32(dlogits, weight, grad_x[start:end])
+            mm_fp32(logits, weight, grad_x[start:end])
         if need_w:
-            grad_w.add(dlogits, x[start:end], first=start == 0)
+            grad_w.add(logits, x[start:end], first=start == 0)
         if need_b:
-            grad_b += dlogits.sum(0, dtype=torch.float32)
-    del student_buf, teacher_buf, grad_buf
+            grad_b += logits.sum(0, dtype=torch.float32)
+    del student_buf, teacher_buf
     if n_rows == 0 and need_w:
         grad_w.zero()
     grads = Gradients(
@@ -299,9 +311,10 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
 
     @classmethod
     def row_arrays(cls) -> int:
-        """fp32 [rows, V] arrays alive at once around ``rows_loss_and_grad`` (the sub-chunk's memory
-        budget): the two logits plus autograd's saved tensors through a typical hook."""
-        return 12
+        """fp32 [rows, V] arrays that ``rows_loss_and_grad`` holds at once besides the teacher logits
+        (the sub-chunk's memory budget): the fp32 student logits plus autograd's saved tensors
+        through a typical hook."""
+        return 11
 
     @classmethod
     def apply(cls, *args, **kwargs):
@@ -329,9 +342,11 @@ class LigerFusedLinearDistillationBase(torch.autograd.Function):
 
     @classmethod
     def rows_loss_and_grad(cls, student_logits, teacher_logits, target, grad_out, scale, opts: DistillOptions):
-        """The seam of the module docstring: ``(soft_sum, hard_sum)`` of one sub-chunk of fp32
-        logits, and ``scale * d(w_hard * hard + w_soft * soft) / d student_logits`` into
-        ``grad_out`` unless it is None. Here: autograd through ``distillation_loss_fn``."""
+        """The seam of the module docstring: ``(soft_sum, hard_sum)`` of one sub-chunk of logits (the
+        student's in the input dtype, the teacher's in its own), and ``scale * d(w_hard * hard +
+        w_soft * soft) / d student_logits`` into ``grad_out`` unless it is None; ``grad_out`` is the
+        student logits' own memory (written over once they are read). Here: autograd through
+        ``distillation_loss_fn``."""
         return generic_rows_loss_and_grad(
             cls.distillation_loss_fn, student_logits, teacher_logits, target, grad_out, scale, opts
         )
@@ -540,9 +555,11 @@ def student_teacher_backward(ctx, grad_output, *args):
 
 class DistillationLossModule(torch.nn.Module):
     """The built-in losses' ``nn.Module``: the options as attributes, ``forward`` calls
-    ``function.apply`` with them."""
+    ``function.apply`` with them (under torch.compile, the twin of the custom op ``op`` where the
+    subclass names one: ``ops/library_jsd.py``)."""
 
     function = None  # the subclass's autograd Function
+    op = None  # its torch.library op, if any (a subclass that changes `function` sets it back to None)
 
     def __init__(
         self,
@@ -577,7 +594,7 @@ class DistillationLossModule(torch.nn.Module):
         student_bias: torch.Tensor = None,
         teacher_bias: torch.Tensor = None,
     ):
-        return self.function.apply(
+        return apply_of(self.function, self.op)(
             student_input, student_weight, teacher_input, teacher_weight, true_labels, student_bias, teacher_bias,
             self.weight_hard_loss, self.weight_soft_loss, self.beta, self.ignore_index, self.temperature,
             self.compiled, self.chunk_size, self.return_soft_hard_loss,

@@ -24,8 +24,8 @@ from liger_kernel.ops.jsd_distillation_rows import jsd_distillation_rows, jsd_ro
 class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
     """``weight_hard_loss * CE + weight_soft_loss * JSD_beta`` (module docstring) from the student's
     and the teacher's hidden states and heads. Its rows run through the row kernel of
-    ``ops/jsd_distillation_rows.py`` (3 passes over the fp32 student and the teacher's logits) and
-    ignored tokens are dropped before the matmuls, unless a subclass replaces
+    ``ops/jsd_distillation_rows.py`` (3 passes over both logits, the gradient written over the
+    student's) and ignored tokens are dropped before the matmuls, unless a subclass replaces
     ``distillation_loss_fn`` (then the base's autograd path over every token)."""
 
     @classmethod
@@ -34,7 +34,7 @@ class LigerFusedLinearJSDFunction(LigerFusedLinearDistillationBase):
 
     @classmethod
     def row_arrays(cls):
-        return 2 if cls.hook_masks_ignored_rows() else super().row_arrays()
+        return 0 if cls.hook_masks_ignored_rows() else super().row_arrays()
 
     @classmethod
     def rows_loss_and_grad(cls, student_logits, teacher_logits, target, grad_out, scale, opts):
@@ -67,3 +67,7 @@ class LigerFusedLinearJSDLoss(DistillationLossModule):
     teacher_input, teacher_weight, true_labels, student_bias=None, teacher_bias=None)``."""
 
     function = LigerFusedLinearJSDFunction
+    op = "fused_linear_jsd_distillation"
+
+
+from liger_kernel.ops import library_jsd  # noqa: E402, F401  (registers the op; it imports this module)

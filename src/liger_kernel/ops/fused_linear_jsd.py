@@ -7,16 +7,17 @@ teacher_weight.T / T)``; the loss is ``jsd`` of (log q, log p) with ``beta = jsd
 over rows that count (``shift_labels`` not ``ignore_index``; all rows without labels) and divided
 by their number. Student and teacher may have different hidden sizes, not different vocabularies.
 
-How: the token-chunk loop of ``ops/divergence.py`` (``head_chunks``). Per chunk,
-``_fused_jsd_rows_kernel`` reads both fp32 logit rows three times: the two log-sum-exps (online),
-then the row's loss and the sums ``S = sum_v dL/dlog q_v`` (and the teacher's), then
-``dL/dz = (dL/dlog q - q S) / T`` for each head that needs a gradient, times the row's factor
-(1 / rows counted, 0 at ignored rows). Every gradient is one fp32 accumulator rounded once:
-``grad_x`` is kept in fp32 until the backward knows the upstream gradient, ``grad_W`` accumulated
-over chunks in fp32 (``accum_dtype``: in that dtype instead, for a smaller buffer) and scaled,
-then rounded, in the backward. Flops: 6NHV for the student head, 2NHV for a frozen teacher (8 for
-a trained one). Memory beyond the inputs: one chunk (``CHUNK_BUDGET_BYTES``), the fp32 input
-gradient and the weight-gradient accumulator ([V, H] fp32 unless ``accum_dtype`` says otherwise).
+How: the token-chunk loop of ``ops/divergence.py`` (``head_chunks``). Per chunk, the JSD row
+kernel of ``ops/jsd_distillation_rows.py`` (shared with the chunked distillation loss) reads both
+fp32 logit rows three times: the two log-sum-exps (online), then the row's loss and the sums
+``S = sum_v dL/dlog q_v`` (and the teacher's), then ``dL/dz = (dL/dlog q - q S) / T`` for each
+head that needs a gradient, times the row's factor (1 / rows counted, 0 at ignored rows). Every
+gradient is one fp32 accumulator rounded once: ``grad_x`` is kept in fp32 until the backward knows
+the upstream gradient, ``grad_W`` accumulated over chunks in fp32 (``accum_dtype``: in that dtype
+instead, for a smaller buffer) and scaled, then rounded, in the backward. Flops: 6NHV for the
+student head, 2NHV for a frozen teacher (8 for a trained one). Memory beyond the inputs: one chunk
+(``CHUNK_BUDGET_BYTES``), the fp32 input gradient and the weight-gradient accumulator ([V, H] fp32
+unless ``accum_dtype`` says otherwise).
 
 Both heads are differentiable: the teacher's gradients come from the same kernel (the formula is
 symmetric in (q, 1 - beta) and (p, beta)); a frozen teacher costs no gradient work.
@@ -24,12 +25,9 @@ symmetric in (q, 1 - beta) and (p, beta)); a frozen teacher costs no gradient wo
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import RemembersGradMode, caller_grad_mode, one_grad_per_argument
 from liger_kernel.ops.divergence import (
-    Divergence,
     Head,
     as_flat_rows,
     check_accum_dtype,
@@ -37,80 +35,19 @@ from liger_kernel.ops.divergence import (
     check_head,
     check_labels,
     check_temperature,
-    divergence_terms,
     head_chunks,
-    jsd_kind,
-    logits_rows_launch,
     masked_rows,
     reference_outputs,
-    row_logsumexp,
     scale_in_place,
     scaled_grads,
-    store_rounded,
     student_grads,
     valid_rows,
 )
 from liger_kernel.ops.jsd import check_jsd_options, jsd_core
+from liger_kernel.ops.jsd_distillation_rows import jsd_logit_rows
 from liger_kernel.ops.kl_div import compute_dtype
 from liger_kernel.ops.utils import fallback_backward
 from liger_kernel.utils import use_triton
-
-
-@triton.jit
-def _fused_jsd_rows_kernel(
-    zs_ptr,  # [R, V] fp32 student logits (before the temperature)
-    zt_ptr,  # [R, V] fp32 teacher logits, same strides
-    stride_z,
-    loss_ptr,  # [R] fp32 out: the row's divergence
-    scale_ptr,  # [R] fp32: d(loss)/d(row's divergence) (GRAD_S or GRAD_T)
-    dzs_ptr,  # [R, V] out: d(loss)/d(student logits), the matmul dtype (GRAD_S)
-    dzt_ptr,  # [R, V] out: d(loss)/d(teacher logits) (GRAD_T)
-    stride_dz,
-    n_cols,
-    inv_temp,
-    beta,
-    log_beta,
-    log_1m_beta,
-    KIND: tl.constexpr,
-    GRAD_S: tl.constexpr,
-    GRAD_T: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """One row per program, three passes (module docstring)."""
-    row = tl.program_id(0).to(tl.int64)
-    zs_row = zs_ptr + row * stride_z
-    zt_row = zt_ptr + row * stride_z
-    offs = tl.arange(0, BLOCK)
-    lse_s = row_logsumexp(zs_row, n_cols, inv_temp, BLOCK)
-    lse_t = row_logsumexp(zt_row, n_cols, inv_temp, BLOCK)
-    total = tl.zeros([BLOCK], tl.float32)
-    sum_gx = tl.zeros([BLOCK], tl.float32)
-    sum_gy = tl.zeros([BLOCK], tl.float32)
-    for start in range(0, n_cols, BLOCK):
-        cols = start + offs
-        mask = cols < n_cols
-        x = tl.load(zs_row + cols, mask=mask, other=0.0) * inv_temp - lse_s
-        y = tl.load(zt_row + cols, mask=mask, other=0.0) * inv_temp - lse_t
-        loss, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, 0.0, KIND)
-        total += tl.where(mask, loss, 0.0)
-        sum_gx += tl.where(mask, gx, 0.0)
-        sum_gy += tl.where(mask, gy, 0.0)
-    tl.store(loss_ptr + row, tl.sum(total, 0))
-    if GRAD_S or GRAD_T:
-        s_x = tl.sum(sum_gx, 0)
-        s_y = tl.sum(sum_gy, 0)
-        scale = tl.load(scale_ptr + row) * inv_temp
-        for start in range(0, n_cols, BLOCK):
-            cols = start + offs
-            mask = cols < n_cols
-            x = tl.load(zs_row + cols, mask=mask, other=0.0) * inv_temp - lse_s
-            y = tl.load(zt_row + cols, mask=mask, other=0.0) * inv_temp - lse_t
-            _, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, 0.0, KIND)
-            if GRAD_S:
-                store_rounded(dzs_ptr + row * stride_dz + cols, scale * (gx - tl.exp(x) * s_x), mask)
-            if GRAD_T:
-                store_rounded(dzt_ptr + row * stride_dz + cols, scale * (gy - tl.exp(y) * s_y), mask)
-
 
 # ----------------------------------------------------------------------------- the forward
 
@@ -118,26 +55,17 @@ def _fused_jsd_rows_kernel(
 def fused_linear_jsd_core(heads, labels, beta, ignore_index, temperature, accum_dtype):
     """Loss (fp32, 0-dim) and, for an upstream gradient of 1, ``(grad_x, grad_w)`` per head as
     ``head_chunks`` returns them (None where not needed). ``heads``: student, teacher."""
-    student, teacher = heads
-    n_rows, n_vocab = student.x.shape[0], student.weight.shape[0]
-    device = student.x.device
+    n_rows, device = heads[0].x.shape[0], heads[0].x.device
     mask, count = valid_rows(labels, ignore_index, n_rows, device)
     divisor = torch.where(count > 0, count, 1.0)
     row_scale = (torch.ones(n_rows, device=device) if mask is None else mask.to(torch.float32)) / divisor
     loss_rows = torch.empty(n_rows, dtype=torch.float32, device=device)
-    div = Divergence(jsd_kind(beta), beta)
 
     def run_rows(start, end, logits, dlogits):
-        zs, zt = logits
-        dzs, dzt = dlogits
-        logits_rows_launch(
-            _fused_jsd_rows_kernel, end - start, n_vocab,
-            zs, zt, zs.stride(0), loss_rows[start:end], row_scale[start:end],
-            zs if dzs is None else dzs, zt if dzt is None else dzt,
-            (dzs if dzs is not None else dzt if dzt is not None else zs).stride(0),
-            n_vocab, 1.0 / temperature, *div.scalars()[:3],
-            KIND=div.kind, GRAD_S=dzs is not None, GRAD_T=dzt is not None,
-        )  # fmt: skip
+        (zs, zt), (dzs, dzt) = logits, dlogits
+        loss_rows[start:end] = jsd_logit_rows(
+            zs, zt, beta, temperature, scale=row_scale[start:end], grad_s=dzs, grad_t=dzt
+        )[0]
 
     grad_x, grad_w = head_chunks(heads, run_rows, accum_dtype)
     loss = masked_rows(loss_rows, mask).sum() / divisor

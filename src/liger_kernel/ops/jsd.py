@@ -111,28 +111,45 @@ class LigerJSDFunction(RemembersGradMode):
         if not ctx.use_triton:
             args = (_input, target, shift_labels, beta, ignore_index)
             return reference_outputs(ctx, jsd_reference, need_grad, *args)
-        x2, y2 = as_rows(_input), as_rows(target)
-        div = Divergence(jsd_kind(beta), beta)
-        _, count = valid_rows(labels, ignore_index, x2.shape[0], x2.device)
-        ctx.divisor = torch.where(count > 0, count, 1.0)
-        ctx.div, ctx.ignore_index, ctx.shape = div, ignore_index, _input.shape
+        divisor, rows = jsd_rows(_input, target, labels, beta, ignore_index)
+        ctx.beta, ctx.ignore_index = beta, ignore_index
         if need_grad:
-            ctx.save_for_backward(x2, y2, labels)
-        rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-        rows_launch(x2, y2, div, labels, ignore_index, out=rows)
-        return (rows.sum() / ctx.divisor).to(_input.dtype)
+            ctx.save_for_backward(_input, target, labels)
+        return (rows.sum() / divisor).to(_input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.use_triton:
             return one_grad_per_argument(fallback_backward(ctx, grad_output)[:2], 7)
-        x2, y2, labels = ctx.saved_tensors
-        g = (grad_output.to(torch.float32) / ctx.divisor).reshape(1)
-        gx = empty_output(x2.shape, x2) if ctx.needs_input_grad[0] else None
-        gy = empty_output(y2.shape, y2) if ctx.needs_input_grad[1] else None
-        rows_launch(x2, y2, ctx.div, labels, ctx.ignore_index, g=g, gx=gx, gy=gy)
-        grads = tuple(None if t is None else t.view(ctx.shape) for t in (gx, gy))
+        _input, target, labels = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:2]
+        grads = jsd_grads(grad_output, _input, target, labels, ctx.beta, ctx.ignore_index, *needs)
         return one_grad_per_argument(grads, 7)
+
+
+def jsd_rows(_input, target, labels, beta, ignore_index):
+    """The kernels' forward: ``(divisor, rows)``, the fp32 count of rows that count (1 when none)
+    and the [N] fp32 row sums (0 at ignored rows)."""
+    x2, y2 = as_rows(_input), as_rows(target)
+    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+    rows_launch(x2, y2, Divergence(jsd_kind(beta), beta), labels, ignore_index, out=rows)
+    return row_divisor(labels, ignore_index, x2.shape[0], x2.device), rows
+
+
+def row_divisor(labels, ignore_index, n_rows, device):
+    _, count = valid_rows(labels, ignore_index, n_rows, device)
+    return torch.where(count > 0, count, 1.0)
+
+
+def jsd_grads(grad_output, _input, target, labels, beta, ignore_index, need_input, need_target):
+    """The kernels' backward: the gradients in ``_input`` and ``target`` (None where not needed),
+    in their shapes and dtypes, for the upstream ``grad_output`` (one pass over both)."""
+    x2, y2 = as_rows(_input), as_rows(target)
+    g = (grad_output.to(torch.float32) / row_divisor(labels, ignore_index, x2.shape[0], x2.device)).reshape(1)
+    gx = empty_output(x2.shape, x2) if need_input else None
+    gy = empty_output(y2.shape, y2) if need_target else None
+    rows_launch(x2, y2, Divergence(jsd_kind(beta), beta), labels, ignore_index, g=g, gx=gx, gy=gy)
+    return tuple(None if t is None else t.view(_input.shape) for t in (gx, gy))
 
 
 def jsd_forward(_input, target, shift_labels, beta, ignore_index, has_label, jsd_impl=None, jsd_mode=None):
@@ -149,8 +166,7 @@ def jsd_forward(_input, target, shift_labels, beta, ignore_index, has_label, jsd
                 (dx,) = torch.autograd.grad(loss, x)
             return loss.detach(), dx
         x2, y2 = as_rows(_input), as_rows(target)
-        _, count = valid_rows(labels, ignore_index, x2.shape[0], x2.device)
-        divisor = torch.where(count > 0, count, 1.0)
+        divisor = row_divisor(labels, ignore_index, x2.shape[0], x2.device)
         rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
         dx = empty_output(x2.shape, x2)
         g = (1.0 / divisor).reshape(1)

@@ -1,44 +1,48 @@
-"""The generalized JSD distillation loss of logit rows and its gradient, in one kernel per row.
+"""The generalized JSD of logit rows and its gradient, one kernel per row: the row op of both
+fused-head JSD losses (``chunked_loss``'s distillation and ``ops/fused_linear_jsd.py``).
 
-For fp32 student logits ``z`` and teacher logits ``zt`` (rows of one chunk; the teacher's in any
-float dtype, bf16 as an ``lm_head`` gives them, read as fp32), temperature ``T``,
-``p = softmax(z / T)``, ``q = softmax(zt / T)``, ``m = (1 - beta) p + beta q``, per row::
+For student logits ``z`` and teacher logits ``zt`` (any float dtypes, read as fp32), temperature
+``T``, ``p = softmax(z / T)``, ``q = softmax(zt / T)``, ``m = (1 - beta) p + beta q``, per row::
 
     soft = KL(q || p)                                   beta = 0
            KL(p || q)                                   beta = 1
            beta KL(q || m) + (1 - beta) KL(p || m)      otherwise   (TRL's generalized_jsd_loss)
-    hard = logsumexp(z) - z[y]                          (cross-entropy, unscaled logits)
+    hard = logsumexp(z) - z[y]                          (cross-entropy, unscaled logits; ``CE``)
 
-and ``scale * d(w_hard * hard + w_soft * soft) / dz``, where ``d soft / d(z / T)`` is ``p - q``,
-``p (log p - log q - KL(p || q))`` and ``(1 - beta) p (log p - log m - KL(p || m))`` (the gradient
-of ``beta KL(q || m) + (1 - beta) KL(p || m)`` in ``p`` is ``(1 - beta) log(p / m)``, then through
-the softmax). Rows labelled ``ignore_index`` give 0 and a zero gradient.
+The per-element terms are ``divergence_terms`` of ``ops/divergence.py`` (the math of ``ops/jsd.py``
+too) on the log-probabilities ``x = log p``, ``y = log q``: the row's loss and ``gx = dloss/dx``,
+``gy = dloss/dy`` as free variables; through the softmax, ``dsoft/d(z / T) = gx - p sum(gx)`` (and
+``gy - q sum(gy)`` for the teacher). The gradients, times the row's factor ``scale`` (one scalar,
+or one per row)::
 
-One program per row, three passes over both rows (log-sum-exps; the loss and the row's KL term;
-the gradient, written in the gradient buffer's dtype): 20 bytes per logit with bf16 teacher
-logits, against 6 for writing both logits. The middle pass runs backwards (``REVERSE_MIDDLE_PASS``)
-so that each pass starts on the columns the previous one just read, still in L2 (a row of both
-logits is 770 KB; about 380 KB of L2 per resident row on an H200). ``log m`` is a log-sum-exp
-of ``log p + log(1 - beta)`` and ``log q + log beta``, finite wherever the logits are, so
-underflowed probabilities give 0 terms, never NaN.
+    d/dz  = scale (w_soft (gx - p sum gx) / T + w_hard (softmax(z) - onehot(y)))
+    d/dzt = scale w_soft (gy - q sum gy) / T
+
+Rows labelled ``ignore_index`` give 0 and a zero gradient.
+
+One program per row, three passes over both rows: the log-sum-exps (online), the loss and the sums
+of ``gx``/``gy``, then the gradients, written in their buffers' dtypes (rounded to nearest). The
+student's gradient may be written over the student logits (same pointer: each element is read
+before it is written, by the program that owns the row). The middle pass runs backwards
+(``REVERSE_MIDDLE_PASS``) so that each pass starts on the columns the previous one just read,
+still in L2 (a row of bf16 student and teacher logits is 513 KB at V = 128256; about 190 KB of
+L2 per resident row on an H200). Bytes per logit: 4 per pass with bf16 logits (8 read + 2
+written in all, after the L2 hits ~9), 6 per pass with fp32 student logits.
 """
-
-import math
 
 import torch
 import triton
 import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step
-from liger_kernel.ops.fused_linear_cross_entropy import _round_to_bf16
+from liger_kernel.ops.divergence import JSD_MIXTURE, Divergence, divergence_terms, jsd_kind, log_mixture, store_rounded
+from liger_kernel.ops.jsd import jsd_elements
 from liger_kernel.ops.utils import next_power_of_2
-
-FORWARD_KL, REVERSE_KL, MIXTURE = 0, 1, 2
 
 # The loss pass runs from the last column block to the first (module docstring).
 REVERSE_MIDDLE_PASS = True
 
-# Columns per step of a pass (16 warps from 4096 on): 24 KB of fp32 and bf16 logits in flight.
+# Columns per step of a pass (16 warps from 4096 on).
 BLOCK_COLS = 4096
 
 
@@ -46,66 +50,55 @@ def jsd_rows_reference(student_logits, teacher_logits, beta):
     """The spec: the generalized JSD of each row of logits ``[n, V]`` already over the temperature,
     in fp32 (float64 stays)."""
     dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
-    log_p = torch.log_softmax(student_logits.to(dtype), -1)
-    log_q = torch.log_softmax(teacher_logits.to(dtype), -1)
-    if beta == 0:
-        return (log_q.exp() * (log_q - log_p)).sum(-1)
-    if beta == 1:
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
-    log_m = torch.logaddexp(log_p + math.log1p(-beta), log_q + math.log(beta))
-    return beta * (log_q.exp() * (log_q - log_m)).sum(-1) + (1 - beta) * (log_p.exp() * (log_p - log_m)).sum(-1)
+    student, teacher = (torch.log_softmax(t.to(dtype), -1) for t in (student_logits, teacher_logits))
+    return jsd_elements(student, teacher, beta).sum(-1)
 
 
 @triton.jit
-def _log_mixture(lp, lq, log_w_student, log_w_teacher):
-    """``log((1 - beta) exp(lp) + beta exp(lq))`` as a two-term log-sum-exp (one exp, one log)."""
-    a = lp + log_w_student
-    b = lq + log_w_teacher
-    return tl.maximum(a, b) + tl.log(1.0 + tl.exp(-tl.abs(a - b)))
-
-
-@triton.jit
-def _jsd_rows_kernel(
-    z_ptr,  # [n, V] fp32 student logits, unit column stride
-    stride_z,
-    t_ptr,  # [n, V] teacher logits (any float dtype, read as fp32)
-    stride_t,
-    y_ptr,  # [n] labels
-    g_ptr,  # [n, V] out: scale * dloss/dz (GRAD)
-    stride_g,
-    soft_ptr,  # [n] fp32 out
-    hard_ptr,  # [n] fp32 out
-    scale_ptr,  # fp32 scalar: the gradient's factor (1 / number of non-ignored tokens)
+def _jsd_logit_rows_kernel(
+    zs_ptr,  # [n, V] student logits, unit column stride
+    stride_zs,
+    zt_ptr,  # [n, V] teacher logits
+    stride_zt,
+    y_ptr,  # [n] labels (HAS_LABEL)
+    soft_ptr,  # [n] fp32 out: the row's divergence
+    hard_ptr,  # [n] fp32 out: the row's cross-entropy (CE)
+    scale_ptr,  # fp32 factor of the gradients: [n] (stride 1) or a scalar (stride 0)
+    stride_scale,
+    dzs_ptr,  # [n, V] out (GRAD_S); may be zs_ptr
+    stride_dzs,
+    dzt_ptr,  # [n, V] out (GRAD_T)
+    stride_dzt,
     n_cols,
     ignore_index,
     inv_t,
     beta,
-    log_w_student,  # log(1 - beta)
-    log_w_teacher,  # log(beta)
+    log_beta,
+    log_1m_beta,
     w_hard,
     w_soft,
-    MODE: tl.constexpr,
+    KIND: tl.constexpr,
     CE: tl.constexpr,
-    GRAD: tl.constexpr,
+    HAS_LABEL: tl.constexpr,
+    GRAD_S: tl.constexpr,
+    GRAD_T: tl.constexpr,
     UNIT_T: tl.constexpr,  # temperature 1: the cross-entropy reuses the scaled log-sum-exp
-    TO_BF16: tl.constexpr,
-    REVERSE: tl.constexpr,  # the loss pass from the last column block to the first
+    REVERSE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    z_row = z_ptr + row * stride_z
-    t_row = t_ptr + row * stride_t
-    g_row = g_ptr + row * stride_g
+    zs_row = zs_ptr + row * stride_zs
+    zt_row = zt_ptr + row * stride_zt
+    dzs_row = dzs_ptr + row * stride_dzs
+    dzt_row = dzt_ptr + row * stride_dzt
     offs = tl.arange(0, BLOCK)
-    label = tl.load(y_ptr + row)
-    if label == ignore_index:
-        tl.store(soft_ptr + row, 0.0)
-        tl.store(hard_ptr + row, 0.0)
-        if GRAD:
-            for start in range(0, n_cols, BLOCK):
-                cols = start + offs
-                tl.store(g_row + cols, tl.zeros([BLOCK], tl.float32).to(g_ptr.dtype.element_ty), mask=cols < n_cols)
+    if HAS_LABEL:
+        label = tl.load(y_ptr + row)
+        keep = label != ignore_index
     else:
+        label = 0
+        keep = True
+    if keep:
         m_s = tl.full([BLOCK], -1e30, tl.float32)
         d_s = tl.zeros([BLOCK], tl.float32)
         m_t = tl.full([BLOCK], -1e30, tl.float32)
@@ -115,8 +108,8 @@ def _jsd_rows_kernel(
         for start in range(0, n_cols, BLOCK):
             cols = start + offs
             mask = cols < n_cols
-            z = tl.load(z_row + cols, mask=mask, other=float("-inf"))
-            t = tl.load(t_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            z = tl.load(zs_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            t = tl.load(zt_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
             m_s, d_s = online_logsumexp_step(z * inv_t, m_s, d_s)
             m_t, d_t = online_logsumexp_step(t * inv_t, m_t, d_t)
             if CE and not UNIT_T:
@@ -125,11 +118,12 @@ def _jsd_rows_kernel(
         lse_t = finish_logsumexp(m_t, d_t)
         if CE and not UNIT_T:
             lse_z = finish_logsumexp(m_z, d_z)
-        elif CE:
+        else:
             lse_z = lse_s
 
-        soft = tl.zeros([BLOCK], tl.float32)
-        kl_pm = tl.zeros([BLOCK], tl.float32)  # KL(p || m), or KL(p || q) for REVERSE_KL
+        total = tl.zeros([BLOCK], tl.float32)
+        sum_gx = tl.zeros([BLOCK], tl.float32)
+        sum_gy = tl.zeros([BLOCK], tl.float32)
         n_blocks = tl.cdiv(n_cols, BLOCK)
         for i in range(0, n_blocks):
             if REVERSE:
@@ -138,98 +132,117 @@ def _jsd_rows_kernel(
                 start = i * BLOCK
             cols = start + offs
             mask = cols < n_cols
-            lp = tl.load(z_row + cols, mask=mask, other=0.0) * inv_t - lse_s
-            lq = tl.load(t_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t - lse_t
-            if MODE == 0:
-                soft += tl.where(mask, tl.exp(lq) * (lq - lp), 0.0)
-            elif MODE == 1:
-                kl_pm += tl.where(mask, tl.exp(lp) * (lp - lq), 0.0)
-            else:
-                lm = _log_mixture(lp, lq, log_w_student, log_w_teacher)
-                kl_pm += tl.where(mask, tl.exp(lp) * (lp - lm), 0.0)
-                soft += tl.where(mask, tl.exp(lq) * (lq - lm), 0.0)
-        kl_row = tl.sum(kl_pm, 0)
-        if MODE == 0:
-            soft_row = tl.sum(soft, 0)
-        elif MODE == 1:
-            soft_row = kl_row
-        else:
-            soft_row = beta * tl.sum(soft, 0) + (1.0 - beta) * kl_row
-        tl.store(soft_ptr + row, soft_row)
+            x = tl.load(zs_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t - lse_s
+            y = tl.load(zt_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t - lse_t
+            loss, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, 0.0, KIND)
+            total += tl.where(mask, loss, 0.0)
+            sum_gx += tl.where(mask, gx, 0.0)
+            sum_gy += tl.where(mask, gy, 0.0)
+        tl.store(soft_ptr + row, tl.sum(total, 0))
         if CE:
-            tl.store(hard_ptr + row, lse_z - tl.load(z_row + label))
-        else:
-            tl.store(hard_ptr + row, 0.0)
+            tl.store(hard_ptr + row, lse_z - tl.load(zs_row + label).to(tl.float32))
 
-        if GRAD:
-            scale = tl.load(scale_ptr)
+        if GRAD_S or GRAD_T:
+            s_x = tl.sum(sum_gx, 0)
+            s_y = tl.sum(sum_gy, 0)
+            scale = tl.load(scale_ptr + row * stride_scale)
             coef_soft = w_soft * inv_t * scale
             coef_hard = w_hard * scale
             for start in range(0, n_cols, BLOCK):
                 cols = start + offs
                 mask = cols < n_cols
-                z = tl.load(z_row + cols, mask=mask, other=0.0)
-                lp = z * inv_t - lse_s
-                lq = tl.load(t_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t - lse_t
-                p = tl.exp(lp)
-                if MODE == 0:
-                    g = coef_soft * (p - tl.exp(lq))
-                elif MODE == 1:
-                    g = coef_soft * p * (lp - lq - kl_row)
-                else:
-                    lm = _log_mixture(lp, lq, log_w_student, log_w_teacher)
-                    g = (coef_soft * (1.0 - beta)) * p * (lp - lm - kl_row)
-                if CE:
-                    p_z = p if UNIT_T else tl.exp(z - lse_z)  # the unscaled softmax
-                    g += coef_hard * (p_z - tl.where(cols == label, 1.0, 0.0))
-                if TO_BF16:
-                    g = _round_to_bf16(g)
-                tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
+                z = tl.load(zs_row + cols, mask=mask, other=0.0).to(tl.float32)
+                x = z * inv_t - lse_s
+                y = tl.load(zt_row + cols, mask=mask, other=0.0).to(tl.float32) * inv_t - lse_t
+                _, gx, gy = divergence_terms(x, y, beta, log_beta, log_1m_beta, 0.0, KIND)
+                if GRAD_S:
+                    p = tl.exp(x)
+                    if KIND == JSD_MIXTURE:  # gx = (1 - beta) p (x - log m): log m alone, one exp fewer
+                        log_m, _, _, _ = log_mixture(x, y, log_beta, log_1m_beta)
+                        g = coef_soft * p * ((1.0 - beta) * (x - log_m) - s_x)
+                    else:
+                        g = coef_soft * (gx - p * s_x)
+                    if CE:
+                        p_z = p if UNIT_T else tl.exp(z - lse_z)  # the unscaled softmax
+                        g += coef_hard * (p_z - tl.where(cols == label, 1.0, 0.0))
+                    store_rounded(dzs_row + cols, g, mask)
+                if GRAD_T:
+                    store_rounded(dzt_row + cols, coef_soft * (gy - tl.exp(y) * s_y), mask)
+    else:
+        tl.store(soft_ptr + row, 0.0)
+        if CE:
+            tl.store(hard_ptr + row, 0.0)
+        for start in range(0, n_cols, BLOCK):
+            cols = start + offs
+            mask = cols < n_cols
+            if GRAD_S:
+                store_rounded(dzs_row + cols, tl.zeros([BLOCK], tl.float32), mask)
+            if GRAD_T:
+                store_rounded(dzt_row + cols, tl.zeros([BLOCK], tl.float32), mask)
+
+
+def jsd_logit_rows(
+    student_logits, teacher_logits, beta, temperature=1.0, labels=None, ignore_index=-100, scale=None, grad_s=None,
+    grad_t=None, weight_hard=0.0, weight_soft=1.0, ce=False,
+):  # fmt: skip
+    """Launch the kernel on ``[n, V]`` logits (unit column stride). Returns the fp32 ``[n]`` row
+    divergences and, with ``ce``, the row cross-entropies (else None). ``labels`` [n] (required with
+    ``ce``); ``scale``: an fp32 device tensor of 1 or n values (needed with a gradient); ``grad_s``,
+    ``grad_t``: [n, V] gradient buffers or None (``grad_s`` may be ``student_logits``)."""
+    n_rows, n_cols = student_logits.shape
+    out = torch.empty(2 if ce else 1, n_rows, dtype=torch.float32, device=student_logits.device)
+    if n_rows == 0 or n_cols == 0:
+        return out[0].zero_(), out[1].zero_() if ce else None
+    div = Divergence(jsd_kind(beta), beta)
+    beta, log_beta, log_1m_beta, _ = div.scalars()
+    block = min(BLOCK_COLS, next_power_of_2(n_cols))
+    dummy = out
+    grad = grad_s is not None or grad_t is not None
+    _jsd_logit_rows_kernel[(n_rows,)](
+        student_logits,
+        student_logits.stride(0),
+        teacher_logits,
+        teacher_logits.stride(0),
+        dummy if labels is None else labels,
+        out[0],
+        out[1] if ce else dummy,
+        scale if grad else dummy,
+        int(grad and scale.numel() > 1),
+        dummy if grad_s is None else grad_s,
+        0 if grad_s is None else grad_s.stride(0),
+        dummy if grad_t is None else grad_t,
+        0 if grad_t is None else grad_t.stride(0),
+        n_cols,
+        ignore_index,
+        1.0 / temperature,
+        beta,
+        log_beta,
+        log_1m_beta,
+        float(weight_hard),
+        float(weight_soft),
+        KIND=div.kind,
+        CE=bool(ce),
+        HAS_LABEL=labels is not None,
+        GRAD_S=grad_s is not None,
+        GRAD_T=grad_t is not None,
+        UNIT_T=temperature == 1,
+        REVERSE=REVERSE_MIDDLE_PASS,
+        BLOCK=block,
+        num_warps=16 if block >= 4096 else 8 if block >= 1024 else 4,
+    )
+    return out[0], out[1] if ce else None
 
 
 def jsd_distillation_rows(
     student_logits, teacher_logits, target, grad_out, scale, beta, temperature, ignore_index, weight_hard_loss,
     weight_soft_loss, compute_ce_loss,
 ):  # fmt: skip
-    """Summed ``(soft, hard)`` (fp32 0-dim) of logits ``[n, V]`` (module docstring), and the
-    gradient into ``grad_out`` ([n, V], unit column stride) unless it is None. ``scale``: an fp32
+    """The distillation's row op: summed ``(soft, hard)`` (fp32 0-dim) of logits ``[n, V]`` (module
+    docstring), and ``scale * d(w_hard * hard + w_soft * soft) / dz`` into ``grad_out`` ([n, V],
+    unit column stride; may be ``student_logits`` itself) unless it is None. ``scale``: an fp32
     device scalar (no sync)."""
-    n_rows, n_cols = student_logits.shape
-    rows = torch.empty(2, n_rows, dtype=torch.float32, device=student_logits.device)  # every row written
-    soft, hard = rows
-    if n_rows == 0:
-        return rows.new_zeros(()), rows.new_zeros(())
-    mode = FORWARD_KL if beta == 0 else REVERSE_KL if beta == 1 else MIXTURE
-    mixture = mode == MIXTURE
-    grad = grad_out is not None
-    block = min(BLOCK_COLS, next_power_of_2(n_cols))
-    _jsd_rows_kernel[(n_rows,)](
-        student_logits,
-        student_logits.stride(0),
-        teacher_logits,
-        teacher_logits.stride(0),
-        target,
-        grad_out if grad else soft,
-        grad_out.stride(0) if grad else 0,
-        soft,
-        hard,
-        scale.reshape(1),
-        n_cols,
-        ignore_index,
-        1.0 / temperature,
-        float(beta),
-        math.log1p(-beta) if mixture else 0.0,
-        math.log(beta) if mixture else 0.0,
-        float(weight_hard_loss),
-        float(weight_soft_loss),
-        MODE=mode,
-        CE=bool(compute_ce_loss),
-        GRAD=grad,
-        UNIT_T=temperature == 1,
-        TO_BF16=grad and grad_out.dtype == torch.bfloat16,
-        REVERSE=REVERSE_MIDDLE_PASS,
-        BLOCK=block,
-        num_warps=16 if block >= 4096 else 8,
-    )
-    soft_sum, hard_sum = rows.sum(1)  # one reduction for both
-    return soft_sum, hard_sum
+    soft, hard = jsd_logit_rows(
+        student_logits, teacher_logits, beta, temperature, target, ignore_index, scale.reshape(1), grad_out,
+        None, weight_hard_loss, weight_soft_loss, ce=compute_ce_loss,
+    )  # fmt: skip
+    return soft.sum(), soft.new_zeros(()) if hard is None else hard.sum()

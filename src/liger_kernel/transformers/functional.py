@@ -2,6 +2,7 @@
 
 import torch
 
+from liger_kernel.ops import library_jsd  # noqa: F401  (registers the JSD ops that apply_of routes to)
 from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
 from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
 from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
@@ -162,7 +163,7 @@ def liger_kl_div(input, target, size_average=True, reduce=True, reduction="mean"
 def liger_jsd(input, target, shift_labels=None, beta=0.5, ignore_index=-100):
     """Generalized JSD of the student's log-probabilities ``input`` and the teacher's ``target``
     [BT, V], over the rows whose ``shift_labels`` is not ``ignore_index`` (see ``LigerJSD``)."""
-    return LigerJSDFunction.apply(input, target, shift_labels, beta, ignore_index)
+    return apply_of(LigerJSDFunction, "jsd")(input, target, shift_labels, beta, ignore_index)
 
 
 def liger_tvd(input, target, shift_labels=None, reduction="mean", ignore_index=-100):
@@ -182,7 +183,7 @@ def liger_fused_linear_jsd(
     accum_dtype=None,
 ):
     """The JSD of a student's and a teacher's head outputs without their logits (see ``LigerFusedLinearJSD``)."""
-    return LigerFusedLinearJSDFunction.apply(
+    return apply_of(LigerFusedLinearJSDFunction, "fused_linear_jsd")(
         student_input, student_weight, teacher_input, teacher_weight, shift_labels, jsd_beta, ignore_index,
         temperature, accum_dtype,
     )  # fmt: skip

@@ -2,8 +2,10 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_jsd  # noqa: F401  (registers the JSD ops that apply_of routes to)
 from liger_kernel.ops.divergence import check_temperature
 from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction
+from liger_kernel.ops.library import apply_of
 
 
 class LigerFusedLinearJSD(nn.Module):
@@ -23,7 +25,7 @@ class LigerFusedLinearJSD(nn.Module):
         self.accum_dtype = accum_dtype
 
     def forward(self, student_input, student_weight, teacher_input, teacher_weight, shift_labels):
-        return LigerFusedLinearJSDFunction.apply(
+        return apply_of(LigerFusedLinearJSDFunction, "fused_linear_jsd")(
             student_input, student_weight, teacher_input, teacher_weight, shift_labels, self.jsd_beta,
             self.ignore_index, self.temperature, self.accum_dtype,
         )  # fmt: skip

@@ -2,7 +2,9 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_jsd  # noqa: F401  (registers the JSD ops that apply_of routes to)
 from liger_kernel.ops.jsd import LigerJSDFunction
+from liger_kernel.ops.library import apply_of
 
 
 class LigerJSD(nn.Module):
@@ -19,4 +21,4 @@ class LigerJSD(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, log_q, log_p, shift_labels=None):
-        return LigerJSDFunction.apply(log_q, log_p, shift_labels, self.beta, self.ignore_index)
+        return apply_of(LigerJSDFunction, "jsd")(log_q, log_p, shift_labels, self.beta, self.ignore_index)
