@@ -124,7 +124,7 @@ MOE_CONFIG = {
 }
 # The config a family's causal LM is built from, where the table key names the multimodal one.
 CONFIG_TYPE = {"qwen3_5_moe": "qwen3_5_moe_text"}
-# Vision-language MoE families, trained on text (their multimodal forward, stock): a one-block vision
+# Vision-language MoE families, trained on text (with images: test_convergence_vlm.py): a one-block vision
 # tower, the text decoder as the others (multimodal RoPE sections summing to the rotary half-width).
 TEXT = {
     "hidden_size": HIDDEN,
@@ -179,9 +179,10 @@ def build_moe(model_type, dtype, seed=0, **overrides):
     importlib.import_module(MODEL_SPECS[model_type].module)  # the families a transformers lacks fail here, clearly
     if model_type in VISION_MOE_CONFIG:
         torch.manual_seed(seed)
-        config = AutoConfig.for_model(
-            model_type, **VISION_MOE_CONFIG[model_type], attn_implementation="eager", experts_implementation="eager"
-        )
+        parts = VISION_MOE_CONFIG[model_type] | {
+            "text_config": VISION_MOE_CONFIG[model_type]["text_config"] | overrides
+        }
+        config = AutoConfig.for_model(model_type, **parts, attn_implementation="eager", experts_implementation="eager")
         model = AutoModelForImageTextToText.from_config(config).to(DEVICE, dtype)
     else:
         model = build(CONFIG_TYPE.get(model_type, model_type), dtype, seed, **{**MOE_CONFIG[model_type], **overrides})
@@ -289,7 +290,7 @@ def test_router_aux_loss(model_type):
 
 def router_config(model_type):
     """Four experts, top-2, with the family's own names for them."""
-    config = MOE_CONFIG[model_type]
+    config = MOE_CONFIG.get(model_type) or VISION_MOE_CONFIG[model_type]["text_config"]
     experts = next(key for key in ("num_local_experts", "num_experts", "n_routed_experts") if key in config)
     return {experts: 4, "num_experts_per_tok": 2}
 
@@ -307,15 +308,15 @@ def test_moe_instance_patch_and_revert(model_type):
     _apply_liger_kernel_to_instance(model, rope=False)
     assert liger_modules(model) == expected
     assert {name: p for name, p in model.named_parameters()} == params
-    generic = spec.causal_lm is not None  # the vision-language ones keep their multimodal forward
-    assert type(model).forward is (monkey_patch.causal_lm_forward if generic else forward)
+    generic = monkey_patch.causal_lm_forward if spec.causal_lm else monkey_patch.lce_forward_for_multimodal
+    assert type(model).forward is generic
     ids, labels = make_batch(5)
     model.train()
-    assert (model(input_ids=ids, labels=labels).logits is None) == generic  # the fused loss
+    assert model(input_ids=ids, labels=labels).logits is None  # the fused loss
 
     getattr(monkey_patch, f"revert_liger_kernel_to_{model_type}")(model=model)
     assert liger_modules(model) == []
-    assert type(model).forward is not monkey_patch.causal_lm_forward
+    assert type(model).forward is forward
     stock.train()
     assert torch.equal(model(input_ids=ids, labels=labels).loss, stock(input_ids=ids, labels=labels).loss)
 

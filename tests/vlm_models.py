@@ -17,20 +17,22 @@ IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = VOCAB - 1, VOCAB - 2, VOCAB
 
 
 def text_config(**overrides):
-    return dict(
-        hidden_size=HIDDEN,
-        intermediate_size=INTERMEDIATE,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=HEADS // 2,
-        head_dim=HEAD_DIM,
-        vocab_size=VOCAB,
-        max_position_embeddings=4 * SEQ,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        initializer_range=0.1,
-        **overrides,
+    return (
+        dict(
+            hidden_size=HIDDEN,
+            intermediate_size=INTERMEDIATE,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=HEADS // 2,
+            head_dim=HEAD_DIM,
+            vocab_size=VOCAB,
+            max_position_embeddings=4 * SEQ,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.1,
+        )
+        | overrides
     )
 
 
@@ -190,7 +192,50 @@ CONFIGS = {
         boi_token_index=VISION_START,
         eoi_token_index=VISION_END,
     ),
+    # Gemma 4: per-layer inputs (which the multimodal model builds with image tokens padded out), wider
+    # full-attention heads and a softcap (KV sharing is test_convergence.py's gemma4_text); its vision
+    # encoder takes lists of patches with their (x, y) positions and pools 2x2 patches a token.
+    "gemma4": dict(
+        text_config=text_config(
+            model_type="gemma4_text",
+            final_logit_softcapping=2.0,
+            sliding_window=8,
+            layer_types=["sliding_attention", "full_attention"],
+            num_kv_shared_layers=0,
+            hidden_size_per_layer_input=8,
+            vocab_size_per_layer_input=VOCAB,
+            global_head_dim=2 * HEAD_DIM,
+        ),
+        vision_config=vision_config(
+            "gemma4_vision",
+            num_key_value_heads=2,
+            head_dim=VISION_HIDDEN // 2,
+            pooling_kernel_size=2,
+            position_embedding_size=IMAGE // PATCH,
+            image_size=None,
+        ),
+        audio_config=None,
+        image_token_id=IMAGE_TOKEN,
+        video_token_id=VIDEO_TOKEN,
+        boi_token_id=VISION_START,
+        eoi_token_id=VISION_END,
+    ),
 }
+# The vision-language mixtures of experts: GLM-4V's and Qwen3-VL's models with a dense first layer and a
+# sparse second one (two experts, both active, and a shared one for GLM), trained with the router's loss.
+MOE_TEXT = dict(num_experts_per_tok=2, moe_intermediate_size=INTERMEDIATE // 2, output_router_logits=True)
+CONFIGS["glm4v_moe"] = CONFIGS["glm4v"] | dict(
+    text_config=CONFIGS["glm4v"]["text_config"]
+    | MOE_TEXT
+    | dict(model_type="glm4v_moe_text", n_routed_experts=2, n_shared_experts=1, first_k_dense_replace=1)
+    | dict(n_group=1, topk_group=1)
+)
+CONFIGS["qwen3_vl_moe"] = CONFIGS["qwen3_vl"] | dict(
+    text_config=CONFIGS["qwen3_vl"]["text_config"]
+    | MOE_TEXT
+    | dict(model_type="qwen3_vl_moe_text", num_experts=2, decoder_sparse_step=1, mlp_only_layers=[0])
+)
+MOE = ("glm4v_moe", "qwen3_vl_moe")
 # Image tokens per image in the text.
 IMAGE_TOKENS = {
     "qwen3_vl": (IMAGE // PATCH) ** 2 // 4,
@@ -204,11 +249,16 @@ IMAGE_TOKENS = {
     "llava": (IMAGE // PATCH) ** 2,
     "qwen2_vl": (IMAGE // PATCH) ** 2 // 4,
     "qwen2_5_vl": (IMAGE // PATCH) ** 2 // 4,
+    "gemma4": (IMAGE // PATCH) ** 2 // 4,
+    "glm4v_moe": (IMAGE // PATCH) ** 2 // 4,
+    "qwen3_vl_moe": (IMAGE // PATCH) ** 2 // 4,
 }
 
 
 def make_config(model_type, **overrides):
     kwargs = dict(CONFIGS[model_type], **overrides)
+    if model_type in MOE:
+        kwargs["experts_implementation"] = "eager"  # the grouped-matmul path has no float64 reference run
     config = AutoConfig.for_model(model_type, **kwargs)
     config._attn_implementation = "eager"
     for sub in ("text_config", "vision_config"):
@@ -256,7 +306,17 @@ def make_inputs(model_type, seed, dtype, batch=BATCH, seq=SEQ):
         inputs["aspect_ratio_ids"] = torch.ones(batch, 1, dtype=torch.long)
         inputs["aspect_ratio_mask"] = torch.ones(batch, 1, 1, dtype=torch.long)
         inputs["cross_attention_mask"] = torch.ones(batch, ids.shape[1], 1, 1, dtype=torch.long)
-    if model_type in ("qwen2_vl", "qwen2_5_vl", "glm4v", "qwen3_vl"):
+    if model_type == "gemma4":  # one image a sample as a list of 4x4 patches and their (x, y) positions
+        grid = IMAGE // PATCH
+        inputs["pixel_values"] = _pixels(g, batch, grid * grid, 3 * PATCH * PATCH)
+        xy = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="xy"), dim=-1)
+        inputs["image_position_ids"] = xy.reshape(1, grid * grid, 2).expand(batch, -1, -1)
+        mm = torch.zeros_like(ids)
+        mm[:, image] = 1
+        inputs["mm_token_type_ids"] = mm
+    if model_type in MOE:  # the stock forwards of transformers 5.17 add the router's loss only when asked
+        inputs["output_router_logits"] = True
+    if model_type in ("qwen2_vl", "qwen2_5_vl", "glm4v", "qwen3_vl", *MOE):
         grid = IMAGE // PATCH
         inputs["pixel_values"] = _pixels(g, batch * grid * grid, 3 * 2 * PATCH * PATCH)
         inputs["image_grid_thw"] = torch.tensor([[1, grid, grid]] * batch)
@@ -267,4 +327,5 @@ def make_inputs(model_type, seed, dtype, batch=BATCH, seq=SEQ):
     return {
         name: value.to(DEVICE, dtype) if value.is_floating_point() else value.to(DEVICE)
         for name, value in inputs.items()
-    }
+        if isinstance(value, torch.Tensor)
+    } | {name: value for name, value in inputs.items() if not isinstance(value, torch.Tensor)}

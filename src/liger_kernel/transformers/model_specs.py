@@ -94,6 +94,9 @@ class ModelSpec:
         flags; losses off: the loss is the multimodal forward's).
     by_config: with ``model=``, the table entries of its ``text_config`` / ``vision_config``
         model types are patched too (families that wrap any decoder, as LLaVA).
+    multimodal_decoder: for a ``multimodal`` class without a decoder module (``self.model``), the
+        dotted path of our function ``(model, input_ids=None, inputs_embeds=None, **inputs)`` that
+        runs its encoders and text decoder; the head is then that of ``model.language_model``.
     signature: ``(name, default)`` of each parameter of ``apply_liger_kernel_to_*`` in Liger
         Kernel 0.8.5's order, ``("model", None)`` included where it is not last; empty: ``flags``.
     any_kwargs: the function also takes ``**kwargs`` (passed to the decoders' flags).
@@ -120,6 +123,7 @@ class ModelSpec:
     towers: tuple = ()
     decoders: tuple = ()
     by_config: bool = False
+    multimodal_decoder: str | None = None
     signature: tuple = ()
     any_kwargs: bool = False
 
@@ -340,9 +344,9 @@ QWEN3_5_MOE_NOTE = (
     "logits) stays stock. The gated DeltaNet stays stock; the routed experts are the fused module. " + NO_ROPE_NOTE
 )
 VISION_MOE_NOTE = (
-    "The ``*ForConditionalGeneration`` forward and its loss on logits stay stock (``cross_entropy`` and "
-    "``fused_linear_cross_entropy`` patch nothing yet); the vision tower's MLP stays stock, the routed experts "
-    "are the fused module."
+    "The ``*ForConditionalGeneration`` forward is ``lce_forward_for_multimodal`` (the load-balancing loss "
+    "added when ``output_router_logits``); the vision tower's MLP stays stock, the routed experts are the "
+    "fused module."
 )
 MOE_SPECS = {
     "gpt_oss": ModelSpec(
@@ -429,7 +433,7 @@ MOE_SPECS = {
         fused_experts=True,
     ),
     # Vision-language MoE: the text decoder's norms, dense and shared MLPs (and the vision blocks'
-    # RMSNorms) are ours; the multimodal forward stays stock (``causal_lm`` None) until the table has one.
+    # RMSNorms) are ours, and the multimodal forward (no causal LM class).
     "glm4v_moe": ModelSpec(
         _hf("glm4v_moe"),
         None,
@@ -442,6 +446,8 @@ MOE_SPECS = {
         experts=("Glm4vMoeTextExperts",),
         experts_kind=SILU_EXPERTS,
         fused_experts=True,
+        moe=True,
+        multimodal="Glm4vMoeForConditionalGeneration",
     ),
     "qwen3_vl_moe": ModelSpec(
         _hf("qwen3_vl_moe"),
@@ -454,6 +460,8 @@ MOE_SPECS = {
         experts=("Qwen3VLMoeTextExperts",),
         experts_kind=SILU_EXPERTS,
         fused_experts=True,
+        moe=True,
+        multimodal="Qwen3VLMoeForConditionalGeneration",
     ),
 }
 MODEL_SPECS.update(MOE_SPECS)
@@ -634,8 +642,8 @@ VISION_LANGUAGE_SPECS = {
         note="layer_norm: the vision encoder's LayerNorms. " + WRAPPER_NOTE,
     ),
     # Llama 4: the shared expert and the dense layers' MLP are Llama4TextMLP; the routed experts stay
-    # stock. Llama4ForConditionalGeneration runs the text model's head itself (no multimodal
-    # decoder to hand the fused loss): its forward stays stock and computes logits.
+    # stock. Llama4ForConditionalGeneration has no multimodal decoder module: ours runs its vision
+    # tower and text model (``multimodal_decoder``), the head is its Llama4ForCausalLM's.
     "llama4": ModelSpec(
         _hf("llama4"),
         "Llama4ForCausalLM",
@@ -644,11 +652,11 @@ VISION_LANGUAGE_SPECS = {
         ("Llama4TextMLP",),
         SWIGLU,
         rope=None,
+        multimodal="Llama4ForConditionalGeneration",
+        multimodal_decoder="liger_kernel.transformers.model.llama4.multimodal_decoder",
         towers=(tower(_hf("llama4"), layer_norm="nn.LayerNorm"),),
         signature=(*_flags("rope", *LOSSES, "rms_norm", "swiglu", rope=True), ("model", None), ("layer_norm", True)),
-        note="Also for ``llama4_text``. fused_linear_cross_entropy: Llama4ForCausalLM only; the multimodal "
-        "Llama4ForConditionalGeneration keeps its forward (the loss on logits). layer_norm: the vision "
-        "encoder's LayerNorms. " + NO_ROPE_NOTE,
+        note="Also for ``llama4_text``. layer_norm: the vision encoder's LayerNorms. " + NO_ROPE_NOTE,
     ),
     # A vision encoder alone (LLaVA's, by its vision_config): no head, no loss flags.
     "pixtral": ModelSpec(

@@ -87,6 +87,7 @@ class LigerMultimodalCausalLMOutputWithPast(LigerCausalLMOutputWithPast):
     audio_outputs: object | None = None
     router_logits: tuple | None = None
     shared_kv_states: object | None = None
+    aux_loss: torch.FloatTensor | None = None
 
 
 def _head_loss(lm_head, hidden_states, hidden_size, labels, shift_labels, **loss_kwargs):
@@ -280,14 +281,35 @@ def causal_lm_forward(
         # None where the decoder records no router logits (DeepSeek-V2/V3 and HunYuan-MoE in transformers 5.17)
         router_logits = getattr(outputs, "router_logits", None)
         if moe and output_router_logits:
-            balance = importlib.import_module(spec.module).load_balancing_loss_func
-            aux_loss = balance(router_logits, self.num_experts, self.num_experts_per_tok, attention_mask)
-            if loss is not None:
-                common["loss"] = loss + self.router_aux_loss_coef * aux_loss.to(loss.device)
+            common["loss"], aux_loss = _with_router_aux_loss(self, spec, loss, router_logits, attention_mask)
         output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=router_logits, **common)
     if return_dict is None:
         return_dict = getattr(self.config, "return_dict", True)
     return output if return_dict else output.to_tuple()
+
+
+def _with_router_aux_loss(self, spec, loss, router_logits, attention_mask):
+    """``(loss + coefficient * aux_loss, aux_loss)``: the family's load-balancing loss (its module's
+    ``load_balancing_loss_func``) with the expert counts and coefficient the model holds, else its text
+    config's (a multimodal model's); ``loss`` None stays None."""
+    config = self.config.get_text_config()
+    experts = getattr(self, "num_experts", None) or config.num_experts
+    top_k = getattr(self, "num_experts_per_tok", None) or config.num_experts_per_tok
+    coefficient = getattr(self, "router_aux_loss_coef", None) or config.router_aux_loss_coef
+    balance = importlib.import_module(spec.module).load_balancing_loss_func
+    aux_loss = balance(router_logits, experts, top_k, attention_mask)
+    return (None if loss is None else loss + coefficient * aux_loss.to(loss.device)), aux_loss
+
+
+def _multimodal_parts(self):
+    """``(decoder, head)``: ``self.model`` and ``self``; for a family whose multimodal class has no
+    decoder module (the entry's ``multimodal_decoder``: Llama 4), that function bound to ``self``
+    and the causal LM it wraps (``self.language_model``), whose head, config and loss it uses."""
+    spec = spec_for(self.config.model_type)
+    if spec is None or spec.multimodal_decoder is None:
+        return self.model, self
+    module, name = spec.multimodal_decoder.rsplit(".", 1)
+    return functools.partial(getattr(importlib.import_module(module), name), self), self.language_model
 
 
 @functools.cache
@@ -325,11 +347,22 @@ def lce_forward_for_multimodal(
     loss are ``causal_lm_forward``'s (same options: ``skip_logits``, token accuracy, DFT), read
     from the text config: in training with labels the logits never exist. Arguments after
     ``input_ids`` are keywords only, since the stock forwards order them differently per family.
+    Mixtures of experts (the entry's ``moe``: GLM-4.5V, Qwen3-VL-MoE) add ``router_aux_loss_coef``
+    times the load-balancing loss when ``output_router_logits`` (default: the text config's), as
+    transformers 5.2x's forwards do.
     """
+    decoder, head = _multimodal_parts(self)
+    spec = spec_for(self.config.model_type)
+    moe = spec is not None and spec.moe
+    output_router_logits = kwargs.pop("output_router_logits", None)
+    if moe and output_router_logits is None:
+        output_router_logits = getattr(self.config.get_text_config(), "output_router_logits", False)
     model_kwargs = _decoder_kwargs(kwargs, past_key_values, output_attentions, output_hidden_states, cache_position)
-    if labels is not None and _takes_labels(type(self.model)):
+    if output_router_logits is not None:
+        model_kwargs["output_router_logits"] = output_router_logits
+    if labels is not None and decoder is getattr(self, "model", None) and _takes_labels(type(decoder)):
         model_kwargs["labels"] = labels
-    outputs = self.model(
+    outputs = decoder(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids,
@@ -338,7 +371,7 @@ def lce_forward_for_multimodal(
         **model_kwargs,
     )
     loss, logits, token_accuracy, predicted_tokens = _head_and_loss(
-        self,
+        head,
         outputs.last_hidden_state,
         labels,
         kwargs,
@@ -348,6 +381,9 @@ def lce_forward_for_multimodal(
         use_token_scaling,
         return_predicted_tokens,
     )
+    aux_loss = None
+    if moe and output_router_logits:
+        loss, aux_loss = _with_router_aux_loss(self, spec, loss, outputs.router_logits, attention_mask)
     output = LigerMultimodalCausalLMOutputWithPast(
         loss=loss,
         logits=logits,
@@ -355,6 +391,7 @@ def lce_forward_for_multimodal(
         attentions=outputs.attentions,
         token_accuracy=token_accuracy,
         predicted_tokens=predicted_tokens,
+        aux_loss=aux_loss,
         **{CACHE_ARG: getattr(outputs, CACHE_ARG)},
         # The output's own keys, not attributes: 5.2x keeps image_hidden_states as a deprecated property.
         **{name: outputs.get(name) for name in MULTIMODAL_FIELDS},
