@@ -67,6 +67,8 @@ def test_vision_language_family_converges(model_type, dtype):
     fp32 (its multimodal sections). Gemma 4's float64 run takes SDPA attention (with the eager one,
     whose softmax is fp32, fp32 stock shares its rounding: the patched run then missed the bound
     1.1x on a vision norm's weight gradient; with SDPA it passes)."""
+    if model_type in MOE and dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("CPU time: the experts in bf16 are test_convergence_moe.py's, the multimodal forward is fp32's")
     rope = ON_GPU or (model_type == "qwen2_vl" and dtype == torch.float32)
     stock = build(model_type, dtype)
     model64 = float64_copy(stock, sdpa=VLM_SDPA or model_type == "gemma4")
