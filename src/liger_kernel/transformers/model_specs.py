@@ -62,8 +62,8 @@ class ModelSpec:
     """One model family.
 
     module: the modeling module whose symbols are swapped.
-    causal_lm: the causal-LM class whose ``forward`` becomes the generic one (None: a multimodal
-        family whose forward and loss stay stock).
+    causal_lm: the causal-LM class whose ``forward`` becomes the generic one (None: a family
+        without one, as a vision-language family whose forward is ``multimodal``'s).
     norms: RMSNorm class names (all share ``norm`` numerics; q/k norms included).
     mlps: dense MLP class names replaced by ``mlp_kind`` (MoE routed experts: ``experts``).
     activation: the config attribute naming the MLP activation.
