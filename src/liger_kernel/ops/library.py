@@ -717,3 +717,5 @@ if ENABLED:
         cross_entropy=_cross_entropy_twin,
         fused_linear_cross_entropy=_flce_twin,
     )
+
+from liger_kernel.ops import library_layers  # noqa: E402, F401  (registers more ops and their twins)

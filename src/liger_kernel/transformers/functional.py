@@ -209,10 +209,10 @@ def liger_fused_linear_kl_div(
 
 def liger_qwen2vl_mrope(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
     """Qwen2-VL's multimodal RoPE of q and k, cos/sin [3, B, T, D]; ``(q_embed, k_embed)``."""
-    return LigerQwen2VLMRopeFunction.apply(q, k, cos, sin, mrope_section, unsqueeze_dim)
+    return apply_of(LigerQwen2VLMRopeFunction, "qwen2vl_mrope")(q, k, cos, sin, mrope_section, unsqueeze_dim)
 
 
 def liger_fused_add_rms_norm(X, R, W, eps, offset=0.0, casting_mode="llama", in_place=True):
     """``(Y, S)``: ``S = X + R`` and its RMSNorm ``Y`` in one pass (see ``LigerFusedAddRMSNormFunction``).
     ``in_place`` reuses a gradient buffer only where the caller also vouches, as in ``liger_rms_norm``."""
-    return LigerFusedAddRMSNormFunction.apply(X, R, W, eps, offset, casting_mode, in_place)
+    return apply_of(LigerFusedAddRMSNormFunction, "fused_add_rms_norm")(X, R, W, eps, offset, casting_mode, in_place)

@@ -1,6 +1,7 @@
 """``LigerFusedAddRMSNorm``: a pre-norm layer's residual add and the RMSNorm after it, one kernel."""
 
 from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+from liger_kernel.ops.library import apply_of
 from liger_kernel.transformers.rms_norm import LigerRMSNorm
 
 
@@ -29,7 +30,7 @@ class LigerFusedAddRMSNorm(LigerRMSNorm):
         )
 
     def forward(self, hidden_states, residual):
-        return LigerFusedAddRMSNormFunction.apply(
+        return apply_of(LigerFusedAddRMSNormFunction, "fused_add_rms_norm")(
             hidden_states,
             residual,
             self.weight,

@@ -6,6 +6,7 @@ for those models patch that with ``liger_rotary_pos_emb``. This one is for code 
 the three planes of angles to the rotation.
 """
 
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
 
 
@@ -16,4 +17,4 @@ def liger_multimodal_rotary_pos_emb(q, k, cos, sin, mrope_section, unsqueeze_dim
     (e.g. [16, 24, 24], summing to D/2) says how many features of each half take each plane.
     Returns ``(q_embed, k_embed)`` in q's and k's shapes, dtype and memory layout.
     """
-    return LigerQwen2VLMRopeFunction.apply(q, k, cos, sin, mrope_section, unsqueeze_dim)
+    return apply_of(LigerQwen2VLMRopeFunction, "qwen2vl_mrope")(q, k, cos, sin, mrope_section, unsqueeze_dim)

@@ -228,7 +228,7 @@ class LigerExperts(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)
             x, *weights = [None if t is None else t.to(dtype) for t in (x, *weights)]
         gate_up_proj, down_proj, gate_up_proj_bias, down_proj_bias = weights
-        y = LigerFusedMoEFunction.apply(
+        y = apply_of(LigerFusedMoEFunction, "fused_moe")(
             x, gate_up_proj, down_proj, top_k_index.reshape(x.shape[0], -1), top_k_weights.reshape(x.shape[0], -1),
             gate_up_proj_bias, down_proj_bias, self.is_transposed, not self.is_transposed, self.alpha, self.limit,
         )  # fmt: skip
