@@ -17,9 +17,7 @@ a parameter also fire for each shard's part inside the recompute.
 import math
 
 import torch
-import torch.utils.checkpoint
 
-from liger_kernel.ops.library import is_compiling
 from liger_kernel.ops.utils import LigerFunction
 
 
@@ -52,7 +50,9 @@ class LigerTiledMLPFunction(LigerFunction):
 
     @staticmethod
     def forward(ctx, fn, mlp_module, x, shards, compute_params=None, *params):
-        rows = _rows(x, shards)
+        if not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
+        rows = x.reshape(-1, x.shape[-1])
         outputs = [fn(mlp_module, shard) for shard in rows.tensor_split(shards)]
         out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
         ctx.fn, ctx.mlp_module, ctx.shards = fn, mlp_module, shards
@@ -87,36 +87,14 @@ class LigerTiledMLPFunction(LigerFunction):
         return None, None, None if grad_x is None else grad_x.view(x.shape), None, None, *params_out
 
 
-def _rows(x, shards):
-    if not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
-    return x.reshape(-1, x.shape[-1])
-
-
 @torch.compiler.disable
 def _apply_eagerly(cls, fn, mlp_module, x, shards, params):
     """The Function with the parameters unpacked into its trailing inputs; eager under
-    ``torch.compile`` (a graph break: ``apply_tiled_mlp`` takes ``_checkpointed_shards`` there)."""
+    ``torch.compile`` (a graph break: ``fn`` and the shard loop are not traced)."""
     return LigerFunction.apply.__func__(cls, fn, mlp_module, x, shards, None, *params)
-
-
-def _checkpointed_shards(fn, mlp_module, x, shards):
-    """``LigerTiledMLPFunction`` under ``torch.compile``, where Dynamo traces ``fn`` (the MLP's own ops, custom
-    ops among them) but not a backward that calls autograd: each shard activation-checkpointed, so
-    that the backward recomputes it and only its input is kept, as the Function does. The weight
-    gradients are then summed in the parameters' dtype, shard after shard."""
-    rows = _rows(x, shards)
-    outputs = [
-        torch.utils.checkpoint.checkpoint(fn, mlp_module, shard, use_reentrant=False)
-        for shard in rows.tensor_split(shards)
-    ]
-    out = torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def apply_tiled_mlp(fn, mlp_module, x, num_shards=None, compute_params=None):
     """``fn(mlp_module, x)`` in ``num_shards`` token shards (default ``default_num_shards``)."""
     shards = default_num_shards(x) if num_shards is None else num_shards
-    if is_compiling():
-        return _checkpointed_shards(fn, mlp_module, x, shards)
     return LigerTiledMLPFunction.apply(fn, mlp_module, x, shards, compute_params)
