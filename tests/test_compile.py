@@ -178,10 +178,10 @@ from test_monkey_patch import FAMILIES, apply_fn, revert_fn, tiny_model  # noqa:
 CORE = ["llama", "qwen2", "gemma2", "mistral", "phi3"]
 
 
-def _patched_model(model_type):
+def _patched_model(model_type, layers=2):
     apply_fn(model_type)()
     try:
-        return tiny_model(model_type).to(DEVICE)
+        return tiny_model(model_type, num_hidden_layers=layers).to(DEVICE)
     finally:
         revert_fn(model_type)()
 
@@ -230,6 +230,35 @@ def test_every_patched_family_has_no_graph_break(model_type):
     model = _patched_model(model_type)
     ids = torch.randint(3, 97, (2, 9), device=DEVICE)
     _no_graph_breaks(_training_step(model, ids), ids)
+
+
+def _layer_graphs(model_type, patched, layers=4):
+    """Graphs Dynamo compiles for a training step with each decoder layer compiled (``fullgraph``),
+    as the regional-compile recipe does, with ``use_cache=False`` (the Trainer's setting)."""
+    from torch._dynamo.utils import counters
+
+    model = _patched_model(model_type, layers) if patched else tiny_model(model_type, num_hidden_layers=layers)
+    model.to(DEVICE).config.use_cache = False
+    for layer in model.model.layers:
+        layer.compile(backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    counters.clear()
+    ids = torch.randint(3, 97, (2, 9), device=DEVICE)
+    model(input_ids=ids, labels=ids)  # the guards are the forward's
+    return counters["stats"]["unique_graphs"], len(set(getattr(model.config, "layer_types", None) or [None]))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_patched_layers_compile_once(model_type, monkeypatch):
+    """No recompile per layer: one graph per distinct layer type (Gemma 2: sliding and full), as stock.
+    A guard on something per layer (a layer index, a cache entry) would recompile each layer, and at
+    ``recompile_limit`` (8) layers ``fullgraph=True`` fails. Guards do not depend on the kernels: on a CPU
+    the reference runs (no interpreter)."""
+    if DEVICE != "cuda":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    ours, layer_types = _layer_graphs(model_type, patched=True)
+    stock, _ = _layer_graphs(model_type, patched=False)
+    assert (ours, stock) == (layer_types, layer_types), f"graphs for 4 layers of {layer_types} types: ours, stock"
 
 
 def test_loss_under_compile_and_no_grad():
