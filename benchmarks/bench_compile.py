@@ -46,13 +46,13 @@ ROWS = [
     ("llama-1b-8x2048", "ours-eager"),
     ("llama-1b-8x2048", "ours-compile-no-rope"),
     ("llama-1b-8x2048", "ours-compile-no-swiglu"),
+    ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
     ("qwen2.5-1.5b-4x2048", "hf-compile"),
     ("qwen2.5-1.5b-4x2048", "ours-compile"),
     ("qwen2.5-1.5b-4x2048", "ours-eager"),
     ("gemma2-2b-2x2048", "hf-compile"),
     ("gemma2-2b-2x2048", "ours-compile"),
     ("gemma2-2b-2x2048", "ours-eager"),
-    ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
 ]
 SMOKE_ROWS = [(c, v) for c in ("llama-tiny", "gemma2-tiny") for v in ("hf-compile", "ours-compile", "ours-eager")]
 SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope")]
