@@ -243,13 +243,12 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
 
 
 # Families that break today, with why; xfail(strict=True): they flip to XPASS (a failure: drop the entry) once
-# fixed. Stock transformers' eager experts pick each expert's tokens with ``nonzero`` (data-dependent shape).
-UNREGISTERED_MOE = "fused MoE op not yet a custom op (a graph break by design; helper ops13 registers it)"
-BREAKS = {
-    "deepseek_v2": UNREGISTERED_MOE + "; stock experts' nonzero",
-    "deepseek_v3": UNREGISTERED_MOE + "; stock experts' nonzero",
-    "deepseek_v4": UNREGISTERED_MOE + "; stock experts' nonzero",
-}
+# fixed. The routed experts fused by default run the fused MoE Function, one graph break by design until its
+# op is a custom op (helper ops13 registers it). DeepSeek-V4's experts stay stock, and transformers' eager
+# experts pick each expert's tokens with ``nonzero`` (a data-dependent shape): a break in stock code.
+UNREGISTERED_MOE = "fused MoE not yet a torch.library op (ops13)"
+BREAKS = {m: UNREGISTERED_MOE for m, spec in MODEL_SPECS.items() if spec.fused_experts}
+BREAKS["deepseek_v4"] = "stock eager experts: nonzero (data-dependent shape)"
 # Not built here: Gemma 4's multimodal model (patch-list pixel inputs) and Pixtral (a vision encoder alone);
 # their decoders' ops are the Gemma 4 text and Llama/Mistral ones covered above.
 NOT_BUILT = {"gemma4", "pixtral"}
