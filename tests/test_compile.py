@@ -254,6 +254,8 @@ BREAKS["deepseek_v4"] = "stock eager experts: nonzero (data-dependent shape)"
 BREAKS.update(
     dict.fromkeys(["glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"], "stock vision tower: data-dependent shapes")
 )
+# InternVL and LLaVA: Dynamo cannot enter a `lock` context manager in their forward (src/liger_kernel has none).
+BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
 # Not built here: Gemma 4's multimodal model (patch-list pixel inputs) and Pixtral (a vision encoder alone);
 # their decoders' ops are the Gemma 4 text and Llama/Mistral ones covered above.
 NOT_BUILT = {"gemma4", "pixtral"}
