@@ -256,6 +256,7 @@ BREAKS.update(
 )
 # InternVL and LLaVA: Dynamo cannot enter a `lock` context manager in their forward (src/liger_kernel has none).
 BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
+BREAKS["smolvlm"] = "stock image-token merge: nonzero (data-dependent shape)"
 # Not built here: Gemma 4's multimodal model (patch-list pixel inputs) and Pixtral (a vision encoder alone);
 # their decoders' ops are the Gemma 4 text and Llama/Mistral ones covered above.
 NOT_BUILT = {"gemma4", "pixtral"}
