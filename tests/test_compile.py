@@ -308,6 +308,8 @@ def test_every_patched_family_has_no_graph_break(model_type, monkeypatch):
     interpreter would take ~30 s a family)."""
     if DEVICE != "cuda":
         monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    elif model_type in BREAKS:  # tracking them (strict) is the CPU run's: each break costs a re-trace (~20 min of CPU)
+        pytest.skip(BREAKS[model_type])
     model, inputs = _family_model(model_type)
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
