@@ -22,10 +22,20 @@ from liger_kernel.transformers.rms_norm import LigerRMSNormForGemma
 pytestmark = pytest.mark.skipif(not library.ENABLED, reason="torch without torch.library.custom_op")
 
 H, V = 48, 101
-# Inductor on a GPU; on the CPU, AOT autograd without code generation (the graphs are the same).
-BACKEND = "inductor" if DEVICE == "cuda" else "aot_eager"
-# Inductor's generated code sums and fuses in its own order: fp32 results agree to rounding.
-TOLERANCE = dict(rtol=1e-4, atol=1e-5) if BACKEND == "inductor" else {}
+# Inductor on a GPU for the static-shape runs of the ops and of Llama and Gemma 2 (the benchmark's
+# path); elsewhere AOT autograd without code generation: the same graphs, the same fake (meta)
+# implementations under symbolic shapes, no Inductor compile (seconds each). Keeps the GPU run of
+# this file under 200 s.
+INDUCTOR = "inductor" if DEVICE == "cuda" else "aot_eager"
+
+
+def _backend(dynamic, inductor=True):
+    return INDUCTOR if inductor and not dynamic else "aot_eager"
+
+
+def _tolerance(backend):
+    """Inductor's generated code sums and fuses in its own order: fp32 results agree to rounding."""
+    return dict(rtol=1e-4, atol=1e-5) if backend == "inductor" else {}
 
 
 class Config:
@@ -60,6 +70,7 @@ def cases():
             p.data.normal_()
     return {
         **{name: (lambda x, m=m: (m(x) * x.detach().cos()).sum()) for name, m in modules.items()},
+        "swiglu_mlp_add_": lambda x: (modules["swiglu_mlp"](x).add_(x) * x.detach().cos()).sum(),  # Llama 4's
         "swiglu": lambda x: (liger_swiglu(x, x.flip(1)) * x.detach()).sum(),
         "geglu": lambda x: (liger_geglu(x, x.flip(1)) * x.detach()).sum(),
         "relu_squared": lambda x: (liger_relu_squared(x) * x.detach()).sum(),
@@ -89,12 +100,14 @@ def test_op_under_compile_matches_eager(name, dynamic):
     x = randn(7, H, requires_grad=True)
     eager = fn(x)
     (eager_grad,) = torch.autograd.grad(eager, [x])
-    _no_graph_breaks(fn, x)
+    if not dynamic:
+        _no_graph_breaks(fn, x)
     torch._dynamo.reset()
-    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True, dynamic=dynamic)(x)
+    backend = _backend(dynamic)
+    compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=dynamic)(x)
     (compiled_grad,) = torch.autograd.grad(compiled, [x])
-    torch.testing.assert_close(compiled, eager, **TOLERANCE)
-    torch.testing.assert_close(compiled_grad, eager_grad, **TOLERANCE)
+    torch.testing.assert_close(compiled, eager, **_tolerance(backend))
+    torch.testing.assert_close(compiled_grad, eager_grad, **_tolerance(backend))
 
 
 def _rows(*shape, requires_grad=True, dtype=torch.float32):
@@ -173,15 +186,18 @@ def test_eager_calls_keep_the_functions():
 # ----------------------------------------------------------------------------- patched models
 
 transformers = pytest.importorskip("transformers")
-from test_monkey_patch import FAMILIES, apply_fn, revert_fn, tiny_model  # noqa: E402
+from test_monkey_patch import apply_fn, revert_fn, tiny_model  # noqa: E402
+
+from liger_kernel.transformers.model_specs import MODEL_SPECS, VISION_LANGUAGE_SPECS  # noqa: E402
+from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance  # noqa: E402
 
 CORE = ["llama", "qwen2", "gemma2", "mistral", "phi3"]
 
 
-def _patched_model(model_type):
+def _patched_model(model_type, layers=2):
     apply_fn(model_type)()
     try:
-        return tiny_model(model_type).to(DEVICE)
+        return tiny_model(model_type, num_hidden_layers=layers).to(DEVICE)
     finally:
         revert_fn(model_type)()
 
@@ -213,23 +229,119 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
     eager.backward()
     eager_grads = _grads(model)
     model.zero_grad(set_to_none=True)
-    _no_graph_breaks(step, ids)
+    if not dynamic:
+        _no_graph_breaks(step, ids)
     torch._dynamo.reset()
-    compiled = torch.compile(step, backend=BACKEND, fullgraph=True, dynamic=dynamic)(ids)
+    backend = _backend(dynamic, inductor=model_type in ("llama", "gemma2") and impl == "default")
+    compiled = torch.compile(step, backend=backend, fullgraph=True, dynamic=dynamic)(ids)
     compiled.backward()
-    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    torch.testing.assert_close(compiled, eager, **_tolerance(backend))
     compiled_grads = _grads(model)
     assert compiled_grads.keys() == eager_grads.keys()
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, msg=name, **TOLERANCE)
+        torch.testing.assert_close(compiled_grads[name], grad, msg=name, **_tolerance(backend))
 
 
-@pytest.mark.skipif(DEVICE != "cuda", reason="~30 s a family under Triton's interpreter: run on the GPU")
-@pytest.mark.parametrize("model_type", [f for f in FAMILIES if f not in CORE])
-def test_every_patched_family_has_no_graph_break(model_type):
-    model = _patched_model(model_type)
+# Families that break today, with why; xfail(strict=True): they flip to XPASS (a failure: drop the entry) once
+# fixed. The routed experts fused by default run the fused MoE Function, one graph break by design until its
+# op is a custom op (helper ops13 registers it). DeepSeek-V4's experts stay stock, and transformers' eager
+# experts pick each expert's tokens with ``nonzero`` (a data-dependent shape): a break in stock code.
+UNREGISTERED_MOE = "fused MoE not yet a torch.library op (ops13)"
+BREAKS = {m: UNREGISTERED_MOE for m, spec in MODEL_SPECS.items() if spec.fused_experts}
+BREAKS["deepseek_v4"] = "stock eager experts: nonzero (data-dependent shape)"
+# The Qwen2-VL vision tower (and its copies) sizes its attention blocks from the image grid: repeat_interleave
+# over grid_thw, torch.split by lengths.tolist(); still a break with capture_dynamic_output_shape_ops.
+BREAKS.update(
+    dict.fromkeys(["glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"], "stock vision tower: data-dependent shapes")
+)
+# InternVL and LLaVA: Dynamo cannot enter a `lock` context manager in their forward (src/liger_kernel has none).
+BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
+BREAKS["smolvlm"] = "stock image-token merge: nonzero (data-dependent shape)"
+# Not built here: Gemma 4's multimodal model (patch-list pixel inputs) and Pixtral (a vision encoder alone);
+# their decoders' ops are the Gemma 4 text and Llama/Mistral ones covered above.
+NOT_BUILT = {"gemma4", "pixtral"}
+ALL_FAMILIES = sorted(set(MODEL_SPECS) - NOT_BUILT)
+# Dense and MoE layers alternating (test_convergence_vlm.py's): the shared expert patched, the routed ones stock.
+LLAMA4_TEXT = dict(num_local_experts=1, num_experts_per_tok=1, interleave_moe_layer_step=2, intermediate_size_mlp=88)
+
+
+def _family_model(model_type):
+    """A tiny patched model of any family in the table (text, mixture-of-experts, vision-language), and its
+    training inputs (token ids and labels; for vision-language ones, an image too)."""
+    from test_convergence import build as build_causal_lm
+    from test_convergence_moe import MOE_CONFIG, VISION_MOE_CONFIG, build_moe
+    from vlm_models import build as build_vlm
+    from vlm_models import make_inputs
+
+    ids = torch.randint(3, 90, (2, 9), device=DEVICE)
+    inputs = {"input_ids": ids, "labels": ids}
+    apply_fn(model_type)()
+    try:
+        if model_type in MOE_CONFIG or model_type in VISION_MOE_CONFIG:
+            model = build_moe(model_type, torch.float32)
+        elif model_type == "llama4":  # transformers 5.24's multimodal Llama 4 cannot train: its text model
+            model = build_causal_lm("llama4_text", torch.float32, **LLAMA4_TEXT)
+        elif model_type in VISION_LANGUAGE_SPECS:
+            model = build_vlm(model_type, torch.float32)
+            if VISION_LANGUAGE_SPECS[model_type].by_config:  # its decoder is known from the model only
+                _apply_liger_kernel_to_instance(model)
+            inputs = {k: v.to(DEVICE) for k, v in make_inputs(model_type, 0, torch.float32).items()}
+        else:
+            model = tiny_model(model_type).to(DEVICE)
+    finally:
+        revert_fn(model_type)()
+    model.config.use_cache = False
+    return model, inputs
+
+
+@pytest.mark.parametrize(
+    "model_type",
+    [
+        pytest.param(m, marks=pytest.mark.xfail(reason=BREAKS[m], strict=True)) if m in BREAKS else m
+        for m in ALL_FAMILIES
+    ],
+)
+def test_every_patched_family_has_no_graph_break(model_type, monkeypatch):
+    """``explain`` of a patched training forward with its loss: one graph, our ops in it. Vision-language
+    models check their image-token count with ``.item()`` (stock): traced with ``capture_scalar_outputs``,
+    as compiling them needs anyway. On a CPU the ops run their reference (the graph is the same; Triton's
+    interpreter would take ~30 s a family)."""
+    if DEVICE != "cuda":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    elif model_type in BREAKS:  # tracking them (strict) is the CPU run's: each break costs a re-trace (~20 min of CPU)
+        pytest.skip(BREAKS[model_type])
+    model, inputs = _family_model(model_type)
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
+
+
+def _layer_graphs(model_type, patched, layers=4):
+    """Graphs Dynamo compiles for a training step with each decoder layer compiled (``fullgraph``),
+    as the regional-compile recipe does, with ``use_cache=False`` (the Trainer's setting)."""
+    from torch._dynamo.utils import counters
+
+    model = _patched_model(model_type, layers) if patched else tiny_model(model_type, num_hidden_layers=layers)
+    model.to(DEVICE).config.use_cache = False
+    for layer in model.model.layers:
+        layer.compile(backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    counters.clear()
     ids = torch.randint(3, 97, (2, 9), device=DEVICE)
-    _no_graph_breaks(_training_step(model, ids), ids)
+    model(input_ids=ids, labels=ids)  # the guards are the forward's
+    return counters["stats"]["unique_graphs"], len(set(getattr(model.config, "layer_types", None) or [None]))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma2"])
+def test_patched_layers_compile_once(model_type, monkeypatch):
+    """No recompile per layer: at most one graph per distinct layer type (Gemma 2: sliding and full), as stock.
+    A guard on something per layer (a layer index, a cache entry) would recompile each layer, and at
+    ``recompile_limit`` (8) layers ``fullgraph=True`` fails. Guards do not depend on the kernels: on a CPU
+    the reference runs (no interpreter)."""
+    if DEVICE != "cuda":
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    ours, layer_types = _layer_graphs(model_type, patched=True)
+    stock, _ = _layer_graphs(model_type, patched=False)
+    assert max(ours, stock) <= layer_types, f"{ours} graphs (stock: {stock}) for 4 layers of {layer_types} types"
 
 
 def test_loss_under_compile_and_no_grad():
@@ -240,6 +352,6 @@ def test_loss_under_compile_and_no_grad():
     fn = lambda x: LigerFusedLinearCrossEntropyLoss()(lm_head, x, target)  # noqa: E731
     with torch.no_grad():
         eager = fn(x)
-        compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)(x)
+        compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(x)
     assert not compiled.requires_grad
-    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    torch.testing.assert_close(compiled, eager)

@@ -468,8 +468,8 @@ class CompiledGatedMLP(torch.autograd.Function):
         ctx.save_for_backward(x2, gate_weight, up_weight, down_weight, a, b)
         ctx.settings = (activation, gate_multiplier, down_multiplier)
         ctx.x_shape = x.shape
-        y = gated(a, b, activation, gate_multiplier, down_multiplier) @ down_weight.T
-        return y.view(*x.shape[:-1], down_weight.shape[0])
+        c = gated(a, b, activation, gate_multiplier, down_multiplier).view(*x.shape[:-1], a.shape[-1])
+        return c @ down_weight.T  # not a view (callers add in place: Llama 4's shared expert)
 
     @staticmethod
     def backward(ctx, dy):
