@@ -40,6 +40,11 @@ def _tolerance(backend):
     return dict(rtol=1e-4, atol=1e-5) if backend == "inductor" else {}
 
 
+# What tests/test_compile_ops13.py and tests/test_compile_post.py compile with: Inductor on a GPU.
+BACKEND = INDUCTOR
+TOLERANCE = _tolerance(BACKEND)
+
+
 class Config:
     hidden_size, intermediate_size = H, 72
 
@@ -261,6 +266,11 @@ BREAKS.update(
 # InternVL and LLaVA: Dynamo cannot enter a `lock` context manager in their forward (src/liger_kernel has none).
 BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
 BREAKS["smolvlm"] = "stock image-token merge: nonzero (data-dependent shape)"
+# The H200 run (torch 2.11): Dynamo fails internally on the stock image merge (masked_scatter) with
+# capture_scalar_outputs: PendingUnbackedSymbolNotFound; the same trace passes on the CPU (torch 2.13).
+GPU_BREAKS = dict.fromkeys(
+    ["gemma3", "paligemma"], "torch 2.11 Dynamo: PendingUnbackedSymbolNotFound in stock masked_scatter"
+)
 # Not built here: Gemma 4's multimodal model (patch-list pixel inputs) and Pixtral (a vision encoder alone);
 # their decoders' ops are the Gemma 4 text and Llama/Mistral ones covered above.
 NOT_BUILT = {"gemma4", "pixtral"}
@@ -318,6 +328,8 @@ def test_every_patched_family_has_no_graph_break(model_type, monkeypatch):
         if not (ALL_ON_CPU or model_type in CPU_FAMILIES):
             pytest.skip("CPU: one family per structure (LIGER_TEST_ALL_FAMILIES=1 for all)")
         monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    elif model_type in GPU_BREAKS:
+        pytest.skip(GPU_BREAKS[model_type])
     elif model_type in BREAKS:  # tracking them (strict) is the CPU run's: each break costs a re-trace (~20 min of CPU)
         pytest.skip(BREAKS[model_type])
     model, inputs = _family_model(model_type)
