@@ -713,7 +713,7 @@ class LigerFusedMoEFunction(LigerFunction):
         # H200, which casting top_k_weights had not fixed) fp32.
         with torch.autocast(x.device.type, enabled=False):
             y, gu, routing = fused_moe_forward(
-                x, gate_up_proj, down_proj, top_k_index, top_k_weights.contiguous(), gate_up_proj_bias,
+                x, gate_up_proj, down_proj, top_k_index, top_k_weights, gate_up_proj_bias,
                 down_proj_bias, is_transposed, is_concatenated, alpha, limit,
             )  # fmt: skip
         ctx.save_for_backward(x, gate_up_proj, down_proj, top_k_index, top_k_weights, down_proj_bias, gu, *routing[:3])
