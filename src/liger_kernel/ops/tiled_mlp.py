@@ -78,9 +78,13 @@ class LigerTiledMLPFunction(LigerFunction):
             if need_x:
                 grad_x[start : start + shard.shape[0]] = grads.pop(0)
             for i, g in enumerate(grads):
-                if g is not None:  # summed in fp32 at least: one rounding, as the untiled matmul's
-                    g = g.to(torch.promote_types(g.dtype, torch.float32))
-                    param_grads[i] = g if param_grads[i] is None else param_grads[i].add_(g)
+                if g is None:
+                    continue
+                if param_grads[i] is None:  # summed in fp32 at least: one rounding, as the untiled matmul's
+                    param_grads[i] = g.to(torch.promote_types(g.dtype, torch.float32))
+                else:  # added as it is (upcast inside the add): no fp32 copy of each shard's part
+                    param_grads[i].add_(g)
+            grads = g = out = None  # this shard's tensors dropped before the next recompute
             start += shard.shape[0]
         by_param = iter(None if g is None else g.to(p.dtype) for g, p in zip(param_grads, wanted))
         params_out = [next(by_param) if need else None for need in ctx.needs_input_grad[5:]]
