@@ -70,38 +70,21 @@ def measure(make, shape, device) -> dict:
             torch.cuda.empty_cache()
 
 
-def graph_ms(make, shape, device, budget_ms=50.0, reps=5) -> dict:
-    """``{"gpu_ms"}``: the median ms of one step replayed from a CUDA graph of a few back-to-back
-    steps (about ``budget_ms`` of work), free of host launch cost; or ``{"graph_error"}``."""
+def graph_ms(make, shape, device, budget_ms=50.0) -> dict:
+    """``{"gpu_ms"}``: ``run.graph_time`` of one step, a CUDA graph of a few back-to-back steps
+    (about ``budget_ms`` of work) replayed, free of host launch cost; or ``{"graph_error"}``."""
+    from run import graph_time
+
     try:
         step = _step(make, shape, device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up off the default stream, as capture requires
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
+        step()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         step()
         end.record()
         torch.cuda.synchronize()
         calls = max(1, min(10, int(budget_ms / max(start.elapsed_time(end), 1e-3))))
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                step()
-        graph.replay()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(reps):
-            start.record()
-            graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / calls)
-        del graph
-        return {"gpu_ms": sorted(times)[reps // 2]}
+        return {"gpu_ms": graph_time(step, calls=calls, reps=5)}
     except Exception as e:  # e.g. a host sync inside the op: not capturable
         return {"graph_error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
     finally:
