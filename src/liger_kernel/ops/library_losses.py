@@ -370,7 +370,8 @@ def _(grad_loss, grad_kl, logits, *rest):
 def _grpo_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:9])
     ctx.options = inputs[9:]
-    ctx.per_token_kl = not ctx.options[6] and output[1].numel() > 0  # reduce: the mean KL is a metric
+    beta, reduce = ctx.options[1], ctx.options[6]
+    ctx.per_token_kl = not reduce and beta != 0.0  # reduced, the mean KL is a metric
     ctx.mark_non_differentiable(output[2], *([] if ctx.per_token_kl else [output[1]]))
 
 
