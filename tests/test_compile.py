@@ -100,21 +100,32 @@ def _no_graph_breaks(fn, *args):
     assert any("torch.ops.liger." in str(graph) for graph in graphs)  # subgraphs: traced autograd.Functions
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
-@pytest.mark.parametrize("name", list(cases()))
-def test_op_under_compile_matches_eager(name, dynamic):
-    fn = cases()[name]
-    x = randn(7, H, requires_grad=True)
+def assert_compiled_matches_eager(fn, x, dynamic):
+    """``fn(x)`` and its gradient in ``x``: one graph without a break (``explain``, which traces
+    static shapes: checked once, on the static run), and compiled (``fullgraph=True``) as eager."""
     eager = fn(x)
-    (eager_grad,) = torch.autograd.grad(eager, [x])
+    eager_grads = torch.autograd.grad(eager, [x])
     if not dynamic:
         _no_graph_breaks(fn, x)
     torch._dynamo.reset()
     backend = _backend(dynamic)
     compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=dynamic)(x)
-    (compiled_grad,) = torch.autograd.grad(compiled, [x])
+    compiled_grads = torch.autograd.grad(compiled, [x])
     torch.testing.assert_close(compiled, eager, **_tolerance(backend))
-    torch.testing.assert_close(compiled_grad, eager_grad, **_tolerance(backend))
+    torch.testing.assert_close(compiled_grads, eager_grads, **_tolerance(backend))
+
+
+def opcheck_kernels_and_reference(op, args, monkeypatch):
+    """``opcheck`` on the kernels (on the GPU, or the CPU under the interpreter), then on the reference."""
+    torch.library.opcheck(op, args)
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("name", list(cases()))
+def test_op_under_compile_matches_eager(name, dynamic):
+    assert_compiled_matches_eager(cases()[name], randn(7, H, requires_grad=True), dynamic)
 
 
 def _rows(*shape, requires_grad=True, dtype=torch.float32):

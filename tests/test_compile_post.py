@@ -5,7 +5,7 @@ graph break) and give the eager loss and gradients, ``dynamic=True`` too."""
 import pytest
 import torch
 from parity import DEVICE, randn
-from test_compile import BACKEND, TOLERANCE, _no_graph_breaks
+from test_compile import BACKEND, TOLERANCE, assert_compiled_matches_eager, opcheck_kernels_and_reference
 
 from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 from liger_kernel.ops import library, library_jsd
@@ -42,16 +42,7 @@ def cases():
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("name", list(cases()))
 def test_op_under_compile_matches_eager(name, dynamic):
-    fn = cases()[name]
-    x = randn(N, H, requires_grad=True)
-    eager = fn(x)
-    eager_grads = torch.autograd.grad(eager, [x])
-    _no_graph_breaks(fn, x)
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True, dynamic=dynamic)(x)
-    compiled_grads = torch.autograd.grad(compiled, [x])
-    torch.testing.assert_close(compiled, eager, **TOLERANCE)
-    torch.testing.assert_close(compiled_grads, eager_grads, **TOLERANCE)
+    assert_compiled_matches_eager(cases()[name], randn(N, H, requires_grad=True), dynamic)
 
 
 def test_weight_gradients_under_compile():
@@ -95,10 +86,7 @@ def opcheck_cases():
 @pytest.mark.parametrize("name", list(opcheck_cases()))
 def test_opcheck(name, monkeypatch):
     """The kernels (on the GPU, or the CPU under the interpreter), then the reference."""
-    op, args = opcheck_cases()[name]
-    torch.library.opcheck(op, args)
-    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
-    torch.library.opcheck(op, args)
+    opcheck_kernels_and_reference(*opcheck_cases()[name], monkeypatch)
 
 
 def test_eager_calls_keep_the_functions():

@@ -120,8 +120,8 @@ def _ce_tvd_rows_kernel(
                 tl.store(dzt_ptr + row * stride_dzt + cols, grad.to(dzt_ptr.dtype.element_ty), mask=mask)
 
 
-def check_ce_tvd_inputs(student_logits, teacher_logits, target, ignore_index):
-    """The labels as [N] once every argument is valid (a host check of their range: one sync)."""
+def check_ce_tvd_arguments(student_logits, teacher_logits, target, ignore_index) -> None:
+    """Every argument but the labels' values (no sync: what a compiled caller checks)."""
     check_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
     if student_logits.dim() < 1:
         raise ValueError("`student_logits` must have a class dimension: [BT, V].")
@@ -129,8 +129,13 @@ def check_ce_tvd_inputs(student_logits, teacher_logits, target, ignore_index):
         raise TypeError(f"`ignore_index` must be an int, got {type(ignore_index).__name__}.")
     n_cols = student_logits.shape[-1]
     check_target(target, student_logits.numel() // max(n_cols, 1), None, n_cols, {"student_logits": student_logits})
+
+
+def check_ce_tvd_inputs(student_logits, teacher_logits, target, ignore_index):
+    """The labels as [N] once every argument is valid (a host check of their range: one sync)."""
+    check_ce_tvd_arguments(student_logits, teacher_logits, target, ignore_index)
     labels = target.reshape(-1)
-    check_labels_host(labels, ignore_index, n_cols)
+    check_labels_host(labels, ignore_index, student_logits.shape[-1])
     return labels.contiguous()
 
 
@@ -174,12 +179,19 @@ def fused_ce_tvd_forward(student_logits, teacher_logits, target, ignore_index):
     the per-token statistics fp32 [N] (``sigma`` [2, N]: ``sigma_p``, ``sigma_q``) for
     ``fused_ce_tvd_backward``."""
     labels = check_ce_tvd_inputs(student_logits, teacher_logits, target, ignore_index)
+    ce, tvd, stats = ce_tvd_kernel_forward(student_logits, teacher_logits, labels, ignore_index)
+    return ce, tvd, stats[2], stats[3], stats[4:]
+
+
+def ce_tvd_kernel_forward(student_logits, teacher_logits, labels, ignore_index):
+    """``(ce, tvd, stats)`` through the kernel, ``stats`` the ``[6, N]`` fp32 per-token values the
+    backward reads; ``labels`` [N], checked."""
     zs, zt = as_rows(student_logits), as_rows(teacher_logits)
     stats = torch.empty(6, zs.shape[0], dtype=torch.float32, device=zs.device)
     ce_tvd_launch(zs, zt, labels, stats, ignore_index)
     sums = stats[:2].sum(1) / token_count(labels, ignore_index)
     out_dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
-    return sums[0].to(out_dtype), sums[1].to(out_dtype), stats[2], stats[3], stats[4:]
+    return sums[0].to(out_dtype), sums[1].to(out_dtype), stats
 
 
 def fused_ce_tvd_backward(
@@ -215,22 +227,28 @@ class LigerFusedCETVDFunction(RemembersGradMode):
             args = (student_logits, teacher_logits, target, ignore_index)
             return reference_outputs(ctx, fused_ce_tvd_reference, need_grad, *args)
         zs, zt = as_rows(student_logits), as_rows(teacher_logits)
-        stats = torch.empty(6, zs.shape[0], dtype=torch.float32, device=zs.device)
-        ce_tvd_launch(zs, zt, labels, stats, ignore_index)
+        ce, tvd, stats = ce_tvd_kernel_forward(zs, zt, labels, ignore_index)
         if need_grad:
             ctx.save_for_backward(zs, zt, labels, stats)
         ctx.ignore_index, ctx.shape = ignore_index, student_logits.shape
-        sums = stats[:2].sum(1) / token_count(labels, ignore_index)
-        out_dtype = torch.promote_types(student_logits.dtype, teacher_logits.dtype)
-        return sums[0].to(out_dtype), sums[1].to(out_dtype)
+        return ce, tvd
 
     @staticmethod
     def backward(ctx, grad_ce, grad_tvd):
         if not ctx.use_triton:
             return one_grad_per_argument(fallback_backward(ctx, grad_ce, grad_tvd)[:2], 4)
         zs, zt, labels, stats = ctx.saved_tensors
-        dzs = empty_output(zs.shape, zs) if ctx.needs_input_grad[0] else None
-        dzt = empty_output(zt.shape, zt) if ctx.needs_input_grad[1] else None
-        g = upstream(grad_ce, grad_tvd, labels, ctx.ignore_index)
-        ce_tvd_launch(zs, zt, labels, stats, ctx.ignore_index, False, g, dzs, dzt)
-        return one_grad_per_argument(tuple(None if t is None else t.view(ctx.shape) for t in (dzs, dzt)), 4)
+        grads = ce_tvd_kernel_backward(
+            grad_ce, grad_tvd, zs, zt, labels, stats, ctx.ignore_index, *ctx.needs_input_grad[:2], ctx.shape
+        )
+        return one_grad_per_argument(grads, 4)
+
+
+def ce_tvd_kernel_backward(grad_ce, grad_tvd, zs, zt, labels, stats, ignore_index, need_s, need_t, shape):
+    """``(grad student_logits, grad teacher_logits)`` in ``shape`` through the kernel from the
+    forward's ``[6, N]`` statistics, None where not needed; ``zs``, ``zt`` [N, V] rows, ``labels`` [N]."""
+    dzs = empty_output(zs.shape, zs) if need_s else None
+    dzt = empty_output(zt.shape, zt) if need_t else None
+    g = upstream(grad_ce, grad_tvd, labels, ignore_index)
+    ce_tvd_launch(zs, zt, labels, stats, ignore_index, False, g, dzs, dzt)
+    return tuple(None if t is None else t.view(shape) for t in (dzs, dzt))

@@ -29,6 +29,7 @@ import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step
 from liger_kernel.ops.fused_linear_logprobs import divide, reciprocal_parts
+from liger_kernel.ops.library import _TWINS, is_compiling
 from liger_kernel.ops.utils import fallback_backward, fallback_forward, next_power_of_2
 from liger_kernel.utils import use_triton
 
@@ -427,7 +428,9 @@ def fused_selective_log_softmax(logits, input_ids, temperature=0.9, mask=None):
     """Log-probabilities of ``input_ids`` [B, T] under ``softmax(logits / temperature)`` from
     ``logits`` [B, T+1, V] (the last position dropped, as TRL computes them) or [B, T, V],
     without a ``[B, T, V]`` log-softmax: fp32 ``[B, T]``, 0 where ``mask`` is 0; differentiable
-    in ``logits``."""
+    in ``logits``. Under compile: the custom op of ``ops/library_losses.py``."""
+    if is_compiling() and "fused_selective_log_softmax" in _TWINS:
+        return _TWINS["fused_selective_log_softmax"](logits, input_ids, temperature, mask)
     logits = check_logits(logits, input_ids)
     if not use_triton(logits) or logits.dtype == torch.float64:
         return selective_log_softmax_reference(logits, input_ids, temperature, mask)

@@ -44,6 +44,11 @@ def kl_div_elements(y_pred, y_true, log_target: bool, eps: float):
     return y_true * (torch.log(torch.clamp(y_true, min=eps)) - y_pred)
 
 
+def runs_kernels(a, b) -> bool:
+    """Whether a divergence of ``a`` and ``b`` runs the kernels: fp32 math (no fp64 input) where Triton runs."""
+    return use_triton(a) and compute_dtype(a, b) == torch.float32
+
+
 def reduce_elements(loss, reduction: str, batch: int):
     if reduction == "none":
         return loss
@@ -62,6 +67,45 @@ def kl_div_reference(y_pred, y_true, reduction="batchmean", log_target=False, ep
     return reduce_elements(loss, reduction, batch).to(torch.promote_types(y_pred.dtype, y_true.dtype))
 
 
+def _kl_rows(y_pred, y_true, reduction, log_target, eps):
+    """``(x2, y2, divergence, divisor)`` of the kernels for inputs of any shape (0-dim too)."""
+    x2, y2 = (as_rows(t.reshape(1, 1) if t.dim() == 0 else t) for t in (y_pred, y_true))
+    div = Divergence(KL_LOG.value if log_target else KL_PROB.value, eps=eps)
+    batch = y_pred.shape[0] if y_pred.dim() else 1
+    return x2, y2, div, float(max(y_pred.numel() if reduction == "mean" else batch, 1))
+
+
+def kl_div_kernel_forward(y_pred, y_true, reduction, log_target, eps):
+    """The loss through the kernels (the Function's forward, and the compiled op's)."""
+    x2, y2, div, divisor = _kl_rows(y_pred, y_true, reduction, log_target, eps)
+    out_dtype = torch.promote_types(y_pred.dtype, y_true.dtype)
+    if reduction == "none":
+        out = empty_output(x2.shape, x2, dtype=out_dtype)
+        rows_launch(x2, y2, div, out=out)
+        return out.view(y_pred.shape)
+    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+    rows_launch(x2, y2, div, out=rows)
+    total = rows.sum()
+    if reduction != "sum":
+        total = total / divisor
+    return total.to(out_dtype)
+
+
+def kl_div_kernel_backward(grad_output, y_pred, y_true, reduction, log_target, eps, need_pred, need_true):
+    """``(grad y_pred, grad y_true)`` through the kernels, None where not needed."""
+    x2, y2, div, divisor = _kl_rows(y_pred, y_true, reduction, log_target, eps)
+    if reduction == "none":
+        g = as_rows(grad_output.reshape(x2.shape))
+    else:
+        g = grad_output.reshape(1).to(torch.float32)
+        if reduction != "sum":
+            g = g / divisor
+    gx = empty_output(x2.shape, x2) if need_pred else None
+    gy = empty_output(y2.shape, y2) if need_true else None
+    rows_launch(x2, y2, div, g=g, gx=gx, gy=gy)
+    return tuple(None if t is None else t.view(y_pred.shape) for t in (gx, gy))
+
+
 class LigerKLDivLossFunction(RemembersGradMode):
     """``forward(y_pred, y_true, reduction="batchmean", log_target=False, eps=1e-10)``: the KL
     divergence of the module docstring (``F.kl_div(y_pred, y_true, reduction=reduction,
@@ -72,40 +116,17 @@ class LigerKLDivLossFunction(RemembersGradMode):
         check_pair("y_pred", y_pred, "y_true", y_true)
         check_reduction(reduction)
         need_grad = caller_grad_mode.enabled and any(ctx.needs_input_grad[:2])
-        ctx.use_triton = use_triton(y_pred) and compute_dtype(y_pred, y_true) == torch.float32
+        ctx.use_triton = runs_kernels(y_pred, y_true)
         if not ctx.use_triton:
             return reference_outputs(ctx, kl_div_reference, need_grad, y_pred, y_true, reduction, log_target, eps)
-        x2, y2 = (as_rows(t.reshape(1, 1) if t.dim() == 0 else t) for t in (y_pred, y_true))
-        div = Divergence(KL_LOG.value if log_target else KL_PROB.value, eps=eps)
-        out_dtype = torch.promote_types(y_pred.dtype, y_true.dtype)
-        ctx.div, ctx.reduction, ctx.shape = div, reduction, y_pred.shape
-        ctx.divisor = float(max(y_pred.numel() if reduction == "mean" else y_pred.shape[0] if y_pred.dim() else 1, 1))
+        ctx.options = (reduction, log_target, eps)
         if need_grad:
-            ctx.save_for_backward(x2, y2)
-        if reduction == "none":
-            out = empty_output(x2.shape, x2, dtype=out_dtype)
-            rows_launch(x2, y2, div, out=out)
-            return out.view(y_pred.shape)
-        rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-        rows_launch(x2, y2, div, out=rows)
-        total = rows.sum()
-        if reduction != "sum":
-            total = total / ctx.divisor
-        return total.to(out_dtype)
+            ctx.save_for_backward(y_pred, y_true)
+        return kl_div_kernel_forward(y_pred, y_true, *ctx.options)
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.use_triton:
             return one_grad_per_argument(fallback_backward(ctx, grad_output)[:2], 5)
-        x2, y2 = ctx.saved_tensors
-        if ctx.reduction == "none":
-            g = as_rows(grad_output.reshape(x2.shape))
-        else:
-            g = grad_output.reshape(1).to(torch.float32)
-            if ctx.reduction != "sum":
-                g = g / ctx.divisor
-        gx = empty_output(x2.shape, x2) if ctx.needs_input_grad[0] else None
-        gy = empty_output(y2.shape, y2) if ctx.needs_input_grad[1] else None
-        rows_launch(x2, y2, ctx.div, g=g, gx=gx, gy=gy)
-        grads = (None if t is None else t.view(ctx.shape) for t in (gx, gy))
-        return one_grad_per_argument(tuple(grads), 5)
+        grads = kl_div_kernel_backward(grad_output, *ctx.saved_tensors, *ctx.options, *ctx.needs_input_grad[:2])
+        return one_grad_per_argument(grads, 5)

@@ -18,8 +18,9 @@ over its own intermediate ``dc``, a declared mutation. The fused linear cross-en
 its gradients in the forward (for an upstream gradient of 1, as its exact mode keeps the weight
 gradient from the forward on) and the backward scales them by the upstream gradient: a second
 rounding in half precision unless that gradient is 1 (or a power of two). Options the twins do
-not cover (``reduction="none"`` and the token accuracy / predictions of the losses) take the
-Function, as one graph break.
+not cover (the token accuracy / predictions of the losses) take the Function, as one graph break.
+With ``reduction="none"`` the fused linear cross-entropy's backward op runs its token pass again
+(the per-token upstream gradient is known only then): 2NHV flops more than eager.
 """
 
 import contextlib
@@ -631,31 +632,68 @@ def fused_linear_cross_entropy(
     need_weight: bool, need_bias: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """``(loss, z_loss, grad_input, grad_weight, grad_bias)``, the gradients for an upstream gradient
-    of 1, each empty unless asked (z_loss unless ``return_z_loss``)."""
+    of 1, each empty unless asked (z_loss unless ``return_z_loss``); for ``reduction="none"`` the
+    gradients wait for the per-token upstream gradient (``fused_linear_cross_entropy_token_grads``)."""
+    needs = (need_input, need_weight, need_bias) if reduction != "none" else (False, False, False)
+    loss, z_loss, *grads = _flce_run(
+        input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
+        return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype, needs,
+    )  # fmt: skip
+    return loss, _empty(input) if z_loss is None else z_loss, *grads
+
+
+def _flce_run(input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction,
+              softcap, return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype,
+              needs, token_grad=None):  # fmt: skip
+    """``fused_linear_cross_entropy_forward``: ``(loss, z_loss, grad_input, grad_weight, grad_bias)``
+    for an upstream gradient of 1 (``token_grad``: per token), each gradient empty unless in ``needs``."""
     with _autograd_enabled():  # the reference path differentiates the reference
-        loss, z_loss, _, _, grad_x, grad_w, grad_b = fused_linear_cross_entropy_forward(
+        loss, z_loss, _, _, *grads = fused_linear_cross_entropy_forward(
             input, weight, target, ce_weight, bias, ignore_index, lse_square_scale, label_smoothing, reduction,
-            softcap, return_z_loss, accum_dtype, use_token_scaling, False, False, ce_impl, ce_mode, None,
-            compute_gradients=need_input or need_weight or need_bias, weight_requires_grad=need_weight,
-            chunk_mem_const=chunk_mem_const, loss_dtype=loss_dtype,
+            softcap, return_z_loss, accum_dtype, use_token_scaling, False, False, ce_impl, ce_mode, token_grad,
+            compute_gradients=any(needs), weight_requires_grad=needs[1], chunk_mem_const=chunk_mem_const,
+            loss_dtype=loss_dtype,
         )  # fmt: skip
-    return (
-        loss,
-        _empty(input) if z_loss is None else z_loss,
-        grad_x if need_input else _empty(input),
-        grad_w if need_weight else _empty(input),
-        grad_b if need_bias else _empty(input),
-    )
+    return loss, z_loss, *(g if need else _empty(input) for g, need in zip(grads, needs))
 
 
 @fused_linear_cross_entropy.register_fake
 def _(input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
       return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype, need_input,
       need_weight, need_bias):  # fmt: skip
-    loss = input.new_empty((), dtype=loss_dtype or input.dtype)
+    shape = target.shape if reduction == "none" else ()
+    loss = input.new_empty(shape, dtype=loss_dtype or input.dtype)
+    now = reduction != "none"
     return (
         loss,
-        loss.new_empty(()) if return_z_loss else _empty(input),
+        loss.new_empty(shape) if return_z_loss else _empty(input),
+        input.new_empty(input.shape) if now and need_input else _empty(input),
+        weight.new_empty(weight.shape) if now and need_weight else _empty(input),
+        bias.new_empty(bias.shape) if now and need_bias else _empty(input),
+    )
+
+
+@_custom_op("fused_linear_cross_entropy_token_grads")
+def fused_linear_cross_entropy_token_grads(
+    grad: Tensor, input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None, ce_weight: Tensor | None,
+    ignore_index: int, lse_square_scale: float, label_smoothing: float, softcap: float | None,
+    accum_dtype: torch.dtype | None, use_token_scaling: bool, ce_impl: str | None, ce_mode: str | None,
+    chunk_mem_const: float, need_input: bool, need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``reduction="none"``'s backward: ``(grad_input, grad_weight, grad_bias)`` for the per-token
+    upstream gradient ``grad`` (the token pass again), each empty unless asked."""
+    options = (ignore_index, lse_square_scale, label_smoothing, "none", softcap, False, accum_dtype)
+    needs = (need_input, need_weight, need_bias)
+    return tuple(
+        _flce_run(input, weight, target, bias, ce_weight, *options, use_token_scaling, ce_impl, ce_mode,
+                  chunk_mem_const, None, needs, grad)[2:]
+    )  # fmt: skip
+
+
+@fused_linear_cross_entropy_token_grads.register_fake
+def _(grad, input, weight, target, bias, *rest):
+    *_, need_input, need_weight, need_bias = rest
+    return (
         input.new_empty(input.shape) if need_input else _empty(input),
         weight.new_empty(weight.shape) if need_weight else _empty(input),
         bias.new_empty(bias.shape) if need_bias else _empty(input),
@@ -663,13 +701,22 @@ def _(input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, la
 
 
 def _flce_setup(ctx, inputs, output):
-    ctx.save_for_backward(*output[2:])
     ctx.needs = inputs[-3:]
+    ctx.per_token = inputs[8] == "none"
+    if ctx.per_token:
+        ctx.save_for_backward(*inputs[:5])
+        ctx.options = (*inputs[5:8], *inputs[9:10], *inputs[11:16])
+    else:
+        ctx.save_for_backward(*output[2:])
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _flce_backward(ctx, grad_loss, *_):
-    grads = [g * grad_loss if need else None for g, need in zip(ctx.saved_tensors, ctx.needs)]
+    if ctx.per_token:
+        grads = fused_linear_cross_entropy_token_grads(grad_loss, *ctx.saved_tensors, *ctx.options, *ctx.needs)
+    else:
+        grads = [g * grad_loss for g in ctx.saved_tensors]
+    grads = [g if need else None for g, need in zip(grads, ctx.needs)]
     return grads[0], grads[1], None, grads[2], *([None] * 16)
 
 
@@ -686,7 +733,7 @@ def _flce_twin(
         _input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
         return_z_loss, accum_dtype, use_token_scaling,
     )  # fmt: skip
-    if reduction == "none" or return_token_accuracy or return_predicted_tokens:
+    if return_token_accuracy or return_predicted_tokens:
         return LigerFusedLinearCrossEntropyFunction.apply(
             *args, return_token_accuracy, return_predicted_tokens, ce_impl, ce_mode, chunk_mem_const, loss_dtype
         )

@@ -19,7 +19,42 @@ from liger_kernel.chunked_loss.fused_linear_distillation import check_distillati
 from liger_kernel.chunked_loss.jsd_loss import LigerFusedLinearJSDFunction as ChunkedJSDFunction
 from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction, check_fljsd_inputs
 from liger_kernel.ops.jsd import check_jsd_inputs, jsd_grads, jsd_reference, jsd_rows, runs_kernels
-from liger_kernel.ops.library import _TWINS, ENABLED, _autograd_enabled, _custom_op, _empty, _reference_grads
+from liger_kernel.ops.library import _TWINS, ENABLED, _autograd_enabled, _custom_op, _empty, _or_zeros, _reference_grads
+
+# ----------------------------------------------------------------------------- shared
+
+
+def _empty_or_like(t, need):
+    return t.new_empty(t.shape) if need else _empty(t)
+
+
+def register_pair_autograd(op, backward_op, n_tensors: int) -> None:
+    """Registers the autograd formula of a loss op whose first two arguments (of ``n_tensors``
+    tensors, then options) are differentiable and whose backward op takes ``(grad, *tensors,
+    *options, need_first, need_second)`` and returns their gradients."""
+
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:n_tensors])
+        ctx.options = inputs[n_tensors:]
+
+    def backward(ctx, grad):
+        needs = ctx.needs_input_grad[:2]
+        grads = backward_op(grad, *ctx.saved_tensors, *ctx.options, *needs)
+        return *(g if need else None for g, need in zip(grads, needs)), *[None] * (len(ctx.needs_input_grad) - 2)
+
+    op.register_autograd(backward, setup_context=setup)
+
+
+def pair_grads_fake(grad, first, second, *rest):
+    """The fake of such a backward op: each gradient like its input, or empty unless asked."""
+    return _empty_or_like(first, rest[-2]), _empty_or_like(second, rest[-1])
+
+
+def needed_grads(grads, tensors, needs):
+    """A backward op's outputs: each gradient contiguous (zeros if the reference gave none), or
+    empty unless asked."""
+    return tuple(_or_zeros(g, t).contiguous() if need else _empty(t) for g, t, need in zip(grads, tensors, needs))
+
 
 # ----------------------------------------------------------------------------- JSD of log-probabilities
 
@@ -54,33 +89,13 @@ def jsd_backward(
     else:
         labels = None if shift_labels is None else shift_labels.reshape(-1)
         gx, gy = jsd_grads(grad, input, target, labels, beta, ignore_index, need_input, need_target)
-    return (
-        gx.contiguous() if need_input and gx is not None else _empty(input),
-        gy.contiguous() if need_target and gy is not None else _empty(input),
-    )
+    return needed_grads((gx, gy), (input, target), (need_input, need_target))
 
 
-@jsd_backward.register_fake
-def _(grad, input, target, shift_labels, beta, ignore_index, need_input, need_target):
-    return input.new_empty(input.shape) if need_input else _empty(input), target.new_empty(
-        target.shape
-    ) if need_target else _empty(input)
+jsd_backward.register_fake(pair_grads_fake)
 
 
-def _jsd_setup(ctx, inputs, output):
-    input, target, shift_labels, beta, ignore_index = inputs
-    ctx.save_for_backward(input, target, shift_labels)
-    ctx.options = (beta, ignore_index)
-
-
-def _jsd_backward(ctx, grad):
-    input, target, shift_labels = ctx.saved_tensors
-    need_input, need_target = ctx.needs_input_grad[:2]
-    gx, gy = jsd_backward(grad, input, target, shift_labels, *ctx.options, need_input, need_target)
-    return gx if need_input else None, gy if need_target else None, None, None, None
-
-
-jsd.register_autograd(_jsd_backward, setup_context=_jsd_setup)
+register_pair_autograd(jsd, jsd_backward, 3)
 
 
 def _jsd_twin(_input, target, shift_labels=None, beta=0.5, ignore_index=-100, jsd_impl=None, jsd_mode=None):
@@ -92,22 +107,27 @@ def _jsd_twin(_input, target, shift_labels=None, beta=0.5, ignore_index=-100, js
 # ----------------------------------------------------------------------------- the fused losses
 
 
-def _loss_and_grads(function, tensors, options, needs):
-    """``function.apply(*tensors, *options)`` with autograd for an upstream gradient of 1: its
-    outputs (detached) and the gradient of the first in each tensor marked in ``needs`` (an empty
-    tensor elsewhere)."""
+def _loss_and_grads(apply, tensors, options, needs, grad_outputs=()):
+    """``apply(*tensors, *options)`` with autograd: its outputs (detached) and the gradients of
+    its outputs for ``grad_outputs`` (default: 1 for the first; None skips one) in each tensor
+    marked in ``needs`` (an empty tensor elsewhere)."""
     with _autograd_enabled():
         leaves = [None if t is None else t.detach().requires_grad_(need) for t, need in zip(tensors, needs)]
-        outputs = function.apply(*leaves, *options)
+        outputs = apply(*leaves, *options)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [
+            (o, g)
+            for o, g in zip(outputs, grad_outputs or (torch.ones_like(outputs[0]),))
+            if g is not None and o is not None and o.requires_grad
+        ]
         wanted = [t for t in leaves if t is not None and t.requires_grad]
-        found = iter(torch.autograd.grad(outputs[0], wanted) if wanted else ())
-    grads = [next(found) if t is not None and t.requires_grad else _empty(tensors[0]) for t in leaves]
-    return [o.detach() for o in outputs], grads
-
-
-def _empty_or_like(t, need):
-    return t.new_empty(t.shape) if need else _empty(t)
+        found = iter(
+            torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+            if wanted and pairs
+            else [None] * len(wanted)
+        )
+    grads = [_or_zeros(next(found), t) if t is not None and t.requires_grad else _empty(tensors[0]) for t in leaves]
+    return [None if o is None else o.detach() for o in outputs], grads
 
 
 def _scaled_setup(n_outputs):
@@ -146,7 +166,7 @@ def fused_linear_jsd(
     tensors = (student_input, student_weight, teacher_input, teacher_weight, shift_labels)
     needs = (need_student_input, need_student_weight, need_teacher_input, need_teacher_weight, False)
     options = (jsd_beta, ignore_index, temperature, accum_dtype, jsd_impl)
-    (loss,), grads = _loss_and_grads(LigerFusedLinearJSDFunction, tensors, options, needs)
+    (loss,), grads = _loss_and_grads(LigerFusedLinearJSDFunction.apply, tensors, options, needs)
     return loss, *grads[:4]
 
 
@@ -189,7 +209,7 @@ def fused_linear_jsd_distillation(
     tensors = (student_input, student_weight, teacher_input, teacher_weight, target, student_bias, teacher_bias)
     needs = (need_input, need_weight, False, False, False, need_bias, False)
     options = (weight_hard_loss, weight_soft_loss, beta, ignore_index, temperature, True, chunk_size, True)
-    outputs, grads = _loss_and_grads(ChunkedJSDFunction, tensors, options, needs)
+    outputs, grads = _loss_and_grads(ChunkedJSDFunction.apply, tensors, options, needs)
     return *outputs, grads[0], grads[1], grads[5]
 
 

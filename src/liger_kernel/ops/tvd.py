@@ -24,9 +24,8 @@ from liger_kernel.ops.divergence import (
     rows_launch,
     valid_rows,
 )
-from liger_kernel.ops.kl_div import compute_dtype
+from liger_kernel.ops.kl_div import compute_dtype, runs_kernels
 from liger_kernel.ops.utils import as_rows, empty_output, fallback_backward
-from liger_kernel.utils import use_triton
 
 
 def tvd_reference(p, q, shift_labels=None, reduction="batchmean", ignore_index=-100):
@@ -44,47 +43,68 @@ def tvd_reference(p, q, shift_labels=None, reduction="batchmean", ignore_index=-
     return (elements.sum() / reduction_divisor(reduction, count, n_cols).to(compute)).to(out_dtype)
 
 
+def _tvd_rows(p, q, labels, reduction, ignore_index):
+    """``(x2, y2, divisor)`` of the kernels; ``labels`` flat [R] or None."""
+    x2, y2 = as_rows(p), as_rows(q)
+    _, count = valid_rows(labels, ignore_index, x2.shape[0], x2.device)
+    return x2, y2, reduction_divisor(reduction, count, x2.shape[1])
+
+
+def tvd_kernel_forward(p, q, labels, reduction, ignore_index):
+    """The loss through the kernels (the Function's forward, and the compiled op's)."""
+    x2, y2, divisor = _tvd_rows(p, q, labels, reduction, ignore_index)
+    out_dtype = torch.promote_types(p.dtype, q.dtype)
+    div = Divergence(TVD.value)
+    if reduction == "none":
+        out = empty_output(x2.shape, x2, dtype=out_dtype)
+        rows_launch(x2, y2, div, labels, ignore_index, out=out)
+        return out.view(p.shape)
+    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+    rows_launch(x2, y2, div, labels, ignore_index, out=rows)
+    return (rows.sum() / divisor).to(out_dtype)
+
+
+def tvd_kernel_backward(grad_output, p, q, labels, reduction, ignore_index, need_p, need_q):
+    """``(grad p, grad q)`` through the kernels, None where not needed."""
+    x2, y2, divisor = _tvd_rows(p, q, labels, reduction, ignore_index)
+    if reduction == "none":
+        g = as_rows(grad_output.reshape(x2.shape))
+    else:
+        g = (grad_output.to(torch.float32) / divisor).reshape(1)
+    gx = empty_output(x2.shape, x2) if need_p else None
+    gy = empty_output(y2.shape, y2) if need_q else None
+    rows_launch(x2, y2, Divergence(TVD.value), labels, ignore_index, g=g, gx=gx, gy=gy)
+    return tuple(None if t is None else t.view(p.shape) for t in (gx, gy))
+
+
+def check_tvd_inputs(p, q, shift_labels, reduction):
+    """The labels flattened to [R] (or None) once every argument is valid."""
+    check_pair("p", p, "q", q)
+    check_reduction(reduction)
+    if p.dim() < 1:
+        raise ValueError("`p` must have a class dimension: [BT, V] probabilities.")
+    return check_labels(shift_labels, p.numel() // max(p.shape[-1], 1), {"p": p})
+
+
 class LigerTVDLossFunction(RemembersGradMode):
     """``forward(p, q, shift_labels=None, reduction="batchmean", ignore_index=-100)``: the total
     variation distance of the module docstring."""
 
     @staticmethod
     def forward(ctx, p, q, shift_labels=None, reduction="batchmean", ignore_index=-100):
-        check_pair("p", p, "q", q)
-        check_reduction(reduction)
-        if p.dim() < 1:
-            raise ValueError("`p` must have a class dimension: [BT, V] probabilities.")
-        labels = check_labels(shift_labels, p.numel() // max(p.shape[-1], 1), {"p": p})
+        labels = check_tvd_inputs(p, q, shift_labels, reduction)
         need_grad = caller_grad_mode.enabled and any(ctx.needs_input_grad[:2])
-        ctx.use_triton = use_triton(p) and compute_dtype(p, q) == torch.float32
+        ctx.use_triton = runs_kernels(p, q)
         if not ctx.use_triton:
             return reference_outputs(ctx, tvd_reference, need_grad, p, q, shift_labels, reduction, ignore_index)
-        x2, y2 = as_rows(p), as_rows(q)
-        _, count = valid_rows(labels, ignore_index, x2.shape[0], x2.device)
-        ctx.divisor = reduction_divisor(reduction, count, x2.shape[1])
-        ctx.reduction, ctx.ignore_index, ctx.shape = reduction, ignore_index, p.shape
+        ctx.options = (reduction, ignore_index)
         if need_grad:
-            ctx.save_for_backward(x2, y2, labels)
-        out_dtype = torch.promote_types(p.dtype, q.dtype)
-        div = Divergence(TVD.value)
-        if reduction == "none":
-            out = empty_output(x2.shape, x2, dtype=out_dtype)
-            rows_launch(x2, y2, div, labels, ignore_index, out=out)
-            return out.view(p.shape)
-        rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-        rows_launch(x2, y2, div, labels, ignore_index, out=rows)
-        return (rows.sum() / ctx.divisor).to(out_dtype)
+            ctx.save_for_backward(p, q, labels)
+        return tvd_kernel_forward(p, q, labels, reduction, ignore_index)
 
     @staticmethod
     def backward(ctx, grad_output):
         if not ctx.use_triton:
             return one_grad_per_argument(fallback_backward(ctx, grad_output)[:2], 5)
-        x2, y2, labels = ctx.saved_tensors
-        if ctx.reduction == "none":
-            g = as_rows(grad_output.reshape(x2.shape))
-        else:
-            g = (grad_output.to(torch.float32) / ctx.divisor).reshape(1)
-        gx = empty_output(x2.shape, x2) if ctx.needs_input_grad[0] else None
-        gy = empty_output(y2.shape, y2) if ctx.needs_input_grad[1] else None
-        rows_launch(x2, y2, Divergence(TVD.value), labels, ctx.ignore_index, g=g, gx=gx, gy=gy)
-        return one_grad_per_argument(tuple(None if t is None else t.view(ctx.shape) for t in (gx, gy)), 5)
+        grads = tvd_kernel_backward(grad_output, *ctx.saved_tensors, *ctx.options, *ctx.needs_input_grad[:2])
+        return one_grad_per_argument(grads, 5)

@@ -2,7 +2,10 @@
 
 import torch
 
-from liger_kernel.ops import library_jsd  # noqa: F401  (registers the JSD ops that apply_of routes to)
+from liger_kernel.ops import (
+    library_jsd,  # noqa: F401  (registers the JSD ops that apply_of routes to)
+    library_losses,  # noqa: F401  (registers the loss ops that apply_of routes to)
+)
 from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
 from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
 from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
@@ -157,7 +160,7 @@ def liger_kl_div(input, target, size_average=True, reduce=True, reduction="mean"
     PyTorch's would (their defaults here are True, which leaves ``reduction`` in charge)."""
     if size_average is False or reduce is False:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce, emit_warning=False)
-    return LigerKLDivLossFunction.apply(input, target, reduction, log_target, eps)
+    return apply_of(LigerKLDivLossFunction, "kl_div")(input, target, reduction, log_target, eps)
 
 
 def liger_jsd(input, target, shift_labels=None, beta=0.5, ignore_index=-100):
@@ -168,7 +171,7 @@ def liger_jsd(input, target, shift_labels=None, beta=0.5, ignore_index=-100):
 
 def liger_tvd(input, target, shift_labels=None, reduction="mean", ignore_index=-100):
     """Total variation distance of the probabilities ``input`` and ``target`` [BT, V] (see ``LigerTVDLoss``)."""
-    return LigerTVDLossFunction.apply(input, target, shift_labels, reduction, ignore_index)
+    return apply_of(LigerTVDLossFunction, "tvd")(input, target, shift_labels, reduction, ignore_index)
 
 
 def liger_fused_linear_jsd(
@@ -202,7 +205,7 @@ def liger_fused_linear_kl_div(
 ):
     """KL of a student head's output against teacher probabilities without the student's logits
     (see ``LigerFusedLinearKLDivLoss``)."""
-    return LigerFusedLinearKLDivFunction.apply(
+    return apply_of(LigerFusedLinearKLDivFunction, "fused_linear_kl_div")(
         student_input, student_weight, target, shift_labels, reduction, ignore_index, temperature, eps, accum_dtype
     )
 

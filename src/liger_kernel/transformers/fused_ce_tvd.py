@@ -2,7 +2,9 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_losses  # noqa: F401  (registers the loss ops that apply_of routes to)
 from liger_kernel.ops.fused_ce_tvd import LigerFusedCETVDFunction
+from liger_kernel.ops.library import apply_of
 
 
 class LigerFusedCETVDLoss(nn.Module):
@@ -16,4 +18,6 @@ class LigerFusedCETVDLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, student_logits, teacher_logits, target):
-        return LigerFusedCETVDFunction.apply(student_logits, teacher_logits, target, self.ignore_index)
+        return apply_of(LigerFusedCETVDFunction, "fused_ce_tvd")(
+            student_logits, teacher_logits, target, self.ignore_index
+        )

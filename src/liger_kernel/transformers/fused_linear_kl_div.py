@@ -2,8 +2,10 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_losses  # noqa: F401  (registers the loss ops that apply_of routes to)
 from liger_kernel.ops.divergence import check_reduction, check_temperature
 from liger_kernel.ops.fused_linear_kl_div import LigerFusedLinearKLDivFunction
+from liger_kernel.ops.library import apply_of
 
 
 class LigerFusedLinearKLDivLoss(nn.Module):
@@ -29,7 +31,7 @@ class LigerFusedLinearKLDivLoss(nn.Module):
         self.accum_dtype = accum_dtype
 
     def forward(self, student_input, student_weight, target, shift_labels=None):
-        return LigerFusedLinearKLDivFunction.apply(
+        return apply_of(LigerFusedLinearKLDivFunction, "fused_linear_kl_div")(
             student_input, student_weight, target, shift_labels, self.reduction, self.ignore_index,
             self.temperature, self.eps, self.accum_dtype,
         )  # fmt: skip

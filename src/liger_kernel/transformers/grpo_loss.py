@@ -2,7 +2,9 @@
 
 import torch
 
+from liger_kernel.ops import library_losses  # noqa: F401  (registers the loss ops that apply_of routes to)
 from liger_kernel.ops.grpo_loss import GrpoLossFunction, GRPOOptions, fused_selective_log_softmax, vespo_weights
+from liger_kernel.ops.library import apply_of
 
 
 def triton_grpo_loss(
@@ -46,7 +48,7 @@ def triton_grpo_loss(
                 vespo_lambda_neg=vespo_lambda_neg,
             )  # fmt: skip
             phi_seq = vespo_weights(logp, mask, advantages, old_logp, vllm_is_ratio, opts)
-    return GrpoLossFunction.apply(
+    return apply_of(GrpoLossFunction, "grpo_loss")(
         logits, old_logp, ref_logp, completion_ids, advantages, completion_mask, temperature, beta, eps_low, eps_high,
         inplace, loss_type, max_completion_length, reduce, importance_sampling_level, sapo_temperature_pos,
         sapo_temperature_neg, vllm_is_ratio, delta, use_bias_correction_kl, num_items_in_batch, phi_seq,

@@ -2,8 +2,10 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_losses  # noqa: F401  (registers the loss ops that apply_of routes to)
 from liger_kernel.ops.divergence import check_reduction
 from liger_kernel.ops.kl_div import LigerKLDivLossFunction
+from liger_kernel.ops.library import apply_of
 
 
 class LigerKLDIVLoss(nn.KLDivLoss):
@@ -18,4 +20,4 @@ class LigerKLDIVLoss(nn.KLDivLoss):
         self.eps = eps
 
     def forward(self, y_pred, y_true):
-        return LigerKLDivLossFunction.apply(y_pred, y_true, self.reduction, self.log_target, self.eps)
+        return apply_of(LigerKLDivLossFunction, "kl_div")(y_pred, y_true, self.reduction, self.log_target, self.eps)

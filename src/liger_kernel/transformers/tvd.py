@@ -2,7 +2,9 @@
 
 import torch.nn as nn
 
+from liger_kernel.ops import library_losses  # noqa: F401  (registers the loss ops that apply_of routes to)
 from liger_kernel.ops.divergence import check_reduction
+from liger_kernel.ops.library import apply_of
 from liger_kernel.ops.tvd import LigerTVDLossFunction
 
 
@@ -17,4 +19,4 @@ class LigerTVDLoss(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, p, q, shift_labels=None):
-        return LigerTVDLossFunction.apply(p, q, shift_labels, self.reduction, self.ignore_index)
+        return apply_of(LigerTVDLossFunction, "tvd")(p, q, shift_labels, self.reduction, self.ignore_index)
