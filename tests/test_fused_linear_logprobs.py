@@ -138,6 +138,48 @@ def test_one_pass_loss_matches_float64(dtype, bias, temperature):
         assert_matches(name, g, want, plain)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
+    """Chunks given as the chosen and rejected slices of whole pairs (DPO's layout; 2 pairs, then 1,
+    odd sizes, ignored tokens, one pair all ignored): loss, logp and every gradient against float64,
+    and ONE accumulation into the weight gradient per chunk, over all its rows gathered (before:
+    one per slice, each reading and writing the whole fp32 accumulator)."""
+    n_pairs, seq, h, v = 3, 5, 24, 61
+    n = 2 * n_pairs * seq
+    x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
+    y.view(2, n_pairs, seq)[:, 1] = -100
+    bounds = [(0, 2), (2, 3)]
+    chunks = [[slice(f * seq, l * seq), slice((n_pairs + f) * seq, (n_pairs + l) * seq)] for f, l in bounds]
+    added = []
+    add = flp.WeightGradAccumulator.add
+    monkeypatch.setattr(
+        flp.WeightGradAccumulator,
+        "add",
+        lambda acc, g, rows, first: (added.append(rows.shape[0]), add(acc, g, rows, first)),
+    )
+
+    def loss_fn(k, logp):
+        return pair_loss(logp, bounds[k][1] - bounds[k][0], seq)
+
+    loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn)
+    assert added == [4 * seq, 2 * seq]
+    x64, w64, b64 = as64(x, w, b)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
+    ref_loss = pair_loss(ref_logp, n_pairs, seq)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b)
+    base_loss = pair_loss(base_logp, n_pairs, seq)
+    assert_matches("loss", loss, ref_loss, base_loss.float())
+    assert_matches("logp", logp, ref_logp, base_logp)
+    assert (logp.view(2, n_pairs, seq)[:, 1] == 0).all()
+    leaves = [(g, t, t64) for g, t, t64 in zip((gx, gw, gb), (x, w, b), (x64, w64, b64)) if t is not None]
+    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
+    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
+    for name, (got, _, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
+        assert got.dtype == dtype
+        assert_matches(name, got, want, plain)
+
+
 class NewBuffers(TorchDispatchMode):
     """Bytes of every new storage of at least ``threshold`` bytes that an op allocates (not the
     CPU-only fp32 copies of matmul operands: ``_to_copy``)."""
@@ -163,8 +205,9 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     """The one-pass engine's memory on a DPO-like chunking (one pair a chunk, given as the chosen
     and rejected slices), bf16, no temperature: the fp32 weight-gradient accumulator (two halves,
     rounded in place: no rounded copy), one pair's logits in bf16 (fp32 with the flag off), the
-    input gradient, nothing else (before: fp32 logits, the rounded weight gradient allocated beside the
-    accumulator and the still-referenced logits, and a gathered copy of each pair's input rows)."""
+    input gradient, one buffer for a pair's gathered input rows (reused: one accumulation per chunk into
+    each half), nothing else (before: fp32 logits, the rounded weight gradient allocated beside the
+    accumulator and the still-referenced logits, a gathered copy of each pair's input rows per chunk)."""
     monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits, raising=False)
     n_pairs, seq, h, v = 2, 16, 64, 1000
     x, w, _, y = make_inputs(2 * n_pairs * seq, h, v, torch.bfloat16)
@@ -176,7 +219,7 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     with NewBuffers(threshold=h * seq * 2) as mode:
         loss, _, gx, gw, _ = fused_linear_logprobs_loss(x, w, y, None, chunks, loss_fn)
     logits = 2 * seq * v * (2 if input_dtype_logits else 4)
-    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2]  # no copy of a pair's input rows
+    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2, 2 * seq * h * 2]
     assert sorted(mode.sizes) == sorted(expected)
     assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v // 2 * h * 4  # the first half's memory
 

@@ -238,7 +238,8 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
 
             def chunk_loss(k, tok):
                 first, last = bounds[k]
-                pairs = torch.cat([torch.arange(first, last), torch.arange(first, last) + n_pairs]).to(target.device)
+                chosen = torch.arange(first, last, device=target.device)  # made there: a host copy would sync
+                pairs = torch.cat([chosen, chosen + n_pairs])
                 ref = None if ref_seq is None else ref_seq[pairs]
                 # The head in float64 (a few values per pair): its own rounding, amplified by
                 # exp-shaped losses (discopop), stays out of the gradient.
