@@ -150,7 +150,7 @@ def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
     x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
     y.view(2, n_pairs, seq)[:, 1] = -100
     bounds = [(0, 2), (2, 3)]
-    chunks = [[slice(f * seq, l * seq), slice((n_pairs + f) * seq, (n_pairs + l) * seq)] for f, l in bounds]
+    chunks = [[slice(a * seq, b * seq), slice((n_pairs + a) * seq, (n_pairs + b) * seq)] for a, b in bounds]
     added = []
     add = flp.WeightGradAccumulator.add
     monkeypatch.setattr(
