@@ -252,3 +252,55 @@ def test_temperature_division_is_unbiased(temperature):
     assert bias <= 4 * torch.finfo(torch.float32).eps / (1 << 8), f"mean relative error {bias:.2e}"
     inf = torch.tensor([float("inf"), -float("inf"), 1.0], device=DEVICE)
     assert flp.divide_in_place(inf, temperature)[:2].isinf().all()
+
+
+def batch_loss(logp, n_seq):
+    """A loss coupling every sequence, as DPO's bco_pair does: a shift by the (detached) mean."""
+    per_seq = logp.view(n_seq, -1).sum(-1)
+    return -torch.nn.functional.logsigmoid(per_seq - per_seq.mean().detach()).sum()
+
+
+@pytest.mark.parametrize("shape", [(10, 16, 53), (32, 16, 61), (33, 16, 53)], ids=["N<H", "N=2H", "N>H odd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_batch_loss_matches_float64(monkeypatch, shape, dtype, bias):
+    """The whole-batch route (logits kept vocabulary-major, the weight gradient written over them,
+    partly through the staging temporary, partly directly): loss, logp and every gradient against
+    float64, ignored tokens and an all-ignored sequence; a frozen head of the same values through
+    ``batch_frozen_logprobs`` gives the same log-probs exactly."""
+    n, h, v = shape
+    monkeypatch.setattr(flp, "WEIGHT_GRAD_STAGE_BYTES", 3 * h * (2 if dtype == torch.bfloat16 else 4))
+    monkeypatch.setattr(flp, "STATS_ROWS_PER_PROGRAM", 16)
+    x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
+    n_seq = n // {10: 2, 32: 4, 33: 3}[n]
+    y[: n // n_seq] = -100
+    loss, logp, gx, gw, gb = flp.fused_linear_logprobs_batch_loss(x, w, y, b, lambda lp: batch_loss(lp, n_seq))
+    x64, w64, b64 = as64(x, w, b)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
+    ref_loss = batch_loss(ref_logp, n_seq)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b)
+    base_loss = batch_loss(base_logp, n_seq)
+    assert_matches("loss", loss, ref_loss, base_loss.float())
+    assert_matches("logp", logp, ref_logp, base_logp)
+    assert (logp[: n // n_seq] == 0).all()
+    leaves = [(g, t, t64) for g, t, t64 in zip((gx, gw, gb), (x, w, b), (x64, w64, b64)) if t is not None]
+    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
+    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
+    for name, (got, _, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
+        assert got.dtype == dtype
+        assert_matches(name, got, want, plain)
+    assert torch.equal(flp.batch_frozen_logprobs(x, w, y, b), logp)
+
+
+def test_batch_loss_buffers():
+    """The whole-batch route's memory at N = 2H in bf16: the logits [V, N] in two parts (the first
+    exactly the weight gradient's size, which becomes it), the input gradient (in fp32 while the
+    two parts add up), the staging temporary, nothing else: no fp32 [V, H] accumulator."""
+    n, h, v = 64, 32, 1001
+    x, w, _, y = make_inputs(n, h, v, torch.bfloat16)
+    with NewBuffers(threshold=n * h * 2) as mode:
+        _, _, gx, gw, _ = flp.fused_linear_logprobs_batch_loss(x, w, y, None, lambda lp: batch_loss(lp, 4))
+    in_head = v * h // n
+    stage = min(in_head, flp.WEIGHT_GRAD_STAGE_BYTES // (h * 2)) * h * 2
+    assert sorted(mode.sizes) == sorted([v * h * 2, (v - in_head) * n * 2, n * h * 4, stage])  # (+ the rounded gx)
+    assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v * h * 2 and gw._base is None

@@ -41,11 +41,14 @@ import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode
 from liger_kernel.ops.fused_linear_logprobs import (
+    batch_frozen_logprobs,
     frozen_head_logprobs,
     fused_linear_logprobs,
+    fused_linear_logprobs_batch_loss,
     fused_linear_logprobs_loss,
     one_pass_logits_dtype,
     one_pass_row_bytes,
+    whole_batch_fits,
 )
 from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
 
@@ -53,6 +56,9 @@ from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
 # bf16 (501 MiB); with the 2.1 GB fp32 weight-gradient accumulator and the 64 MiB input gradient
 # about 2.57 GB at issue 12's DPO shape (Liger 0.8.5: 2.60 GB). Read at call time.
 ONE_PASS_BUDGET_BYTES = 512 * 2**20
+# The whole-batch route (module docstring) for every loss when it fits, not only for those that
+# couple the batch. Read at call time.
+WHOLE_BATCH_FOR_EVERY_LOSS = False
 
 
 def check_sequences(_input, weight, target, bias, paired):
@@ -86,9 +92,12 @@ def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average, logits_dtype=None):
+def reference_logps(
+    use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average, logits_dtype=None, whole=False
+):
     """Per-sequence log-probs of the frozen reference head ([S]), or None without one; its logits
-    in ``logits_dtype``, the policy's (None: fp32, as on the two-pass route)."""
+    in ``logits_dtype``, the policy's (None: fp32, as on the two-pass route), computed as the
+    whole-batch route computes the policy's when ``whole``."""
     if not use_ref_model:
         return None
     if ref_input is None or ref_weight is None:
@@ -100,7 +109,10 @@ def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, igno
             f"`ref_input` must be [{target.shape[0]}, {target.shape[1]}, hidden], got {tuple(ref_input.shape)}."
         )
     flat = ref_input.reshape(-1, ref_input.shape[-1])
-    tok = frozen_head_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index, logits_dtype)
+    if whole:
+        tok = batch_frozen_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, ignore_index)
+    else:
+        tok = frozen_head_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index, logits_dtype)
     return sequence_logps(tok.view(target.shape), target != ignore_index, average)
 
 
@@ -222,17 +234,25 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         _input, weight, bias = in_autocast_dtype(_input, weight, bias)
         check_sequences(_input, weight, target, bias, paired=True)
         n_pairs, seq_len = target.shape[0] // 2, target.shape[1]
-        one_pass = any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs)
+        x = _input.reshape(-1, _input.shape[-1])
+        engine = any(needs) and cls.one_pass and nll_target is None
+        couples = cls.couples_batch(loss_kwargs)
+        whole = engine and (couples or WHOLE_BATCH_FOR_EVERY_LOSS) and whole_batch_fits(x, weight)
+        one_pass = engine and not whole and not couples
         ref_seq = reference_logps(
             use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob,
-            one_pass_logits_dtype(_input, 1.0) if one_pass else None,
+            one_pass_logits_dtype(_input, 1.0) if one_pass or whole else None, whole,
         )  # fmt: skip
         spec = PairSpec(
             cls.preference_loss_fn, target, target if nll_target is None else nll_target, ignore_index, alpha, beta,
             compute_nll_loss, use_ref_model, average_log_prob, loss_kwargs,
         )  # fmt: skip
-        x = _input.reshape(-1, _input.shape[-1])
-        if one_pass:
+        if whole:
+            loss, tok, *grads = fused_linear_logprobs_batch_loss(
+                x, weight, target.reshape(-1), bias,
+                lambda tok: pair_head(tok.double().view(target.shape), target, ref_seq, spec)[0], ignore_index, needs,
+            )  # fmt: skip
+        elif one_pass:
             row_bytes = one_pass_row_bytes(x, weight, 1.0)
             bounds = group_bounds(n_pairs, 2 * seq_len, row_bytes, ONE_PASS_BUDGET_BYTES)
 
@@ -249,6 +269,7 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
             loss, tok, *grads = fused_linear_logprobs_loss(
                 x, weight, target.reshape(-1), bias, chunks, chunk_loss, 1.0, ignore_index, needs
             )
+        if whole or one_pass:
             with torch.no_grad():
                 _, outputs = pair_head(tok.view(target.shape), target, ref_seq, spec)
                 means = logits_means(x, weight, bias, target, ignore_index)
