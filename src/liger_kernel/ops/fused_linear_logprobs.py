@@ -23,11 +23,26 @@ produces tile by tile.
   (one matmul over the whole vocabulary) and ``grad_W += dlogits.T @ x_c`` into an fp32 ``[V, H]``
   accumulator (``ops/head_grad.py``, rounded in place): 6NHV in all, at the cost of that
   accumulator (2.1 GB at V=128256, H=4096). The engine of the preference and PPO/GRPO losses.
+  A chunk's rows, given as several slices (DPO's chosen and rejected halves), are gathered into
+  one reused ``[rows, H]`` buffer: one logits matmul and ONE accumulation into each fp32 half
+  per chunk (each reads and writes its 1 GB half; at issue 12's DPO shape 8 accumulating
+  matmuls instead of 16: ~14.7 GB of accumulator traffic instead of ~31.5 GB, expected ~3-4 ms
+  less, not yet measured) for 16 MiB (2 x 1024 tokens at H=4096 in bf16).
+- ``fused_linear_logprobs_batch_loss``: one pass for a loss of the whole batch at once (any
+  coupling between rows, e.g. DPO's ``bco_pair``). The batch's logits in the input dtype are
+  kept vocabulary-major (``VocabMajorLogits``): column statistics (``_column_stats_kernel``),
+  the loss, dlogits in place (FLCE's ``dlogits_grid``), ``grad_x = dlogits @ W``, then ``grad_W
+  = dlogits.T @ x`` written over the logits as they are consumed. 6NHV, no fp32 ``[V, H]``
+  accumulator, no recomputation; peak extra ``max(N, H) * V`` items + the input gradient, used
+  where that is at most the accumulator (``whole_batch_fits``: N <= 2H in bf16). At issue 12's
+  DPO shape (N=8192): 2.10 GB of logits + 0.13 GB fp32 input gradient + 0.07 GB rounded: ~2.30
+  GB peak extra (one-pass route: ~2.71 GB; Liger 0.8.5: 2.727 GB); expected, not yet measured.
 
 Logits: the spec's are in the input dtype (an ``lm_head``'s output), then fp32. Where nothing
 recomputes them (the one-pass engine) and there is no temperature, the kernels compute exactly
 those (``ONE_PASS_LOGITS_IN_INPUT_DTYPE``: half the memory and traffic of fp32 ones), and a frozen
-reference head beside it the same (``frozen_head_logprobs``); elsewhere fp32 logits (the
+reference head beside it the same (``frozen_head_logprobs``, or ``batch_frozen_logprobs`` beside
+the whole-batch route: the same matmul calls); elsewhere fp32 logits (the
 backward's tiles must match the forward's statistics). Softmax in fp32 everywhere;
 the dlogits enter the gradient matmuls in the input dtype, rounded to nearest (as the fused
 cross-entropy does).
@@ -481,10 +496,10 @@ class VocabMajorLogits:
         z_label = torch.empty(n_rows, dtype=torch.float32, device=y_safe.device)
         row = 0
         for (first, end, z), count in zip(self.pieces, splits):
-            block_tok = 128
+            block_tok = 128  # x 32 vocabulary rows: 8 KiB of bf16 logits a step
             _column_stats_kernel[(cdiv(n_rows, block_tok), count)](
                 z, z.stride(0), y_safe, partial[row:], z_label, n_rows, end - first, first, STATS_ROWS_PER_PROGRAM,
-                BLOCK_TOK=block_tok, BLOCK_VOC=16, num_warps=8,
+                BLOCK_TOK=block_tok, BLOCK_VOC=32, num_warps=8,
             )  # fmt: skip
             row += count
         return torch.logsumexp(partial, 0), z_label
