@@ -260,19 +260,22 @@ def batch_loss(logp, n_seq):
     return -torch.nn.functional.logsigmoid(per_seq - per_seq.mean().detach()).sum()
 
 
-@pytest.mark.parametrize("shape", [(10, 16, 53), (32, 16, 61), (33, 16, 53)], ids=["N<H", "N=2H", "N>H odd"])
+@pytest.mark.parametrize(
+    "shape", [(10, 16, 53), (32, 16, 61), (33, 16, 53), (13, 13, 29)], ids=["N<H", "N=2H", "N>H odd", "N=H odd"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_batch_loss_matches_float64(monkeypatch, shape, dtype, bias):
-    """The whole-batch route (logits kept vocabulary-major, the weight gradient written over them,
-    partly through the staging temporary, partly directly): loss, logp and every gradient against
+    """The whole-batch route (logits kept vocabulary-major, rows padded to 8 items, the weight
+    gradient written over them, partly through the staging temporary, partly directly; the head
+    alone or with a tail): loss, logp and every gradient against
     float64, ignored tokens and an all-ignored sequence; a frozen head of the same values through
     ``batch_frozen_logprobs`` gives the same log-probs exactly."""
     n, h, v = shape
     monkeypatch.setattr(flp, "WEIGHT_GRAD_STAGE_BYTES", 3 * h * (2 if dtype == torch.bfloat16 else 4))
     monkeypatch.setattr(flp, "STATS_ROWS_PER_PROGRAM", 16)
     x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
-    n_seq = n // {10: 2, 32: 4, 33: 3}[n]
+    n_seq = {10: 2, 32: 4, 33: 3, 13: 13}[n]
     y[: n // n_seq] = -100
     loss, logp, gx, gw, gb = flp.fused_linear_logprobs_batch_loss(x, w, y, b, lambda lp: batch_loss(lp, n_seq))
     x64, w64, b64 = as64(x, w, b)

@@ -466,22 +466,25 @@ class VocabMajorLogits:
     """The batch's logits ``[V, N]`` (vocabulary-major) in the input dtype, laid out so that the
     weight gradient ``[V, H]`` can be written over them as they are consumed: ``head`` holds
     exactly ``V * H`` items (it becomes the gradient) and the first vocabulary rows, at
-    ``offset``; for N > H the rows that do not fit are in ``tail``. ``pieces``: ``(first row,
-    end row, [rows, N] view)``. A frozen reference head uses the same calls, so that an identical
-    head gives identical logits."""
+    ``offset``; for N > H the rows that do not fit are in ``tail``. Rows are ``ld`` items apart
+    (N rounded up to a multiple of 8: 16-byte aligned for the matmuls). ``pieces``: ``(first
+    row, end row, [rows, N] view)``. A frozen reference head uses the same calls, so that an
+    identical head gives identical logits."""
 
     def __init__(self, x, weight, bias):
         n_rows, hidden = x.shape
         n_vocab = weight.shape[0]
         self.shape = (n_vocab, hidden)
+        self.ld = ld = cdiv(max(n_rows, 1), 8) * 8
         self.head = torch.empty(n_vocab * hidden, dtype=x.dtype, device=x.device)
-        in_head = min(n_vocab, n_vocab * hidden // max(n_rows, 1))
-        self.offset = max(0, n_vocab * (hidden - n_rows))  # N <= H: all rows in the head, at its end
-        self.pieces = [(0, in_head, self.head[self.offset : self.offset + in_head * n_rows].view(in_head, n_rows))]
+        in_head = min(n_vocab, n_vocab * hidden // ld)
+        self.offset = max(0, n_vocab * (hidden - ld))  # N <= H: all rows in the head, at its end
+        head_rows = self.head[self.offset : self.offset + in_head * ld].view(in_head, ld)
+        self.pieces = [(0, in_head, head_rows[:, :n_rows])]
         self.tail = None
         if in_head < n_vocab:
-            self.tail = torch.empty((n_vocab - in_head) * n_rows, dtype=x.dtype, device=x.device)
-            self.pieces.append((in_head, n_vocab, self.tail.view(n_vocab - in_head, n_rows)))
+            self.tail = torch.empty((n_vocab - in_head) * ld, dtype=x.dtype, device=x.device)
+            self.pieces.append((in_head, n_vocab, self.tail.view(n_vocab - in_head, ld)[:, :n_rows]))
         for first, end, z in self.pieces:
             if bias is None:
                 torch.mm(weight[first:end], x.t(), out=z)
@@ -527,13 +530,12 @@ class VocabMajorLogits:
         onto logits already read: directly where they were read by earlier matmuls, else through
         a ``WEIGHT_GRAD_STAGE_BYTES`` temporary), then the tail's rows; consumes the logits."""
         n_vocab, hidden = self.shape
-        n_rows = x.shape[0]
         out = self.head.view(n_vocab, hidden)
         _, in_head, z = self.pieces[0]
         stage = max(1, WEIGHT_GRAD_STAGE_BYTES // (hidden * x.element_size()))
         start = 0
         while start < in_head:
-            free_end = min(in_head, (self.offset + start * n_rows) // hidden)  # out[:free_end] lies on read rows
+            free_end = min(in_head, (self.offset + start * self.ld) // hidden)  # out[:free_end] lies on read rows
             if free_end - start >= min(stage, in_head - start):
                 end = free_end
                 torch.mm(z[start:end], x, out=out[start:end])
