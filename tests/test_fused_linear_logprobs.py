@@ -138,6 +138,25 @@ def test_one_pass_loss_matches_float64(dtype, bias, temperature):
         assert_matches(name, g, want, plain)
 
 
+def check_loss_run(result, x, w, b, y, loss_of_logp):
+    """``(loss, logp, grad_x, grad_W, grad_b)`` of an engine against float64 autograd through the
+    reference, with the reference in the input dtype as the yardstick."""
+    loss, logp, *grads = result
+    x64, w64, b64 = as64(x, w, b)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
+    ref_loss = loss_of_logp(ref_logp)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b)
+    base_loss = loss_of_logp(base_logp)
+    assert_matches("loss", loss, ref_loss, base_loss.float())
+    assert_matches("logp", logp, ref_logp, base_logp)
+    leaves = [(g, t, t64) for g, t, t64 in zip(grads, (x, w, b), (x64, w64, b64)) if t is not None]
+    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
+    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
+    for name, (got, t, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
+        assert got.dtype == t.dtype
+        assert_matches(name, got, want, plain)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
@@ -164,20 +183,8 @@ def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
 
     loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn)
     assert added == [4 * seq, 2 * seq]
-    x64, w64, b64 = as64(x, w, b)
-    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
-    ref_loss = pair_loss(ref_logp, n_pairs, seq)
-    base_logp = fused_linear_logprobs_reference(x, w, y, b)
-    base_loss = pair_loss(base_logp, n_pairs, seq)
-    assert_matches("loss", loss, ref_loss, base_loss.float())
-    assert_matches("logp", logp, ref_logp, base_logp)
+    check_loss_run((loss, logp, gx, gw, gb), x, w, b, y, lambda lp: pair_loss(lp, n_pairs, seq))
     assert (logp.view(2, n_pairs, seq)[:, 1] == 0).all()
-    leaves = [(g, t, t64) for g, t, t64 in zip((gx, gw, gb), (x, w, b), (x64, w64, b64)) if t is not None]
-    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
-    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
-    for name, (got, _, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
-        assert got.dtype == dtype
-        assert_matches(name, got, want, plain)
 
 
 class NewBuffers(TorchDispatchMode):
@@ -278,20 +285,8 @@ def test_batch_loss_matches_float64(monkeypatch, shape, dtype, bias):
     n_seq = {10: 2, 32: 4, 33: 3, 13: 13}[n]
     y[: n // n_seq] = -100
     loss, logp, gx, gw, gb = flp.fused_linear_logprobs_batch_loss(x, w, y, b, lambda lp: batch_loss(lp, n_seq))
-    x64, w64, b64 = as64(x, w, b)
-    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
-    ref_loss = batch_loss(ref_logp, n_seq)
-    base_logp = fused_linear_logprobs_reference(x, w, y, b)
-    base_loss = batch_loss(base_logp, n_seq)
-    assert_matches("loss", loss, ref_loss, base_loss.float())
-    assert_matches("logp", logp, ref_logp, base_logp)
+    check_loss_run((loss, logp, gx, gw, gb), x, w, b, y, lambda lp: batch_loss(lp, n_seq))
     assert (logp[: n // n_seq] == 0).all()
-    leaves = [(g, t, t64) for g, t, t64 in zip((gx, gw, gb), (x, w, b), (x64, w64, b64)) if t is not None]
-    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
-    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
-    for name, (got, _, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
-        assert got.dtype == dtype
-        assert_matches(name, got, want, plain)
     assert torch.equal(flp.batch_frozen_logprobs(x, w, y, b), logp)
 
 
