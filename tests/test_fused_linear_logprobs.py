@@ -302,3 +302,12 @@ def test_batch_loss_buffers():
     stage = min(in_head, flp.WEIGHT_GRAD_STAGE_BYTES // (h * 2)) * h * 2
     assert sorted(mode.sizes) == sorted([v * h * 2, (v - in_head) * n * 2, n * h * 4, stage])  # (+ the rounded gx)
     assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v * h * 2 and gw._base is None
+
+
+def test_batch_loss_bad_label():
+    x, w, _, y = make_inputs(6, 8, 11, torch.float32)
+    y[2] = 11
+    with pytest.raises(ValueError, match="label"):
+        flp.fused_linear_logprobs_batch_loss(x, w, y, None, lambda lp: lp.sum())
+    with pytest.raises(ValueError, match="label"):
+        flp.batch_frozen_logprobs(x, w, y)

@@ -571,7 +571,6 @@ def fused_linear_logprobs_batch_loss(x, weight, target, bias, loss_fn, ignore_in
     mask, y_safe, label, bad = _labels(target, ignore_index, weight.shape[0])
     logits = VocabMajorLogits(x, weight, bias)
     lse, z_label = logits.stats(y_safe)
-    raise_if_bad_labels(bad, weight.shape[0], ignore_index)
     logp = torch.where(mask, z_label - lse, 0.0)
     loss, terms = _loss_and_terms(loss_fn, logp, lse, label, 1.0)
     loss = loss.to(torch.float32)  # as the chunk loop's sum
@@ -579,6 +578,7 @@ def fused_linear_logprobs_batch_loss(x, weight, target, bias, loss_fn, ignore_in
     grad_b = logits.bias_grad().to(bias.dtype) if need_b else None
     grad_x = logits.input_grad(weight) if need_x else None
     grad_w = logits.weight_grad(x) if need_w else None
+    raise_if_bad_labels(bad, weight.shape[0], ignore_index)  # last: its sync leaves the GPU nothing to wait for
     return loss, logp, grad_x, grad_w, grad_b
 
 
