@@ -4,7 +4,15 @@ planes), ours on the merged [B, T, D] tables (``liger_rotary_pos_emb``: what tra
 attention calls, its rotary embedding having merged them), eager PyTorch (transformers 4.x's
 ``apply_multimodal_rotary_pos_emb``), ``torch.compile`` of it, and Liger Kernel 0.8.5.
 
-    PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --out benchmarks/results/h200/qwen2vl_mrope
+Floor: each direction reads and writes q and k and reads one angle per rotary feature from cos and
+sin (the features' own planes), at 4.2 TB/s: qwen2.5-vl-3b_b2_t4096 80 MB a direction, 0.038 ms
+fwd+bwd; qwen2-vl-7b_b1_t16384 277 MB, 0.132 ms. Both are well under the host cost of a fwd+bwd on
+the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone. ``ours_tile2048`` /
+``ours_tile2048_w8`` / ``ours_tile4096_w8``: ours with other tiles (``ops/rope.py``'s ``TILE``
+elements a program, ``NUM_WARPS``); at 7B the default (1024, 4 warps) rotates q as 2 blocks of 16
+heads per token, 2048 as one block of the 28 (32 padded), 4096 two tokens at a time.
+
+    PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
 
 import functools
@@ -54,7 +62,24 @@ def _inputs(shape, device):
     return q, k, angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16), grads
 
 
-def make(shape, device, impl="ours"):
+_DEFAULT_TILE = {}
+
+
+def _set_rope_tile(tile=None, num_warps=None):
+    """Our RoPE kernel's tile (elements a program) and warps; None: the defaults."""
+    try:
+        from liger_kernel.ops import rope
+    except ImportError:  # a peer without that module
+        return
+    if not hasattr(rope, "_launch_plan"):  # the peer's module
+        return
+    default = _DEFAULT_TILE.setdefault("v", (rope.TILE, rope.NUM_WARPS))
+    rope.TILE, rope.NUM_WARPS = tile or default[0], num_warps or default[1]
+    rope._launch_plan.cache_clear()
+
+
+def make(shape, device, impl="ours", tile=None, num_warps=None):
+    _set_rope_tile(tile, num_warps)
     q, k, cos, sin, grads = _inputs(shape, device)
     section = shape["section"]
     if impl in ("eager", "compile"):
@@ -72,6 +97,9 @@ def make(shape, device, impl="ours"):
 
 PROVIDERS = {
     "ours": make,
+    "ours_tile2048": functools.partial(make, tile=2048),
+    "ours_tile2048_w8": functools.partial(make, tile=2048, num_warps=8),
+    "ours_tile4096_w8": functools.partial(make, tile=4096, num_warps=8),
     "ours_merged": functools.partial(make, impl="ours_merged"),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),

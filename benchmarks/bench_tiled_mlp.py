@@ -1,7 +1,15 @@
 """Long-sequence SwiGLU MLP (Llama-3-8B widths, bf16, forward + backward): ours tiled
 (``LigerTiledSwiGLUMLP``, default shards), ours untiled (``LigerSwiGLUMLP``), eager PyTorch (HF's
 ``LlamaMLP`` math), ``torch.compile`` of it, and Liger Kernel 0.8.5's ``LigerTiledSwiGLUMLP``. The
-point is the peak memory: the tiled MLP trades one recomputed forward for it.
+point is the peak memory: the tiled MLP trades recomputed matmuls for it. ``ours_generic``: the
+generic tiled Function around the untiled forward (what non-plain projections take), recomputing
+the whole forward.
+
+Floor (matmul FLOPs at 684 TFLOP/s, the H200's measured bf16 rate): untiled 18 x T x H x I, 25.3 ms
+at 16K tokens and 101 ms at 64K; ours 22 (the gate and up matmuls recomputed), 30.9 / 124 ms; the
+generic recompute 24, 33.8 / 135 ms. A tiled MLP cannot match the untiled ones' time (compile,
+eager, ours_untiled): against them it is their memory it must beat; against Liger 0.8.5's tiled
+MLP, both.
 
     PYTHONPATH=src python benchmarks/bench_tiled_mlp.py --out benchmarks/results/h200/tiled_mlp
 """
@@ -44,11 +52,16 @@ def make(shape, device, impl="ours"):
 
     mlp = (lt.LigerSwiGLUMLP if impl == "ours_untiled" else lt.LigerTiledSwiGLUMLP)(config).to(device, torch.bfloat16)
     params = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    if impl == "ours_generic":
+        from liger_kernel.ops.tiled_mlp import apply_tiled_mlp
+
+        return (lambda x, *weights: apply_tiled_mlp(lt.LigerSwiGLUMLP.forward, mlp, x)), (x, *params), grads
     return (lambda x, *weights: mlp(x)), (x, *params), grads
 
 
 PROVIDERS = {
     "ours": make,
+    "ours_generic": functools.partial(make, impl="ours_generic"),
     "ours_untiled": functools.partial(make, impl="ours_untiled"),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),

@@ -151,8 +151,9 @@ def main():
     p.add_argument("--errors", default="8192,2048", help="token counts at which to measure the errors")
     p.add_argument("--errors-for", default="exact (default),fast (accum bf16),fast accum fp32,liger085")
     p.add_argument("--providers", default=DEFAULT_PROVIDERS, help=f"comma-separated, of: {', '.join(PROVIDERS)}")
+    p.add_argument("--hidden", type=int, default=4096, help="H (2048: issue 16's Llama-3.2-1B head)")
     args = p.parse_args()
-    h, v = 4096, 128256
+    h, v = args.hidden, 128256
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     results = {"meta": meta, "rows": [], "floor": {}}
     for n in (int(t) for t in args.tokens.split(",")):

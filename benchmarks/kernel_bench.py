@@ -9,7 +9,10 @@ a tensor or a tuple, differentiated w.r.t. the inputs that require grad), names 
 providers, and calls ``main``. Providers import ``liger_kernel`` inside ``make``: in the peer's
 process that name is Liger Kernel 0.8.5.
 
-Time: the median of ``triton.testing.do_bench`` over one forward + ``torch.autograd.grad``.
+Time: the median of ``triton.testing.do_bench`` over one forward + ``torch.autograd.grad``
+(host launch cost included: on the lent H200's slow host it can exceed the kernels' own time);
+with ``--graph`` also the GPU time alone, steps replayed from a CUDA graph (``(GPU x)`` in the
+table), measured after every provider's first pass so that a failed capture spoils nothing else.
 Memory: ``max_memory_allocated`` during one step minus what was allocated before it (the inputs
 and parameters not counted).
 """
@@ -67,13 +70,35 @@ def measure(make, shape, device) -> dict:
             torch.cuda.empty_cache()
 
 
-def _run_peer(script, cases, peer, device) -> dict:
+def graph_ms(make, shape, device, budget_ms=50.0) -> dict:
+    """``{"gpu_ms"}``: ``run.graph_time`` of one step, a CUDA graph of a few back-to-back steps
+    (about ``budget_ms`` of work) replayed, free of host launch cost; or ``{"graph_error"}``."""
+    from run import graph_time
+
+    try:
+        step = _step(make, shape, device)
+        step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        calls = max(1, min(10, int(budget_ms / max(start.elapsed_time(end), 1e-3))))
+        return {"gpu_ms": graph_time(step, calls=calls, reps=5)}
+    except Exception as e:  # e.g. a host sync inside the op: not capturable
+        return {"graph_error": f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+    finally:
+        torch.cuda.empty_cache()
+
+
+def _run_peer(script, cases, peer, device, graph=False) -> dict:
     if not PEER_PATH.is_dir():
         return {p: {c: {"error": f"{PEER_PATH} missing: bash benchmarks/setup_peers.sh"} for c in cases} for p in peer}
     ours = str(REPO / "src")
     rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != Path(ours)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PEER_PATH), *rest]))
     cmd = [sys.executable, script, "--child", "--providers", ",".join(peer), "--cases", ",".join(cases)]
+    cmd += ["--graph"] if graph else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -88,7 +113,8 @@ def _table(title, cases, providers, results) -> str:
         cells = []
         for p in providers:
             r = results.get(p, {}).get(case, {"error": "not run"})
-            cells.append(r["error"][:40] if "error" in r else f"{r['ms']:.3f} ms / {r['peak_mb']:.0f} MB")
+            gpu = f" (GPU {r['gpu_ms']:.3f})" if "gpu_ms" in r else " (GPU: no graph)" if "graph_error" in r else ""
+            cells.append(r["error"][:40] if "error" in r else f"{r['ms']:.3f} ms{gpu} / {r['peak_mb']:.0f} MB")
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -99,6 +125,7 @@ def main(script, title, cases, providers, peer=(), smoke=None):
     parser.add_argument("--providers", help="comma-separated subset")
     parser.add_argument("--cases", help="comma-separated subset")
     parser.add_argument("--smoke", action="store_true", help="a tiny case (CPU ok): checks the script runs")
+    parser.add_argument("--graph", action="store_true", help="also the GPU time alone (CUDA graph replay)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,12 +153,20 @@ def main(script, title, cases, providers, peer=(), smoke=None):
 
     wanted_peer = [p for p in names if p in peer]
     if wanted_peer and not args.child and not args.smoke:
-        results.update(_run_peer(script, case_names, wanted_peer, device))
+        results.update(_run_peer(script, case_names, wanted_peer, device, args.graph))
     for p in names:
         if p in peer and not args.child:
             continue
         results[p] = {c: measure(providers[p], cases[c], device) for c in case_names}
         print(f"{p}: {results[p]}", file=sys.stderr)
+        write()
+    for p in names if args.graph and device == "cuda" else ():
+        if p in peer and not args.child:
+            continue
+        for c in case_names:
+            if "error" not in results[p][c]:
+                results[p][c].update(graph_ms(providers[p], cases[c], device))
+        print(f"{p} graph: {results[p]}", file=sys.stderr)
         write()
     if args.child:
         print(json.dumps(results))

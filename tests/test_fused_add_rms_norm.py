@@ -147,3 +147,38 @@ def test_leaf_gradients_are_separate_tensors():
     (y.sum() + s.sum()).backward()
     assert x.grad.data_ptr() != r.grad.data_ptr()
     torch.testing.assert_close(x.grad, r.grad)
+
+
+def _backward_tiles(monkeypatch):
+    """Record ``(BLOCK_ROWS, BLOCK_N, num_warps)`` of every launch of the whole-row backward kernel."""
+    import liger_kernel.ops.norms as norms
+
+    tiles, launch = [], norms.launch
+
+    def spy(kernel, grid, tensors, scalars, num_warps):
+        if kernel is norms._norm_backward_kernel:
+            tiles.append((scalars[-3], scalars[-2], num_warps))
+        return launch(kernel, grid, tensors, scalars, num_warps)
+
+    monkeypatch.setattr(norms, "launch", spy)
+    return tiles
+
+
+def test_backward_tile_with_the_residual_gradient_fits_registers(monkeypatch):
+    """At 4096 columns (Llama-3-8B) RMSNorm's backward tile is 4 rows over 16 warps, 32 elements a
+    thread, which spills once dS is added too: here it is 2 rows, 16 a thread."""
+    tiles = _backward_tiles(monkeypatch)
+    run_parity((7, 2049), torch.float32, "llama", 0.0)
+    assert tiles == [(2, 4096, 16)], tiles
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_tile_halved_several_times(monkeypatch, dtype):
+    """A cap of 2 elements a thread halves a 16-row tile of 64 columns to 4 rows (and the
+    persistent grid follows): exact as ever, on every output and gradient."""
+    import liger_kernel.ops.fused_add_rms_norm as op
+
+    monkeypatch.setattr(op, "RESIDUAL_TILE_PER_THREAD", 2)
+    tiles = _backward_tiles(monkeypatch)
+    run_parity((3, 5, 37), dtype, "gemma", 1.0)
+    assert tiles == [(4, 64, 4)], tiles

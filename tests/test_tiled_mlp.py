@@ -57,8 +57,8 @@ def test_matches_the_untiled_module(shape, tiled_cls, plain_cls, act, dtype):
 def test_gradients_flow_through_autograd():
     """Parameter gradients are autograd outputs (``torch.autograd.grad`` returns them, ``.grad``
     is untouched by it, DDP's accumulate-grad hooks see the total), and ``backward`` accumulates
-    them into ``.grad``. Tensor hooks on a parameter also see each shard's part during the
-    recompute; the last call is the total."""
+    them into ``.grad``. Tensor hooks on a parameter see the total last (through the generic
+    tiled Function, also each shard's part during the recompute)."""
     tiled = LigerTiledSwiGLUMLP(Config(8, 12, "silu"), num_shards=2).to(DEVICE)
     x = randn(3, 5, 8, requires_grad=True)
     hooked = []
@@ -117,3 +117,72 @@ def test_under_torch_compile():
     torch.testing.assert_close(x.grad, x2.grad)
     for p, q in zip(tiled.parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
+
+
+def _count_gated_forwards(monkeypatch):
+    """Count calls of the gated forward kernel's launcher, wherever it is called from."""
+    import liger_kernel.ops.swiglu as swiglu
+    import liger_kernel.ops.tiled_mlp as tiled_mlp
+
+    calls, gated_forward = [], swiglu.gated_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return gated_forward(*args, **kwargs)
+
+    monkeypatch.setattr(swiglu, "gated_forward", counting)
+    monkeypatch.setattr(tiled_mlp, "gated_forward", counting)
+    return calls
+
+
+@pytest.mark.parametrize("tiled_cls, plain_cls, act", PAIRS, ids=["swiglu", "geglu"])
+def test_backward_recomputes_gate_and_up_only(monkeypatch, tiled_cls, plain_cls, act):
+    """Plain projections take the tiled gated Function: the backward recomputes each shard's gate
+    and up matmuls, not the down projection of their product (no gated forward in backward), with
+    the untiled module's gradients."""
+    calls = _count_gated_forwards(monkeypatch)
+    tiled = tiled_cls(Config(8, 12, act), num_shards=3).to(DEVICE)
+    plain = plain_cls(Config(8, 12, act)).to(DEVICE)
+    plain.load_state_dict(tiled.state_dict())
+    x, dy = randn(2, 5, 8), randn(2, 5, 8)
+    y = tiled(x.requires_grad_())
+    assert len(calls) == 3
+    got = torch.autograd.grad(y, [x, *tiled.parameters()], dy)
+    assert len(calls) == 3
+    expected = torch.autograd.grad(plain(x), [x, *plain.parameters()], dy)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("unfusable", ["hooked", "pytorch"])
+def test_generic_tiled_function_where_the_mlp_is_not_fused(monkeypatch, unfusable):
+    """A hooked projection (as PEFT's or ZeRO-3's) or the PyTorch path: the tiled module runs the
+    generic tiled Function around the untiled forward (the hook fires per shard, recompute too)."""
+    import liger_kernel.transformers.tiled_mlp as tiled_module
+
+    tiled = LigerTiledSwiGLUMLP(Config(8, 12, "silu"), num_shards=2).to(DEVICE)
+    plain = LigerSwiGLUMLP(Config(8, 12, "silu")).to(DEVICE)
+    plain.load_state_dict(tiled.state_dict())
+    seen = []
+    if unfusable == "hooked":
+        tiled.up_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    else:
+        monkeypatch.setattr(tiled_module, "use_triton", lambda t: False)
+    x, dy = randn(7, 8), randn(7, 8)
+    got = torch.autograd.grad(tiled(x.requires_grad_()), [x, *tiled.parameters()], dy)
+    expected = torch.autograd.grad(plain(x), [x, *plain.parameters()], dy)
+    for a, e in zip(got, expected):
+        torch.testing.assert_close(a, e)
+    assert seen == ([4, 3, 4, 3] if unfusable == "hooked" else [])
+
+
+def test_tiled_gated_function_checks_its_arguments():
+    from liger_kernel.ops.tiled_mlp import LigerTiledGatedMLPFunction
+
+    x, w, down = randn(3, 4, requires_grad=True), randn(6, 4), randn(4, 6)
+    with pytest.raises(ValueError, match="`shards`"):
+        LigerTiledGatedMLPFunction.apply(x, w, w, down, "silu", 0)
+    with pytest.raises(ValueError, match="`up_weight`"):
+        LigerTiledGatedMLPFunction.apply(x, randn(12, 4), None, down, "silu", 2)
+    with pytest.raises(ValueError, match="`activation`"):
+        LigerTiledGatedMLPFunction.apply(x, w, w, down, "relu", 2)

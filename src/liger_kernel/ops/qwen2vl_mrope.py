@@ -43,10 +43,15 @@ def qwen2vl_mrope_reference(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
     )
 
 
+def _sections(mrope_section) -> tuple:
+    """The sections as a tuple of ints (the launch plan's cache key)."""
+    return tuple(map(int, mrope_section))
+
+
 def _check_sections(cos, sin, mrope_section) -> tuple:
     for t in (cos, sin):
         check_mrope_section(t.shape, mrope_section)
-    return tuple(int(s) for s in mrope_section)
+    return _sections(mrope_section)
 
 
 def _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim) -> tuple:
@@ -67,11 +72,12 @@ class LigerQwen2VLMRopeFunction(LigerRopeFunction):
     def forward(ctx, q, k, cos, sin, mrope_section, unsqueeze_dim=1):
         check_rope_tensors(q, k, cos, sin)
         ctx.use_triton = use_triton(q)
-        sections = _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim)
         if not ctx.use_triton:
+            sections = _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim)
             return fallback_forward(
                 ctx, qwen2vl_mrope_reference, q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim
             )
+        sections = _sections(mrope_section)  # the launch plan checks the shapes (once per geometry)
         qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=sections)
         save_launch(ctx, plan, cos, sin, unsqueeze_dim, sections)
         return qo, ko
@@ -81,10 +87,10 @@ def qwen2vl_mrope_forward(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
     """The peer's op helper: ``(q_embed, k_embed, cos, sin)``, M-RoPE of q and k without autograd;
     cos and sin are handed back for ``qwen2vl_mrope_backward``."""
     check_rope_tensors(q, k, cos, sin)
-    sections = _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim)
     if not use_triton(q):
+        sections = _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim)
         return (*qwen2vl_mrope_reference(q, k, cos, sin, sections, unsqueeze_dim), cos, sin)
-    qo, ko, _ = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=sections)
+    qo, ko, _ = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=_sections(mrope_section))
     return qo, ko, cos, sin
 
 
@@ -92,8 +98,8 @@ def qwen2vl_mrope_backward(dq, dk, cos, sin, mrope_section, unsqueeze_dim=1):
     """The peer's op helper: ``(dq_in, dk_in)``, the gradients of q and k for the upstream ``dq``,
     ``dk`` of ``qwen2vl_mrope_forward`` (the inverse rotation), as new tensors."""
     check_rope_tensors(dq, dk, cos, sin)
-    sections = _check_shapes(dq, dk, cos, sin, mrope_section, unsqueeze_dim)
     if not use_triton(dq):
+        sections = _check_shapes(dq, dk, cos, sin, mrope_section, unsqueeze_dim)
         return reference_backward(qwen2vl_mrope_reference, dq, dk, cos, sin, sections, unsqueeze_dim)
-    dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, None, True, mrope_section=sections)
+    dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, None, True, mrope_section=_sections(mrope_section))
     return dq_in, dk_in

@@ -12,13 +12,19 @@ The parameters are inputs of the autograd Function, so their gradients flow thro
 any other (``torch.autograd.grad`` returns them; DDP's and FSDP's accumulate-grad hooks see the
 total), rather than being added into ``.grad`` behind autograd's back. Tensor hooks registered on
 a parameter also fire for each shard's part inside the recompute.
+
+For a gated MLP of plain projections (``LigerTiledGatedMLPFunction``) the recompute is only the gate
+and up matmuls: the backward needs ``c = act(a) * b``, not the down projection of it, so a step
+costs 22 x tokens x H x I FLOPs instead of 24 (the untiled MLP: 18). Llama-3-8B widths: 30.9 ms of
+matmuls at 16K tokens on an H200 (684 TFLOP/s), against 33.8 ms through the generic recompute.
 """
 
 import math
 
 import torch
 
-from liger_kernel.ops.utils import LigerFunction
+from liger_kernel.ops.swiglu import _check_mlp_inputs, gated_backward, gated_forward
+from liger_kernel.ops.utils import LigerFunction, empty_like_output
 
 
 def tiled_mlp_reference(fn, mlp_module, x, compute_params=None):
@@ -78,13 +84,77 @@ class LigerTiledMLPFunction(LigerFunction):
             if need_x:
                 grad_x[start : start + shard.shape[0]] = grads.pop(0)
             for i, g in enumerate(grads):
-                if g is not None:  # summed in fp32 at least: one rounding, as the untiled matmul's
-                    g = g.to(torch.promote_types(g.dtype, torch.float32))
-                    param_grads[i] = g if param_grads[i] is None else param_grads[i].add_(g)
+                if g is None:
+                    continue
+                if param_grads[i] is None:  # summed in fp32 at least: one rounding, as the untiled matmul's
+                    param_grads[i] = g.to(torch.promote_types(g.dtype, torch.float32))
+                else:  # added as it is (upcast inside the add): no fp32 copy of each shard's part
+                    param_grads[i].add_(g)
+            grads = g = out = None  # this shard's tensors dropped before the next recompute
             start += shard.shape[0]
         by_param = iter(None if g is None else g.to(p.dtype) for g, p in zip(param_grads, wanted))
         params_out = [next(by_param) if need else None for need in ctx.needs_input_grad[5:]]
         return None, None, None if grad_x is None else grad_x.view(x.shape), None, None, *params_out
+
+
+def _add_to_sum(total, part):
+    """``total + part`` in fp32 at least (``total`` None: the first part), in place."""
+    if total is None:
+        return part.to(torch.promote_types(part.dtype, torch.float32))
+    return total.add_(part)
+
+
+class LigerTiledGatedMLPFunction(LigerFunction):
+    """``apply(x, gate_weight, up_weight, down_weight, activation, shards) ->
+    down(act(x @ gate_weight.T) * (x @ up_weight.T))`` (``ops.swiglu.gated_mlp_reference``
+    without multipliers) in ``shards`` shards of x's rows, with the fused gated kernels. Only x is
+    saved; the backward recomputes a shard's a and b, and its one gated-backward pass gives da, db
+    and c (for the down weight's gradient). Weight gradients are summed over the shards in fp32 and
+    rounded once to the weights' dtype. Kernel path only: callers check ``use_triton``."""
+
+    @staticmethod
+    def forward(ctx, x, gate_weight, up_weight, down_weight, activation, shards):
+        _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation)
+        if up_weight is None:
+            raise ValueError("`up_weight` is required: the tiled gated MLP takes separate gate and up weights.")
+        if not isinstance(shards, int) or shards < 1:
+            raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
+        rows = x.reshape(-1, x.shape[-1])
+        y = rows.new_empty(rows.shape[0], down_weight.shape[0])
+        for shard, y_shard in zip(rows.tensor_split(shards), y.tensor_split(shards)):
+            c = gated_forward(shard @ gate_weight.T, shard @ up_weight.T, activation)
+            torch.matmul(c, down_weight.T, out=y_shard)
+        ctx.save_for_backward(x, gate_weight, up_weight, down_weight)
+        ctx.activation, ctx.shards = activation, shards
+        return y.view(*x.shape[:-1], down_weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, gate_weight, up_weight, down_weight = ctx.saved_tensors
+        need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+        rows = x.reshape(-1, x.shape[-1])
+        dx = empty_like_output(rows) if need_x else None
+        d_gate = d_up = d_down = None
+        dy_rows = dy.reshape(-1, dy.shape[-1])
+        splits = (t.tensor_split(ctx.shards) for t in (rows, dy_rows))
+        dx_shards = dx.tensor_split(ctx.shards) if need_x else [None] * ctx.shards
+        for shard, dy_shard, dx_shard in zip(*splits, dx_shards):
+            a, b = shard @ gate_weight.T, shard @ up_weight.T
+            dc = dy_shard @ down_weight
+            gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da, db over a, b; c over dc
+            if need_down:
+                d_down = _add_to_sum(d_down, dy_shard.T @ dc)
+            if need_gate:
+                d_gate = _add_to_sum(d_gate, a.T @ shard)
+            if need_up:
+                d_up = _add_to_sum(d_up, b.T @ shard)
+            if need_x:
+                torch.matmul(a, gate_weight, out=dx_shard)
+                dx_shard.addmm_(b, up_weight)
+            a = b = dc = None  # this shard's intermediates dropped before the next one's
+        weights = (gate_weight, up_weight, down_weight)
+        weight_grads = (g if g is None else g.to(w.dtype) for g, w in zip((d_gate, d_up, d_down), weights))
+        return None if dx is None else dx.view(x.shape), *weight_grads, None, None
 
 
 @torch.compiler.disable
@@ -98,3 +168,9 @@ def apply_tiled_mlp(fn, mlp_module, x, num_shards=None, compute_params=None):
     """``fn(mlp_module, x)`` in ``num_shards`` token shards (default ``default_num_shards``)."""
     shards = default_num_shards(x) if num_shards is None else num_shards
     return LigerTiledMLPFunction.apply(fn, mlp_module, x, shards, compute_params)
+
+
+def apply_tiled_gated_mlp(x, gate_weight, up_weight, down_weight, activation="silu", num_shards=None):
+    """The gated MLP of these weights in ``num_shards`` token shards (default ``default_num_shards``)."""
+    shards = default_num_shards(x) if num_shards is None else num_shards
+    return LigerTiledGatedMLPFunction.apply(x, gate_weight, up_weight, down_weight, activation, shards)

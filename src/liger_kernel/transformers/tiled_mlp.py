@@ -2,20 +2,29 @@
 ``LigerSwiGLUMLP`` / ``LigerGEGLUMLP``, with one shard's intermediate alive instead of the whole
 sequence's (long-context training)."""
 
-from liger_kernel.ops.tiled_mlp import apply_tiled_mlp
+from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp, apply_tiled_mlp
 from liger_kernel.transformers.geglu import LigerGEGLUMLP
-from liger_kernel.transformers.swiglu import LigerSwiGLUMLP
+from liger_kernel.transformers.swiglu import LigerSwiGLUMLP, fusable
+from liger_kernel.utils import use_triton
 
 
 class _Tiled:
     """The MLP class after this one in the MRO, its forward run in ``num_shards`` token shards
-    (None: about ``hidden_size`` tokens each)."""
+    (None: about ``hidden_size`` tokens each): on the tiled gated MLP Function where the untiled
+    one would take the fused MLP (plain projections; its recompute skips the down projection),
+    else on the generic tiled Function around the untiled forward."""
+
+    activation = "silu"
 
     def __init__(self, config, num_shards=None):
         super().__init__(config)
         self.num_shards = num_shards
 
     def forward(self, x):
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        if use_triton(x) and fusable(x, *projections):
+            weights = (p.weight for p in projections)
+            return apply_tiled_gated_mlp(x, *weights, self.activation, self.num_shards)
         return apply_tiled_mlp(_untiled_forward, self, x, self.num_shards)
 
 
@@ -29,3 +38,5 @@ class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
 
 class LigerTiledGEGLUMLP(_Tiled, LigerGEGLUMLP):
     """``LigerGEGLUMLP`` in token shards: ``(config, num_shards=None)``."""
+
+    activation = "gelu_tanh"
