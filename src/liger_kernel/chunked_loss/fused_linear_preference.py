@@ -26,11 +26,12 @@ without a ``[tokens, vocab]`` logits tensor:
 - At issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference head) on
   an H200 (2026-11-29/30): one pass (a pair a chunk, bf16 logits) 62.3-66.4 ms / 2.694-2.728
   GB, ``bco_pair`` on two passes 75.35 ms / 2.236 GB; Liger 0.8.5 62.8-64.7 ms / 2.727 GB.
-  Expected, not yet measured (``benchmarks/bench_post_training.py --losses dpo --sweep``;
-  ``ours-1pass`` is the one-pass route): every loss type on the whole-batch route 8NHV, peak
-  extra ~2.30 GB (the 2.10 GB of logits + the input gradient), about 5-9 ms less than the one
-  pass (no accumulator traffic); the one pass with gathered rows ~3-4 ms less than before, ~2.71
-  GB.
+  Since then the pair index is built on the device (a host copy waited for the GPU once per
+  chunk: ~8 ms idle). Expected, not yet measured (``benchmarks/bench_post_training.py --losses
+  dpo --sweep``; ``ours-1pass`` is the one-pass route): the one pass with gathered rows ~3-4 ms
+  less again (8 accumulations of a 1 GB fp32 half instead of 16), ~2.71 GB; every loss type on
+  the whole-batch route 8NHV and none of that accumulator traffic (~14.7 GB, ~3-4 ms), peak
+  extra ~2.30 GB (the 2.10 GB of logits + the input gradient).
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 
