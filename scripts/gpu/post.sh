@@ -29,7 +29,7 @@ bash benchmarks/setup_peers.sh >"$LOGS/setup_peers.log" 2>&1 || echo "setup_peer
 
 echo "== tests + cache warm-up $(date -u +%H:%M:%S) (${SECONDS}s)"
 PYTEST="timeout 100 python3 -m pytest -p no:cacheprovider -o addopts= -q -rfE --durations=5"
-$PYTEST tests/test_chunked_preference.py >"$LOGS/tests_pref.log" 2>&1 &
+$PYTEST tests/test_chunked_preference.py tests/test_preference_syncs.py >"$LOGS/tests_pref.log" 2>&1 &
 $PYTEST tests/test_chunked_grpo.py >"$LOGS/tests_grpo.log" 2>&1 &
 $PYTEST tests/test_chunked_distillation.py tests/test_fused_linear_distill_ops.py tests/test_jsd.py \
   >"$LOGS/tests_distill.log" 2>&1 &
