@@ -193,10 +193,14 @@ def logits_magnitude(x, w, b, reduce):
     return logits.mean().item() if reduce == "mean" else logits.sum().item()
 
 
-@pytest.fixture(params=["one pass", "two passes"])
+@pytest.fixture(params=["one pass", "two passes", "whole batch"])
 def passes(request, monkeypatch):
-    """Both routes; the one-pass route with one pair (or sequence) per chunk."""
-    one = request.param == "one pass"
+    """Every route; the one-pass route with one pair (or sequence) per chunk (bco_pair, which
+    couples the batch, takes the whole-batch route there); the whole-batch route for every paired
+    loss, whatever the batch's size."""
+    one = request.param != "two passes"
+    monkeypatch.setattr(pref_module, "WHOLE_BATCH_FOR_EVERY_LOSS", request.param == "whole batch")
+    monkeypatch.setattr(pref_module, "whole_batch_fits", lambda x, weight: True)  # N > 2H on these shapes
     monkeypatch.setattr(LigerFusedLinearPreferenceBase, "one_pass", one)
     monkeypatch.setattr(LigerFusedLinearUnpairedPreferenceBase, "one_pass", one)
     monkeypatch.setattr(pref_module, "ONE_PASS_BUDGET_BYTES", 1)
@@ -449,3 +453,30 @@ def test_reference_equal_to_policy_gives_zero_rewards(loss_type, passes):
     chosen, rejected, *_, chosen_rewards, rejected_rewards = outputs
     scale = torch.cat([chosen, rejected]).abs().max().item()
     assert torch.cat([chosen_rewards, rejected_rewards]).abs().max().item() <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bco_pair_whole_batch_route(monkeypatch, dtype):
+    """bco_pair (its shift is the batch's mean reward) takes the whole-batch route where the batch's
+    logits fit (here forced: N > 2H on CPU shapes), not the two-pass one; the kernels on both routes
+    and the PyTorch reference (``LIGER_KERNEL_IMPL=torch``) agree, every output and gradient."""
+    x, w, b, y, refs = make_inputs(dtype, True)
+    used = []
+    batch_loss = pref_module.fused_linear_logprobs_batch_loss
+    monkeypatch.setattr(pref_module, "whole_batch_fits", lambda x, weight: True)
+    monkeypatch.setattr(
+        pref_module, "fused_linear_logprobs_batch_loss", lambda *a, **k: used.append(1) or batch_loss(*a, **k)
+    )
+    module = LigerFusedLinearDPOLoss(loss_type="bco_pair", compute_nll_loss=True)
+    results = []
+    for route in ("whole batch", "two passes", "torch"):
+        monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch" if route == "torch" else "triton")
+        monkeypatch.setattr(LigerFusedLinearPreferenceBase, "one_pass", route != "two passes")
+        loss, metrics = module(w, x, y, b, *refs)
+        results.append((loss, *metrics, *torch.autograd.grad(loss, (x, w, b))))
+        if route == "whole batch":
+            assert used == [1]
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            torch.testing.assert_close(a.float(), c.float(), **tol)

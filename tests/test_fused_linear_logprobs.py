@@ -138,6 +138,55 @@ def test_one_pass_loss_matches_float64(dtype, bias, temperature):
         assert_matches(name, g, want, plain)
 
 
+def check_loss_run(result, x, w, b, y, loss_of_logp):
+    """``(loss, logp, grad_x, grad_W, grad_b)`` of an engine against float64 autograd through the
+    reference, with the reference in the input dtype as the yardstick."""
+    loss, logp, *grads = result
+    x64, w64, b64 = as64(x, w, b)
+    ref_logp = fused_linear_logprobs_reference(x64, w64, y, b64)
+    ref_loss = loss_of_logp(ref_logp)
+    base_logp = fused_linear_logprobs_reference(x, w, y, b)
+    base_loss = loss_of_logp(base_logp)
+    assert_matches("loss", loss, ref_loss, base_loss.float())
+    assert_matches("logp", logp, ref_logp, base_logp)
+    leaves = [(g, t, t64) for g, t, t64 in zip(grads, (x, w, b), (x64, w64, b64)) if t is not None]
+    wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
+    plains = torch.autograd.grad(base_loss, [t for _, t, _ in leaves])
+    for name, (got, t, _), want, plain in zip(("grad_x", "grad_w", "grad_b"), leaves, wants, plains):
+        assert got.dtype == t.dtype
+        assert_matches(name, got, want, plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
+    """Chunks given as the chosen and rejected slices of whole pairs (DPO's layout; 2 pairs, then 1,
+    odd sizes, ignored tokens, one pair all ignored): loss, logp and every gradient against float64,
+    and ONE accumulation into the weight gradient per chunk, over all its rows gathered (before:
+    one per slice, each reading and writing the whole fp32 accumulator)."""
+    n_pairs, seq, h, v = 3, 5, 24, 61
+    n = 2 * n_pairs * seq
+    x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
+    y.view(2, n_pairs, seq)[:, 1] = -100
+    bounds = [(0, 2), (2, 3)]
+    chunks = [[slice(a * seq, b * seq), slice((n_pairs + a) * seq, (n_pairs + b) * seq)] for a, b in bounds]
+    added = []
+    add = flp.WeightGradAccumulator.add
+    monkeypatch.setattr(
+        flp.WeightGradAccumulator,
+        "add",
+        lambda acc, g, rows, first: (added.append(rows.shape[0]), add(acc, g, rows, first)),
+    )
+
+    def loss_fn(k, logp):
+        return pair_loss(logp, bounds[k][1] - bounds[k][0], seq)
+
+    loss, logp, gx, gw, gb = fused_linear_logprobs_loss(x, w, y, b, chunks, loss_fn)
+    assert added == [4 * seq, 2 * seq]
+    check_loss_run((loss, logp, gx, gw, gb), x, w, b, y, lambda lp: pair_loss(lp, n_pairs, seq))
+    assert (logp.view(2, n_pairs, seq)[:, 1] == 0).all()
+
+
 class NewBuffers(TorchDispatchMode):
     """Bytes of every new storage of at least ``threshold`` bytes that an op allocates (not the
     CPU-only fp32 copies of matmul operands: ``_to_copy``)."""
@@ -163,8 +212,9 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     """The one-pass engine's memory on a DPO-like chunking (one pair a chunk, given as the chosen
     and rejected slices), bf16, no temperature: the fp32 weight-gradient accumulator (two halves,
     rounded in place: no rounded copy), one pair's logits in bf16 (fp32 with the flag off), the
-    input gradient, nothing else (before: fp32 logits, the rounded weight gradient allocated beside the
-    accumulator and the still-referenced logits, and a gathered copy of each pair's input rows)."""
+    input gradient, one buffer for a pair's gathered input rows (reused: one accumulation per chunk into
+    each half), nothing else (before: fp32 logits, the rounded weight gradient allocated beside the
+    accumulator and the still-referenced logits, a gathered copy of each pair's input rows per chunk)."""
     monkeypatch.setattr(flp, "ONE_PASS_LOGITS_IN_INPUT_DTYPE", input_dtype_logits, raising=False)
     n_pairs, seq, h, v = 2, 16, 64, 1000
     x, w, _, y = make_inputs(2 * n_pairs * seq, h, v, torch.bfloat16)
@@ -176,7 +226,7 @@ def test_one_pass_buffers(monkeypatch, input_dtype_logits):
     with NewBuffers(threshold=h * seq * 2) as mode:
         loss, _, gx, gw, _ = fused_linear_logprobs_loss(x, w, y, None, chunks, loss_fn)
     logits = 2 * seq * v * (2 if input_dtype_logits else 4)
-    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2]  # no copy of a pair's input rows
+    expected = [v // 2 * h * 4, v // 2 * h * 4, logits, gx.numel() * 2, 2 * seq * h * 2]
     assert sorted(mode.sizes) == sorted(expected)
     assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v // 2 * h * 4  # the first half's memory
 
@@ -209,3 +259,55 @@ def test_temperature_division_is_unbiased(temperature):
     assert bias <= 4 * torch.finfo(torch.float32).eps / (1 << 8), f"mean relative error {bias:.2e}"
     inf = torch.tensor([float("inf"), -float("inf"), 1.0], device=DEVICE)
     assert flp.divide_in_place(inf, temperature)[:2].isinf().all()
+
+
+def batch_loss(logp, n_seq):
+    """A loss coupling every sequence, as DPO's bco_pair does: a shift by the (detached) mean."""
+    per_seq = logp.view(n_seq, -1).sum(-1)
+    return -torch.nn.functional.logsigmoid(per_seq - per_seq.mean().detach()).sum()
+
+
+@pytest.mark.parametrize(
+    "shape", [(10, 16, 53), (32, 16, 61), (33, 16, 53), (13, 13, 29)], ids=["N<H", "N=2H", "N>H odd", "N=H odd"]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_batch_loss_matches_float64(monkeypatch, shape, dtype, bias):
+    """The whole-batch route (logits kept vocabulary-major, rows padded to 8 items, the weight
+    gradient written over them, partly through the staging temporary, partly directly; the head
+    alone or with a tail): loss, logp and every gradient against
+    float64, ignored tokens and an all-ignored sequence; a frozen head of the same values through
+    ``batch_frozen_logprobs`` gives the same log-probs exactly."""
+    n, h, v = shape
+    monkeypatch.setattr(flp, "WEIGHT_GRAD_STAGE_BYTES", 3 * h * (2 if dtype == torch.bfloat16 else 4))
+    monkeypatch.setattr(flp, "STATS_ROWS_PER_PROGRAM", 16)
+    x, w, b, y = make_inputs(n, h, v, dtype, bias=bias, ignore=True)
+    n_seq = {10: 2, 32: 4, 33: 3, 13: 13}[n]
+    y[: n // n_seq] = -100
+    loss, logp, gx, gw, gb = flp.fused_linear_logprobs_batch_loss(x, w, y, b, lambda lp: batch_loss(lp, n_seq))
+    check_loss_run((loss, logp, gx, gw, gb), x, w, b, y, lambda lp: batch_loss(lp, n_seq))
+    assert (logp[: n // n_seq] == 0).all()
+    assert torch.equal(flp.batch_frozen_logprobs(x, w, y, b), logp)
+
+
+def test_batch_loss_buffers():
+    """The whole-batch route's memory at N = 2H in bf16: the logits [V, N] in two parts (the first
+    exactly the weight gradient's size, which becomes it), the input gradient (in fp32 while the
+    two parts add up), the staging temporary, nothing else: no fp32 [V, H] accumulator."""
+    n, h, v = 64, 32, 1001
+    x, w, _, y = make_inputs(n, h, v, torch.bfloat16)
+    with NewBuffers(threshold=n * h * 2) as mode:
+        _, _, gx, gw, _ = flp.fused_linear_logprobs_batch_loss(x, w, y, None, lambda lp: batch_loss(lp, 4))
+    in_head = v * h // n
+    stage = min(in_head, flp.WEIGHT_GRAD_STAGE_BYTES // (h * 2)) * h * 2
+    assert sorted(mode.sizes) == sorted([v * h * 2, (v - in_head) * n * 2, n * h * 4, stage])  # (+ the rounded gx)
+    assert gw.dtype == torch.bfloat16 and gw.untyped_storage().nbytes() == v * h * 2 and gw._base is None
+
+
+def test_batch_loss_bad_label():
+    x, w, _, y = make_inputs(6, 8, 11, torch.float32)
+    y[2] = 11
+    with pytest.raises(ValueError, match="label"):
+        flp.fused_linear_logprobs_batch_loss(x, w, y, None, lambda lp: lp.sum())
+    with pytest.raises(ValueError, match="label"):
+        flp.batch_frozen_logprobs(x, w, y)

@@ -5,23 +5,33 @@ B rejected ones; ``target`` [2B, T]. Each loss is plain PyTorch on per-sequence 
 (summed, or averaged with ``average_log_prob``), which ``ops/fused_linear_logprobs.py`` gives
 without a ``[tokens, vocab]`` logits tensor:
 
-- Training (a gradient is wanted): one pass over chunks of whole pairs (chosen b and rejected b
+- Training (a gradient is wanted), where the batch's logits in the input dtype take no more
+  memory than an fp32 ``[V, H]`` buffer (``whole_batch_fits``: N <= 2H tokens in bf16): the
+  whole-batch route (``fused_linear_logprobs_batch_loss``): the batch's logits kept
+  vocabulary-major, per-token log-probs, the subclass's ``preference_loss_fn`` on the whole
+  batch, the head's gradients written over the logits (6NHV, no fp32 accumulator), for any loss,
+  also one that couples the batch (DPO's ``bco_pair``: the batch's mean reward; it took the
+  two-pass route before, 8NHV). ``WHOLE_BATCH_FOR_EVERY_LOSS = False`` keeps this route for the
+  losses that couple the batch only.
+- Otherwise (larger batches): one pass over chunks of whole pairs (chosen b and rejected b
   together, as many pairs as fit ``ONE_PASS_BUDGET_BYTES`` of logits, in the input dtype without
   a temperature: the spec's): each chunk's per-token log-probs, the subclass's
   ``preference_loss_fn`` on the chunk's pairs, and the head's gradients written at once (6NHV;
-  an fp32 ``[V, H]`` weight-gradient accumulator). A frozen reference head only runs forward
-  (2NHV, no gradient; its logits in the policy's dtype on either route, so that a reference equal
-  to the policy gives rewards of exactly 0). Losses that couple the whole batch (DPO's ``bco_pair``: the
-  batch's mean reward) and a separate ``nll_target`` take the two-pass route instead:
-  ``_compute_loss`` on the whole batch through the engine's autograd Function (8NHV, no ``[V,
-  H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route always.
-  At issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference head) on
-  an H200 (main, 2026-11-29, fp32 chunk logits): one pass 64.06 ms / 4088 MiB, two passes
-  73.36 ms / 2132 MiB (Liger 0.8.5: 60.96 ms / 2601 MiB). Now expected (not yet measured; see
-  ``benchmarks/bench_post_training.py --losses dpo``): one pass 8NHV, peak extra the 2004 MiB
-  accumulator + one pair's bf16 logits (501 MiB) + the input gradient (64 MiB): ~2569 MiB (a
-  pair's input rows are views now, no longer a 16 MiB gathered copy: the H200 measured 2.728 GB
-  with it, Liger 0.8.5 2.727 GB), and ~3 ms less traffic.
+  an fp32 ``[V, H]`` weight-gradient accumulator, one accumulation per chunk over its gathered
+  rows). Losses that couple the whole batch and a separate ``nll_target`` take the two-pass
+  route instead: ``_compute_loss`` on the whole batch through the engine's autograd Function
+  (8NHV, no ``[V, H]`` fp32 buffer). ``one_pass = False`` on a subclass selects that route
+  always. A frozen reference head only runs forward (2NHV, no gradient; its logits computed as
+  the policy's on each route, so that a reference equal to the policy gives rewards of exactly 0).
+- At issue 12's DPO shape (4 pairs x 1024 tokens, H=4096, V=128256, bf16, a reference head) on
+  an H200 (2026-11-29/30): one pass (a pair a chunk, bf16 logits) 62.3-66.4 ms / 2.694-2.728
+  GB, ``bco_pair`` on two passes 75.35 ms / 2.236 GB; Liger 0.8.5 62.8-64.7 ms / 2.727 GB.
+  Since then the pair index is built on the device (a host copy waited for the GPU once per
+  chunk: ~8 ms idle). Expected, not yet measured (``benchmarks/bench_post_training.py --losses
+  dpo --sweep``; ``ours-1pass`` is the one-pass route): the one pass with gathered rows ~3-4 ms
+  less again (8 accumulations of a 1 GB fp32 half instead of 16), ~2.71 GB; every loss type on
+  the whole-batch route 8NHV and none of that accumulator traffic (~14.7 GB, ~3-4 ms), peak
+  extra ~2.30 GB (the 2.10 GB of logits + the input gradient).
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 
@@ -41,18 +51,26 @@ import torch
 
 from liger_kernel.ops.cross_entropy import caller_grad_mode
 from liger_kernel.ops.fused_linear_logprobs import (
+    batch_frozen_logprobs,
     frozen_head_logprobs,
     fused_linear_logprobs,
+    fused_linear_logprobs_batch_loss,
     fused_linear_logprobs_loss,
     one_pass_logits_dtype,
     one_pass_row_bytes,
+    whole_batch_fits,
 )
 from liger_kernel.ops.utils import _apply_eagerly, _is_compiling, check_float
 
 # Logits of one chunk of pairs on the one-pass route: one pair of 2 x 1024 tokens at V=128256 in
-# bf16 (501 MiB); with the 2.1 GB fp32 weight-gradient accumulator and the 64 MiB input gradient
-# about 2.57 GB at issue 12's DPO shape (Liger 0.8.5: 2.60 GB). Read at call time.
+# bf16 (501 MiB); with the 2004 MiB fp32 weight-gradient accumulator, the 64 MiB input gradient and
+# the pair's 16 MiB gathered input rows 2585 MiB = 2.71 GB at issue 12's DPO shape (Liger 0.8.5:
+# 2.727 GB; two pairs a chunk: 3.29 GB). Read at call time.
 ONE_PASS_BUDGET_BYTES = 512 * 2**20
+# The whole-batch route (module docstring) for every loss where it fits, not only for those that
+# couple the batch: the same flops as the one-pass route, without its fp32 accumulator's traffic
+# (7 x 2.1 GB at issue 12's DPO shape) and in less memory. Read at call time.
+WHOLE_BATCH_FOR_EVERY_LOSS = True
 
 
 def check_sequences(_input, weight, target, bias, paired):
@@ -86,9 +104,12 @@ def masked_mean(values, mask):
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average, logits_dtype=None):
+def reference_logps(
+    use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average, logits_dtype=None, whole=False
+):
     """Per-sequence log-probs of the frozen reference head ([S]), or None without one; its logits
-    in ``logits_dtype``, the policy's (None: fp32, as on the two-pass route)."""
+    in ``logits_dtype``, the policy's (None: fp32, as on the two-pass route), computed as the
+    whole-batch route computes the policy's when ``whole``."""
     if not use_ref_model:
         return None
     if ref_input is None or ref_weight is None:
@@ -100,7 +121,10 @@ def reference_logps(use_ref_model, ref_input, ref_weight, ref_bias, target, igno
             f"`ref_input` must be [{target.shape[0]}, {target.shape[1]}, hidden], got {tuple(ref_input.shape)}."
         )
     flat = ref_input.reshape(-1, ref_input.shape[-1])
-    tok = frozen_head_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index, logits_dtype)
+    if whole:
+        tok = batch_frozen_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, ignore_index)
+    else:
+        tok = frozen_head_logprobs(flat, ref_weight, target.reshape(-1), ref_bias, 1.0, ignore_index, logits_dtype)
     return sequence_logps(tok.view(target.shape), target != ignore_index, average)
 
 
@@ -222,17 +246,25 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
         _input, weight, bias = in_autocast_dtype(_input, weight, bias)
         check_sequences(_input, weight, target, bias, paired=True)
         n_pairs, seq_len = target.shape[0] // 2, target.shape[1]
-        one_pass = any(needs) and cls.one_pass and nll_target is None and not cls.couples_batch(loss_kwargs)
+        x = _input.reshape(-1, _input.shape[-1])
+        engine = any(needs) and cls.one_pass and nll_target is None
+        couples = cls.couples_batch(loss_kwargs)
+        whole = engine and (couples or WHOLE_BATCH_FOR_EVERY_LOSS) and whole_batch_fits(x, weight)
+        one_pass = engine and not whole and not couples
         ref_seq = reference_logps(
             use_ref_model, ref_input, ref_weight, ref_bias, target, ignore_index, average_log_prob,
-            one_pass_logits_dtype(_input, 1.0) if one_pass else None,
+            one_pass_logits_dtype(_input, 1.0) if one_pass or whole else None, whole,
         )  # fmt: skip
         spec = PairSpec(
             cls.preference_loss_fn, target, target if nll_target is None else nll_target, ignore_index, alpha, beta,
             compute_nll_loss, use_ref_model, average_log_prob, loss_kwargs,
         )  # fmt: skip
-        x = _input.reshape(-1, _input.shape[-1])
-        if one_pass:
+        if whole:
+            loss, tok, *grads = fused_linear_logprobs_batch_loss(
+                x, weight, target.reshape(-1), bias,
+                lambda tok: pair_head(tok.double().view(target.shape), target, ref_seq, spec)[0], ignore_index, needs,
+            )  # fmt: skip
+        elif one_pass:
             row_bytes = one_pass_row_bytes(x, weight, 1.0)
             bounds = group_bounds(n_pairs, 2 * seq_len, row_bytes, ONE_PASS_BUDGET_BYTES)
 
@@ -251,6 +283,7 @@ class LigerFusedLinearPreferenceBase(ChunkedLossFunction):
             loss, tok, *grads = fused_linear_logprobs_loss(
                 x, weight, target.reshape(-1), bias, chunks, chunk_loss, 1.0, ignore_index, needs
             )
+        if whole or one_pass:
             with torch.no_grad():
                 _, outputs = pair_head(tok.view(target.shape), target, ref_seq, spec)
                 means = logits_means(x, weight, bias, target, ignore_index)
