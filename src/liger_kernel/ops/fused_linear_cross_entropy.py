@@ -2,21 +2,23 @@
 
 Two paths, picked by ``ce_mode`` (``"exact"``, the default, or ``"fast"``).
 
-**Exact** (default). Every gradient is one matmul's fp32 accumulator rounded once to the
-parameter's dtype, so its error against a float64 reference is that of rounding the exact result
-once (plus that of feeding the matmul bf16 dlogits), whatever the batch: no bf16 running sum, no
-fp32 ``[V, H]`` buffer. Logits are computed in fp32 (``torch.mm(..., out_dtype=torch.float32)``),
-since bf16 logits move each softmax term by up to ``|z| 2^-9`` relative: ~1.5x one rounding in
-both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of trained LMs.
+**Exact** (default), by one of two routes (the tiles, or accumulate; the rule is below). Every
+gradient is one fp32 sum rounded once to the parameter's dtype, so its error against a float64
+reference is that of rounding the exact result once (plus that of feeding the matmul bf16
+dlogits), whatever the batch: no bf16 running sum. Logits are computed in fp32
+(``torch.mm(..., out_dtype=torch.float32)``), since bf16 logits move each softmax term by up to
+``|z| 2^-9`` relative: ~1.5x one rounding in both gradients on small CPU shapes, 3-6% per term
+for the 20-30 sized logits of trained LMs.
 
-- Forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
+- Tiles, forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
   ``z = x_c @ W.T (+ b)``; ``_row_stats_kernel`` gives each token's log-sum-exp, label logit and
   smoothing sum; ``row_terms`` turns them into the loss and three gradient coefficients per
   token; ``_dlogits_kernel`` writes ``dlogits`` over ``z``; ``grad_x_c = dlogits @ W`` over the
   whole vocabulary in one matmul, kept in fp32 until the upstream gradient is known.
-- Backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``): recompute ``z[:, tile]`` for all
-  tokens, ``_dlogits_kernel`` again (the same coefficients, times the upstream gradient), then
-  ``grad_W[tile] = dlogits.T @ x``: contracted over all tokens in one matmul, written once.
+- Tiles, backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``; no fp32 ``[V, H]``
+  buffer): recompute ``z[:, tile]`` for all tokens, ``_dlogits_kernel`` again (the same
+  coefficients, times the upstream gradient), then ``grad_W[tile] = dlogits.T @ x``: contracted
+  over all tokens in one matmul, written once.
   ``grad_x`` is the fp32 forward result times the upstream gradient, rounded once: exact for
   any upstream gradient, per token too (``reduction="none"`` needs no recomputation).
 - Kept dlogits (``KeptDlogits``; whenever the weight needs a gradient and one upstream gradient
@@ -29,9 +31,39 @@ both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of 
   with cuBLAS' alpha (the fp32 accumulator scaled, rounded once; ``g`` read on the host: one
   sync per backward) written into rows whose kept dlogits were already used. Flops: 8NHV minus
   2 K H V for K kept tokens (7.1NHV at N=8192, 6NHV at N <= 3584 for H=4096); memory unchanged.
+- Accumulate route (``SummedGrads``; issue 16): token chunks of ``ACCUMULATE_ROWS_BUDGET_BYTES``
+  of fp32 logits (1024 tokens at V=128256): logits and row stats as above, dlogits in place,
+  ``grad_x_c = dlogits @ W`` and ``grad_W += dlogits.T @ x_c`` into ``ops/head_grad.py``'s
+  ``WeightGradAccumulator`` (fp32 [V, H] in two halves, scaled by the upstream gradient and
+  rounded in place into its first half in the backward: one fp32 sum rounded once, as exact as
+  the tiles), the bias's sum in fp32. 6NHV and no second pass; peak extra memory the fp32
+  accumulator + the fp32 input gradient + one chunk: 1002 + 64 + 501 = 1567 MiB at issue 16's
+  head (N=8192, H=2048; the tile route 597 MiB, Liger 0.8.5 597), 2004 + 128 + 501 = 2633 MiB at
+  N=8192, H=4096 (tiles and Liger ~1130). The chunk size is the balance of two costs: each chunk's
+  accumulating matmul reads and writes the fp32 accumulator (8 bytes per [V, H] entry against
+  2 K flops for K tokens), hidden by the H200's ~206 flops per byte from ~830 tokens per chunk on;
+  more tokens per chunk only add logits memory (501 MiB per 1024 tokens).
+  The logits stay fp32 here too, not the spec's bf16: measured on the CPU (``[384, 256] @
+  [2048, 256]``, bf16 inputs, rms error over one rounding of the float64 result, both gradients),
+  fp32 logits are 1.5x against the float64 gradients of fp32 logits and bf16 logits 1.5x against
+  those of bf16-rounded logits, but across the two the error is 4.9x at logits of rms 8 (max 40)
+  and 12x at rms 25 (max 130): the bf16 spec and the fp32 one differ by far more than one
+  rounding at trained-LM logit sizes. fp32 logits keep both routes on the same (more exact)
+  function, so the route is a pure speed and memory choice; bf16 logits would halve the chunk's
+  memory and traffic (the fast path has them).
+- The route (``exact_route``): only the tiles serve per-token upstream gradients
+  (``reduction="none"``) or need nothing when neither weight nor bias wants a gradient; otherwise
+  the rule picks accumulate when the tile route keeps the dlogits of fewer than half of the
+  tokens (``2 K < N``: the tile route's 8NHV - 2KHV is then above 7NHV). With bf16 weights K is
+  about 7H/8, so accumulate from N > 1.75H on: N=8192 at H=2048 (7.56NHV) and at H=4096 (7.1NHV),
+  tiles at N=2048 for both. The environment variable ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the
+  default; ``accumulate``; ``tiles``) overrides the rule where both routes apply (the public
+  signatures stay Liger 0.8.5's); benchmarks/bench_multigpu.py's ``ours-accumulate`` and
+  ``ours-tiles`` providers set it.
 
-Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16; benchmarks/NOTES.md, "Fused
-linear cross-entropy: exact and lean", and benchmarks/results/h200/flce_exact.md), one run:
+The tile route, measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16;
+benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean", and
+benchmarks/results/h200/flce_exact.md), one run:
 54.5 ms fwd+bwd against Liger 0.8.5's 56.5 ms (nothing kept: 58.5 ms; 6NHV at the measured
 matmul rate: 37.6 ms), peak extra memory 1130 MiB (the bf16 weight gradient 1002 + fp32 input
 gradient 128 in the forward; weight gradient + input gradient 64 + one 64 MiB fp32 tile in the
