@@ -5,6 +5,7 @@ from parity import DEVICE, DTYPES, ON_GPU, as64, assert_matches, randn, sizes
 from test_cross_entropy import torch_ce
 
 from liger_kernel.ops import fused_linear_cross_entropy as flce_ops
+from liger_kernel.ops import head_grad
 from liger_kernel.ops.fused_linear_cross_entropy import (
     LigerFusedLinearCrossEntropyFunction,
     fused_linear_cross_entropy_backward,
@@ -671,3 +672,21 @@ def test_accumulate_route_empty_batch(monkeypatch):
     y = torch.zeros(0, dtype=torch.long, device=DEVICE)
     liger_fused_linear_cross_entropy(x, w, y, b, reduction="sum").backward()
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_vocab", [12, 13])
+def test_weight_gradient_scaled_as_it_is_rounded(monkeypatch, n_vocab, dtype):
+    """``WeightGradAccumulator.finish(scale)`` (the accumulate route's backward): the fp32 sum times
+    the upstream gradient, rounded once, through the first-step temporary and the doubling steps
+    of the in-place rounding, odd and even vocabularies."""
+    monkeypatch.setattr(head_grad, "FIRST_ROUNDING_ELEMENTS", 5)
+    weight = torch.zeros(n_vocab, 7, dtype=dtype, device=DEVICE)
+    acc = head_grad.WeightGradAccumulator(weight)
+    chunks = [(randn(4, n_vocab).to(dtype), randn(4, 7).to(dtype)) for _ in range(3)]
+    for i, (g, x) in enumerate(chunks):
+        acc.add(g, x, first=i == 0)
+    scale = torch.tensor([-2.75], device=DEVICE)
+    expected = (sum(g.float().t() @ x.float() for g, x in chunks) * scale).to(dtype)
+    exact = dict(rtol=0, atol=0) if dtype == torch.bfloat16 else {}  # fp32: the sums' order may differ
+    torch.testing.assert_close(acc.finish(scale), expected, **exact)

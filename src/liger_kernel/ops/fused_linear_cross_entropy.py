@@ -563,8 +563,9 @@ def plan_keep(x, weight, need_w: bool, per_row: bool, share: float):
 
 class SummedGrads:
     """The accumulate route's weight and bias gradients for an upstream gradient of 1, summed over
-    the forward's token chunks: ``dlogits.T @ x_c`` into a ``WeightGradAccumulator`` (fp32, rounded
-    in place at the end: its memory is the accumulator alone), the bias's in fp32."""
+    the forward's token chunks: ``dlogits.T @ x_c`` into a ``WeightGradAccumulator`` (fp32, scaled
+    by the upstream gradient as it is rounded in place at the end: its memory is the accumulator
+    alone, and no pass of its own for the scaling), the bias's in fp32."""
 
     def __init__(self, weight: torch.Tensor, need_w: bool, need_b: bool):
         from liger_kernel.ops.head_grad import WeightGradAccumulator  # it imports this module
@@ -586,9 +587,7 @@ class SummedGrads:
         if self.weight is not None:
             if self.empty:  # no token: no chunk wrote the accumulator
                 self.weight.zero()
-            for part in self.weight.parts:
-                scale_by_upstream(part, g, per_row=False)
-            grad_w = self.weight.finish()
+            grad_w = self.weight.finish(g.reshape(1))
         if self.bias is not None:
             grad_b = self.bias.mul_(g).to(bias_dtype)
         return grad_w, grad_b
