@@ -35,6 +35,7 @@ PROVIDERS = {
     "exact tiles": {"route": "tiles"},  # kept dlogits and vocabulary tiles (the default before issue 16)
     "exact accumulate": {"route": "accumulate"},  # token chunks, fp32 accumulator: 6NHV
     "exact accumulate R512": {"route": "accumulate", "module": {"R": 512}},
+    "exact accumulate R768": {"route": "accumulate", "module": {"R": 768}},
     "exact accumulate R2048": {"route": "accumulate", "module": {"R": 2048}},
     "exact nothing kept": {"module": {"EXACT_KEPT_CHUNK_SHARE": 0}},  # the previous default
     "exact kept share 1/4": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
