@@ -567,11 +567,12 @@ class SummedGrads:
     by the upstream gradient as it is rounded in place at the end: its memory is the accumulator
     alone, and no pass of its own for the scaling), the bias's in fp32."""
 
-    def __init__(self, weight: torch.Tensor, need_w: bool, need_b: bool):
+    def __init__(self, weight: torch.Tensor, bias, need_w: bool, need_b: bool):
         from liger_kernel.ops.head_grad import WeightGradAccumulator  # it imports this module
 
         self.weight = WeightGradAccumulator(weight) if need_w else None
         self.bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        self.bias_dtype = None if bias is None else bias.dtype
         self.empty = True
 
     def add(self, dlogits: torch.Tensor, x_c: torch.Tensor) -> None:
@@ -581,7 +582,7 @@ class SummedGrads:
             self.bias += dlogits.sum(0, dtype=torch.float32)
         self.empty = False
 
-    def finish(self, g: torch.Tensor, bias_dtype) -> tuple:
+    def finish(self, g: torch.Tensor) -> tuple:
         """``(grad_W, grad_b)`` times the scalar upstream gradient ``g``, each rounded once."""
         grad_w = grad_b = None
         if self.weight is not None:
@@ -589,17 +590,17 @@ class SummedGrads:
                 self.weight.zero()
             grad_w = self.weight.finish(g.reshape(1))
         if self.bias is not None:
-            grad_b = self.bias.mul_(g).to(bias_dtype)
+            grad_b = self.bias.mul_(g).to(self.bias_dtype)
         return grad_w, grad_b
 
 
-def plan_exact(x, weight, needs, per_row: bool, chunk_mem_const: float):
+def plan_exact(x, weight, bias, needs, per_row: bool, chunk_mem_const: float):
     """What the exact forward prepares for the weight and bias gradients: ``SummedGrads`` (the
     accumulate route), ``KeptDlogits`` or None (the tile route), and the forward's chunk budget."""
     need_w, need_b = needs[1], needs[2]
     share = EXACT_KEPT_CHUNK_SHARE * chunk_mem_const
     if exact_route(x.shape[0], weight, need_w, need_b, per_row, share) == "accumulate":
-        return SummedGrads(weight, need_w, need_b), ACCUMULATE_ROWS_BUDGET_BYTES * chunk_mem_const
+        return SummedGrads(weight, bias, need_w, need_b), ACCUMULATE_ROWS_BUDGET_BYTES * chunk_mem_const
     return plan_keep(x, weight, need_w, per_row, share), EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
 
 
@@ -795,7 +796,7 @@ def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row
         if stage is not None:
             grad_x = stage.view(shape).clone()
     if isinstance(held, SummedGrads):
-        return grad_x, *held.finish(g, None if bias is None else bias.dtype)
+        return grad_x, *held.finish(g)
     if keep is not None:
         return grad_x, *kept_vocab_pass(x, weight, bias, terms, w, opts, keep, g, need_b, budget)
     grad_w, grad_b = None, None
@@ -1079,7 +1080,7 @@ def fused_linear_cross_entropy_forward(
             )
         else:
             per_row = g is not None
-            held, budget = plan_exact(x, tensors[1], needs, per_row, chunk_mem_const)
+            held, budget = plan_exact(x, tensors[1], tensors[3], needs, per_row, chunk_mem_const)
             outputs, terms, w, grad_x32 = token_pass(*tensors, ce_weight, opts, needs[0], budget, held)
             g = torch.ones((), dtype=torch.float32, device=x.device) if g is None else g
             box = [] if grad_x32 is None else [grad_x32]
@@ -1191,7 +1192,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         ctx.input_shape, ctx.mode, ctx.per_row = _input.shape, mode, reduction == "none"
         ctx.opts, ctx.needs, ctx.chunk_mem_const = opts, needs, chunk_mem_const
         if mode == "exact":
-            held, budget = plan_exact(x, tensors[1], needs, ctx.per_row, chunk_mem_const)
+            held, budget = plan_exact(x, tensors[1], tensors[3], needs, ctx.per_row, chunk_mem_const)
             outputs, terms, ctx.class_weight, grad_x32 = token_pass(*tensors, ce_weight, opts, needs[0], budget, held)
             ctx.grad_x32 = [] if grad_x32 is None else [grad_x32]  # a box: backward frees it early
             ctx.held = [] if held is None else [held]  # a box too: backward hands the buffers on
