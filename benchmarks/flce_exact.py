@@ -37,10 +37,13 @@ PROVIDERS = {
     "exact accumulate R512": {"route": "accumulate", "module": {"R": 512}},
     "exact accumulate R768": {"route": "accumulate", "module": {"R": 768}},
     "exact accumulate R2048": {"route": "accumulate", "module": {"R": 2048}},
-    "exact nothing kept": {"module": {"EXACT_KEPT_CHUNK_SHARE": 0}},  # the previous default
-    "exact kept share 1/4": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
-    "exact kept share 1/16": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
-    "exact T1024": {"module": {"T": 1024}},
+    "exact nothing kept": {
+        "route": "tiles",
+        "module": {"EXACT_KEPT_CHUNK_SHARE": 0},
+    },  # the default before kept dlogits
+    "exact kept share 1/4": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
+    "exact kept share 1/16": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
+    "exact T1024": {"route": "tiles", "module": {"T": 1024}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
     "compile": {"compile": True},  # torch.compile(F.cross_entropy((x @ w.T).float(), y)), dynamic=False
