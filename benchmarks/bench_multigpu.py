@@ -11,9 +11,11 @@ with 8 layers and an untied 128256 vocabulary, 4 x 2048 tokens per GPU, bf16 wei
 ``fully_shard`` per decoder layer and the root. Every (wrapper, provider) is a fresh ``torchrun``
 of two processes; ``liger085`` runs with ``PYTHONPATH`` on ``.peer/liger085`` (see
 benchmarks/setup_peers.sh), ``ours`` on this repo's ``src``. ``--warmup`` untimed steps, then
-``--steps`` timed ones; tokens/s counts both GPUs' tokens; peak memory is the larger rank's
-``torch.cuda.max_memory_allocated`` over all steps. Writes ``benchmarks/results/<gpu>/multigpu.json``
-and ``multigpu.md``. ZeRO-3 runs only where ``deepspeed`` imports.
+``--steps`` timed ones; ``ours-accumulate`` and ``ours-tiles`` are ours with the exact fused linear
+cross-entropy's route forced (``LIGER_FLCE_EXACT_ROUTE``; ``ours``: its rule); tokens/s counts both
+GPUs' tokens; peak memory is the larger rank's ``torch.cuda.max_memory_allocated`` over all steps.
+Writes ``benchmarks/results/<gpu>/multigpu.json`` and ``multigpu.md``. ZeRO-3 runs only where
+``deepspeed`` imports.
 """
 
 import argparse
@@ -28,7 +30,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PROVIDERS = {"hf": "stock HF", "ours": "ours", "liger085": "Liger 0.8.5"}
+PROVIDERS = {
+    "hf": "stock HF",
+    "ours": "ours",
+    "ours-accumulate": "ours, FLCE accumulate route",
+    "ours-tiles": "ours, FLCE tile route",
+    "liger085": "Liger 0.8.5",
+}
+DEFAULT_PROVIDERS = "hf,ours,liger085"
+# ours-*: LIGER_FLCE_EXACT_ROUTE of the worker (the exact fused linear cross-entropy's route; ours: its rule)
+FLCE_ROUTES = {"ours": "auto", "ours-accumulate": "accumulate", "ours-tiles": "tiles"}
 WRAPPERS = ("fsdp2", "ddp", "zero3")
 RESULT = "@@MULTIGPU "
 CONFIG = dict(
@@ -154,7 +165,9 @@ def free_port():
 
 def launch(wrapper, provider, args):
     env = {**os.environ, **NCCL_ENV}
-    path = {"ours": REPO / "src", "liger085": peer_path()}.get(provider)
+    if provider in FLCE_ROUTES:
+        env["LIGER_FLCE_EXACT_ROUTE"] = FLCE_ROUTES[provider]
+    path = REPO / "src" if provider in FLCE_ROUTES else {"liger085": peer_path()}.get(provider)
     if provider == "liger085" and path is None:
         return dict(wrapper=wrapper, provider=provider, error="no .peer/liger085 (bash benchmarks/setup_peers.sh)")
     kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and not p.rstrip("/").endswith("src")]
@@ -207,7 +220,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--one", nargs=2, metavar=("WRAPPER", "PROVIDER"), help="run one case (under torchrun)")
     parser.add_argument("--wrappers", default=",".join(WRAPPERS))
-    parser.add_argument("--providers", default=",".join(PROVIDERS))
+    parser.add_argument("--providers", default=DEFAULT_PROVIDERS, help=f"comma-separated, of: {', '.join(PROVIDERS)}")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--gpus", type=int, default=2)

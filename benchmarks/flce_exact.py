@@ -1,5 +1,6 @@
 """Fused linear cross-entropy on one GPU: time, peak extra memory and the exactness criterion of
-issue 11 for the exact default, the fast path (bf16 accumulation) and fp32 accumulation.
+issue 11 for the exact default (its rule's route), each of its routes (``LIGER_FLCE_EXACT_ROUTE``:
+tiles with kept dlogits, accumulate), the fast path (bf16 accumulation) and fp32 accumulation.
 
     PYTHONPATH=src python benchmarks/flce_exact.py --out /tmp/flce      # H=4096, V=128256, bf16
     PYTHONPATH=/tmp/liger085 python benchmarks/flce_exact.py --providers liger085 --out /tmp/flce/peer
@@ -26,20 +27,30 @@ from triton.testing import do_bench
 from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
 MIB = 2**20
-# name -> keyword arguments; "module": settings of the ops module for the run ("T": tile columns);
-# "compile": torch.compile of the plain-PyTorch loss instead
+# name -> keyword arguments; "module": settings of the ops module for the run ("T": tile columns;
+# "R": accumulate-route chunk tokens); "route": the exact path's LIGER_FLCE_EXACT_ROUTE for the run
+# ("auto" unless given); "compile": torch.compile of the plain-PyTorch loss instead
 PROVIDERS = {
-    "exact (default)": {},
-    "exact nothing kept": {"module": {"EXACT_KEPT_CHUNK_SHARE": 0}},  # the previous default
-    "exact kept share 1/4": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
-    "exact kept share 1/16": {"module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
-    "exact T1024": {"module": {"T": 1024}},
+    "exact (default)": {},  # the rule's route
+    "exact tiles": {"route": "tiles"},  # kept dlogits and vocabulary tiles (the default before issue 16)
+    "exact accumulate": {"route": "accumulate"},  # token chunks, fp32 accumulator: 6NHV
+    "exact accumulate R512": {"route": "accumulate", "module": {"R": 512}},
+    "exact accumulate R768": {"route": "accumulate", "module": {"R": 768}},
+    "exact accumulate R2048": {"route": "accumulate", "module": {"R": 2048}},
+    "exact nothing kept": {
+        "route": "tiles",
+        "module": {"EXACT_KEPT_CHUNK_SHARE": 0},
+    },  # the default before kept dlogits
+    "exact kept share 1/4": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
+    "exact kept share 1/16": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
+    "exact T1024": {"route": "tiles", "module": {"T": 1024}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
     "compile": {"compile": True},  # torch.compile(F.cross_entropy((x @ w.T).float(), y)), dynamic=False
     "liger085": {},  # whatever liger_kernel is on PYTHONPATH, at its defaults
 }
-DEFAULT_PROVIDERS = "exact (default),exact nothing kept,fast (accum bf16),compile"
+DEFAULT_PROVIDERS = "exact (default),exact tiles,exact accumulate,fast (accum bf16),compile"
+EXACT_PROVIDERS = [name for name in PROVIDERS if name.startswith("exact")]
 
 
 def inputs(n, h, v, seed=0):
@@ -93,9 +104,12 @@ def measure(n, h, v, with_errors, providers, errors_for=()):
     ref = reference_grads(x, w, y) if with_errors else None
     for name in providers:
         kwargs = dict(PROVIDERS[name])
-        saved = configure(kwargs.pop("module", {}), n)
+        saved = configure(kwargs.pop("module", {}), n, v)
+        os.environ["LIGER_FLCE_EXACT_ROUTE"] = kwargs.pop("route", "auto")
         row = {"N": n, "provider": name}
         try:
+            if name == "exact (default)":
+                row["route"] = rule_route(n, w)
             fwd_bwd(x, w, y, kwargs)  # warm-up: kernels compiled, cuBLAS workspaces allocated
             x.grad = w.grad = None
             torch.cuda.synchronize()
@@ -113,16 +127,24 @@ def measure(n, h, v, with_errors, providers, errors_for=()):
             row["fwd_ms"] = round(do_bench(functools.partial(loss_of, x, w, y, kwargs), rep=300), 2)
         except Exception as e:  # recorded, the next provider still runs
             row["error"] = f"{type(e).__name__}: {e}"[:300]
-        configure(saved, n)
+        configure(saved, n, v)
         rows.append(row)
         print(json.dumps(row), flush=True)
     del ref
     return rows
 
 
-def configure(settings, n):
+def rule_route(n, w):
+    """The route the exact path's rule picks for ``n`` tokens and a trainable weight ``w``."""
+    from liger_kernel.ops import fused_linear_cross_entropy as ops
+
+    return ops.exact_route(n, w, True, False, False, ops.EXACT_KEPT_CHUNK_SHARE)
+
+
+def configure(settings, n, v):
     """Set attributes of the ops module ("T": vocabulary tile columns at ``n`` tokens, one fp32
-    buffer); returns the previous values."""
+    buffer; "R": accumulate-route chunks of that many tokens of ``v`` fp32 logits); returns the
+    previous values."""
     if not settings:
         return {}
     from liger_kernel.ops import fused_linear_cross_entropy as ops
@@ -130,6 +152,8 @@ def configure(settings, n):
     settings = dict(settings)
     if "T" in settings:
         settings["EXACT_TILE_BUDGET_BYTES"] = 4 * n * settings.pop("T")
+    if "R" in settings:
+        settings["ACCUMULATE_ROWS_BUDGET_BYTES"] = 4 * v * settings.pop("R")
     saved = {k: getattr(ops, k) for k in settings}
     for k, value in settings.items():
         setattr(ops, k, value)
@@ -149,8 +173,15 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "."))
     p.add_argument("--tokens", default="8192,2048")
     p.add_argument("--errors", default="8192,2048", help="token counts at which to measure the errors")
-    p.add_argument("--errors-for", default="exact (default),fast (accum bf16),fast accum fp32,liger085")
-    p.add_argument("--providers", default=DEFAULT_PROVIDERS, help=f"comma-separated, of: {', '.join(PROVIDERS)}")
+    p.add_argument(
+        "--errors-for",
+        default="exact (default),exact tiles,exact accumulate,fast (accum bf16),fast accum fp32,liger085",
+    )
+    p.add_argument(
+        "--providers",
+        default=DEFAULT_PROVIDERS,
+        help=f"comma-separated, of: {', '.join(PROVIDERS)}; 'exact-all': every exact provider",
+    )
     p.add_argument("--hidden", type=int, default=4096, help="H (2048: issue 16's Llama-3.2-1B head)")
     args = p.parse_args()
     h, v = args.hidden, 128256
@@ -161,7 +192,8 @@ def main():
         results["floor"][n] = {"tflops": round(rate, 1), "floor_ms": round(6 * n * h * v / rate / 1e9, 2)}
         print(json.dumps({"N": n, **results["floor"][n]}), flush=True)
         with_errors = str(n) in args.errors.split(",")
-        results["rows"] += measure(n, h, v, with_errors, args.providers.split(","), args.errors_for.split(","))
+        providers = [q for p in args.providers.split(",") for q in (EXACT_PROVIDERS if p == "exact-all" else [p])]
+        results["rows"] += measure(n, h, v, with_errors, providers, args.errors_for.split(","))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "flce_exact.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -176,8 +208,9 @@ def main():
             print(f"{r['N']:>5} {r['provider']:26} {r['error']}")
             continue
         gx, gw = r.get("gx_max_rms", "-"), r.get("gw_max_rms", "-")
+        name = r["provider"] + (f" [{r['route']}]" if "route" in r else "")
         print(
-            f"{r['N']:>5} {r['provider']:26} {r['ms']:>10} {r['ms'] / floor:>7.3f} {r['fwd_ms']:>7} "
+            f"{r['N']:>5} {name:26} {r['ms']:>10} {r['ms'] / floor:>7.3f} {r['fwd_ms']:>7} "
             f"{r['peak_extra_MiB']:>9} {gx!s:12} {gw!s}"
         )
 

@@ -5,6 +5,7 @@ from parity import DEVICE, DTYPES, ON_GPU, as64, assert_matches, randn, sizes
 from test_cross_entropy import torch_ce
 
 from liger_kernel.ops import fused_linear_cross_entropy as flce_ops
+from liger_kernel.ops import head_grad
 from liger_kernel.ops.fused_linear_cross_entropy import (
     LigerFusedLinearCrossEntropyFunction,
     fused_linear_cross_entropy_backward,
@@ -24,7 +25,9 @@ SHAPES = sizes(
 )
 OPTION_SHAPE = sizes(cpu=(29, 24, 300), gpu=(1536, 1024, 32000))
 
-MODES = ("exact", "fast")  # ce_mode: the default vocabulary-tiled path, the token-chunk path
+# ce_mode, plus the exact path's accumulate route (``route``): the exact path as its rule picks the
+# route (at the CPU shapes mostly the tile route), the exact path's accumulate route, the fast path
+MODES = ("exact", "accumulate", "fast")
 
 CASES = {
     "bias": dict(bias=True),
@@ -93,12 +96,22 @@ def liger(
     )
 
 
+def route(monkeypatch, mode: str) -> str:
+    """The ``ce_mode`` for a ``MODES`` entry; "accumulate" forces the exact path's accumulate route
+    (where it applies: a weight or bias gradient and one upstream gradient for all tokens)."""
+    if mode != "accumulate":
+        return mode
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")
+    return "exact"
+
+
 def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None, kept_share=1 / 3):
-    """Chunk budgets of ``rows`` tokens (both paths) and vocabulary tiles of ``cols`` columns;
+    """Chunk budgets of ``rows`` tokens (all paths) and vocabulary tiles of ``cols`` columns;
     chunks of kept tokens of ``kept_share`` of the weight gradient (at the CPU shapes' small H: a
     few tokens, beside some but not all tokens' dlogits)."""
     monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4)
+    monkeypatch.setattr(flce_ops, "ACCUMULATE_ROWS_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "EXACT_KEPT_CHUNK_SHARE", kept_share)
     monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4)
 
@@ -138,6 +151,7 @@ def check_against_torch(x, w, b, y, opts, cw=None, accum_dtype=None, use_token_s
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_parity(monkeypatch, shape, dtype, mode):
+    mode = route(monkeypatch, mode)
     small_chunks(monkeypatch, shape[2], n_rows=shape[0])
     x, w, b, y, opts, _ = make_case(*shape, dtype, {})
     check_against_torch(x, w, b, y, opts, mode=mode)
@@ -152,6 +166,7 @@ def test_options(monkeypatch, case, dtype, mode):
         pytest.skip("an accum_dtype case is for the fast path")
     if spec.get("accum_dtype") == torch.bfloat16 and dtype != torch.bfloat16:
         pytest.skip("bf16 accumulation is for bf16 weights")
+    mode = route(monkeypatch, mode)
     if not spec.get("one_chunk"):
         small_chunks(monkeypatch, OPTION_SHAPE[2], n_rows=OPTION_SHAPE[0])
     x, w, b, y, opts, cw = make_case(*OPTION_SHAPE, dtype, spec)
@@ -163,6 +178,7 @@ def test_options(monkeypatch, case, dtype, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_chunk_count_does_not_change_the_result(monkeypatch, mode):
+    mode = route(monkeypatch, mode)
     x, w, b, y, opts, cw = make_case(37, 24, 1000, torch.float32, CASES["none+everything"] | {"reduction": "sum"})
     opts["reduction"] = "sum"
     results = []
@@ -241,6 +257,7 @@ def test_gradient_accumulation_matches_one_batch(monkeypatch):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_non_unit_upstream_gradient(monkeypatch, reduction, mode):
+    mode = route(monkeypatch, mode)
     small_chunks(monkeypatch, 300)
     x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True, reduction=reduction))
     check_against_torch(x, w, b, y, opts, grad_out=torch.tensor(-2.75, device=DEVICE), mode=mode)
@@ -248,6 +265,7 @@ def test_non_unit_upstream_gradient(monkeypatch, reduction, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_no_grad_and_inputs_without_grad(monkeypatch, mode):
+    mode = route(monkeypatch, mode)
     small_chunks(monkeypatch, 300)
     x, w, b, y, opts, _ = make_case(*OPTION_SHAPE, torch.bfloat16, dict(bias=True, ignore=True))
     ref = fused_linear_cross_entropy_reference(*as64(x, w), y, as64(b)[0])[0].detach()
@@ -387,27 +405,30 @@ def one_rounding_ratios(actual, reference):
 
 def test_default_gradients_are_exact_bf16_accumulation_is_not(monkeypatch):
     """The exactness criterion of issue 11 on bf16 inputs over 16 token chunks and 5 vocabulary
-    tiles: the default path's gradients are within a few percent of one rounding of the float64
+    tiles: the exact path's gradients are within a few percent of one rounding of the float64
     result (rms; each gradient is one fp32 accumulator rounded once, the only other error being the
-    bf16 dlogits fed to the matmul: 1.0-1.5x in the max over seeds and shapes, 1.01-1.08x rms); the
-    fast path's bf16 running sum over chunks is 3-4x (on the CPU the interpreter's truncating
-    fp32 -> bf16 casts in the cross-entropy kernel add to that; on the H200 see benchmarks/NOTES.md)."""
+    bf16 dlogits fed to the matmul: 1.0-1.5x in the max over seeds and shapes, 1.01-1.08x rms),
+    through both of its routes (the accumulate route's sum over chunks is in fp32); the fast
+    path's bf16 running sum over chunks is 3-4x (on the CPU the interpreter's truncating fp32 ->
+    bf16 casts in the cross-entropy kernel add to that; on the H200 see benchmarks/NOTES.md)."""
     n, h, v = 256, 32, 1000
     set_budgets(monkeypatch, n, v, rows=16, cols=200)
     for seed in range(2):
         x, w, _, y, opts, _ = make_case(n, h, v, torch.bfloat16, {}, seed=seed)
         x64, w64 = as64(x, w)
         torch_flce(x64, w64, y, None, opts)[0].backward()
-        for mode in MODES:
+        for mode in ("tiles", "accumulate", "fast"):
+            monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "auto" if mode == "fast" else mode)
             xs, ws = [t.detach().clone().requires_grad_() for t in (x, w)]
-            liger(xs, ws, y, None, opts, accum_dtype=torch.bfloat16 if mode == "fast" else None, mode=mode)[
-                0
-            ].backward()
+            fast = mode == "fast"
+            liger(
+                xs, ws, y, None, opts, accum_dtype=torch.bfloat16 if fast else None, mode="fast" if fast else "exact"
+            )[0].backward()
             (gx_max, gx_rms), (gw_max, gw_rms) = (
                 one_rounding_ratios(xs.grad, x64.grad),
                 one_rounding_ratios(ws.grad, w64.grad),
             )
-            if mode == "exact":
+            if not fast:
                 assert gx_rms <= 1.1 and gw_rms <= 1.1 and gx_max <= 1.5 and gw_max <= 1.5, (
                     gx_max,
                     gx_rms,
@@ -421,6 +442,7 @@ def test_default_gradients_are_exact_bf16_accumulation_is_not(monkeypatch):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_loss_outputs_in_the_input_dtype(monkeypatch, mode, dtype):
+    mode = route(monkeypatch, mode)
     """loss, z-loss and per-token losses in the dtype F.cross_entropy(F.linear(x, W, b), y) returns
     (``loss.backward(gradient=torch.ones_like(reference_loss))`` then works); grads still right."""
     small_chunks(monkeypatch, 300)
@@ -449,6 +471,7 @@ def test_chunk_mem_const_scales_the_chunks(monkeypatch):
     """chunk_mem_const multiplies the budgets: fewer, larger chunks, the same result."""
     x, w, b, y, opts, _ = make_case(29, 24, 300, torch.float32, dict(bias=True, ignore=True))
     set_budgets(monkeypatch, 29, 300, rows=4, cols=32, kept_share=0)  # no kept dlogits: two plain passes
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "tiles")
     sizes_seen = []
     real_split = flce_ops.split_size
     monkeypatch.setattr(flce_ops, "split_size", lambda *a: sizes_seen.append(real_split(*a)) or sizes_seen[-1])
@@ -465,6 +488,7 @@ def test_chunk_mem_const_scales_the_chunks(monkeypatch):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_peer_forward_and_backward_functions(monkeypatch, mode):
+    mode = route(monkeypatch, mode)
     """fused_linear_cross_entropy_forward / _backward at Liger 0.8.5's signatures: the loss and
     the gradients for an upstream gradient of 1 (or one per token), then scaled by the backward."""
     small_chunks(monkeypatch, 300)
@@ -535,6 +559,7 @@ def test_kept_dlogits_give_the_same_gradients(monkeypatch, kept, dtype):
     gradient (it scales the kept dlogits' matmul), and the buffer becomes ``weight.grad``."""
     n, h, v = sizes(cpu=(11 if kept == "all" else 37, 24, 300), gpu=(1536 if kept == "all" else 4096, 2048, 32000))
     set_budgets(monkeypatch, n, v, rows=sizes(cpu=8, gpu=1024), cols=sizes(cpu=64, gpu=2048), kept_share=KEPT[kept])
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "tiles")
     seen = []
     real = flce_ops.kept_vocab_pass
     monkeypatch.setattr(flce_ops, "kept_vocab_pass", lambda *a: seen.append(a[6].rows) or real(*a))
@@ -545,12 +570,8 @@ def test_kept_dlogits_give_the_same_gradients(monkeypatch, kept, dtype):
     assert seen == expected and (kept != "some" or 0 < seen[0] < n), seen
 
 
-@pytest.mark.skipif(not ON_GPU, reason="peak memory of the CUDA caching allocator")
-def test_exact_path_peak_memory():
-    """Peak extra memory of one forward + backward (bf16) with kept dlogits: the weight gradient
-    (their buffer from the forward on), then the larger of the fp32 input gradient and the bf16
-    one beside one vocabulary tile (issue 11: <= 1.2 GB at N=8192, H=4096, V=128256)."""
-    n, h, v = 4096, 2048, 65536
+def peak_extra_bytes(n, h, v):
+    """Peak extra memory of one bf16 forward + backward of the fused loss, after a warm-up."""
     torch.manual_seed(0)
     x = randn(n, h, dtype=torch.bfloat16, requires_grad=True)
     w = randn(v, h, dtype=torch.bfloat16, requires_grad=True, scale=h**-0.5)
@@ -562,6 +583,110 @@ def test_exact_path_peak_memory():
     base = torch.cuda.memory_allocated()
     liger_fused_linear_cross_entropy(x, w, y).backward()
     torch.cuda.synchronize()
-    extra = torch.cuda.max_memory_allocated() - base
+    return torch.cuda.max_memory_allocated() - base
+
+
+@pytest.mark.skipif(not ON_GPU, reason="peak memory of the CUDA caching allocator")
+def test_exact_path_peak_memory(monkeypatch):
+    """Peak extra memory of one forward + backward (bf16) with kept dlogits: the weight gradient
+    (their buffer from the forward on), then the larger of the fp32 input gradient and the bf16
+    one beside one vocabulary tile (issue 11: <= 1.2 GB at N=8192, H=4096, V=128256)."""
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "tiles")
+    n, h, v = 4096, 2048, 65536
+    extra = peak_extra_bytes(n, h, v)
     bound = v * h * 2 + max(n * h * 4, n * h * 2 + flce_ops.EXACT_TILE_BUDGET_BYTES) + 4 * 2**20
     assert extra <= bound, (extra / 2**20, bound / 2**20)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="peak memory of the CUDA caching allocator")
+def test_accumulate_route_peak_memory(monkeypatch):
+    """The accumulate route's peak extra memory: the fp32 accumulator (rounded in place: no bf16
+    copy beside it), the fp32 input gradient and one chunk's fp32 logits (issue 16's head, N=8192,
+    H=2048, V=128256: 1002 + 64 + 501 = 1567 MiB)."""
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")
+    n, h, v = 4096, 2048, 65536
+    extra = peak_extra_bytes(n, h, v)
+    chunk = flce_ops.split_size(n, v * 4, flce_ops.ACCUMULATE_ROWS_BUDGET_BYTES) * v * 4
+    bound = v * h * 4 + n * h * 4 + chunk + 4 * 2**20
+    assert extra <= bound, (extra / 2**20, bound / 2**20)
+
+
+def test_exact_route_rule_at_representative_shapes(monkeypatch):
+    """The exact path's rule: the accumulate route when the tile route keeps the dlogits of fewer
+    than half of the tokens (more than 7NHV), the tile route otherwise and wherever only it
+    applies (per-token upstream gradients, no weight or bias gradient); the environment variable
+    overrides it where both apply, and a bad value is an error naming it."""
+    share = flce_ops.EXACT_KEPT_CHUNK_SHARE
+    monkeypatch.delenv(flce_ops.EXACT_ROUTE_ENV, raising=False)
+
+    def pick(n, h, v=128256, dtype=torch.bfloat16, need_w=True, need_b=False, per_row=False):
+        weight = torch.empty(v, h, dtype=dtype, device="meta")
+        return flce_ops.exact_route(n, weight, need_w, need_b, per_row, share)
+
+    # issue 16's head (H=2048): 1792 kept of 8192 (7.56NHV) -> accumulate; of 2048 (6.25NHV) -> tiles
+    assert pick(8192, 2048) == "accumulate" and pick(2048, 2048) == "tiles"
+    # issue 11's (H=4096): 3584 kept of 8192 (7.1NHV) -> accumulate; of 4096 (6.25NHV) -> tiles
+    assert pick(8192, 4096) == "accumulate" and pick(4096, 4096) == "tiles" and pick(7168, 4096) == "tiles"
+    assert pick(12288, 8192, v=32000) == "tiles" and pick(32768, 4096, v=32000, dtype=torch.float32) == "accumulate"
+    assert pick(8192, 2048, per_row=True) == "tiles" and pick(8192, 2048, need_w=False) == "tiles"
+    assert pick(8192, 2048, need_w=False, need_b=True) == "tiles"
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")
+    assert pick(2048, 2048) == "accumulate" and pick(8192, 2048, need_w=False, need_b=True) == "accumulate"
+    assert pick(8192, 2048, per_row=True) == "tiles" and pick(8192, 2048, need_w=False) == "tiles"
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "tiles")
+    assert pick(8192, 2048) == "tiles"
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "fast")
+    with pytest.raises(ValueError, match="LIGER_FLCE_EXACT_ROUTE must be one of auto, accumulate, tiles"):
+        pick(8192, 2048)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("forced", [False, True])
+def test_accumulate_route_sums_every_chunk_and_rounds_in_place(monkeypatch, dtype, forced):
+    """The accumulate route, forced (where the rule keeps enough tokens for the tile route) or
+    picked by the rule (fp32 chunks filling most of the buffer keep too few tokens): one sum per
+    token chunk, every gradient right with every option for a non-unit upstream gradient, and a
+    2-byte weight's gradient lies in the fp32 accumulator's first half (rounded in place: no
+    separate copy)."""
+    n, h, v = sizes(cpu=(37, 24, 301), gpu=(4096, 2048, 32000))
+    rows = sizes(cpu=8, gpu=1024)
+    set_budgets(monkeypatch, n, v, rows=rows, cols=sizes(cpu=64, gpu=2048), kept_share=1 / 64 if forced else 0.9)
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate" if forced else "auto")
+    calls = []
+    real = flce_ops.SummedGrads.add
+    monkeypatch.setattr(flce_ops.SummedGrads, "add", lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a))
+    spec = dict(bias=True, ignore=True, ce_weight=True, label_smoothing=0.1, softcap=4.0, lse_square_scale=1e-2)
+    x, w, b, y, opts, cw = make_case(n, h, v, dtype, spec)
+    check_against_torch(x, w, b, y, opts, cw, grad_out=torch.tensor(-2.75, device=DEVICE), mode="exact")
+    assert sum(calls) == n and len(calls) == -(-n // rows), calls
+    accumulator_bytes = (-(-v // 2) * h * 4) if dtype == torch.bfloat16 else v * h * 4
+    assert w.grad.untyped_storage().nbytes() == accumulator_bytes
+
+
+def test_accumulate_route_empty_batch(monkeypatch):
+    """No token: no chunk runs, the gradients are zero (the accumulator is zeroed, not left empty)."""
+    monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")
+    x = torch.zeros(0, 24, dtype=torch.bfloat16, device=DEVICE, requires_grad=True)
+    w = randn(301, 24, dtype=torch.bfloat16, requires_grad=True)
+    b = randn(301, dtype=torch.bfloat16, requires_grad=True)
+    y = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    liger_fused_linear_cross_entropy(x, w, y, b, reduction="sum").backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n_vocab", [12, 13])
+def test_weight_gradient_scaled_as_it_is_rounded(monkeypatch, n_vocab, dtype):
+    """``WeightGradAccumulator.finish(scale)`` (the accumulate route's backward): the fp32 sum times
+    the upstream gradient, rounded once, through the first-step temporary and the doubling steps
+    of the in-place rounding, odd and even vocabularies."""
+    monkeypatch.setattr(head_grad, "FIRST_ROUNDING_ELEMENTS", 5)
+    weight = torch.zeros(n_vocab, 7, dtype=dtype, device=DEVICE)
+    acc = head_grad.WeightGradAccumulator(weight)
+    chunks = [(randn(4, n_vocab).to(dtype), randn(4, 7).to(dtype)) for _ in range(3)]
+    for i, (g, x) in enumerate(chunks):
+        acc.add(g, x, first=i == 0)
+    scale = torch.tensor([-2.75], device=DEVICE)
+    expected = (sum(g.float().t() @ x.float() for g, x in chunks) * scale).to(dtype)
+    exact = dict(rtol=0, atol=0) if dtype == torch.bfloat16 else {}  # fp32: the sums' order may differ
+    torch.testing.assert_close(acc.finish(scale), expected, **exact)

@@ -2,21 +2,23 @@
 
 Two paths, picked by ``ce_mode`` (``"exact"``, the default, or ``"fast"``).
 
-**Exact** (default). Every gradient is one matmul's fp32 accumulator rounded once to the
-parameter's dtype, so its error against a float64 reference is that of rounding the exact result
-once (plus that of feeding the matmul bf16 dlogits), whatever the batch: no bf16 running sum, no
-fp32 ``[V, H]`` buffer. Logits are computed in fp32 (``torch.mm(..., out_dtype=torch.float32)``),
-since bf16 logits move each softmax term by up to ``|z| 2^-9`` relative: ~1.5x one rounding in
-both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of trained LMs.
+**Exact** (default), by one of two routes (the tiles, or accumulate; the rule is below). Every
+gradient is one fp32 sum rounded once to the parameter's dtype, so its error against a float64
+reference is that of rounding the exact result once (plus that of feeding the matmul bf16
+dlogits), whatever the batch: no bf16 running sum. Logits are computed in fp32
+(``torch.mm(..., out_dtype=torch.float32)``), since bf16 logits move each softmax term by up to
+``|z| 2^-9`` relative: ~1.5x one rounding in both gradients on small CPU shapes, 3-6% per term
+for the 20-30 sized logits of trained LMs.
 
-- Forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
+- Tiles, forward, over token chunks (``EXACT_ROWS_BUDGET_BYTES`` of fp32 logits per chunk):
   ``z = x_c @ W.T (+ b)``; ``_row_stats_kernel`` gives each token's log-sum-exp, label logit and
   smoothing sum; ``row_terms`` turns them into the loss and three gradient coefficients per
   token; ``_dlogits_kernel`` writes ``dlogits`` over ``z``; ``grad_x_c = dlogits @ W`` over the
   whole vocabulary in one matmul, kept in fp32 until the upstream gradient is known.
-- Backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``): recompute ``z[:, tile]`` for all
-  tokens, ``_dlogits_kernel`` again (the same coefficients, times the upstream gradient), then
-  ``grad_W[tile] = dlogits.T @ x``: contracted over all tokens in one matmul, written once.
+- Tiles, backward, over vocabulary tiles (``EXACT_TILE_BUDGET_BYTES``; no fp32 ``[V, H]``
+  buffer): recompute ``z[:, tile]`` for all tokens, ``_dlogits_kernel`` again (the same
+  coefficients, times the upstream gradient), then ``grad_W[tile] = dlogits.T @ x``: contracted
+  over all tokens in one matmul, written once.
   ``grad_x`` is the fp32 forward result times the upstream gradient, rounded once: exact for
   any upstream gradient, per token too (``reduction="none"`` needs no recomputation).
 - Kept dlogits (``KeptDlogits``; whenever the weight needs a gradient and one upstream gradient
@@ -29,9 +31,39 @@ both gradients on small CPU shapes, 3-6% per term for the 20-30 sized logits of 
   with cuBLAS' alpha (the fp32 accumulator scaled, rounded once; ``g`` read on the host: one
   sync per backward) written into rows whose kept dlogits were already used. Flops: 8NHV minus
   2 K H V for K kept tokens (7.1NHV at N=8192, 6NHV at N <= 3584 for H=4096); memory unchanged.
+- Accumulate route (``SummedGrads``; issue 16): token chunks of ``ACCUMULATE_ROWS_BUDGET_BYTES``
+  of fp32 logits (1024 tokens at V=128256): logits and row stats as above, dlogits in place,
+  ``grad_x_c = dlogits @ W`` and ``grad_W += dlogits.T @ x_c`` into ``ops/head_grad.py``'s
+  ``WeightGradAccumulator`` (fp32 [V, H] in two halves, scaled by the upstream gradient and
+  rounded in place into its first half in the backward: one fp32 sum rounded once, as exact as
+  the tiles), the bias's sum in fp32. 6NHV and no second pass; peak extra memory the fp32
+  accumulator + the fp32 input gradient + one chunk: 1002 + 64 + 501 = 1567 MiB at issue 16's
+  head (N=8192, H=2048; the tile route 597 MiB, Liger 0.8.5 597), 2004 + 128 + 501 = 2633 MiB at
+  N=8192, H=4096 (tiles and Liger ~1130). The chunk size is the balance of two costs: each chunk's
+  accumulating matmul reads and writes the fp32 accumulator (8 bytes per [V, H] entry against
+  2 K flops for K tokens), hidden by the H200's ~206 flops per byte from ~830 tokens per chunk on;
+  more tokens per chunk only add logits memory (501 MiB per 1024 tokens).
+  The logits stay fp32 here too, not the spec's bf16: measured on the CPU (``[384, 256] @
+  [2048, 256]``, bf16 inputs, rms error over one rounding of the float64 result, both gradients),
+  fp32 logits are 1.5x against the float64 gradients of fp32 logits and bf16 logits 1.5x against
+  those of bf16-rounded logits, but across the two the error is 4.9x at logits of rms 8 (max 40)
+  and 12x at rms 25 (max 130): the bf16 spec and the fp32 one differ by far more than one
+  rounding at trained-LM logit sizes. fp32 logits keep both routes on the same (more exact)
+  function, so the route is a pure speed and memory choice; bf16 logits would halve the chunk's
+  memory and traffic (the fast path has them).
+- The route (``exact_route``): only the tiles serve per-token upstream gradients
+  (``reduction="none"``) or need nothing when neither weight nor bias wants a gradient; otherwise
+  the rule picks accumulate when the tile route keeps the dlogits of fewer than half of the
+  tokens (``2 K < N``: the tile route's 8NHV - 2KHV is then above 7NHV). With bf16 weights K is
+  about 7H/8, so accumulate from N > 1.75H on: N=8192 at H=2048 (7.56NHV) and at H=4096 (7.1NHV),
+  tiles at N=2048 for both. The environment variable ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the
+  default; ``accumulate``; ``tiles``) overrides the rule where both routes apply (the public
+  signatures stay Liger 0.8.5's); benchmarks/bench_multigpu.py's ``ours-accumulate`` and
+  ``ours-tiles`` providers set it.
 
-Measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16; benchmarks/NOTES.md, "Fused
-linear cross-entropy: exact and lean", and benchmarks/results/h200/flce_exact.md), one run:
+The tile route, measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16;
+benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean", and
+benchmarks/results/h200/flce_exact.md), one run:
 54.5 ms fwd+bwd against Liger 0.8.5's 56.5 ms (nothing kept: 58.5 ms; 6NHV at the measured
 matmul rate: 37.6 ms), peak extra memory 1130 MiB (the bf16 weight gradient 1002 + fp32 input
 gradient 128 in the forward; weight gradient + input gradient 64 + one 64 MiB fp32 tile in the
@@ -55,6 +87,7 @@ Loss, log-sum-exp and softmax are fp32 on both paths; the loss outputs come back
 dtype, as ``F.cross_entropy(F.linear(x, W, b), y)`` returns them (cast once at the end).
 """
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -112,7 +145,17 @@ EXACT_TILE_BUDGET_BYTES = 64 * 2**20
 # (3072 kept) 56.2 ms, 1/8 56.0, 1/16 (3840) 59.1 ms and 1194 MiB (the bf16 input gradient no
 # longer fits in the buffer's free head); nothing kept 57.4.
 EXACT_KEPT_CHUNK_SHARE = 1 / 8
+# Exact path, accumulate route: the fp32 logits of one token chunk. 1024 tokens of a 128k vocabulary
+# (501 MiB, beside the 1002 MiB fp32 accumulator at H=2048): each chunk's accumulating matmul
+# reads and writes the [V, H] fp32 accumulator once (2 GB at H=2048), which the H200's matmul
+# rate hides once a chunk has ~830 tokens (2 K flops per 8 bytes of it against ~206 flops per
+# byte); fewer tokens per chunk turn the weight-gradient matmuls memory-bound, more cost memory.
+ACCUMULATE_ROWS_BUDGET_BYTES = 512 * 2**20
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
+
+# The exact path's route override (``exact_route``): "auto" (the default), "accumulate", "tiles".
+EXACT_ROUTE_ENV = "LIGER_FLCE_EXACT_ROUTE"
+EXACT_ROUTES = ("auto", "accumulate", "tiles")
 
 # Chunk sizes are a multiple of this (tensor-core friendly matmul shapes).
 CHUNK_ALIGN = 128
@@ -518,13 +561,74 @@ def plan_keep(x, weight, need_w: bool, per_row: bool, share: float):
     return KeptDlogits(torch.empty_like(weight), rows, chunk_rows) if rows else None
 
 
-def token_pass(
-    x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float, keep: KeptDlogits = None
-):
+class SummedGrads:
+    """The accumulate route's weight and bias gradients for an upstream gradient of 1, summed over
+    the forward's token chunks: ``dlogits.T @ x_c`` into a ``WeightGradAccumulator`` (fp32, scaled
+    by the upstream gradient as it is rounded in place at the end: its memory is the accumulator
+    alone, and no pass of its own for the scaling), the bias's in fp32."""
+
+    def __init__(self, weight: torch.Tensor, bias, need_w: bool, need_b: bool):
+        from liger_kernel.ops.head_grad import WeightGradAccumulator  # it imports this module
+
+        self.weight = WeightGradAccumulator(weight) if need_w else None
+        self.bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        self.bias_dtype = None if bias is None else bias.dtype
+        self.empty = True
+
+    def add(self, dlogits: torch.Tensor, x_c: torch.Tensor) -> None:
+        if self.weight is not None:
+            self.weight.add(dlogits, x_c, first=self.empty)
+        if self.bias is not None:
+            self.bias += dlogits.sum(0, dtype=torch.float32)
+        self.empty = False
+
+    def finish(self, g: torch.Tensor) -> tuple:
+        """``(grad_W, grad_b)`` times the scalar upstream gradient ``g``, each rounded once."""
+        grad_w = grad_b = None
+        if self.weight is not None:
+            if self.empty:  # no token: no chunk wrote the accumulator
+                self.weight.zero()
+            grad_w = self.weight.finish(g.reshape(1))
+        if self.bias is not None:
+            grad_b = self.bias.mul_(g).to(self.bias_dtype)
+        return grad_w, grad_b
+
+
+def plan_exact(x, weight, bias, needs, per_row: bool, chunk_mem_const: float):
+    """What the exact forward prepares for the weight and bias gradients: ``SummedGrads`` (the
+    accumulate route), ``KeptDlogits`` or None (the tile route), and the forward's chunk budget."""
+    need_w, need_b = needs[1], needs[2]
+    share = EXACT_KEPT_CHUNK_SHARE * chunk_mem_const
+    if exact_route(x.shape[0], weight, need_w, need_b, per_row, share) == "accumulate":
+        return SummedGrads(weight, bias, need_w, need_b), ACCUMULATE_ROWS_BUDGET_BYTES * chunk_mem_const
+    return plan_keep(x, weight, need_w, per_row, share), EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
+
+
+def exact_route(n_rows: int, weight, need_w: bool, need_b: bool, per_row: bool, share: float) -> str:
+    """``"accumulate"`` or ``"tiles"``: ``LIGER_FLCE_EXACT_ROUTE`` when set to one of them, else
+    (``"auto"``) the rule of the module docstring: accumulate when the tile route would keep the
+    dlogits of fewer than half of the tokens (``kept_split``), i.e. compute more than 7NHV. Only
+    the tile route serves per-token upstream gradients (``reduction="none"``) and needs nothing
+    more when neither the weight nor the bias wants a gradient."""
+    choice = os.environ.get(EXACT_ROUTE_ENV) or "auto"
+    if choice not in EXACT_ROUTES:
+        raise ValueError(f"{EXACT_ROUTE_ENV} must be one of {', '.join(EXACT_ROUTES)}; got {choice!r}.")
+    if per_row or not (need_w or need_b) or choice == "tiles":
+        return "tiles"
+    if choice == "accumulate":
+        return "accumulate"
+    if not need_w:
+        return "tiles"
+    kept, _ = kept_split(n_rows, weight.shape[0], weight.shape[1], weight.element_size(), share)
+    return "accumulate" if 2 * kept < n_rows else "tiles"
+
+
+def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool, budget: float, held=None):
     """The exact path's forward over token chunks. ``x`` [N, H] contiguous. Returns the 4-tuple
     (in fp32), the ``RowTerms`` for the weight-gradient pass, the class weights in fp32 and the
-    fp32 input gradient for an upstream gradient of 1 (None unless ``need_x``). With ``keep``
-    (``plan_keep``), the chunks' logits lie in its buffer and it keeps its tokens' dlogits."""
+    fp32 input gradient for an upstream gradient of 1 (None unless ``need_x``). ``held``
+    (``plan_exact``): a ``KeptDlogits`` (the chunks' logits lie in its buffer and it keeps its
+    tokens' dlogits), or ``SummedGrads`` (each chunk's dlogits are added to it)."""
     n_rows, hidden = x.shape
     n_vocab = weight.shape[0]
     y = target.reshape(-1)
@@ -566,6 +670,8 @@ def token_pass(
         args = lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts
         return z, row_terms(*args, n_vocab)[2]
 
+    keep = held if isinstance(held, KeptDlogits) else None
+    sums = held if isinstance(held, SummedGrads) else None
     kept = 0 if keep is None else keep.rows
     if keep is None:
         rows = split_size(n_rows, n_vocab * 4, budget)
@@ -575,8 +681,12 @@ def token_pass(
         rows = split_size(n_rows - kept, n_vocab * 4, min(budget, buf.numel() * 4))
     for start in range(kept, n_rows, rows):
         z, terms = logits_and_stats(start, min(start + rows, n_rows), buf)
+        if need_x or sums is not None:
+            dlogits = dlogits_in_place(z, x.dtype, 0, terms, w, opts)
         if need_x:
-            mm_fp32(dlogits_in_place(z, x.dtype, 0, terms, w, opts), weight, grad_x[start : start + z.shape[0]])
+            mm_fp32(dlogits, weight, grad_x[start : start + z.shape[0]])
+        if sums is not None:
+            sums.add(dlogits, x[start : start + z.shape[0]])
     if kept:
         dlogits = keep.dlogits()
         for start in range(0, kept, keep.chunk_rows):
@@ -663,14 +773,16 @@ def kept_vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, keep: 
     return grad_w, None if grad_b is None else grad_b.mul_(alpha).to(bias.dtype)
 
 
-def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget, keep_box=()):
+def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget, held_box=()):
     """All gradients of the exact path for the upstream gradient ``g`` (fp32; one value, or one
     per token when ``per_row``). ``grad_x32_box``: an empty list, or one holding the forward's
     fp32 input gradient, taken out, scaled in place and rounded once to ``dtype`` before the
-    weight gradient exists (so the two never coexist). ``keep_box``: empty, or holding the
-    forward's ``KeptDlogits`` (then the weight gradient exists already: the input gradient is
-    rounded into its free head first, and copied out once the fp32 one is freed)."""
-    keep = keep_box.pop() if keep_box else None
+    weight gradient exists (so the two never coexist). ``held_box``: empty, or holding what the
+    forward prepared (``plan_exact``): ``SummedGrads`` (its gradients are scaled and rounded), or
+    ``KeptDlogits`` (then the weight gradient exists already: the input gradient is rounded into
+    its free head first, and copied out once the fp32 one is freed)."""
+    held = held_box.pop() if held_box else None
+    keep = held if isinstance(held, KeptDlogits) else None
     grad_x = None
     if grad_x32_box:
         grad_x32 = grad_x32_box.pop()
@@ -683,6 +795,8 @@ def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row
         del grad_x32
         if stage is not None:
             grad_x = stage.view(shape).clone()
+    if isinstance(held, SummedGrads):
+        return grad_x, *held.finish(g)
     if keep is not None:
         return grad_x, *kept_vocab_pass(x, weight, bias, terms, w, opts, keep, g, need_b, budget)
     grad_w, grad_b = None, None
@@ -966,17 +1080,15 @@ def fused_linear_cross_entropy_forward(
             )
         else:
             per_row = g is not None
-            keep = plan_keep(x, tensors[1], needs[1], per_row, EXACT_KEPT_CHUNK_SHARE * chunk_mem_const)
-            outputs, terms, w, grad_x32 = token_pass(
-                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const, keep
-            )
+            held, budget = plan_exact(x, tensors[1], tensors[3], needs, per_row, chunk_mem_const)
+            outputs, terms, w, grad_x32 = token_pass(*tensors, ce_weight, opts, needs[0], budget, held)
             g = torch.ones((), dtype=torch.float32, device=x.device) if g is None else g
             box = [] if grad_x32 is None else [grad_x32]
-            keep_box = [] if keep is None else [keep]
-            del grad_x32, keep
+            held_box = [] if held is None else [held]
+            del grad_x32, held
             grads = exact_grads(
                 x, tensors[1], tensors[3], terms, w, box, x.dtype, opts, g, per_row, needs[1], needs[2],
-                EXACT_TILE_BUDGET_BYTES * chunk_mem_const, keep_box,
+                EXACT_TILE_BUDGET_BYTES * chunk_mem_const, held_box,
             )  # fmt: skip
         grad_x, grad_w, grad_b = grads
         grad_x = None if grad_x is None else grad_x.view(_input.shape)
@@ -1080,14 +1192,12 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         ctx.input_shape, ctx.mode, ctx.per_row = _input.shape, mode, reduction == "none"
         ctx.opts, ctx.needs, ctx.chunk_mem_const = opts, needs, chunk_mem_const
         if mode == "exact":
-            keep = plan_keep(x, tensors[1], needs[1], ctx.per_row, EXACT_KEPT_CHUNK_SHARE * chunk_mem_const)
-            outputs, terms, ctx.class_weight, grad_x32 = token_pass(
-                *tensors, ce_weight, opts, needs[0], EXACT_ROWS_BUDGET_BYTES * chunk_mem_const, keep
-            )
+            held, budget = plan_exact(x, tensors[1], tensors[3], needs, ctx.per_row, chunk_mem_const)
+            outputs, terms, ctx.class_weight, grad_x32 = token_pass(*tensors, ce_weight, opts, needs[0], budget, held)
             ctx.grad_x32 = [] if grad_x32 is None else [grad_x32]  # a box: backward frees it early
-            ctx.keep = [] if keep is None else [keep]  # a box too: backward hands the buffer on
+            ctx.held = [] if held is None else [held]  # a box too: backward hands the buffers on
             ctx.dtype = x.dtype
-            if needs[1] or needs[2]:
+            if (needs[1] or needs[2]) and not isinstance(held, SummedGrads):
                 ctx.save_for_backward(x, tensors[1], tensors[3], *terms)
         elif ctx.per_row and any(needs):  # per-token upstream gradients are only known in backward
             outputs, _ = flce_chunks(*tensors, ce_weight, opts, budget=CHUNK_BUDGET_BYTES * chunk_mem_const)
@@ -1110,7 +1220,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
             x, weight, bias, terms = (*saved[:3], RowTerms(*saved[3:])) if saved else (None, None, None, None)
             grads = exact_grads(
                 x, weight, bias, terms, ctx.class_weight, ctx.grad_x32, ctx.dtype, ctx.opts, g, ctx.per_row,
-                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const, ctx.keep,
+                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const, ctx.held,
             )  # fmt: skip
         elif ctx.per_row:
             budget = CHUNK_BUDGET_BYTES * ctx.chunk_mem_const

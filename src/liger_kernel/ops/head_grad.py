@@ -40,30 +40,40 @@ class WeightGradAccumulator:
         for part in self.parts:
             part.zero_()
 
-    def finish(self) -> torch.Tensor:
-        """The gradient in the weight's dtype; the accumulator is consumed."""
+    def finish(self, scale: torch.Tensor = None) -> torch.Tensor:
+        """The gradient in the weight's dtype, times ``scale`` (a one-element fp32 tensor: the
+        product rounded once, in the same pass as the rounding); the accumulator is consumed."""
         parts, self.parts = self.parts, []
         if parts[0].dtype == self.dtype:
-            return parts[0]
+            return parts[0] if scale is None else parts[0].mul_(scale)
         n_vocab, hidden = self.shape
         first = parts[0].view(-1)
         out = first.view(self.dtype)  # 2 values of the weight's dtype per fp32 value
-        _round_in_place(first, out)
+        _round_in_place(first, out, scale)
         if len(parts) > 1:
-            out[first.numel() : n_vocab * hidden].copy_(parts[1].view(-1))  # lands on rounded fp32 rows
+            _rounded_copy(parts[1].view(-1), out[first.numel() : n_vocab * hidden], scale)  # onto rounded fp32 rows
             del parts[1]
         # A plain tensor on the first half's memory (not a view), so autograd may keep it as .grad.
         grad = torch.empty(0, dtype=self.dtype, device=out.device)
         return grad.set_(first.untyped_storage(), 0, (n_vocab, hidden), (hidden, 1))
 
 
-def _round_in_place(src: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[:n] = src`` rounded, ``out`` being the 2-byte view of ``src``'s memory (n fp32 values):
-    value i moves from byte 4i to byte 2i, so a range [a, b) with b <= 2a reads only bytes that
-    are not yet written; the first range goes through a temporary, then the ranges double."""
+def _round_in_place(src: torch.Tensor, out: torch.Tensor, scale: torch.Tensor = None) -> None:
+    """``out[:n] = src`` (times ``scale``) rounded, ``out`` being the 2-byte view of ``src``'s memory
+    (n fp32 values): value i moves from byte 4i to byte 2i, so a range [a, b) with b <= 2a reads
+    only bytes that are not yet written; the first range goes through a temporary, then the
+    ranges double."""
     n = src.numel()
     end = min(n, FIRST_ROUNDING_ELEMENTS)
-    out[:end].copy_(src[:end].to(out.dtype))
+    out[:end].copy_((src[:end] if scale is None else src[:end] * scale).to(out.dtype))
     while end < n:
         start, end = end, min(n, 2 * end)
-        out[start:end].copy_(src[start:end])
+        _rounded_copy(src[start:end], out[start:end], scale)
+
+
+def _rounded_copy(src: torch.Tensor, out: torch.Tensor, scale: torch.Tensor = None) -> None:
+    """``out = src`` or ``out = src * scale``, computed in fp32 and rounded once to ``out``'s dtype."""
+    if scale is None:
+        out.copy_(src)
+    else:
+        torch.mul(src, scale, out=out)
