@@ -7,6 +7,7 @@ the auxiliary loss and its gradient with a real top-k choice, instance patching 
 import copy
 import dataclasses
 import importlib
+import types
 
 import pytest
 import torch
@@ -372,3 +373,49 @@ def test_fused_experts_have_a_module():
     """An entry switched to the fused experts names a kind that has a fused module."""
     for model_type, spec in MODEL_SPECS.items():
         assert not spec.fused_experts or spec.experts_kind in monkey_patch._FUSED_EXPERTS, model_type
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "qwen3_vl_moe"])
+def test_model_level_router_coefficient_zero_is_honoured(model_type):
+    """A coefficient of 0.0 set on the model (as a trainer turning the balancing loss off does) wins
+    over the config's 1e-3: the loss is the LM loss alone, the auxiliary loss still reported."""
+    model = build_moe(model_type, torch.float32, **router_config(model_type))
+    _apply_liger_kernel_to_instance(model, rope=False)
+    model.router_aux_loss_coef = 0.0
+    ids, labels = make_batch(13)
+    model.train()
+    lm_loss = model(input_ids=ids, labels=labels, output_router_logits=False).loss
+    out = model(input_ids=ids, labels=labels, output_router_logits=True)
+    assert out.aux_loss is not None and out.aux_loss.item() > 0
+    assert torch.equal(out.loss, lm_loss)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "qwen3_vl_moe"])
+def test_decoder_without_router_logits(model_type, monkeypatch):
+    """A decoder that records no router logits (no such output field, as DeepSeek-V2/V3 and HunYuan-MoE
+    in transformers 5.17) gives the LM loss and no auxiliary loss, through the causal and the multimodal
+    forward alike."""
+    model = build_moe(model_type, torch.float32, **router_config(model_type))
+    _apply_liger_kernel_to_instance(model, rope=False)
+    ids, labels = make_batch(13)
+    model.train()
+    lm_loss = model(input_ids=ids, labels=labels, output_router_logits=False).loss
+    decoder_forward = model.model.forward
+
+    def without_router_logits(*args, **kwargs):
+        out = decoder_forward(*args, **kwargs)
+        return DecoderOutput(
+            **{f.name: getattr(out, f.name) for f in dataclasses.fields(out) if f.name != "router_logits"}
+        )
+
+    monkeypatch.setattr(model.model, "forward", without_router_logits)
+    out = model(input_ids=ids, labels=labels, output_router_logits=True)
+    assert out.aux_loss is None
+    assert torch.equal(out.loss, lm_loss)
+
+
+class DecoderOutput(types.SimpleNamespace):
+    """A decoder output with only the given fields (read as attributes or with ``get``, as ``ModelOutput``)."""
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)

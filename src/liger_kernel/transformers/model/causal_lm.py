@@ -278,24 +278,39 @@ def causal_lm_forward(
         output = LigerCausalLMOutputWithPast(**common)
     else:
         aux_loss = None
-        # None where the decoder records no router logits (DeepSeek-V2/V3 and HunYuan-MoE in transformers 5.17)
-        router_logits = getattr(outputs, "router_logits", None)
         if moe and output_router_logits:
-            common["loss"], aux_loss = _with_router_aux_loss(self, spec, loss, router_logits, attention_mask)
-        output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=router_logits, **common)
+            common["loss"], aux_loss = _with_router_aux_loss(self, spec, loss, outputs, attention_mask)
+        output = LigerMoeCausalLMOutputWithPast(aux_loss=aux_loss, router_logits=_router_logits(outputs), **common)
     if return_dict is None:
         return_dict = getattr(self.config, "return_dict", True)
     return output if return_dict else output.to_tuple()
 
 
-def _with_router_aux_loss(self, spec, loss, router_logits, attention_mask):
+def _router_logits(outputs):
+    """The decoder's router logits; None where it records none (DeepSeek-V2/V3 and HunYuan-MoE in
+    transformers 5.17 have no such output field)."""
+    return getattr(outputs, "router_logits", None)
+
+
+def _model_or_config(self, config, name):
+    """The model's attribute ``name`` (the stock forwards read ``self.router_aux_loss_coef``), else the
+    config's: a model-level 0 (no balancing loss, set by a trainer) is a value, not a fallback."""
+    value = getattr(self, name, None)
+    return getattr(config, name) if value is None else value
+
+
+def _with_router_aux_loss(self, spec, loss, outputs, attention_mask):
     """``(loss + coefficient * aux_loss, aux_loss)``: the family's load-balancing loss (its module's
-    ``load_balancing_loss_func``) with the expert counts and coefficient the model holds, else its text
-    config's (a multimodal model's); ``loss`` None stays None."""
+    ``load_balancing_loss_func``) of the decoder ``outputs``' router logits, with the expert counts and
+    coefficient the model holds, else its text config's (a multimodal model's); ``loss`` None stays
+    None. Without router logits there is no auxiliary loss: ``(loss, None)``."""
+    router_logits = _router_logits(outputs)
+    if router_logits is None:
+        return loss, None
     config = self.config.get_text_config()
-    experts = getattr(self, "num_experts", None) or config.num_experts
-    top_k = getattr(self, "num_experts_per_tok", None) or config.num_experts_per_tok
-    coefficient = getattr(self, "router_aux_loss_coef", None) or config.router_aux_loss_coef
+    experts = _model_or_config(self, config, "num_experts")
+    top_k = _model_or_config(self, config, "num_experts_per_tok")
+    coefficient = _model_or_config(self, config, "router_aux_loss_coef")
     balance = importlib.import_module(spec.module).load_balancing_loss_func
     aux_loss = balance(router_logits, experts, top_k, attention_mask)
     return (None if loss is None else loss + coefficient * aux_loss.to(loss.device)), aux_loss
@@ -383,7 +398,7 @@ def lce_forward_for_multimodal(
     )
     aux_loss = None
     if moe and output_router_logits:
-        loss, aux_loss = _with_router_aux_loss(self, spec, loss, outputs.router_logits, attention_mask)
+        loss, aux_loss = _with_router_aux_loss(self, spec, loss, outputs, attention_mask)
     output = LigerMultimodalCausalLMOutputWithPast(
         loss=loss,
         logits=logits,
