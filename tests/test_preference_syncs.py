@@ -33,7 +33,9 @@ def _syncs(n_pairs):
 
 
 def test_host_syncs_do_not_grow_with_pairs(monkeypatch):
+    """Two and five chunks of one pair (the one-pass route: the batch is over the whole-batch route's
+    size) wait for the GPU as often."""
     import liger_kernel.chunked_loss.fused_linear_preference as engine
 
     monkeypatch.setattr(engine, "ONE_PASS_BUDGET_BYTES", 2 * 33 * 257 * 4)  # one pair per chunk
-    assert _syncs(5) == _syncs(1)
+    assert _syncs(5) == _syncs(2)
