@@ -35,6 +35,12 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+def is_zero3_partitioned(param) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions ``param``: it tags each one with ``ds_id`` and
+    ``ds_status``, and outside its owner's forward leaves an empty tensor in ``param.data``."""
+    return hasattr(param, "ds_id") and hasattr(param, "ds_status")
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of ints (host-side twin of ``triton.cdiv``)."""
     return -(-int(a) // int(b))

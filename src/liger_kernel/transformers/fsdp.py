@@ -12,6 +12,8 @@ module whose forward must run the op.
 
 import sys
 
+from liger_kernel.ops.utils import is_zero3_partitioned
+
 
 def is_fsdp_wrapped(module) -> bool:
     """Whether ``module`` is a ``FullyShardedDataParallel`` wrapper (none can exist before
@@ -51,12 +53,6 @@ class _FSDPForwardRedirection:
             return wrapper_module(*args, **kwargs)
         finally:
             restore()
-
-
-def is_zero3_partitioned(param) -> bool:
-    """Whether DeepSpeed ZeRO-3 partitions ``param``: it tags each one with ``ds_id`` and
-    ``ds_status``, and outside its owner's forward leaves an empty tensor in ``param.data``."""
-    return hasattr(param, "ds_id") and hasattr(param, "ds_status")
 
 
 def module_gathering_weight(module):
