@@ -10,8 +10,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("LIGER_KERNEL_POISON", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):  # scripts/test.sh runs a worker per core: one thread each
-    torch.set_num_threads(1)
 
 
 @pytest.fixture
