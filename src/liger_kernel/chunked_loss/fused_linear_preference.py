@@ -3,7 +3,7 @@
 Layout (as Liger Kernel 0.8.5): ``_input`` [2B, T, H] with the B chosen sequences first, then the
 B rejected ones; ``target`` [2B, T]. Each loss is plain PyTorch on per-sequence log-probabilities
 (summed, or averaged with ``average_log_prob``), which ``ops/fused_linear_logprobs.py`` gives
-without a ``[tokens, vocab]`` logits tensor:
+in at most the memory of one fp32 ``[V, H]`` weight-gradient buffer plus a chunk:
 
 - Training (a gradient is wanted), where the batch's logits in the input dtype take no more
   memory than an fp32 ``[V, H]`` buffer (``whole_batch_fits``: N <= 2H tokens in bf16): the
@@ -27,11 +27,11 @@ without a ``[tokens, vocab]`` logits tensor:
   an H200 (2026-11-29/30): one pass (a pair a chunk, bf16 logits) 62.3-66.4 ms / 2.694-2.728
   GB, ``bco_pair`` on two passes 75.35 ms / 2.236 GB; Liger 0.8.5 62.8-64.7 ms / 2.727 GB.
   Since then the pair index is built on the device (a host copy waited for the GPU once per
-  chunk: ~8 ms idle). Expected, not yet measured (``benchmarks/bench_post_training.py --losses
-  dpo --sweep``; ``ours-1pass`` is the one-pass route): the one pass with gathered rows ~3-4 ms
-  less again (8 accumulations of a 1 GB fp32 half instead of 16), ~2.71 GB; every loss type on
-  the whole-batch route 8NHV and none of that accumulator traffic (~14.7 GB, ~3-4 ms), peak
-  extra ~2.30 GB (the 2.10 GB of logits + the input gradient).
+  chunk: ~8 ms idle) and a chunk's rows are gathered (8 accumulations of a 1 GB fp32 half
+  instead of 16). Measured (H200, 2026-11-30, one run, ``benchmarks/bench_post_training.py
+  --losses dpo --sweep``): whole-batch route 54.99 ms / 2.303 GB, every loss type 53.6-55.7 ms
+  (``bco_pair`` 55.4); one-pass route (``ours-1pass``) 57.48 ms / 2.711 GB; Liger 0.8.5 62.38
+  ms / 2.727 GB.
 - No per-chunk ``torch.compile``, no chunk of one sample: ``compiled`` and ``chunk_size`` are
   accepted for compatibility and not needed.
 
