@@ -334,8 +334,8 @@ def test_weight_gradient_rounded_in_place(n_vocab, monkeypatch):
     weight = torch.zeros(n_vocab, hidden, dtype=torch.bfloat16, device=DEVICE)
     acc = head_grad.WeightGradAccumulator(weight)
     chunks = [(randn(4, n_vocab).to(torch.bfloat16), randn(4, hidden).to(torch.bfloat16)) for _ in range(3)]
-    for i, (g, x) in enumerate(chunks):
-        acc.add(g, x, first=i == 0)
+    for g, x in chunks:
+        acc.add(g, x)
     grad = acc.finish()
     expected = sum(g.float().t() @ x.float() for g, x in chunks).to(torch.bfloat16)
     assert grad.shape == (n_vocab, hidden) and grad.dtype == torch.bfloat16 and grad._base is None

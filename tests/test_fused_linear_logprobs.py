@@ -175,7 +175,7 @@ def test_one_pass_segments_gathered(monkeypatch, dtype, bias):
     monkeypatch.setattr(
         flp.WeightGradAccumulator,
         "add",
-        lambda acc, g, rows, first: (added.append(rows.shape[0]), add(acc, g, rows, first)),
+        lambda acc, g, rows: (added.append(rows.shape[0]), add(acc, g, rows)),
     )
 
     def loss_fn(k, logp):

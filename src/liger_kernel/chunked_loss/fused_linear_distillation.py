@@ -211,12 +211,10 @@ def _chunk_loop(cls, tensors, chunk_size, opts: DistillOptions, needs):
         if need_x:
             mm_fp32(logits, weight, grad_x[start:end])
         if need_w:
-            grad_w.add(logits, x[start:end], first=start == 0)
+            grad_w.add(logits, x[start:end])
         if need_b:
             grad_b += logits.sum(0, dtype=torch.float32)
     del student_buf, teacher_buf
-    if n_rows == 0 and need_w:
-        grad_w.zero()
     grads = Gradients(
         grad_x,
         grad_w.finish() if need_w else None,

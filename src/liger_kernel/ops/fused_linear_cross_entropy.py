@@ -574,21 +574,17 @@ class SummedGrads:
         self.weight = WeightGradAccumulator(weight) if need_w else None
         self.bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         self.bias_dtype = None if bias is None else bias.dtype
-        self.empty = True
 
     def add(self, dlogits: torch.Tensor, x_c: torch.Tensor) -> None:
         if self.weight is not None:
-            self.weight.add(dlogits, x_c, first=self.empty)
+            self.weight.add(dlogits, x_c)
         if self.bias is not None:
             self.bias += dlogits.sum(0, dtype=torch.float32)
-        self.empty = False
 
     def finish(self, g: torch.Tensor) -> tuple:
         """``(grad_W, grad_b)`` times the scalar upstream gradient ``g``, each rounded once."""
         grad_w = grad_b = None
         if self.weight is not None:
-            if self.empty:  # no token: no chunk wrote the accumulator
-                self.weight.zero()
             grad_w = self.weight.finish(g.reshape(1))
         if self.bias is not None:
             grad_b = self.bias.mul_(g).to(self.bias_dtype)

@@ -376,7 +376,6 @@ def fused_linear_logprobs_loss(
     parts = [_rows(chunk, x.device) for chunk in chunks]
     gathered = any(segments is None or len(segments) > 1 for _, segments in parts)
     x_buf = torch.empty(largest, x.shape[1], dtype=x.dtype, device=x.device) if gathered else None
-    first = True
     for k, (chunk, (rows, segments)) in enumerate(zip(chunks, parts)):
         n = _count(chunk)
         if n == 0:
@@ -393,7 +392,7 @@ def fused_linear_logprobs_loss(
         logp_all[rows] = logp
         g = dlogits_in_place(z, x.dtype, 0, terms, None, _PLAIN)
         if need_w:
-            grad_w.add(g, x_rows, first)
+            grad_w.add(g, x_rows)
         if need_x and segments is not None:  # written in place, segment by segment
             for start, seg in zip(_starts(segments), segments):
                 torch.mm(g[start : start + seg.stop - seg.start], weight, out=grad_x[seg])
@@ -401,11 +400,8 @@ def fused_linear_logprobs_loss(
             grad_x.index_copy_(0, rows, torch.mm(g, weight, out=x_rows))
         if need_b:
             grad_b32 += g.sum(0, dtype=torch.float32)
-        first = False
     buf = z = g = x_rows = x_buf = None  # the chunk's logits are freed before the weight gradient is rounded
     raise_if_bad_labels(bad, n_vocab, ignore_index)
-    if need_w and first:
-        grad_w.zero()
     grad_w = None if grad_w is None else grad_w.finish()
     grad_b = None if grad_b32 is None else grad_b32.to(bias.dtype)
     return loss, logp_all, grad_x, grad_w, grad_b

@@ -30,19 +30,21 @@ class WeightGradAccumulator:
         acc_dtype = torch.float32 if weight.element_size() == 2 else weight.dtype
         self.bounds = [(0, top), (top, n_vocab)] if top < n_vocab else [(0, n_vocab)]
         self.parts = [torch.empty(b - a, hidden, dtype=acc_dtype, device=weight.device) for a, b in self.bounds]
+        self.empty = True  # nothing added yet: the first ``add`` writes the (uninitialized) parts
 
-    def add(self, dlogits: torch.Tensor, x: torch.Tensor, first: bool) -> None:
-        """Adds ``dlogits.T @ x`` (``dlogits`` [k, V], ``x`` [k, H]); ``first`` overwrites."""
+    def add(self, dlogits: torch.Tensor, x: torch.Tensor) -> None:
+        """Adds ``dlogits.T @ x`` (``dlogits`` [k, V], ``x`` [k, H])."""
         for (a, b), part in zip(self.bounds, self.parts):
-            accumulate_mm(part, dlogits[:, a:b].t(), x, first)
-
-    def zero(self) -> None:
-        for part in self.parts:
-            part.zero_()
+            accumulate_mm(part, dlogits[:, a:b].t(), x, self.empty)
+        self.empty = False
 
     def finish(self, scale: torch.Tensor = None) -> torch.Tensor:
         """The gradient in the weight's dtype, times ``scale`` (a one-element fp32 tensor: the
-        product rounded once, in the same pass as the rounding); the accumulator is consumed."""
+        product rounded once, in the same pass as the rounding); zero when nothing was added; the
+        accumulator is consumed."""
+        if self.empty:
+            for part in self.parts:
+                part.zero_()
         parts, self.parts = self.parts, []
         if parts[0].dtype == self.dtype:
             return parts[0] if scale is None else parts[0].mul_(scale)
