@@ -84,12 +84,8 @@ class LigerTiledMLPFunction(LigerFunction):
             if need_x:
                 grad_x[start : start + shard.shape[0]] = grads.pop(0)
             for i, g in enumerate(grads):
-                if g is None:
-                    continue
-                if param_grads[i] is None:  # summed in fp32 at least: one rounding, as the untiled matmul's
-                    param_grads[i] = g.to(torch.promote_types(g.dtype, torch.float32))
-                else:  # added as it is (upcast inside the add): no fp32 copy of each shard's part
-                    param_grads[i].add_(g)
+                if g is not None:
+                    param_grads[i] = _add_to_sum(param_grads[i], g)
             grads = g = out = None  # this shard's tensors dropped before the next recompute
             start += shard.shape[0]
         by_param = iter(None if g is None else g.to(p.dtype) for g, p in zip(param_grads, wanted))
@@ -98,7 +94,9 @@ class LigerTiledMLPFunction(LigerFunction):
 
 
 def _add_to_sum(total, part):
-    """``total + part`` in fp32 at least (``total`` None: the first part), in place."""
+    """``total + part`` in fp32 at least (``total`` None: the first part), in place: one rounding at
+    the end, as the untiled matmul's; each later part is added as it is (upcast inside the add), no
+    fp32 copy of it."""
     if total is None:
         return part.to(torch.promote_types(part.dtype, torch.float32))
     return total.add_(part)
