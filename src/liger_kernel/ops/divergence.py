@@ -30,7 +30,14 @@ import triton.language as tl
 
 from liger_kernel.ops.cross_entropy import finish_logsumexp, online_logsumexp_step, scale_by_upstream
 from liger_kernel.ops.fused_linear_cross_entropy import _round_to_bf16, accumulate_mm, flat_view, mm_fp32, split_size
-from liger_kernel.ops.utils import check_float, check_same_device, fallback_forward, next_power_of_2
+from liger_kernel.ops.utils import (
+    as_rows,
+    check_float,
+    check_same_device,
+    empty_output,
+    fallback_forward,
+    next_power_of_2,
+)
 from liger_kernel.utils import use_triton
 
 KL_PROB = tl.constexpr(0)
@@ -182,6 +189,35 @@ class Divergence(NamedTuple):
 def jsd_kind(beta: float) -> int:
     """The generalized JSD's kernel kind: beta 0 is KL(P||Q) (P the target), 1 is KL(Q||P)."""
     return KL_LOG.value if beta == 0 else KL_LOG_REV.value if beta == 1 else JSD_MIXTURE.value
+
+
+def rows_loss(x2, y2, div: Divergence, reduction, divisor, out_dtype, shape, labels=None, ignore_index=-100):
+    """The loss of ``rows_launch``'s divergence: per element, in ``shape``, for ``none``; else the
+    rows' fp32 sum over ``divisor`` (1 for ``sum``), cast once to ``out_dtype``."""
+    if reduction == "none":
+        out = empty_output(x2.shape, x2, dtype=out_dtype)
+        rows_launch(x2, y2, div, labels, ignore_index, out=out)
+        return out.view(shape)
+    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
+    rows_launch(x2, y2, div, labels, ignore_index, out=rows)
+    return (rows.sum() / divisor).to(out_dtype)
+
+
+def scaled_upstream(grad_output, x2, reduction, divisor):
+    """``rows_launch``'s ``g`` for ``rows_loss``'s upstream gradient: per element for ``none``, else
+    [1] fp32 over ``divisor``."""
+    if reduction == "none":
+        return as_rows(grad_output.reshape(x2.shape))
+    return (grad_output.to(torch.float32) / divisor).reshape(1)
+
+
+def rows_grads(x2, y2, div: Divergence, g, need_x, need_y, shape, labels=None, ignore_index=-100):
+    """``(grad x, grad y)`` of ``rows_launch``'s divergence for the upstream ``g``, in ``shape`` and
+    the inputs' dtypes, None where not needed (one pass over both)."""
+    gx = empty_output(x2.shape, x2) if need_x else None
+    gy = empty_output(y2.shape, y2) if need_y else None
+    rows_launch(x2, y2, div, labels, ignore_index, g=g, gx=gx, gy=gy)
+    return tuple(None if t is None else t.view(shape) for t in (gx, gy))
 
 
 def rows_launch(x2, y2, div: Divergence, labels=None, ignore_index=-100, out=None, g=None, gx=None, gy=None):

@@ -34,6 +34,7 @@ from liger_kernel.ops.divergence import (
     jsd_kind,
     masked_rows,
     reference_outputs,
+    rows_grads,
     rows_launch,
     scale_in_place,
     valid_rows,
@@ -146,10 +147,8 @@ def jsd_grads(grad_output, _input, target, labels, beta, ignore_index, need_inpu
     in their shapes and dtypes, for the upstream ``grad_output`` (one pass over both)."""
     x2, y2 = as_rows(_input), as_rows(target)
     g = (grad_output.to(torch.float32) / row_divisor(labels, ignore_index, x2.shape[0], x2.device)).reshape(1)
-    gx = empty_output(x2.shape, x2) if need_input else None
-    gy = empty_output(y2.shape, y2) if need_target else None
-    rows_launch(x2, y2, Divergence(jsd_kind(beta), beta), labels, ignore_index, g=g, gx=gx, gy=gy)
-    return tuple(None if t is None else t.view(_input.shape) for t in (gx, gy))
+    div = Divergence(jsd_kind(beta), beta)
+    return rows_grads(x2, y2, div, g, need_input, need_target, _input.shape, labels, ignore_index)
 
 
 def jsd_forward(_input, target, shift_labels, beta, ignore_index, has_label, jsd_impl=None, jsd_mode=None):

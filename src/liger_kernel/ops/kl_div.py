@@ -26,9 +26,11 @@ from liger_kernel.ops.divergence import (
     check_pair,
     check_reduction,
     reference_outputs,
-    rows_launch,
+    rows_grads,
+    rows_loss,
+    scaled_upstream,
 )
-from liger_kernel.ops.utils import as_rows, empty_output, fallback_backward
+from liger_kernel.ops.utils import as_rows, fallback_backward
 from liger_kernel.utils import use_triton
 
 
@@ -68,42 +70,27 @@ def kl_div_reference(y_pred, y_true, reduction="batchmean", log_target=False, ep
 
 
 def _kl_rows(y_pred, y_true, reduction, log_target, eps):
-    """``(x2, y2, divergence, divisor)`` of the kernels for inputs of any shape (0-dim too)."""
+    """``(x2, y2, divergence, divisor)`` of the kernels for inputs of any shape (0-dim too); the
+    divisor 1 for ``sum`` and ``none``."""
     x2, y2 = (as_rows(t.reshape(1, 1) if t.dim() == 0 else t) for t in (y_pred, y_true))
     div = Divergence(KL_LOG.value if log_target else KL_PROB.value, eps=eps)
     batch = y_pred.shape[0] if y_pred.dim() else 1
-    return x2, y2, div, float(max(y_pred.numel() if reduction == "mean" else batch, 1))
+    divisor = 1.0 if reduction in ("sum", "none") else float(max(y_pred.numel() if reduction == "mean" else batch, 1))
+    return x2, y2, div, divisor
 
 
 def kl_div_kernel_forward(y_pred, y_true, reduction, log_target, eps):
     """The loss through the kernels (the Function's forward, and the compiled op's)."""
     x2, y2, div, divisor = _kl_rows(y_pred, y_true, reduction, log_target, eps)
     out_dtype = torch.promote_types(y_pred.dtype, y_true.dtype)
-    if reduction == "none":
-        out = empty_output(x2.shape, x2, dtype=out_dtype)
-        rows_launch(x2, y2, div, out=out)
-        return out.view(y_pred.shape)
-    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    rows_launch(x2, y2, div, out=rows)
-    total = rows.sum()
-    if reduction != "sum":
-        total = total / divisor
-    return total.to(out_dtype)
+    return rows_loss(x2, y2, div, reduction, divisor, out_dtype, y_pred.shape)
 
 
 def kl_div_kernel_backward(grad_output, y_pred, y_true, reduction, log_target, eps, need_pred, need_true):
     """``(grad y_pred, grad y_true)`` through the kernels, None where not needed."""
     x2, y2, div, divisor = _kl_rows(y_pred, y_true, reduction, log_target, eps)
-    if reduction == "none":
-        g = as_rows(grad_output.reshape(x2.shape))
-    else:
-        g = grad_output.reshape(1).to(torch.float32)
-        if reduction != "sum":
-            g = g / divisor
-    gx = empty_output(x2.shape, x2) if need_pred else None
-    gy = empty_output(y2.shape, y2) if need_true else None
-    rows_launch(x2, y2, div, g=g, gx=gx, gy=gy)
-    return tuple(None if t is None else t.view(y_pred.shape) for t in (gx, gy))
+    g = scaled_upstream(grad_output, x2, reduction, divisor)
+    return rows_grads(x2, y2, div, g, need_pred, need_true, y_pred.shape)
 
 
 class LigerKLDivLossFunction(RemembersGradMode):

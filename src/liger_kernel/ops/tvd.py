@@ -21,11 +21,13 @@ from liger_kernel.ops.divergence import (
     masked_rows,
     reduction_divisor,
     reference_outputs,
-    rows_launch,
+    rows_grads,
+    rows_loss,
+    scaled_upstream,
     valid_rows,
 )
 from liger_kernel.ops.kl_div import compute_dtype, runs_kernels
-from liger_kernel.ops.utils import as_rows, empty_output, fallback_backward
+from liger_kernel.ops.utils import as_rows, fallback_backward
 
 
 def tvd_reference(p, q, shift_labels=None, reduction="batchmean", ignore_index=-100):
@@ -54,27 +56,14 @@ def tvd_kernel_forward(p, q, labels, reduction, ignore_index):
     """The loss through the kernels (the Function's forward, and the compiled op's)."""
     x2, y2, divisor = _tvd_rows(p, q, labels, reduction, ignore_index)
     out_dtype = torch.promote_types(p.dtype, q.dtype)
-    div = Divergence(TVD.value)
-    if reduction == "none":
-        out = empty_output(x2.shape, x2, dtype=out_dtype)
-        rows_launch(x2, y2, div, labels, ignore_index, out=out)
-        return out.view(p.shape)
-    rows = torch.empty(x2.shape[0], dtype=torch.float32, device=x2.device)
-    rows_launch(x2, y2, div, labels, ignore_index, out=rows)
-    return (rows.sum() / divisor).to(out_dtype)
+    return rows_loss(x2, y2, Divergence(TVD.value), reduction, divisor, out_dtype, p.shape, labels, ignore_index)
 
 
 def tvd_kernel_backward(grad_output, p, q, labels, reduction, ignore_index, need_p, need_q):
     """``(grad p, grad q)`` through the kernels, None where not needed."""
     x2, y2, divisor = _tvd_rows(p, q, labels, reduction, ignore_index)
-    if reduction == "none":
-        g = as_rows(grad_output.reshape(x2.shape))
-    else:
-        g = (grad_output.to(torch.float32) / divisor).reshape(1)
-    gx = empty_output(x2.shape, x2) if need_p else None
-    gy = empty_output(y2.shape, y2) if need_q else None
-    rows_launch(x2, y2, Divergence(TVD.value), labels, ignore_index, g=g, gx=gx, gy=gy)
-    return tuple(None if t is None else t.view(p.shape) for t in (gx, gy))
+    g = scaled_upstream(grad_output, x2, reduction, divisor)
+    return rows_grads(x2, y2, Divergence(TVD.value), g, need_p, need_q, p.shape, labels, ignore_index)
 
 
 def check_tvd_inputs(p, q, shift_labels, reduction):
