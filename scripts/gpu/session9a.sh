@@ -7,7 +7,7 @@
 #          the new compiled losses, post-training with the host-sync test, the fused linear
 #          cross-entropy's routes, issue 13's kernels) beside the post-training benchmark's warm-up;
 #          then the post-training benchmark (DPO/GRPO/JSD, every loss type, the one-pass and
-#          whole-batch routes, the plain path, Liger); then issue 13's kernel benchmarks (ops13b).
+#          whole-batch routes, the plain path, Liger); then issue 13's kernel benchmarks (as kernels13.sh).
 # Everything under $OUT/all.tgz plus $OUT/summary.log.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
