@@ -206,15 +206,15 @@ def worker(rank, cases, port):
     for case in cases.split(","):
         if case.startswith("trainer-"):
             trainer_case(case, device)  # the Trainer starts the process group itself
-            continue
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=WORLD)
-        if case.startswith("tp-"):
-            from tensor_parallel_cases import CASES
-
-            CASES[case](device)
         else:
-            wrapper_case(case, device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=WORLD)
+            if case.startswith("tp-"):
+                from tensor_parallel_cases import CASES
+
+                CASES[case](device)
+            else:
+                wrapper_case(case, device)
         if rank == 0:
             print(f"{case}: equal to the reference", flush=True)
     if dist.is_initialized():

@@ -33,7 +33,7 @@ from liger_kernel.transformers.functional import liger_fused_linear_jsd, liger_f
 
 # (tokens, student hidden, teacher hidden, vocab): odd sizes; a vocabulary over several column
 # blocks (``narrow_blocks`` on the CPU: the interpreter pays ~20 ms per Triton helper call under load)
-SHAPES = sizes(cpu=[(7, 11, 5, 37), (3, 9, 9, 300)], gpu=[(4096, 4096, 2048, 128256), (1000, 1024, 1536, 32001)])
+SHAPES = sizes(cpu=[(7, 11, 5, 37), (3, 9, 9, 300)], gpu=[(2049, 2048, 1536, 128256), (1000, 1024, 1536, 32001)])
 SMALL, WIDE = SHAPES
 # The wide shape in two dtypes only on the CPU.
 WIDE_DTYPES = DTYPES if sizes(cpu=False, gpu=True) else [torch.float32, torch.bfloat16]
@@ -48,12 +48,17 @@ def narrow_blocks(monkeypatch):
 TEMPERATURE = 2.0
 
 
+# Tokens of a chunk and vocabulary rows of a weight-gradient block under ``small_chunks``: a handful
+# of each per call (on the GPU, blocks of a few rows meant ~10^5 launches a call: 270 s for 12 tests).
+CHUNK_ROWS, W_BLOCK_ROWS = sizes(cpu=(7, 10), gpu=(SMALL[0] // 5, SMALL[3] // 5))
+
+
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of a few tokens, so the chunk loop and the gradient accumulation run several times,
     into weight-gradient blocks of a few vocabulary rows."""
-    monkeypatch.setattr(divergence, "CHUNK_BUDGET_BYTES", 2 * SMALL[3] * 14)
-    monkeypatch.setattr(divergence, "W_BLOCK_BYTES", 10 * SMALL[1] * 4)
+    monkeypatch.setattr(divergence, "CHUNK_BUDGET_BYTES", CHUNK_ROWS * SMALL[3] * 4)
+    monkeypatch.setattr(divergence, "W_BLOCK_BYTES", W_BLOCK_ROWS * SMALL[1] * 4)
 
 
 def head(n, hidden, vocab, dtype, requires_grad=True):

@@ -3,7 +3,8 @@ gradients off float64 on the GPU (issue 14; session 9 found the ``rms_norm`` fla
 
 Per ``family:dtype``: the norms flag as patched; the same with the backward never reusing the
 output gradient's buffer (``in_place=False``); the same on the PyTorch reference
-(``set_impl("torch")``); then the norms patched at one role only (module-name suffix):
+(``set_impl("torch")``); then the norms patched at one role only (module-name suffix); last, the
+stock model with every norm's input moved by one rounding (tests/test_convergence.py's third sample):
 
     PYTHONPATH=src python scripts/gpu/moe10_norm_probe.py qwen3_5_moe:fp32 gpt_oss:fp32
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moe9_first_grads import DTYPES, OFF, first_grads  # noqa: E402 (conftest, tests/ on the path)
-from test_convergence import float64_copy, with_sdpa  # noqa: E402
+from test_convergence import float64_copy, with_norm_inputs_moved, with_sdpa  # noqa: E402
 from test_convergence_moe import build_moe  # noqa: E402
 
 from liger_kernel.ops.backends.registry import set_impl  # noqa: E402
@@ -59,8 +60,12 @@ def report(model_type, dtype_name):
     print(f"== {model_type} {dtype_name}: norm roles {roles}", flush=True)
     cases = {"norms": {}, "norms in_place=False": {"in_place": False}, "norms torch": {"impl": "torch"}}
     cases |= {f"only {r}": {"keep": r} for r in roles}
+    cases["stock, norm inputs moved"] = None
     for label, kw in cases.items():
-        grads = patched_grads(stock, model_type, **kw)
+        if kw is None:
+            grads = first_grads(with_norm_inputs_moved(copy.deepcopy(stock)))
+        else:
+            grads = patched_grads(stock, model_type, **kw)
         ratios = {k: (grads[k] - g64[k]).abs().max().item() / max(base[k], 1e-300) for k in g64}
         worst = sorted(ratios, key=ratios.get, reverse=True)[:5]
         shown = ", ".join(f"{k} {ratios[k]:.2f}x" for k in ["model.embed_tokens.weight", *worst])
