@@ -139,6 +139,9 @@ EXACT_ROWS_BUDGET_BYTES = 1024 * 2**20
 # steps on a side stream beside the next matmul (two buffer sets of half the size) was slower
 # (58.7 ms vs 57.6): the matmuls leave it no room.
 EXACT_TILE_BUDGET_BYTES = 64 * 2**20
+# ... halved for a head DeepSpeed ZeRO-3 partitions (``tile_budget``): there the backward runs with
+# the head re-gathered beside the weight gradient, its step's memory peak (2x H200, issue 16's
+# workload: 15.7016 GiB against Liger 0.8.5's 15.7001 with 64 MiB tiles).
 # Exact path with a weight gradient: the share of the weight gradient's buffer that holds the fp32
 # logits of one chunk of the tokens whose dlogits the rest of it keeps (bf16: 1/8 of it is H/16
 # tokens, 256 at H=4096, beside the dlogits of 7H/8 tokens, 3584). 0 keeps none. Measured on H200
@@ -773,6 +776,11 @@ def kept_vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, keep: 
     return grad_w, None if grad_b is None else grad_b.mul_(alpha).to(bias.dtype)
 
 
+def tile_budget(weight: torch.Tensor, chunk_mem_const: float) -> float:
+    """The exact path's vocabulary-tile budget for ``weight`` (``EXACT_TILE_BUDGET_BYTES``)."""
+    return EXACT_TILE_BUDGET_BYTES * chunk_mem_const / (2 if is_zero3_partitioned(weight) else 1)
+
+
 def exact_grads(x, weight, bias, terms, w, grad_x32_box, dtype, opts, g, per_row, need_w, need_b, budget, held_box=()):
     """All gradients of the exact path for the upstream gradient ``g`` (fp32; one value, or one
     per token when ``per_row``). ``grad_x32_box``: an empty list, or one holding the forward's
@@ -1088,7 +1096,7 @@ def fused_linear_cross_entropy_forward(
             del grad_x32, held
             grads = exact_grads(
                 x, tensors[1], tensors[3], terms, w, box, x.dtype, opts, g, per_row, needs[1], needs[2],
-                EXACT_TILE_BUDGET_BYTES * chunk_mem_const, held_box,
+                tile_budget(tensors[1], chunk_mem_const), held_box,
             )  # fmt: skip
         grad_x, grad_w, grad_b = grads
         grad_x = None if grad_x is None else grad_x.view(_input.shape)
@@ -1191,6 +1199,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
         tensors = (x, weight.contiguous(), target, None if bias is None else bias.contiguous())
         ctx.input_shape, ctx.mode, ctx.per_row = _input.shape, mode, reduction == "none"
         ctx.opts, ctx.needs, ctx.chunk_mem_const = opts, needs, chunk_mem_const
+        ctx.tile_budget = tile_budget(weight, chunk_mem_const)
         if mode == "exact":
             held, budget = plan_exact(x, tensors[1], tensors[3], needs, ctx.per_row, chunk_mem_const)
             outputs, terms, ctx.class_weight, grad_x32 = token_pass(*tensors, ce_weight, opts, needs[0], budget, held)
@@ -1220,7 +1229,7 @@ class LigerFusedLinearCrossEntropyFunction(RemembersGradMode):
             x, weight, bias, terms = (*saved[:3], RowTerms(*saved[3:])) if saved else (None, None, None, None)
             grads = exact_grads(
                 x, weight, bias, terms, ctx.class_weight, ctx.grad_x32, ctx.dtype, ctx.opts, g, ctx.per_row,
-                ctx.needs[1], ctx.needs[2], EXACT_TILE_BUDGET_BYTES * ctx.chunk_mem_const, ctx.held,
+                ctx.needs[1], ctx.needs[2], ctx.tile_budget, ctx.held,
             )  # fmt: skip
         elif ctx.per_row:
             budget = CHUNK_BUDGET_BYTES * ctx.chunk_mem_const
