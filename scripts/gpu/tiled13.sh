@@ -15,7 +15,14 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
 bash benchmarks/setup_peers.sh >"$LOG/setup_peers.log" 2>&1 || echo "setup_peers failed: liger085 columns will say so"
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader | tee "$LOG/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$LOG/gpu.txt"
+python3 - <<'PY' 2>&1 | tee -a "$LOG/gpu.txt"
+import torch  # the fp32-output matmul both backward routes sum in: bf16 operands added into an fp32 tensor
+print("torch", torch.__version__)
+a, b = (torch.randn(64, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+total = torch.mm(a, b, out_dtype=torch.float32)
+torch.addmm(total, a, b, out_dtype=torch.float32, out=total)
+print("addmm out_dtype fp32 in place: max error", (total - 2 * (a.float() @ b.float())).abs().max().item())
+PY
 
 echo "== tests $(date -u +%H:%M:%S)"
 timeout 150 python3 -m pytest tests/test_tiled_mlp.py -q -p no:cacheprovider -o addopts="" -rfE --durations=8 \

@@ -5,8 +5,8 @@ for its backward: 2.8 GB per layer at 32K tokens and I = 14336 in bf16, 10x the 
 Here the forward runs ``fn(mlp_module, shard)`` shard by shard without autograd, keeping only the
 input; the backward recomputes each shard's forward with autograd and backpropagates it at once,
 summing the parameters' gradients over the shards. Rows of an MLP are independent, so the result
-is the untiled one (the weight gradients summed over the shards in fp32 and rounded once, as one
-matmul's would be); the cost is one more forward.
+is the untiled one (each shard's parameter gradients, as autograd gives them, summed in fp32 and
+rounded once); the cost is one more forward.
 
 The parameters are inputs of the autograd Function, so their gradients flow through autograd like
 any other (``torch.autograd.grad`` returns them; DDP's and FSDP's accumulate-grad hooks see the
