@@ -4,7 +4,8 @@
 point is the peak memory: the tiled MLP trades recomputed matmuls for it. ``ours_generic``: the
 generic tiled Function around the untiled forward (what non-plain projections take), recomputing
 the whole forward. ``ours`` picks its backward's route by bytes (blocks of the intermediate at 16K
-tokens, token shards at 64K); ``ours_blocks`` / ``ours_tokens`` force one.
+tokens, token shards at 64K); ``ours_blocks`` / ``ours_tokens`` force one, ``ours_tokens_2048``
+the token shards at 2048 tokens, not H (half the shard buffers, twice the fp32 weight-sum traffic).
 
 Liger 0.8.5 adds its weight gradients into ``.grad`` inside its backward: the warm-up step allocates
 them and the measured step's peak (counted from the memory before it) leaves them out, 3 x 112 MiB
@@ -62,11 +63,12 @@ def make(shape, device, impl="ours"):
         from liger_kernel.ops.tiled_mlp import apply_tiled_mlp
 
         return (lambda x, *weights: apply_tiled_mlp(lt.LigerSwiGLUMLP.forward, mlp, x)), (x, *params), grads
-    if impl in ("ours_blocks", "ours_tokens"):
+    if impl in ("ours_blocks", "ours_tokens", "ours_tokens_2048"):
         from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp, default_num_blocks
 
         blocks = default_num_blocks(shape["hidden"], shape["intermediate"]) if impl == "ours_blocks" else 0
-        return (lambda x, *weights: apply_tiled_gated_mlp(x, *weights, num_blocks=blocks)), (x, *params), grads
+        shards = -(-shape["tokens"] // 2048) if impl == "ours_tokens_2048" else None
+        return (lambda x, *w: apply_tiled_gated_mlp(x, *w, num_shards=shards, num_blocks=blocks)), (x, *params), grads
     if impl == "fresh_grads":
 
         def fn(x, *weights):
@@ -84,6 +86,7 @@ PROVIDERS = {
     "ours_untiled": functools.partial(make, impl="ours_untiled"),
     "ours_blocks": functools.partial(make, impl="ours_blocks"),
     "ours_tokens": functools.partial(make, impl="ours_tokens"),
+    "ours_tokens_2048": functools.partial(make, impl="ours_tokens_2048"),
     "liger085": make,
     "liger085_grads": functools.partial(make, impl="fresh_grads"),
     "compile": functools.partial(make, impl="compile"),

@@ -2,8 +2,9 @@
 # The tiled gated MLP's two backward routes (blocks of the intermediate at 16K tokens, token shards
 # at 64K) on the GPU: tests/test_tiled_mlp.py (the Llama-3-8B 16K case included), then the benchmark
 # against Liger 0.8.5 and torch.compile (--graph: also the GPU time alone), then the routes forced
-# (ours_blocks, ours_tokens) beside Liger with its weight gradients counted (liger085_grads).
-# Run from the repo root (carry .peer): OUT=/some/dir bash scripts/gpu/tiled13.sh   (about 3 min on one H200)
+# (ours_blocks, ours_tokens, ours_tokens_2048: token shards of 2048 tokens) beside Liger with its
+# weight gradients counted (liger085_grads).
+# Run from the repo root (carry .peer): OUT=/some/dir bash scripts/gpu/tiled13.sh   (about 4 min on one H200)
 # Logs: $OUT/tiled13/; results: benchmarks/results/h200/tiled_mlp.{md,json}, tiled_mlp_routes.{md,json}
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -36,5 +37,5 @@ run_bench() {  # results name, time limit (s), providers
   cp "$RESULTS/$1".md "$RESULTS/$1".json "$LOG/" 2>/dev/null
 }
 run_bench tiled_mlp 100 ours,liger085,compile
-run_bench tiled_mlp_routes 100 ours_blocks,ours_tokens,liger085_grads
+run_bench tiled_mlp_routes 120 ours_blocks,ours_tokens,ours_tokens_2048,liger085_grads
 echo "== done $(date -u +%H:%M:%S)"
