@@ -186,3 +186,84 @@ def test_tiled_gated_function_checks_its_arguments():
         LigerTiledGatedMLPFunction.apply(x, randn(12, 4), None, down, "silu", 2)
     with pytest.raises(ValueError, match="`activation`"):
         LigerTiledGatedMLPFunction.apply(x, w, w, down, "relu", 2)
+    with pytest.raises(ValueError, match="`blocks`"):
+        LigerTiledGatedMLPFunction.apply(x, w, w, down, "silu", 2, -1)
+
+
+# (x shape, I, H_out, blocks of the GPU/CPU shapes that do not divide I)
+ROUTE_SHAPE = sizes(cpu=((3, 5, 12), 36, 10), gpu=((2, 333, 256), 688, 200))
+ROUTES = [0, 1, 2, 5, None]  # token shards; one block; blocks not dividing I; the default
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("blocks", ROUTES, ids=["tokens", "one_block", "2_blocks", "5_blocks", "auto"])
+def test_backward_routes_match_float64(blocks, activation, dtype):
+    """Both backward routes (token shards; blocks of the intermediate, their width not dividing I)
+    against float64: y, dx and the three weight gradients, with H_out != H and unequal shards."""
+    from liger_kernel.ops.swiglu import gated_mlp_reference
+    from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp
+
+    x_shape, i, h_out = ROUTE_SHAPE
+    h = x_shape[-1]
+    x, dy = randn(*x_shape, dtype=dtype), randn(*x_shape[:-1], h_out, dtype=dtype)
+    weights = [randn(i, h, dtype=dtype, scale=h**-0.5) for _ in range(2)] + [
+        randn(h_out, i, dtype=dtype, scale=i**-0.5)
+    ]
+    act = "silu" if activation == "silu" else "gelu_tanh"
+
+    def run(fn, *inputs):
+        inputs = [t.detach().clone().requires_grad_() for t in inputs]
+        y = fn(*inputs)
+        return (y, *torch.autograd.grad(y, inputs, dy.to(y.dtype)))
+
+    expected = run(lambda *t: gated_mlp_reference(*t, activation=act), *(t.double() for t in (x, *weights)))
+    baseline = run(lambda *t: gated_mlp_reference(*t, activation=act), x, *weights)
+    got = run(lambda *t: apply_tiled_gated_mlp(*t, act, num_shards=4, num_blocks=blocks), x, *weights)
+    for name, a, e, bl in zip(("y", "dx", "d_gate", "d_up", "d_down"), got, expected, baseline):
+        assert a.dtype == dtype
+        assert_matches(name, a, e, bl)
+
+
+@pytest.mark.parametrize("blocks", [0, 2], ids=["tokens", "blocks"])
+def test_backward_routes_with_frozen_weights_and_input(blocks):
+    """Only what requires a gradient gets one, on both routes (more shards than rows: some empty)."""
+    from liger_kernel.ops.swiglu import gated_mlp_reference
+    from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp
+
+    x, gate, up, down = randn(7, 8), randn(12, 8, requires_grad=True), randn(12, 8), randn(8, 12, requires_grad=True)
+    got = torch.autograd.grad(apply_tiled_gated_mlp(x, gate, up, down, "silu", 9, blocks).sum(), [gate, down])
+    expected = torch.autograd.grad(gated_mlp_reference(x, gate, up, down).sum(), [gate, down])
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("blocks", [None, 0, 2], ids=["auto", "tokens", "blocks"])
+def test_weight_gradients_are_one_fp32_sum_of_all_tokens(monkeypatch, blocks):
+    """Two token shards with the same rows and opposite upstream gradients (1 and -127/128): the down
+    weight's gradient is their remainder, 1/128 of each shard's part. One fp32 sum of all tokens
+    rounded once keeps it to bf16 precision; parts rounded to bf16 per shard before the sum lose up
+    to a quarter of it."""
+    import liger_kernel.ops.tiled_mlp as tiled_mlp
+
+    if blocks is not None:
+        monkeypatch.setattr(tiled_mlp, "_backward_blocks", lambda *shape: blocks)
+    h, i, k = 16, 24, 5
+    tiled = LigerTiledSwiGLUMLP(Config(h, i, "silu"), num_shards=2).to(DEVICE, torch.bfloat16)
+    plain = LigerSwiGLUMLP(Config(h, i, "silu")).to(DEVICE, torch.bfloat16)
+    plain.load_state_dict(tiled.state_dict())
+    rows = randn(k, h, dtype=torch.bfloat16)
+    sign = torch.randint(0, 2, (k, h), device=DEVICE).float() * 2 - 1
+    x, dy = torch.cat([rows, rows]), torch.cat([sign, sign * -127 / 128]).to(torch.bfloat16)
+    expected = grads_of(copy.deepcopy(plain).double(), x.double(), dy.double())[-1]
+    baseline = grads_of(plain, x, dy)[-1]
+    assert_matches("d_down", grads_of(tiled, x, dy)[-1], expected, baseline)
+
+
+def test_backward_route_by_bytes():
+    """Llama-3-8B widths in bf16: blocks of 1024 columns at 16K tokens (704 MiB against 1136 by
+    token shards), token shards at 64K (1520 MiB against 1760)."""
+    from liger_kernel.ops.tiled_mlp import _backward_blocks, default_num_blocks
+
+    assert default_num_blocks(4096, 14336) == 14
+    assert _backward_blocks(16384, 4096, 14336, 4, 2) == 14
+    assert _backward_blocks(65536, 4096, 14336, 16, 2) == 0

@@ -5,8 +5,8 @@ for its backward: 2.8 GB per layer at 32K tokens and I = 14336 in bf16, 10x the 
 Here the forward runs ``fn(mlp_module, shard)`` shard by shard without autograd, keeping only the
 input; the backward recomputes each shard's forward with autograd and backpropagates it at once,
 summing the parameters' gradients over the shards. Rows of an MLP are independent, so the result
-is the untiled one (the weight gradients summed over the shards in fp32 and rounded once, as one
-matmul's would be); the cost is one more forward.
+is the untiled one (each shard's parameter gradients, as autograd gives them, summed in fp32 and
+rounded once); the cost is one more forward.
 
 The parameters are inputs of the autograd Function, so their gradients flow through autograd like
 any other (``torch.autograd.grad`` returns them; DDP's and FSDP's accumulate-grad hooks see the
@@ -17,6 +17,10 @@ For a gated MLP of plain projections (``LigerTiledGatedMLPFunction``) the recomp
 and up matmuls: the backward needs ``c = act(a) * b``, not the down projection of it, so a step
 costs 22 x tokens x H x I FLOPs instead of 24 (the untiled MLP: 18). Llama-3-8B widths: 30.9 ms of
 matmuls at 16K tokens on an H200 (684 TFLOP/s), against 33.8 ms through the generic recompute.
+Its backward sums every gradient in fp32 and rounds it once, by blocks of the intermediate up to
+about 3 I tokens (the weight gradients then need no fp32 buffers: at 16K tokens 832 MiB at its
+peak, with y, against 1264 through token shards with fp32 weight-gradient sums), by token shards
+beyond (the fp32 dx sum, 4 N H bytes, outgrows the three fp32 weight sums, 12 I H).
 """
 
 import math
@@ -102,57 +106,156 @@ def _add_to_sum(total, part):
     return total.add_(part)
 
 
+def _fp32_matmul_sum(total, a, b):
+    """``total + a @ b`` in fp32, in place (``total`` None: a new fp32 tensor): the products of a
+    half-precision ``a`` and ``b`` summed in fp32 and never rounded to their dtype (cuBLAS with an
+    fp32 output; elsewhere the operands upcast, their products exact in fp32)."""
+    if a.is_cuda and a.dtype != torch.float32:
+        if total is None:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        return torch.addmm(total, a, b, out_dtype=torch.float32, out=total)
+    a, b = a.float(), b.float()
+    return torch.mm(a, b) if total is None else total.addmm_(a, b)
+
+
+def default_num_blocks(hidden_size: int, intermediate_size: int) -> int:
+    """Blocks of about ``hidden_size / 4`` columns of the intermediate (1024 at Llama-3-8B: 14):
+    a block's three [tokens, block] buffers are then 3/4 of x's size, and its dx matmul sums over
+    2 x block = H / 2 columns, so that reading and writing the fp32 dx sum (8 bytes an element of
+    dx per block) takes at most a third of that matmul's time (326 / block at 4.2 TB/s and 684
+    TFLOP/s; 6% of the step, less where the matmul's epilogue hides it)."""
+    return max(1, math.ceil(4 * intermediate_size / max(hidden_size, 1)))
+
+
+def _block_width(intermediate_size: int, blocks: int) -> int:
+    """``ceil(I / blocks)`` rounded up to a multiple of 8 (16-byte aligned matmul operands): at most
+    ``blocks`` blocks, the last one narrower where the width does not divide I."""
+    return min(intermediate_size, -(-math.ceil(intermediate_size / blocks) // 8) * 8) or 1
+
+
+def _backward_blocks(tokens, hidden, intermediate, shards, element_size) -> int:
+    """The backward's route (``LigerTiledGatedMLPFunction``'s ``blocks``) holding fewer bytes:
+    ``default_num_blocks`` blocks of the intermediate, or 0 (token shards). The block route holds
+    the weight gradients in their dtype (3 I H e bytes), the fp32 dx sum (4 N H) and a block's
+    buffers; the token route dx (N H e), the fp32 weight-gradient sums (12 I H) and a shard's
+    buffers. In bf16 the block route holds less up to N ~ 3 I tokens, the fp32 dx sum growing
+    with N where the weight sums do not: 48K tokens at Llama-3-8B widths (16K: 704 MiB against
+    1136; 64K: 1760 against 1520)."""
+    blocks = default_num_blocks(hidden, intermediate)
+    width = _block_width(intermediate, blocks)
+    shard = math.ceil(tokens / shards)
+    by_blocks = 3 * intermediate * hidden * element_size + 4 * tokens * hidden
+    by_blocks += (3 * tokens + 2 * hidden) * width * element_size
+    by_tokens = tokens * hidden * element_size + 12 * intermediate * hidden + 3 * shard * intermediate * element_size
+    return blocks if by_blocks < by_tokens else 0
+
+
 class LigerTiledGatedMLPFunction(LigerFunction):
-    """``apply(x, gate_weight, up_weight, down_weight, activation, shards) ->
+    """``apply(x, gate_weight, up_weight, down_weight, activation, shards, blocks=None) ->
     down(act(x @ gate_weight.T) * (x @ up_weight.T))`` (``ops.swiglu.gated_mlp_reference``
-    without multipliers) in ``shards`` shards of x's rows, with the fused gated kernels. Only x is
-    saved; the backward recomputes a shard's a and b, and its one gated-backward pass gives da, db
-    and c (for the down weight's gradient). Weight gradients are summed over the shards in fp32 and
-    rounded once to the weights' dtype. Kernel path only: callers check ``use_triton``."""
+    without multipliers) with the fused gated kernels, only x saved. Kernel path only: callers
+    check ``use_triton``.
+
+    The forward runs in ``shards`` shards of x's rows. The backward recomputes the gate and up
+    matmuls (a, b) and its one gated-backward pass gives da, db and c (for the down weight's
+    gradient), by one of two routes (``blocks``; None: the one holding fewer bytes, see
+    ``_backward_blocks``), each summing every gradient in fp32 and rounding it once:
+
+    - ``blocks`` >= 1: by blocks of the intermediate's columns, all tokens at once. Each weight
+      gradient block is one matmul over all the tokens, written once in the weights' dtype (no
+      fp32 weight-sized buffers); dx is summed over the blocks in fp32 (matmuls with an fp32
+      output accumulating in place) in chunks of about H rows, rounded at the end one chunk at a
+      time: the end holds one chunk's rounded copy more, not all of dx's.
+    - ``blocks`` = 0: by the token shards, the weight gradients summed over them in fp32 buffers
+      of the weights' size (matmuls with an fp32 output accumulating in place), rounded at the end
+      one at a time.
+    """
 
     @staticmethod
-    def forward(ctx, x, gate_weight, up_weight, down_weight, activation, shards):
+    def forward(ctx, x, gate_weight, up_weight, down_weight, activation, shards, blocks=None):
         _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation)
         if up_weight is None:
             raise ValueError("`up_weight` is required: the tiled gated MLP takes separate gate and up weights.")
         if not isinstance(shards, int) or shards < 1:
             raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
+        if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
+            raise ValueError(f"`blocks` must be None or an int >= 0 (0: the backward by token shards), got {blocks!r}.")
         rows = x.reshape(-1, x.shape[-1])
         y = rows.new_empty(rows.shape[0], down_weight.shape[0])
         for shard, y_shard in zip(rows.tensor_split(shards), y.tensor_split(shards)):
             c = gated_forward(shard @ gate_weight.T, shard @ up_weight.T, activation)
             torch.matmul(c, down_weight.T, out=y_shard)
+        if blocks is None:
+            blocks = _backward_blocks(*rows.shape, gate_weight.shape[0], shards, x.element_size())
         ctx.save_for_backward(x, gate_weight, up_weight, down_weight)
-        ctx.activation, ctx.shards = activation, shards
+        ctx.activation, ctx.shards, ctx.blocks = activation, shards, blocks
         return y.view(*x.shape[:-1], down_weight.shape[0])
 
     @staticmethod
     def backward(ctx, dy):
-        x, gate_weight, up_weight, down_weight = ctx.saved_tensors
-        need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
-        rows = x.reshape(-1, x.shape[-1])
-        dx = empty_like_output(rows) if need_x else None
-        d_gate = d_up = d_down = None
-        dy_rows = dy.reshape(-1, dy.shape[-1])
-        splits = (t.tensor_split(ctx.shards) for t in (rows, dy_rows))
-        dx_shards = dx.tensor_split(ctx.shards) if need_x else [None] * ctx.shards
-        for shard, dy_shard, dx_shard in zip(*splits, dx_shards):
-            a, b = shard @ gate_weight.T, shard @ up_weight.T
-            dc = dy_shard @ down_weight
-            gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da, db over a, b; c over dc
-            if need_down:
-                d_down = _add_to_sum(d_down, dy_shard.T @ dc)
-            if need_gate:
-                d_gate = _add_to_sum(d_gate, a.T @ shard)
-            if need_up:
-                d_up = _add_to_sum(d_up, b.T @ shard)
-            if need_x:
-                torch.matmul(a, gate_weight, out=dx_shard)
-                dx_shard.addmm_(b, up_weight)
-            a = b = dc = None  # this shard's intermediates dropped before the next one's
-        weights = (gate_weight, up_weight, down_weight)
-        weight_grads = (g if g is None else g.to(w.dtype) for g, w in zip((d_gate, d_up, d_down), weights))
-        return None if dx is None else dx.view(x.shape), *weight_grads, None, None
+        x, *weights = ctx.saved_tensors
+        rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        route = _backward_by_blocks if ctx.blocks else _backward_by_tokens
+        dx, *weight_grads = route(ctx, rows, dy_rows, *weights)
+        return None if dx is None else dx.view(x.shape), *weight_grads, None, None, None
+
+
+def _backward_by_tokens(ctx, rows, dy_rows, gate_weight, up_weight, down_weight):
+    need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+    dx = empty_like_output(rows) if need_x else None
+    sums = [None, None, None]  # gate, up, down
+    splits = (t.tensor_split(ctx.shards) for t in (rows, dy_rows))
+    dx_shards = dx.tensor_split(ctx.shards) if need_x else [None] * ctx.shards
+    for shard, dy_shard, dx_shard in zip(*splits, dx_shards):
+        a, b = shard @ gate_weight.T, shard @ up_weight.T
+        dc = dy_shard @ down_weight
+        gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da, db over a, b; c over dc
+        if need_gate:
+            sums[0] = _fp32_matmul_sum(sums[0], a.T, shard)
+        if need_up:
+            sums[1] = _fp32_matmul_sum(sums[1], b.T, shard)
+        if need_down:
+            sums[2] = _fp32_matmul_sum(sums[2], dy_shard.T, dc)
+        if need_x:
+            torch.matmul(a, gate_weight, out=dx_shard)
+            dx_shard.addmm_(b, up_weight)
+        a = b = dc = None  # this shard's intermediates dropped before the next one's
+    for k, w in enumerate((gate_weight, up_weight, down_weight)):
+        sums[k] = None if sums[k] is None else sums[k].to(w.dtype)  # one fp32 sum alive at a time
+    return dx, *sums
+
+
+def _backward_by_blocks(ctx, rows, dy_rows, gate_weight, up_weight, down_weight):
+    need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+    weights = (gate_weight, up_weight, down_weight)
+    d_gate, d_up, d_down = (
+        empty_like_output(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[1:4])
+    )
+    chunks = default_num_shards(rows)
+    dx_sums = [None] * chunks  # fp32, one per chunk of rows
+    width = _block_width(gate_weight.shape[0], ctx.blocks)
+    for start in range(0, gate_weight.shape[0], width):
+        cols = slice(start, start + width)
+        gate_up = torch.cat((gate_weight[cols], up_weight[cols]))  # [2 x block, H]
+        ab = rows @ gate_up.T  # a | b
+        a, b = ab.chunk(2, dim=1)
+        dc = dy_rows @ down_weight[:, cols]
+        gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da | db over a | b; c over dc
+        if need_down:
+            torch.mm(dy_rows.T, dc, out=d_down[:, cols])
+        if need_gate:
+            torch.mm(a.T, rows, out=d_gate[cols])
+        if need_up:
+            torch.mm(b.T, rows, out=d_up[cols])
+        if need_x:
+            dx_sums = [_fp32_matmul_sum(total, part, gate_up) for total, part in zip(dx_sums, ab.tensor_split(chunks))]
+        gate_up = ab = a = b = dc = None  # this block's buffers dropped before the next one's
+    dx = None
+    if need_x:
+        for k in range(len(dx_sums)):
+            dx_sums[k] = dx_sums[k].to(rows.dtype)  # one chunk's fp32 sum freed at a time
+        dx = torch.cat(dx_sums) if len(dx_sums) > 1 else dx_sums[0]
+    return dx, d_gate, d_up, d_down
 
 
 @torch.compiler.disable
@@ -168,7 +271,8 @@ def apply_tiled_mlp(fn, mlp_module, x, num_shards=None, compute_params=None):
     return LigerTiledMLPFunction.apply(fn, mlp_module, x, shards, compute_params)
 
 
-def apply_tiled_gated_mlp(x, gate_weight, up_weight, down_weight, activation="silu", num_shards=None):
-    """The gated MLP of these weights in ``num_shards`` token shards (default ``default_num_shards``)."""
+def apply_tiled_gated_mlp(x, gate_weight, up_weight, down_weight, activation="silu", num_shards=None, num_blocks=None):
+    """The gated MLP of these weights, its forward in ``num_shards`` token shards (default
+    ``default_num_shards``), its backward as ``LigerTiledGatedMLPFunction``'s ``blocks`` says."""
     shards = default_num_shards(x) if num_shards is None else num_shards
-    return LigerTiledGatedMLPFunction.apply(x, gate_weight, up_weight, down_weight, activation, shards)
+    return LigerTiledGatedMLPFunction.apply(x, gate_weight, up_weight, down_weight, activation, shards, num_blocks)
