@@ -231,7 +231,8 @@ def with_norm_inputs_moved(model):
         if x.shape not in coins:
             coins[x.shape] = torch.rand(x.shape, generator=torch.Generator(x.device).manual_seed(7), device=x.device)
         toward = torch.where(coins[x.shape] < 0.5, -torch.inf, torch.inf).to(x.dtype)
-        return (torch.nextafter(x, toward), *args[1:])
+        step = torch.nextafter(x.detach(), toward) - x.detach()  # one ulp, exact; no gradient of its own
+        return (x + step, *args[1:])
 
     for module in model.modules():
         if type(module).__name__.endswith("RMSNorm"):

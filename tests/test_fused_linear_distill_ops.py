@@ -235,20 +235,25 @@ def test_fused_linear_kl_div_module_functional_and_low_level_helpers():
     xs, ws = head(n, hidden, vocab, torch.float32)
     target = distributions((n, vocab), torch.float32, requires_grad=False)
     labels = labels_for(n, "some-ignored")
-    ref, _, (ref_x, ref_w) = run(
-        lambda x, w: fused_linear_kl_div_reference(x, w, target.double(), labels, "sum", IGNORE, 3.0),
-        copies([xs, ws], torch.float64),
-        torch.tensor(0.5, dtype=torch.float64),
+    # the reference in float64, and in fp32 as the yardstick (a contraction over the whole vocabulary
+    # rounds more than the floor alone allows at GPU sizes: dx 1.7e-8 against 3.9e-9 at V=128256)
+    (ref, _, (ref_x, ref_w)), (base, _, (base_x, base_w)) = (
+        run(
+            lambda x, w: fused_linear_kl_div_reference(x, w, target.to(x.dtype), labels, "sum", IGNORE, 3.0),
+            copies([xs, ws], dtype),
+            torch.tensor(0.5, dtype=dtype, device=DEVICE),
+        )
+        for dtype in (torch.float64, torch.float32)
     )
     module = LigerFusedLinearKLDivLoss(reduction="sum", temperature=3.0)
     assert (module.reduction, module.temperature, module.eps, module.ignore_index) == ("sum", 3.0, 1e-10, -100)
-    assert_matches("module", module(xs, ws, target, labels), ref)
-    assert_matches("functional", liger_fused_linear_kl_div(xs, ws, target, labels, "sum", IGNORE, 3.0), ref)
+    assert_matches("module", module(xs, ws, target, labels), ref, base)
+    assert_matches("functional", liger_fused_linear_kl_div(xs, ws, target, labels, "sum", IGNORE, 3.0), ref, base)
     loss, grad_x, grad_w = fused_linear_kl_div_forward(xs, ws, target, labels, "sum", IGNORE, True, 3.0, 1e-10)
     grad_x, grad_w = fused_linear_kl_div_backward(torch.tensor(0.5, device=DEVICE), grad_x, grad_w)
-    assert_matches("low-level loss", loss, ref)
-    assert_matches("low-level dx", grad_x, ref_x)
-    assert_matches("low-level dW", grad_w, ref_w)
+    assert_matches("low-level loss", loss, ref, base)
+    assert_matches("low-level dx", grad_x, ref_x, base_x)
+    assert_matches("low-level dW", grad_w, ref_w, base_w)
     with pytest.raises(ValueError, match="`target` must hold the teacher's probabilities"):
         module(xs, ws, target[:, :-1])
 
