@@ -26,10 +26,10 @@ def as64(*tensors):
     return [None if t is None else t.detach().double().requires_grad_(t.requires_grad) for t in tensors]
 
 
-def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=None):
+def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=None, atol=0.0):
     """``actual`` against the float64 ``reference``: its largest error must be at most
     ``factor`` times the error of ``baseline`` (PyTorch in the same dtype) plus a floor of
-    ``FLOOR[dtype] * max|reference|``. NaN or Inf where the reference is finite always fails."""
+    ``FLOOR[dtype] * max|reference|`` plus ``atol``. NaN or Inf where the reference is finite always fails."""
     assert actual is not None, f"{name}: no result"
     assert actual.shape == reference.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
     ref = reference.detach().double()
@@ -40,7 +40,7 @@ def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=Non
         return
     scale = ref[finite].abs().max().item() if finite.any() else 0.0
     floor = FLOOR[actual.dtype] if floor is None else floor
-    bound = floor * max(scale, 1e-30)
+    bound = floor * max(scale, 1e-30) + atol
     if baseline is not None:
         bound += factor * (baseline.detach().double() - ref)[finite].abs().max().item()
     err = (act - ref)[finite].abs().max().item()

@@ -12,7 +12,7 @@ import torch
 from parity import ON_GPU
 
 transformers = pytest.importorskip("transformers")
-from test_convergence import assert_converges, float64_copy  # noqa: E402
+from test_convergence import assert_converges, float64_copy, reversed_rows  # noqa: E402
 from test_convergence import build as build_causal_lm  # noqa: E402
 from vlm_models import CONFIGS, MOE, build, make_inputs  # noqa: E402
 
@@ -85,6 +85,20 @@ def test_vision_language_family_converges(model_type, dtype):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make, inputs=inputs_for(model_type))
+
+
+def test_reversed_rows_are_the_same_batch():
+    """The second stock run's batch (``reversed_rows``: Qwen-VL's patches reversed image by image)
+    has the batch's loss in float64, every weight nudged so that the images reach it (Mllama's
+    gates and Gemma 3's projection start at zero): an equally valid sample of the same run."""
+    for model_type in FAMILIES:
+        model = float64_copy(build(model_type, torch.float32), sdpa=False).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=0.02)
+            inputs = inputs_for(model_type)
+            losses = [model(**batch(0, torch.float64)).loss for batch in (inputs, reversed_rows(inputs))]
+        torch.testing.assert_close(*losses, rtol=1e-12, atol=0, msg=model_type)
 
 
 def flags(model_type):
