@@ -33,11 +33,13 @@ produces tile by tile.
   kept vocabulary-major (``VocabMajorLogits``): column statistics (``_column_stats_kernel``),
   the loss, dlogits in place (FLCE's ``dlogits_grid``), ``grad_x = dlogits @ W``, then ``grad_W
   = dlogits.T @ x`` written over the logits as they are consumed. 6NHV, no fp32 ``[V, H]``
-  accumulator, no recomputation; peak extra ``max(N, H) * V`` items + the input gradient, used
-  where that is at most the accumulator (``whole_batch_fits``: N <= 2H in bf16). At issue 12's
-  DPO shape (N=8192): 2.10 GB of logits + 0.13 GB fp32 input gradient + 0.07 GB rounded: ~2.30
-  GB peak extra: measured 54.99 ms / 2.303 GB on an H200 (2026-11-30; one-pass route 57.48 ms /
-  2.711 GB, Liger 0.8.5 62.38 ms / 2.727 GB).
+  accumulator, no recomputation. Memory bound: the logits (``max(N, H) * V`` items, ``H * V`` of
+  which become the weight gradient) are only kept where ``whole_batch_fits``: N <= 2H in bf16
+  (N <= H in fp32), i.e. where they take no more memory than the fp32 ``[V, H]`` accumulator of
+  the one-pass route; larger batches take a chunked route, so peak memory never grows with
+  tokens x vocabulary. At issue 12's DPO shape (N=8192): 2.10 GB of logits + 0.13 GB fp32 input
+  gradient + 0.07 GB rounded: ~2.30 GB peak extra: measured 54.99 ms / 2.303 GB on an H200
+  (2026-11-30; one-pass route 57.48 ms / 2.711 GB, Liger 0.8.5 62.38 ms / 2.727 GB).
 
 Logits: the spec's are in the input dtype (an ``lm_head``'s output), then fp32. Where nothing
 recomputes them (the one-pass engine) and there is no temperature, the kernels compute exactly
@@ -576,12 +578,15 @@ class VocabMajorLogits:
 def fused_linear_logprobs_batch_loss(x, weight, target, bias, loss_fn, ignore_index=-100, needs=(True, True, True)):
     """``fused_linear_logprobs_loss`` for a loss of the whole batch at once (``loss = loss_fn(logp)``,
     ``logp`` [N] fp32: any coupling between rows, e.g. DPO's ``bco_pair``, whose shift is the
-    batch's mean reward), no temperature (callers use it when ``whole_batch_fits``). The batch's logits in the
-    input dtype are computed once and kept, vocabulary-major (``VocabMajorLogits``): per-token
-    statistics, the loss and its per-token gradient, the dlogits over the logits, then ``grad_x``
-    (one matmul a piece) and ``grad_W`` written over them. 6NHV flops with no fp32 ``[V, H]``
-    accumulator and no recomputation; peak extra memory ``max(N, H) * V`` items + the input
-    gradient (fp32 while two pieces add up): 2.23 GB at N=8192, H=4096, V=128256 in bf16.
+    batch's mean reward), no temperature. The batch's logits in the input dtype are computed once
+    and kept, vocabulary-major (``VocabMajorLogits``): per-token statistics, the loss and its
+    per-token gradient, the dlogits over the logits, then ``grad_x`` (one matmul a piece) and
+    ``grad_W`` written over them. 6NHV flops with no fp32 ``[V, H]`` accumulator and no
+    recomputation; peak extra memory ``max(N, H) * V`` items (``H * V`` of them become the weight
+    gradient) + the input gradient (fp32 while two pieces add up): 2.23 GB at N=8192, H=4096,
+    V=128256 in bf16. Callers use it only where ``whole_batch_fits`` (N <= 2H in bf16): the
+    logits then take no more memory than the one-pass route's fp32 ``[V, H]`` accumulator; above
+    it a chunked route runs, so peak memory never grows with tokens x vocabulary.
     Returns ``(loss, logp, grad_x, grad_W, grad_b)`` as ``fused_linear_logprobs_loss``."""
     head = head_inputs(x, weight, target, bias, 1.0, ignore_index, empty_on_reference=True)
     if head is None:
