@@ -33,11 +33,13 @@ produces tile by tile.
   kept vocabulary-major (``VocabMajorLogits``): column statistics (``_column_stats_kernel``),
   the loss, dlogits in place (FLCE's ``dlogits_grid``), ``grad_x = dlogits @ W``, then ``grad_W
   = dlogits.T @ x`` written over the logits as they are consumed. 6NHV, no fp32 ``[V, H]``
-  accumulator, no recomputation; peak extra ``max(N, H) * V`` items + the input gradient, used
-  where that is at most the accumulator (``whole_batch_fits``: N <= 2H in bf16). At issue 12's
-  DPO shape (N=8192): 2.10 GB of logits + 0.13 GB fp32 input gradient + 0.07 GB rounded: ~2.30
-  GB peak extra: measured 54.99 ms / 2.303 GB on an H200 (2026-11-30; one-pass route 57.48 ms /
-  2.711 GB, Liger 0.8.5 62.38 ms / 2.727 GB).
+  accumulator, no recomputation. Memory bound: the logits (``max(N, H) * V`` items, ``H * V`` of
+  which become the weight gradient) are only kept where ``whole_batch_fits``: N <= 2H in bf16
+  (N <= H in fp32), i.e. where they take no more memory than the fp32 ``[V, H]`` accumulator of
+  the one-pass route; larger batches take a chunked route, so peak memory never grows with
+  tokens x vocabulary. At issue 12's DPO shape (N=8192): 2.10 GB of logits + 0.13 GB fp32 input
+  gradient + 0.07 GB rounded: ~2.30 GB peak extra: measured 54.99 ms / 2.303 GB on an H200
+  (2026-11-30; one-pass route 57.48 ms / 2.711 GB, Liger 0.8.5 62.38 ms / 2.727 GB).
 
 Logits: the spec's are in the input dtype (an ``lm_head``'s output), then fp32. Where nothing
 recomputes them (the one-pass engine) and there is no temperature, the kernels compute exactly
@@ -50,6 +52,7 @@ cross-entropy does).
 """
 
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -118,13 +121,45 @@ def check_logprobs_inputs(x, weight, target, bias, temperature):
     check_same_device(input=x, weight=weight, bias=bias, target=target)
 
 
-def _labels(target, ignore_index, n_vocab):
-    """``(mask, y_safe, label, bad)``: non-ignored rows, labels safe to read (0 elsewhere), labels
-    with -1 at ignored rows (the dlogits kernel's convention) and the out-of-range flag."""
+class HeadInputs(NamedTuple):
+    """A head call's inputs as the kernels take them: ``x``, ``weight``, ``bias`` detached and
+    contiguous; ``mask`` (non-ignored rows), ``y_safe`` (labels safe to read, 0 elsewhere),
+    ``label`` (-1 at ignored rows: the dlogits kernel's convention), ``bad`` (the out-of-range
+    flag) and ``ignore_index`` (for the message)."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    mask: torch.Tensor
+    y_safe: torch.Tensor
+    label: torch.Tensor
+    bad: torch.Tensor
+    ignore_index: int
+
+    def raise_if_bad_labels(self):
+        raise_if_bad_labels(self.bad, self.weight.shape[0], self.ignore_index)
+
+
+def head_inputs(x, weight, target, bias, temperature, ignore_index, empty_on_reference=False):
+    """The inputs checked (errors naming the public arguments), then None where the reference
+    computes instead (``use_triton`` off, float64, or no rows when ``empty_on_reference``), else
+    ``HeadInputs``."""
+    check_logprobs_inputs(x, weight, target, bias, temperature)
+    if not use_triton(x) or x.dtype == torch.float64 or (empty_on_reference and x.shape[0] == 0):
+        return None
+    n_vocab = weight.shape[0]
     mask = target != ignore_index
     in_range = (target >= 0) & (target < n_vocab)
-    bad = (mask & ~in_range).any()
-    return mask, torch.where(mask & in_range, target, 0), torch.where(mask, target, -1), bad
+    return HeadInputs(
+        x.detach().contiguous(),
+        weight.detach().contiguous(),
+        None if bias is None else bias.detach().contiguous(),
+        mask,
+        torch.where(mask & in_range, target, 0),
+        torch.where(mask, target, -1),
+        (mask & ~in_range).any(),
+        ignore_index,
+    )
 
 
 def reciprocal_parts(temperature) -> tuple[float, float]:
@@ -179,12 +214,12 @@ def _row_stats(z, y_safe, lse, z_label):
     )  # fmt: skip
 
 
-def logprobs_forward(x, weight, target, bias, temperature, ignore_index, budget=None, dtype=torch.float32):
-    """``(logp, lse, label)`` over token chunks of logits in ``dtype``; ``x`` [N, H] contiguous.
-    Raises on labels out of range (one sync)."""
+def logprobs_forward(head: HeadInputs, temperature, budget=None, dtype=torch.float32):
+    """``(logp, lse)`` over token chunks of logits in ``dtype``. Raises on labels out of range
+    (one sync)."""
+    x, weight, bias = head.x, head.weight, head.bias
     n_rows = x.shape[0]
     n_vocab = weight.shape[0]
-    mask, y_safe, label, bad = _labels(target, ignore_index, n_vocab)
     lse = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     z_label = torch.empty_like(lse)
     if n_rows:
@@ -193,10 +228,9 @@ def logprobs_forward(x, weight, target, bias, temperature, ignore_index, budget=
         for start in range(0, n_rows, rows):
             end = min(start + rows, n_rows)
             z = _logits(x[start:end], weight, bias, temperature, flat_view(buf, end - start, n_vocab))
-            _row_stats(z, y_safe[start:end], lse[start:end], z_label[start:end])
-    raise_if_bad_labels(bad, n_vocab, ignore_index)
-    logp = torch.where(mask, z_label - lse, 0.0)
-    return logp, lse, label
+            _row_stats(z, head.y_safe[start:end], lse[start:end], z_label[start:end])
+    head.raise_if_bad_labels()
+    return torch.where(head.mask, z_label - lse, 0.0), lse
 
 
 def logprobs_backward(x, weight, bias, lse, label, grad_logp, temperature, needs, budget=None):
@@ -240,17 +274,15 @@ def logprobs_backward(x, weight, bias, lse, label, grad_logp, temperature, needs
 
 class LigerFusedLinearLogprobsFunction(RemembersGradMode):
     """``fused_linear_logprobs`` as an autograd Function (module docstring: 2NHV forward, 6NHV
-    backward)."""
+    backward): differentiable in ``x``, ``weight``, ``bias``; ``head`` their ``head_inputs``."""
 
     @staticmethod
-    def forward(ctx, x, weight, target, bias, temperature, ignore_index):
-        xc, wc = x.contiguous(), weight.contiguous()
-        bc = None if bias is None else bias.contiguous()
-        logp, lse, label = logprobs_forward(xc, wc, target, bc, temperature, ignore_index)
-        ctx.needs = tuple(caller_grad_mode.enabled and ctx.needs_input_grad[i] for i in (0, 1, 3))
+    def forward(ctx, x, weight, bias, head, temperature):
+        logp, lse = logprobs_forward(head, temperature)
+        ctx.needs = tuple(caller_grad_mode.enabled and ctx.needs_input_grad[i] for i in (0, 1, 2))
         ctx.temperature = temperature
         if any(ctx.needs):
-            ctx.save_for_backward(xc, wc, bc, lse, label)
+            ctx.save_for_backward(head.x, head.weight, head.bias, lse, head.label)
         return logp
 
     @staticmethod
@@ -258,7 +290,7 @@ class LigerFusedLinearLogprobsFunction(RemembersGradMode):
         x, weight, bias, lse, label = ctx.saved_tensors
         grads = logprobs_backward(x, weight, bias, lse, label, grad_logp.float(), ctx.temperature, ctx.needs)
         grad_x, grad_w, grad_b = grads
-        return grad_x, grad_w, None, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None
 
 
 def frozen_head_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_index=-100, logits_dtype=None):
@@ -266,22 +298,20 @@ def frozen_head_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_i
     ``logits_dtype`` (None: fp32). Pass the trained head's logits dtype (``one_pass_logits_dtype``
     on the one-pass route), so that identical heads give identical log-probs: a DPO reference
     equal to the policy gives margins of exactly 0, as in the spec."""
-    check_logprobs_inputs(x, weight, target, bias, temperature)
-    if not use_triton(x) or x.dtype == torch.float64:
+    head = head_inputs(x, weight, target, bias, temperature, ignore_index)
+    if head is None:
         with torch.no_grad():
             return fused_linear_logprobs_reference(x, weight, target, bias, temperature, ignore_index)
     dtype = torch.float32 if logits_dtype is None or temperature != 1.0 else logits_dtype
-    bias = None if bias is None else bias.detach().contiguous()
-    x, weight = x.detach().contiguous(), weight.detach().contiguous()
-    return logprobs_forward(x, weight, target, bias, temperature, ignore_index, dtype=dtype)[0]
+    return logprobs_forward(head, temperature, dtype=dtype)[0]
 
 
 def fused_linear_logprobs(x, weight, target, bias=None, temperature=1.0, ignore_index=-100):
     """``x`` [N, H], ``weight`` [V, H], ``target`` [N] int, ``bias`` [V] or None -> fp32 [N]."""
-    check_logprobs_inputs(x, weight, target, bias, temperature)
-    if not use_triton(x) or x.dtype == torch.float64:
+    head = head_inputs(x, weight, target, bias, temperature, ignore_index)
+    if head is None:
         return fused_linear_logprobs_reference(x, weight, target, bias, temperature, ignore_index)
-    return LigerFusedLinearLogprobsFunction.apply(x, weight, target, bias, temperature, ignore_index)
+    return LigerFusedLinearLogprobsFunction.apply(x, weight, bias, head, temperature)
 
 
 def logits_dtype(x, temperature):
@@ -353,16 +383,14 @@ def fused_linear_logprobs_loss(
     On the kernels: 6NHV flops, one chunk of logits (``one_pass_logits_dtype``) and the fp32
     ``[V, H]`` weight-gradient accumulator (``WeightGradAccumulator``, rounded in place);
     elsewhere the reference and autograd."""
-    check_logprobs_inputs(x, weight, target, bias, temperature)
+    head = head_inputs(x, weight, target, bias, temperature, ignore_index)
+    if head is None:
+        return _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignore_index, needs)
+    x, weight, bias, mask, y_safe, label = head[:6]
     need_x, need_w, need_b = needs
     need_b = need_b and bias is not None
-    if not use_triton(x) or x.dtype == torch.float64:
-        return _loss_reference(x, weight, target, bias, chunks, loss_fn, temperature, ignore_index, needs)
-    x, weight = x.detach().contiguous(), weight.detach().contiguous()
-    bias = None if bias is None else bias.detach().contiguous()
     n_rows = x.shape[0]
     n_vocab = weight.shape[0]
-    mask, y_safe, label, bad = _labels(target, ignore_index, n_vocab)
     logp_all = torch.zeros(n_rows, dtype=torch.float32, device=x.device)
     grad_x = torch.zeros_like(x) if need_x else None
     grad_w = WeightGradAccumulator(weight) if need_w else None
@@ -401,7 +429,7 @@ def fused_linear_logprobs_loss(
         if need_b:
             grad_b32 += g.sum(0, dtype=torch.float32)
     buf = z = g = x_rows = x_buf = None  # the chunk's logits are freed before the weight gradient is rounded
-    raise_if_bad_labels(bad, n_vocab, ignore_index)
+    head.raise_if_bad_labels()
     grad_w = None if grad_w is None else grad_w.finish()
     grad_b = None if grad_b32 is None else grad_b32.to(bias.dtype)
     return loss, logp_all, grad_x, grad_w, grad_b
@@ -550,48 +578,50 @@ class VocabMajorLogits:
 def fused_linear_logprobs_batch_loss(x, weight, target, bias, loss_fn, ignore_index=-100, needs=(True, True, True)):
     """``fused_linear_logprobs_loss`` for a loss of the whole batch at once (``loss = loss_fn(logp)``,
     ``logp`` [N] fp32: any coupling between rows, e.g. DPO's ``bco_pair``, whose shift is the
-    batch's mean reward), no temperature (callers use it when ``whole_batch_fits``). The batch's logits in the
-    input dtype are computed once and kept, vocabulary-major (``VocabMajorLogits``): per-token
-    statistics, the loss and its per-token gradient, the dlogits over the logits, then ``grad_x``
-    (one matmul a piece) and ``grad_W`` written over them. 6NHV flops with no fp32 ``[V, H]``
-    accumulator and no recomputation; peak extra memory ``max(N, H) * V`` items + the input
-    gradient (fp32 while two pieces add up): 2.23 GB at N=8192, H=4096, V=128256 in bf16.
+    batch's mean reward), no temperature. The batch's logits in the input dtype are computed once
+    and kept, vocabulary-major (``VocabMajorLogits``): per-token statistics, the loss and its
+    per-token gradient, the dlogits over the logits, then ``grad_x`` (one matmul a piece) and
+    ``grad_W`` written over them. 6NHV flops with no fp32 ``[V, H]`` accumulator and no
+    recomputation; peak extra memory ``max(N, H) * V`` items (``H * V`` of them become the weight
+    gradient) + the input gradient (fp32 while two pieces add up): 2.23 GB at N=8192, H=4096,
+    V=128256 in bf16. Callers use it only where ``whole_batch_fits`` (N <= 2H in bf16): the
+    logits then take no more memory than the one-pass route's fp32 ``[V, H]`` accumulator; above
+    it a chunked route runs, so peak memory never grows with tokens x vocabulary.
     Returns ``(loss, logp, grad_x, grad_W, grad_b)`` as ``fused_linear_logprobs_loss``."""
-    check_logprobs_inputs(x, weight, target, bias, 1.0)
-    need_x, need_w, need_b = needs
-    need_b = need_b and bias is not None
-    if not use_triton(x) or x.dtype == torch.float64 or x.shape[0] == 0:
+    head = head_inputs(x, weight, target, bias, 1.0, ignore_index, empty_on_reference=True)
+    if head is None:
         whole = [slice(0, x.shape[0])]
         return _loss_reference(x, weight, target, bias, whole, lambda _, lp: loss_fn(lp), 1.0, ignore_index, needs)
-    x, weight = x.detach().contiguous(), weight.detach().contiguous()
-    bias = None if bias is None else bias.detach().contiguous()
-    mask, y_safe, label, bad = _labels(target, ignore_index, weight.shape[0])
-    logits = VocabMajorLogits(x, weight, bias)
-    lse, z_label = logits.stats(y_safe)
-    logp = torch.where(mask, z_label - lse, 0.0)
-    loss, terms = _loss_and_terms(loss_fn, logp, lse, label, 1.0)
+    need_x, need_w, need_b = needs
+    x, weight, bias = head.x, head.weight, head.bias
+    logits, lse, logp = _batch_logprobs(head)
+    loss, terms = _loss_and_terms(loss_fn, logp, lse, head.label, 1.0)
     loss = loss.to(torch.float32)  # as the chunk loop's sum
     logits.to_dlogits(terms)
-    grad_b = logits.bias_grad().to(bias.dtype) if need_b else None
+    grad_b = logits.bias_grad().to(bias.dtype) if need_b and bias is not None else None
     grad_x = logits.input_grad(weight) if need_x else None
     grad_w = logits.weight_grad(x) if need_w else None
-    raise_if_bad_labels(bad, weight.shape[0], ignore_index)  # last: its sync leaves the GPU nothing to wait for
+    head.raise_if_bad_labels()  # last: its sync leaves the GPU nothing to wait for
     return loss, logp, grad_x, grad_w, grad_b
 
 
 def batch_frozen_logprobs(x, weight, target, bias=None, ignore_index=-100):
     """``frozen_head_logprobs`` through ``VocabMajorLogits``: what
     ``fused_linear_logprobs_batch_loss`` computes for a trained head of the same values."""
-    check_logprobs_inputs(x, weight, target, bias, 1.0)
-    if not use_triton(x) or x.dtype == torch.float64 or x.shape[0] == 0:
+    head = head_inputs(x, weight, target, bias, 1.0, ignore_index, empty_on_reference=True)
+    if head is None:
         with torch.no_grad():
             return fused_linear_logprobs_reference(x, weight, target, bias, 1.0, ignore_index)
-    bias = None if bias is None else bias.detach().contiguous()
-    x, weight = x.detach().contiguous(), weight.detach().contiguous()
-    mask, y_safe, _, bad = _labels(target, ignore_index, weight.shape[0])
-    lse, z_label = VocabMajorLogits(x, weight, bias).stats(y_safe)
-    raise_if_bad_labels(bad, weight.shape[0], ignore_index)
-    return torch.where(mask, z_label - lse, 0.0)
+    logp = _batch_logprobs(head)[2]
+    head.raise_if_bad_labels()
+    return logp
+
+
+def _batch_logprobs(head: HeadInputs):
+    """``(VocabMajorLogits, lse, logp)`` of the batch."""
+    logits = VocabMajorLogits(head.x, head.weight, head.bias)
+    lse, z_label = logits.stats(head.y_safe)
+    return logits, lse, torch.where(head.mask, z_label - lse, 0.0)
 
 
 def _loss_and_terms(loss_fn, logp, lse, label, temperature):
