@@ -521,38 +521,39 @@ def _extent(t) -> tuple:
     return start, start + t.element_size() * sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
 
 
-def _writable(t) -> bool:
+def _writable(t, tracing=False) -> bool:
     """Whether ``t`` can be written in place with autograd seeing it: features at unit stride
     (the kernel's), no element shared by two indices (an expanded tensor), not a leaf that
     requires grad nor a view of one, not a view autograd forbids writing (an output of
     split/unbind/chunk, or made under no_grad), not an inference tensor outside inference mode."""
     if not _unit_features(t.shape, t.stride()) or any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride())):
         return False
-    if t.is_inference() and not torch.is_inference_mode_enabled():
+    if not tracing and t.is_inference() and not torch.is_inference_mode_enabled():
         return False
     base = t._base
     if not t.requires_grad or base is None:
         return not t.is_leaf or not t.requires_grad
-    return not base.is_leaf and torch._C._autograd._get_creation_meta(t) == _DEFAULT_VIEW
+    return not base.is_leaf and (tracing or torch._C._autograd._get_creation_meta(t) == _DEFAULT_VIEW)
 
 
 _DEFAULT_VIEW = torch._C._autograd.CreationMeta.DEFAULT
 
 
-def in_place_bases(q, k) -> tuple:
+def in_place_bases(q, k, tracing=False) -> tuple:
     """(q's base or None, k's base or None): the tensors the forward marks dirty to rotate q and k
     in place (a tensor that is no view is its own base), None where ``_writable`` says no, where
     the view is not a permutation of its base (``_permutation``), and for both where q and k may
-    share memory. The others get new outputs in their layouts."""
-    if q.numel() and k.numel():
+    share memory. The others get new outputs in their layouts. ``tracing`` (Dynamo, fake
+    tensors): without the checks it cannot trace (addresses, inference tensors, how a view was made)."""
+    if not tracing and q.numel() and k.numel():
         (q0, q1), (k0, k1) = _extent(q), _extent(k)
         if q0 <= k1 and k0 <= q1:
             return None, None
-    return tuple(_base_of(t) for t in (q, k))
+    return tuple(_base_of(t, tracing) for t in (q, k))
 
 
-def _base_of(t):
-    if not _writable(t):
+def _base_of(t, tracing):
+    if not _writable(t, tracing):
         return None
     if t._base is None:
         return t
@@ -560,9 +561,10 @@ def _base_of(t):
 
 
 def _permutation(t):
-    """The order of t's dimensions in memory if t is its whole contiguous base permuted, else None."""
+    """The order of t's dimensions in memory if t is its whole contiguous base permuted, else None
+    (dense strides over as many elements as the base: all of them, from the base's first)."""
     base = t._base
-    if t.numel() != base.numel() or t.storage_offset() != base.storage_offset() or not base.is_contiguous():
+    if t.numel() != base.numel() or not base.is_contiguous():
         return None
     order = _layout_order(t.shape, t.stride())
     dense = _dense_strides(t.shape, order)
