@@ -68,17 +68,19 @@ def check_new_outputs_where_not_writable(apply, reference, xq, xk, transpose, ar
 
 
 class _Fresh(torch.autograd.Function):
-    """Identity whose backward hands on a new gradient (as attention's does), noting its address."""
+    """Identity whose backward hands on a new gradient in the input's layout (as attention's
+    does), noting its address."""
 
     seen = []
 
     @staticmethod
     def forward(ctx, x):
+        ctx.layout = x.shape, x.stride()
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):
-        g = g * 1
+        g = torch.empty_strided(*ctx.layout, dtype=g.dtype, device=g.device).copy_(g)
         _Fresh.seen.append(g.data_ptr())
         return g
 
@@ -98,18 +100,18 @@ class _Arrived(torch.autograd.Function):
         return g
 
 
-def check_backward_over_owned_gradient(apply, xq, xk, args):
-    """With q and k no views: a fresh upstream gradient nothing else reads is rotated in place (the
-    same buffer reaches the projection); one an add shares with another input is not (that
-    input's gradient stays right)."""
+def check_backward_over_owned_gradient(apply, xq, xk, transpose, args):
+    """A fresh upstream gradient nothing else reads (as attention's) is rotated in place: the same
+    buffer reaches the projection (through HF's views with ``transpose``); one an add shares with
+    another input is not (that input's gradient stays right)."""
     _Fresh.seen.clear(), _Arrived.seen.clear()
-    q, k = _Arrived.apply(xq), _Arrived.apply(xk)
+    q, k = (_Arrived.apply(x).transpose(1, 2) if transpose else _Arrived.apply(x) for x in (xq, xk))
     qo, ko = apply(q, k, *args)
     ((_Fresh.apply(qo) * 1).sum() + (_Fresh.apply(ko) * 1).sum()).backward()
     assert sorted(_Fresh.seen) == sorted(_Arrived.seen), "the owned upstream gradients were not reused"
-    w = torch.zeros_like(xq, requires_grad=True)
-    q, k = xq * 1, xk * 1
+    q, k = hf_views(xq, xk, transpose)
     qo, ko = apply(q, k, *args)
+    w = torch.zeros_like(qo, requires_grad=True)
     upstream = randn(*qo.shape, dtype=qo.dtype)
-    dw, dxq = torch.autograd.grad(((qo + w) * 1 * upstream).sum() + ko.sum(), (w, xq))
-    assert torch.equal(dw, upstream.to(dw.dtype)), "the gradient an add shares was overwritten"
+    (dw,) = torch.autograd.grad((_Fresh.apply(qo + w) * upstream).sum() + ko.sum(), (w,))
+    assert torch.equal(dw, upstream), "the gradient an add shares was overwritten"

@@ -163,10 +163,11 @@ def test_new_outputs_where_not_writable():
                                          *_leaves(b, t, hq, hk, d), False, (make_freqs(b, t, d, layout),))  # fmt: skip
 
 
-def test_backward_over_owned_gradient():
+@pytest.mark.parametrize("views", [False, True], ids=["projections", "transposed-views"])
+def test_backward_over_owned_gradient(views):
     b, t, hq, hk, d, layout, _ = SHAPES[0]
-    check_backward_over_owned_gradient(liger_llama4_text_rotary_pos_emb, *_leaves(b, t, hq, hk, d),
-                                       (make_freqs(b, t, d, layout),))  # fmt: skip
+    check_backward_over_owned_gradient(liger_llama4_text_rotary_pos_emb, *_leaves(b, t, hq, hk, d, heads_first=views),
+                                       views, (make_freqs(b, t, d, layout),))  # fmt: skip
 
 
 def test_pytorch_path_in_place(monkeypatch):

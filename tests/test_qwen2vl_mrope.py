@@ -197,9 +197,11 @@ def test_new_outputs_where_not_writable():
                                          *_leaves(b, hq, hk, t, d), True, args)  # fmt: skip
 
 
-def test_backward_over_owned_gradient():
+@pytest.mark.parametrize("transpose", [False, True], ids=["bshd", "hf-views"])
+def test_backward_over_owned_gradient(transpose):
     b, hq, hk, t, d, section, _ = SHAPES[0]
-    check_backward_over_owned_gradient(liger_qwen2vl_mrope, *_leaves(b, hq, hk, t, d), (*_planes(b, t, d), section, 2))
+    args = (*_planes(b, t, d), section, 1 if transpose else 2)
+    check_backward_over_owned_gradient(liger_qwen2vl_mrope, *_leaves(b, hq, hk, t, d), transpose, args)
 
 
 def test_pytorch_path_in_place(monkeypatch):

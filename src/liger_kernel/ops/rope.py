@@ -10,6 +10,7 @@ two passes.
 """
 
 import functools
+import sys
 import threading
 from typing import NamedTuple
 
@@ -665,33 +666,41 @@ def _vjp(rotation, dq, dk) -> tuple:
         return torch.autograd.grad(rotation(q, k), (q, k), (dq, dk))
 
 
-OWNED_GRAD_COUNTS = None  # what an upstream gradient only autograd holds reads as; set at import by ``_GradProbe``
+# What an upstream gradient only autograd holds reads as, by whether it is a view; set at import by ``_GradProbe``.
+OWNED_GRAD_COUNTS = {}
 
 
 def owned_grads(ctx, dq, dk) -> tuple:
     """(dq or None, dk or None): the upstream gradients the backward may write over, in the
-    in-place variants (``ctx.in_place``). Only what nothing else can read: not a view (an
-    expanded ``sum()`` gradient, a slice of another's), no other reference to its TensorImpl or
-    storage (a gradient ``backward(gradient=g)`` was given, a hook that kept it, an add's
-    gradient still waiting for the other branch), not under ``create_graph``; the counts that
-    say so are measured at import through this very call. Attention's fresh dq and dk are."""
+    in-place variants (``ctx.in_place``). Only what nothing else can read: the whole of its
+    memory (a gradient or a view covering all of its base: what reaches a rotated base through
+    HF's ``view`` / ``transpose``; not an expanded ``sum()`` gradient nor a slice of another's),
+    no other reference to it, its base or its storage (a gradient ``backward(gradient=g)`` was
+    given, a hook that kept it, an add's gradient still waiting for the other branch), not under
+    ``create_graph``; the counts that say so are measured at import through this very call."""
     if not getattr(ctx, "in_place", False) or torch.is_grad_enabled():
         return None, None
     return _owned(ctx, dq), _owned(ctx, dk)
 
 
 def _owned(ctx, g):
-    counts = _reader_counts(g)
+    root = g._base
+    counts = _reader_counts(g) if root is None else (*_reader_counts(g), root._use_count(), sys.getrefcount(root))
     if ctx.in_place == "calibrating":
-        global OWNED_GRAD_COUNTS
-        OWNED_GRAD_COUNTS = counts
-    owned = counts == OWNED_GRAD_COUNTS and g._base is None and _unit_features(g.shape, g.stride())
+        OWNED_GRAD_COUNTS[root is not None] = counts
+    owned = (
+        counts == OWNED_GRAD_COUNTS.get(root is not None)
+        and (root is None or (root.numel() == g.numel() and root.data_ptr() == g.data_ptr()))
+        and _unit_features(g.shape, g.stride())
+        and not any(s == 0 and n > 1 for n, s in zip(g.shape, g.stride()))
+    )
     return g if owned else None
 
 
 class _GradProbe(InPlaceRopeFunction):
-    """Hands ``InPlaceRopeFunction.backward`` fresh upstream gradients that only autograd holds, so
-    that ``owned_grads`` takes their reader counts: what "owned" reads as on this Python and torch."""
+    """Hands ``InPlaceRopeFunction.backward`` fresh upstream gradients that only autograd holds (as
+    they are, and through a view, ``view_grads``), so that ``owned_grads`` takes their reader
+    counts: what "owned" reads as on this Python and torch."""
 
     @staticmethod
     def forward(ctx, q, k):  # leaves: never in place, so ``apply`` passes no bases
@@ -701,10 +710,12 @@ class _GradProbe(InPlaceRopeFunction):
 
 def _calibrate() -> None:
     try:
-        q, k = torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)
-        sum((t * 2).sum() for t in _GradProbe.apply(q, k)).backward()
+        for view_grads in (False, True):
+            q, k = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3, requires_grad=True)
+            outputs = _GradProbe.apply(q, k)
+            sum(((t.t() if view_grads else t) * 2).sum() for t in outputs).backward()
     except AttributeError:  # torch without Tensor._use_count / _storage_Use_Count (private APIs)
-        pass
+        OWNED_GRAD_COUNTS.clear()
 
 
 # In a fresh thread: grad mode, inference mode and saved-tensor hooks are thread-local.
