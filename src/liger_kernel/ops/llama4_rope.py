@@ -62,7 +62,7 @@ class LigerLlama4RopeFunction(InPlaceRopeFunction):
     ``apply(q, k, freqs_cis, BLOCK_SIZE=None) -> (q, k)``: q and k rotated in place and returned
     (Liger Kernel 0.8.5's behaviour, autograd told; see ``rope.InPlaceRopeFunction``), except one
     autograd cannot let be written (a leaf that requires grad or a view of one; see
-    ``rope._writable``): a new tensor in its memory layout. ``BLOCK_SIZE`` is accepted for the
+    ``rope._base_to_write``): a new tensor in its memory layout. ``BLOCK_SIZE`` is accepted for the
     peer's signature; the launch settings follow from the shapes. ``freqs_cis`` gets no gradient.
     The backward writes over the upstream gradients where nothing else reads them
     (``rope.owned_grads``). ``q_base``, ``k_base`` (ours): what ``apply`` marks dirty.

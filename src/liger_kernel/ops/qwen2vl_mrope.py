@@ -67,7 +67,7 @@ class LigerQwen2VLMRopeFunction(InPlaceRopeFunction):
     ``apply(q, k, cos, sin, mrope_section, unsqueeze_dim=1) -> (q, k)``: q and k rotated in place
     and returned (Liger Kernel 0.8.5's behaviour, autograd told; see ``rope.InPlaceRopeFunction``),
     except one autograd cannot let be written (a leaf that requires grad or a view of one; see
-    ``rope._writable``): a new tensor in its memory layout. cos and sin get no gradient. The
+    ``rope._base_to_write``): a new tensor in its memory layout. cos and sin get no gradient. The
     backward writes over the upstream gradients where nothing else reads them (``rope.owned_grads``).
     ``q_base``, ``k_base`` (ours): what ``apply`` marks dirty.
     """

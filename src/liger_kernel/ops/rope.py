@@ -10,6 +10,7 @@ two passes.
 """
 
 import functools
+import math
 import sys
 import threading
 from typing import NamedTuple
@@ -516,67 +517,68 @@ def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_d
 # view that is not its whole contiguous base, permuted (a slice of a fused qkv), gets a new output.
 
 
-def _extent(t) -> tuple:
-    """The first and last byte addresses ``t`` can touch."""
-    start = t.data_ptr()
-    return start, start + t.element_size() * sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+@functools.lru_cache(maxsize=512)
+def _layout(shape, strides, element_size, base_shape, base_contiguous) -> tuple:
+    """(whether the kernel can write a tensor of these shape and strides in place, the bytes from
+    its first element to its last, and, for a view of a base (``base_shape``) that is the whole
+    contiguous base permuted, how to make it of the base: (shape to view it as, permutation, None
+    for none), else None). Once per geometry: the checks cost more host time than the launch."""
+    writable = _unit_features(shape, strides) and not any(s == 0 and n > 1 for n, s in zip(shape, strides))
+    span = element_size * sum((n - 1) * s for n, s in zip(shape, strides))
+    if base_shape is None or not base_contiguous or math.prod(shape) != math.prod(base_shape):
+        return writable, span, None
+    order = _layout_order(shape, strides)  # dense over all the base's elements: all of them, from its first
+    dense = _dense_strides(shape, order)
+    if not all(a == b or n == 1 for a, b, n in zip(strides, dense, shape)):
+        return writable, span, None
+    permutation = None if order == tuple(range(len(shape))) else tuple(sorted(range(len(shape)), key=order.index))
+    return writable, span, ([shape[i] for i in order], permutation)
 
 
-def _writable(t, tracing=False) -> bool:
-    """Whether ``t`` can be written in place with autograd seeing it: features at unit stride
-    (the kernel's), no element shared by two indices (an expanded tensor), not a leaf that
-    requires grad nor a view of one, not a view autograd forbids writing (an output of
-    split/unbind/chunk, or made under no_grad), not an inference tensor outside inference mode."""
-    if not _unit_features(t.shape, t.stride()) or any(s == 0 and n > 1 for n, s in zip(t.shape, t.stride())):
-        return False
-    if not tracing and t.is_inference() and not torch.is_inference_mode_enabled():
-        return False
-    base = t._base
-    if not t.requires_grad or base is None:
-        return not t.is_leaf or not t.requires_grad
-    return not base.is_leaf and (tracing or torch._C._autograd._get_creation_meta(t) == _DEFAULT_VIEW)
+def _layout_of(t, base) -> tuple:
+    return _layout(t.shape, t.stride(), t.element_size(), *((None, False) if base is None else
+                                                            (base.shape, base.is_contiguous())))  # fmt: skip
 
 
+def _base_to_write(t, base, layout, tracing):
+    """The tensor to mark dirty to write ``t`` in place (``t`` itself, or its base ``base`` when
+    ``t`` is that whole base permuted), or None where autograd would not allow it or the kernel
+    cannot: features not at unit stride, an element shared by two indices (an expanded tensor),
+    a leaf that requires grad or a view of one, a view autograd forbids writing (an output of
+    split/unbind/chunk, or made under no_grad), an inference tensor outside inference mode."""
+    if not layout[0] or (not tracing and t.is_inference() and not torch.is_inference_mode_enabled()):
+        return None
+    if t.requires_grad and t.is_leaf:  # a view made a leaf by ``requires_grad_()`` too
+        return None
+    if base is None:
+        return t
+    if layout[2] is None or (base.requires_grad and base.is_leaf):
+        return None
+    return base if tracing or not t.requires_grad or _creation_meta(t) == _DEFAULT_VIEW else None
+
+
+_creation_meta = torch._C._autograd._get_creation_meta
 _DEFAULT_VIEW = torch._C._autograd.CreationMeta.DEFAULT
 
 
 def in_place_bases(q, k, tracing=False) -> tuple:
     """(q's base or None, k's base or None): the tensors the forward marks dirty to rotate q and k
-    in place (a tensor that is no view is its own base), None where ``_writable`` says no, where
-    the view is not a permutation of its base (``_permutation``), and for both where q and k may
-    share memory. The others get new outputs in their layouts. ``tracing`` (Dynamo, fake
-    tensors): without the checks it cannot trace (addresses, inference tensors, how a view was made)."""
-    if not tracing and q.numel() and k.numel():
-        (q0, q1), (k0, k1) = _extent(q), _extent(k)
-        if q0 <= k1 and k0 <= q1:
+    in place (``_base_to_write``), None for both where q and k may share memory. The others get
+    new outputs in their layouts. ``tracing`` (Dynamo, fake tensors): without the checks it
+    cannot trace (addresses, inference tensors, how a view was made)."""
+    qb, kb = q._base, k._base
+    q_layout, k_layout = _layout_of(q, qb), _layout_of(k, kb)
+    if not tracing:
+        q0, k0 = q.data_ptr(), k.data_ptr()
+        if q0 <= k0 + k_layout[1] and k0 <= q0 + q_layout[1]:
             return None, None
-    return tuple(_base_of(t, tracing) for t in (q, k))
-
-
-def _base_of(t, tracing):
-    if not _writable(t, tracing):
-        return None
-    if t._base is None:
-        return t
-    return t._base if _permutation(t) is not None else None
-
-
-def _permutation(t):
-    """The order of t's dimensions in memory if t is its whole contiguous base permuted, else None
-    (dense strides over as many elements as the base: all of them, from the base's first)."""
-    base = t._base
-    if t.numel() != base.numel() or not base.is_contiguous():
-        return None
-    order = _layout_order(t.shape, t.stride())
-    dense = _dense_strides(t.shape, order)
-    return order if all(a == b or n == 1 for a, b, n in zip(t.stride(), dense, t.shape)) else None
+    return _base_to_write(q, qb, q_layout, tracing), _base_to_write(k, kb, k_layout, tracing)
 
 
 def _same_view(base, t):
-    """``t`` (a permutation of its base, ``_permutation``) as a view of ``base``, by view and permute."""
-    order = _permutation(t)
-    rebuilt = base.view([t.shape[i] for i in order])
-    return rebuilt if order == tuple(range(t.dim())) else rebuilt.permute(sorted(range(t.dim()), key=order.index))
+    """``t`` (its whole base permuted, ``_layout``) as a view of ``base``, by view and permute."""
+    shape, permutation = _layout_of(t, t._base)[2]
+    return base.view(shape) if permutation is None else base.view(shape).permute(permutation)
 
 
 def _region(t, base) -> tuple:
