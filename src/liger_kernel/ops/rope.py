@@ -503,10 +503,11 @@ def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_d
 
 # ----------------------------------------------------------------------------- rotating in place
 # M-RoPE and Llama 4 RoPE rotate q and k in place, as Liger Kernel 0.8.5 does: no new q/k outputs
-# and no new input gradients (fwd+bwd 72 MB less at Qwen2.5-VL-3B, b2 t4096; 192 MB at Llama 4
-# Scout, b2 t4096), with autograd told (``ctx.mark_dirty``), so a caller that saved the
-# pre-rotation tensor for its own backward gets autograd's "modified by an inplace operation"
-# error, never a gradient computed from the rotated values.
+# (36 MB at Qwen2.5-VL-3B, b2 t4096; 96 MB at Llama 4 Scout, b2 t4096), and no new input gradients
+# where the upstream gradient is only autograd's (attention's dq and dk: ``owned_grads``; the
+# peer writes over it whoever holds it). Autograd is told (``ctx.mark_dirty``): a caller that
+# saved the pre-rotation tensor for its own backward gets autograd's "modified by an inplace
+# operation" error, never a gradient computed from the rotated values.
 #
 # HF's q and k are views (``q_proj(x).view(...).transpose(1, 2)``), and autograd lets a Function
 # that modifies a view return that one tensor only. So for a view the Function's input marked dirty
