@@ -147,7 +147,14 @@ def check_loss_run(result, x, w, b, y, loss_of_logp):
     ref_loss = loss_of_logp(ref_logp)
     base_logp = fused_linear_logprobs_reference(x, w, y, b)
     base_loss = loss_of_logp(base_logp)
-    assert_matches("loss", loss, ref_loss, base_loss.float())
+    # The loss is one value made of every token's log-prob: its error is one sample, which against the
+    # reference's one sample can exceed twice it by chance (bf16, N=2H on the H200: 1.76e-2 vs 2 x 8.2e-3
+    # of a loss of 27). So it may also carry what the log-probs' checked bound allows, each token's twice
+    # the reference's error, through the loss's sensitivity to it: sum_t |dL/dlogp_t| 2 |logp_t error|.
+    logp64 = ref_logp.detach().requires_grad_()
+    (sensitivity,) = torch.autograd.grad(loss_of_logp(logp64), logp64)
+    carried = 2 * (sensitivity.abs() * (base_logp.detach().double() - ref_logp.detach()).abs()).sum().item()
+    assert_matches("loss", loss, ref_loss, base_loss.float(), atol=carried)
     assert_matches("logp", logp, ref_logp, base_logp)
     leaves = [(g, t, t64) for g, t, t64 in zip(grads, (x, w, b), (x64, w64, b64)) if t is not None]
     wants = torch.autograd.grad(ref_loss, [t64 for _, _, t64 in leaves])
