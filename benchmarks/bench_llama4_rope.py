@@ -2,21 +2,13 @@
 [B, T, H, D]): ours (``liger_llama4_text_rotary_pos_emb``), eager PyTorch (transformers'
 ``apply_rotary_emb``), ``torch.compile`` of it, and Liger Kernel 0.8.5.
 
-In place: ours and Liger Kernel 0.8.5 rotate q and k in place. So every provider gets q and k as a
-model's attention makes them, ``Projection`` outputs (standing in for ``q_proj``, no cost) viewed
-[B, T, H, D]; each step rotates the same buffers again (the same work: a rotation). The memory
-column counts what a step allocates: the new input gradients included. The upstream gradients
-are the harness's, which it keeps: Liger Kernel 0.8.5 writes the input gradients over them
-(0 MB); ours never writes over a gradient someone else holds (``rope.owned_grads``) and gives
-them their own buffers (q + k: 96 MB at llama4-scout_b2_t4096, 192 MB at llama4-scout_b1_t16384).
-
-    PYTHONPATH=src python benchmarks/bench_llama4_rope.py --graph --out benchmarks/results/h200/llama4_rope
+    PYTHONPATH=src python benchmarks/bench_llama4_rope.py --out benchmarks/results/h200/llama4_rope
 """
 
 import functools
 
 import torch
-from kernel_bench import Projection, main
+from kernel_bench import main
 
 CASES = {
     "llama4-scout_b2_t4096": dict(batch=2, seq=4096, heads=40, kv_heads=8, head_dim=128),
@@ -42,21 +34,17 @@ def _compiled():
 def make(shape, device, impl="ours"):
     torch.manual_seed(0)
     b, t, d = shape["batch"], shape["seq"], shape["head_dim"]
-    heads = shape["heads"], shape["kv_heads"]
-    sources = [torch.randn(b, t, h * d, device=device, dtype=torch.bfloat16, requires_grad=True) for h in heads]
-
-    def q_and_k(q_source, k_source):
-        return [Projection.apply(x).view(b, t, h, d) for x, h in zip((q_source, k_source), heads)]
-
+    q = torch.randn(b, t, shape["heads"], d, device=device, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(b, t, shape["kv_heads"], d, device=device, dtype=torch.bfloat16, requires_grad=True)
     positions = torch.arange(t, device=device).float().expand(b, t)
     angles = positions[..., None] / (500000 ** (torch.arange(0, d, 2, device=device) / d))
     freqs = torch.polar(torch.ones_like(angles), angles)
-    grads = [torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16) for h in heads]
+    grads = (torch.randn_like(q), torch.randn_like(k))
     if impl in ("eager", "compile"):
         fn = _compiled() if impl == "compile" else eager_llama4_rope
     else:
         from liger_kernel.transformers.llama4_rope import liger_llama4_text_rotary_pos_emb as fn
-    return (lambda *qk: fn(*q_and_k(*qk), freqs)), sources, grads
+    return (lambda q, k: fn(q, k, freqs)), (q, k), grads
 
 
 PROVIDERS = {

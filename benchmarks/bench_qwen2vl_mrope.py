@@ -12,21 +12,13 @@ the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone. ``ours_tile2048
 elements a program, ``NUM_WARPS``); at 7B the default (1024, 4 warps) rotates q as 2 blocks of 16
 heads per token, 2048 as one block of the 28 (32 padded), 4096 two tokens at a time.
 
-In place: ours and Liger Kernel 0.8.5 rotate q and k in place. So every provider gets q and k as a
-model's attention makes them, ``Projection`` outputs (standing in for ``q_proj``, no cost) viewed
-[B, T, H, D] and transposed; each step rotates the same buffers again (the same work: a rotation).
-The memory column counts what a step allocates: the new input gradients included. The upstream
-gradients are the harness's, which it keeps: Liger Kernel 0.8.5 writes the input gradients over
-them (0 MB); ours never writes over a gradient someone else holds (``rope.owned_grads``) and gives
-them their own buffers (q + k: 36 MB at qwen2.5-vl-3b_b2_t4096, 128 MB at qwen2-vl-7b_b1_t16384).
-
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
 
 import functools
 
 import torch
-from kernel_bench import Projection, main
+from kernel_bench import main
 
 CASES = {
     "qwen2.5-vl-3b_b2_t4096": dict(batch=2, seq=4096, heads=16, kv_heads=2, head_dim=128, section=(16, 24, 24)),
@@ -56,21 +48,18 @@ def _compiled():
 
 
 def _inputs(shape, device):
-    """The projections' outputs (q [B, T, Hq * D], k), a function making HF's q and k of them,
-    cos, sin, and upstream gradients in q's and k's layouts."""
     torch.manual_seed(0)
     b, t, d = shape["batch"], shape["seq"], shape["head_dim"]
-    heads = shape["heads"], shape["kv_heads"]
-    sources = [torch.randn(b, t, h * d, device=device, dtype=torch.bfloat16, requires_grad=True) for h in heads]
 
-    def q_and_k(q_source, k_source):
-        return [Projection.apply(x).view(b, t, h, d).transpose(1, 2) for x, h in zip((q_source, k_source), heads)]
+    def qk(h):
+        return torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
 
+    q, k = qk(shape["heads"]), qk(shape["kv_heads"])
     positions = torch.randint(0, t, (3, b, t, 1), device=device).float()
     angles = positions / (10000 ** (torch.arange(0, d, 2, device=device) / d))
     angles = torch.cat((angles, angles), dim=-1)
-    grads = [torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16).transpose(1, 2) for h in heads]
-    return sources, q_and_k, angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16), grads
+    grads = (torch.randn_like(q), torch.randn_like(k))
+    return q, k, angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16), grads
 
 
 _DEFAULT_TILE = {}
@@ -91,19 +80,19 @@ def _set_rope_tile(tile=None, num_warps=None):
 
 def make(shape, device, impl="ours", tile=None, num_warps=None):
     _set_rope_tile(tile, num_warps)
-    sources, q_and_k, cos, sin, grads = _inputs(shape, device)
+    q, k, cos, sin, grads = _inputs(shape, device)
     section = shape["section"]
     if impl in ("eager", "compile"):
         fn = _compiled() if impl == "compile" else eager_mrope
-        return (lambda *qk: fn(*q_and_k(*qk), cos, sin, section)), sources, grads
+        return (lambda q, k: fn(q, k, cos, sin, section)), (q, k), grads
     if impl == "ours_merged":
         from liger_kernel.transformers import liger_rotary_pos_emb
 
         cos, sin = merge(cos, section), merge(sin, section)
-        return (lambda *qk: liger_rotary_pos_emb(*q_and_k(*qk), cos, sin)), sources, grads
+        return (lambda q, k: liger_rotary_pos_emb(q, k, cos, sin)), (q, k), grads
     from liger_kernel.transformers.qwen2vl_mrope import liger_multimodal_rotary_pos_emb
 
-    return (lambda *qk: liger_multimodal_rotary_pos_emb(*q_and_k(*qk), cos, sin, section)), sources, grads
+    return (lambda q, k: liger_multimodal_rotary_pos_emb(q, k, cos, sin, section)), (q, k), grads
 
 
 PROVIDERS = {

@@ -172,19 +172,3 @@ def main(script, title, cases, providers, peer=(), smoke=None):
         print(json.dumps(results))
         return
     print(write())
-
-
-class Projection(torch.autograd.Function):
-    """Stands in for a projection (HF's ``q_proj``) at no cost: its output is ``x``'s memory as a
-    fresh non-leaf tensor, what an op that works in place (RoPE) gets in a model; a leaf that
-    requires grad is something autograd forbids writing in place. The backward passes the
-    gradient on. Each step rewrites ``x`` when the op is in place: use it where repeating the op
-    on its own result is the same work (a rotation)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.detach()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad

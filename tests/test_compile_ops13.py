@@ -66,18 +66,6 @@ def cases():
         q, k = x[:, :32].reshape(1, T, 4, 8), x[:, 32:40].reshape(1, T, 1, 8)
         return sum((t * t.detach().sin()).sum() for t in liger_llama4_text_rotary_pos_emb(q, k, freqs))
 
-    def mrope_in_place(x):
-        """q and k products (not views of the leaf x): rotated in place, read afterwards."""
-        q = (x[:, :32] * 1).reshape(1, T, 4, 8).transpose(1, 2)
-        k = (x[:, 32:40] * 1).reshape(1, 1, T, 8)
-        qo, _ = liger_qwen2vl_mrope(q, k, mrope_cos, mrope_sin, SECTIONS)
-        return sum((t * t.detach().sin()).sum() for t in (q, k)) + qo.sum()
-
-    def llama4_in_place(x):
-        q, k = (x[:, :32] * 1).reshape(1, T, 4, 8), (x[:, 32:40] * 1).reshape(1, T, 1, 8)
-        _, ko = liger_llama4_text_rotary_pos_emb(q, k, freqs)
-        return sum((t * t.detach().sin()).sum() for t in (q, k)) + ko.sum()
-
     def fused_add(x, module=True):
         y, s = norm(x, x.flip(0)) if module else liger_fused_add_rms_norm(x, x * 2, norm.weight, 1e-6, 1.0, "gemma")
         return (y * x.detach().cos()).sum() + (s * x.detach().sin()).sum()
@@ -85,8 +73,6 @@ def cases():
     return {
         "qwen2vl_mrope": mrope,
         "llama4_rope": llama4,
-        "qwen2vl_mrope_in_place": mrope_in_place,
-        "llama4_rope_in_place": llama4_in_place,
         "fused_add_rms_norm": fused_add,
         "fused_add_rms_norm_gemma": lambda x: fused_add(x, module=False),
         "fused_add_rms_norm_normed_only": lambda x: (norm(x, x.flip(0))[0] * x.detach().cos()).sum(),

@@ -1,12 +1,6 @@
 import pytest
 import torch
 from parity import DEVICE, DTYPES, check_rotation, randn, sizes
-from rope_in_place import (
-    check_backward_over_owned_gradient,
-    check_in_place,
-    check_new_outputs_where_not_writable,
-    check_saved_pre_rotation_raises,
-)
 
 from liger_kernel.ops.llama4_rope import LigerLlama4RopeFunction, llama4_rope_forward, llama4_rope_reference
 from liger_kernel.transformers import liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb
@@ -119,62 +113,3 @@ def test_pytorch_path(monkeypatch):
     b, t, hq, hk, d, layout, _ = SHAPES[0]
     q, k = randn(b, t, hq, d, requires_grad=True), randn(b, t, hk, d, requires_grad=True)
     run_parity(q, k, make_freqs(b, t, d, layout))
-
-
-# ----------------------------------------------------------------------------- in place
-
-
-def _leaves(b, t, hq, hk, d, dtype=torch.float32, heads_first=False):
-    """Leaves to build q and k from: [B, T, H, D], or [B, H, T, D] (their transposes are then views)."""
-    shape = (lambda h: (b, h, t, d)) if heads_first else (lambda h: (b, t, h, d))
-    return randn(*shape(hq), dtype=dtype, requires_grad=True), randn(*shape(hk), dtype=dtype, requires_grad=True)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=[s[-1] for s in SHAPES])
-@pytest.mark.parametrize("views", [False, True], ids=["projections", "transposed-views"])
-def test_rotates_in_place(views, shape, dtype):
-    b, t, hq, hk, d, layout, _ = shape
-    freqs = make_freqs(b, t, d, layout, scale=1.3)
-    check_in_place(liger_llama4_text_rotary_pos_emb, llama4_rope_reference, *_leaves(b, t, hq, hk, d, dtype, views),
-                   views, (freqs,), (freqs.to(torch.complex128),))  # fmt: skip
-
-
-def test_vision_rotates_in_place():
-    b, t, hq, hk, d, _, _ = SHAPES[0]
-    freqs = make_freqs(b, t, d, "TD").reshape(t, 1, d // 2)  # the vision buffer's layout
-
-    def reference(q, k, freqs):
-        return llama4_rope_reference(q, k, freqs.reshape(t, d // 2))
-
-    check_in_place(liger_llama4_vision_rotary_pos_emb, reference, *_leaves(b, t, hq, hk, d), False, (freqs,),
-                   (freqs.to(torch.complex128),))  # fmt: skip
-
-
-def test_saved_pre_rotation_raises():
-    b, t, hq, hk, d, layout, _ = SHAPES[0]
-    check_saved_pre_rotation_raises(LigerLlama4RopeFunction.apply, *_leaves(b, t, hq, hk, d),
-                                    (make_freqs(b, t, d, layout),))  # fmt: skip
-
-
-def test_new_outputs_where_not_writable():
-    b, t, hq, hk, d, layout, _ = SHAPES[0]
-    check_new_outputs_where_not_writable(liger_llama4_text_rotary_pos_emb, llama4_rope_reference,
-                                         *_leaves(b, t, hq, hk, d), False, (make_freqs(b, t, d, layout),))  # fmt: skip
-
-
-@pytest.mark.parametrize("views", [False, True], ids=["projections", "transposed-views"])
-def test_backward_over_owned_gradient(views):
-    b, t, hq, hk, d, layout, _ = SHAPES[0]
-    check_backward_over_owned_gradient(liger_llama4_text_rotary_pos_emb, *_leaves(b, t, hq, hk, d, heads_first=views),
-                                       views, (make_freqs(b, t, d, layout),))  # fmt: skip
-
-
-def test_pytorch_path_in_place(monkeypatch):
-    import liger_kernel.ops.llama4_rope as op
-
-    monkeypatch.setattr(op, "use_triton", lambda t: False)
-    b, t, hq, hk, d, layout, _ = SHAPES[0]
-    freqs = make_freqs(b, t, d, layout)
-    check_in_place(liger_llama4_text_rotary_pos_emb, llama4_rope_reference, *_leaves(b, t, hq, hk, d, heads_first=True),
-                   True, (freqs,), (freqs.to(torch.complex128),))  # fmt: skip

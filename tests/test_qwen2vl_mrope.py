@@ -1,12 +1,6 @@
 import pytest
 import torch
 from parity import DEVICE, DTYPES, check_rotation, randn, sizes
-from rope_in_place import (
-    check_backward_over_owned_gradient,
-    check_in_place,
-    check_new_outputs_where_not_writable,
-    check_saved_pre_rotation_raises,
-)
 
 from liger_kernel.ops.qwen2vl_mrope import (
     LigerQwen2VLMRopeFunction,
@@ -150,65 +144,3 @@ def test_pytorch_path(monkeypatch):
     dq, dk = torch.randn_like(q), torch.randn_like(k)
     expected = torch.autograd.grad(qwen2vl_mrope_reference(q, k, cos, sin, section), (q, k), (dq, dk))
     torch.testing.assert_close(qwen2vl_mrope_backward(dq, dk, cos, sin, section), expected)
-
-
-# ----------------------------------------------------------------------------- in place
-
-
-def _leaves(b, hq, hk, t, d, dtype=torch.float32):
-    return randn(b, t, hq, d, dtype=dtype, requires_grad=True), randn(b, t, hk, d, dtype=dtype, requires_grad=True)
-
-
-def _planes(b, t, d, dtype=torch.float32):
-    return randn(3, b, t, d, dtype=dtype), randn(3, b, t, d, dtype=dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", SHAPES, ids=[s[-1] for s in SHAPES])
-@pytest.mark.parametrize(
-    "apply", [LigerQwen2VLMRopeFunction.apply, liger_multimodal_rotary_pos_emb, liger_qwen2vl_mrope]
-)
-def test_rotates_hf_views_in_place(apply, shape, dtype):
-    b, hq, hk, t, d, section, _ = shape
-    cos, sin = _planes(b, t, d, dtype)
-    args = (cos, sin, section)
-    check_in_place(apply, qwen2vl_mrope_reference, *_leaves(b, hq, hk, t, d, dtype), True, args,
-                   (cos.double(), sin.double(), section))  # fmt: skip
-
-
-def test_rotates_bshd_in_place():
-    """[B, T, H, D] q and k that are no views (``unsqueeze_dim=2``)."""
-    b, hq, hk, t, d, section, _ = SHAPES[0]
-    cos, sin = _planes(1, t, d)
-    args, args64 = (cos, sin, section, 2), (cos.double(), sin.double(), section, 2)
-    check_in_place(liger_qwen2vl_mrope, qwen2vl_mrope_reference, *_leaves(b, hq, hk, t, d), False, args, args64)
-
-
-def test_saved_pre_rotation_raises():
-    b, hq, hk, t, d, section, _ = SHAPES[0]
-    check_saved_pre_rotation_raises(liger_multimodal_rotary_pos_emb, *_leaves(b, hq, hk, t, d),
-                                    (*_planes(b, t, d), section, 2))  # fmt: skip
-
-
-def test_new_outputs_where_not_writable():
-    b, hq, hk, t, d, section, _ = SHAPES[0]
-    args = (*_planes(b, t, d), section)
-    check_new_outputs_where_not_writable(liger_multimodal_rotary_pos_emb, qwen2vl_mrope_reference,
-                                         *_leaves(b, hq, hk, t, d), True, args)  # fmt: skip
-
-
-@pytest.mark.parametrize("transpose", [False, True], ids=["bshd", "hf-views"])
-def test_backward_over_owned_gradient(transpose):
-    b, hq, hk, t, d, section, _ = SHAPES[0]
-    args = (*_planes(b, t, d), section, 1 if transpose else 2)
-    check_backward_over_owned_gradient(liger_qwen2vl_mrope, *_leaves(b, hq, hk, t, d), transpose, args)
-
-
-def test_pytorch_path_in_place(monkeypatch):
-    import liger_kernel.ops.qwen2vl_mrope as op
-
-    monkeypatch.setattr(op, "use_triton", lambda t: False)
-    b, hq, hk, t, d, section, _ = SHAPES[0]
-    cos, sin = _planes(b, t, d)
-    check_in_place(liger_multimodal_rotary_pos_emb, qwen2vl_mrope_reference, *_leaves(b, hq, hk, t, d), True,
-                   (cos, sin, section), (cos.double(), sin.double(), section))  # fmt: skip

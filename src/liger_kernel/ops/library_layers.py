@@ -45,7 +45,7 @@ from liger_kernel.ops.llama4_rope import _cos_sin_pairs, llama4_rope_reference
 from liger_kernel.ops.norms import check_norm_inputs
 from liger_kernel.ops.qwen2vl_mrope import _check_shapes, qwen2vl_mrope_reference
 from liger_kernel.ops.rms_norm import casting_mode_name, rms_norm_reference
-from liger_kernel.ops.rope import _layout_order, check_rope_tensors, in_place_bases, rope_launch
+from liger_kernel.ops.rope import _layout_order, check_rope_tensors, rope_launch
 from liger_kernel.ops.utils import cdiv
 
 # ----------------------------------------------------------------------------- M-RoPE and Llama 4 RoPE
@@ -113,19 +113,10 @@ def _mrope_backward(ctx, dq, dk):
 qwen2vl_mrope.register_autograd(_mrope_backward, setup_context=_mrope_setup)
 
 
-def _in_place_as_eager(q, k, rotated) -> tuple:
-    """The eager Functions' contract under compile: the ``rotated`` q and k written over q and k
-    where eager rotates them in place (``in_place_bases``), by ``copy_``, which functionalization
-    turns into the graph's input mutations (the ops themselves stay functional)."""
-    bases = in_place_bases(q, k, tracing=True)
-    return tuple(r if b is None else x.copy_(r) for x, r, b in zip((q, k), rotated, bases))
-
-
 def _qwen2vl_mrope_twin(q, k, cos, sin, mrope_section, unsqueeze_dim=1):
     check_rope_tensors(q, k, cos, sin)
     sections = list(_check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim))
-    rotated = qwen2vl_mrope(q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim, False, [], [])
-    return _in_place_as_eager(q, k, rotated)
+    return qwen2vl_mrope(q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim, False, [], [])
 
 
 @_custom_op("llama4_rope")
@@ -165,7 +156,7 @@ llama4_rope.register_autograd(_llama4_rope_backward, setup_context=_llama4_rope_
 
 
 def _llama4_rope_twin(q, k, freqs_cis, BLOCK_SIZE=None):
-    return _in_place_as_eager(q, k, llama4_rope(q, k, _cos_sin_pairs(q, k, freqs_cis).detach(), False, [], []))
+    return llama4_rope(q, k, _cos_sin_pairs(q, k, freqs_cis).detach(), False, [], [])
 
 
 # ----------------------------------------------------------------------------- fused add RMSNorm

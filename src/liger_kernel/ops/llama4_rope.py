@@ -9,15 +9,8 @@ registers. One launch for q and k each way.
 
 import torch
 
-from liger_kernel.ops.rope import (
-    InPlaceRopeFunction,
-    check_rope_shapes,
-    check_rope_tensors,
-    rope_launch,
-    rotate_in_place,
-    save_launch,
-)
-from liger_kernel.ops.utils import check_float
+from liger_kernel.ops.rope import LigerRopeFunction, check_rope_shapes, check_rope_tensors, rope_launch, save_launch
+from liger_kernel.ops.utils import check_float, fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -56,32 +49,23 @@ def _cos_sin_pairs(q, k, freqs_cis) -> torch.Tensor:
     return pairs
 
 
-class LigerLlama4RopeFunction(InPlaceRopeFunction):
-    """Llama 4 RoPE of q and k with one fused Triton launch each way; see ``llama4_rope_reference``.
+class LigerLlama4RopeFunction(LigerRopeFunction):
+    """Llama 4 RoPE on q and k with one fused Triton launch each way; see ``llama4_rope_reference``.
 
-    ``apply(q, k, freqs_cis, BLOCK_SIZE=None) -> (q, k)``: q and k rotated in place and returned
-    (Liger Kernel 0.8.5's behaviour, autograd told; see ``rope.InPlaceRopeFunction``), except one
-    autograd cannot let be written (a leaf that requires grad or a view of one; see
-    ``rope._base_to_write``): a new tensor in its memory layout. ``BLOCK_SIZE`` is accepted for the
-    peer's signature; the launch settings follow from the shapes. ``freqs_cis`` gets no gradient.
-    The backward writes over the upstream gradients where nothing else reads them
-    (``rope.owned_grads``). ``q_base``, ``k_base`` (ours): what ``apply`` marks dirty.
+    ``forward(q, k, freqs_cis, BLOCK_SIZE=None) -> (q_out, k_out)``, new tensors in q's and k's
+    memory layouts. ``BLOCK_SIZE`` is accepted for the peer's signature; the launch settings
+    follow from the shapes. ``freqs_cis`` gets no gradient. The backward is RoPE's.
     """
 
-    N_ARGS, DEFAULTS = 2, (None,)
-
     @staticmethod
-    def forward(ctx, q, k, freqs_cis, BLOCK_SIZE=None, q_base=None, k_base=None):
+    def forward(ctx, q, k, freqs_cis, BLOCK_SIZE=None):
         pairs = _cos_sin_pairs(q, k, freqs_cis)
         ctx.use_triton = use_triton(q)
-        freqs_cis = freqs_cis.detach()
-
-        def launch(out):
-            qo, ko, plan = rope_launch(q, k, pairs, pairs, 2, None, False, interleaved=True, out=out)
-            save_launch(ctx, plan, pairs, pairs, 2, interleaved=True)
-            return qo, ko
-
-        return rotate_in_place(ctx, q, k, q_base, k_base, launch, lambda q, k: llama4_rope_reference(q, k, freqs_cis))
+        if not ctx.use_triton:
+            return fallback_forward(ctx, llama4_rope_reference, q, k, freqs_cis.detach())
+        qo, ko, plan = rope_launch(q, k, pairs, pairs, 2, None, False, interleaved=True)
+        save_launch(ctx, plan, pairs, pairs, 2, interleaved=True)
+        return qo, ko
 
 
 def llama4_rope_forward(q, k, freqs_cis, BLOCK_SIZE=None):

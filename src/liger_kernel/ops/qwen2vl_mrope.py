@@ -12,16 +12,16 @@ and two concatenations).
 import torch
 
 from liger_kernel.ops.rope import (
-    InPlaceRopeFunction,
+    LigerRopeFunction,
     check_mrope_section,
     check_rope_shapes,
     check_rope_tensors,
     reference_backward,
     rope_launch,
     rope_reference,
-    rotate_in_place,
     save_launch,
 )
+from liger_kernel.ops.utils import fallback_forward
 from liger_kernel.utils import use_triton
 
 
@@ -61,37 +61,26 @@ def _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim) -> tuple:
     return sections
 
 
-class LigerQwen2VLMRopeFunction(InPlaceRopeFunction):
-    """M-RoPE of q and k with one fused Triton launch each way; see ``qwen2vl_mrope_reference``.
+class LigerQwen2VLMRopeFunction(LigerRopeFunction):
+    """M-RoPE on q and k with one fused Triton launch each way; see ``qwen2vl_mrope_reference``.
 
-    ``apply(q, k, cos, sin, mrope_section, unsqueeze_dim=1) -> (q, k)``: q and k rotated in place
-    and returned (Liger Kernel 0.8.5's behaviour, autograd told; see ``rope.InPlaceRopeFunction``),
-    except one autograd cannot let be written (a leaf that requires grad or a view of one; see
-    ``rope._base_to_write``): a new tensor in its memory layout. cos and sin get no gradient. The
-    backward writes over the upstream gradients where nothing else reads them (``rope.owned_grads``).
-    ``q_base``, ``k_base`` (ours): what ``apply`` marks dirty.
+    ``forward(q, k, cos, sin, mrope_section, unsqueeze_dim=1) -> (q_out, k_out)``, new tensors in
+    the memory layouts of q and k; cos and sin get no gradient. The backward is RoPE's.
     """
 
-    N_ARGS, DEFAULTS = 4, (1,)
-
     @staticmethod
-    def forward(ctx, q, k, cos, sin, mrope_section, unsqueeze_dim=1, q_base=None, k_base=None):
+    def forward(ctx, q, k, cos, sin, mrope_section, unsqueeze_dim=1):
         check_rope_tensors(q, k, cos, sin)
         ctx.use_triton = use_triton(q)
         if not ctx.use_triton:
             sections = _check_shapes(q, k, cos, sin, mrope_section, unsqueeze_dim)
-            cos, sin = cos.detach(), sin.detach()
+            return fallback_forward(
+                ctx, qwen2vl_mrope_reference, q, k, cos.detach(), sin.detach(), sections, unsqueeze_dim
+            )
         sections = _sections(mrope_section)  # the launch plan checks the shapes (once per geometry)
-
-        def launch(out):
-            qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=sections, out=out)
-            save_launch(ctx, plan, cos, sin, unsqueeze_dim, sections)
-            return qo, ko
-
-        def rotation(q, k):
-            return qwen2vl_mrope_reference(q, k, cos, sin, sections, unsqueeze_dim)
-
-        return rotate_in_place(ctx, q, k, q_base, k_base, launch, rotation)
+        qo, ko, plan = rope_launch(q, k, cos, sin, unsqueeze_dim, None, False, mrope_section=sections)
+        save_launch(ctx, plan, cos, sin, unsqueeze_dim, sections)
+        return qo, ko
 
 
 def qwen2vl_mrope_forward(q, k, cos, sin, mrope_section, unsqueeze_dim=1):

@@ -10,19 +10,14 @@ two passes.
 """
 
 import functools
-import math
-import sys
-import threading
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from liger_kernel.ops.swiglu import _reader_counts
 from liger_kernel.ops.utils import (
     LigerFunction,
-    _is_compiling,
     cdiv,
     check_float,
     check_same_device,
@@ -255,13 +250,11 @@ class _Plan(NamedTuple):
 
 @functools.lru_cache(maxsize=512)
 def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_shape, sin_strides,
-                 unsqueeze_dim, rotary_dim, orders, fp64, mrope_section, interleaved,
-                 given_strides) -> _Plan:  # fmt: skip
+                 unsqueeze_dim, rotary_dim, orders, fp64, mrope_section, interleaved) -> _Plan:  # fmt: skip
     """Validate the shapes (errors name the argument) and work out a launch, once per geometry: a
     forward+backward otherwise spends more host time here than the GPU spends on small inputs.
     ``orders`` None: the outputs take the inputs' memory orders (forward). ``mrope_section``: cos
-    and sin are [3, ...] planes of angles, taken per section (see ``rope_launch``).
-    ``given_strides``: (q's, k's) output strides, None for an output of its own (dense, in its order)."""
+    and sin are [3, ...] planes of angles, taken per section (see ``rope_launch``)."""
     readable = _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, sin_strides)
     plane_stride = 0
     if mrope_section is not None:
@@ -272,9 +265,7 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     rotary_dim = check_rope_shapes(q_shape, k_shape, cos_shape, sin_shape, unsqueeze_dim, rotary_dim)
     if orders is None:
         orders = (_layout_order(q_shape, q_strides), _layout_order(k_shape, k_strides))
-    out_strides = tuple(
-        given or _dense_strides(shape, order) for given, shape, order in zip(given_strides, (q_shape, k_shape), orders)
-    )
+    out_strides = (_dense_strides(q_shape, orders[0]), _dense_strides(k_shape, orders[1]))
     batch, n_q_heads, seq_len, head_dim = _bhtd(q_shape, unsqueeze_dim)
     n_k_heads = _bhtd(k_shape, unsqueeze_dim)[1]
     if not readable or batch * seq_len == 0:
@@ -308,23 +299,19 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     return _Plan(rotary_dim, readable, orders, out_strides, (batch * n_t_blocks,), int_args, meta)
 
 
-def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False,
-              out=(None, None)):  # fmt: skip
+def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False):
     """The launch plan (a ``_Plan``) for these tensors (shapes checked); see ``_launch_plan``."""
-    given_strides = tuple(None if o is None else o.stride() for o in out)
     return _launch_plan(
         q.shape, q.stride(), k.shape, k.stride(), cos.shape, cos.stride(), sin.shape, sin.stride(), unsqueeze_dim,
-        rotary_dim, orders, q.dtype == torch.float64, mrope_section, interleaved, given_strides,
+        rotary_dim, orders, q.dtype == torch.float64, mrope_section, interleaved,
     )  # fmt: skip
 
 
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None, mrope_section=None,
-                interleaved=False, out=(None, None)):  # fmt: skip
+                interleaved=False):  # fmt: skip
     """Rotate (``inverse=False``) or un-rotate q and k in one launch into new tensors, laid out in
-    memory as q and k are (``orders`` None) or in the given memory orders, or into ``out`` (q's
-    and k's outputs, None for a new one): q and k themselves to rotate them in place (each element
-    is read before it is written, by the program that writes it), which ``in_place_bases`` and
-    ``owned_grads`` choose. Returns (q_out, k_out, plan).
+    memory as q and k are (``orders`` None) or in the given memory orders. Returns (q_out, k_out,
+    plan).
 
     Two variants share the kernel. ``mrope_section`` (3 ints summing to R/2): cos and sin are
     [3, B or 1, T, R], one plane of angles per position set (temporal, height, width), and each half
@@ -333,15 +320,15 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, o
     ``interleaved``: the pairs are adjacent features (2i, 2i + 1), and cos is the real view of the
     complex frequencies, (cos, sin) pairs flattened to [.., T, R] (``sin`` is not read; pass cos).
     """
-    plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved, out)
+    plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved)
     if not plan.readable:
         q, k = _unit_feature_stride(q), _unit_feature_stride(k)
         cos, sin = _unit_feature_stride(cos), _unit_feature_stride(sin)
         if cos.stride() != sin.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
-        plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders, mrope_section, interleaved, out)
-    qo = empty_output(q.shape, q, strides=plan.out_strides[0]) if out[0] is None else out[0]
-    ko = empty_output(k.shape, k, strides=plan.out_strides[1]) if out[1] is None else out[1]
+        plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders, mrope_section, interleaved)
+    qo = empty_output(q.shape, q, strides=plan.out_strides[0])
+    ko = empty_output(k.shape, k, strides=plan.out_strides[1])
     if plan.grid:
         m = plan.meta
         constexprs = (m["HALF"], m["PASS"], m["BLOCK_T"], m["BLOCK_HQ"], m["BLOCK_HK"], m["HALF_PAD"], m["PASS_PAD"])
@@ -454,6 +441,7 @@ class LigerRopeFunction(LigerFunction):
 
     @staticmethod
     def backward(ctx, dq, dk):
+        """Shared by the RoPE variants (M-RoPE, Llama 4): the inverse rotation of the forward's launch."""
         if ctx.use_triton:
             cos, sin = ctx.saved_tensors
             unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved = ctx.launch
@@ -467,7 +455,7 @@ class LigerRopeFunction(LigerFunction):
 
 
 def save_launch(ctx, plan, cos, sin, unsqueeze_dim, mrope_section=None, interleaved=False) -> None:
-    """Keep what the backward needs to run the forward's launch inverted."""
+    """Keep what ``LigerRopeFunction.backward`` needs to run the forward's launch inverted."""
     ctx.launch = (unsqueeze_dim, plan.rotary_dim, plan.orders, mrope_section, interleaved)
     ctx.save_for_backward(cos, sin)
 
@@ -487,7 +475,9 @@ def rope_forward(q, k, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=
 def reference_backward(reference, dq, dk, cos, sin, *args):
     """The gradients of q and k for upstream ``dq``, ``dk`` through ``reference(q, k, cos, sin,
     *args)``, a rotation of q and k (the op helpers' PyTorch path)."""
-    return _vjp(lambda q, k: reference(q, k, cos.detach(), sin.detach(), *args), dq, dk)
+    with torch.enable_grad():
+        q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
+        return torch.autograd.grad(reference(q, k, cos.detach(), sin.detach(), *args), (q, k), (dq, dk))
 
 
 def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_dim=None):
@@ -499,229 +489,3 @@ def rope_backward(dq, dk, cos, sin, position_ids=None, unsqueeze_dim=1, rotary_d
         return reference_backward(rope_reference, dq, dk, cos, sin, None, unsqueeze_dim, rotary_dim)
     dq_in, dk_in, _ = rope_launch(dq, dk, cos, sin, unsqueeze_dim, rotary_dim, True)
     return dq_in, dk_in
-
-
-# ----------------------------------------------------------------------------- rotating in place
-# M-RoPE and Llama 4 RoPE rotate q and k in place, as Liger Kernel 0.8.5 does: no new q/k outputs
-# (36 MB at Qwen2.5-VL-3B, b2 t4096; 96 MB at Llama 4 Scout, b2 t4096), and no new input gradients
-# where the upstream gradient is only autograd's (attention's dq and dk: ``owned_grads``; the
-# peer writes over it whoever holds it). Autograd is told (``ctx.mark_dirty``): a caller that
-# saved the pre-rotation tensor for its own backward gets autograd's "modified by an inplace
-# operation" error, never a gradient computed from the rotated values.
-#
-# HF's q and k are views (``q_proj(x).view(...).transpose(1, 2)``), and autograd lets a Function
-# that modifies a view return that one tensor only. So for a view the Function's input marked dirty
-# is its base (the projection's output), the view rides along detached for the kernel to write
-# through, and ``apply`` returns the same view of the rotated base, rebuilt with ``view`` and
-# ``permute`` (autograd would re-derive the caller's q through ``as_strided``, whose backward
-# zero-fills and copies a base-sized buffer). The caller's q and k hold the rotated values too. A
-# view that is not its whole contiguous base, permuted (a slice of a fused qkv), gets a new output.
-
-
-@functools.lru_cache(maxsize=512)
-def _layout(shape, strides, element_size, base_shape, base_contiguous) -> tuple:
-    """(whether the kernel can write a tensor of these shape and strides in place, the bytes from
-    its first element to its last, and, for a view of a base (``base_shape``) that is the whole
-    contiguous base permuted, how to make it of the base: (shape to view it as, permutation, None
-    for none), else None). Once per geometry: the checks cost more host time than the launch."""
-    writable = _unit_features(shape, strides) and not any(s == 0 and n > 1 for n, s in zip(shape, strides))
-    span = element_size * sum((n - 1) * s for n, s in zip(shape, strides))
-    if base_shape is None or not base_contiguous or math.prod(shape) != math.prod(base_shape):
-        return writable, span, None
-    order = _layout_order(shape, strides)  # dense over all the base's elements: all of them, from its first
-    dense = _dense_strides(shape, order)
-    if not all(a == b or n == 1 for a, b, n in zip(strides, dense, shape)):
-        return writable, span, None
-    permutation = None if order == tuple(range(len(shape))) else tuple(sorted(range(len(shape)), key=order.index))
-    return writable, span, ([shape[i] for i in order], permutation)
-
-
-def _layout_of(t, base) -> tuple:
-    return _layout(t.shape, t.stride(), t.element_size(), *((None, False) if base is None else
-                                                            (base.shape, base.is_contiguous())))  # fmt: skip
-
-
-def _base_to_write(t, base, layout, tracing):
-    """The tensor to mark dirty to write ``t`` in place (``t`` itself, or its base ``base`` when
-    ``t`` is that whole base permuted), or None where autograd would not allow it or the kernel
-    cannot: features not at unit stride, an element shared by two indices (an expanded tensor),
-    a leaf that requires grad or a view of one, a view autograd forbids writing (an output of
-    split/unbind/chunk, or made under no_grad), an inference tensor outside inference mode."""
-    if not layout[0] or (not tracing and t.is_inference() and not torch.is_inference_mode_enabled()):
-        return None
-    if t.requires_grad and t.is_leaf:  # a view made a leaf by ``requires_grad_()`` too
-        return None
-    if base is None:
-        return t
-    if layout[2] is None or (base.requires_grad and base.is_leaf):
-        return None
-    return base if tracing or not t.requires_grad or _creation_meta(t) == _DEFAULT_VIEW else None
-
-
-_creation_meta = torch._C._autograd._get_creation_meta
-_DEFAULT_VIEW = torch._C._autograd.CreationMeta.DEFAULT
-
-
-def in_place_bases(q, k, tracing=False) -> tuple:
-    """(q's base or None, k's base or None): the tensors the forward marks dirty to rotate q and k
-    in place (``_base_to_write``), None for both where q and k may share memory. The others get
-    new outputs in their layouts. ``tracing`` (Dynamo, fake tensors): without the checks it
-    cannot trace (addresses, inference tensors, how a view was made)."""
-    qb, kb = q._base, k._base
-    q_layout, k_layout = _layout_of(q, qb), _layout_of(k, kb)
-    if not tracing:
-        q0, k0 = q.data_ptr(), k.data_ptr()
-        if q0 <= k0 + k_layout[1] and k0 <= q0 + q_layout[1]:
-            return None, None
-    return _base_to_write(q, qb, q_layout, tracing), _base_to_write(k, kb, k_layout, tracing)
-
-
-def _same_view(base, t):
-    """``t`` (its whole base permuted, ``_layout``) as a view of ``base``, by view and permute."""
-    shape, permutation = _layout_of(t, t._base)[2]
-    return base.view(shape) if permutation is None else base.view(shape).permute(permutation)
-
-
-def _region(t, base) -> tuple:
-    """Where view ``t`` lies in ``base``: (shape, strides, offset), and the base's (shape, strides)."""
-    return t.shape, t.stride(), t.storage_offset() - base.storage_offset(), base.shape, base.stride()
-
-
-def _base_grad(g, owned, region) -> tuple:
-    """For the gradient ``g`` of a base: (the view of q's or k's gradient to read, the view to write
-    the rotated gradient into, the base's gradient to return). ``g`` itself where it is owned and
-    laid out as the base; else a new buffer (``g`` copied in unless the view covers it all)."""
-    shape, strides, offset, base_shape, base_strides = region
-    if g.stride() == base_strides:
-        src = g.as_strided(shape, strides, g.storage_offset() + offset)
-        if owned is not None:
-            return src, src, g
-    full = torch.empty_strided(base_shape, base_strides, dtype=g.dtype, device=g.device)
-    dst = full.as_strided(shape, strides, offset)
-    if g.stride() != base_strides or dst.numel() != full.numel():
-        full.copy_(g)
-        src = dst
-    return src, dst, full
-
-
-class InPlaceRopeFunction(LigerRopeFunction):
-    """Base of the RoPE variants that rotate q and k in place (see above). A subclass's ``forward``
-    takes the peer's arguments (``N_ARGS`` after q and k, the last ones defaulting to ``DEFAULTS``),
-    then ``q_base=None, k_base=None`` (from ``apply``) and calls ``rotate_in_place``."""
-
-    N_ARGS, DEFAULTS = 0, ()
-
-    @classmethod
-    def apply(cls, q, k, *args):
-        bases = (None, None) if _is_compiling() else in_place_bases(q, k)
-        if bases == (None, None):
-            return super().apply(q, k, *args)
-        args = (*args, *cls.DEFAULTS[len(cls.DEFAULTS) - cls.N_ARGS + len(args) :], *bases)
-        inputs = (x if b is None else x.detach() for x, b in zip((q, k), bases))
-        out = super().apply(*inputs, *args)
-        return tuple(o if b is None or x._base is None else _same_view(o, x) for x, b, o in zip((q, k), bases, out))
-
-    @staticmethod
-    def backward(ctx, d0, d1):
-        """The inverse rotation over each base's region (see ``_base_grad``), or into new
-        gradients in q's and k's layouts where an output was new."""
-        owned = owned_grads(ctx, d0, d1)
-        src, dst, full = [], [], []
-        for g, o, region in zip((d0, d1), owned, ctx.regions):
-            s, d, f = (g, o, None) if region is None else _base_grad(g, o, region)
-            src.append(s), dst.append(d), full.append(f)
-        if ctx.use_triton:
-            cos, sin = ctx.saved_tensors
-            unsqueeze_dim, rotary_dim, orders, mrope_section, interleaved = ctx.launch
-            grads = rope_launch(*src, cos, sin, unsqueeze_dim, rotary_dim, True, orders, mrope_section, interleaved,
-                                dst)[:2]  # fmt: skip
-        else:
-            grads = [g if d is None else d.copy_(g) for g, d in zip(ctx.vjp(*src), dst)]
-        # a rotated base's gradient goes to the base (the last two inputs), not to its detached view
-        views = [g if f is None else None for g, f in zip(grads, full)]
-        return *views, *[None] * (len(ctx.needs_input_grad) - 4), *full
-
-
-def rotate_in_place(ctx, q, k, q_base, k_base, launch, rotation) -> tuple:
-    """The forward of an ``InPlaceRopeFunction``: ``launch(out)`` (the kernel, returning (q_out,
-    k_out, plan)) or, where the kernels do not run, ``rotation(q, k)`` (the reference), written
-    over q and k where their bases are given; those bases marked dirty and returned."""
-    out = tuple(None if b is None else x for x, b in zip((q, k), (q_base, k_base)))
-    ctx.in_place = True
-    ctx.regions = tuple(None if b is None else _region(x, b) for x, b in zip((q, k), (q_base, k_base)))
-    if ctx.use_triton:
-        results = launch(out)[:2]
-    else:
-        with torch.no_grad():
-            results = rotation(q, k)
-        ctx.vjp = functools.partial(_vjp, rotation)
-        results = tuple(r if o is None else o.copy_(r) for o, r in zip(out, results))
-    written = [b for b in (q_base, k_base) if b is not None]
-    if written:
-        ctx.mark_dirty(*written)
-    return tuple(r if b is None else b for r, b in zip(results, (q_base, k_base)))
-
-
-def _vjp(rotation, dq, dk) -> tuple:
-    """The gradients of q and k for upstream ``dq``, ``dk`` through the linear ``rotation(q, k)``."""
-    with torch.enable_grad():
-        q, k = dq.detach().requires_grad_(), dk.detach().requires_grad_()
-        return torch.autograd.grad(rotation(q, k), (q, k), (dq, dk))
-
-
-# What an upstream gradient only autograd holds reads as, by whether it is a view; set at import by ``_GradProbe``.
-OWNED_GRAD_COUNTS = {}
-
-
-def owned_grads(ctx, dq, dk) -> tuple:
-    """(dq or None, dk or None): the upstream gradients the backward may write over, in the
-    in-place variants (``ctx.in_place``). Only what nothing else can read: the whole of its
-    memory (a gradient or a view covering all of its base: what reaches a rotated base through
-    HF's ``view`` / ``transpose``; not an expanded ``sum()`` gradient nor a slice of another's),
-    no other reference to it, its base or its storage (a gradient ``backward(gradient=g)`` was
-    given, a hook that kept it, an add's gradient still waiting for the other branch), not under
-    ``create_graph``; the counts that say so are measured at import through this very call."""
-    if not getattr(ctx, "in_place", False) or torch.is_grad_enabled():
-        return None, None
-    return _owned(ctx, dq), _owned(ctx, dk)
-
-
-def _owned(ctx, g):
-    root = g._base
-    counts = _reader_counts(g) if root is None else (*_reader_counts(g), root._use_count(), sys.getrefcount(root))
-    if ctx.in_place == "calibrating":
-        OWNED_GRAD_COUNTS[root is not None] = counts
-    owned = (
-        counts == OWNED_GRAD_COUNTS.get(root is not None)
-        and (root is None or (root.numel() == g.numel() and root.data_ptr() == g.data_ptr()))
-        and _unit_features(g.shape, g.stride())
-        and not any(s == 0 and n > 1 for n, s in zip(g.shape, g.stride()))
-    )
-    return g if owned else None
-
-
-class _GradProbe(InPlaceRopeFunction):
-    """Hands ``InPlaceRopeFunction.backward`` fresh upstream gradients that only autograd holds (as
-    they are, and through a view, ``view_grads``), so that ``owned_grads`` takes their reader
-    counts: what "owned" reads as on this Python and torch."""
-
-    @staticmethod
-    def forward(ctx, q, k):  # leaves: never in place, so ``apply`` passes no bases
-        ctx.use_triton, ctx.in_place, ctx.regions, ctx.vjp = False, "calibrating", (None, None), lambda *g: g
-        return q.clone(), k.clone()
-
-
-def _calibrate() -> None:
-    try:
-        for view_grads in (False, True):
-            q, k = torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3, requires_grad=True)
-            outputs = _GradProbe.apply(q, k)
-            sum(((t.t() if view_grads else t) * 2).sum() for t in outputs).backward()
-    except AttributeError:  # torch without Tensor._use_count / _storage_Use_Count (private APIs)
-        OWNED_GRAD_COUNTS.clear()
-
-
-# In a fresh thread: grad mode, inference mode and saved-tensor hooks are thread-local.
-_probe_thread = threading.Thread(target=_calibrate)
-_probe_thread.start()
-_probe_thread.join()
