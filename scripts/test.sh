@@ -4,8 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # One pytest worker per core (at most 4: GPU tests share one device), tests handed out as workers
-# free up (2 cores: 19 instead of 38 minutes). Each worker keeps torch's default thread count: with
-# one thread per worker the CPU reductions' order changed and a gradient that is zero in exact
-# arithmetic (SigLIP's key bias) drew other rounding noise than its stock yardstick.
+# free up (2 cores: 19 instead of 38 minutes), each with one torch thread (two workers of two threads
+# each oversubscribed the two cores; one thread per worker once failed SigLIP's key-bias gradient, zero
+# in exact arithmetic, until the harness judged such biases against their weight's rounding).
 WORKERS=${LIGER_TEST_WORKERS:-$(python3 -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python3 -m pytest tests -n "$WORKERS" --dist worksteal "$@"
