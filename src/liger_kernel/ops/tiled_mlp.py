@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm
 from liger_kernel.ops.swiglu import _check_mlp_inputs, gated_backward, gated_forward
 from liger_kernel.ops.utils import LigerFunction, empty_like_output
 
@@ -108,14 +109,13 @@ def _add_to_sum(total, part):
 
 def _fp32_matmul_sum(total, a, b):
     """``total + a @ b`` in fp32, in place (``total`` None: a new fp32 tensor): the products of a
-    half-precision ``a`` and ``b`` summed in fp32 and never rounded to their dtype (cuBLAS with an
-    fp32 output; elsewhere the operands upcast, their products exact in fp32)."""
-    if a.is_cuda and a.dtype != torch.float32:
-        if total is None:
-            return torch.mm(a, b, out_dtype=torch.float32)
-        return torch.addmm(total, a, b, out_dtype=torch.float32, out=total)
-    a, b = a.float(), b.float()
-    return torch.mm(a, b) if total is None else total.addmm_(a, b)
+    half-precision ``a`` and ``b`` summed in fp32 and never rounded to their dtype
+    (``accumulate_mm``)."""
+    first = total is None
+    if first:
+        total = torch.empty(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
+    accumulate_mm(total, a, b, first)
+    return total
 
 
 def default_num_blocks(hidden_size: int, intermediate_size: int) -> int:
