@@ -422,6 +422,23 @@ def test_zero_bias_gradient_is_judged_against_its_weight():
     assert "k.bias" in "".join(check_tensors("attention", wrong, exact, [stock], 2.0, torch.float32))
 
 
+def test_extra_stock_samples_are_trained_runs():
+    """The second and third stock samples return the model they trained with its run: the trained
+    parameters are judged against that model (the second sample's once came from the untrained
+    copy, a check that could not fail), and the third sample's moved norm inputs keep their
+    gradient (``nextafter`` has none: it once failed the backward)."""
+    stock = build("llama", torch.float32)
+    model64 = float64_copy(stock)
+    untrained = dict(stock.named_parameters())
+    for model, (losses, grads) in (
+        second_stock_run(stock, model64, text_inputs),
+        one_rounding_norms_run(stock, text_inputs),
+    ):
+        assert losses.shape[0] == STEPS and "model.layers.0.input_layernorm.weight" in grads
+        weight = "model.layers.0.mlp.up_proj.weight"
+        assert not torch.equal(dict(model.named_parameters())[weight], untrained[weight])
+
+
 @pytest.mark.parametrize(
     "defect, caught",
     [("norm weight gradient 1e-3 off", "first grad model.layers.0.input_layernorm.weight"), ("one token", "loss")],
