@@ -226,15 +226,16 @@ def one_rounding_norms_run(stock, model64, inputs):
     return second_stock_run(stock, model64, inputs, moved_norms=True)
 
 
-def with_norm_inputs_moved(model):
+def with_norm_inputs_moved(model, seed=7):
     """``model`` with every RMSNorm's input moved, element by element, to its next representable
-    value up or down (a fixed coin per element)."""
+    value up or down (a fixed coin per element, from ``seed``)."""
     coins = {}
 
     def move(module, args):
         x = args[0]
         if x.shape not in coins:
-            coins[x.shape] = torch.rand(x.shape, generator=torch.Generator(x.device).manual_seed(7), device=x.device)
+            generator = torch.Generator(x.device).manual_seed(seed)
+            coins[x.shape] = torch.rand(x.shape, generator=generator, device=x.device)
         toward = torch.where(coins[x.shape] < 0.5, -torch.inf, torch.inf).to(x.dtype)
         step = torch.nextafter(x.detach(), toward) - x.detach()  # one ulp, exact; no gradient of its own
         return (x + step, *args[1:])
