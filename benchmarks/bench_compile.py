@@ -99,9 +99,8 @@ def _profile(step, device) -> dict:
 
     import torch
 
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    activity = torch.profiler.ProfilerActivity
+    activities = [activity.CUDA] if device == "cuda" else [activity.CPU]
     with torch.profiler.profile(activities=activities) as prof:
         t0 = time.perf_counter()
         step()
