@@ -106,7 +106,7 @@ def timer(smoke: bool):
     no graph can be captured, or (``smoke``) of a few CPU calls."""
     import torch
 
-    def cpu(fn, grads=()):
+    def cpu(fn, grads=(), graph=True):
         fn()
         times = []
         for _ in range(2):
@@ -128,14 +128,14 @@ def timer(smoke: bool):
             torch.cuda.set_sync_debug_mode(0)
         return False
 
-    def gpu(fn, grads=()):
+    def gpu(fn, grads=(), graph=True):
         import triton.testing as tt
 
         grads = list(grads) or None
-        if not syncs(fn):
+        if graph and not syncs(fn):
             try:
                 return tt.do_bench_cudagraph(fn, rep=60, grad_to_none=grads, return_mode="median"), "graph"
-            except Exception:  # noqa: BLE001  (fused AdamW refuses capture unless capturable=True)
+            except Exception:  # noqa: BLE001  (then call by call)
                 torch.cuda.synchronize()
         return tt.do_bench(fn, warmup=50, rep=300, grad_to_none=grads, return_mode="median"), "events"
 
@@ -195,8 +195,8 @@ def measure_parts(s: dict, device, dtype, smoke: bool) -> list:
     time_it = timer(smoke)
     parts = []
 
-    def add(part, group, count, fn, work, unit, grads=()):
-        ms, method = time_it(fn, grads)
+    def add(part, group, count, fn, work, unit, grads=(), graph=True):
+        ms, method = time_it(fn, grads, graph)
         parts.append(dict(part=part, group=group, count=count, ms=ms, work=work, unit=unit, method=method))
         print(f"  {part:<44} x{count:<3} {ms:9.4f} ms ({method})", flush=True)
 
@@ -210,16 +210,19 @@ def measure_parts(s: dict, device, dtype, smoke: bool) -> list:
     return parts
 
 
+def _linear_matmuls(N, n_in, n_out, rand) -> dict:
+    """A linear's three matmuls on fresh operands: forward Y = X W^T, backward dX = dY W, dW = dY^T X."""
+    x, w, dy = rand(N, n_in), rand(n_out, n_in) / math.sqrt(n_in), rand(N, n_out)
+    return {"fwd": lambda: x @ w.T, "dX": lambda: dy @ w, "dW": lambda: dy.T @ x}
+
+
 def _matmuls(s, rand, add, parts):
-    """Forward Y = X W^T, backward dX = dY W and dW = dY^T X, per linear."""
     N = s["N"]
     for name, n_in, n_out, count in linears(s):
-        x, w, dy = rand(N, n_in), rand(n_out, n_in) / math.sqrt(n_in), rand(N, n_out)
-        flop = 2 * N * n_in * n_out
         group = "lm_head matmuls" if name == "lm_head" else "layer matmuls"
-        add(f"{name} fwd [{N}x{n_in}]@[{n_in}x{n_out}]", group, count, lambda x=x, w=w: x @ w.T, flop, "flop")
-        add(f"{name} dX", group, count, lambda dy=dy, w=w: dy @ w, flop, "flop")
-        add(f"{name} dW", group, count, lambda dy=dy, x=x: dy.T @ x, flop, "flop")
+        for what, fn in _linear_matmuls(N, n_in, n_out, rand).items():
+            label = f"{name} {what}" + (f" [{N}x{n_in}]@[{n_in}x{n_out}]" if what == "fwd" else "")
+            add(label, group, count, fn, 2 * N * n_in * n_out, "flop")
 
 
 def _attention(s, rand, add, parts):
@@ -333,28 +336,84 @@ def _adamw(s, rand, add, parts):
     opt.step()  # the state exists, as in every step after the first
     # param, grad, exp_avg, exp_avg_sq read; param, exp_avg, exp_avg_sq written (state in the params' dtype)
     work = 7 * sum(p.numel() for p in params) * params[0].element_size()
-    add("AdamW step (fused), all parameters", "optimizer", 1, opt.step, work, "byte")
+    # Not captured: fused AdamW refuses graph capture unless built with capturable=True.
+    add("AdamW step (fused), all parameters", "optimizer", 1, opt.step, work, "byte", graph=False)
+
+
+def measure_candidates(s: dict, device, dtype, smoke: bool, parts: list) -> list:
+    """Other ways to run parts of the step, timed alone: each SDPA backend, and q/k/v and gate/up
+    as one matmul each (their weights concatenated: ~10 us a layer). Dicts of candidate, now_ms and
+    alt_ms (per step), or error."""
+    import torch
+
+    time_it = timer(smoke)
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    per_step = {p["part"].split(" [")[0]: p["ms"] * p["count"] for p in parts}
+    found = _attention_backends(s, rand, time_it, per_step["SDPA fwd+bwd (causal, GQA)"])
+    for merged, names in (("q, k, v", ("q_proj", "k_proj", "v_proj")), ("gate, up", ("gate_proj", "up_proj"))):
+        n_out = sum(o for n, _, o, _ in linears(s) if n in names)
+        for what, fn in _linear_matmuls(s["N"], s["H"], n_out, rand).items():
+            now = sum(per_step[f"{n} {what}"] for n in names)
+            alt = time_it(fn)[0] * s["L"]
+            found.append(dict(candidate=f"{merged} as one matmul, {what} [{n_out} wide]", now_ms=now, alt_ms=alt))
+    for c in found:
+        print(f"  {c['candidate']:<52} {c.get('alt_ms', c.get('error'))}", flush=True)
+    return found
+
+
+def _attention_backends(s, rand, time_it, now_ms) -> list:
+    """SDPA forward+backward per backend, with ``enable_gqa``, else (unsupported) with k and v
+    repeated per query head first, as Hugging Face's ``repeat_kv`` does."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    B, S, D, heads, L = s["B"], s["S"], s["D"], s["heads"], s["L"]
+    q, k, v = (_hf_layout(B, S, h, D, rand) for h in (heads, s["kv"], s["kv"]))
+    do = rand(B, heads, S, D)
+    found = []
+    for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        for gqa in (True, False):
+
+            def attention(backend=backend, gqa=gqa):
+                kk, vv = (k, v) if gqa else (t.repeat_interleave(heads // s["kv"], dim=1) for t in (k, v))
+                with sdpa_kernel(getattr(SDPBackend, backend)):
+                    F.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa).backward(do)
+
+            entry = dict(candidate=f"SDPA fwd+bwd, {backend.lower()}, " + ("enable_gqa" if gqa else "k/v repeated"))
+            entry["now_ms"] = now_ms
+            try:
+                entry["alt_ms"] = time_it(attention, (q, k, v))[0] * L
+            except RuntimeError as e:
+                entry["error"] = str(e).splitlines()[0][:80]
+                if q.is_cuda:
+                    torch.cuda.synchronize()
+            found.append(entry)
+            if "alt_ms" in entry:
+                break
+    return found
 
 
 def matmuls_back_to_back(s: dict, device, dtype, smoke: bool) -> float:
     """One step's matmuls in step order (forward, then backward) replayed in one CUDA graph: ms."""
     import torch
 
-    kw = dict(device=device, dtype=dtype)
-    N = s["N"]
-    ops = []
-    for _, n_in, n_out, count in linears(s):
-        x, w, dy = torch.randn(N, n_in, **kw), torch.randn(n_out, n_in, **kw) * 0.02, torch.randn(N, n_out, **kw)
-        ops.append((count, x, w, dy))
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    ops = [(count, _linear_matmuls(s["N"], n_in, n_out, rand)) for _, n_in, n_out, count in linears(s)]
 
     def step():
-        for count, x, w, _ in ops:
+        for count, fns in ops:
             for _ in range(count):
-                x @ w.T
-        for count, x, w, dy in reversed(ops):
+                fns["fwd"]()
+        for count, fns in reversed(ops):
             for _ in range(count):
-                dy @ w
-                dy.T @ x
+                fns["dX"]()
+                fns["dW"]()
 
     return timer(smoke)(step)[0]
 
@@ -469,6 +528,15 @@ def markdown(result) -> str:
         )
         verdict = "above" if sm["floor_tokens_per_s"] > sm["bar_tokens_per_s"] else "BELOW"
         lines += ["", f"The floor ({sm['floor_tokens_per_s']:,.0f} tokens/s) is {verdict} the bar."]
+    lines += ["", "**Candidates** (timed alone, ms per step; not in the floor)", ""]
+    lines += ["| candidate | now | alternative | saving |", "|---|---:|---:|---:|"]
+    for c in result["candidates"]:
+        if "alt_ms" in c:
+            lines.append(
+                f"| {c['candidate']} | {c['now_ms']:.2f} | {c['alt_ms']:.2f} | {c['now_ms'] - c['alt_ms']:+.2f} |"
+            )
+        else:
+            lines.append(f"| {c['candidate']} | {c['now_ms']:.2f} | {c['error']} | |")
     profiled = {v: r for v, r in sm["real"].items() if r.get("categories")}
     if profiled:
         floor_by = {c: sum(p["ms_step"] for p in parts if p["group"] in groups) for c, groups in _FLOOR_OF.items()}
@@ -518,12 +586,16 @@ def main(argv=None):
     if device == "cuda":
         torch.cuda.empty_cache()
     back_to_back = matmuls_back_to_back(s, device, dtype, args.smoke)
+    try:  # extras: a failure here must not cost the floor
+        candidates = measure_candidates(s, device, dtype, args.smoke, parts)
+    except Exception as e:  # noqa: BLE001
+        candidates = [dict(candidate="candidates", now_ms=0.0, error=f"failed: {e!r}"[:160])]
     meta = dict(
         gpu="cpu" if args.smoke else e2e._gpu_name(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         torch=torch.__version__, triton=triton.__version__, case=case, dtype=str(dtype).removeprefix("torch."),
         smoke=args.smoke, command="python benchmarks/compile_floor.py " + " ".join(argv or sys.argv[1:]),
     )  # fmt: skip
-    result = dict(meta=meta, shapes=s, peak=peak, parts=parts)
+    result = dict(meta=meta, shapes=s, peak=peak, parts=parts, candidates=candidates)
     result["summary"] = summarize(parts, peak, back_to_back, real, s, our_kernel_names())
     md = markdown(result)
     print("\n" + md)
