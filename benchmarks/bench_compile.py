@@ -22,6 +22,13 @@ so every layer recompiles, and at the 9th (``recompile_limit`` 8) ``fullgraph=Tr
 (``FailOnRecompileLimitHit``), stock and ours alike. Each row records the graphs Dynamo compiled;
 a row that compiled more than one graph per distinct layer type (``config.layer_types``) is an error.
 
+Rows run in order of importance: each case's headline rows (Llama, Gemma 2, Qwen2.5), then the
+per-op choices. ``--budget-s`` bounds them all: a row gets what is left of it (at most
+``--timeout-s``), and one with under 30 s left is recorded as skipped. ``--profile`` adds one step
+under ``torch.profiler`` per row, after the timed ones: its GPU kernels (calls and time per name), the
+time the GPU was busy (union of kernel intervals) and the span (``benchmarks/compile_floor.py``
+groups them).
+
 Writes ``benchmarks/results/<gpu>/compile.json`` and ``compile.md`` after every row (a time limit
 keeps what finished).
 """
