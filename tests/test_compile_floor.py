@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import bench_compile  # noqa: E402
@@ -76,3 +78,18 @@ def test_smoke_run_writes_the_tables(tmp_path):
     md = (tmp_path / "compile_floor.md").read_text()
     assert "floor (sum)" in md and "GPU idle" in md and "bar: 1.15x hf-compile" in md
     assert json.loads((tmp_path / "compile_floor.json").read_text())["summary"]["floor_ms"] == summary["floor_ms"]
+
+
+def test_bench_compile_budget_skips_rows_and_keeps_the_files(tmp_path, monkeypatch):
+    """A spent ``--budget-s`` records the rows as skipped (no process started) and still writes the tables."""
+    rows = "llama-tiny:hf-compile,gemma2-tiny:ours-compile"
+    argv = ["bench_compile.py", "--smoke", "--budget-s", "0", "--rows", rows, "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench_compile, "run_one", lambda *a, **k: pytest.fail("a row ran past the budget"))
+    bench_compile.main()
+    written = json.loads((tmp_path / "compile.json").read_text())["rows"]
+    assert [(r["case"], r["variant"], r["status"]) for r in written] == [
+        ("llama-tiny", "hf-compile", "skipped"),
+        ("gemma2-tiny", "ours-compile", "skipped"),
+    ]
+    assert "skipped: --budget-s 0 spent" in (tmp_path / "compile.md").read_text()
