@@ -31,7 +31,8 @@ echo "== floor $(date -u +%H:%M:%S)"
 timeout 100 python3 benchmarks/compile_floor.py --real "$RESULTS/compile.json" --out "$RESULTS" >"$LOG/floor.log" 2>&1
 status=$?
 echo "exit $status"; [ $status -eq 0 ] || tail -n 8 "$LOG/floor.log"
-sed -n '/^\*\*Parts/,$p' "$LOG/floor.log" | grep -vE "^\| (q|k|v|o|gate|up|down)_proj" | head -n 70
+# The tables without the per-layer matmul rows and the top-kernel lists (both in compile_floor.md).
+sed -n '/^\*\*Parts/,/^Top kernels/p' "$LOG/floor.log" | grep -vE "^\| (q|k|v|o|gate|up|down)_proj|^Top kernels"
 
 echo "== Gemma-2 and Qwen2.5 rows $(date -u +%H:%M:%S)"
 timeout 110 "${bench[@]}" --timeout-s 75 --budget-s 105 \
