@@ -41,7 +41,7 @@ import bench_compile  # noqa: E402
 import e2e  # noqa: E402
 
 CASE, SMOKE_CASE = "llama-1b-8x2048", "llama-tiny"
-REAL_VARIANTS = ("hf-compile", "ours-compile")
+REAL_VARIANTS = ("hf-compile", "ours-compile")  # run here when no --real file; from one, ours-eager too
 BAR = 1.15  # issue 15: ours compiled >= 1.15x stock compiled tokens/s
 CATEGORIES = ("gemm", "attention", "ours (Triton)", "Inductor (Triton)", "optimizer", "embedding", "copies/other")
 # Substrings of kernel names (lower case), checked in this order; ours by name, Inductor by prefix.
@@ -231,7 +231,7 @@ def _attention(s, rand, add, parts):
 
     B, S, D, heads = s["B"], s["S"], s["D"], s["heads"]
     q, k, v = (_hf_layout(B, S, h, D, rand) for h in (heads, s["kv"], s["kv"]))
-    do = rand(B, heads, S, D)
+    do = rand(B, S, heads, D).transpose(1, 2)  # as o_proj's dX arrives
 
     def attention():
         F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(do)
@@ -259,7 +259,7 @@ def _norm_rope(s, rand, add, parts):
     )
     q, k = (_hf_layout(B, S, h, D, rand) for h in (s["heads"], s["kv"]))
     cos, sin = rand(B, S, D), rand(B, S, D)
-    dq, dk = rand(*q.shape), rand(*k.shape)
+    dq, dk = (rand(B, S, h, D).transpose(1, 2) for h in (s["heads"], s["kv"]))  # as SDPA's backward gives them
 
     def rope():
         torch.autograd.backward(liger_rope(q, k, cos, sin), (dq, dk))
@@ -373,7 +373,7 @@ def _attention_backends(s, rand, time_it, now_ms) -> list:
 
     B, S, D, heads, L = s["B"], s["S"], s["D"], s["heads"], s["L"]
     q, k, v = (_hf_layout(B, S, h, D, rand) for h in (heads, s["kv"], s["kv"]))
-    do = rand(B, heads, S, D)
+    do = rand(B, S, heads, D).transpose(1, 2)  # as o_proj's dX arrives
     found = []
     for backend in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
         for gqa in (True, False):
@@ -430,7 +430,8 @@ def _real_rows(args, smoke: bool) -> dict:
             print(f"  no {args.real}: the floor alone", flush=True)
             return {}
         rows = json.loads(Path(args.real).read_text())["rows"]
-        return {r["variant"]: r for r in rows if r["case"] == case and r["variant"] in REAL_VARIANTS}
+        wanted = (*REAL_VARIANTS, "ours-eager")
+        return {r["variant"]: r for r in rows if r["case"] == case and r["variant"] in wanted}
     found = {}
     for variant in REAL_VARIANTS:
         r = bench_compile.run_one(case, variant, smoke, args.warmup, args.steps, False, args.timeout_s, profile=True)
