@@ -16,7 +16,8 @@ Each part is a median of CUDA-graph replays (``triton.testing.do_bench_cudagraph
 calls (``do_bench``, after warm-up) where a graph cannot be captured (fused AdamW). Their sum is the
 floor: what the step costs with no gap between kernels and nothing done twice. Two cross-checks: the
 matmul and copy rates measured here (the peaks the parts are judged against), and one step's matmuls
-replayed back to back in one graph (sustained clocks, against the sum of the isolated ones).
+replayed back to back in one graph (sustained clocks, against the sum of the isolated ones). And
+candidates, not in the floor: SDPA per backend, q/k/v and gate/up each as one wider matmul.
 
 The real steps are ``bench_compile.py``'s rows (``hf-compile``, ``ours-compile``: each decoder layer
 compiled, fullgraph) with ``--profile``: one more step under ``torch.profiler``, its kernels grouped
@@ -423,7 +424,7 @@ def matmuls_back_to_back(s: dict, device, dtype, smoke: bool) -> float:
 
 
 def _real_rows(args, smoke: bool) -> dict:
-    """variant: ``bench_compile`` row (with a ``profile``) for the two real variants."""
+    """variant: ``bench_compile`` row (with a ``profile``), from ``--real`` or run here."""
     case = SMOKE_CASE if smoke else CASE
     if args.real:
         if not Path(args.real).exists():
