@@ -9,7 +9,8 @@ The cases (shapes, batch, sequence) and the patch are ``benchmarks/e2e.py``'s, a
 step (bf16 weights, fused AdamW, sdpa, labels = inputs) and the one-process-per-row isolation.
 Variants: ``hf-compile`` (stock transformers compiled), ``ours-eager``, ``ours-compile``, and
 ``ours-compile-no-<op>``: our patch without that op (the stock module or function, compiled by
-Inductor with what surrounds it). Compilation is regional: each decoder layer is compiled
+Inductor with what surrounds it); a ``-cudnn`` suffix runs a variant with cuDNN's attention first in
+SDPA's backend order (torch's own order puts flash first). Compilation is regional: each decoder layer is compiled
 (``fullgraph=True``), the embedding, final norm and loss run as they are (for ours, the fused
 linear cross-entropy; for stock, ``lm_head`` and the cross-entropy on upcast logits): identical
 layers share one compiled graph, which keeps compile time per row to tens of seconds. ``--whole``
@@ -61,8 +62,11 @@ ROWS = [
     ("llama-1b-8x2048", "ours-compile-no-swiglu"),
     ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
 ]
+# Suffix of a variant run with cuDNN's attention first (a measurement, not a default: stock or ours alike).
+CUDNN = "-cudnn"
+ROWS += [("llama-1b-8x2048", "hf-compile" + CUDNN), ("llama-1b-8x2048", "ours-compile" + CUDNN)]
 SMOKE_ROWS = [(c, v) for c in ("llama-tiny", "gemma2-tiny") for v in ("hf-compile", "ours-compile", "ours-eager")]
-SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope")]
+SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope"), ("llama-tiny", "ours-compile" + CUDNN)]
 
 
 def _graphs_allowed(config) -> int:
@@ -122,15 +126,27 @@ def _profile(step, device) -> dict:
     return dict(kernel_profile(events, kinds), profiled_wall_ms=wall_ms)
 
 
+def _cudnn_attention_first():
+    """For the rest of this process, SDPA tries cuDNN's attention first (then flash, memory-efficient,
+    math; torch's own order puts flash first)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    sdpa_kernel(order, set_priority=True).__enter__()
+
+
 def worker(case, variant, smoke, warmup, steps, whole, profile=False):
     import torch
     import transformers
 
     family, _, shape, batch, seq = (e2e.SMOKE_CASES if smoke else e2e.CASES)[case]
     device = "cpu" if smoke else "cuda"
+    out = {"case": case, "variant": variant, "versions": e2e._versions(), "whole": whole}
+    if variant.endswith(CUDNN):
+        _cudnn_attention_first()
+        variant = variant.removesuffix(CUDNN)
     if variant != "hf-compile":
         _patch(family, variant)
-    out = {"case": case, "variant": variant, "versions": e2e._versions(), "whole": whole}
     if smoke:  # enough layers that a recompile per layer shows
         shape = dict(shape, num_hidden_layers=4)
     config = getattr(transformers, e2e.CONFIG_CLASS[family])(**shape, use_cache=False)

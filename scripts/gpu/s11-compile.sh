@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 15 on ONE H200: how far a compiled Llama-3.2-1B 8x2048 step is from its floor, and the
 # compiled-vs-stock table for Llama, Gemma-2-2B and Qwen2.5-1.5B, all from one run.
-#   1. bench_compile.py, Llama rows (hf-compile, ours-compile with a profiled step each; ours-eager)   <= 130 s
-#   2. compile_floor.py: every part of the step timed alone, summed, beside those two real steps       <= 100 s
-#   3. bench_compile.py, Gemma-2-2B rows, then Qwen2.5-1.5B rows while time is left                    <= 110 s
+#   1. bench_compile.py, Llama rows (hf-compile, ours-compile, ours-eager; a profiled step each)       <= 100 s
+#   2. compile_floor.py: every part of the step timed alone, summed, beside those real steps           <= 100 s
+#   3. bench_compile.py, Gemma-2-2B rows, then Qwen2.5-1.5B rows, then Llama stock and ours with
+#      cuDNN attention first (-cudnn), while time is left                                              <= 145 s
 # Run from the repo root: OUT=/some/dir bash scripts/gpu/s11-compile.sh
 # Expected run time: about 5.5 min, at most 6 min (each step bounded by `timeout`; the bench's
 # --budget-s skips rows it has no time left for and records them as skipped, so its files stay whole).
@@ -23,7 +24,7 @@ bench=(python3 benchmarks/bench_compile.py --out "$RESULTS" --warmup 2 --steps 4
 L=llama-1b-8x2048 G=gemma2-2b-2x2048 Q=qwen2.5-1.5b-4x2048
 
 echo "== Llama rows $(date -u +%H:%M:%S)"
-timeout 135 "${bench[@]}" --profile --timeout-s 70 --budget-s 130 \
+timeout 100 "${bench[@]}" --profile --timeout-s 70 --budget-s 95 \
   --rows "$L:hf-compile,$L:ours-compile,$L:ours-eager" >"$LOG/bench_llama.log" 2>&1
 echo "exit $?"; grep -E "^  [a-z]" "$LOG/bench_llama.log"
 
@@ -34,9 +35,9 @@ echo "exit $status"; [ $status -eq 0 ] || tail -n 8 "$LOG/floor.log"
 # The tables without the per-layer matmul rows and the top-kernel lists (both in compile_floor.md).
 sed -n '/^\*\*Parts/,/^Top kernels/p' "$LOG/floor.log" | grep -vE "^\| (q|k|v|o|gate|up|down)_proj|^Top kernels"
 
-echo "== Gemma-2 and Qwen2.5 rows $(date -u +%H:%M:%S)"
-timeout 110 "${bench[@]}" --timeout-s 75 --budget-s 105 \
-  --rows "$G:hf-compile,$G:ours-compile,$G:ours-eager,$Q:hf-compile,$Q:ours-compile,$Q:ours-eager" \
+echo "== Gemma-2, Qwen2.5, Llama -cudnn rows $(date -u +%H:%M:%S)"
+timeout 145 "${bench[@]}" --timeout-s 75 --budget-s 140 \
+  --rows "$G:hf-compile,$G:ours-compile,$G:ours-eager,$Q:hf-compile,$Q:ours-compile,$Q:ours-eager,$L:hf-compile-cudnn,$L:ours-compile-cudnn" \
   >"$LOG/bench_rest.log" 2>&1
 echo "exit $?"; grep -E "^  [a-z]" "$LOG/bench_rest.log"
 grep -hE "Error|error:" "$LOG"/bench_*.log | sort | uniq -c | head -n 8
