@@ -36,7 +36,7 @@ echo "exit $status"; [ $status -eq 0 ] || tail -n 8 "$LOG/floor.log"
 sed -n '/^\*\*Parts/,/^Top kernels/p' "$LOG/floor.log" | grep -vE "^\| (q|k|v|o|gate|up|down)_proj|^Top kernels"
 
 echo "== Gemma-2, Qwen2.5, Llama -cudnn rows $(date -u +%H:%M:%S)"
-timeout 145 "${bench[@]}" --timeout-s 75 --budget-s 140 \
+timeout 145 "${bench[@]}" --timeout-s 90 --budget-s 140 \
   --rows "$G:hf-compile,$G:ours-compile,$G:ours-eager,$Q:hf-compile,$Q:ours-compile,$Q:ours-eager,$L:hf-compile-cudnn,$L:ours-compile-cudnn" \
   >"$LOG/bench_rest.log" 2>&1
 echo "exit $?"; grep -E "^  [a-z]" "$LOG/bench_rest.log"
