@@ -1,7 +1,7 @@
 """The floor of one Llama-3.2-1B 8x2048 training step (issue 15): every part of the step timed alone at
 its exact shape, summed, beside the real compiled steps (stock and ours) and where their GPU time goes.
 
-    python benchmarks/compile_floor.py                 # GPU: parts (~40 s), then the two real rows (~90 s)
+    python benchmarks/compile_floor.py                 # GPU: the two real rows (~70 s), parts and candidates (~80 s)
     python benchmarks/compile_floor.py --real benchmarks/results/h200/compile.json  # real rows from there
     python benchmarks/compile_floor.py --smoke         # CPU: tiny shapes, checks the pipeline (no timing claims)
 
