@@ -94,3 +94,17 @@ def test_bench_compile_budget_skips_rows_and_keeps_the_files(tmp_path, monkeypat
         ("gemma2-tiny", "ours-compile", "skipped"),
     ]
     assert "skipped: --budget-s 0 spent" in (tmp_path / "compile.md").read_text()
+
+
+def test_a_failed_part_is_left_out_and_named():
+    parts = [
+        dict(part="q_proj fwd", group="layer matmuls", count=2, ms=1.0, work=4e9, unit="flop", method="graph"),
+        dict(part="RoPE fwd+bwd", group="ours", count=2, ms=float("nan"), work=1e9, unit="byte", method="failed: X"),
+    ]
+    peak = {"tflops": 800.0, "gbps": 4000.0}
+    shapes = {"N": 1000}
+    summary = compile_floor.summarize(parts, peak, 2.0, {}, shapes, set())
+    assert summary["floor_ms"] == 2.0 and summary["failed"] == ["RoPE fwd+bwd"]
+    result = dict(meta=dict(gpu="g", date="d", case="c", dtype="bfloat16", smoke=False), peak=peak, parts=parts)
+    md = compile_floor.markdown(dict(result, summary=summary, candidates=[]))
+    assert "Incomplete floor**: these parts failed and are left out: RoPE fwd+bwd" in md
