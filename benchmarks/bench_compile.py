@@ -9,7 +9,8 @@ The cases (shapes, batch, sequence) and the patch are ``benchmarks/e2e.py``'s, a
 step (bf16 weights, fused AdamW, sdpa, labels = inputs) and the one-process-per-row isolation.
 Variants: ``hf-compile`` (stock transformers compiled), ``ours-eager``, ``ours-compile``, and
 ``ours-compile-no-<op>``: our patch without that op (the stock module or function, compiled by
-Inductor with what surrounds it). Compilation is regional: each decoder layer is compiled
+Inductor with what surrounds it); a ``-cudnn`` suffix runs a variant with cuDNN's attention first in
+SDPA's backend order (torch's own order puts flash first). Compilation is regional: each decoder layer is compiled
 (``fullgraph=True``), the embedding, final norm and loss run as they are (for ours, the fused
 linear cross-entropy; for stock, ``lm_head`` and the cross-entropy on upcast logits): identical
 layers share one compiled graph, which keeps compile time per row to tens of seconds. ``--whole``
@@ -21,6 +22,13 @@ The model trains with ``config.use_cache = False``, as the Hugging Face Trainer 
 so every layer recompiles, and at the 9th (``recompile_limit`` 8) ``fullgraph=True`` fails
 (``FailOnRecompileLimitHit``), stock and ours alike. Each row records the graphs Dynamo compiled;
 a row that compiled more than one graph per distinct layer type (``config.layer_types``) is an error.
+
+Rows run in order of importance: each case's headline rows (Llama, Gemma 2, Qwen2.5), then the
+per-op choices. ``--budget-s`` bounds them all: a row gets what is left of it (at most
+``--timeout-s``), and one with under 30 s left is recorded as skipped. ``--profile`` adds one step
+under ``torch.profiler`` per row, after the timed ones: its GPU kernels (calls and time per name), the
+time the GPU was busy (union of kernel intervals) and the span (``benchmarks/compile_floor.py``
+groups them).
 
 Writes ``benchmarks/results/<gpu>/compile.json`` and ``compile.md`` after every row (a time limit
 keeps what finished).
@@ -44,18 +52,21 @@ ROWS = [
     ("llama-1b-8x2048", "hf-compile"),
     ("llama-1b-8x2048", "ours-compile"),
     ("llama-1b-8x2048", "ours-eager"),
-    ("llama-1b-8x2048", "ours-compile-no-rope"),
-    ("llama-1b-8x2048", "ours-compile-no-swiglu"),
-    ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
-    ("qwen2.5-1.5b-4x2048", "hf-compile"),
-    ("qwen2.5-1.5b-4x2048", "ours-compile"),
-    ("qwen2.5-1.5b-4x2048", "ours-eager"),
     ("gemma2-2b-2x2048", "hf-compile"),
     ("gemma2-2b-2x2048", "ours-compile"),
     ("gemma2-2b-2x2048", "ours-eager"),
+    ("qwen2.5-1.5b-4x2048", "hf-compile"),
+    ("qwen2.5-1.5b-4x2048", "ours-compile"),
+    ("qwen2.5-1.5b-4x2048", "ours-eager"),
+    ("llama-1b-8x2048", "ours-compile-no-rope"),
+    ("llama-1b-8x2048", "ours-compile-no-swiglu"),
+    ("llama-1b-8x2048", "ours-compile-no-rms_norm"),
 ]
+# Suffix of a variant run with cuDNN's attention first (a measurement, not a default: stock or ours alike).
+CUDNN = "-cudnn"
+ROWS += [("llama-1b-8x2048", "hf-compile" + CUDNN), ("llama-1b-8x2048", "ours-compile" + CUDNN)]
 SMOKE_ROWS = [(c, v) for c in ("llama-tiny", "gemma2-tiny") for v in ("hf-compile", "ours-compile", "ours-eager")]
-SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope")]
+SMOKE_ROWS += [("llama-tiny", "ours-compile-no-rope"), ("llama-tiny", "ours-compile" + CUDNN)]
 
 
 def _graphs_allowed(config) -> int:
@@ -71,15 +82,71 @@ def _patch(family, variant):
     getattr(lkt, f"apply_liger_kernel_to_{family}")(**flags)
 
 
-def worker(case, variant, smoke, warmup, steps, whole):
+def kernel_profile(trace_events, kinds=("kernel", "gpu_memcpy", "gpu_memset")) -> dict:
+    """A Chrome trace's device activity, aggregated: ``kernels`` {name: [calls, us]} (names cut to
+    200 characters), ``busy_us`` (the union of their intervals: time the GPU ran anything) and
+    ``span_us`` (first start to last end)."""
+    events = sorted((e["ts"], e["dur"], e["name"][:200]) for e in trace_events if e.get("cat") in kinds and "dur" in e)
+    kernels, busy, end = {}, 0.0, None
+    for start, dur, name in events:
+        calls_us = kernels.setdefault(name, [0, 0.0])
+        calls_us[0] += 1
+        calls_us[1] += dur
+        if end is None or start >= end:
+            busy += dur
+            end = start + dur
+        elif start + dur > end:
+            busy += start + dur - end
+            end = start + dur
+    span = (end - events[0][0]) if events else 0.0
+    return {"kernels": {k: [c, round(us, 1)] for k, (c, us) in kernels.items()}, "busy_us": busy, "span_us": span}
+
+
+def _profile(step, device) -> dict:
+    """One more training step under ``torch.profiler``: ``kernel_profile`` of its GPU kernels (on a
+    CPU, of its operators: the pipeline only) and the step's wall time under the profiler."""
+    import os
+    import tempfile
+
+    import torch
+
+    activity = torch.profiler.ProfilerActivity
+    activities = [activity.CUDA] if device == "cuda" else [activity.CPU]
+    with torch.profiler.profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall_ms = 1000 * (time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text())["traceEvents"]
+    kinds = ("kernel", "gpu_memcpy", "gpu_memset") if device == "cuda" else ("cpu_op",)
+    return dict(kernel_profile(events, kinds), profiled_wall_ms=wall_ms)
+
+
+def _cudnn_attention_first():
+    """For the rest of this process, SDPA tries cuDNN's attention first (then flash, memory-efficient,
+    math; torch's own order puts flash first)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    sdpa_kernel(order, set_priority=True).__enter__()
+
+
+def worker(case, variant, smoke, warmup, steps, whole, profile=False):
     import torch
     import transformers
 
     family, _, shape, batch, seq = (e2e.SMOKE_CASES if smoke else e2e.CASES)[case]
     device = "cpu" if smoke else "cuda"
+    out = {"case": case, "variant": variant, "versions": e2e._versions(), "whole": whole}
+    if variant.endswith(CUDNN):
+        _cudnn_attention_first()
+        variant = variant.removesuffix(CUDNN)
     if variant != "hf-compile":
         _patch(family, variant)
-    out = {"case": case, "variant": variant, "versions": e2e._versions(), "whole": whole}
     if smoke:  # enough layers that a recompile per layer shows
         shape = dict(shape, num_hidden_layers=4)
     config = getattr(transformers, e2e.CONFIG_CLASS[family])(**shape, use_cache=False)
@@ -104,6 +171,14 @@ def worker(case, variant, smoke, warmup, steps, whole):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     losses = []
+
+    def step(i):
+        loss = forward(input_ids=ids[i], labels=ids[i]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
     t_start = time.perf_counter()
     try:
         for i in range(warmup + steps):
@@ -112,11 +187,7 @@ def worker(case, variant, smoke, warmup, steps, whole):
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
                 out["warmup_s"] = round(t0 - t_start, 1)
-            loss = forward(input_ids=ids[i], labels=ids[i]).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            step(i)
         if device == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
@@ -135,14 +206,20 @@ def worker(case, variant, smoke, warmup, steps, whole):
         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
         losses=[float(x) for x in losses],
     )
+    if profile:  # after the timed steps: the profiler's overhead stays out of tokens/s
+        try:
+            out["profile"] = _profile(lambda: step(warmup + steps - 1), device)
+        except Exception as e:  # noqa: BLE001  (the row's timing stands without it)
+            out["profile_error"] = repr(e)[:300]
     return out
 
 
-def run_one(case, variant, smoke, warmup, steps, whole, timeout_s):
+def run_one(case, variant, smoke, warmup, steps, whole, timeout_s, profile=False):
     import subprocess
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", case, variant, f"--warmup={warmup}"]
     cmd += [f"--steps={steps}"] + (["--smoke"] if smoke else []) + (["--whole"] if whole else [])
+    cmd += ["--profile"] if profile else []
     t0 = time.time()
     try:
         proc = subprocess.run(cmd, env=e2e._env("ours"), capture_output=True, text=True, timeout=timeout_s)
@@ -198,13 +275,22 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 5; 1 with --smoke)")
     ap.add_argument("--whole", action="store_true", help="compile the whole model, not layer by layer")
     ap.add_argument("--timeout-s", type=int, default=150, help="per row (its own process)")
+    ap.add_argument(
+        "--budget-s",
+        type=int,
+        default=None,
+        help="for all rows: each row's time limit is cut to what is left, and a row with under 30 s left is "
+        "skipped (recorded as such), so an outer time limit never cuts the results files short",
+    )
+    ap.add_argument("--profile", action="store_true", help="one more step per row under torch.profiler (GPU kernels)")
     ap.add_argument("--out", help="results folder (default benchmarks/results/<gpu>; nothing with --smoke)")
     ap.add_argument("--worker", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     steps = args.steps if args.steps is not None else (1 if args.smoke else 5)
     if args.worker:
-        print(RESULT + json.dumps(worker(*args.worker, args.smoke, warmup, steps, args.whole)), flush=True)
+        r = worker(*args.worker, args.smoke, warmup, steps, args.whole, args.profile)
+        print(RESULT + json.dumps(r), flush=True)
         return
     rows_wanted = [tuple(r.split(":")) for r in args.rows.split(",")] if args.rows else None
     rows_wanted = rows_wanted or (SMOKE_ROWS if args.smoke else ROWS)
@@ -228,8 +314,14 @@ def main():
             for r in json.loads((Path(out) / "compile.json").read_text())["rows"]
             if (r["case"], r["variant"]) not in rows_wanted
         ]
+    deadline = None if args.budget_s is None else time.time() + args.budget_s
     for case, variant in rows_wanted:
-        r = run_one(case, variant, args.smoke, warmup, steps, args.whole, args.timeout_s)
+        left = args.timeout_s if deadline is None else min(args.timeout_s, int(deadline - time.time()))
+        if left < 30:
+            r = {"case": case, "variant": variant, "status": "skipped", "error": f"--budget-s {args.budget_s} spent"}
+            r["wall_s"] = 0.0
+        else:
+            r = run_one(case, variant, args.smoke, warmup, steps, args.whole, left, args.profile)
         rows.append(r)
         meta.update({k: v for k, v in r.get("versions", {}).items() if k in ("torch", "transformers")})
         what = (
