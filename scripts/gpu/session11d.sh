@@ -19,4 +19,4 @@ wait
 date -u +%H:%M:%S
 for f in "$L"/t_*.log; do echo "-- $(basename "$f"): $(grep -E '(passed|failed|error)' "$f" | tail -1)"; grep -E "^(FAILED|ERROR)|^E  " "$f" | head -12 | cut -c1-300; done
 tail -60 "$L/compile.log"
-tar czf "$OUT/d.tgz" -C "$OUT" d
+tar czf "$OUT/d.tgz" -C "$OUT" d && rm -rf "$L"
