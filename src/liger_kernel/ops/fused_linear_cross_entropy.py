@@ -97,6 +97,7 @@ import triton.language as tl
 from liger_kernel.ops.cross_entropy import (
     CEOptions,
     RemembersGradMode,
+    _tanh,
     caller_grad_mode,
     ce_rows_launch,
     check_target,
@@ -191,7 +192,7 @@ def flat_view(buf: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
 
 @triton.jit
 def _row_stats_kernel(
-    z_ptr,  # [R, V] logits (softcapped; fp32, or the input dtype), unit column stride
+    z_ptr,  # [R, V] raw logits (fp32, or the input dtype; SOFTCAP: capped here), unit column stride
     stride_z,
     y_ptr,  # [R] labels, in range (0 at ignored tokens)
     w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
@@ -199,8 +200,11 @@ def _row_stats_kernel(
     z_label_ptr,  # [R] fp32 out: the label's logit
     smooth_ptr,  # [R] fp32 out: sum_c w[c] * z[c] (SMOOTHING)
     n_cols,
+    softcap,
+    inv_softcap,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One row per program: an online per-lane max and sum of exp (one exp per element, lanes
@@ -215,6 +219,9 @@ def _row_stats_kernel(
         cols = start + offs
         mask = cols < n_cols
         z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        if SOFTCAP:
+            capped, _ = _softcapped(z, softcap, inv_softcap, SOFTCAP)
+            z = tl.where(mask, capped, float("-inf"))
         m, d = online_logsumexp_step(z, m, d)
         if SMOOTHING:
             zs = tl.where(mask, z, 0.0)
@@ -222,7 +229,8 @@ def _row_stats_kernel(
                 zs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
             smooth += zs
     tl.store(lse_ptr + row, finish_logsumexp(m, d))
-    tl.store(z_label_ptr + row, tl.load(z_row + tl.load(y_ptr + row)).to(tl.float32))
+    z_label, _ = _softcapped(tl.load(z_row + tl.load(y_ptr + row)).to(tl.float32), softcap, inv_softcap, SOFTCAP)
+    tl.store(z_label_ptr + row, z_label)
     if SMOOTHING:
         tl.store(smooth_ptr + row, tl.sum(smooth, 0))
 
@@ -238,12 +246,23 @@ def _round_to_bf16(v):
 
 
 @triton.jit
-def _softcap_and_round(g, z, inv_softcap, SOFTCAP: tl.constexpr, TO_BF16: tl.constexpr):
-    """The last steps of both dlogits kernels: ``g`` times the softcap's derivative
-    ``1 - (z / softcap)^2`` (SOFTCAP), rounded as ``_round_to_bf16`` says (TO_BF16)."""
+def _softcapped(z, softcap, inv_softcap, SOFTCAP: tl.constexpr):
+    """``(softcap * t, t)`` with ``t = tanh(z / softcap)`` of the raw fp32 logits (SOFTCAP; else
+    ``(z, z)``). In the kernels that read the logits anyway: three in-place torch passes over each
+    fp32 chunk (divide, tanh, multiply) took ~10 ms of a Gemma-2-2B 2x2048 step on the H200 and
+    ~250 of its ~2500 launches (session 11's profile)."""
     if SOFTCAP:
-        u = z * inv_softcap
-        g *= 1.0 - u * u
+        t = _tanh(z * inv_softcap)
+        return softcap * t, t
+    return z, z
+
+
+@triton.jit
+def _softcap_and_round(g, t, SOFTCAP: tl.constexpr, TO_BF16: tl.constexpr):
+    """The last steps of both dlogits kernels: ``g`` times the softcap's derivative ``1 - t^2``
+    (SOFTCAP; ``t`` from ``_softcapped``), rounded as ``_round_to_bf16`` says (TO_BF16)."""
+    if SOFTCAP:
+        g *= 1.0 - t * t
     if TO_BF16:
         g = _round_to_bf16(g)
     return g
@@ -251,7 +270,7 @@ def _softcap_and_round(g, z, inv_softcap, SOFTCAP: tl.constexpr, TO_BF16: tl.con
 
 @triton.jit
 def _dlogits_kernel(
-    z_ptr,  # [R, T] logits (softcapped; fp32, or g's dtype) of columns col0 .. col0 + T
+    z_ptr,  # [R, T] raw logits (fp32, or g's dtype; SOFTCAP: capped here) of columns col0 .. col0 + T
     stride_z,
     g_ptr,  # [R, T] out: dloss/dlogits in the matmul dtype; may be z's own memory (see below)
     stride_g,
@@ -263,6 +282,7 @@ def _dlogits_kernel(
     w_ptr,  # [V] fp32 class weights (HAS_WEIGHT)
     col0,
     n_cols,
+    softcap,
     inv_softcap,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
@@ -270,8 +290,8 @@ def _dlogits_kernel(
     TO_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """``g = coef_p * exp(z - lse) - coef_y * [c == y] - coef_smooth * w[c]``, times the softcap's
-    derivative ``1 - (z / softcap)^2``. One row per program, its blocks in order, so ``g`` may be
+    """``g = coef_p * exp(z - lse) - coef_y * [c == y] - coef_smooth * w[c]`` of the capped logits
+    ``z``, times the softcap's derivative. One row per program, its blocks in order, so ``g`` may be
     written over ``z``'s row as 2-byte values (``g`` = the row's first half): block k's output
     lands on fp32 columns [k B / 2, (k + 1) B / 2), all read by blocks <= k; the barrier orders
     every thread's loads of a block before any thread's stores."""
@@ -287,7 +307,7 @@ def _dlogits_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        z = tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32)
+        z, t = _softcapped(tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32), softcap, inv_softcap, SOFTCAP)
         g = coef_p * tl.exp(z - lse)
         g = tl.where(cols == label, g - coef_y, g)
         if SMOOTHING:
@@ -295,14 +315,14 @@ def _dlogits_kernel(
                 g -= coef_smooth * tl.load(w_ptr + col0 + cols, mask=mask, other=0.0)
             else:
                 g -= coef_smooth
-        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
+        g = _softcap_and_round(g, t, SOFTCAP, TO_BF16)
         tl.debug_barrier()
         tl.store(g_row + cols, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _dlogits_grid_kernel(
-    z_ptr,  # [n_tok, n_voc] fp32 logits (softcapped) of columns col0 .. col0 + n_voc, any strides
+    z_ptr,  # [n_tok, n_voc] raw fp32 logits (SOFTCAP: capped here) of columns col0 .. col0 + n_voc, any strides
     stride_z_tok,
     stride_z_voc,
     g_ptr,  # [n_tok, n_voc] out: dloss/dlogits in the matmul dtype, any strides; may share z's memory
@@ -317,6 +337,7 @@ def _dlogits_grid_kernel(
     col0,
     n_tok,
     n_voc,
+    softcap,
     inv_softcap,
     copy_src_ptr,  # [n_voc, n_copy] (COPY): copied to copy_dst_ptr, both with unit token stride
     stride_copy_src,
@@ -355,6 +376,7 @@ def _dlogits_grid_kernel(
         tok64 = tok.to(tl.int64)
         mask = tok_mask[:, None] & voc_mask[None, :]
         z = tl.load(z_ptr + tok64[:, None] * stride_z_tok + voc64[None, :] * stride_z_voc, mask=mask, other=0.0)
+        z, t = _softcapped(z, softcap, inv_softcap, SOFTCAP)
         lse = tl.load(lse_ptr + tok, mask=tok_mask, other=0.0)
         coef_p = tl.load(coef_p_ptr + tok, mask=tok_mask, other=0.0)
         coef_y = tl.load(coef_y_ptr + tok, mask=tok_mask, other=0.0)
@@ -367,7 +389,7 @@ def _dlogits_grid_kernel(
                 g -= coef_smooth[:, None] * w[None, :]
             else:
                 g -= coef_smooth[:, None]
-        g = _softcap_and_round(g, z, inv_softcap, SOFTCAP, TO_BF16)
+        g = _softcap_and_round(g, t, SOFTCAP, TO_BF16)
         tl.debug_barrier()
         tl.store(
             g_ptr + tok64[:, None] * stride_g_tok + voc64[None, :] * stride_g_voc,
@@ -444,7 +466,7 @@ def mm_scaled(a: torch.Tensor, b: torch.Tensor, alpha: float, out: torch.Tensor)
 
 
 def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
-    """dloss/dlogits of the fp32 logits ``z`` [n, T] (softcapped; columns ``col0 ..``) in
+    """dloss/dlogits of the raw fp32 logits ``z`` [n, T] (columns ``col0 ..``; softcapped in the kernel) in
     ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
     ``2T`` for 2-byte dtypes)."""
     n_rows, n_cols = z.shape
@@ -459,7 +481,7 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
         out.stride(0),
         *dlogits_terms(terms, w, col0),
         n_cols,
-        1.0 / (opts.softcap or 1.0),
+        *softcap_args(opts),
         **dlogits_flags(out.dtype, w, opts),
         BLOCK=block,
         num_warps=8,
@@ -470,6 +492,11 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
 def dlogits_terms(terms: RowTerms, w, col0: int) -> tuple:
     """The per-token, class-weight and column-offset arguments of both dlogits kernels, in order."""
     return terms.label, terms.lse, terms.coef_p, terms.coef_y, terms.coef_smooth, terms.lse if w is None else w, col0
+
+
+def softcap_args(opts: CEOptions) -> tuple:
+    """``(softcap, 1 / softcap)`` for the kernels that cap the raw logits they read (1 without one)."""
+    return opts.softcap or 1.0, 1.0 / (opts.softcap or 1.0)
 
 
 def dlogits_flags(dtype: torch.dtype, w, opts: CEOptions) -> dict:
@@ -501,7 +528,7 @@ def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -
         *dlogits_terms(terms, w, col0),
         n_tok,
         n_voc,
-        1.0 / (opts.softcap or 1.0),
+        *softcap_args(opts),
         src,
         src.stride(0),
         dst,
@@ -653,8 +680,6 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
             z += bias
         if pred is not None:  # on the raw logits: softcap is monotone, and may tie where tanh saturates
             torch.argmax(z, 1, out=pred[start:end])
-        if opts.softcap is not None:
-            z.div_(opts.softcap).tanh_().mul_(opts.softcap)
         _row_stats_kernel[(end - start,)](
             z,
             z.stride(0),
@@ -664,8 +689,10 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
             z_label[start:end],
             smooth[start:end],
             n_vocab,
+            *softcap_args(opts),
             HAS_WEIGHT=w is not None,
             SMOOTHING=opts.label_smoothing > 0,
+            SOFTCAP=opts.softcap is not None,
             BLOCK=min(4096, next_power_of_2(n_vocab)),
             num_warps=8,
         )
@@ -724,8 +751,6 @@ def vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, need_w: boo
         mm_fp32(x, weight[start:end].t(), z)
         if bias is not None:
             z += bias[start:end]
-        if opts.softcap is not None:
-            z.div_(opts.softcap).tanh_().mul_(opts.softcap)
         g = dlogits_in_place(z, x.dtype, start, terms, w, opts)
         if need_w:
             torch.mm(g.t(), x, out=grad_w[start:end])
@@ -762,8 +787,6 @@ def kept_vocab_pass(x, weight, bias, terms: RowTerms, w, opts: CEOptions, keep: 
             mm_fp32(weight[start:end], x[rest].t(), z)
             if bias is not None:
                 z += bias[start:end, None]
-            if opts.softcap is not None:
-                z.div_(opts.softcap).tanh_().mul_(opts.softcap)
             copy = (dlogits[start:end], operand[:, :kept])
             dlogits_grid(z.t(), operand[:, kept:].t(), start, rest_terms, w, opts, copy)
         elif end * hidden > n_vocab * (hidden - kept) + start * kept:  # the output would overlap them
