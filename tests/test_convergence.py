@@ -184,12 +184,12 @@ def train(model, steps=STEPS, inputs=text_inputs):
 INTERPRETED_BF16_FACTOR = 4.0
 
 
-# The samples of stock's noise the bound may take beyond the first two (``moved_norms_run``). The
-# GPU-sized MoE families amplify rounding so much that a few samples cannot bound a valid run: on the
-# H200 (scripts/gpu/moe11_samples.py, first gradients, fp32, 8 stock runs, each against the largest
-# error of the other 7) one stock sample of Qwen3.5-MoE was 5.6x over on linear_attn.in_proj_b, one of
-# DeepSeek-V4 2.5x on the loss; the patched runs 1.30x and 1.63x (under the factor of 2). Three
-# samples left Qwen3.5-MoE fp32 up to 3.1x over.
+# The samples of stock's noise the bound may take beyond the first two (``second_stock_run`` with
+# ``moved_norms``). The GPU-sized MoE families amplify rounding so much that a few samples cannot
+# bound a valid run: on the H200 (scripts/gpu/moe11_samples.py, first gradients, fp32, 8 stock runs,
+# each against the largest error of the other 7) one stock sample of Qwen3.5-MoE was 5.6x over on
+# linear_attn.in_proj_b, one of DeepSeek-V4 2.5x on the loss; the patched runs 1.30x and 1.63x
+# (under the factor of 2). Three samples left Qwen3.5-MoE fp32 up to 3.1x over.
 MOVED_NORMS_SAMPLES = 6
 
 
@@ -214,25 +214,21 @@ def reversed_rows(inputs):
 def second_stock_run(stock, model64, inputs, moved_norms=None):
     """``(model, train(model))`` of an equally valid stock run in the same dtype from ``stock``'s
     (untrained) state: the batch rows reversed and the float64 run's attention (SDPA where the family
-    has it, in place of eager: another softmax and reduction order). ``moved_norms``: a coin seed for
-    ``moved_norms_run``'s samples."""
+    has it, in place of eager: another softmax and reduction order).
+
+    ``moved_norms`` (a coin seed): also each RMSNorm's input moved by one rounding
+    (``with_norm_inputs_moved``), the further samples. A correct norm kernel differs from the stock
+    module by about that much (the GPU's approximate rsqrt and division, another reduction order:
+    1.0-1.1 fp32 ulps rms for both, measured on the H200, scripts/gpu/norm10_ulps.py); where a family
+    amplifies it (the GPU-sized MoE families: Qwen3.5-MoE's embedding gradient 5.6x the
+    attention-based runs' error), the other stock runs never sample it. They keep the second run's
+    differences, as the patched run differs from stock in all its ops at once."""
     model = copy.deepcopy(stock)
     if model64.config._attn_implementation == "sdpa" and stock.config._attn_implementation != "sdpa":
         with_sdpa(model)
     if moved_norms is not None:
         with_norm_inputs_moved(model, moved_norms)
     return model, train(model, inputs=reversed_rows(inputs))
-
-
-def moved_norms_run(stock, model64, inputs, seed):
-    """A further stock sample: the second's differences and each RMSNorm's input moved by one rounding
-    (coins from ``seed``). A correct norm kernel differs from the stock module by about that much (the
-    GPU's approximate rsqrt and division, another reduction order: 1.0-1.1 fp32 ulps rms for both,
-    measured on the H200, scripts/gpu/norm10_ulps.py); where a family amplifies it (the GPU-sized MoE
-    families: Qwen3.5-MoE's embedding gradient 5.6x the attention-based runs' error), the other stock
-    runs never sample it. It keeps the second run's differences, as the patched run differs from
-    stock in all its ops at once."""
-    return second_stock_run(stock, model64, inputs, moved_norms=seed)
 
 
 def with_norm_inputs_moved(model, seed=7):
@@ -330,7 +326,7 @@ def assert_converges(name, model64, stock, make_patched, inputs=text_inputs, pat
     reference both families pass at those seeds. ``inputs(seed, dtype)``: a batch for a model of
     that dtype. Where the patch replaces RMSNorms (``patches_norms``) and both stock runs leave
     failures, up to MOVED_NORMS_SAMPLES more samples move each norm's input by one rounding
-    (``moved_norms_run``), until none is left. test_harness_fails_on_a_small_defect shows the bound
+    (``second_stock_run``'s ``moved_norms``), until none is left. test_harness_fails_on_a_small_defect shows the bound
     still catches a defect."""
     untrained = copy.deepcopy(stock)
     runs64, runs_stock = train(model64, inputs=inputs), train(stock, inputs=inputs)
@@ -363,10 +359,10 @@ def assert_converges(name, model64, stock, make_patched, inputs=text_inputs, pat
     if failures:
         stock_runs.append(second_stock_run(untrained, model64, inputs))
         failures = check_tensors(name, *outcomes(stock_runs), factor, dtype)
-    for seed in range(7, 7 + MOVED_NORMS_SAMPLES if patches_norms else 7):
+    for seed in range(7, 7 + MOVED_NORMS_SAMPLES) if patches_norms else ():
         if not failures:
             break
-        stock_runs.append(moved_norms_run(untrained, model64, inputs, seed))
+        stock_runs.append(second_stock_run(untrained, model64, inputs, moved_norms=seed))
         failures = check_tensors(name, *outcomes(stock_runs), factor, dtype)
     assert not failures, "\n".join(failures)
 
@@ -447,7 +443,7 @@ def test_extra_stock_samples_are_trained_runs():
     model64 = float64_copy(stock)
     untrained = dict(stock.named_parameters())
     _, stock_grads = train(copy.deepcopy(stock))
-    samples = (second_stock_run(stock, model64, text_inputs), moved_norms_run(stock, model64, text_inputs, 7))
+    samples = [second_stock_run(stock, model64, text_inputs, moved_norms=seed) for seed in (None, 7)]
     for model, (losses, grads) in samples:
         assert losses.shape[0] == STEPS
         weight = "model.layers.0.mlp.up_proj.weight"
