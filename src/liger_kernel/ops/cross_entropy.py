@@ -129,6 +129,17 @@ def _tanh(u):
 
 
 @triton.jit
+def softcapped(x, softcap, SOFTCAP: tl.constexpr):
+    """``(softcap * t, t)`` with ``t = tanh(x / softcap)`` of raw fp32 logits (SOFTCAP; else ``(x, x)``):
+    the capped logits and what their derivative ``1 - t^2`` needs (the cross-entropy and fused linear
+    cross-entropy kernels cap the logits they read)."""
+    if SOFTCAP:
+        t = _tanh(x / softcap)
+        return softcap * t, t
+    return x, x
+
+
+@triton.jit
 def online_logsumexp_step(x, m, d):
     """One block of an online per-lane max ``m`` and sum of ``exp(x - m)`` ``d``: one exp per
     element, lanes combined once by ``finish_logsumexp`` (shared by the cross-entropy kernels)."""
@@ -225,7 +236,8 @@ def liger_cross_entropy_kernel(
                     best_idx = tl.where(better, cols, best_idx)
                     best = tl.where(better, x, best)
                 if SOFTCAP:
-                    x = tl.where(mask, softcap * _tanh(x / softcap), float("-inf"))
+                    capped, _ = softcapped(x, softcap, SOFTCAP)
+                    x = tl.where(mask, capped, float("-inf"))
                 m, d = online_logsumexp_step(x, m, d)
                 if SMOOTHING:
                     xs = tl.where(mask, x, 0.0)
@@ -238,9 +250,7 @@ def liger_cross_entropy_kernel(
         else:
             lse = tl.load(lse_ptr + row)
 
-        z_y = tl.load(x_row + y).to(tl.float32)
-        if SOFTCAP:
-            z_y = softcap * _tanh(z_y / softcap)
+        z_y, _ = softcapped(tl.load(x_row + y).to(tl.float32), softcap, SOFTCAP)
         nll = lse - z_y
         if HAS_WEIGHT:
             coef_y = (1.0 - eps) * tl.load(w_ptr + y)
@@ -288,10 +298,7 @@ def liger_cross_entropy_kernel(
             for i in range(0, last + 1):
                 cols = (last - i) * BLOCK + offs
                 mask = cols < n_cols
-                x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-                if SOFTCAP:
-                    t = _tanh(x / softcap)
-                    x = softcap * t
+                x, t = softcapped(tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32), softcap, SOFTCAP)
                 g = coef_p * tl.exp(x - lse)
                 g = tl.where(cols == y, g - coef_y, g)
                 if SMOOTHING:

@@ -97,7 +97,6 @@ import triton.language as tl
 from liger_kernel.ops.cross_entropy import (
     CEOptions,
     RemembersGradMode,
-    _tanh,
     caller_grad_mode,
     ce_rows_launch,
     check_target,
@@ -112,6 +111,7 @@ from liger_kernel.ops.cross_entropy import (
     reference_forward,
     row_outputs,
     scale_by_upstream,
+    softcapped,
 )
 from liger_kernel.ops.utils import (
     cdiv,
@@ -201,7 +201,6 @@ def _row_stats_kernel(
     smooth_ptr,  # [R] fp32 out: sum_c w[c] * z[c] (SMOOTHING)
     n_cols,
     softcap,
-    inv_softcap,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
     SOFTCAP: tl.constexpr,
@@ -220,7 +219,7 @@ def _row_stats_kernel(
         mask = cols < n_cols
         z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         if SOFTCAP:
-            capped, _ = _softcapped(z, softcap, inv_softcap, SOFTCAP)
+            capped, _ = softcapped(z, softcap, SOFTCAP)
             z = tl.where(mask, capped, float("-inf"))
         m, d = online_logsumexp_step(z, m, d)
         if SMOOTHING:
@@ -229,7 +228,7 @@ def _row_stats_kernel(
                 zs *= tl.load(w_ptr + cols, mask=mask, other=0.0)
             smooth += zs
     tl.store(lse_ptr + row, finish_logsumexp(m, d))
-    z_label, _ = _softcapped(tl.load(z_row + tl.load(y_ptr + row)).to(tl.float32), softcap, inv_softcap, SOFTCAP)
+    z_label, _ = softcapped(tl.load(z_row + tl.load(y_ptr + row)).to(tl.float32), softcap, SOFTCAP)
     tl.store(z_label_ptr + row, z_label)
     if SMOOTHING:
         tl.store(smooth_ptr + row, tl.sum(smooth, 0))
@@ -246,21 +245,9 @@ def _round_to_bf16(v):
 
 
 @triton.jit
-def _softcapped(z, softcap, inv_softcap, SOFTCAP: tl.constexpr):
-    """``(softcap * t, t)`` with ``t = tanh(z / softcap)`` of the raw fp32 logits (SOFTCAP; else
-    ``(z, z)``). In the kernels that read the logits anyway: three in-place torch passes over each
-    fp32 chunk (divide, tanh, multiply) took ~10 ms of a Gemma-2-2B 2x2048 step on the H200 and
-    ~250 of its ~2500 launches (session 11's profile)."""
-    if SOFTCAP:
-        t = _tanh(z * inv_softcap)
-        return softcap * t, t
-    return z, z
-
-
-@triton.jit
 def _softcap_and_round(g, t, SOFTCAP: tl.constexpr, TO_BF16: tl.constexpr):
     """The last steps of both dlogits kernels: ``g`` times the softcap's derivative ``1 - t^2``
-    (SOFTCAP; ``t`` from ``_softcapped``), rounded as ``_round_to_bf16`` says (TO_BF16)."""
+    (SOFTCAP; ``t`` from ``softcapped``), rounded as ``_round_to_bf16`` says (TO_BF16)."""
     if SOFTCAP:
         g *= 1.0 - t * t
     if TO_BF16:
@@ -283,7 +270,6 @@ def _dlogits_kernel(
     col0,
     n_cols,
     softcap,
-    inv_softcap,
     HAS_WEIGHT: tl.constexpr,
     SMOOTHING: tl.constexpr,
     SOFTCAP: tl.constexpr,
@@ -307,7 +293,7 @@ def _dlogits_kernel(
     for start in range(0, n_cols, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
-        z, t = _softcapped(tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32), softcap, inv_softcap, SOFTCAP)
+        z, t = softcapped(tl.load(z_row + cols, mask=mask, other=0.0).to(tl.float32), softcap, SOFTCAP)
         g = coef_p * tl.exp(z - lse)
         g = tl.where(cols == label, g - coef_y, g)
         if SMOOTHING:
@@ -338,7 +324,6 @@ def _dlogits_grid_kernel(
     n_tok,
     n_voc,
     softcap,
-    inv_softcap,
     copy_src_ptr,  # [n_voc, n_copy] (COPY): copied to copy_dst_ptr, both with unit token stride
     stride_copy_src,
     copy_dst_ptr,
@@ -376,7 +361,7 @@ def _dlogits_grid_kernel(
         tok64 = tok.to(tl.int64)
         mask = tok_mask[:, None] & voc_mask[None, :]
         z = tl.load(z_ptr + tok64[:, None] * stride_z_tok + voc64[None, :] * stride_z_voc, mask=mask, other=0.0)
-        z, t = _softcapped(z, softcap, inv_softcap, SOFTCAP)
+        z, t = softcapped(z, softcap, SOFTCAP)
         lse = tl.load(lse_ptr + tok, mask=tok_mask, other=0.0)
         coef_p = tl.load(coef_p_ptr + tok, mask=tok_mask, other=0.0)
         coef_y = tl.load(coef_y_ptr + tok, mask=tok_mask, other=0.0)
@@ -481,7 +466,7 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
         out.stride(0),
         *dlogits_terms(terms, w, col0),
         n_cols,
-        *softcap_args(opts),
+        opts.softcap or 1.0,
         **dlogits_flags(out.dtype, w, opts),
         BLOCK=block,
         num_warps=8,
@@ -492,11 +477,6 @@ def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> tor
 def dlogits_terms(terms: RowTerms, w, col0: int) -> tuple:
     """The per-token, class-weight and column-offset arguments of both dlogits kernels, in order."""
     return terms.label, terms.lse, terms.coef_p, terms.coef_y, terms.coef_smooth, terms.lse if w is None else w, col0
-
-
-def softcap_args(opts: CEOptions) -> tuple:
-    """``(softcap, 1 / softcap)`` for the kernels that cap the raw logits they read (1 without one)."""
-    return opts.softcap or 1.0, 1.0 / (opts.softcap or 1.0)
 
 
 def dlogits_flags(dtype: torch.dtype, w, opts: CEOptions) -> dict:
@@ -528,7 +508,7 @@ def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -
         *dlogits_terms(terms, w, col0),
         n_tok,
         n_voc,
-        *softcap_args(opts),
+        opts.softcap or 1.0,
         src,
         src.stride(0),
         dst,
@@ -689,7 +669,7 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
             z_label[start:end],
             smooth[start:end],
             n_vocab,
-            *softcap_args(opts),
+            opts.softcap or 1.0,
             HAS_WEIGHT=w is not None,
             SMOOTHING=opts.label_smoothing > 0,
             SOFTCAP=opts.softcap is not None,

@@ -209,7 +209,7 @@ def divide_in_place(z, temperature):
 def _row_stats(z, y_safe, lse, z_label):
     n_rows, n_vocab = z.shape
     _row_stats_kernel[(n_rows,)](
-        z, z.stride(0), y_safe, lse, lse, z_label, lse, n_vocab, 1.0, 1.0,
+        z, z.stride(0), y_safe, lse, lse, z_label, lse, n_vocab, 1.0,
         HAS_WEIGHT=False, SMOOTHING=False, SOFTCAP=False, BLOCK=min(4096, next_power_of_2(n_vocab)), num_warps=8,
     )  # fmt: skip
 
