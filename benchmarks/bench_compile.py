@@ -28,7 +28,7 @@ per-op choices. ``--budget-s`` bounds them all: a row gets what is left of it (a
 ``--timeout-s``), and one with under 30 s left is recorded as skipped. ``--profile`` adds one step
 under ``torch.profiler`` per row, after the timed ones: its GPU kernels (calls and time per name), the
 time the GPU was busy (union of kernel intervals) and the span (``benchmarks/compile_floor.py``
-groups them).
+groups them), and the host time per operator (``host_ops``).
 
 Writes ``benchmarks/results/<gpu>/compile.json`` and ``compile.md`` after every row (a time limit
 keeps what finished).
@@ -111,7 +111,7 @@ def _profile(step, device) -> dict:
     import torch
 
     activity = torch.profiler.ProfilerActivity
-    activities = [activity.CUDA] if device == "cuda" else [activity.CPU]
+    activities = [activity.CUDA, activity.CPU] if device == "cuda" else [activity.CPU]
     with torch.profiler.profile(activities=activities) as prof:
         t0 = time.perf_counter()
         step()
@@ -123,7 +123,14 @@ def _profile(step, device) -> dict:
         prof.export_chrome_trace(path)
         events = json.loads(Path(path).read_text())["traceEvents"]
     kinds = ("kernel", "gpu_memcpy", "gpu_memset") if device == "cuda" else ("cpu_op",)
-    return dict(kernel_profile(events, kinds), profiled_wall_ms=wall_ms)
+    return dict(kernel_profile(events, kinds), profiled_wall_ms=wall_ms, host_ops=host_ops(prof))
+
+
+def host_ops(prof, top=60) -> dict:
+    """Host time by operator (and autograd Function) name: {name: [calls, inclusive us, self us]},
+    the ``top`` by inclusive time: where a host-bound step spends its CPU time."""
+    rows = sorted(prof.key_averages(), key=lambda e: -e.cpu_time_total)[:top]
+    return {e.key[:120]: [e.count, round(e.cpu_time_total, 1), round(e.self_cpu_time_total, 1)] for e in rows}
 
 
 def _cudnn_attention_first():
