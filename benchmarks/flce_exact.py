@@ -44,6 +44,10 @@ PROVIDERS = {
     "exact kept share 1/4": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 4}},
     "exact kept share 1/16": {"route": "tiles", "module": {"EXACT_KEPT_CHUNK_SHARE": 1 / 16}},
     "exact T1024": {"route": "tiles", "module": {"T": 1024}},
+    # the tile route's forward chunks at the kept share alone (128 tokens at H <= 2560; before session 12)
+    "exact (default) chunk floor 0": {"module": {"KEPT_CHUNK_MIN_ROWS": 0}},
+    "exact tiles chunk floor 0": {"route": "tiles", "module": {"KEPT_CHUNK_MIN_ROWS": 0}},
+    "exact tiles chunk floor 512": {"route": "tiles", "module": {"KEPT_CHUNK_MIN_ROWS": 512}},
     "fast (accum bf16)": {"accum_dtype": torch.bfloat16},
     "fast accum fp32": {"accum_dtype": torch.float32},
     "compile": {"compile": True},  # torch.compile(F.cross_entropy((x @ w.T).float(), y)), dynamic=False
@@ -183,8 +187,9 @@ def main():
         help=f"comma-separated, of: {', '.join(PROVIDERS)}; 'exact-all': every exact provider",
     )
     p.add_argument("--hidden", type=int, default=4096, help="H (2048: issue 16's Llama-3.2-1B head)")
+    p.add_argument("--vocab", type=int, default=128256, help="V (256000: Gemma 2; 262144: Gemma 3)")
     args = p.parse_args()
-    h, v = args.hidden, 128256
+    h, v = args.hidden, args.vocab
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
     results = {"meta": meta, "rows": [], "floor": {}}
     for n in (int(t) for t in args.tokens.split(",")):

@@ -150,6 +150,10 @@ EXACT_TILE_BUDGET_BYTES = 64 * 2**20
 # (3072 kept) 56.2 ms, 1/8 56.0, 1/16 (3840) 59.1 ms and 1194 MiB (the bf16 input gradient no
 # longer fits in the buffer's free head); nothing kept 57.4.
 EXACT_KEPT_CHUNK_SHARE = 1 / 8
+# ... but never fewer than this many tokens per chunk (up to half of the buffer): at H <= 2560 the
+# share is 128 tokens, whose forward runs 2.3x slower than 256-token chunks (H200, H=2048,
+# V=128256, N=2048: forward 11.4 ms at 128, 4.9 at 256 and 4.3 with 2048-token chunks kept apart).
+KEPT_CHUNK_MIN_ROWS = 256
 # Exact path, accumulate route: the fp32 logits of one token chunk. 1024 tokens of a 128k vocabulary
 # (501 MiB, beside the 1002 MiB fp32 accumulator at H=2048): each chunk's accumulating matmul
 # reads and writes the [V, H] fp32 accumulator once (2 GB at H=2048), which the H200's matmul
@@ -551,12 +555,14 @@ class KeptDlogits(NamedTuple):
 
 def kept_split(n_rows: int, n_vocab: int, hidden: int, elem: int, share: float) -> tuple[int, int]:
     """``(rows, chunk_rows)`` of ``KeptDlogits`` for a ``[n_vocab, hidden]`` buffer of ``elem``-byte
-    items: as many tokens as fit beside one chunk of fp32 logits of ``share`` of the buffer (more
-    if fewer tokens are kept); (0, 0) if none."""
+    items: as many tokens as fit beside one chunk of fp32 logits of ``share`` of the buffer (at
+    least ``KEPT_CHUNK_MIN_ROWS`` tokens, or half the buffer; more if fewer tokens are kept); (0, 0)
+    if none."""
     row_bytes, buf_bytes = n_vocab * 4, n_vocab * hidden * elem
     if share <= 0:
         return 0, 0
-    chunk = split_size(n_rows, row_bytes, share * buf_bytes)
+    floor = min(min(n_rows, KEPT_CHUNK_MIN_ROWS) * row_bytes, buf_bytes / 2)
+    chunk = split_size(n_rows, row_bytes, max(share * buf_bytes, floor))
     rows = min(n_rows, (buf_bytes - chunk * row_bytes) // (n_vocab * elem))
     if rows <= 0:
         return 0, 0
