@@ -54,7 +54,7 @@ def tiled_eager_mlp(x, gate, up, down):
 
 @functools.cache
 def _compiled(fn):
-    return torch.compile(fn)
+    return torch.compile(fn, dynamic=False)  # each case compiled for its shape
 
 
 def make(shape, device, impl="ours"):
