@@ -11,6 +11,7 @@ benchmark; ``eager`` is the untiled bf16 MLP (HF's ``LlamaMLP`` math).
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -77,23 +78,27 @@ def main():
 
         if not str(liger_kernel.__file__).startswith(str(PEER_PATH)):
             raise SystemExit(f"the peer process imported {liger_kernel.__file__}, not {PEER_PATH}")
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     results = {}
+
+    def write():  # after every provider: a run cut short by a timeout keeps what it measured
+        report = table(f"Tiled SwiGLU MLP gradients against float64, bf16 ({gpu})", list(cases), names, results)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(f"{args.out}.json").write_text(json.dumps({"shapes": cases, "results": results}, indent=1))
+            Path(f"{args.out}.md").write_text(report)
+        return report
+
     peer = [p for p in names if p in PEER]
     if peer and not args.child and not args.smoke:
         results.update(_run_peer(__file__, list(cases), peer, device))
     for p in names:
         if p not in PEER or args.child:
             results[p] = {c: errors(PROVIDERS[p], shape, device) for c, shape in cases.items()}
-    if args.child:
-        print(json.dumps(results))
-        return
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    report = table(f"Tiled SwiGLU MLP gradients against float64, bf16 ({gpu})", list(cases), names, results)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.json").write_text(json.dumps({"shapes": cases, "results": results}, indent=1))
-        Path(f"{args.out}.md").write_text(report)
-    print(report)
+            print(f"{p}: {results[p]}", file=sys.stderr)
+            if not args.child:
+                write()
+    print(json.dumps(results) if args.child else write())
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ run() {  # name, time limit (s), script and arguments
   tail -12 "$LOG/$name.log"
   cp "$RESULTS/$name".md "$RESULTS/$name".json "$LOG/" 2>/dev/null
 }
-run tiled_mlp 160 benchmarks/bench_tiled_mlp.py --graph --providers ours,liger085,compile_untiled,compile_tiled
-run tiled_mlp_accuracy 110 benchmarks/tiled_mlp_accuracy.py --providers ours,compile_tiled,eager,liger085
+run tiled_mlp 150 benchmarks/bench_tiled_mlp.py --graph --providers ours,liger085,compile_untiled,compile_tiled
+run tiled_mlp_accuracy 100 benchmarks/tiled_mlp_accuracy.py --providers ours,compile_tiled,eager,liger085
 echo "== done $(date -u +%H:%M:%S)"
 tar czf "$OUT/tiled12.tgz" -C "$OUT" tiled12 && rm -rf "$OUT/tiled12"
