@@ -21,6 +21,13 @@ Its backward sums every gradient in fp32 and rounds it once, by blocks of the in
 about 3 I tokens (the weight gradients then need no fp32 buffers: at 16K tokens 832 MiB at its
 peak, with y, against 1264 through token shards with fp32 weight-gradient sums), by token shards
 beyond (the fp32 dx sum, 4 N H bytes, outgrows the three fp32 weight sums, 12 I H).
+
+No one-pass exact backward holds much less at 64K tokens: a weight gradient's sum over the tokens
+and dx's over the intermediate cannot both be single matmuls, so 3 I H or N H partial sums stay
+pending, beyond bf16 precision, through the whole loop: at least 2 bytes each above the bf16
+results (4 as fp32 sums here). y (the caller's), dx and the weight gradients are 1360 MiB, plus 336
+pending: 1696 before any shard buffer, above Liger 0.8.5's 1616 (its shards' weight-gradient parts
+summed in bf16). Two passes (weights by blocks, dx by token shards) hold less at 28 x N H I FLOPs.
 """
 
 import math
