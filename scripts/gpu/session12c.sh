@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Session 12, ONE H200 (carry .peer), ~7 min: the FLCE tile route's forward chunk floor (256 tokens;
+# the kept share alone gave 128 at H <= 2560) at three heads: Llama-3.2-1B at N=2048, Gemma-2-2B and
+# Gemma-3-4B at N=4096 (e2e's token counts); then the tiled MLP's bars (scripts/gpu/tiled12.sh).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export OUT=${OUT:-/tmp/out}
+L="$OUT/c"
+mkdir -p "$L"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+date -u +%H:%M:%S
+flce() {  # name, N, H, V, providers
+  timeout 80 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
+    --providers "$5" >"$L/flce_$1.log" 2>&1
+  echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
+}
+flce llama1b 2048 2048 128256 "exact (default),exact (default) chunk floor 0,exact accumulate"
+flce gemma2 4096 2304 256000 "exact (default),exact (default) chunk floor 0,exact tiles,exact tiles chunk floor 512"
+flce gemma3 4096 2560 262144 "exact (default),exact (default) chunk floor 0,exact accumulate,exact tiles chunk floor 512"
+date -u +%H:%M:%S
+tar czf "$OUT/c.tgz" -C "$OUT" c && rm -rf "$L"
+bash scripts/gpu/tiled12.sh
