@@ -106,13 +106,15 @@ def route(monkeypatch, mode: str) -> str:
 
 
 def set_budgets(monkeypatch, n_rows, n_cols, rows, cols=None, kept_share=1 / 3):
-    """Chunk budgets of ``rows`` tokens (all paths) and vocabulary tiles of ``cols`` columns;
-    chunks of kept tokens of ``kept_share`` of the weight gradient (at the CPU shapes' small H: a
-    few tokens, beside some but not all tokens' dlogits)."""
+    """Chunk budgets of ``rows`` tokens (all paths, no floor) and vocabulary tiles of ``cols``
+    columns; chunks of kept tokens of ``kept_share`` of the weight gradient (at the CPU shapes'
+    small H: a few tokens, beside some but not all tokens' dlogits)."""
     monkeypatch.setattr(flce_ops, "CHUNK_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "EXACT_ROWS_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "ACCUMULATE_ROWS_BUDGET_BYTES", rows * n_cols * 4)
     monkeypatch.setattr(flce_ops, "EXACT_KEPT_CHUNK_SHARE", kept_share)
+    monkeypatch.setattr(flce_ops, "KEPT_CHUNK_MIN_ROWS", 0)
+    monkeypatch.setattr(flce_ops, "ACCUMULATE_MIN_CHUNK_ROWS", rows)
     monkeypatch.setattr(flce_ops, "EXACT_TILE_BUDGET_BYTES", n_rows * (cols or rows) * 4)
 
 
@@ -616,9 +618,10 @@ def test_accumulate_route_peak_memory(monkeypatch):
 
 def test_exact_route_rule_at_representative_shapes(monkeypatch):
     """The exact path's rule: the accumulate route when the tile route keeps the dlogits of fewer
-    than half of the tokens (more than 7NHV), the tile route otherwise and wherever only it
-    applies (per-token upstream gradients, no weight or bias gradient); the environment variable
-    overrides it where both apply, and a bad value is an error naming it."""
+    than half of the tokens (more than 7NHV) and its chunks hold 1024 tokens, the tile route
+    otherwise and wherever only it applies (per-token upstream gradients, no weight or bias
+    gradient); the environment variable overrides it where both apply, and a bad value is an error
+    naming it."""
     share = flce_ops.EXACT_KEPT_CHUNK_SHARE
     monkeypatch.delenv(flce_ops.EXACT_ROUTE_ENV, raising=False)
 
@@ -631,6 +634,9 @@ def test_exact_route_rule_at_representative_shapes(monkeypatch):
     # issue 11's (H=4096): 3584 kept of 8192 (7.1NHV) -> accumulate; of 4096 (6.25NHV) -> tiles
     assert pick(8192, 4096) == "accumulate" and pick(4096, 4096) == "tiles" and pick(7168, 4096) == "tiles"
     assert pick(12288, 8192, v=32000) == "tiles" and pick(32768, 4096, v=32000, dtype=torch.float32) == "accumulate"
+    # Gemma-2-2B's head (V=256000, H=2304): 1792 kept of 4096, but the accumulate route's chunks would
+    # hold 512 tokens (its traffic shows: 37.6 ms vs 35.0 on an H200) -> tiles
+    assert pick(4096, 2304, v=256000) == "tiles" and pick(16384, 2304, v=256000) == "tiles"
     assert pick(8192, 2048, per_row=True) == "tiles" and pick(8192, 2048, need_w=False) == "tiles"
     assert pick(8192, 2048, need_w=False, need_b=True) == "tiles"
     monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")

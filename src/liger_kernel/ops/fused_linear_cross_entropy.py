@@ -160,6 +160,10 @@ KEPT_CHUNK_MIN_ROWS = 256
 # rate hides once a chunk has ~830 tokens (2 K flops per 8 bytes of it against ~206 flops per
 # byte); fewer tokens per chunk turn the weight-gradient matmuls memory-bound, more cost memory.
 ACCUMULATE_ROWS_BUDGET_BYTES = 512 * 2**20
+# ... and the route only where that budget holds this many tokens (or all of them): at V=256000 it
+# holds 512, and the accumulator's traffic shows (H200, Gemma-2-2B's head, N=4096: 37.6 ms and
+# 2788 MiB vs the tile route's 35.0 ms and 1208 MiB; Gemma-3-4B's: 40.0 / 3112 vs 37.3 / 1364).
+ACCUMULATE_MIN_CHUNK_ROWS = 1024
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
 
 # The exact path's route override (``exact_route``): "auto" (the default), "accumulate", "tiles".
@@ -612,15 +616,20 @@ def plan_exact(x, weight, bias, needs, per_row: bool, chunk_mem_const: float):
     accumulate route), ``KeptDlogits`` or None (the tile route), and the forward's chunk budget."""
     need_w, need_b = needs[1], needs[2]
     share = EXACT_KEPT_CHUNK_SHARE * chunk_mem_const
-    if exact_route(x.shape[0], weight, need_w, need_b, per_row, share) == "accumulate":
-        return SummedGrads(weight, bias, need_w, need_b), ACCUMULATE_ROWS_BUDGET_BYTES * chunk_mem_const
+    rows_budget = ACCUMULATE_ROWS_BUDGET_BYTES * chunk_mem_const
+    if exact_route(x.shape[0], weight, need_w, need_b, per_row, share, rows_budget) == "accumulate":
+        return SummedGrads(weight, bias, need_w, need_b), rows_budget
     return plan_keep(x, weight, need_w, per_row, share), EXACT_ROWS_BUDGET_BYTES * chunk_mem_const
 
 
-def exact_route(n_rows: int, weight, need_w: bool, need_b: bool, per_row: bool, share: float) -> str:
+def exact_route(
+    n_rows: int, weight, need_w: bool, need_b: bool, per_row: bool, share: float, rows_budget: float | None = None
+) -> str:
     """``"accumulate"`` or ``"tiles"``: ``LIGER_FLCE_EXACT_ROUTE`` when set to one of them, else
     (``"auto"``) the rule of the module docstring: accumulate when the tile route would keep the
-    dlogits of fewer than half of the tokens (``kept_split``), i.e. compute more than 7NHV. Only
+    dlogits of fewer than half of the tokens (``kept_split``), i.e. compute more than 7NHV, and
+    the accumulate route's chunks (``rows_budget`` bytes of fp32 logits, by default
+    ``ACCUMULATE_ROWS_BUDGET_BYTES``) hold ``ACCUMULATE_MIN_CHUNK_ROWS`` tokens or all. Only
     the tile route serves per-token upstream gradients (``reduction="none"``) and needs nothing
     more when neither the weight nor the bias wants a gradient. A head that DeepSpeed ZeRO-3
     partitions takes the tile route too: ZeRO-3 is chosen to save memory, and there the accumulate
@@ -634,6 +643,9 @@ def exact_route(n_rows: int, weight, need_w: bool, need_b: bool, per_row: bool, 
     if choice == "accumulate":
         return "accumulate"
     if not need_w or is_zero3_partitioned(weight):
+        return "tiles"
+    rows_budget = ACCUMULATE_ROWS_BUDGET_BYTES if rows_budget is None else rows_budget
+    if split_size(n_rows, 4 * weight.shape[0], rows_budget) < min(n_rows, ACCUMULATE_MIN_CHUNK_ROWS):
         return "tiles"
     kept, _ = kept_split(n_rows, weight.shape[0], weight.shape[1], weight.element_size(), share)
     return "accumulate" if 2 * kept < n_rows else "tiles"
