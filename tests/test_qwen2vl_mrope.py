@@ -1,6 +1,7 @@
 import pytest
 import torch
 from parity import DEVICE, DTYPES, check_rotation, randn, sizes
+from test_rope import rope_kernel_variant
 
 from liger_kernel.ops.qwen2vl_mrope import (
     LigerQwen2VLMRopeFunction,
@@ -48,6 +49,20 @@ def run_parity(q, k, cos, sin, section, unsqueeze_dim=1, apply=LigerQwen2VLMRope
 def test_parity(shape, dtype):
     b, hq, hk, t, d, section, _ = shape
     run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)
+
+
+@pytest.mark.parametrize(
+    "constants",
+    [dict(PLANE_LOADS=True), dict(SLOTS=True, TILE=32), dict(SLOTS=True, PLANE_LOADS=True, TILE=1024)],
+    ids=["plane loads", "slots, small tile", "slots and plane loads"],
+)
+def test_alternative_kernels(monkeypatch, request, constants):
+    """The kernel variants ``benchmarks/bench_qwen2vl_mrope.py`` measures (``ops.rope``'s ``SLOTS``,
+    ``PLANE_LOADS``): the same results."""
+    rope_kernel_variant(monkeypatch, request, MIN_PROGRAMS=1, **constants)
+    for dtype in DTYPES:
+        for b, hq, hk, t, d, section, _ in SHAPES:
+            run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)
 
 
 @pytest.mark.parametrize("apply", [liger_multimodal_rotary_pos_emb, liger_qwen2vl_mrope], ids=["module", "functional"])

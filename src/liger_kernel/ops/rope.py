@@ -38,6 +38,59 @@ TILE = 1024
 # Below this many programs, blocks of positions are split further to keep every SM busy.
 MIN_PROGRAMS = 1024
 NUM_WARPS = 4
+# Two alternatives that ``benchmarks/bench_qwen2vl_mrope.py`` measures against the default (both
+# off): ``SLOTS``, a program takes one block of the heads of q and k together (its "slots": q's
+# heads, then k's), all loaded before any store, instead of every head of q, then of k, a block at
+# a time; ``PLANE_LOADS``, M-RoPE's angles come as three masked contiguous loads, one per plane,
+# instead of a gather whose per-feature plane offsets keep it from vectorizing.
+SLOTS = False
+PLANE_LOADS = False
+
+
+@triton.jit
+def _load_pairs(x, mask, HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
+                COMPUTE: tl.constexpr):  # fmt: skip
+    """(x1, x2), the members of every rotated pair of the heads whose first features ``x`` points
+    at ([BLOCK_T, BLOCK_H, 1], features at unit stride): (d, d + HALF), or (2d, 2d + 1) when
+    ``INTERLEAVED``; each [BLOCK_T, BLOCK_H, HALF_PAD]."""
+    if INTERLEAVED:
+        # One contiguous load of the head, split into its pairs in registers (stride-2 loads
+        # would not vectorize).
+        e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+        mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
+        pairs = tl.load(x + e, mask=mask_e, other=0.0).to(COMPUTE)
+        x1, x2 = tl.split(tl.reshape(pairs, (x.shape[0], x.shape[1], HALF_PAD, 2)))
+    else:
+        # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant
+        # along the features keeps the loads vectorized.
+        d = tl.arange(0, HALF_PAD)[None, None, :]
+        mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
+        x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
+        x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+    return x1, x2
+
+
+@triton.jit
+def _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF: tl.constexpr, PASS: tl.constexpr,
+                   HALF_PAD: tl.constexpr, PASS_PAD: tl.constexpr, INTERLEAVED: tl.constexpr):  # fmt: skip
+    """Store the rotated pairs ``(x1, x2)`` (``_load_pairs``) at ``o``, and copy the features past
+    the rotary ones from ``x``."""
+    y1 = x1 * c1 - x2 * s1
+    y2 = x2 * c2 + x1 * s2
+    if INTERLEAVED:
+        e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+        mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
+        rotated = tl.reshape(tl.join(y1, y2), (x.shape[0], x.shape[1], 2 * HALF_PAD))
+        tl.store(o + e, rotated.to(o.dtype.element_ty), mask=mask_e)
+    else:
+        d = tl.arange(0, HALF_PAD)[None, None, :]
+        mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
+        tl.store(o + d, y1.to(o.dtype.element_ty), mask=mask_d)
+        tl.store(o + (d + HALF), y2.to(o.dtype.element_ty), mask=mask_d)
+    if PASS > 0:
+        p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
+        mask_p = mask & (p < 2 * HALF + PASS)
+        tl.store(o + p, tl.load(x + p, mask=mask_p, other=0.0), mask=mask_p)
 
 
 @triton.jit
@@ -60,46 +113,33 @@ def _rotate_heads(
     s2,
     HALF: tl.constexpr,
     PASS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HALF_PAD: tl.constexpr,
     PASS_PAD: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``
-    (features at unit stride). The pairs are (d, d + HALF), or (2d, 2d + 1) when ``INTERLEAVED``."""
-    d = tl.arange(0, HALF_PAD)[None, None, :]
+    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``,
+    ``BLOCK_H`` heads at a time."""
     x_row = x_ptr + b * stride_xb + t * stride_xt
     o_row = o_ptr + b * stride_ob + t * stride_ot
     for h0 in range(0, n_heads, BLOCK_H):
         h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)[None, :, None]
         mask = t_mask & (h < n_heads)
-        x = x_row + h * stride_xh
-        o = o_row + h * stride_oh
-        if INTERLEAVED:
-            # One contiguous load of the head, split into its pairs in registers (stride-2 loads
-            # would not vectorize).
-            e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
-            mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
-            pairs = tl.load(x + e, mask=mask_e, other=0.0).to(COMPUTE)
-            x1, x2 = tl.split(tl.reshape(pairs, (BLOCK_T, BLOCK_H, HALF_PAD, 2)))
-            rotated = tl.join(x1 * c1 - x2 * s1, x2 * c2 + x1 * s2)
-            tl.store(
-                o + e, tl.reshape(rotated, (BLOCK_T, BLOCK_H, 2 * HALF_PAD)).to(o_ptr.dtype.element_ty), mask=mask_e
-            )
-        else:
-            # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant
-            # along the features keeps the loads vectorized.
-            mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
-            x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
-            x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
-            tl.store(o + d, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(o + (d + HALF), (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
-        if PASS > 0:
-            p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
-            mask_p = mask & (p < 2 * HALF + PASS)
-            tl.store(o + p, tl.load(x + p, mask=mask_p, other=0.0), mask=mask_p)
+        x, o = x_row + h * stride_xh, o_row + h * stride_oh
+        x1, x2 = _load_pairs(x, mask, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+
+
+@triton.jit
+def _plane_angles(ptr, d, plane_stride, mask, SECTION_1: tl.constexpr, SECTION_2: tl.constexpr,
+                  COMPUTE: tl.constexpr):  # fmt: skip
+    """Each feature's angle (``ptr + d`` in each plane) from its section's plane: three masked
+    contiguous loads, each fetching only its section."""
+    first = tl.load(ptr + d, mask=mask & (d < SECTION_1), other=0.0)
+    second = tl.load(ptr + plane_stride + d, mask=mask & (d >= SECTION_1) & (d < SECTION_2), other=0.0)
+    third = tl.load(ptr + 2 * plane_stride + d, mask=mask & (d >= SECTION_2), other=0.0)
+    return tl.where(d < SECTION_1, first, tl.where(d < SECTION_2, second, third)).to(COMPUTE)
 
 
 @triton.jit
@@ -138,12 +178,19 @@ def _rope_kernel(
     SECTION_1: tl.constexpr,
     SECTION_2: tl.constexpr,
     INTERLEAVED: tl.constexpr,
+    SLOTS: tl.constexpr,
+    PLANE_LOADS: tl.constexpr,
     INVERSE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    # One flat grid axis over (sequence, block of positions): no 65535 limit on the batch. Every
-    # feature dimension has unit stride, and cos and sin share their strides (fewer launch args).
+    # One flat grid axis over (sequence, block of positions[, block of slots]): no 65535 limit on
+    # the batch. Every feature dimension has unit stride, and cos and sin share their strides
+    # (fewer launch args).
     pid = tl.program_id(0)
+    if SLOTS:  # BLOCK_HQ slots (heads of q, then of k) a program, consecutive programs on one position block
+        n_slot_blocks = tl.cdiv(n_q_heads + n_k_heads, BLOCK_HQ)
+        slot_block = pid % n_slot_blocks
+        pid = pid // n_slot_blocks
     n_t_blocks = tl.cdiv(seq_len, BLOCK_T)
     b = (pid // n_t_blocks).to(tl.int64)
     t = ((pid % n_t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None, None]
@@ -153,19 +200,25 @@ def _rope_kernel(
     # cos/sin once per position, shared by all heads of q and k (stride_b is 0 when broadcast).
     c = cos_ptr + b * scb + t * sct
     s = sin_ptr + b * scb + t * sct
-    if SECTION_1 < HALF:
-        # Multimodal RoPE: features [0, SECTION_1) take the angles of plane 0 (temporal positions),
-        # [SECTION_1, SECTION_2) of plane 1 (height), the rest of plane 2 (width), in each half.
-        plane = (d >= SECTION_1).to(tl.int64) + (d >= SECTION_2).to(tl.int64)
-        c += plane * scp
-        s += plane * scp
     if INTERLEAVED:
         # cos holds (cos, sin) pairs: the real view of complex frequencies, one angle per pair.
         e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
         pairs = tl.load(c + e, mask=t_mask & (e < 2 * HALF), other=0.0).to(COMPUTE)
         c1, s1 = tl.split(tl.reshape(pairs, (BLOCK_T, 1, HALF_PAD, 2)))
         c2, s2 = c1, s1
+    elif PLANE_LOADS:
+        c1 = _plane_angles(c, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
+        c2 = _plane_angles(c + HALF, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
+        s1 = _plane_angles(s, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
+        s2 = _plane_angles(s + HALF, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
     else:
+        if SECTION_1 < HALF:
+            # Multimodal RoPE: features [0, SECTION_1) take the angles of plane 0 (temporal
+            # positions), [SECTION_1, SECTION_2) of plane 1 (height), the rest of plane 2 (width),
+            # in each half.
+            plane = (d >= SECTION_1).to(tl.int64) + (d >= SECTION_2).to(tl.int64)
+            c += plane * scp
+            s += plane * scp
         c1 = tl.load(c + d, mask=mask_d, other=0.0).to(COMPUTE)
         c2 = tl.load(c + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
         s1 = tl.load(s + d, mask=mask_d, other=0.0).to(COMPUTE)
@@ -174,14 +227,23 @@ def _rope_kernel(
         # The transpose of [[c1, -s1], [s2, c2]] is [[c1, s2], [-s1, c2]]: the forward with the
         # sine negated and its halves swapped (the same thing for HF's duplicated cos/sin halves).
         s1, s2 = -s2, -s1
-    _rotate_heads(
-        q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_T, BLOCK_HQ, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
-    )  # fmt: skip
-    _rotate_heads(
-        k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_T, BLOCK_HK, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
-    )  # fmt: skip
+    if SLOTS:
+        slot = (slot_block * BLOCK_HQ + tl.arange(0, BLOCK_HQ)).to(tl.int64)[None, :, None]
+        mask = t_mask & (slot < n_q_heads + n_k_heads)
+        in_q, h_k = slot < n_q_heads, slot - n_q_heads
+        x = tl.where(in_q, q_ptr + b * sqb + t * sqt + slot * sqh, k_ptr + b * skb + t * skt + h_k * skh)
+        o = tl.where(in_q, qo_ptr + b * sqob + t * sqot + slot * sqoh, ko_ptr + b * skob + t * skot + h_k * skoh)
+        x1, x2 = _load_pairs(x, mask, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+    else:
+        _rotate_heads(
+            q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
+            HALF, PASS, BLOCK_HQ, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
+        )  # fmt: skip
+        _rotate_heads(
+            k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
+            HALF, PASS, BLOCK_HK, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
+        )  # fmt: skip
 
 
 def _bhtd(values: tuple, unsqueeze_dim: int) -> tuple:
@@ -228,7 +290,8 @@ def _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, si
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_HQ cap, number of position blocks)."""
+    """(BLOCK_T, BLOCK_HQ cap, number of position blocks); with ``SLOTS``, ``n_q_heads`` counts the
+    heads of q and k together."""
     block_h = max(1, min(next_power_of_2(n_q_heads), TILE // half_pad))
     block_t = max(1, min(TILE // (block_h * half_pad), next_power_of_2(seq_len), 64))
     while block_t > 1 and batch * cdiv(seq_len, block_t) < MIN_PROGRAMS:
@@ -244,8 +307,8 @@ class _Plan(NamedTuple):
     orders: tuple  # memory orders of the outputs (q's, k's)
     out_strides: tuple  # strides of the outputs (q's, k's)
     grid: tuple  # empty when there is nothing to rotate
-    int_args: tuple  # the kernel's arguments after its six pointers
-    meta: dict  # the kernel's constexprs and num_warps
+    scalars: tuple  # the kernel's arguments after its six pointers: (forward's, inverse's)
+    num_warps: int
 
 
 @functools.lru_cache(maxsize=512)
@@ -269,34 +332,28 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     batch, n_q_heads, seq_len, head_dim = _bhtd(q_shape, unsqueeze_dim)
     n_k_heads = _bhtd(k_shape, unsqueeze_dim)[1]
     if not readable or batch * seq_len == 0:
-        return _Plan(rotary_dim, readable, orders, out_strides, (), (), {})
+        return _Plan(rotary_dim, readable, orders, out_strides, (), (), NUM_WARPS)
     half = rotary_dim // 2
     half_pad = next_power_of_2(half)
     pass_dims = head_dim - rotary_dim
-    block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, n_q_heads, half_pad)
+    heads = n_q_heads + n_k_heads if SLOTS else n_q_heads  # what one program's block of heads covers
+    block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, heads, half_pad)
+    n_programs = batch * n_t_blocks * (cdiv(heads, block_h) if SLOTS else 1)
     # cos/sin as [B or 1, T, R]; batch stride 0 when broadcast over the batch
     cos_b = 0 if len(cos_shape) == 2 or cos_shape[0] == 1 else cos_strides[0]
-    int_args = (
+    sections = (half, half) if mrope_section is None else (mrope_section[0], mrope_section[0] + mrope_section[1])
+    scalars = (
         *_bhtd(q_strides, unsqueeze_dim)[:3], *_bhtd(k_strides, unsqueeze_dim)[:3],
         *_bhtd(out_strides[0], unsqueeze_dim)[:3], *_bhtd(out_strides[1], unsqueeze_dim)[:3],
         plane_stride, cos_b, cos_strides[-2], seq_len, n_q_heads, n_k_heads,
+        # the constexprs, in the kernel's order
+        half, pass_dims, block_t, block_h, max(1, min(next_power_of_2(n_k_heads), block_h)), half_pad,
+        next_power_of_2(pass_dims) if pass_dims else 1, *sections, interleaved, SLOTS,
+        PLANE_LOADS and mrope_section is not None,
     )  # fmt: skip
-    sections = (half, half) if mrope_section is None else (mrope_section[0], mrope_section[0] + mrope_section[1])
-    meta = dict(
-        HALF=half,
-        PASS=pass_dims,
-        BLOCK_T=block_t,
-        BLOCK_HQ=block_h,
-        BLOCK_HK=max(1, min(next_power_of_2(n_k_heads), block_h)),
-        HALF_PAD=half_pad,
-        PASS_PAD=next_power_of_2(pass_dims) if pass_dims else 1,
-        SECTION_1=sections[0],
-        SECTION_2=sections[1],
-        INTERLEAVED=interleaved,
-        COMPUTE=tl.float64 if fp64 else tl.float32,
-        num_warps=NUM_WARPS,
-    )
-    return _Plan(rotary_dim, readable, orders, out_strides, (batch * n_t_blocks,), int_args, meta)
+    compute = tl.float64 if fp64 else tl.float32
+    directions = ((*scalars, False, compute), (*scalars, True, compute))
+    return _Plan(rotary_dim, readable, orders, out_strides, (n_programs,), directions, NUM_WARPS)
 
 
 def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False):
@@ -330,11 +387,7 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, o
     qo = empty_output(q.shape, q, strides=plan.out_strides[0])
     ko = empty_output(k.shape, k, strides=plan.out_strides[1])
     if plan.grid:
-        m = plan.meta
-        constexprs = (m["HALF"], m["PASS"], m["BLOCK_T"], m["BLOCK_HQ"], m["BLOCK_HK"], m["HALF_PAD"], m["PASS_PAD"])
-        constexprs += (m["SECTION_1"], m["SECTION_2"], m["INTERLEAVED"])
-        scalars = (*plan.int_args, *constexprs, inverse, m["COMPUTE"])
-        launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), scalars, m["num_warps"])
+        launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), plan.scalars[inverse], plan.num_warps)
     return qo, ko, plan
 
 
