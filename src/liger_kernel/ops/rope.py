@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    FLOAT_DTYPES,
+    POISON,
     LigerFunction,
     cdiv,
     check_float,
@@ -306,6 +308,7 @@ class _Plan(NamedTuple):
     readable: bool  # False: copy the inputs with ``_unit_feature_stride`` and plan again
     orders: tuple  # memory orders of the outputs (q's, k's)
     out_strides: tuple  # strides of the outputs (q's, k's)
+    outputs_like_inputs: tuple  # whether q (k) has its output's strides already (then ``empty_like``)
     grid: tuple  # empty when there is nothing to rotate
     scalars: tuple  # the kernel's arguments after its six pointers: (forward's, inverse's)
     num_warps: int
@@ -329,10 +332,11 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     if orders is None:
         orders = (_layout_order(q_shape, q_strides), _layout_order(k_shape, k_strides))
     out_strides = (_dense_strides(q_shape, orders[0]), _dense_strides(k_shape, orders[1]))
+    same = (out_strides[0] == tuple(q_strides), out_strides[1] == tuple(k_strides))
     batch, n_q_heads, seq_len, head_dim = _bhtd(q_shape, unsqueeze_dim)
     n_k_heads = _bhtd(k_shape, unsqueeze_dim)[1]
     if not readable or batch * seq_len == 0:
-        return _Plan(rotary_dim, readable, orders, out_strides, (), (), NUM_WARPS)
+        return _Plan(rotary_dim, readable, orders, out_strides, same, (), (), NUM_WARPS)
     half = rotary_dim // 2
     half_pad = next_power_of_2(half)
     pass_dims = head_dim - rotary_dim
@@ -353,7 +357,7 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     )  # fmt: skip
     compute = tl.float64 if fp64 else tl.float32
     directions = ((*scalars, False, compute), (*scalars, True, compute))
-    return _Plan(rotary_dim, readable, orders, out_strides, (n_programs,), directions, NUM_WARPS)
+    return _Plan(rotary_dim, readable, orders, out_strides, same, (n_programs,), directions, NUM_WARPS)
 
 
 def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False):
@@ -362,6 +366,15 @@ def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope
         q.shape, q.stride(), k.shape, k.stride(), cos.shape, cos.stride(), sin.shape, sin.stride(), unsqueeze_dim,
         rotary_dim, orders, q.dtype == torch.float64, mrope_section, interleaved,
     )  # fmt: skip
+
+
+def _new_output(x, strides: tuple, like_x: bool) -> torch.Tensor:
+    """A new tensor of ``x``'s shape with ``strides``: ``empty_like(x)`` where x has them already
+    (dense, so it keeps them), ~1 us less host time than ``empty_strided``."""
+    if not like_x:
+        return empty_output(x.shape, x, strides=strides)
+    out = torch.empty_like(x)
+    return out.fill_(float("nan")) if POISON else out
 
 
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None, mrope_section=None,
@@ -384,15 +397,25 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, o
         if cos.stride() != sin.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
         plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders, mrope_section, interleaved)
-    qo = empty_output(q.shape, q, strides=plan.out_strides[0])
-    ko = empty_output(k.shape, k, strides=plan.out_strides[1])
+    qo = _new_output(q, plan.out_strides[0], plan.outputs_like_inputs[0])
+    ko = _new_output(k, plan.out_strides[1], plan.outputs_like_inputs[1])
     if plan.grid:
         launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), plan.scalars[inverse], plan.num_warps)
     return qo, ko, plan
 
 
 def check_rope_tensors(q, k, cos, sin) -> None:
-    """Types, dtypes and devices of the inputs (errors name the argument)."""
+    """Types, dtypes and devices of the inputs (errors name the argument). Valid inputs take one
+    expression (~1 us on the CPU machine against ~4 for the checks one by one)."""
+    if (
+        type(q) is type(k) is type(cos) is type(sin) is torch.Tensor
+        and q.dtype == k.dtype
+        and q.dtype in FLOAT_DTYPES
+        and cos.dtype in FLOAT_DTYPES
+        and sin.dtype in FLOAT_DTYPES
+        and q.device == k.device == cos.device == sin.device
+    ):
+        return
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         check_float(name, t)
     check_same_device(q=q, k=k, cos=cos, sin=sin)
