@@ -7,10 +7,19 @@ attention calls, its rotary embedding having merged them), eager PyTorch (transf
 Floor: each direction reads and writes q and k and reads one angle per rotary feature from cos and
 sin (the features' own planes), at 4.2 TB/s: qwen2.5-vl-3b_b2_t4096 80 MB a direction, 0.038 ms
 fwd+bwd; qwen2-vl-7b_b1_t16384 277 MB, 0.132 ms. Both are well under the host cost of a fwd+bwd on
-the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone. ``ours_tile2048`` /
-``ours_tile2048_w8`` / ``ours_tile4096_w8``: ours with other tiles (``ops/rope.py``'s ``TILE``
-elements a program, ``NUM_WARPS``); at 7B the default (1024, 4 warps) rotates q as 2 blocks of 16
-heads per token, 2048 as one block of the 28 (32 padded), 4096 two tokens at a time.
+the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone.
+
+Our kernel's alternatives (``ops/rope.py``'s module constants; the default is ``ours``): ``TILE``
+elements a program (``_tileN``), ``NUM_WARPS`` (``_wN``); ``_slots``: a program takes one block of
+the heads of q and k together, all loaded before any store (``ours`` rotates q's heads, then k's, a
+block of up to 16 at a time, each block stored before the next loads): 16 slots a program at
+``TILE`` 1024 (3B: q's 16, then k's 2 in a block of their own; 7B: q 0-15, then q 16-27 and k's 4),
+32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512; ``_planes``: the angles as three
+masked contiguous loads, one per plane, instead of a gather of each feature's plane. Compiled for
+sm_90 without a GPU (``ptxas -v``): every variant's q, k and angle accesses are 16-byte vectors
+(8-byte at ``TILE`` 512), none spills (48-82 registers; ``ours`` 56). Session 9 (H200, GPU ms 3B /
+7B): ``TILE`` 2048 0.054 / 0.164, 2048 with 8 warps 0.061 / 0.201, 4096 with 8 warps 0.062 / 0.188,
+against the default's 0.053 / 0.156.
 
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
@@ -62,24 +71,27 @@ def _inputs(shape, device):
     return q, k, angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16), grads
 
 
-_DEFAULT_TILE = {}
+_DEFAULTS = {}
 
 
-def _set_rope_tile(tile=None, num_warps=None):
-    """Our RoPE kernel's tile (elements a program) and warps; None: the defaults."""
+def _set_rope(**constants):
+    """Our RoPE kernel's module constants (``TILE``, ``NUM_WARPS``, ``SLOTS``, ``PLANE_LOADS``): the
+    given values, the defaults for the others."""
     try:
         from liger_kernel.ops import rope
     except ImportError:  # a peer without that module
         return
     if not hasattr(rope, "_launch_plan"):  # the peer's module
         return
-    default = _DEFAULT_TILE.setdefault("v", (rope.TILE, rope.NUM_WARPS))
-    rope.TILE, rope.NUM_WARPS = tile or default[0], num_warps or default[1]
+    if not _DEFAULTS:
+        _DEFAULTS.update({name: getattr(rope, name) for name in ("TILE", "NUM_WARPS", "SLOTS", "PLANE_LOADS")})
+    for name, default in _DEFAULTS.items():
+        setattr(rope, name, constants.get(name, default))
     rope._launch_plan.cache_clear()
 
 
-def make(shape, device, impl="ours", tile=None, num_warps=None):
-    _set_rope_tile(tile, num_warps)
+def make(shape, device, impl="ours", **constants):
+    _set_rope(**constants)
     q, k, cos, sin, grads = _inputs(shape, device)
     section = shape["section"]
     if impl in ("eager", "compile"):
@@ -95,11 +107,20 @@ def make(shape, device, impl="ours", tile=None, num_warps=None):
     return (lambda q, k: liger_multimodal_rotary_pos_emb(q, k, cos, sin, section)), (q, k), grads
 
 
+def _ours(**constants):
+    return functools.partial(make, **constants)
+
+
 PROVIDERS = {
     "ours": make,
-    "ours_tile2048": functools.partial(make, tile=2048),
-    "ours_tile2048_w8": functools.partial(make, tile=2048, num_warps=8),
-    "ours_tile4096_w8": functools.partial(make, tile=4096, num_warps=8),
+    "ours_planes": _ours(PLANE_LOADS=True),
+    "ours_tile512": _ours(TILE=512),
+    "ours_slots": _ours(SLOTS=True),
+    "ours_slots_planes": _ours(SLOTS=True, PLANE_LOADS=True),
+    "ours_slots_tile512": _ours(SLOTS=True, TILE=512),
+    "ours_slots_tile2048_w8": _ours(SLOTS=True, TILE=2048, NUM_WARPS=8),
+    "ours_slots_tile2048": _ours(SLOTS=True, TILE=2048),
+    "ours_slots_planes_tile2048": _ours(SLOTS=True, PLANE_LOADS=True, TILE=2048),
     "ours_merged": functools.partial(make, impl="ours_merged"),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),

@@ -230,13 +230,18 @@ def _rope_kernel(
         # sine negated and its halves swapped (the same thing for HF's duplicated cos/sin halves).
         s1, s2 = -s2, -s1
     if SLOTS:
+        # Each slot is a head of q or of k: a masked access to each, as a select between the two
+        # pointers would lose their contiguity (the accesses would not vectorize).
         slot = (slot_block * BLOCK_HQ + tl.arange(0, BLOCK_HQ)).to(tl.int64)[None, :, None]
-        mask = t_mask & (slot < n_q_heads + n_k_heads)
-        in_q, h_k = slot < n_q_heads, slot - n_q_heads
-        x = tl.where(in_q, q_ptr + b * sqb + t * sqt + slot * sqh, k_ptr + b * skb + t * skt + h_k * skh)
-        o = tl.where(in_q, qo_ptr + b * sqob + t * sqot + slot * sqoh, ko_ptr + b * skob + t * skot + h_k * skoh)
-        x1, x2 = _load_pairs(x, mask, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
-        _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+        h_k = slot - n_q_heads
+        in_q, mask_q, mask_k = slot < n_q_heads, t_mask & (slot < n_q_heads), t_mask & (h_k >= 0) & (h_k < n_k_heads)
+        xq, oq = q_ptr + b * sqb + t * sqt + slot * sqh, qo_ptr + b * sqob + t * sqot + slot * sqoh
+        xk, ok = k_ptr + b * skb + t * skt + h_k * skh, ko_ptr + b * skob + t * skot + h_k * skoh
+        q1, q2 = _load_pairs(xq, mask_q, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        k1, k2 = _load_pairs(xk, mask_k, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        x1, x2 = tl.where(in_q, q1, k1), tl.where(in_q, q2, k2)
+        _store_rotated(xq, oq, mask_q, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+        _store_rotated(xk, ok, mask_k, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
     else:
         _rotate_heads(
             q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
