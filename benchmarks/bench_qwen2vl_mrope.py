@@ -14,12 +14,13 @@ elements a program (``_tileN``), ``NUM_WARPS`` (``_wN``); ``_slots``: a program 
 the heads of q and k together, all loaded before any store (``ours`` rotates q's heads, then k's, a
 block of up to 16 at a time, each block stored before the next loads): 16 slots a program at
 ``TILE`` 1024 (3B: q's 16, then k's 2 in a block of their own; 7B: q 0-15, then q 16-27 and k's 4),
-32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512; ``_planes``: the angles as three
-masked contiguous loads, one per plane, instead of a gather of each feature's plane. Compiled for
-sm_90 without a GPU (``ptxas -v``): every variant's q, k and angle accesses are 16-byte vectors
-(8-byte at ``TILE`` 512), none spills (48-82 registers; ``ours`` 56). Session 9 (H200, GPU ms 3B /
-7B): ``TILE`` 2048 0.054 / 0.164, 2048 with 8 warps 0.061 / 0.201, 4096 with 8 warps 0.062 / 0.188,
-against the default's 0.053 / 0.156.
+32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512, 32 of 2 positions at 4096;
+``_planes``: the angles as three masked contiguous loads, one per plane, instead of a gather of
+each feature's plane. Compiled for sm_90 without a GPU (``ptxas -v``): every variant's q, k and
+angle accesses are 16-byte vectors (8-byte at ``TILE`` 512), none spills (48-82 registers; ``ours``
+56). Session 9 (H200, GPU ms 3B / 7B): ``TILE`` 2048 0.054 / 0.164, 2048 with 8 warps 0.061 /
+0.201, 4096 with 8 warps 0.062 / 0.188, against the default's 0.053 / 0.156. Every variant of ours
+takes the same host path: their wall times differ by noise where the host is the bound.
 
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
@@ -107,20 +108,17 @@ def make(shape, device, impl="ours", **constants):
     return (lambda q, k: liger_multimodal_rotary_pos_emb(q, k, cos, sin, section)), (q, k), grads
 
 
-def _ours(**constants):
-    return functools.partial(make, **constants)
-
-
 PROVIDERS = {
     "ours": make,
-    "ours_planes": _ours(PLANE_LOADS=True),
-    "ours_tile512": _ours(TILE=512),
-    "ours_slots": _ours(SLOTS=True),
-    "ours_slots_planes": _ours(SLOTS=True, PLANE_LOADS=True),
-    "ours_slots_tile512": _ours(SLOTS=True, TILE=512),
-    "ours_slots_tile2048_w8": _ours(SLOTS=True, TILE=2048, NUM_WARPS=8),
-    "ours_slots_tile2048": _ours(SLOTS=True, TILE=2048),
-    "ours_slots_planes_tile2048": _ours(SLOTS=True, PLANE_LOADS=True, TILE=2048),
+    "ours_planes": functools.partial(make, PLANE_LOADS=True),
+    "ours_tile512": functools.partial(make, TILE=512),
+    "ours_slots": functools.partial(make, SLOTS=True),
+    "ours_slots_planes": functools.partial(make, SLOTS=True, PLANE_LOADS=True),
+    "ours_slots_tile512": functools.partial(make, SLOTS=True, TILE=512),
+    "ours_slots_tile2048_w8": functools.partial(make, SLOTS=True, TILE=2048, NUM_WARPS=8),
+    "ours_slots_tile4096_w8": functools.partial(make, SLOTS=True, TILE=4096, NUM_WARPS=8),
+    "ours_slots_tile2048": functools.partial(make, SLOTS=True, TILE=2048),
+    "ours_slots_planes_tile2048": functools.partial(make, SLOTS=True, PLANE_LOADS=True, TILE=2048),
     "ours_merged": functools.partial(make, impl="ours_merged"),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),
