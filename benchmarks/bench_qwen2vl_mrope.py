@@ -14,13 +14,14 @@ elements a program (``_tileN``), ``NUM_WARPS`` (``_wN``); ``_slots``: a program 
 the heads of q and k together, all loaded before any store (``ours`` rotates q's heads, then k's, a
 block of up to 16 at a time, each block stored before the next loads): 16 slots a program at
 ``TILE`` 1024 (3B: q's 16, then k's 2 in a block of their own; 7B: q 0-15, then q 16-27 and k's 4),
-32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512, 32 of 2 positions at 4096;
-``_planes``: the angles as three masked contiguous loads, one per plane, instead of a gather of
-each feature's plane. Compiled for sm_90 without a GPU (``ptxas -v``): every variant's q, k and
-angle accesses are 16-byte vectors (8-byte at ``TILE`` 512), none spills (48-82 registers; ``ours``
-56). Session 9 (H200, GPU ms 3B / 7B): ``TILE`` 2048 0.054 / 0.164, 2048 with 8 warps 0.061 /
-0.201, 4096 with 8 warps 0.062 / 0.188, against the default's 0.053 / 0.156. Every variant of ours
-takes the same host path: their wall times differ by noise where the host is the bound.
+32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512, 32 of 2 positions at 4096.
+Compiled for sm_90 without a GPU (Triton 3.6 and 3.9, ``ptxas -v``): every variant's q and k
+accesses are 16-byte vectors (8-byte at ``TILE`` 512), none spills (32-78 registers; ``ours`` 56),
+and each feature's angle, gathered from its plane, is read in 16-byte runs too (the section bounds
+16 and 40 are multiples of 8 features). Session 9 (H200, GPU ms 3B / 7B): ``TILE`` 2048 0.054 /
+0.164, 2048 with 8 warps 0.061 / 0.201, 4096 with 8 warps 0.062 / 0.188, against the default's
+0.053 / 0.156. Every variant of ours takes the same host path: their wall times differ by noise
+where the host is the bound.
 
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
@@ -76,8 +77,8 @@ _DEFAULTS = {}
 
 
 def _set_rope(**constants):
-    """Our RoPE kernel's module constants (``TILE``, ``NUM_WARPS``, ``SLOTS``, ``PLANE_LOADS``): the
-    given values, the defaults for the others."""
+    """Our RoPE kernel's module constants (``TILE``, ``NUM_WARPS``, ``SLOTS``): the given values, the
+    defaults for the others."""
     try:
         from liger_kernel.ops import rope
     except ImportError:  # a peer without that module
@@ -85,7 +86,7 @@ def _set_rope(**constants):
     if not hasattr(rope, "_launch_plan"):  # the peer's module
         return
     if not _DEFAULTS:
-        _DEFAULTS.update({name: getattr(rope, name) for name in ("TILE", "NUM_WARPS", "SLOTS", "PLANE_LOADS")})
+        _DEFAULTS.update({name: getattr(rope, name) for name in ("TILE", "NUM_WARPS", "SLOTS")})
     for name, default in _DEFAULTS.items():
         setattr(rope, name, constants.get(name, default))
     rope._launch_plan.cache_clear()
@@ -110,15 +111,12 @@ def make(shape, device, impl="ours", **constants):
 
 PROVIDERS = {
     "ours": make,
-    "ours_planes": functools.partial(make, PLANE_LOADS=True),
     "ours_tile512": functools.partial(make, TILE=512),
     "ours_slots": functools.partial(make, SLOTS=True),
-    "ours_slots_planes": functools.partial(make, SLOTS=True, PLANE_LOADS=True),
     "ours_slots_tile512": functools.partial(make, SLOTS=True, TILE=512),
     "ours_slots_tile2048_w8": functools.partial(make, SLOTS=True, TILE=2048, NUM_WARPS=8),
     "ours_slots_tile4096_w8": functools.partial(make, SLOTS=True, TILE=4096, NUM_WARPS=8),
     "ours_slots_tile2048": functools.partial(make, SLOTS=True, TILE=2048),
-    "ours_slots_planes_tile2048": functools.partial(make, SLOTS=True, PLANE_LOADS=True, TILE=2048),
     "ours_merged": functools.partial(make, impl="ours_merged"),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),

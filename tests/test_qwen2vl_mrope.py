@@ -51,15 +51,11 @@ def test_parity(shape, dtype):
     run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)
 
 
-@pytest.mark.parametrize(
-    "constants",
-    [dict(PLANE_LOADS=True), dict(SLOTS=True, TILE=32), dict(SLOTS=True, PLANE_LOADS=True, TILE=1024)],
-    ids=["plane loads", "slots, small tile", "slots and plane loads"],
-)
-def test_alternative_kernels(monkeypatch, request, constants):
-    """The kernel variants ``benchmarks/bench_qwen2vl_mrope.py`` measures (``ops.rope``'s ``SLOTS``,
-    ``PLANE_LOADS``): the same results."""
-    rope_kernel_variant(monkeypatch, request, MIN_PROGRAMS=1, **constants)
+@pytest.mark.parametrize("tile", [32, 1024], ids=["slot blocks straddling q and k", "one slot block"])
+def test_slots(monkeypatch, request, tile):
+    """``ops.rope``'s ``SLOTS`` variant, which ``benchmarks/bench_qwen2vl_mrope.py`` measures: the
+    same results."""
+    rope_kernel_variant(monkeypatch, request, SLOTS=True, TILE=tile, MIN_PROGRAMS=1)
     for dtype in DTYPES:
         for b, hq, hk, t, d, section, _ in SHAPES:
             run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)

@@ -147,7 +147,7 @@ def test_blocks_of_positions_and_chunks_of_heads(monkeypatch, request):
 
 
 def rope_kernel_variant(monkeypatch, request, **constants):
-    """Set ``ops.rope``'s module constants (``SLOTS``, ``PLANE_LOADS``, ``TILE``, ...) for one test,
+    """Set ``ops.rope``'s module constants (``SLOTS``, ``TILE``, ...) for one test,
     its launch plans cached without them before and after."""
     for name, value in constants.items():
         monkeypatch.setattr(rope_ops, name, value)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU run for helper rope12 (session 12, issue 13: Qwen2-VL's M-RoPE against Liger 0.8.5 and torch.compile).
 # 1. benchmarks/bench_qwen2vl_mrope.py --graph: our kernel's variants (ops/rope.py's TILE, NUM_WARPS,
-#    SLOTS, PLANE_LOADS; the bench's docstring says what each is), ours on merged tables, Liger 0.8.5 (in
+#    SLOTS; the bench's docstring says what each is), ours on merged tables, Liger 0.8.5 (in
 #    its own process, from .peer/liger085) and torch.compile, at the Qwen2.5-VL-3B and Qwen2-VL-7B shapes:
 #    wall time (host-bound there), GPU time (CUDA graph replay) and extra memory.
 # 2. A second wall-time round of ours and Liger 0.8.5 (no graphs): the host-bound wall's noise between runs.
@@ -21,10 +21,10 @@ bash benchmarks/setup_peers.sh >"$LOG/setup_peers.log" 2>&1 || echo "setup_peers
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())" \
   | tee "$LOG/versions.txt"
 
-echo "== M-RoPE bench, every provider but eager and ours_slots_planes $(date -u +%H:%M:%S)"
+echo "== M-RoPE bench, every provider but eager $(date -u +%H:%M:%S)"
 # compile early: a run cut short by its timeout loses the last providers (each written as it finishes)
-providers=ours,liger085,compile,ours_planes,ours_tile512,ours_slots,ours_slots_tile512,ours_slots_tile2048
-providers+=,ours_slots_tile2048_w8,ours_slots_tile4096_w8,ours_slots_planes_tile2048,ours_merged
+providers=ours,liger085,compile,ours_tile512,ours_slots,ours_slots_tile512,ours_slots_tile2048
+providers+=,ours_slots_tile2048_w8,ours_slots_tile4096_w8,ours_merged
 timeout 125 python3 benchmarks/bench_qwen2vl_mrope.py --graph --providers "$providers" --out "$LOG/qwen2vl_mrope" \
   >"$LOG/bench.log" 2>&1
 echo "bench exit $?"

@@ -40,13 +40,11 @@ TILE = 1024
 # Below this many programs, blocks of positions are split further to keep every SM busy.
 MIN_PROGRAMS = 1024
 NUM_WARPS = 4
-# Two alternatives that ``benchmarks/bench_qwen2vl_mrope.py`` measures against the default (both
-# off): ``SLOTS``, a program takes one block of the heads of q and k together (its "slots": q's
-# heads, then k's), all loaded before any store, instead of every head of q, then of k, a block at
-# a time; ``PLANE_LOADS``, M-RoPE's angles come as three masked contiguous loads, one per plane,
-# instead of a gather whose per-feature plane offsets keep it from vectorizing.
+# An alternative that ``benchmarks/bench_qwen2vl_mrope.py`` measures against the default (off):
+# a program takes one block of the heads of q and k together (its "slots": q's heads, then k's), all
+# loaded before any store, instead of every head of q, then of k, a block at a time, each block
+# stored before the next one loads.
 SLOTS = False
-PLANE_LOADS = False
 
 
 @triton.jit
@@ -134,17 +132,6 @@ def _rotate_heads(
 
 
 @triton.jit
-def _plane_angles(ptr, d, plane_stride, mask, SECTION_1: tl.constexpr, SECTION_2: tl.constexpr,
-                  COMPUTE: tl.constexpr):  # fmt: skip
-    """Each feature's angle (``ptr + d`` in each plane) from its section's plane: three masked
-    contiguous loads, each fetching only its section."""
-    first = tl.load(ptr + d, mask=mask & (d < SECTION_1), other=0.0)
-    second = tl.load(ptr + plane_stride + d, mask=mask & (d >= SECTION_1) & (d < SECTION_2), other=0.0)
-    third = tl.load(ptr + 2 * plane_stride + d, mask=mask & (d >= SECTION_2), other=0.0)
-    return tl.where(d < SECTION_1, first, tl.where(d < SECTION_2, second, third)).to(COMPUTE)
-
-
-@triton.jit
 def _rope_kernel(
     q_ptr,
     k_ptr,
@@ -181,7 +168,6 @@ def _rope_kernel(
     SECTION_2: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     SLOTS: tl.constexpr,
-    PLANE_LOADS: tl.constexpr,
     INVERSE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
@@ -202,25 +188,19 @@ def _rope_kernel(
     # cos/sin once per position, shared by all heads of q and k (stride_b is 0 when broadcast).
     c = cos_ptr + b * scb + t * sct
     s = sin_ptr + b * scb + t * sct
+    if SECTION_1 < HALF:
+        # Multimodal RoPE: features [0, SECTION_1) take the angles of plane 0 (temporal positions),
+        # [SECTION_1, SECTION_2) of plane 1 (height), the rest of plane 2 (width), in each half.
+        plane = (d >= SECTION_1).to(tl.int64) + (d >= SECTION_2).to(tl.int64)
+        c += plane * scp
+        s += plane * scp
     if INTERLEAVED:
         # cos holds (cos, sin) pairs: the real view of complex frequencies, one angle per pair.
         e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
         pairs = tl.load(c + e, mask=t_mask & (e < 2 * HALF), other=0.0).to(COMPUTE)
         c1, s1 = tl.split(tl.reshape(pairs, (BLOCK_T, 1, HALF_PAD, 2)))
         c2, s2 = c1, s1
-    elif PLANE_LOADS:
-        c1 = _plane_angles(c, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
-        c2 = _plane_angles(c + HALF, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
-        s1 = _plane_angles(s, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
-        s2 = _plane_angles(s + HALF, d, scp, mask_d, SECTION_1, SECTION_2, COMPUTE)
     else:
-        if SECTION_1 < HALF:
-            # Multimodal RoPE: features [0, SECTION_1) take the angles of plane 0 (temporal
-            # positions), [SECTION_1, SECTION_2) of plane 1 (height), the rest of plane 2 (width),
-            # in each half.
-            plane = (d >= SECTION_1).to(tl.int64) + (d >= SECTION_2).to(tl.int64)
-            c += plane * scp
-            s += plane * scp
         c1 = tl.load(c + d, mask=mask_d, other=0.0).to(COMPUTE)
         c2 = tl.load(c + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
         s1 = tl.load(s + d, mask=mask_d, other=0.0).to(COMPUTE)
@@ -358,7 +338,6 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
         # the constexprs, in the kernel's order
         half, pass_dims, block_t, block_h, max(1, min(next_power_of_2(n_k_heads), block_h)), half_pad,
         next_power_of_2(pass_dims) if pass_dims else 1, *sections, interleaved, SLOTS,
-        PLANE_LOADS and mrope_section is not None,
     )  # fmt: skip
     compute = tl.float64 if fp64 else tl.float32
     directions = ((*scalars, False, compute), (*scalars, True, compute))
