@@ -21,7 +21,8 @@ and each feature's angle, gathered from its plane, is read in 16-byte runs too (
 16 and 40 are multiples of 8 features). Session 9 (H200, GPU ms 3B / 7B): ``TILE`` 2048 0.054 /
 0.164, 2048 with 8 warps 0.061 / 0.201, 4096 with 8 warps 0.062 / 0.188, against the default's
 0.053 / 0.156. Every variant of ours takes the same host path: their wall times differ by noise
-where the host is the bound.
+where the host is the bound. ``ours_merged_slots_tile2048``: the plain RoPE kernel (what our
+patched transformers 5.x Qwen2-VL and Qwen2.5-VL run) with ``SLOTS``.
 
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
@@ -118,6 +119,7 @@ PROVIDERS = {
     "ours_slots_tile4096_w8": functools.partial(make, SLOTS=True, TILE=4096, NUM_WARPS=8),
     "ours_slots_tile2048": functools.partial(make, SLOTS=True, TILE=2048),
     "ours_merged": functools.partial(make, impl="ours_merged"),
+    "ours_merged_slots_tile2048": functools.partial(make, impl="ours_merged", SLOTS=True, TILE=2048),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),
     "eager": functools.partial(make, impl="eager"),

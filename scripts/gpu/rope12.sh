@@ -9,7 +9,7 @@
 #    qwen2.5-vl-3b-4x2048-norope: rope=False) and ours: peak memory of a training step with and without
 #    Liger's in-place M-RoPE.
 # Run from the repo root with .peer carried: OUT=/some/dir bash scripts/gpu/rope12.sh
-# Expected about 3 minutes on one H200, at most 4 (timeouts 125 + 25 + 80 s). Everything ends up in
+# Expected about 3 minutes on one H200, at most 4 (timeouts 140 + 20 + 75 s). Everything ends up in
 # "$OUT/rope12.tgz" (logs, .md/.json tables, e2e/); the folder "$OUT/rope12" is removed after packing.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,20 +24,20 @@ python3 -c "import torch, triton, transformers; print(torch.__version__, triton.
 echo "== M-RoPE bench, every provider but eager $(date -u +%H:%M:%S)"
 # compile early: a run cut short by its timeout loses the last providers (each written as it finishes)
 providers=ours,liger085,compile,ours_tile512,ours_slots,ours_slots_tile512,ours_slots_tile2048
-providers+=,ours_slots_tile2048_w8,ours_slots_tile4096_w8,ours_merged
-timeout 125 python3 benchmarks/bench_qwen2vl_mrope.py --graph --providers "$providers" --out "$LOG/qwen2vl_mrope" \
+providers+=,ours_slots_tile2048_w8,ours_slots_tile4096_w8,ours_merged,ours_merged_slots_tile2048
+timeout 140 python3 benchmarks/bench_qwen2vl_mrope.py --graph --providers "$providers" --out "$LOG/qwen2vl_mrope" \
   >"$LOG/bench.log" 2>&1
 echo "bench exit $?"
 cat "$LOG/qwen2vl_mrope.md" 2>/dev/null || tail -5 "$LOG/bench.log"
 
 echo "== M-RoPE wall, second round $(date -u +%H:%M:%S)"
-timeout 25 python3 benchmarks/bench_qwen2vl_mrope.py --providers ours,liger085,ours_slots_tile2048 \
+timeout 20 python3 benchmarks/bench_qwen2vl_mrope.py --providers ours,liger085,ours_slots_tile2048 \
   --out "$LOG/qwen2vl_mrope_wall2" >"$LOG/bench_wall2.log" 2>&1
 echo "wall round exit $?"
 cat "$LOG/qwen2vl_mrope_wall2.md" 2>/dev/null || tail -5 "$LOG/bench_wall2.log"
 
 echo "== e2e Qwen2.5-VL-3B, RoPE patch on and off $(date -u +%H:%M:%S)"
-timeout 80 python3 benchmarks/e2e.py --cases qwen2.5-vl-3b-4x2048,qwen2.5-vl-3b-4x2048-norope \
+timeout 75 python3 benchmarks/e2e.py --cases qwen2.5-vl-3b-4x2048,qwen2.5-vl-3b-4x2048-norope \
   --providers liger085,ours --skip qwen2.5-vl-3b-4x2048-norope/ours --warmup 2 --steps 3 --timeout-s 40 \
   --out "$LOG/e2e" >"$LOG/e2e.log" 2>&1  # each run's line is in e2e.log as it finishes
 echo "e2e exit $?"
