@@ -7,7 +7,8 @@
 # 2. A second wall-time round of ours and Liger 0.8.5 (no graphs): the host-bound wall's noise between runs.
 # 3. End-to-end (benchmarks/e2e.py): the Qwen2.5-VL-3B case, Liger 0.8.5 with its RoPE patch on and off (case
 #    qwen2.5-vl-3b-4x2048-norope: rope=False) and ours: peak memory of a training step with and without
-#    Liger's in-place M-RoPE.
+#    Liger's in-place M-RoPE. (On transformers 5.17 Liger's rope=True sets modeling_qwen2_5_vl's
+#    apply_multimodal_rotary_pos_emb, which the attention does not call: the two Liger rows should agree.)
 # Run from the repo root with .peer carried: OUT=/some/dir bash scripts/gpu/rope12.sh
 # Expected about 3 minutes on one H200, at most 4 (timeouts 140 + 20 + 75 s). Everything ends up in
 # "$OUT/rope12.tgz" (logs, .md/.json tables, e2e/); the folder "$OUT/rope12" is removed after packing.
