@@ -222,7 +222,7 @@ CASES = {
 }
 # The Qwen2.5-VL case with each library's RoPE patch off (``rope=False``): what Liger 0.8.5's in-place
 # M-RoPE saves, or not, at a training step's peak memory. (Its ``rope=True`` sets the module's
-# ``apply_multimodal_rotary_pos_emb``, observed on transformers 5.17 and 5.24, where the attention calls
+# ``apply_multimodal_rotary_pos_emb``, observed on transformers 5.17, whose attention calls
 # ``apply_rotary_pos_emb`` instead, the rotary embedding having merged the planes; ours sets that one.)
 CASES["qwen2.5-vl-3b-4x2048-norope"] = (
     "qwen2_5_vl",
