@@ -19,7 +19,8 @@ OUT=${OUT:-/tmp/out}
 LOG="$OUT/rope12"
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-bash benchmarks/setup_peers.sh >"$LOG/setup_peers.log" 2>&1 || echo "setup_peers failed: liger085 columns will say so"
+[ -d .peer/liger085 ] || bash benchmarks/setup_peers.sh >"$LOG/setup_peers.log" 2>&1 \
+  || echo "no .peer/liger085: the liger085 columns will say so"
 python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())" \
   | tee "$LOG/versions.txt"
 
