@@ -7,10 +7,22 @@ attention calls, its rotary embedding having merged them), eager PyTorch (transf
 Floor: each direction reads and writes q and k and reads one angle per rotary feature from cos and
 sin (the features' own planes), at 4.2 TB/s: qwen2.5-vl-3b_b2_t4096 80 MB a direction, 0.038 ms
 fwd+bwd; qwen2-vl-7b_b1_t16384 277 MB, 0.132 ms. Both are well under the host cost of a fwd+bwd on
-the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone. ``ours_tile2048`` /
-``ours_tile2048_w8`` / ``ours_tile4096_w8``: ours with other tiles (``ops/rope.py``'s ``TILE``
-elements a program, ``NUM_WARPS``); at 7B the default (1024, 4 warps) rotates q as 2 blocks of 16
-heads per token, 2048 as one block of the 28 (32 padded), 4096 two tokens at a time.
+the lent H200 (~0.2 ms), so ``--graph`` adds the GPU time alone.
+
+Our kernel's alternatives (``ops/rope.py``'s module constants; the default is ``ours``): ``TILE``
+elements a program (``_tileN``), ``NUM_WARPS`` (``_wN``); ``_slots``: a program takes one block of
+the heads of q and k together, all loaded before any store (``ours`` rotates q's heads, then k's, a
+block of up to 16 at a time, each block stored before the next loads): 16 slots a program at
+``TILE`` 1024 (3B: q's 16, then k's 2 in a block of their own; 7B: q 0-15, then q 16-27 and k's 4),
+32 at 2048 (3B: all 18 in one, 14 masked; 7B: all 32), 8 at 512, 32 of 2 positions at 4096.
+Compiled for sm_90 without a GPU (Triton 3.6 and 3.9, ``ptxas -v``): every variant's q and k
+accesses are 16-byte vectors (8-byte at ``TILE`` 512), none spills (32-78 registers; ``ours`` 56),
+and each feature's angle, gathered from its plane, is read in 16-byte runs too (the section bounds
+16 and 40 are multiples of 8 features). Session 9 (H200, GPU ms 3B / 7B): ``TILE`` 2048 0.054 /
+0.164, 2048 with 8 warps 0.061 / 0.201, 4096 with 8 warps 0.062 / 0.188, against the default's
+0.053 / 0.156. Every variant of ours takes the same host path: their wall times differ by noise
+where the host is the bound. ``ours_merged_slots_tile2048``: the plain RoPE kernel (what our
+patched transformers 5.x Qwen2-VL and Qwen2.5-VL run) with ``SLOTS``.
 
     PYTHONPATH=src python benchmarks/bench_qwen2vl_mrope.py --graph --out benchmarks/results/h200/qwen2vl_mrope
 """
@@ -62,24 +74,27 @@ def _inputs(shape, device):
     return q, k, angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16), grads
 
 
-_DEFAULT_TILE = {}
+_DEFAULTS = {}
 
 
-def _set_rope_tile(tile=None, num_warps=None):
-    """Our RoPE kernel's tile (elements a program) and warps; None: the defaults."""
+def _set_rope(**constants):
+    """Our RoPE kernel's module constants (``TILE``, ``NUM_WARPS``, ``SLOTS``): the given values, the
+    defaults for the others."""
     try:
         from liger_kernel.ops import rope
     except ImportError:  # a peer without that module
         return
     if not hasattr(rope, "_launch_plan"):  # the peer's module
         return
-    default = _DEFAULT_TILE.setdefault("v", (rope.TILE, rope.NUM_WARPS))
-    rope.TILE, rope.NUM_WARPS = tile or default[0], num_warps or default[1]
+    if not _DEFAULTS:
+        _DEFAULTS.update({name: getattr(rope, name) for name in ("TILE", "NUM_WARPS", "SLOTS")})
+    for name, default in _DEFAULTS.items():
+        setattr(rope, name, constants.get(name, default))
     rope._launch_plan.cache_clear()
 
 
-def make(shape, device, impl="ours", tile=None, num_warps=None):
-    _set_rope_tile(tile, num_warps)
+def make(shape, device, impl="ours", **constants):
+    _set_rope(**constants)
     q, k, cos, sin, grads = _inputs(shape, device)
     section = shape["section"]
     if impl in ("eager", "compile"):
@@ -97,10 +112,14 @@ def make(shape, device, impl="ours", tile=None, num_warps=None):
 
 PROVIDERS = {
     "ours": make,
-    "ours_tile2048": functools.partial(make, tile=2048),
-    "ours_tile2048_w8": functools.partial(make, tile=2048, num_warps=8),
-    "ours_tile4096_w8": functools.partial(make, tile=4096, num_warps=8),
+    "ours_tile512": functools.partial(make, TILE=512),
+    "ours_slots": functools.partial(make, SLOTS=True),
+    "ours_slots_tile512": functools.partial(make, SLOTS=True, TILE=512),
+    "ours_slots_tile2048_w8": functools.partial(make, SLOTS=True, TILE=2048, NUM_WARPS=8),
+    "ours_slots_tile4096_w8": functools.partial(make, SLOTS=True, TILE=4096, NUM_WARPS=8),
+    "ours_slots_tile2048": functools.partial(make, SLOTS=True, TILE=2048),
     "ours_merged": functools.partial(make, impl="ours_merged"),
+    "ours_merged_slots_tile2048": functools.partial(make, impl="ours_merged", SLOTS=True, TILE=2048),
     "liger085": make,
     "compile": functools.partial(make, impl="compile"),
     "eager": functools.partial(make, impl="eager"),

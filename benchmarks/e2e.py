@@ -220,12 +220,22 @@ CASES = {
         2048,
     ),
 }
-VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048")  # not in the default run: --cases
+# The Qwen2.5-VL case with each library's RoPE patch off (``rope=False``): what Liger 0.8.5's in-place
+# M-RoPE saves, or not, at a training step's peak memory. (Its ``rope=True`` sets the module's
+# ``apply_multimodal_rotary_pos_emb``, observed on transformers 5.17, whose attention calls
+# ``apply_rotary_pos_emb`` instead, the rotary embedding having merged the planes; ours sets that one.)
+CASES["qwen2.5-vl-3b-4x2048-norope"] = (
+    "qwen2_5_vl",
+    "Qwen2.5-VL-3B shape, rope=False",
+    *CASES["qwen2.5-vl-3b-4x2048"][2:],
+)
+VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048", "qwen2.5-vl-3b-4x2048-norope")  # not in the default run
 MOE_CASES = ("qwen3-moe-30b-a3b-4x2048", "gpt-oss-20b-4x2048")  # not in the default run either
 # Patch arguments beyond the defaults, per case and provider: GPT-OSS's experts are fused only with
 # swiglu=True (its default is False, as in Liger Kernel 0.8.5, whose experts module has neither the
 # biases nor the clamped gating: the peer runs its defaults there, experts stock).
 PATCH_KWARGS = {"gpt-oss-20b-4x2048": {"ours": {"swiglu": True}}, "gpt-oss-tiny": {"ours": {"swiglu": True}}}
+PATCH_KWARGS["qwen2.5-vl-3b-4x2048-norope"] = {p: {"rope": False} for p in ("ours", "liger085")}
 SMOKE_CASES = {
     "llama-tiny": ("llama", "Llama, tiny", _tiny(LLAMA_1B, 1000), 2, 64),
     "qwen2-tiny": ("qwen2", "Qwen2.5, tiny", _tiny(QWEN25_15B, 1200), 2, 64),

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from parity import DEVICE, DTYPES, check_rotation, randn, sizes
+from test_rope import rope_kernel_variant
 
 from liger_kernel.ops.llama4_rope import LigerLlama4RopeFunction, llama4_rope_forward, llama4_rope_reference
 from liger_kernel.transformers import liger_llama4_text_rotary_pos_emb, liger_llama4_vision_rotary_pos_emb
@@ -38,6 +39,15 @@ def test_parity(shape, dtype):
     q = randn(b, t, hq, d, dtype=dtype, requires_grad=True)
     k = randn(b, t, hk, d, dtype=dtype, requires_grad=True)
     run_parity(q, k, make_freqs(b, t, d, layout, scale=1.3))
+
+
+def test_slots(monkeypatch, request):
+    """``ops.rope``'s ``SLOTS`` variant on interleaved pairs: blocks of 4 slots across q and k."""
+    rope_kernel_variant(monkeypatch, request, SLOTS=True, TILE=32, MIN_PROGRAMS=1)
+    for b, t, hq, hk, d, layout, _ in SHAPES:
+        q = randn(b, t, hq, d, requires_grad=True)
+        k = randn(b, t, hk, d, requires_grad=True)
+        run_parity(q, k, make_freqs(b, t, d, layout, scale=1.3))
 
 
 def test_strided_q_keeps_its_layout():

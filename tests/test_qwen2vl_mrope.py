@@ -1,6 +1,7 @@
 import pytest
 import torch
 from parity import DEVICE, DTYPES, check_rotation, randn, sizes
+from test_rope import rope_kernel_variant
 
 from liger_kernel.ops.qwen2vl_mrope import (
     LigerQwen2VLMRopeFunction,
@@ -48,6 +49,16 @@ def run_parity(q, k, cos, sin, section, unsqueeze_dim=1, apply=LigerQwen2VLMRope
 def test_parity(shape, dtype):
     b, hq, hk, t, d, section, _ = shape
     run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)
+
+
+@pytest.mark.parametrize("tile", [32, 1024], ids=["slot blocks straddling q and k", "one slot block"])
+def test_slots(monkeypatch, request, tile):
+    """``ops.rope``'s ``SLOTS`` variant, which ``benchmarks/bench_qwen2vl_mrope.py`` measures: the
+    same results."""
+    rope_kernel_variant(monkeypatch, request, SLOTS=True, TILE=tile, MIN_PROGRAMS=1)
+    for dtype in DTYPES:
+        for b, hq, hk, t, d, section, _ in SHAPES:
+            run_parity(*make_inputs(b, hq, hk, t, d, dtype), section)
 
 
 @pytest.mark.parametrize("apply", [liger_multimodal_rotary_pos_emb, liger_qwen2vl_mrope], ids=["module", "functional"])

@@ -146,6 +146,28 @@ def test_blocks_of_positions_and_chunks_of_heads(monkeypatch, request):
         run_parity(q, k, *make_cos_sin(b, t, d, "BTD", torch.float32))
 
 
+def rope_kernel_variant(monkeypatch, request, **constants):
+    """Set ``ops.rope``'s module constants (``SLOTS``, ``TILE``, ...) for one test,
+    its launch plans cached without them before and after."""
+    for name, value in constants.items():
+        monkeypatch.setattr(rope_ops, name, value)
+    rope_ops._launch_plan.cache_clear()
+    request.addfinalizer(rope_ops._launch_plan.cache_clear)
+
+
+@pytest.mark.parametrize("tile", [32, 1024], ids=["slot blocks straddling q and k", "one slot block"])
+def test_slots(monkeypatch, request, tile):
+    """``SLOTS``: a program takes a block of q's and k's heads together. With a 32-element tile (4
+    slots of 8 features) blocks hold heads of both and the last is ragged; partial rotation copies
+    the pass-through features of both."""
+    rope_kernel_variant(monkeypatch, request, SLOTS=True, TILE=tile, MIN_PROGRAMS=1)
+    for b, hq, hk, t, d, r, _ in SHAPES:
+        q, k = make_qk(b, hq, hk, t, d, torch.float32, 1)
+        run_parity(q, k, *make_cos_sin(b, t, r, "BTD", torch.float32), rotary_dim=None if r == d else r)
+    q, k = make_qk(2, 5, 2, 7, 16, torch.bfloat16, 2, hf_layout=False)
+    run_parity(q, k, *make_cos_sin(2, 7, 16, "1TD", torch.bfloat16), unsqueeze_dim=2)
+
+
 def test_matches_hugging_face():
     """Same results as transformers' Llama (full) and GPT-NeoX (partial) ``apply_rotary_pos_emb``,
     with cos/sin from the real rotary embedding; the reference is HF's math op for op."""

@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 
 from liger_kernel.ops.utils import (
+    FLOAT_DTYPES,
+    POISON,
     LigerFunction,
     cdiv,
     check_float,
@@ -38,6 +40,57 @@ TILE = 1024
 # Below this many programs, blocks of positions are split further to keep every SM busy.
 MIN_PROGRAMS = 1024
 NUM_WARPS = 4
+# An alternative that ``benchmarks/bench_qwen2vl_mrope.py`` measures against the default (off):
+# a program takes one block of the heads of q and k together (its "slots": q's heads, then k's), all
+# loaded before any store, instead of every head of q, then of k, a block at a time, each block
+# stored before the next one loads.
+SLOTS = False
+
+
+@triton.jit
+def _load_pairs(x, mask, HALF: tl.constexpr, HALF_PAD: tl.constexpr, INTERLEAVED: tl.constexpr,
+                COMPUTE: tl.constexpr):  # fmt: skip
+    """(x1, x2), the members of every rotated pair of the heads whose first features ``x`` points
+    at ([BLOCK_T, BLOCK_H, 1], features at unit stride): (d, d + HALF), or (2d, 2d + 1) when
+    ``INTERLEAVED``; each [BLOCK_T, BLOCK_H, HALF_PAD]."""
+    if INTERLEAVED:
+        # One contiguous load of the head, split into its pairs in registers (stride-2 loads
+        # would not vectorize).
+        e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+        mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
+        pairs = tl.load(x + e, mask=mask_e, other=0.0).to(COMPUTE)
+        x1, x2 = tl.split(tl.reshape(pairs, (x.shape[0], x.shape[1], HALF_PAD, 2)))
+    else:
+        # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant
+        # along the features keeps the loads vectorized.
+        d = tl.arange(0, HALF_PAD)[None, None, :]
+        mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
+        x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
+        x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
+    return x1, x2
+
+
+@triton.jit
+def _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF: tl.constexpr, PASS: tl.constexpr,
+                   HALF_PAD: tl.constexpr, PASS_PAD: tl.constexpr, INTERLEAVED: tl.constexpr):  # fmt: skip
+    """Store the rotated pairs ``(x1, x2)`` (``_load_pairs``) at ``o``, and copy the features past
+    the rotary ones from ``x``."""
+    y1 = x1 * c1 - x2 * s1
+    y2 = x2 * c2 + x1 * s2
+    if INTERLEAVED:
+        e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
+        mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
+        rotated = tl.reshape(tl.join(y1, y2), (x.shape[0], x.shape[1], 2 * HALF_PAD))
+        tl.store(o + e, rotated.to(o.dtype.element_ty), mask=mask_e)
+    else:
+        d = tl.arange(0, HALF_PAD)[None, None, :]
+        mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
+        tl.store(o + d, y1.to(o.dtype.element_ty), mask=mask_d)
+        tl.store(o + (d + HALF), y2.to(o.dtype.element_ty), mask=mask_d)
+    if PASS > 0:
+        p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
+        mask_p = mask & (p < 2 * HALF + PASS)
+        tl.store(o + p, tl.load(x + p, mask=mask_p, other=0.0), mask=mask_p)
 
 
 @triton.jit
@@ -60,46 +113,22 @@ def _rotate_heads(
     s2,
     HALF: tl.constexpr,
     PASS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
     BLOCK_H: tl.constexpr,
     HALF_PAD: tl.constexpr,
     PASS_PAD: tl.constexpr,
     INTERLEAVED: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``
-    (features at unit stride). The pairs are (d, d + HALF), or (2d, 2d + 1) when ``INTERLEAVED``."""
-    d = tl.arange(0, HALF_PAD)[None, None, :]
+    """Rotate every head of one tensor at positions ``t`` ([BLOCK_T, 1, 1]) of sequence ``b``,
+    ``BLOCK_H`` heads at a time."""
     x_row = x_ptr + b * stride_xb + t * stride_xt
     o_row = o_ptr + b * stride_ob + t * stride_ot
     for h0 in range(0, n_heads, BLOCK_H):
         h = (h0 + tl.arange(0, BLOCK_H)).to(tl.int64)[None, :, None]
         mask = t_mask & (h < n_heads)
-        x = x_row + h * stride_xh
-        o = o_row + h * stride_oh
-        if INTERLEAVED:
-            # One contiguous load of the head, split into its pairs in registers (stride-2 loads
-            # would not vectorize).
-            e = tl.arange(0, 2 * HALF_PAD)[None, None, :]
-            mask_e = mask & (e < 2 * HALF) if HALF != HALF_PAD else mask
-            pairs = tl.load(x + e, mask=mask_e, other=0.0).to(COMPUTE)
-            x1, x2 = tl.split(tl.reshape(pairs, (BLOCK_T, BLOCK_H, HALF_PAD, 2)))
-            rotated = tl.join(x1 * c1 - x2 * s1, x2 * c2 + x1 * s2)
-            tl.store(
-                o + e, tl.reshape(rotated, (BLOCK_T, BLOCK_H, 2 * HALF_PAD)).to(o_ptr.dtype.element_ty), mask=mask_e
-            )
-        else:
-            # The feature mask only where rotary_dim / 2 is not a power of two: a mask constant
-            # along the features keeps the loads vectorized.
-            mask_d = mask & (d < HALF) if HALF != HALF_PAD else mask
-            x1 = tl.load(x + d, mask=mask_d, other=0.0).to(COMPUTE)
-            x2 = tl.load(x + (d + HALF), mask=mask_d, other=0.0).to(COMPUTE)
-            tl.store(o + d, (x1 * c1 - x2 * s1).to(o_ptr.dtype.element_ty), mask=mask_d)
-            tl.store(o + (d + HALF), (x2 * c2 + x1 * s2).to(o_ptr.dtype.element_ty), mask=mask_d)
-        if PASS > 0:
-            p = 2 * HALF + tl.arange(0, PASS_PAD)[None, None, :]
-            mask_p = mask & (p < 2 * HALF + PASS)
-            tl.store(o + p, tl.load(x + p, mask=mask_p, other=0.0), mask=mask_p)
+        x, o = x_row + h * stride_xh, o_row + h * stride_oh
+        x1, x2 = _load_pairs(x, mask, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        _store_rotated(x, o, mask, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
 
 
 @triton.jit
@@ -138,12 +167,18 @@ def _rope_kernel(
     SECTION_1: tl.constexpr,
     SECTION_2: tl.constexpr,
     INTERLEAVED: tl.constexpr,
+    SLOTS: tl.constexpr,
     INVERSE: tl.constexpr,
     COMPUTE: tl.constexpr,
 ):
-    # One flat grid axis over (sequence, block of positions): no 65535 limit on the batch. Every
-    # feature dimension has unit stride, and cos and sin share their strides (fewer launch args).
+    # One flat grid axis over (sequence, block of positions[, block of slots]): no 65535 limit on
+    # the batch. Every feature dimension has unit stride, and cos and sin share their strides
+    # (fewer launch args).
     pid = tl.program_id(0)
+    if SLOTS:  # BLOCK_HQ slots (heads of q, then of k) a program, consecutive programs on one position block
+        n_slot_blocks = tl.cdiv(n_q_heads + n_k_heads, BLOCK_HQ)
+        slot_block = pid % n_slot_blocks
+        pid = pid // n_slot_blocks
     n_t_blocks = tl.cdiv(seq_len, BLOCK_T)
     b = (pid // n_t_blocks).to(tl.int64)
     t = ((pid % n_t_blocks) * BLOCK_T + tl.arange(0, BLOCK_T)).to(tl.int64)[:, None, None]
@@ -174,14 +209,28 @@ def _rope_kernel(
         # The transpose of [[c1, -s1], [s2, c2]] is [[c1, s2], [-s1, c2]]: the forward with the
         # sine negated and its halves swapped (the same thing for HF's duplicated cos/sin halves).
         s1, s2 = -s2, -s1
-    _rotate_heads(
-        q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_T, BLOCK_HQ, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
-    )  # fmt: skip
-    _rotate_heads(
-        k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
-        HALF, PASS, BLOCK_T, BLOCK_HK, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
-    )  # fmt: skip
+    if SLOTS:
+        # Each slot is a head of q or of k: a masked access to each, as a select between the two
+        # pointers would lose their contiguity (the accesses would not vectorize).
+        slot = (slot_block * BLOCK_HQ + tl.arange(0, BLOCK_HQ)).to(tl.int64)[None, :, None]
+        h_k = slot - n_q_heads
+        in_q, mask_q, mask_k = slot < n_q_heads, t_mask & (slot < n_q_heads), t_mask & (h_k >= 0) & (h_k < n_k_heads)
+        xq, oq = q_ptr + b * sqb + t * sqt + slot * sqh, qo_ptr + b * sqob + t * sqot + slot * sqoh
+        xk, ok = k_ptr + b * skb + t * skt + h_k * skh, ko_ptr + b * skob + t * skot + h_k * skoh
+        q1, q2 = _load_pairs(xq, mask_q, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        k1, k2 = _load_pairs(xk, mask_k, HALF, HALF_PAD, INTERLEAVED, COMPUTE)
+        x1, x2 = tl.where(in_q, q1, k1), tl.where(in_q, q2, k2)
+        _store_rotated(xq, oq, mask_q, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+        _store_rotated(xk, ok, mask_k, x1, x2, c1, c2, s1, s2, HALF, PASS, HALF_PAD, PASS_PAD, INTERLEAVED)
+    else:
+        _rotate_heads(
+            q_ptr, qo_ptr, sqb, sqh, sqt, sqob, sqoh, sqot, b, t, t_mask, n_q_heads, c1, c2, s1, s2,
+            HALF, PASS, BLOCK_HQ, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
+        )  # fmt: skip
+        _rotate_heads(
+            k_ptr, ko_ptr, skb, skh, skt, skob, skoh, skot, b, t, t_mask, n_k_heads, c1, c2, s1, s2,
+            HALF, PASS, BLOCK_HK, HALF_PAD, PASS_PAD, INTERLEAVED, COMPUTE,
+        )  # fmt: skip
 
 
 def _bhtd(values: tuple, unsqueeze_dim: int) -> tuple:
@@ -228,7 +277,8 @@ def _readable(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides, si
 
 
 def _launch_settings(batch: int, seq_len: int, n_q_heads: int, half_pad: int) -> tuple[int, int, int]:
-    """(BLOCK_T, BLOCK_HQ cap, number of position blocks)."""
+    """(BLOCK_T, BLOCK_HQ cap, number of position blocks); with ``SLOTS``, ``n_q_heads`` counts the
+    heads of q and k together."""
     block_h = max(1, min(next_power_of_2(n_q_heads), TILE // half_pad))
     block_t = max(1, min(TILE // (block_h * half_pad), next_power_of_2(seq_len), 64))
     while block_t > 1 and batch * cdiv(seq_len, block_t) < MIN_PROGRAMS:
@@ -243,9 +293,10 @@ class _Plan(NamedTuple):
     readable: bool  # False: copy the inputs with ``_unit_feature_stride`` and plan again
     orders: tuple  # memory orders of the outputs (q's, k's)
     out_strides: tuple  # strides of the outputs (q's, k's)
+    outputs_like_inputs: tuple  # whether q (k) has its output's strides already (then ``empty_like``)
     grid: tuple  # empty when there is nothing to rotate
-    int_args: tuple  # the kernel's arguments after its six pointers
-    meta: dict  # the kernel's constexprs and num_warps
+    scalars: tuple  # the kernel's arguments after its six pointers: (forward's, inverse's)
+    num_warps: int
 
 
 @functools.lru_cache(maxsize=512)
@@ -266,37 +317,31 @@ def _launch_plan(q_shape, q_strides, k_shape, k_strides, cos_shape, cos_strides,
     if orders is None:
         orders = (_layout_order(q_shape, q_strides), _layout_order(k_shape, k_strides))
     out_strides = (_dense_strides(q_shape, orders[0]), _dense_strides(k_shape, orders[1]))
+    same = (out_strides[0] == tuple(q_strides), out_strides[1] == tuple(k_strides))
     batch, n_q_heads, seq_len, head_dim = _bhtd(q_shape, unsqueeze_dim)
     n_k_heads = _bhtd(k_shape, unsqueeze_dim)[1]
     if not readable or batch * seq_len == 0:
-        return _Plan(rotary_dim, readable, orders, out_strides, (), (), {})
+        return _Plan(rotary_dim, readable, orders, out_strides, same, (), (), NUM_WARPS)
     half = rotary_dim // 2
     half_pad = next_power_of_2(half)
     pass_dims = head_dim - rotary_dim
-    block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, n_q_heads, half_pad)
+    heads = n_q_heads + n_k_heads if SLOTS else n_q_heads  # what one program's block of heads covers
+    block_t, block_h, n_t_blocks = _launch_settings(batch, seq_len, heads, half_pad)
+    n_programs = batch * n_t_blocks * (cdiv(heads, block_h) if SLOTS else 1)
     # cos/sin as [B or 1, T, R]; batch stride 0 when broadcast over the batch
     cos_b = 0 if len(cos_shape) == 2 or cos_shape[0] == 1 else cos_strides[0]
-    int_args = (
+    sections = (half, half) if mrope_section is None else (mrope_section[0], mrope_section[0] + mrope_section[1])
+    scalars = (
         *_bhtd(q_strides, unsqueeze_dim)[:3], *_bhtd(k_strides, unsqueeze_dim)[:3],
         *_bhtd(out_strides[0], unsqueeze_dim)[:3], *_bhtd(out_strides[1], unsqueeze_dim)[:3],
         plane_stride, cos_b, cos_strides[-2], seq_len, n_q_heads, n_k_heads,
+        # the constexprs, in the kernel's order
+        half, pass_dims, block_t, block_h, max(1, min(next_power_of_2(n_k_heads), block_h)), half_pad,
+        next_power_of_2(pass_dims) if pass_dims else 1, *sections, interleaved, SLOTS,
     )  # fmt: skip
-    sections = (half, half) if mrope_section is None else (mrope_section[0], mrope_section[0] + mrope_section[1])
-    meta = dict(
-        HALF=half,
-        PASS=pass_dims,
-        BLOCK_T=block_t,
-        BLOCK_HQ=block_h,
-        BLOCK_HK=max(1, min(next_power_of_2(n_k_heads), block_h)),
-        HALF_PAD=half_pad,
-        PASS_PAD=next_power_of_2(pass_dims) if pass_dims else 1,
-        SECTION_1=sections[0],
-        SECTION_2=sections[1],
-        INTERLEAVED=interleaved,
-        COMPUTE=tl.float64 if fp64 else tl.float32,
-        num_warps=NUM_WARPS,
-    )
-    return _Plan(rotary_dim, readable, orders, out_strides, (batch * n_t_blocks,), int_args, meta)
+    compute = tl.float64 if fp64 else tl.float32
+    directions = ((*scalars, False, compute), (*scalars, True, compute))
+    return _Plan(rotary_dim, readable, orders, out_strides, same, (n_programs,), directions, NUM_WARPS)
 
 
 def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope_section=None, interleaved=False):
@@ -305,6 +350,15 @@ def rope_plan(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, orders=None, mrope
         q.shape, q.stride(), k.shape, k.stride(), cos.shape, cos.stride(), sin.shape, sin.stride(), unsqueeze_dim,
         rotary_dim, orders, q.dtype == torch.float64, mrope_section, interleaved,
     )  # fmt: skip
+
+
+def _new_output(x, strides: tuple, like_x: bool) -> torch.Tensor:
+    """A new tensor of ``x``'s shape with ``strides``: ``empty_like(x)`` where x has them already
+    (dense, so it keeps them), ~1 us less host time than ``empty_strided``."""
+    if not like_x:
+        return empty_output(x.shape, x, strides=strides)
+    out = torch.empty_like(x)
+    return out.fill_(float("nan")) if POISON else out
 
 
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None, mrope_section=None,
@@ -327,19 +381,25 @@ def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, o
         if cos.stride() != sin.stride():
             cos, sin = cos.contiguous(), sin.contiguous()
         plan = rope_plan(q, k, cos, sin, unsqueeze_dim, rotary_dim, plan.orders, mrope_section, interleaved)
-    qo = empty_output(q.shape, q, strides=plan.out_strides[0])
-    ko = empty_output(k.shape, k, strides=plan.out_strides[1])
+    qo = _new_output(q, plan.out_strides[0], plan.outputs_like_inputs[0])
+    ko = _new_output(k, plan.out_strides[1], plan.outputs_like_inputs[1])
     if plan.grid:
-        m = plan.meta
-        constexprs = (m["HALF"], m["PASS"], m["BLOCK_T"], m["BLOCK_HQ"], m["BLOCK_HK"], m["HALF_PAD"], m["PASS_PAD"])
-        constexprs += (m["SECTION_1"], m["SECTION_2"], m["INTERLEAVED"])
-        scalars = (*plan.int_args, *constexprs, inverse, m["COMPUTE"])
-        launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), scalars, m["num_warps"])
+        launch(_rope_kernel, plan.grid, (q, k, qo, ko, cos, sin), plan.scalars[inverse], plan.num_warps)
     return qo, ko, plan
 
 
 def check_rope_tensors(q, k, cos, sin) -> None:
-    """Types, dtypes and devices of the inputs (errors name the argument)."""
+    """Types, dtypes and devices of the inputs (errors name the argument). Valid inputs take one
+    expression (~1 us on the CPU machine against ~4 for the checks one by one)."""
+    if (
+        type(q) is type(k) is type(cos) is type(sin) is torch.Tensor
+        and q.dtype == k.dtype
+        and q.dtype in FLOAT_DTYPES
+        and cos.dtype in FLOAT_DTYPES
+        and sin.dtype in FLOAT_DTYPES
+        and q.device == k.device == cos.device == sin.device
+    ):
+        return
     for name, t in (("q", q), ("k", k), ("cos", cos), ("sin", sin)):
         check_float(name, t)
     check_same_device(q=q, k=k, cos=cos, sin=sin)
