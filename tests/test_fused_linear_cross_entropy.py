@@ -618,7 +618,7 @@ def test_accumulate_route_peak_memory(monkeypatch):
 
 def test_exact_route_rule_at_representative_shapes(monkeypatch):
     """The exact path's rule: the accumulate route when the tile route keeps the dlogits of fewer
-    than half of the tokens (more than 7NHV) and its chunks hold 1024 tokens, the tile route
+    than half of the tokens (more than 7NHV) and its chunks hold 768 tokens, the tile route
     otherwise and wherever only it applies (per-token upstream gradients, no weight or bias
     gradient); the environment variable overrides it where both apply, and a bad value is an error
     naming it."""
@@ -635,8 +635,10 @@ def test_exact_route_rule_at_representative_shapes(monkeypatch):
     assert pick(8192, 4096) == "accumulate" and pick(4096, 4096) == "tiles" and pick(7168, 4096) == "tiles"
     assert pick(12288, 8192, v=32000) == "tiles" and pick(32768, 4096, v=32000, dtype=torch.float32) == "accumulate"
     # Gemma-2-2B's head (V=256000, H=2304): 1792 kept of 4096, but the accumulate route's chunks would
-    # hold 512 tokens (its traffic shows: 37.6 ms vs 35.0 on an H200) -> tiles
+    # hold 512 tokens (its traffic shows: 37.6 ms vs 35.0 on an H200) -> tiles; GPT-OSS's (640: even
+    # in time, 1.5 GiB more) -> tiles; Qwen2.5-1.5B's (V=151936: 768 tokens, 27.8 ms vs 32.9) -> accumulate
     assert pick(4096, 2304, v=256000) == "tiles" and pick(16384, 2304, v=256000) == "tiles"
+    assert pick(8192, 2880, v=201088) == "tiles" and pick(8192, 1536, v=151936) == "accumulate"
     assert pick(8192, 2048, per_row=True) == "tiles" and pick(8192, 2048, need_w=False) == "tiles"
     assert pick(8192, 2048, need_w=False, need_b=True) == "tiles"
     monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")

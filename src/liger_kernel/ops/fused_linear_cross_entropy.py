@@ -160,10 +160,13 @@ KEPT_CHUNK_MIN_ROWS = 256
 # rate hides once a chunk has ~830 tokens (2 K flops per 8 bytes of it against ~206 flops per
 # byte); fewer tokens per chunk turn the weight-gradient matmuls memory-bound, more cost memory.
 ACCUMULATE_ROWS_BUDGET_BYTES = 512 * 2**20
-# ... and the route only where that budget holds this many tokens (or all of them): at V=256000 it
-# holds 512, and the accumulator's traffic shows (H200, Gemma-2-2B's head, N=4096: 37.6 ms and
-# 2788 MiB vs the tile route's 35.0 ms and 1208 MiB; Gemma-3-4B's: 40.0 / 3112 vs 37.3 / 1364).
-ACCUMULATE_MIN_CHUNK_ROWS = 1024
+# ... and the route only where that budget holds this many tokens (or all of them): each chunk
+# reads and writes the accumulator. Measured on H200 (accumulate vs tiles, ms and MiB): 1024-token
+# chunks (V=128256, Llama-3.2-1B, N=16384) 53.4 / 1635 vs 66.5 / 695; 768 (V=151936, Qwen2.5-1.5B,
+# N=8192) 27.8 / 1387 vs 32.9 / 534 (its training step 50.5k vs 48.8k tokens/s); 640 (V=201088,
+# GPT-OSS-20B, N=8192) 65.1 / 2791 vs 66.0 / 1214: even, for 1.5 GiB; 512 (V=256000, Gemma-2-2B,
+# N=4096) 37.6 / 2788 vs 35.0 / 1208; (V=262144, Gemma-3-4B) 40.0 / 3112 vs 37.3 / 1364.
+ACCUMULATE_MIN_CHUNK_ROWS = 768
 # Every budget above is multiplied by the ``chunk_mem_const`` argument.
 
 # The exact path's route override (``exact_route``): "auto" (the default), "accumulate", "tiles".
