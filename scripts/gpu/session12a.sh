@@ -4,12 +4,7 @@
 # session 11), and the FLCE at Llama-3.2-1B's head (N=16384, H=2048): accumulate chunks of 1024 vs
 # 2048 tokens, the tile route and torch.compile (ours spends 173.5 ms a step in matmuls vs stock's 165.9).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/a"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-date -u +%H:%M:%S
+source "$(dirname "$0")/lib.sh" a
 timeout 100 python3 benchmarks/flce_exact.py --out "$L/flce" --tokens 16384 --errors "" --hidden 2048 \
   --providers "exact (default),exact accumulate R2048,exact tiles,compile" >"$L/flce.log" 2>&1
 echo "flce exit $?"; grep -E '^\{' "$L/flce.log"

@@ -3,12 +3,7 @@
 # the kept share alone gave 128 at H <= 2560) at three heads: Llama-3.2-1B at N=2048, Gemma-2-2B and
 # Gemma-3-4B at N=4096 (e2e's token counts); then the tiled MLP's bars (scripts/gpu/tiled12.sh).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/c"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-date -u +%H:%M:%S
+source "$(dirname "$0")/lib.sh" c
 flce() {  # name, N, H, V, providers
   timeout 80 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
     --providers "$5" >"$L/flce_$1.log" 2>&1

@@ -4,12 +4,7 @@
 # compile, e2e with Liger's RoPE on/off); the compile table, all three cases in one run; Gemma-3 e2e
 # (stock, ours, Liger 0.8.5) after the FLCE change.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/d"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-date -u +%H:%M:%S
+source "$(dirname "$0")/lib.sh" d
 if [ "${1:-1}" = 1 ]; then
 timeout 170 python3 -m pytest tests/test_rope.py tests/test_qwen2vl_mrope.py tests/test_llama4_rope.py \
   tests/test_fused_linear_cross_entropy.py -p no:cacheprovider -o addopts="" -q -x -rfE >"$L/tests.log" 2>&1

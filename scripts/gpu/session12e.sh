@@ -3,12 +3,7 @@
 # (tokens of fp32 logits in 512 MiB: 1024 at V=128256, 768 at 151936, 640 at 201088, 512 at 256000):
 # both routes forced at Qwen2.5-1.5B's head (N=8192) and GPT-OSS-20B's, and Qwen2.5-1.5B's eager step.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/e"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-date -u +%H:%M:%S
+source "$(dirname "$0")/lib.sh" e
 flce() {  # name, N, H, V
   timeout 60 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
     --providers "exact accumulate,exact tiles" >"$L/flce_$1.log" 2>&1
