@@ -226,6 +226,26 @@ def test_backward_routes_match_float64(blocks, activation, dtype):
 
 
 @pytest.mark.parametrize("blocks", [0, 2], ids=["tokens", "blocks"])
+def test_input_gradient_is_rounded_once(blocks):
+    """dx = da @ W_gate + db @ W_up summed in fp32 and rounded once to bf16 on both routes: equal to
+    the float64 sum of the same da, db rounded once, but for the rare fp32 sum at a rounding
+    boundary (two roundings, each product then their sum, leave ~1 in 4 elements an ulp off)."""
+    from liger_kernel.ops.swiglu import gated_backward
+    from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp
+
+    n, h, i = 41, 24, 56
+    x, dy = randn(n, h, dtype=torch.bfloat16), randn(n, h, dtype=torch.bfloat16)
+    gate, up, down = (randn(*s, dtype=torch.bfloat16, scale=s[1] ** -0.5) for s in ((i, h), (i, h), (h, i)))
+    got = torch.autograd.grad(
+        apply_tiled_gated_mlp(x.requires_grad_(), gate, up, down, "silu", 1, blocks), x, dy
+    )[0]  # fmt: skip
+    a, b, dc = x.detach() @ gate.T, x.detach() @ up.T, dy @ down
+    gated_backward(dc, a, b, "silu", a, b, False)  # the op's own da, db
+    once = (a.double() @ gate.double() + b.double() @ up.double()).to(torch.bfloat16)
+    assert (got == once).float().mean() > 0.98, (got != once).sum()
+
+
+@pytest.mark.parametrize("blocks", [0, 2], ids=["tokens", "blocks"])
 def test_backward_routes_with_frozen_weights_and_input(blocks):
     """Only what requires a gradient gets one, on both routes (more shards than rows: some empty)."""
     from liger_kernel.ops.swiglu import gated_mlp_reference

@@ -175,7 +175,7 @@ class LigerTiledGatedMLPFunction(LigerFunction):
       time: the end holds one chunk's rounded copy more, not all of dx's.
     - ``blocks`` = 0: by the token shards, the weight gradients summed over them in fp32 buffers
       of the weights' size (matmuls with an fp32 output accumulating in place), rounded at the end
-      one at a time.
+      one at a time; each shard's dx, its two products, in an fp32 shard buffer.
     """
 
     @staticmethod
@@ -217,16 +217,16 @@ def _backward_by_tokens(ctx, rows, dy_rows, gate_weight, up_weight, down_weight)
         a, b = shard @ gate_weight.T, shard @ up_weight.T
         dc = dy_shard @ down_weight
         gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da, db over a, b; c over dc
+        if need_down:
+            sums[2] = _fp32_matmul_sum(sums[2], dy_shard.T, dc)
+        dc = None  # before dx's fp32 shard ([rows, H], under c's [rows, I] bytes when I > 2H)
+        if need_x:  # both products summed in fp32, rounded once
+            dx_shard.copy_(_fp32_matmul_sum(_fp32_matmul_sum(None, a, gate_weight), b, up_weight))
         if need_gate:
             sums[0] = _fp32_matmul_sum(sums[0], a.T, shard)
         if need_up:
             sums[1] = _fp32_matmul_sum(sums[1], b.T, shard)
-        if need_down:
-            sums[2] = _fp32_matmul_sum(sums[2], dy_shard.T, dc)
-        if need_x:
-            torch.matmul(a, gate_weight, out=dx_shard)
-            dx_shard.addmm_(b, up_weight)
-        a = b = dc = None  # this shard's intermediates dropped before the next one's
+        a = b = None  # this shard's intermediates dropped before the next one's
     for k, w in enumerate((gate_weight, up_weight, down_weight)):
         sums[k] = None if sums[k] is None else sums[k].to(w.dtype)  # one fp32 sum alive at a time
     return dx, *sums
