@@ -32,6 +32,23 @@ def test_kernel_profile_counts_overlaps_once():
     assert profile["span_us"] == 41
 
 
+def test_host_ops_by_inclusive_host_time():
+    """``host_ops``: calls, inclusive and self host time per operator, the costliest first (an
+    operator's inclusive time covers what it calls)."""
+    import torch
+
+    a = torch.randn(64, 64)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            torch.nn.functional.linear(a, a)
+        a.add(1)
+    ops = bench_compile.host_ops(prof)
+    assert ops["aten::linear"][0] == 3 and ops["aten::add"][0] == 1
+    assert all(inclusive >= own for _, inclusive, own in ops.values())
+    inclusive = [v[1] for v in ops.values()]
+    assert inclusive == sorted(inclusive, reverse=True) and ops["aten::linear"][1] >= ops["aten::mm"][1]
+
+
 def test_categorize():
     ours = compile_floor.our_kernel_names()
     assert "_gated_forward_kernel" in ours
