@@ -54,9 +54,11 @@ for the 20-30 sized logits of trained LMs.
 - The route (``exact_route``): only the tiles serve per-token upstream gradients
   (``reduction="none"``) or need nothing when neither weight nor bias wants a gradient; otherwise
   the rule picks accumulate when the tile route keeps the dlogits of fewer than half of the
-  tokens (``2 K < N``: the tile route's 8NHV - 2KHV is then above 7NHV). With bf16 weights K is
-  about 7H/8, so accumulate from N > 1.75H on: N=8192 at H=2048 (7.56NHV) and at H=4096 (7.1NHV),
-  tiles at N=2048 for both. The environment variable ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the
+  tokens (``2 K < N``: the tile route's 8NHV - 2KHV is then above 7NHV) and its chunks hold
+  ``ACCUMULATE_MIN_CHUNK_ROWS`` tokens (768: V up to ~175k; with fewer, the accumulator's traffic
+  shows). With bf16 weights K is about 7H/8 (at H <= 2560 about 3H/4: the tile route's forward
+  chunks hold at least 256 tokens), so accumulate from N > ~1.75H on: N=8192 at H=2048 and at
+  H=4096, tiles at N=2048 for both and for Gemma's 256k vocabularies. The environment variable ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the
   default; ``accumulate``; ``tiles``) overrides the rule where both routes apply (the public
   signatures stay Liger 0.8.5's); benchmarks/bench_multigpu.py's ``ours-accumulate`` and
   ``ours-tiles`` providers set it.
