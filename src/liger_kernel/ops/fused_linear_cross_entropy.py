@@ -58,10 +58,10 @@ for the 20-30 sized logits of trained LMs.
   ``ACCUMULATE_MIN_CHUNK_ROWS`` tokens (768: V up to ~175k; with fewer, the accumulator's traffic
   shows). With bf16 weights K is about 7H/8 (at H <= 2560 about 3H/4: the tile route's forward
   chunks hold at least 256 tokens), so accumulate from N > ~1.75H on: N=8192 at H=2048 and at
-  H=4096, tiles at N=2048 for both and for Gemma's 256k vocabularies. The environment variable ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the
-  default; ``accumulate``; ``tiles``) overrides the rule where both routes apply (the public
-  signatures stay Liger 0.8.5's); benchmarks/bench_multigpu.py's ``ours-accumulate`` and
-  ``ours-tiles`` providers set it.
+  H=4096, tiles at N=2048 for both and for Gemma's 256k vocabularies. The environment variable
+  ``LIGER_FLCE_EXACT_ROUTE`` (``auto``, the default; ``accumulate``; ``tiles``) overrides the rule
+  where both routes apply (the public signatures stay Liger 0.8.5's); benchmarks/bench_multigpu.py's
+  ``ours-accumulate`` and ``ours-tiles`` providers set it.
 
 The tile route, measured on one H200 (2026-11-29, N=8192, H=4096, V=128256, bf16;
 benchmarks/NOTES.md, "Fused linear cross-entropy: exact and lean", and
