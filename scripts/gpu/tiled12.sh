@@ -8,25 +8,22 @@
 # Results: benchmarks/results/h200/tiled_mlp.{md,json}, tiled_mlp_accuracy.{md,json}, copied with the
 # logs into $OUT/tiled12/, packed as $OUT/tiled12.tgz.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-/tmp/out}
-LOG="$OUT/tiled12"
+source "$(dirname "$0")/lib.sh" tiled12
 RESULTS=${RESULTS:-benchmarks/results/h200}
-mkdir -p "$LOG" "$RESULTS"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$RESULTS"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
-bash benchmarks/setup_peers.sh >"$LOG/setup_peers.log" 2>&1 || echo "setup_peers failed: liger085 will say so"
-nvidia-smi --query-gpu=name,memory.used --format=csv,noheader | tee "$LOG/gpu.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG/gpu.txt"
+bash benchmarks/setup_peers.sh >"$L/setup_peers.log" 2>&1 || echo "setup_peers failed: liger085 will say so"
+nvidia-smi --query-gpu=name,memory.used --format=csv,noheader | tee "$L/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$L/gpu.txt"
 
 run() {  # name, time limit (s), script and arguments
   local name=$1 limit=$2
   shift 2
   echo "== $name $(date -u +%H:%M:%S)"
-  timeout "$limit" python3 "$@" --out "$RESULTS/$name" >"$LOG/$name.log" 2>&1
+  timeout "$limit" python3 "$@" --out "$RESULTS/$name" >"$L/$name.log" 2>&1
   echo "$name exit $?"
-  tail -12 "$LOG/$name.log"
-  cp "$RESULTS/$name".md "$RESULTS/$name".json "$LOG/" 2>/dev/null
+  tail -12 "$L/$name.log"
+  cp "$RESULTS/$name".md "$RESULTS/$name".json "$L/" 2>/dev/null
 }
 run tiled_mlp 150 benchmarks/bench_tiled_mlp.py --graph --providers ours,liger085,compile_untiled,compile_tiled
 run tiled_mlp_accuracy 100 benchmarks/tiled_mlp_accuracy.py --providers ours,compile_tiled,eager,liger085
