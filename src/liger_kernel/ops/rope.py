@@ -18,12 +18,12 @@ import triton.language as tl
 
 from liger_kernel.ops.utils import (
     FLOAT_DTYPES,
-    POISON,
     LigerFunction,
     cdiv,
     check_float,
     check_same_device,
     check_same_dtype,
+    empty_like_output,
     empty_output,
     fallback_backward,
     fallback_forward,
@@ -357,8 +357,7 @@ def _new_output(x, strides: tuple, like_x: bool) -> torch.Tensor:
     (dense, so it keeps them), ~1 us less host time than ``empty_strided``."""
     if not like_x:
         return empty_output(x.shape, x, strides=strides)
-    out = torch.empty_like(x)
-    return out.fill_(float("nan")) if POISON else out
+    return empty_like_output(x, torch.preserve_format)
 
 
 def rope_launch(q, k, cos, sin, unsqueeze_dim: int, rotary_dim, inverse: bool, orders=None, mrope_section=None,

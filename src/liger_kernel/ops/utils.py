@@ -113,11 +113,12 @@ def empty_output(shape, like: torch.Tensor, dtype=None, strides=None) -> torch.T
     return out
 
 
-def empty_like_output(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous float tensor of ``t``'s shape, dtype and device for a kernel's output, as
-    ``empty_output`` (NaN-filled under ``LIGER_KERNEL_POISON=1``) with ~2 us less host time
-    (``torch.empty_like``: no shape, dtype and device to parse)."""
-    out = torch.empty_like(t, memory_format=torch.contiguous_format)
+def empty_like_output(t: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """A float tensor of ``t``'s shape, dtype and device for a kernel's output (contiguous, or in
+    ``memory_format``: ``torch.preserve_format`` keeps a dense ``t``'s strides), as ``empty_output``
+    (NaN-filled under ``LIGER_KERNEL_POISON=1``) with ~2 us less host time (``torch.empty_like``:
+    no shape, dtype and device to parse)."""
+    out = torch.empty_like(t, memory_format=memory_format)
     return out.fill_(float("nan")) if POISON else out
 
 
