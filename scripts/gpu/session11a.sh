@@ -5,11 +5,7 @@
 #          then the Qwen3-MoE end-to-end run (stock, ours, Liger; its autotuning reused from disk);
 #   GPU 1: experts block at the GPT-OSS-20B shape (ours, grouped_mm, Liger with up to 500 s).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/a"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/lib.sh" a
 export TRITON_CACHE_AUTOTUNING=1
 {
 date -u +%H:%M:%S

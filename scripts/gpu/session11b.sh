@@ -4,11 +4,7 @@
 #   GPU 0: every MoE family fp32 and bf16, the harness's own tests, the reversed-rows probe (glm4v_moe);
 #   GPU 1: every vision-language family, fp32 and bf16 (half a: gemma3/gemma4/glm4v/internvl/llama4/llava).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/b"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/lib.sh" b
 {
 date -u +%H:%M:%S
 run() { timeout 290 python3 -m pytest "${@:3}" -p no:cacheprovider -o addopts="" -q -rfE --durations=3 >"$L/t_$2.log" 2>&1; }

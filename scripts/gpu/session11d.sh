@@ -3,11 +3,7 @@
 #   GPU 0: issue 15's floor and compile table (scripts/gpu/s11-compile.sh, alone on its GPU);
 #   GPU 1: the MoE and vision-language convergence tests with up to six moved-norm stock samples.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-export OUT=${OUT:-/tmp/out}
-L="$OUT/d"
-mkdir -p "$L"
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/lib.sh" d
 run() { CUDA_VISIBLE_DEVICES=1 timeout 330 python3 -m pytest "${@:2}" -p no:cacheprovider -o addopts="" -q -rfE --durations=5 >"$L/t_$1.log" 2>&1; }
 date -u +%H:%M:%S
 CUDA_VISIBLE_DEVICES=0 bash scripts/gpu/s11-compile.sh >"$L/compile.log" 2>&1 &
