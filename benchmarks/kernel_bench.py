@@ -91,6 +91,14 @@ def graph_ms(make, shape, device, budget_ms=50.0) -> dict:
         torch.cuda.empty_cache()
 
 
+def check_peer_import() -> None:
+    """In a peer's child process: stop unless ``liger_kernel`` is the peer's (``PEER_PATH``)."""
+    import liger_kernel
+
+    if not str(liger_kernel.__file__).startswith(str(PEER_PATH)):
+        raise SystemExit(f"the peer process imported {liger_kernel.__file__}, not {PEER_PATH}")
+
+
 def _run_peer(script, cases, peer, device, graph=False) -> dict:
     if not PEER_PATH.is_dir():
         return {p: {c: {"error": f"{PEER_PATH} missing: bash benchmarks/setup_peers.sh"} for c in cases} for p in peer}
@@ -135,10 +143,7 @@ def main(script, title, cases, providers, peer=(), smoke=None):
         case_names = ["smoke"]
         cases = {"smoke": smoke}
     if args.child:
-        import liger_kernel
-
-        if not str(liger_kernel.__file__).startswith(str(PEER_PATH)):
-            raise SystemExit(f"the peer process imported {liger_kernel.__file__}, not {PEER_PATH}")
+        check_peer_import()
     title = f"{title} ({torch.cuda.get_device_name() if device == 'cuda' else 'cpu'})"
     results = {}
 

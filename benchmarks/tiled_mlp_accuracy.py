@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from bench_tiled_mlp import CASES, PROVIDERS, SMOKE, eager_mlp
 from flce_exact import ratios
-from kernel_bench import PEER_PATH, _run_peer
+from kernel_bench import _run_peer, check_peer_import
 
 GRADS = ("dx", "dW_gate", "dW_up", "dW_down")
 PEER = ("liger085",)
@@ -74,10 +74,7 @@ def main():
     names = args.providers.split(",")
     cases = {"smoke": SMOKE} if args.smoke else {c: CASES[c] for c in (args.cases.split(",") if args.cases else CASES)}
     if args.child:
-        import liger_kernel
-
-        if not str(liger_kernel.__file__).startswith(str(PEER_PATH)):
-            raise SystemExit(f"the peer process imported {liger_kernel.__file__}, not {PEER_PATH}")
+        check_peer_import()
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     results = {}
 
