@@ -34,10 +34,16 @@ PROVIDERS = {
     "exact (default)": {},  # the rule's route
     "exact tiles": {"route": "tiles"},  # kept dlogits and vocabulary tiles (the default before issue 16)
     "exact accumulate": {"route": "accumulate"},  # token chunks, fp32 accumulator: 6NHV
-    # groups of G tokens' bf16 dlogits (one accumulating matmul each), computed in chunks of C tokens
-    "exact accumulate G1024 in place": {"route": "accumulate", "module": {"G": 1024, "C": 1024}},  # before session 13
-    "exact accumulate G768 in place": {"route": "accumulate", "module": {"G": 768, "C": 768}},  # V=151936 before
+    # groups of G tokens' bf16 dlogits (one accumulating matmul each), computed in chunks of C tokens;
+    # G = C: one chunk a group, its dlogits over its fp32 logits (the route before session 13)
+    "exact accumulate G1024 in place": {"route": "accumulate", "module": {"G": 1024, "C": 1024}},
+    "exact accumulate G768 in place": {"route": "accumulate", "module": {"G": 768, "C": 768}},
+    # the same memory as 1024 tokens in place at V=128256 (2 G + 4 C = 4096 bytes per vocabulary entry)
+    "exact accumulate G1536 C256": {"route": "accumulate", "module": {"G": 1536, "C": 256}},
+    "exact accumulate G1280 C384": {"route": "accumulate", "module": {"G": 1280, "C": 384}},
+    # more memory
     "exact accumulate G2048 C256": {"route": "accumulate", "module": {"G": 2048, "C": 256}},
+    "exact accumulate G2048 C512": {"route": "accumulate", "module": {"G": 2048, "C": 512}},
     "exact accumulate G2048 C1024": {"route": "accumulate", "module": {"G": 2048, "C": 1024}},
     "exact accumulate G4096 C512": {"route": "accumulate", "module": {"G": 4096, "C": 512}},
     "exact nothing kept": {
@@ -162,8 +168,9 @@ def configure(settings, n, v):
         settings["EXACT_TILE_BUDGET_BYTES"] = 4 * n * settings.pop("T")
     if "G" in settings:
         group, chunk = settings.pop("G"), settings.pop("C")
-        settings["ACCUMULATE_ROWS_BUDGET_BYTES"] = 2 * v * group
-        settings["ACCUMULATE_CHUNK_SHARE"] = 2 * chunk / group
+        budget = 2 * v * group + 4 * v * chunk if chunk < group else 4 * v * chunk
+        settings["ACCUMULATE_ROWS_BUDGET_BYTES"] = budget
+        settings["ACCUMULATE_CHUNK_SHARE"] = 4 * v * chunk / budget
     saved = {k: getattr(ops, k) for k in settings}
     for k, value in settings.items():
         setattr(ops, k, value)
