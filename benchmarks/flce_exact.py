@@ -28,24 +28,15 @@ from liger_kernel.transformers.functional import liger_fused_linear_cross_entrop
 
 MIB = 2**20
 # name -> keyword arguments; "module": settings of the ops module for the run ("T": tile columns;
-# "G", "C": accumulate-route group and chunk tokens, bf16); "route": the exact path's LIGER_FLCE_EXACT_ROUTE for the run
+# "R": accumulate-route chunk tokens); "route": the exact path's LIGER_FLCE_EXACT_ROUTE for the run
 # ("auto" unless given); "compile": torch.compile of the plain-PyTorch loss instead
 PROVIDERS = {
     "exact (default)": {},  # the rule's route
     "exact tiles": {"route": "tiles"},  # kept dlogits and vocabulary tiles (the default before issue 16)
     "exact accumulate": {"route": "accumulate"},  # token chunks, fp32 accumulator: 6NHV
-    # groups of G tokens' bf16 dlogits (one accumulating matmul each), computed in chunks of C tokens;
-    # G = C: one chunk a group, its dlogits over its fp32 logits (the route before session 13)
-    "exact accumulate G1024 in place": {"route": "accumulate", "module": {"G": 1024, "C": 1024}},
-    "exact accumulate G768 in place": {"route": "accumulate", "module": {"G": 768, "C": 768}},
-    # the same memory as 1024 tokens in place at V=128256 (2 G + 4 C = 4096 bytes per vocabulary entry)
-    "exact accumulate G1536 C256": {"route": "accumulate", "module": {"G": 1536, "C": 256}},
-    "exact accumulate G1280 C384": {"route": "accumulate", "module": {"G": 1280, "C": 384}},
-    # more memory
-    "exact accumulate G2048 C256": {"route": "accumulate", "module": {"G": 2048, "C": 256}},
-    "exact accumulate G2048 C512": {"route": "accumulate", "module": {"G": 2048, "C": 512}},
-    "exact accumulate G2048 C1024": {"route": "accumulate", "module": {"G": 2048, "C": 1024}},
-    "exact accumulate G4096 C512": {"route": "accumulate", "module": {"G": 4096, "C": 512}},
+    "exact accumulate R512": {"route": "accumulate", "module": {"R": 512}},
+    "exact accumulate R768": {"route": "accumulate", "module": {"R": 768}},
+    "exact accumulate R2048": {"route": "accumulate", "module": {"R": 2048}},
     "exact nothing kept": {
         "route": "tiles",
         "module": {"EXACT_KEPT_CHUNK_SHARE": 0},
@@ -156,9 +147,8 @@ def rule_route(n, w):
 
 def configure(settings, n, v):
     """Set attributes of the ops module ("T": vocabulary tile columns at ``n`` tokens, one fp32
-    buffer; "G" and "C": accumulate-route groups of G tokens of ``v`` bf16 dlogits, computed in
-    chunks of C tokens of fp32 logits; C >= G: one chunk a group, its dlogits over its logits);
-    returns the previous values."""
+    buffer; "R": accumulate-route chunks of that many tokens of ``v`` fp32 logits); returns the
+    previous values."""
     if not settings:
         return {}
     from liger_kernel.ops import fused_linear_cross_entropy as ops
@@ -166,11 +156,8 @@ def configure(settings, n, v):
     settings = dict(settings)
     if "T" in settings:
         settings["EXACT_TILE_BUDGET_BYTES"] = 4 * n * settings.pop("T")
-    if "G" in settings:
-        group, chunk = settings.pop("G"), settings.pop("C")
-        budget = 2 * v * group + 4 * v * chunk if chunk < group else 4 * v * chunk
-        settings["ACCUMULATE_ROWS_BUDGET_BYTES"] = budget
-        settings["ACCUMULATE_CHUNK_SHARE"] = 4 * v * chunk / budget
+    if "R" in settings:
+        settings["ACCUMULATE_ROWS_BUDGET_BYTES"] = 4 * v * settings.pop("R")
     saved = {k: getattr(ops, k) for k in settings}
     for k, value in settings.items():
         setattr(ops, k, value)

@@ -606,12 +606,13 @@ def test_exact_path_peak_memory(monkeypatch):
 @pytest.mark.skipif(not ON_GPU, reason="peak memory of the CUDA caching allocator")
 def test_accumulate_route_peak_memory(monkeypatch):
     """The accumulate route's peak extra memory: the fp32 accumulator (rounded in place: no bf16
-    copy beside it), the fp32 input gradient and its budget (one group's bf16 dlogits and one
-    chunk's fp32 logits; issue 16's head, N=8192, H=2048, V=128256: 1002 + 64 + 512 = 1578 MiB)."""
+    copy beside it), the fp32 input gradient and one chunk's fp32 logits (issue 16's head, N=8192,
+    H=2048, V=128256: 1002 + 64 + 501 = 1567 MiB)."""
     monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate")
     n, h, v = 4096, 2048, 65536
     extra = peak_extra_bytes(n, h, v)
-    bound = v * h * 4 + n * h * 4 + flce_ops.ACCUMULATE_ROWS_BUDGET_BYTES + 4 * 2**20
+    chunk = flce_ops.split_size(n, v * 4, flce_ops.ACCUMULATE_ROWS_BUDGET_BYTES) * v * 4
+    bound = v * h * 4 + n * h * 4 + chunk + 4 * 2**20
     assert extra <= bound, (extra / 2**20, bound / 2**20)
 
 
@@ -671,28 +672,20 @@ def test_exact_route_keeps_zero3_heads_lean(monkeypatch):
 def test_accumulate_route_sums_every_chunk_and_rounds_in_place(monkeypatch, dtype, forced):
     """The accumulate route, forced (where the rule keeps enough tokens for the tile route) or
     picked by the rule (fp32 chunks filling most of the buffer keep too few tokens): one sum per
-    group of tokens (bf16: a group's dlogits and one chunk's fp32 logits in the budget, so fewer
-    sums than chunks of the budget's fp32 logits; fp32: one chunk a group, its dlogits over its
-    logits), every gradient right with every option for a non-unit upstream gradient, and a
+    token chunk, every gradient right with every option for a non-unit upstream gradient, and a
     2-byte weight's gradient lies in the fp32 accumulator's first half (rounded in place: no
     separate copy)."""
     n, h, v = sizes(cpu=(37, 24, 301), gpu=(4096, 2048, 32000))
     rows = sizes(cpu=8, gpu=1024)
     set_budgets(monkeypatch, n, v, rows=rows, cols=sizes(cpu=64, gpu=2048), kept_share=1 / 64 if forced else 0.9)
     monkeypatch.setenv(flce_ops.EXACT_ROUTE_ENV, "accumulate" if forced else "auto")
-    calls, chunks = [], []
-    real_add, real_dlogits = flce_ops.SummedGrads.add, flce_ops.dlogits_in_place
-    monkeypatch.setattr(flce_ops.SummedGrads, "add", lambda self, *a: calls.append(a[0].shape[0]) or real_add(self, *a))
-    monkeypatch.setattr(flce_ops, "dlogits_in_place", lambda z, *a: chunks.append(z.shape[0]) or real_dlogits(z, *a))
+    calls = []
+    real = flce_ops.SummedGrads.add
+    monkeypatch.setattr(flce_ops.SummedGrads, "add", lambda self, *a: calls.append(a[0].shape[0]) or real(self, *a))
     spec = dict(bias=True, ignore=True, ce_weight=True, label_smoothing=0.1, softcap=4.0, lse_square_scale=1e-2)
     x, w, b, y, opts, cw = make_case(n, h, v, dtype, spec)
     check_against_torch(x, w, b, y, opts, cw, grad_out=torch.tensor(-2.75, device=DEVICE), mode="exact")
-    in_place = -(-n // rows)  # sums when each chunk's dlogits lie over its logits
-    assert sum(calls) == n, calls
-    if dtype == torch.bfloat16:  # fewer sums, over groups of several chunks, in the same memory
-        assert len(calls) < in_place and len(chunks) > len(calls), (calls, chunks)
-    else:
-        assert len(calls) == in_place == len(chunks), (calls, chunks)
+    assert sum(calls) == n and len(calls) == -(-n // rows), calls
     accumulator_bytes = (-(-v // 2) * h * 4) if dtype == torch.bfloat16 else v * h * 4
     assert w.grad.untyped_storage().nbytes() == accumulator_bytes
 

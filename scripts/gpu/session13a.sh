@@ -4,6 +4,7 @@
 # the route before (1024-token chunks, one accumulating matmul each), at Llama-3.2-1B's head (N=16384),
 # Qwen2.5-1.5B's (N=8192) and issue 16's (N=8192, H=4096); then issue 15's Llama-3.2-1B compile rows,
 # and ours compiled with LIGER_KERNEL_CHECK_LABELS=async (no host sync for the label check).
+# Ran at commit b876005: its group providers left main with that code (benchmarks/results/h200/flce_groups13.md).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" a
 flce() {  # name, N, H, V, providers

@@ -4,6 +4,7 @@
 # 1024 in place before), the gradient coefficients computed once rather than per chunk (no z-loss /
 # token scaling), other group sizes for the record; then issue 15's compile rows (Llama-3.2-1B and
 # Qwen2.5-1.5B: both heads take the accumulate route).
+# Ran at commit 4064e13: its group providers left main with that code (benchmarks/results/h200/flce_groups13.md).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" b
 flce() {  # name, N, H, V, providers

@@ -156,16 +156,12 @@ EXACT_KEPT_CHUNK_SHARE = 1 / 8
 # share is 128 tokens, whose forward runs 2.3x slower than 256-token chunks (H200, H=2048,
 # V=128256, N=2048: forward 11.4 ms at 128, 4.9 at 256 and 4.3 with 2048-token chunks kept apart).
 KEPT_CHUNK_MIN_ROWS = 256
-# Exact path, accumulate route: its working memory beside the fp32 accumulator (1002 MiB at
-# V=128256, H=2048). Each weight-gradient matmul reads and writes that accumulator once (2 GB at
-# H=2048, ~0.5 ms on an H200: hidden only from ~830 tokens on, 2 K flops per 8 bytes against ~206
-# flops per byte), so the tokens each one sums are what counts. For 2-byte inputs the budget holds
-# a group of tokens' dlogits (one matmul each) and, as ``ACCUMULATE_CHUNK_SHARE`` of it, the fp32
-# logits of one chunk computing them: 1536 tokens in chunks of 256 at V=128256; for fp32 inputs
-# (or where a group would hold no more tokens) one chunk, its dlogits written over its logits
-# (1024 tokens at V=128256, bf16 too before session 13).
+# Exact path, accumulate route: the fp32 logits of one token chunk. 1024 tokens of a 128k vocabulary
+# (501 MiB, beside the 1002 MiB fp32 accumulator at H=2048): each chunk's accumulating matmul
+# reads and writes the [V, H] fp32 accumulator once (2 GB at H=2048), which the H200's matmul
+# rate hides once a chunk has ~830 tokens (2 K flops per 8 bytes of it against ~206 flops per
+# byte); fewer tokens per chunk turn the weight-gradient matmuls memory-bound, more cost memory.
 ACCUMULATE_ROWS_BUDGET_BYTES = 512 * 2**20
-ACCUMULATE_CHUNK_SHARE = 1 / 4
 # ... and the route only where that budget holds this many tokens (or all of them): each chunk
 # reads and writes the accumulator. Measured on H200 (accumulate vs tiles, ms and MiB): 1024-token
 # chunks (V=128256, Llama-3.2-1B, N=16384) 53.4 / 1635 vs 66.5 / 695; 768 (V=151936, Qwen2.5-1.5B,
@@ -467,12 +463,12 @@ def mm_scaled(a: torch.Tensor, b: torch.Tensor, alpha: float, out: torch.Tensor)
         out.copy_(torch.mm(a.to(torch.float32), b.to(torch.float32)).mul_(alpha))
 
 
-def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions, out=None) -> torch.Tensor:
+def dlogits_in_place(z, dtype, col0, terms: RowTerms, w, opts: CEOptions) -> torch.Tensor:
     """dloss/dlogits of the raw fp32 logits ``z`` [n, T] (columns ``col0 ..``; softcapped in the kernel) in
-    ``dtype``, written over ``z``'s memory, or into ``out`` ([n, T], unit column stride) when given:
-    returns the ``[n, T]`` view holding them (over ``z``: row stride ``2T`` for 2-byte dtypes)."""
+    ``dtype``, written over ``z``'s memory: returns the ``[n, T]`` view holding them (row stride
+    ``2T`` for 2-byte dtypes)."""
     n_rows, n_cols = z.shape
-    out = z.view(dtype)[:, :n_cols] if out is None else out
+    out = z.view(dtype)[:, :n_cols]
     if n_rows == 0 or n_cols == 0:
         return out
     block = min(2048, next_power_of_2(n_cols))
@@ -679,14 +675,6 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
     want_pred = opts.return_token_accuracy or opts.return_predicted_tokens
     pred = torch.empty(n_rows, dtype=torch.int64, device=x.device) if want_pred else None
     grad_x = torch.empty(n_rows, hidden, dtype=torch.float32, device=x.device) if need_x else None
-    # The gradient's coefficients depend on a token's log-sum-exp only through a z-loss or token
-    # scaling: without them they are computed once for all tokens, not per chunk (~14 small kernels
-    # each, ~0.05 ms a chunk on an H200), and each chunk's dlogits read its rows of ``lse``.
-    fixed_terms = None
-    if not (opts.lse_square_scale or opts.use_token_scaling):
-        zero = torch.zeros_like(lse)
-        fixed_terms = row_terms(zero, zero, zero, y_safe, label, mask, w, wsum, norm, opts, n_vocab)[2]
-        fixed_terms = fixed_terms._replace(lse=lse)
 
     def logits_and_stats(start, end, buf):
         z = flat_view(buf, end - start, n_vocab)
@@ -712,42 +700,26 @@ def token_pass(x, weight, target, bias, ce_weight, opts: CEOptions, need_x: bool
             num_warps=8,
         )
         part = slice(start, end)
-        if fixed_terms is not None:
-            return z, RowTerms(*(t[part] for t in fixed_terms))
         args = lse[part], z_label[part], smooth[part], y_safe[part], label[part], mask[part], w, wsum, norm, opts
         return z, row_terms(*args, n_vocab)[2]
 
     keep = held if isinstance(held, KeptDlogits) else None
     sums = held if isinstance(held, SummedGrads) else None
     kept = 0 if keep is None else keep.rows
-    group_rows, group = n_rows - kept, None
-    if keep is not None:
+    if keep is None:
+        rows = split_size(n_rows, n_vocab * 4, budget)
+        buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
+    else:
         buf = alias(keep.grad_w, torch.float32)
         rows = split_size(n_rows - kept, n_vocab * 4, min(budget, buf.numel() * 4))
-    else:
-        rows = split_size(n_rows, n_vocab * 4, budget)
-    if sums is not None and x.element_size() < 4:  # groups of 2-byte dlogits, each summed by one matmul
-        chunk = split_size(n_rows, n_vocab * 4, budget * ACCUMULATE_CHUNK_SHARE)
-        group_rows = int(budget * (1 - ACCUMULATE_CHUNK_SHARE)) // (n_vocab * x.element_size()) // chunk * chunk
-        if group_rows > rows:  # fewer sums than one chunk a group
-            rows, group = chunk, torch.empty(group_rows, n_vocab, dtype=x.dtype, device=x.device)
-    if keep is None:
-        buf = torch.empty(rows * n_vocab, dtype=torch.float32, device=x.device)
-    if group is None:  # each chunk is its own group: its dlogits are written over its logits
-        group_rows = rows
-    for group_start in range(kept, n_rows, group_rows):
-        group_end = min(group_start + group_rows, n_rows)
-        for start in range(group_start, group_end, rows):
-            z, terms = logits_and_stats(start, min(start + rows, group_end), buf)
-            if need_x or sums is not None:
-                out = None if group is None else group[start - group_start : start - group_start + z.shape[0]]
-                dlogits = dlogits_in_place(z, x.dtype, 0, terms, w, opts, out)
-        if group is not None:
-            dlogits = group[: group_end - group_start]
+    for start in range(kept, n_rows, rows):
+        z, terms = logits_and_stats(start, min(start + rows, n_rows), buf)
+        if need_x or sums is not None:
+            dlogits = dlogits_in_place(z, x.dtype, 0, terms, w, opts)
         if need_x:
-            mm_fp32(dlogits, weight, grad_x[group_start:group_end])
+            mm_fp32(dlogits, weight, grad_x[start : start + z.shape[0]])
         if sums is not None:
-            sums.add(dlogits, x[group_start:group_end])
+            sums.add(dlogits, x[start : start + z.shape[0]])
     if kept:
         dlogits = keep.dlogits()
         for start in range(0, kept, keep.chunk_rows):
