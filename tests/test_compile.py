@@ -261,20 +261,21 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
 
 
 # Families that break today, with why; xfail(strict=True): they flip to XPASS (a failure: drop the entry) once
-# fixed. The routed experts fused by default run the fused MoE Function, one graph break by design until its
-# op is a custom op (helper ops13 registers it). DeepSeek-V4's experts stay stock, and transformers' eager
-# experts pick each expert's tokens with ``nonzero`` (a data-dependent shape): a break in stock code.
-# Since the fused MoE op is registered, mixtral and gpt_oss (checked) break in transformers' own code instead:
-# its output capturing of the router logits enters a `lock` (output_capturing.py:239, transformers 5.24).
+# fixed. DeepSeek-V4's experts stay stock, and transformers' eager experts pick each expert's tokens with
+# ``nonzero`` (a data-dependent shape): a break in stock code. The MoE families trained with their balancing
+# loss break in transformers' own code: its output capturing installs the router-logit hooks on the first
+# forward under a `lock` (output_capturing.py:239, transformers 5.24). Patched on the instance (the Trainer's
+# path) they are installed at once: test_patched_on_the_instance_has_no_graph_break. DeepSeek-V2/V3 and
+# HunYuan-MoE record no router logits: no break.
 ROUTER_CAPTURE = "transformers' router-logit capturing enters a lock context manager (stock code)"
-BREAKS = {m: ROUTER_CAPTURE for m, spec in MODEL_SPECS.items() if spec.fused_experts}
+BREAKS = {m: ROUTER_CAPTURE for m, spec in MODEL_SPECS.items() if spec.fused_experts and spec.moe}
 BREAKS["deepseek_v4"] = "stock eager experts: nonzero (data-dependent shape)"
 # The Qwen2-VL vision tower (and its copies) sizes its attention blocks from the image grid: repeat_interleave
 # over grid_thw, torch.split by lengths.tolist(); still a break with capture_dynamic_output_shape_ops.
 BREAKS.update(
     dict.fromkeys(["glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"], "stock vision tower: data-dependent shapes")
 )
-# InternVL and LLaVA: Dynamo cannot enter a `lock` context manager in their forward (src/liger_kernel has none).
+# InternVL and LLaVA: the same lock, for their vision towers' hidden states (patched on the instance: none).
 BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
 BREAKS["smolvlm"] = "stock image-token merge: nonzero (data-dependent shape)"
 # The H200 run (torch 2.11): Dynamo fails internally on the stock image merge (masked_scatter) with
@@ -346,6 +347,53 @@ def test_every_patched_family_has_no_graph_break(model_type, monkeypatch):
     model, inputs = _family_model(model_type)
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
+
+
+# Patched on the instance: the MoE families with the balancing loss and no vision tower (GPT-OSS with its experts
+# fused, swiglu=True: by default, the peer's, they stay stock, whose ``nonzero`` is a break), LLaVA and InternVL.
+INSTANCE_PATCHED = {
+    "mixtral": {},
+    "qwen3_moe": {},
+    "qwen3_next": {},
+    "qwen3_5_moe": {},
+    "gpt_oss": {"swiglu": True},
+    "llava": {},
+    "internvl": {},
+}
+
+
+@pytest.mark.parametrize("model_type", list(INSTANCE_PATCHED))
+def test_patched_on_the_instance_has_no_graph_break(model_type, monkeypatch):
+    """A model patched on the instance (what ``Trainer(use_liger_kernel=True)`` does) compiles its first
+    training step as one graph: the patch installs transformers' output-capturing hooks (a MoE model's
+    router logits for its balancing loss, a LLaVA / InternVL vision tower's hidden states) that the first
+    forward would install under a lock Dynamo cannot enter, and the balancing loss reaches the family's
+    ``load_balancing_loss_func`` without ``importlib``. The step's loss (and balancing loss) is the stock
+    model's."""
+    from test_convergence_moe import build_moe
+    from vlm_models import build as build_vlm
+    from vlm_models import make_inputs
+
+    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+
+    monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")  # the graph is the same; the CPU needs no interpreter here
+    if model_type in VISION_LANGUAGE_SPECS:
+        stock, model = build_vlm(model_type, torch.float32), build_vlm(model_type, torch.float32)
+        inputs = {k: v.to(DEVICE) for k, v in make_inputs(model_type, 0, torch.float32).items()}
+    else:
+        stock, model = build_moe(model_type, torch.float32), build_moe(model_type, torch.float32)
+        ids = torch.randint(3, 90, (2, 9), device=DEVICE)
+        inputs = {"input_ids": ids, "labels": ids}
+    _apply_liger_kernel_to_instance(model, **INSTANCE_PATCHED[model_type])
+    for m in (stock, model):
+        m.config.use_cache = False
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
+    patched, reference = model(**inputs), stock(**inputs)
+    torch.testing.assert_close(patched.loss, reference.loss)
+    if model_type not in VISION_LANGUAGE_SPECS:
+        assert patched.aux_loss is not None
+        torch.testing.assert_close(patched.aux_loss, reference.aux_loss)
 
 
 def _layer_graphs(model_type, patched, layers=4):

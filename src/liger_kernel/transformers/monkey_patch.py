@@ -469,7 +469,43 @@ def _apply(model_type, model, flags, others):
     with _all_or_nothing() as undo:
         done, kept = _patch_family(spec, model, flags, others, undo)
     if model is not None:
+        _install_output_capturing(model)
         logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+
+
+def _install_output_capturing(model):
+    """Install transformers' output-capturing hooks (5.x: router logits, hidden states) now on each
+    sub-model whose config asks it to record an output, and on a multimodal model's vision tower
+    (LLaVA's and InternVL's are asked for their hidden states by the caller). The stock forward
+    installs them on its first such call, under a ``threading.Lock`` that Dynamo cannot enter: a
+    graph break in the first compiled step (an error under ``fullgraph=True``) of every MoE model
+    trained with its balancing loss, and of LLaVA and InternVL. The hooks record only while a
+    forward asks for the output, on module classes (routers, layers) that adapters such as PEFT's
+    LoRA keep; a revert leaves them, as one stock forward would."""
+    try:
+        from transformers.utils import output_capturing as capturing
+
+        registry, install = capturing._CAN_RECORD_REGISTRY, capturing.maybe_install_capturing_hooks
+    except (ImportError, AttributeError):  # a transformers without them: nothing installs on the fly
+        return
+    vision = getattr(getattr(model, "config", None), "vision_config", None)
+    for module in model.modules():
+        flags = dict.get(registry, str(type(module))) or {}  # 5.24's registry is keyed the same way
+        config = getattr(module, "config", None)
+        asked = any(getattr(config, f"output_{key}", False) for key in flags)
+        if flags and (asked or config is vision is not None) and _records_outputs(type(module).forward):
+            install(module)
+
+
+def _records_outputs(forward) -> bool:
+    """Whether ``forward`` is wrapped by transformers' ``capture_outputs`` (its wrapper's code lives
+    in ``output_capturing``), under any other decorators."""
+    while forward is not None:
+        code = getattr(forward, "__code__", None)
+        if code is not None and code.co_filename.endswith("output_capturing.py"):
+            return True
+        forward = getattr(forward, "__wrapped__", None)
+    return False
 
 
 def _family_parts(spec, model):

@@ -11,6 +11,7 @@ table entry (the MoE auxiliary loss).
 import functools
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -311,7 +312,7 @@ def _with_router_aux_loss(self, spec, loss, outputs, attention_mask):
     experts = _model_or_config(self, config, "num_experts")
     top_k = _model_or_config(self, config, "num_experts_per_tok")
     coefficient = _model_or_config(self, config, "router_aux_loss_coef")
-    balance = importlib.import_module(spec.module).load_balancing_loss_func
+    balance = _imported(spec.module).load_balancing_loss_func
     aux_loss = balance(router_logits, experts, top_k, attention_mask)
     return (None if loss is None else loss + coefficient * aux_loss.to(loss.device)), aux_loss
 
@@ -324,7 +325,13 @@ def _multimodal_parts(self):
     if spec is None or spec.multimodal_decoder is None:
         return self.model, self
     module, name = spec.multimodal_decoder.rsplit(".", 1)
-    return functools.partial(getattr(importlib.import_module(module), name), self), self.language_model
+    return functools.partial(getattr(_imported(module), name), self), self.language_model
+
+
+def _imported(name):
+    """The module ``name`` (a modeling module: imported already, since its model runs) from
+    ``sys.modules``, which Dynamo traces; ``importlib.import_module`` is a graph break."""
+    return sys.modules.get(name) or importlib.import_module(name)
 
 
 @functools.cache
