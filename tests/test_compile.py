@@ -262,21 +262,17 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
 
 # Families that break today, with why; xfail(strict=True): they flip to XPASS (a failure: drop the entry) once
 # fixed. DeepSeek-V4's experts stay stock, and transformers' eager experts pick each expert's tokens with
-# ``nonzero`` (a data-dependent shape): a break in stock code. The MoE families trained with their balancing
-# loss break in transformers' own code: its output capturing installs the router-logit hooks on the first
-# forward under a `lock` (output_capturing.py:239, transformers 5.24). Patched on the instance (the Trainer's
-# path) they are installed at once: test_patched_on_the_instance_has_no_graph_break. DeepSeek-V2/V3 and
-# HunYuan-MoE record no router logits: no break.
-ROUTER_CAPTURE = "transformers' router-logit capturing enters a lock context manager (stock code)"
-BREAKS = {m: ROUTER_CAPTURE for m, spec in MODEL_SPECS.items() if spec.fused_experts and spec.moe}
-BREAKS["deepseek_v4"] = "stock eager experts: nonzero (data-dependent shape)"
+# ``nonzero`` (a data-dependent shape): a break in stock code; so do GPT-OSS's by default (swiglu=False, the
+# peer's default; fused with swiglu=True: test_patched_on_the_instance_has_no_graph_break). (The MoE families'
+# router-logit capturing, whose hooks transformers installs on the first forward under a lock, no longer
+# breaks: the patch installs them when the model is built, or on the instance.)
+STOCK_EXPERTS = "stock eager experts: nonzero (data-dependent shape)"
+BREAKS = {"deepseek_v4": STOCK_EXPERTS, "gpt_oss": STOCK_EXPERTS + "; swiglu=False by default"}
 # The Qwen2-VL vision tower (and its copies) sizes its attention blocks from the image grid: repeat_interleave
 # over grid_thw, torch.split by lengths.tolist(); still a break with capture_dynamic_output_shape_ops.
 BREAKS.update(
     dict.fromkeys(["glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"], "stock vision tower: data-dependent shapes")
 )
-# InternVL and LLaVA: the same lock, for their vision towers' hidden states (patched on the instance: none).
-BREAKS.update(dict.fromkeys(["internvl", "llava"], "a lock context manager in the forward (not ours)"))
 BREAKS["smolvlm"] = "stock image-token merge: nonzero (data-dependent shape)"
 # The H200 run (torch 2.11): Dynamo fails internally on the stock image merge (masked_scatter) with
 # capture_scalar_outputs: PendingUnbackedSymbolNotFound; the same trace passes on the CPU (torch 2.13).
@@ -374,8 +370,6 @@ def test_patched_on_the_instance_has_no_graph_break(model_type, monkeypatch):
     from vlm_models import build as build_vlm
     from vlm_models import make_inputs
 
-    from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
-
     monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")  # the graph is the same; the CPU needs no interpreter here
     if model_type in VISION_LANGUAGE_SPECS:
         stock, model = build_vlm(model_type, torch.float32), build_vlm(model_type, torch.float32)
@@ -385,11 +379,14 @@ def test_patched_on_the_instance_has_no_graph_break(model_type, monkeypatch):
         ids = torch.randint(3, 90, (2, 9), device=DEVICE)
         inputs = {"input_ids": ids, "labels": ids}
     _apply_liger_kernel_to_instance(model, **INSTANCE_PATCHED[model_type])
-    for m in (stock, model):
-        m.config.use_cache = False
-    with torch._dynamo.config.patch(capture_scalar_outputs=True):
-        _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
-    patched, reference = model(**inputs), stock(**inputs)
+    try:
+        for m in (stock, model):
+            m.config.use_cache = False
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
+        patched, reference = model(**inputs), stock(**inputs)
+    finally:
+        revert_fn(model_type)()  # the classes (the instance keeps its patch: it is this test's alone)
     torch.testing.assert_close(patched.loss, reference.loss)
     if model_type not in VISION_LANGUAGE_SPECS:
         assert patched.aux_loss is not None

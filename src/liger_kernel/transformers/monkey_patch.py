@@ -13,6 +13,7 @@ they were.
 """
 
 import contextlib
+import functools
 import importlib
 import inspect
 import logging
@@ -428,6 +429,9 @@ def _patch_classes(part, modeling, flags, undo):
         if class_name is None or not present(class_name):
             continue
         owner = getattr(modeling, class_name)
+        post_init = _original(owner, "post_init")  # the class's own, or (_MISSING) the inherited one
+        post_init = super(owner, owner).post_init if post_init is _MISSING else post_init
+        _swap(owner, "post_init", _post_init_installing_capture(post_init), undo)
         if flags.get("cross_entropy"):
             # PreTrainedModel.loss_function returns `_loss_function` when the model has one: a class
             # attribute hooks this family only, leaving transformers' shared loss functions alone.
@@ -471,6 +475,20 @@ def _apply(model_type, model, flags, others):
     if model is not None:
         _install_output_capturing(model)
         logger.info("Liger kernels on the %s instance: %s; left stock: %s", model_type, done, kept or "nothing")
+
+
+def _post_init_installing_capture(post_init):
+    """``post_init`` (the end of every transformers model's ``__init__``), then
+    ``_install_output_capturing``: a model built after the class patch compiles as one patched on
+    the instance does."""
+
+    @functools.wraps(post_init)
+    def wrapper(self, *args, **kwargs):
+        result = post_init(self, *args, **kwargs)
+        _install_output_capturing(self)
+        return result
+
+    return wrapper
 
 
 def _install_output_capturing(model):
