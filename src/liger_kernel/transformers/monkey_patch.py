@@ -493,8 +493,8 @@ def _post_init_installing_capture(post_init):
 
 def _install_output_capturing(model):
     """Install transformers' output-capturing hooks (5.x: router logits, hidden states) now on each
-    sub-model whose config asks it to record an output, and on a multimodal model's vision tower
-    (LLaVA's and InternVL's are asked for their hidden states by the caller). The stock forward
+    sub-model whose config asks it to record an output, and on a vision tower whose caller asks for
+    its hidden states (LLaVA's and InternVL's: ``vision_feature_layer``). The stock forward
     installs them on its first such call, under a ``threading.Lock`` that Dynamo cannot enter: a
     graph break in the first compiled step (an error under ``fullgraph=True``) of every MoE model
     trained with its balancing loss, and of LLaVA and InternVL. The hooks record only while a
@@ -506,7 +506,9 @@ def _install_output_capturing(model):
         registry, install = capturing._CAN_RECORD_REGISTRY, capturing.maybe_install_capturing_hooks
     except (ImportError, AttributeError):  # a transformers without them: nothing installs on the fly
         return
+    # A vision tower whose caller picks one of its hidden layers (``vision_feature_layer``: LLaVA, InternVL)
     vision = getattr(getattr(model, "config", None), "vision_config", None)
+    vision = vision if hasattr(getattr(model, "config", None), "vision_feature_layer") else None
     for module in model.modules():
         flags = dict.get(registry, str(type(module))) or {}  # 5.24's registry is keyed the same way
         config = getattr(module, "config", None)
