@@ -499,7 +499,8 @@ def _install_output_capturing(model):
     graph break in the first compiled step (an error under ``fullgraph=True``) of every MoE model
     trained with its balancing loss, and of LLaVA and InternVL. The hooks record only while a
     forward asks for the output, on module classes (routers, layers) that adapters such as PEFT's
-    LoRA keep; a revert leaves them, as one stock forward would."""
+    LoRA keep; a revert leaves them, as one stock forward would. Like a stock model after its first
+    forward, such a model no longer pickles whole (``torch.save(model)``; its state dict does)."""
     try:
         from transformers.utils import output_capturing as capturing
 
