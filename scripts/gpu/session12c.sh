@@ -4,14 +4,9 @@
 # Gemma-3-4B at N=4096 (e2e's token counts); then the tiled MLP's bars (scripts/gpu/tiled12.sh).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" c
-flce() {  # name, N, H, V, providers
-  timeout 80 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
-    --providers "$5" >"$L/flce_$1.log" 2>&1
-  echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
-}
-flce llama1b 2048 2048 128256 "exact (default),exact (default) chunk floor 0,exact accumulate"
-flce gemma2 4096 2304 256000 "exact (default),exact (default) chunk floor 0,exact tiles,exact tiles chunk floor 512"
-flce gemma3 4096 2560 262144 "exact (default),exact (default) chunk floor 0,exact accumulate,exact tiles chunk floor 512"
+flce llama1b 2048 2048 128256 "exact (default),exact (default) chunk floor 0,exact accumulate" 80
+flce gemma2 4096 2304 256000 "exact (default),exact (default) chunk floor 0,exact tiles,exact tiles chunk floor 512" 80
+flce gemma3 4096 2560 262144 "exact (default),exact (default) chunk floor 0,exact accumulate,exact tiles chunk floor 512" 80
 date -u +%H:%M:%S
 tar czf "$OUT/c.tgz" -C "$OUT" c && rm -rf "$L"
 bash scripts/gpu/tiled12.sh

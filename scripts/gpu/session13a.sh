@@ -7,11 +7,6 @@
 # Ran at commit b876005: its group providers left main with that code (benchmarks/results/h200/flce_groups13.md).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" a
-flce() {  # name, N, H, V, providers
-  timeout 150 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
-    --providers "$5" >"$L/flce_$1.log" 2>&1
-  echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
-}
 G="exact accumulate G2048 C256,exact accumulate G2048 C1024,exact accumulate G4096 C512"
 flce llama1b 16384 2048 128256 "exact (default),exact accumulate G1024 in place,$G,compile"
 flce qwen25 8192 1536 151936 "exact (default),exact accumulate G768 in place,exact accumulate G4096 C512"

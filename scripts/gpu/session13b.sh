@@ -7,11 +7,6 @@
 # Ran at commit 4064e13: its group providers left main with that code (benchmarks/results/h200/flce_groups13.md).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" b
-flce() {  # name, N, H, V, providers
-  timeout 150 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
-    --providers "$5" >"$L/flce_$1.log" 2>&1
-  echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
-}
 A="exact accumulate"
 flce llama1b 16384 2048 128256 "exact (default),$A G1024 in place,$A G1280 C384,$A G2048 C512,$A G4096 C512"
 flce qwen25 8192 1536 151936 "exact (default),$A G768 in place,$A G4096 C512"
