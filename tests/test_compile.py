@@ -179,7 +179,13 @@ def opcheck_cases():
             library.fused_linear_cross_entropy,
             (_rows(7, H), _rows(V, H), target, None, None, -100, 0.0, 0.0, "mean", None, True, None, False)
             + flce_options
-            + (True, True, False),
+            + (False, False, True, True, False),
+        ),
+        "fused_linear_cross_entropy_predictions": (
+            library.fused_linear_cross_entropy,
+            (_rows(7, H), _rows(V, H), target, None, None, -100, 0.0, 0.0, "mean", None, False, None, False)
+            + flce_options
+            + (True, True, True, True, False),
         ),
     }
 

@@ -90,6 +90,36 @@ def test_weight_and_target_gradients_under_compile():
     torch.testing.assert_close(compiled, eager, **TOLERANCE)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_token_accuracy_and_predictions_under_compile(reduction):
+    """The fused linear cross-entropy's token accuracy and predicted tokens (the generic forward's
+    ``return_token_accuracy`` / ``return_predicted_tokens``) come out of its custom op: one graph, the
+    eager values, and the eager gradients beside them."""
+    from test_compile import _no_graph_breaks
+
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    w, _, y, _ = inputs()
+    x = randn(N, H, requires_grad=True)
+    weights = torch.arange(N, device=DEVICE) if reduction == "none" else 1
+
+    def fn(x):
+        out = liger_fused_linear_cross_entropy(
+            x, w, y, reduction=reduction, return_token_accuracy=True, return_predicted_tokens=True
+        )
+        return (out.loss * weights).sum(), out.token_accuracy, out.predicted_tokens
+
+    eager = fn(x)
+    eager_grads = torch.autograd.grad(eager[0], [x, w])
+    _no_graph_breaks(lambda x: sum(fn(x)[:2]), x)
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=BACKEND, fullgraph=True)(x)
+    compiled_grads = torch.autograd.grad(compiled[0], [x, w])
+    torch.testing.assert_close(compiled[:2], eager[:2], **TOLERANCE)
+    assert torch.equal(compiled[2], eager[2]) and compiled[2].dtype == torch.int64
+    torch.testing.assert_close(compiled_grads, eager_grads, **TOLERANCE)
+
+
 def opcheck_cases():
     """(op, arguments): every forward op with inputs that need gradients, the backward ops on plain tensors."""
     w, teacher, y, grpo = inputs()
@@ -129,7 +159,8 @@ def opcheck_cases():
             library_losses.fused_linear_kl_div_backward,
             (randn(N), x.detach(), w.detach(), teacher, None, "none", -100, 1.0, 1e-10, None, True, True, True),
         ),
-        "flce_none": (library.fused_linear_cross_entropy, (*flce, True, True, False)),
+        "flce_none": (library.fused_linear_cross_entropy, (*flce, False, False, True, True, False)),
+        "flce_none_predictions": (library.fused_linear_cross_entropy, (*flce, True, True, True, True, False)),
         "flce_token_grads": (
             library.fused_linear_cross_entropy_token_grads,
             (randn(N), x.detach(), w.detach(), y, None, None, -100, 0.0, 0.1, None, None, False, None, None, 1.0)

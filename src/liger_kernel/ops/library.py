@@ -17,8 +17,9 @@ Under compile the ops are out of place: no gradient is written over an input (RM
 over its own intermediate ``dc``, a declared mutation. The fused linear cross-entropy computes
 its gradients in the forward (for an upstream gradient of 1, as its exact mode keeps the weight
 gradient from the forward on) and the backward scales them by the upstream gradient: a second
-rounding in half precision unless that gradient is 1 (or a power of two). Options the twins do
-not cover (the token accuracy / predictions of the losses) take the Function, as one graph break.
+rounding in half precision unless that gradient is 1 (or a power of two); its token accuracy and
+predicted tokens are outputs of its op. Options the twins do not cover (the token accuracy /
+predictions of the cross-entropy on logits) take the Function, as one graph break.
 With ``reduction="none"`` the fused linear cross-entropy's backward op runs its token pass again
 (the per-token upstream gradient is known only then): 2NHV flops more than eager.
 """
@@ -39,7 +40,6 @@ from liger_kernel.ops.cross_entropy import (
     label_stats,
 )
 from liger_kernel.ops.fused_linear_cross_entropy import (
-    LigerFusedLinearCrossEntropyFunction,
     check_flce_inputs,
     fused_linear_cross_entropy_forward,
     make_options,
@@ -628,45 +628,50 @@ def fused_linear_cross_entropy(
     input: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None, ce_weight: Tensor | None,
     ignore_index: int, lse_square_scale: float, label_smoothing: float, reduction: str, softcap: float | None,
     return_z_loss: bool, accum_dtype: torch.dtype | None, use_token_scaling: bool, ce_impl: str | None,
-    ce_mode: str | None, chunk_mem_const: float, loss_dtype: torch.dtype | None, need_input: bool,
-    need_weight: bool, need_bias: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(loss, z_loss, grad_input, grad_weight, grad_bias)``, the gradients for an upstream gradient
-    of 1, each empty unless asked (z_loss unless ``return_z_loss``); for ``reduction="none"`` the
-    gradients wait for the per-token upstream gradient (``fused_linear_cross_entropy_token_grads``)."""
+    ce_mode: str | None, chunk_mem_const: float, loss_dtype: torch.dtype | None, return_token_accuracy: bool,
+    return_predicted_tokens: bool, need_input: bool, need_weight: bool, need_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(loss, z_loss, token_accuracy, predicted_tokens, grad_input, grad_weight, grad_bias)``, the
+    gradients for an upstream gradient of 1, each output empty unless asked; for ``reduction="none"``
+    the gradients wait for the per-token upstream gradient (``fused_linear_cross_entropy_token_grads``)."""
     needs = (need_input, need_weight, need_bias) if reduction != "none" else (False, False, False)
-    loss, z_loss, *grads = _flce_run(
+    outputs = _flce_run(
         input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
         return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype, needs,
+        predictions=(return_token_accuracy, return_predicted_tokens),
     )  # fmt: skip
-    return loss, _empty(input) if z_loss is None else z_loss, *grads
+    return tuple(_empty(input) if t is None else t for t in outputs)
 
 
 def _flce_run(input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction,
               softcap, return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype,
-              needs, token_grad=None):  # fmt: skip
-    """``fused_linear_cross_entropy_forward``: ``(loss, z_loss, grad_input, grad_weight, grad_bias)``
-    for an upstream gradient of 1 (``token_grad``: per token), each gradient empty unless in ``needs``."""
+              needs, token_grad=None, predictions=(False, False)):  # fmt: skip
+    """``fused_linear_cross_entropy_forward``: ``(loss, z_loss, token_accuracy, predicted_tokens,
+    grad_input, grad_weight, grad_bias)`` for an upstream gradient of 1 (``token_grad``: per token),
+    ``predictions`` saying which of accuracy and predictions to return (else None), each gradient
+    empty unless in ``needs``."""
     with _autograd_enabled():  # the reference path differentiates the reference
-        loss, z_loss, _, _, *grads = fused_linear_cross_entropy_forward(
+        loss, z_loss, accuracy, predicted, *grads = fused_linear_cross_entropy_forward(
             input, weight, target, ce_weight, bias, ignore_index, lse_square_scale, label_smoothing, reduction,
-            softcap, return_z_loss, accum_dtype, use_token_scaling, False, False, ce_impl, ce_mode, token_grad,
+            softcap, return_z_loss, accum_dtype, use_token_scaling, *predictions, ce_impl, ce_mode, token_grad,
             compute_gradients=any(needs), weight_requires_grad=needs[1], chunk_mem_const=chunk_mem_const,
             loss_dtype=loss_dtype,
         )  # fmt: skip
-    return loss, z_loss, *(g if need else _empty(input) for g, need in zip(grads, needs))
+    return loss, z_loss, accuracy, predicted, *(g if need else _empty(input) for g, need in zip(grads, needs))
 
 
 @fused_linear_cross_entropy.register_fake
 def _(input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
-      return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype, need_input,
-      need_weight, need_bias):  # fmt: skip
+      return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, chunk_mem_const, loss_dtype,
+      return_token_accuracy, return_predicted_tokens, need_input, need_weight, need_bias):  # fmt: skip
     shape = target.shape if reduction == "none" else ()
     loss = input.new_empty(shape, dtype=loss_dtype or input.dtype)
     now = reduction != "none"
     return (
         loss,
         loss.new_empty(shape) if return_z_loss else _empty(input),
+        input.new_empty((), dtype=torch.float32) if return_token_accuracy else _empty(input),
+        target.new_empty(target.shape) if return_predicted_tokens else _empty(input),
         input.new_empty(input.shape) if now and need_input else _empty(input),
         weight.new_empty(weight.shape) if now and need_weight else _empty(input),
         bias.new_empty(bias.shape) if now and need_bias else _empty(input),
@@ -686,7 +691,7 @@ def fused_linear_cross_entropy_token_grads(
     needs = (need_input, need_weight, need_bias)
     return tuple(
         _flce_run(input, weight, target, bias, ce_weight, *options, use_token_scaling, ce_impl, ce_mode,
-                  chunk_mem_const, None, needs, grad)[2:]
+                  chunk_mem_const, None, needs, grad)[4:]
     )  # fmt: skip
 
 
@@ -707,7 +712,7 @@ def _flce_setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:5])
         ctx.options = (*inputs[5:8], *inputs[9:10], *inputs[11:16])
     else:
-        ctx.save_for_backward(*output[2:])
+        ctx.save_for_backward(*output[4:])
     ctx.mark_non_differentiable(*output[1:])
 
 
@@ -717,7 +722,7 @@ def _flce_backward(ctx, grad_loss, *_):
     else:
         grads = [g * grad_loss for g in ctx.saved_tensors]
     grads = [g if need else None for g, need in zip(grads, ctx.needs)]
-    return grads[0], grads[1], None, grads[2], *([None] * 16)
+    return grads[0], grads[1], None, grads[2], *([None] * 18)
 
 
 fused_linear_cross_entropy.register_autograd(_flce_backward, setup_context=_flce_setup)
@@ -733,22 +738,20 @@ def _flce_twin(
         _input, weight, target, bias, ce_weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap,
         return_z_loss, accum_dtype, use_token_scaling,
     )  # fmt: skip
-    if return_token_accuracy or return_predicted_tokens:
-        return LigerFusedLinearCrossEntropyFunction.apply(
-            *args, return_token_accuracy, return_predicted_tokens, ce_impl, ce_mode, chunk_mem_const, loss_dtype
-        )
     check_flce_inputs(_input, weight, target, bias, ce_weight, accum_dtype)
+    predictions = (bool(return_token_accuracy), bool(return_predicted_tokens))
     make_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, accum_dtype,
-                 use_token_scaling, False, False)  # fmt: skip
+                 use_token_scaling, *predictions)  # fmt: skip
     resolve_mode(ce_impl, ce_mode, accum_dtype, chunk_mem_const)
     grad_on = torch.is_grad_enabled()
     needs = [grad_on and t is not None and t.requires_grad for t in (_input, weight, bias)]
     numbers = (float(lse_square_scale), float(label_smoothing), reduction, None if softcap is None else float(softcap))
-    loss, z_loss, *_ = fused_linear_cross_entropy(
+    loss, z_loss, accuracy, predicted, *_ = fused_linear_cross_entropy(
         *args[:6], *numbers, return_z_loss, accum_dtype, use_token_scaling, ce_impl, ce_mode, float(chunk_mem_const),
-        loss_dtype, *needs,
+        loss_dtype, *predictions, *needs,
     )  # fmt: skip
-    return loss, z_loss if return_z_loss else None, None, None
+    kept = (return_z_loss, *predictions)
+    return loss, *(t if keep else None for t, keep in zip((z_loss, accuracy, predicted), kept))
 
 
 if ENABLED:
