@@ -145,7 +145,7 @@ def opcheck_cases():
     cos, sin = _rows(1, 5, 8, requires_grad=False), _rows(1, 5, 8, requires_grad=False)
     a, a2 = _rows(5, 24), _rows(5, 24)
     logits, target = _rows(7, V), torch.randint(0, V, (7,), device=DEVICE)
-    lse = library.cross_entropy(logits, target, None, -100, 0.0, 0.0, "mean", None, False)[2]
+    lse = library.cross_entropy(logits, target, None, -100, 0.0, 0.0, "mean", None, False, False, False)[4]
     d = x.detach()
     ce_options = (-100, 0.01, 0.1, "mean", 30.0)
     flce_options = (None, None, 1.0, torch.float32)
@@ -170,7 +170,8 @@ def opcheck_cases():
         "relu_squared_backward": (library.relu_squared_backward_op, (a2.detach(), a.detach())),
         "gated_backward": (library.gated_backward_op, (*plain, "silu", 1.0, 1.0)),
         "gated_backward_store_c": (library.gated_backward_store_c, (*plain, "gelu_tanh", 1.0, 1.0)),
-        "cross_entropy": (library.cross_entropy, (logits, target, None, *ce_options, True)),
+        "cross_entropy": (library.cross_entropy, (logits, target, None, *ce_options, True, False, False)),
+        "cross_entropy_predictions": (library.cross_entropy, (logits, target, None, *ce_options, False, True, True)),
         "cross_entropy_backward": (
             library.cross_entropy_backward,
             (torch.ones((), device=DEVICE), logits.detach(), target, None, lse, *ce_options),

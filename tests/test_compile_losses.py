@@ -90,23 +90,26 @@ def test_weight_and_target_gradients_under_compile():
     torch.testing.assert_close(compiled, eager, **TOLERANCE)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_token_accuracy_and_predictions_under_compile(reduction):
-    """The fused linear cross-entropy's token accuracy and predicted tokens (the generic forward's
-    ``return_token_accuracy`` / ``return_predicted_tokens``) come out of its custom op: one graph, the
-    eager values, and the eager gradients beside them."""
+def test_token_accuracy_and_predictions_under_compile(reduction, fused):
+    """The cross-entropies' token accuracy and predicted tokens (the generic forward's
+    ``return_token_accuracy`` / ``return_predicted_tokens``) come out of their custom ops: one graph,
+    the eager values, and the eager gradients beside them."""
     from test_compile import _no_graph_breaks
 
-    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    from liger_kernel.transformers.functional import liger_cross_entropy, liger_fused_linear_cross_entropy
 
     w, _, y, _ = inputs()
     x = randn(N, H, requires_grad=True)
     weights = torch.arange(N, device=DEVICE) if reduction == "none" else 1
+    options = dict(reduction=reduction, return_token_accuracy=True, return_predicted_tokens=True)
 
     def fn(x):
-        out = liger_fused_linear_cross_entropy(
-            x, w, y, reduction=reduction, return_token_accuracy=True, return_predicted_tokens=True
-        )
+        if fused:
+            out = liger_fused_linear_cross_entropy(x, w, y, **options)
+        else:
+            out = liger_cross_entropy(x @ w.T, y, **options)
         return (out.loss * weights).sum(), out.token_accuracy, out.predicted_tokens
 
     eager = fn(x)

@@ -17,9 +17,8 @@ Under compile the ops are out of place: no gradient is written over an input (RM
 over its own intermediate ``dc``, a declared mutation. The fused linear cross-entropy computes
 its gradients in the forward (for an upstream gradient of 1, as its exact mode keeps the weight
 gradient from the forward on) and the backward scales them by the upstream gradient: a second
-rounding in half precision unless that gradient is 1 (or a power of two); its token accuracy and
-predicted tokens are outputs of its op. Options the twins do not cover (the token accuracy /
-predictions of the cross-entropy on logits) take the Function, as one graph break.
+rounding in half precision unless that gradient is 1 (or a power of two); the token accuracy and
+predicted tokens of both cross-entropies are outputs of their ops.
 With ``reduction="none"`` the fused linear cross-entropy's backward op runs its token pass again
 (the per-token upstream gradient is known only then): 2NHV flops more than eager.
 """
@@ -32,7 +31,6 @@ from torch import Tensor
 
 from liger_kernel.ops.cross_entropy import (
     CEOptions,
-    LigerCrossEntropyFunction,
     check_ce_inputs,
     cross_entropy_core,
     cross_entropy_grad,
@@ -535,34 +533,40 @@ def _relu_squared_twin(X):
 # ----------------------------------------------------------------------------- cross-entropy
 
 
-def _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss):
-    return CEOptions(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
+def _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, *predictions):
+    return CEOptions(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, *predictions)
 
 
 @_custom_op("cross_entropy")
 def cross_entropy(
     logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, lse_square_scale: float,
     label_smoothing: float, reduction: str, softcap: float | None, return_z_loss: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """``(loss, z_loss (empty unless asked), per-row fp32 log-sum-exp (zeros on the reference
-    path))``; the logits are left intact."""
-    opts = _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
+    return_token_accuracy: bool, return_predicted_tokens: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(loss, z_loss, token_accuracy, predicted_tokens, per-row fp32 log-sum-exp (zeros on the
+    reference path))``, each of the middle three empty unless asked; the logits are left intact."""
+    opts = _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss,
+                       return_token_accuracy, return_predicted_tokens)  # fmt: skip
     lse = logits.new_empty(_rows(logits), dtype=torch.float32)
     if not _kernels(logits):
-        loss, z_loss, _, _ = cross_entropy_core(logits, target, weight, opts, out_dtype=logits.dtype)
+        outputs = cross_entropy_core(logits, target, weight, opts, out_dtype=logits.dtype)
         lse.zero_()
     else:
-        (loss, z_loss, _, _), _ = cross_entropy_rows(
-            logits.reshape(-1, logits.shape[-1]), target, weight, opts, lse=lse
-        )
-    return loss, _empty(logits) if z_loss is None else z_loss, lse
+        outputs, _ = cross_entropy_rows(logits.reshape(-1, logits.shape[-1]), target, weight, opts, lse=lse)
+    return *(_empty(logits) if t is None else t for t in outputs), lse
 
 
 @cross_entropy.register_fake
-def _(logits, target, weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss):
+def _(logits, target, weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss,
+      return_token_accuracy, return_predicted_tokens):  # fmt: skip
     shape = target.shape if reduction == "none" else ()
-    z_loss = logits.new_empty(shape) if return_z_loss else _empty(logits)
-    return logits.new_empty(shape), z_loss, logits.new_empty(_rows(logits), dtype=torch.float32)
+    return (
+        logits.new_empty(shape),
+        logits.new_empty(shape) if return_z_loss else _empty(logits),
+        logits.new_empty((), dtype=torch.float32) if return_token_accuracy else _empty(logits),
+        target.new_empty(target.shape) if return_predicted_tokens else _empty(logits),
+        logits.new_empty(_rows(logits), dtype=torch.float32),
+    )
 
 
 @_custom_op("cross_entropy_backward")
@@ -592,15 +596,15 @@ def _(grad_loss, logits, target, weight, lse, *options):
 
 def _cross_entropy_setup(ctx, inputs, output):
     logits, target, weight, *options = inputs
-    ctx.save_for_backward(logits, target, weight, output[2])
-    ctx.options = options[:-1]
-    ctx.mark_non_differentiable(output[1], output[2])
+    ctx.save_for_backward(logits, target, weight, output[4])
+    ctx.options = options[:-3]  # not the requested outputs
+    ctx.mark_non_differentiable(*output[1:])
 
 
 def _cross_entropy_backward(ctx, grad_loss, *_):
     logits, target, weight, lse = ctx.saved_tensors
     grad = cross_entropy_backward(grad_loss, logits, target, weight, lse, *ctx.options)
-    return grad, None, None, None, None, None, None, None, None
+    return grad, *([None] * 10)
 
 
 cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
@@ -611,13 +615,12 @@ def _cross_entropy_twin(
     softcap=None, return_z_loss=False, return_token_accuracy=False, return_predicted_tokens=False,
 ):  # fmt: skip
     args = (_input, target, weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
-    if return_token_accuracy or return_predicted_tokens:
-        return LigerCrossEntropyFunction.apply(*args, return_token_accuracy, return_predicted_tokens)
-    check_ce_inputs(_input, target, weight, _ce_options(*args[3:]).check())
+    kept = (return_z_loss, bool(return_token_accuracy), bool(return_predicted_tokens))
+    check_ce_inputs(_input, target, weight, _ce_options(*args[3:], *kept[1:]).check())
     lse_square_scale, label_smoothing = float(lse_square_scale), float(label_smoothing)
     softcap = None if softcap is None else float(softcap)
-    loss, z_loss, _ = cross_entropy(*args[:4], lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
-    return loss, z_loss if return_z_loss else None, None, None
+    loss, *extras, _ = cross_entropy(*args[:4], lse_square_scale, label_smoothing, reduction, softcap, *kept)
+    return loss, *(t if keep else None for t, keep in zip(extras, kept))
 
 
 # ----------------------------------------------------------------------------- fused linear cross-entropy
