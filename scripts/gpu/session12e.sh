@@ -4,13 +4,8 @@
 # both routes forced at Qwen2.5-1.5B's head (N=8192) and GPT-OSS-20B's, and Qwen2.5-1.5B's eager step.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" e
-flce() {  # name, N, H, V
-  timeout 60 python3 benchmarks/flce_exact.py --out "$L/$1" --tokens "$2" --errors "" --hidden "$3" --vocab "$4" \
-    --providers "exact accumulate,exact tiles" >"$L/flce_$1.log" 2>&1
-  echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
-}
-flce qwen15b 8192 1536 151936
-flce gptoss 8192 2880 201088
+flce qwen15b 8192 1536 151936 "exact accumulate,exact tiles" 60
+flce gptoss 8192 2880 201088 "exact accumulate,exact tiles" 60
 Q=qwen2.5-1.5b-4x2048
 for route in accumulate tiles; do
   LIGER_FLCE_EXACT_ROUTE=$route timeout 50 python3 benchmarks/bench_compile.py --out "$L/compile_$route" --warmup 2 --steps 4 \
