@@ -366,8 +366,8 @@ def test_every_patched_family_has_no_graph_break(model_type, monkeypatch):
     elif model_type in BREAKS:  # tracking them (strict) is the CPU run's: each break costs a re-trace (~20 min of CPU)
         pytest.skip(BREAKS[model_type])
     model, inputs = _family_model(model_type)
-    if stock_loss_break(model_type, model):
-        pytest.skip(stock_loss_break(model_type, model))
+    if reason := stock_loss_break(model_type, model):
+        pytest.skip(reason)
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         _no_graph_breaks(lambda inputs: model(**inputs).loss, inputs)
 
@@ -407,8 +407,8 @@ def test_patched_on_the_instance_has_no_graph_break(model_type, monkeypatch):
         stock, model = build_moe(model_type, torch.float32), build_moe(model_type, torch.float32)
         ids = torch.randint(3, 90, (2, 9), device=DEVICE)
         inputs = {"input_ids": ids, "labels": ids}
-    if stock_loss_break(model_type, model):
-        pytest.skip(stock_loss_break(model_type, model))
+    if reason := stock_loss_break(model_type, model):
+        pytest.skip(reason)
     _apply_liger_kernel_to_instance(model, **INSTANCE_PATCHED[model_type])
     try:
         for m in (stock, model):
