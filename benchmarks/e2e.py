@@ -229,13 +229,21 @@ CASES["qwen2.5-vl-3b-4x2048-norope"] = (
     "Qwen2.5-VL-3B shape, rope=False",
     *CASES["qwen2.5-vl-3b-4x2048"][2:],
 )
-VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048", "qwen2.5-vl-3b-4x2048-norope")  # not in the default run
+# The Gemma 3 case with our MLPs in token shards (``tiled_mlp=True``: gate and up recomputed in the
+# backward, 2 x tokens x intermediate fewer activations a layer kept); the peer has no such switch.
+CASES["gemma3-4b-2x2048-tiled"] = (
+    "gemma3",
+    "Gemma-3-4B shape, ours with tiled_mlp=True",
+    *CASES["gemma3-4b-2x2048"][2:],
+)
+VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048", "qwen2.5-vl-3b-4x2048-norope", "gemma3-4b-2x2048-tiled")
 MOE_CASES = ("qwen3-moe-30b-a3b-4x2048", "gpt-oss-20b-4x2048")  # not in the default run either
 # Patch arguments beyond the defaults, per case and provider: GPT-OSS's experts are fused only with
 # swiglu=True (its default is False, as in Liger Kernel 0.8.5, whose experts module has neither the
 # biases nor the clamped gating: the peer runs its defaults there, experts stock).
 PATCH_KWARGS = {"gpt-oss-20b-4x2048": {"ours": {"swiglu": True}}, "gpt-oss-tiny": {"ours": {"swiglu": True}}}
 PATCH_KWARGS["qwen2.5-vl-3b-4x2048-norope"] = {p: {"rope": False} for p in ("ours", "liger085")}
+PATCH_KWARGS["gemma3-4b-2x2048-tiled"] = {"ours": {"tiled_mlp": True}}
 SMOKE_CASES = {
     "llama-tiny": ("llama", "Llama, tiny", _tiny(LLAMA_1B, 1000), 2, 64),
     "qwen2-tiny": ("qwen2", "Qwen2.5, tiny", _tiny(QWEN25_15B, 1200), 2, 64),

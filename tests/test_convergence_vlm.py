@@ -25,6 +25,7 @@ from liger_kernel.transformers import monkey_patch  # noqa: E402
 from liger_kernel.transformers.model.causal_lm import lce_forward_for_multimodal  # noqa: E402
 from liger_kernel.transformers.model_specs import MODEL_SPECS, VISION_LANGUAGE_SPECS  # noqa: E402
 from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance  # noqa: E402
+from liger_kernel.transformers.tiled_mlp import TiledForward  # noqa: E402
 
 FAMILIES = sorted(CONFIGS)
 # Not built here: Pixtral (an encoder alone: its own test).
@@ -85,6 +86,24 @@ def test_vision_language_family_converges(model_type, dtype):
         return patched
 
     assert_converges(f"{model_type} {dtype}", model64, stock, make, inputs=inputs_for(model_type))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemma3_with_tiled_mlps_converges(dtype):
+    """``tiled_mlp=True`` (the e2e benchmark's memory case): every text MLP in token shards, the
+    multimodal model trains as stock does."""
+    stock = build("gemma3", dtype)
+    model64 = float64_copy(stock, sdpa=VLM_SDPA)
+    initial = copy.deepcopy(stock.state_dict())
+
+    def make():
+        MODEL_TYPE_TO_APPLY_LIGER_FN["gemma3"](rope=False, tiled_mlp=True)
+        patched = build("gemma3", dtype, seed=1)
+        patched.load_state_dict(initial)
+        assert [m for m in patched.modules() if isinstance(m, TiledForward)], "no MLP in token shards"
+        return patched
+
+    assert_converges(f"gemma3 tiled_mlp {dtype}", model64, stock, make, inputs=inputs_for("gemma3"))
 
 
 def test_reversed_rows_are_the_same_batch():

@@ -37,6 +37,7 @@ from liger_kernel.transformers.model_specs import (  # noqa: E402
     RELU2,
     VISION_LANGUAGE_SPECS,
 )
+from liger_kernel.transformers.tiled_mlp import TiledForward  # noqa: E402
 
 # The text families: the mixture-of-experts ones of issue 14 are checked in test_convergence_moe.py and
 # test_api_names.py (tiny configs of their own), the vision-language ones in tests/test_convergence_vlm.py.
@@ -266,6 +267,9 @@ def test_signatures(model_type):
         assert list(params)[-1] == "kwargs" and params["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
     else:
         expected["model"] = None
+    if MODEL_SPECS[model_type].extra_flags:  # ours, after the peer's: keyword only
+        expected["tiled_mlp"] = False
+        assert params["tiled_mlp"].kind is inspect.Parameter.KEYWORD_ONLY
     assert {n: p.default for n, p in params.items() if n != "kwargs"} == expected
     assert list(params)[: len(expected)] == list(expected)
     assert getattr(lk, f"apply_liger_kernel_to_{model_type}") is apply_fn(model_type)
@@ -291,6 +295,45 @@ def test_mlp_the_kernel_cannot_reproduce_stays_stock():
     stock_mlp = mp._original(modeling("llama"), "LlamaMLP")
     for model in (biased, gelu):
         assert all(type(layer.mlp) is stock_mlp for layer in model.model.layers)
+
+
+def training_step(model, ids):
+    """The loss of one forward and backward on ``ids``, and every parameter's gradient by name."""
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+# One family per tileable MLP kind (SwiGLU, GeGLU, Gemma 4's, HunYuan's constructor).
+TILED_FAMILIES = ("llama", "gemma3_text", "gemma4_text", "hunyuan_v1_dense")
+
+
+@pytest.mark.parametrize("model_type", TILED_FAMILIES)
+@pytest.mark.parametrize("path", ["class", "instance"])
+def test_tiled_mlp_flag_recomputes_the_mlp_and_matches_stock(model_type, path):
+    """``tiled_mlp=True``: every MLP is the family's Liger MLP in token shards (class patch and
+    instance patch), the step's loss and gradients are stock's, and a revert restores stock."""
+    ids = torch.randint(3, 97, (2, 7))
+    stock = tiny_model(model_type)
+    n_mlps = count_converted(stock, model_type)[3]
+    expected = training_step(stock, ids)
+    if path == "class":
+        apply_fn(model_type)(tiled_mlp=True)
+        model = tiny_model(model_type)
+    else:
+        model = tiny_model(model_type)
+        apply_fn(model_type)(model=model, tiled_mlp=True)
+    tiled = [m for m in model.modules() if isinstance(m, TiledForward)]
+    assert len(tiled) == n_mlps > 0 and count_converted(model, model_type)[1] == n_mlps
+    loss, grads = training_step(model, ids)
+    torch.testing.assert_close(loss, expected[0], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected[1].keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    revert_fn(model_type)(model=model)
+    assert not any(isinstance(m, TiledForward) for m in model.modules())
+    assert count_converted(tiny_model(model_type), model_type)[1] == 0
 
 
 def test_cross_entropy_flag_hooks_the_family_loss():
@@ -337,6 +380,8 @@ def patch_state(model_type):
         ({"rope": "false"}, TypeError, "rope must be True or False"),
         ({"swiglu": 1}, TypeError, "swiglu must be True or False"),
         ({"cross_entropy": True, "fused_linear_cross_entropy": True}, ValueError, "cannot both be True"),
+        ({"tiled_mlp": "yes"}, TypeError, "tiled_mlp must be True or False"),
+        ({"tiled_mlp": True, "swiglu": False}, ValueError, "Pass swiglu=True with it, or tiled_mlp=False"),
     ],
 )
 def test_bad_arguments_raise_before_anything_is_patched(kwargs, error, match):

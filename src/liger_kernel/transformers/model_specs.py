@@ -17,6 +17,8 @@ HUNYUAN_SWIGLU = "hunyuan_swiglu"  # SwiGLU built as (config, layer_idx=None, is
 FALCON_H1_SWIGLU = "falcon_h1_swiglu"  # SwiGLU with config.mlp_multipliers on the gate and the output
 RELU2 = "relu2"  # no gated MLP: ReLU² replaces the activation module of down(relu2(up(x))) (Nemotron)
 DEEPSEEK_V2_SWIGLU = "deepseek_v2_swiglu"  # SwiGLU built as (config, hidden_size=None, intermediate_size=None)
+# MLP kinds that also run in token shards (``tiled_mlp=True``): the gated MLPs without multipliers or a fused gate_up.
+TILEABLE_MLPS = (SWIGLU, GEGLU, GEMMA4_GEGLU, HUNYUAN_SWIGLU, DEEPSEEK_V2_SWIGLU)
 
 # Experts kinds (mixture of experts): what a family's routed ``*Experts`` module computes per expert,
 # the contract a fused experts module must meet to stand in for it (parameters as transformers 5.x lays
@@ -145,6 +147,16 @@ class ModelSpec:
         if self.mlp_kind == RELU2:
             return ((self.mlp_flag, True), *losses)
         return (("rope", self.rope is not None), *losses, ("rms_norm", True), (self.mlp_flag, self.mlp_default))
+
+    @property
+    def extra_flags(self) -> tuple:
+        """``(name, default)`` of our keyword-only parameters beyond Liger Kernel 0.8.5's, after
+        ``model``: ``tiled_mlp`` (the MLP in token shards, recomputing gate and up in the backward:
+        less memory for more FLOPs) where the family has an MLP flag, dense MLPs (or decoders) and
+        an MLP kind with a tiled form."""
+        has_mlps = bool(self.mlps or self.decoders)
+        tileable = self.mlp_kind in TILEABLE_MLPS and self.mlp_flag in dict(self.flags) and has_mlps
+        return (("tiled_mlp", False),) if tileable else ()
 
     @property
     def takes_kwargs(self) -> bool:

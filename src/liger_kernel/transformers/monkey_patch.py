@@ -41,6 +41,7 @@ from liger_kernel.transformers.model_specs import (
     RELU2,
     SILU_EXPERTS,
     SWIGLU,
+    TILEABLE_MLPS,
 )
 from liger_kernel.transformers.relu_squared import LigerReLUSquared
 from liger_kernel.transformers.rms_norm import LigerRMSNorm
@@ -51,6 +52,7 @@ from liger_kernel.transformers.swiglu import (
     LigerPhi3SwiGLUMLP,
     LigerSwiGLUMLP,
 )
+from liger_kernel.transformers.tiled_mlp import tiled
 
 logger = logging.getLogger(__name__)
 
@@ -185,11 +187,11 @@ def _experts_supported(spec, config) -> bool:
     return getattr(config, "hidden_act", None) in _EXPERTS_ACTIVATIONS[spec.experts_kind]
 
 
-def _config_adapter(spec, modeling, name, base, supported, what):
-    """``base`` under the stock constructor ``(config, ...)`` of ``name``. A config it cannot
-    reproduce (``supported`` says no) gets the stock module instead, so patching never changes a
-    model's math."""
-    key = (modeling.__name__, name)
+def _config_adapter(spec, modeling, name, base, supported, what, prefix=""):
+    """``base`` under the stock constructor ``(config, ...)`` of ``name``, cached and named as
+    ``prefix + name``. A config it cannot reproduce (``supported`` says no) gets the stock module
+    instead, so patching never changes a model's math."""
+    key = (modeling.__name__, prefix + name)
     if key not in _ADAPTERS:
 
         def __new__(cls, config=None, *args, **kwargs):
@@ -200,17 +202,20 @@ def _config_adapter(spec, modeling, name, base, supported, what):
             return nn.Module.__new__(cls)
 
         _ADAPTERS[key] = type(
-            f"Liger{name}",
+            f"Liger{prefix}{name}",
             (base,),
             {"__new__": __new__, "__module__": __name__, "stock_class": _original(modeling, name)},
         )
     return _ADAPTERS[key]
 
 
-def _mlp_adapter(spec, modeling, name):
-    """The family's Liger MLP under the stock constructor (biased projections or another
-    activation keep the stock MLP)."""
-    return _config_adapter(spec, modeling, name, _MLP_BASES[spec.mlp_kind], _mlp_supported, f"{spec.mlp_kind} MLP")
+def _mlp_adapter(spec, modeling, name, tiled_mlp=False):
+    """The family's Liger MLP under the stock constructor, in token shards with ``tiled_mlp``
+    (biased projections or another activation keep the stock MLP)."""
+    base, what = _MLP_BASES[spec.mlp_kind], f"{spec.mlp_kind} MLP"
+    if tiled_mlp:
+        base = tiled(base, "gelu_tanh" if spec.mlp_kind in (GEGLU, GEMMA4_GEGLU) else "silu")
+    return _config_adapter(spec, modeling, name, base, _mlp_supported, what, "Tiled" if tiled_mlp else "")
 
 
 def _experts_adapter(spec, modeling, name):
@@ -304,10 +309,10 @@ def _convert(module, adapter, undo, *args, **kwargs):
     undo.append(back)
 
 
-def _patch_instance(model, spec, modeling, rms_norm, mlp, layer_norm, undo):
-    """Convert the model's stock norms and MLPs (or activations), and with ``layer_norm`` the
-    ``nn.LayerNorm`` children of this module's classes; returns counts and the reasons for what
-    was left."""
+def _patch_instance(model, spec, modeling, rms_norm, mlp, layer_norm, undo, tiled_mlp=False):
+    """Convert the model's stock norms and MLPs (or activations; in token shards with
+    ``tiled_mlp``), and with ``layer_norm`` the ``nn.LayerNorm`` children of this module's classes;
+    returns counts and the reasons for what was left."""
     norms = {_original(modeling, n): n for n in spec.norms if hasattr(modeling, n)} if rms_norm else {}
     mlps = {_original(modeling, n): n for n in spec.mlps if hasattr(modeling, n)} if mlp else {}
     fused = mlp and spec.fused_experts
@@ -341,7 +346,7 @@ def _patch_instance(model, spec, modeling, rms_norm, mlp, layer_norm, undo):
                 kept.append(f"{path} ({cls.__name__}: config not reproducible by the {spec.mlp_kind} kernel)")
                 continue
             width = {"intermediate_size": module.down_proj.in_features} if spec.mlp_kind in _SIZED_MLPS else {}
-            _convert(module, _mlp_adapter(spec, modeling, mlps[cls]), undo, module.config, **width)
+            _convert(module, _mlp_adapter(spec, modeling, mlps[cls], tiled_mlp), undo, module.config, **width)
             done["mlp"] += 1
         elif cls in experts:
             if not _experts_supported(spec, config):
@@ -368,6 +373,12 @@ def _check_arguments(flags, model):
             "cross_entropy and fused_linear_cross_entropy cannot both be True: the fused linear "
             "cross-entropy already computes the loss without logits. Pass only one of them."
         )
+    mlp_flag = next((name for name in ("swiglu", "geglu") if name in flags), None)
+    if flags.get("tiled_mlp") and not flags.get(mlp_flag):
+        raise ValueError(
+            f"tiled_mlp=True runs the Liger MLP in token shards, but {mlp_flag}={flags.get(mlp_flag)} leaves the "
+            f"MLP stock. Pass {mlp_flag}=True with it, or tiled_mlp=False."
+        )
 
 
 def _decoder_keys(spec, model):
@@ -387,7 +398,8 @@ def _decoder_flags(key, flags, others):
     """A decoder's own switches: the family's (and its ``**kwargs``) where they name one, else the
     decoder's defaults; never its losses (the family's forward owns the loss)."""
     given = {**others, **flags}
-    own = {name: given.get(name, default) for name, default in MODEL_SPECS[key].flags if name != "model"}
+    spec = MODEL_SPECS[key]
+    own = {name: given.get(name, default) for name, default in (*spec.flags, *spec.extra_flags) if name != "model"}
     return own | {"cross_entropy": False, "fused_linear_cross_entropy": False}
 
 
@@ -410,7 +422,7 @@ def _patch_classes(part, modeling, flags, undo):
             _swap(modeling, name, swapped[_original(modeling, name)], undo)
     if flags.get(part.mlp_flag):
         for name in filter(present, part.mlps):
-            _swap(modeling, name, _mlp_adapter(part, modeling, name), undo)
+            _swap(modeling, name, _mlp_adapter(part, modeling, name, bool(flags.get("tiled_mlp"))), undo)
         if part.mlp_kind == RELU2:
             _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
         if part.fused_experts:
@@ -451,7 +463,8 @@ def _patch_family(spec, model, flags, others, undo):
         _patch_classes(part, modeling, flags, undo)
         if model is not None:
             rms_norm, mlp, layer_norm = flags.get("rms_norm"), flags.get(part.mlp_flag), flags.get("layer_norm")
-            counts, left = _patch_instance(model, part, modeling, rms_norm, mlp, layer_norm, undo)
+            tiled_mlp = bool(flags.get("tiled_mlp")) and part.mlp_kind in TILEABLE_MLPS
+            counts, left = _patch_instance(model, part, modeling, rms_norm, mlp, layer_norm, undo, tiled_mlp)
             done = {key: done.get(key, 0) + counts[key] for key in counts}
             kept += left
     for key in _decoder_keys(spec, model):
@@ -544,7 +557,7 @@ def _revert(model_type, model):
         forwards = (part.causal_lm, part.multimodal)
         classes = [getattr(modeling, name) for name in forwards if name and hasattr(modeling, name)]
         _restore({modeling, *classes})
-        names = (*part.norms, *part.mlps, *part.experts, "relu2")
+        names = (*part.norms, *part.mlps, *(f"Tiled{name}" for name in part.mlps), *part.experts, "relu2")
         adapters |= {_ADAPTERS.get((modeling.__name__, name)) for name in names}
         if part.layer_norm is not None:
             adapters.add(_ADAPTERS.get(("torch.nn", "LayerNorm")))
@@ -563,6 +576,7 @@ def _make_apply(model_type):
     params = [P(name, P.POSITIONAL_OR_KEYWORD, default=default) for name, default in spec.flags]
     if "model" not in dict(spec.flags):
         params.append(P("model", P.POSITIONAL_OR_KEYWORD, default=None))
+    params += [P(name, P.KEYWORD_ONLY, default=default) for name, default in spec.extra_flags]
     if spec.takes_kwargs:
         params.append(P("kwargs", P.VAR_KEYWORD))
     signature = inspect.Signature(params)
@@ -591,6 +605,12 @@ def _apply_doc(spec):
         lines.append(f"rms_norm: {', '.join(n for p in (spec, *spec.towers) for n in p.norms) or 'the decoders'}.")
     if spec.mlp_flag in flags:
         lines.append(f"{spec.mlp_flag}: {mlp}.")
+    if spec.extra_flags:
+        lines.append(
+            "tiled_mlp (ours, keyword only): the MLP in token shards, gate and up recomputed in the backward "
+            "(2 x tokens x intermediate fewer activations a layer kept, for 4 x tokens x hidden x intermediate "
+            "more FLOPs)."
+        )
     if "cross_entropy" in flags:
         forward = "``lce_forward_for_multimodal``" if spec.multimodal else "the generic causal-LM forward"
         lines += [

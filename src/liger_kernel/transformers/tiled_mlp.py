@@ -1,6 +1,7 @@
 """Gated MLPs run in token shards (``ops/tiled_mlp.py``): the parameters and state_dict of
 ``LigerSwiGLUMLP`` / ``LigerGEGLUMLP``, with one shard's intermediate alive instead of the whole
-sequence's (long-context training)."""
+sequence's (long-context training). The patch functions' ``tiled_mlp=True`` builds the family's MLP
+as ``tiled(<its Liger MLP>)``."""
 
 from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp, apply_tiled_mlp
 from liger_kernel.transformers.geglu import LigerGEGLUMLP
@@ -8,17 +9,16 @@ from liger_kernel.transformers.swiglu import LigerSwiGLUMLP, fusable
 from liger_kernel.utils import use_triton
 
 
-class _Tiled:
-    """The MLP class after this one in the MRO, its forward run in ``num_shards`` token shards
+class TiledForward:
+    """The forward of the MLP class after this one in the MRO, run in ``num_shards`` token shards
     (None: about ``hidden_size`` tokens each): on the tiled gated MLP Function where the untiled
     one would take the fused MLP (plain projections; its recompute skips the down projection),
-    else on the generic tiled Function around the untiled forward."""
+    else on the generic tiled Function around the untiled forward. The backward recomputes gate
+    and up: per layer 2 x tokens x intermediate fewer activations kept, for 4 x tokens x hidden x
+    intermediate more FLOPs."""
 
     activation = "silu"
-
-    def __init__(self, config, num_shards=None):
-        super().__init__(config)
-        self.num_shards = num_shards
+    num_shards = None
 
     def forward(self, x):
         projections = (self.gate_proj, self.up_proj, self.down_proj)
@@ -29,7 +29,19 @@ class _Tiled:
 
 
 def _untiled_forward(mlp, x):
-    return super(_Tiled, mlp).forward(x)
+    return super(TiledForward, mlp).forward(x)
+
+
+def tiled(mlp_class, activation="silu"):
+    """``mlp_class`` (gate_proj, up_proj, down_proj; ``activation(gate) * up``) under its own
+    constructor, its forward ``TiledForward``'s."""
+    return type(f"Tiled{mlp_class.__name__}", (TiledForward, mlp_class), {"activation": activation})
+
+
+class _Tiled(TiledForward):
+    def __init__(self, config, num_shards=None):
+        super().__init__(config)
+        self.num_shards = num_shards
 
 
 class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
