@@ -741,3 +741,59 @@ def test_softcap_stays_inside_the_kernels(monkeypatch, mode):
     with Ops() as ops:
         liger(x, w, y, b, opts, mode=mode)[0].backward()
     assert not ops.seen & {"tanh", "tanh_"}, sorted(ops.seen)
+
+
+@pytest.mark.parametrize("route", ["tiles", "accumulate"])
+def test_tied_head_gradient_is_summed_in_place(monkeypatch, route):
+    """A head tied to the input embedding (Gemma, Llama 3.2): autograd sums the embedding's
+    gradient into the fused loss's weight gradient in place, and keeps that tensor as ``.grad``,
+    instead of a third [V, H] tensor (1.25 GiB at the end of Gemma 3's backward). It does so only
+    for a plain tensor whose storage no Python object references (``plain_on``). Under Triton's
+    interpreter every kernel argument gets one (the tile route's buffer is one): GPU only there."""
+    if route == "tiles" and not ON_GPU:
+        pytest.skip("the interpreter makes a Python storage object of each kernel argument")
+    monkeypatch.setenv("LIGER_FLCE_EXACT_ROUTE", route)
+    n_tokens, hidden, n_vocab = sizes(cpu=(29, 24, 301), gpu=(2048, 1024, 32000))
+    weight = torch.nn.Parameter(randn(n_vocab, hidden, dtype=torch.bfloat16) * 0.1)
+    ids = torch.randint(0, n_vocab, (n_tokens,), device=DEVICE)
+    x = F.embedding(ids, weight) * 1.5
+    loss = liger_fused_linear_cross_entropy(x, weight, ids)
+    head_grad_ptr = []
+    loss.grad_fn.register_hook(lambda grad_inputs, _: head_grad_ptr.append(grad_inputs[1].data_ptr()))
+    loss.backward()
+    assert weight.grad.data_ptr() == head_grad_ptr[0]
+    w32 = weight.detach().float().requires_grad_()
+    x32 = F.embedding(ids, w32) * 1.5
+    F.cross_entropy(x32 @ w32.T, ids).backward()
+    torch.testing.assert_close(weight.grad.float(), w32.grad, rtol=2e-2, atol=2e-2 * w32.grad.abs().max().item())
+
+
+def test_plain_on_makes_a_gradient_autograd_sums_into():
+    """``plain_on``, as every fused head builds its weight gradient on scratch memory (the tile
+    route's buffer, ``WeightGradAccumulator``'s first half, the log-prob engines' head): for a
+    weight used twice, autograd adds the other use's gradient into it and keeps it as ``.grad``."""
+    made = []
+
+    class Head(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w):
+            ctx.save_for_backward(x, w)
+            return (x @ w.T).sum()
+
+        @staticmethod
+        def backward(ctx, g):
+            x, w = ctx.saved_tensors
+            scratch = torch.empty(w.numel() // 2 + 1, dtype=torch.float32, device=w.device)  # fp32, larger
+            grad_w = flce_ops.plain_on(flce_ops.alias(scratch, w.dtype), w.dtype, tuple(w.shape))
+            torch.mm(g * torch.ones(w.shape[0], x.shape[0], dtype=w.dtype, device=w.device), x, out=grad_w)
+            made.append(grad_w.data_ptr())
+            return g * torch.ones(x.shape[0], w.shape[0], dtype=w.dtype, device=w.device) @ w, grad_w
+
+    weight = torch.nn.Parameter(randn(53, 8, dtype=torch.bfloat16))
+    ids = torch.randint(0, 53, (7,), device=DEVICE)
+    Head.apply(F.embedding(ids, weight) * 1.5, weight).backward()
+    assert weight.grad.data_ptr() == made[0]
+    w64 = weight.detach().double()
+    ones = torch.ones(53, 7, dtype=torch.float64, device=DEVICE)
+    expected = torch.zeros_like(w64).index_add_(0, ids, 1.5 * ones.T @ w64) + ones @ (1.5 * w64[ids])
+    torch.testing.assert_close(weight.grad.double(), expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())

@@ -536,10 +536,22 @@ def dlogits_grid(z, out, col0, terms: RowTerms, w, opts: CEOptions, copy=None) -
 
 
 def alias(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A flat ``dtype`` tensor over all of ``t``'s memory (scratch inside an output-to-be)."""
-    storage = t.untyped_storage()
-    flat = torch.empty(0, dtype=dtype, device=t.device)
-    return flat.set_(storage, 0, (storage.nbytes() // dtype.itemsize,))
+    """A flat ``dtype`` tensor over all of a contiguous ``t``'s memory (scratch inside an
+    output-to-be). Set from ``t`` itself, never through ``t.untyped_storage()``: a Python storage
+    object, once made, holds a second reference to the storage for the tensor's whole life, and
+    autograd then sums a gradient for a weight used twice (a head tied to the input embedding)
+    into a new [V, H] tensor instead of into this one (1.25 GiB more at Gemma 3's head)."""
+    return plain_on(t, dtype, (t.numel() * t.element_size() // dtype.itemsize,))
+
+
+def plain_on(t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
+    """A contiguous ``dtype`` tensor of ``shape`` on the memory of ``t`` from its start: no view
+    (no ``_base``), and no Python storage object (``alias``), so that autograd can keep it as a
+    gradient and sum another one into it in place."""
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    return torch.empty(0, dtype=dtype, device=t.device).set_(t, 0, shape, strides)
 
 
 class KeptDlogits(NamedTuple):

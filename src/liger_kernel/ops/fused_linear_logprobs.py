@@ -76,6 +76,7 @@ from liger_kernel.ops.fused_linear_cross_entropy import (
     dlogits_in_place,
     flat_view,
     mm_fp32,
+    plain_on,
     split_size,
 )
 from liger_kernel.ops.head_grad import WeightGradAccumulator
@@ -571,8 +572,7 @@ class VocabMajorLogits:
         if self.tail is not None:
             torch.mm(self.pieces[1][2], x, out=out[in_head:])
         self.pieces, self.tail = [], None
-        grad = torch.empty(0, dtype=out.dtype, device=out.device)  # a plain tensor: autograd may keep it as .grad
-        return grad.set_(self.head.untyped_storage(), 0, (n_vocab, hidden), (hidden, 1))
+        return plain_on(self.head, out.dtype, (n_vocab, hidden))  # autograd may keep it as .grad
 
 
 def fused_linear_logprobs_batch_loss(x, weight, target, bias, loss_fn, ignore_index=-100, needs=(True, True, True)):

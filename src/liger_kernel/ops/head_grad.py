@@ -9,7 +9,7 @@ V=128256, H=4096) rather than the accumulator + a 1 GB rounded copy.
 
 import torch
 
-from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm
+from liger_kernel.ops.fused_linear_cross_entropy import accumulate_mm, plain_on
 from liger_kernel.ops.utils import cdiv
 
 # Elements rounded at a time, through a temporary, before the in-place rounding of the weight
@@ -55,9 +55,7 @@ class WeightGradAccumulator:
         if len(parts) > 1:
             _rounded_copy(parts[1].view(-1), out[first.numel() : n_vocab * hidden], scale)  # onto rounded fp32 rows
             del parts[1]
-        # A plain tensor on the first half's memory (not a view), so autograd may keep it as .grad.
-        grad = torch.empty(0, dtype=self.dtype, device=out.device)
-        return grad.set_(first.untyped_storage(), 0, (n_vocab, hidden), (hidden, 1))
+        return plain_on(out, self.dtype, (n_vocab, hidden))  # autograd may keep it as .grad
 
 
 def _round_in_place(src: torch.Tensor, out: torch.Tensor, scale: torch.Tensor = None) -> None:
