@@ -8,8 +8,9 @@ as ours does, and autograd sums the shards' weight gradients in bf16), and Liger
 Every provider gets the same x, weights and output gradient (seed 0). ``ours_generic``: the
 generic tiled Function around the untiled forward (what non-plain projections take), recomputing
 the whole forward. ``ours`` picks its backward's route by bytes (blocks of the intermediate at 16K
-tokens, token shards at 64K); ``ours_blocks`` / ``ours_tokens`` force one, ``ours_tokens_2048``
-the token shards at 2048 tokens, not H (half the shard buffers, twice the fp32 weight-sum traffic).
+tokens, token shards at 64K); ``ours_blocks`` / ``ours_tokens`` force one (``ours_blocksN``: N
+blocks), ``ours_tokens_2048`` the token shards at 2048 tokens, not H (half the shard buffers, twice
+the fp32 weight-sum traffic).
 
 Liger 0.8.5 adds its weight gradients into ``.grad`` inside its backward: the warm-up step allocates
 them and the measured step's peak (counted from the memory before it) leaves them out, 3 x 112 MiB
@@ -36,6 +37,10 @@ from torch.utils.checkpoint import checkpoint
 CASES = {
     "llama3-8b_t16384": dict(tokens=16384, hidden=4096, intermediate=14336),
     "llama3-8b_t65536": dict(tokens=65536, hidden=4096, intermediate=14336),
+    # the shorter sequences of an e2e step (tiled_mlp=True): Gemma-3-4B's widths at 2 x 2048 tokens
+    # (its GeGLU costs what this SwiGLU does), Llama-3.2-1B's at 8 x 2048
+    "gemma3-4b_t4096": dict(tokens=4096, hidden=2560, intermediate=10240),
+    "llama3.2-1b_t16384": dict(tokens=16384, hidden=2048, intermediate=8192),
 }
 SMOKE = dict(tokens=9, hidden=16, intermediate=24)
 
@@ -80,10 +85,11 @@ def make(shape, device, impl="ours"):
         from liger_kernel.ops.tiled_mlp import apply_tiled_mlp
 
         return (lambda x, *weights: apply_tiled_mlp(lt.LigerSwiGLUMLP.forward, mlp, x)), (x, *params), grads
-    if impl in ("ours_blocks", "ours_tokens", "ours_tokens_2048"):
+    if impl.startswith("ours_blocks") or impl in ("ours_tokens", "ours_tokens_2048"):
         from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp, default_num_blocks
 
         blocks = default_num_blocks(shape["hidden"], shape["intermediate"]) if impl == "ours_blocks" else 0
+        blocks = int(impl.removeprefix("ours_blocks")) if impl[len("ours_blocks") :].isdigit() else blocks
         shards = -(-shape["tokens"] // 2048) if impl == "ours_tokens_2048" else None
         return (lambda x, *w: apply_tiled_gated_mlp(x, *w, num_shards=shards, num_blocks=blocks)), (x, *params), grads
     if impl == "fresh_grads":
@@ -102,6 +108,7 @@ PROVIDERS = {
     "ours_generic": functools.partial(make, impl="ours_generic"),
     "ours_untiled": functools.partial(make, impl="ours_untiled"),
     "ours_blocks": functools.partial(make, impl="ours_blocks"),
+    **{f"ours_blocks{n}": functools.partial(make, impl=f"ours_blocks{n}") for n in (2, 4, 8)},
     "ours_tokens": functools.partial(make, impl="ours_tokens"),
     "ours_tokens_2048": functools.partial(make, impl="ours_tokens_2048"),
     "liger085": make,
