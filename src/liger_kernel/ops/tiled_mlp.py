@@ -128,13 +128,14 @@ def _fp32_matmul_sum(total, a, b):
 # The narrowest block of the intermediate: the backward's matmuls over narrower ones run below the
 # H200's rate. Measured there (benchmarks/results/h200/tiled_mlp_blocks.md, fwd+bwd): Gemma-3-4B's
 # widths at 4096 tokens 4.74 ms in 640-column blocks, 4.11 in 1280 (Liger 0.8.5: 4.23); Llama-3.2-1B's
-# at 16384, 11.09 in 512, 9.99 in 1024.
-MIN_BLOCK_COLUMNS = 1280
+# at 16384, 11.09 in 512, 9.99 in 1024. Not wider: Llama-3-8B's 16K tokens in 1200-column blocks held
+# 851 MB (Liger: 848), in 1024-column ones 832 (logs/session14/e).
+MIN_BLOCK_COLUMNS = 1024
 
 
 def default_num_blocks(hidden_size: int, intermediate_size: int) -> int:
     """Blocks of about ``hidden_size / 4`` columns of the intermediate, and at least
-    ``MIN_BLOCK_COLUMNS`` (1280 at Llama-3-8B: 12): a block's three [tokens, block] buffers are then
+    ``MIN_BLOCK_COLUMNS`` (1024 at Llama-3-8B: 14): a block's three [tokens, block] buffers are then
     about 3/4 of x's size, and its dx matmul sums over 2 x block >= H / 2 columns, so that reading
     and writing the fp32 dx sum (8 bytes an element of dx per block) takes at most a third of that
     matmul's time (326 / block at 4.2 TB/s and 684 TFLOP/s; 6% of the step, less where the
@@ -155,8 +156,8 @@ def _backward_blocks(tokens, hidden, intermediate, shards, element_size) -> int:
     the weight gradients in their dtype (3 I H e bytes), the fp32 dx sum (4 N H) and a block's
     buffers; the token route dx (N H e), the fp32 weight-gradient sums (12 I H) and a shard's
     buffers. In bf16 the block route holds less up to N ~ 3 I tokens, the fp32 dx sum growing
-    with N where the weight sums do not: 48K tokens at Llama-3-8B widths (16K: 739 MiB against
-    1136; 64K: 1845 against 1520)."""
+    with N where the weight sums do not: 48K tokens at Llama-3-8B widths (16K: 704 MiB against
+    1136; 64K: 1760 against 1520)."""
     blocks = default_num_blocks(hidden, intermediate)
     width = _block_width(intermediate, blocks)
     shard = math.ceil(tokens / shards)
