@@ -221,8 +221,8 @@ from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instan
 CORE = ["llama", "qwen2", "gemma2", "mistral", "phi3"]
 
 
-def _patched_model(model_type, layers=2):
-    apply_fn(model_type)()
+def _patched_model(model_type, layers=2, **flags):
+    apply_fn(model_type)(**flags)
     try:
         return tiny_model(model_type, num_hidden_layers=layers).to(DEVICE)
     finally:
@@ -242,14 +242,16 @@ def _grads(model):
 
 @pytest.mark.parametrize(
     "model_type, dynamic, impl",
-    [(m, d, "default") for m in CORE for d in (False, True)] + [("llama", False, "torch")],
+    [(m, d, "default") for m in CORE for d in (False, True)]
+    + [("llama", False, "torch"), ("llama", False, "tiled_mlp"), ("gemma2", True, "tiled_mlp")],
 )
 def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeypatch):
     """Forward and loss in one graph (``explain``: no graph break), the backward compiled with
-    it; losses and every parameter gradient as eager (kernels, and ``LIGER_KERNEL_IMPL=torch``)."""
+    it; losses and every parameter gradient as eager (kernels, ``LIGER_KERNEL_IMPL=torch``, and
+    the MLPs in token shards: ``tiled_mlp=True``)."""
     if impl == "torch":
         monkeypatch.setenv("LIGER_KERNEL_IMPL", "torch")
-    model = _patched_model(model_type)
+    model = _patched_model(model_type, **({"tiled_mlp": True} if impl == "tiled_mlp" else {}))
     ids = torch.randint(3, 97, (2, 9), device=DEVICE)
     step = _training_step(model, ids)
     eager = step(ids)
@@ -259,7 +261,7 @@ def test_patched_training_step_compiles_whole(model_type, dynamic, impl, monkeyp
     if not dynamic:
         _no_graph_breaks(step, ids)
     torch._dynamo.reset()
-    backend = _backend(dynamic, inductor=model_type in ("llama", "gemma2") and impl == "default")
+    backend = _backend(dynamic, inductor=model_type in ("llama", "gemma2") and impl != "torch")
     compiled = torch.compile(step, backend=backend, fullgraph=True, dynamic=dynamic)(ids)
     compiled.backward()
     torch.testing.assert_close(compiled, eager, **_tolerance(backend))

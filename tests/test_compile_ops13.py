@@ -1,5 +1,5 @@
 """torch.compile for the layer ops of ``ops/library_layers.py`` (M-RoPE, Llama 4 RoPE, fused add
-RMSNorm, fused MoE experts) and the tiled MLP: ``opcheck`` passes for every op, and the modules and
+RMSNorm, fused MoE experts, the tiled gated MLP): ``opcheck`` passes for every op, and the modules and
 functionals compile with ``fullgraph=True`` (no graph break) and give the eager results."""
 
 import types
@@ -14,6 +14,7 @@ from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
 from liger_kernel.ops.fused_moe import LigerFusedMoEFunction
 from liger_kernel.ops.llama4_rope import LigerLlama4RopeFunction
 from liger_kernel.ops.qwen2vl_mrope import LigerQwen2VLMRopeFunction
+from liger_kernel.ops.tiled_mlp import LigerTiledGatedMLPFunction, apply_tiled_gated_mlp
 from liger_kernel.transformers import LigerFusedAddRMSNorm
 from liger_kernel.transformers.functional import liger_fused_add_rms_norm, liger_qwen2vl_mrope
 from liger_kernel.transformers.llama4_rope import liger_llama4_text_rotary_pos_emb
@@ -78,7 +79,20 @@ def cases():
         "fused_add_rms_norm_normed_only": lambda x: (norm(x, x.flip(0))[0] * x.detach().cos()).sum(),
         "fused_moe": _experts(gpt_oss=False),
         "fused_moe_gpt_oss": _experts(gpt_oss=True),
+        "tiled_gated_mlp": _tiled_mlp(),  # the backward by blocks of the intermediate
+        "tiled_gated_mlp_token_shards": _tiled_mlp(blocks=0),
     }
+
+
+def _tiled_mlp(blocks=None):
+    torch.manual_seed(0)
+    mlp = LigerTiledSwiGLUMLP(types.SimpleNamespace(hidden_size=H, intermediate_size=24, hidden_act="silu"), 3)
+    for p in mlp.to(DEVICE).parameters():
+        p.data.normal_(std=0.3)
+    weights = (mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    if blocks is None:
+        return lambda x: (mlp(x) * x.detach().cos()).sum()
+    return lambda x: (apply_tiled_gated_mlp(x, *weights, "silu", 3, blocks) * x.detach().cos()).sum()
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
@@ -130,6 +144,7 @@ def opcheck_cases():
     x, r, w = _rows(3, 5, H), _rows(3, 5, H), _rows(H)
     s, _, stats = (t.detach() for t in library_layers.fused_add_rms_norm(x, r, w, 1e-6, 0.0, "llama"))
     d = x.detach()
+    mlp_weights = [_rows(n, m) * 0.3 for n, m in ((24, H), (24, H), (H, 24))]
     moe = []
     for gpt_oss in (False, True):
         experts = LigerExperts(_moe_config(gpt_oss)).to(DEVICE)
@@ -171,6 +186,22 @@ def opcheck_cases():
         "fused_moe_gpt_oss": (library_layers.fused_moe, (*moe[1][0], *moe[1][1])),
         "fused_moe_backward": (library_layers.fused_moe_backward_op, moe[0][2]),
         "fused_moe_backward_gpt_oss": (library_layers.fused_moe_backward_op, moe[1][2]),
+        "tiled_gated_mlp": (library_layers.tiled_gated_mlp, (x.view(-1, H), *mlp_weights, "silu", 2, 3)),
+        "tiled_gated_mlp_backward": (
+            library_layers.tiled_gated_mlp_backward,
+            (
+                d.view(-1, H),
+                d.view(-1, H),
+                *(t.detach() for t in mlp_weights),
+                "gelu_tanh",
+                2,
+                0,
+                True,
+                True,
+                False,
+                True,
+            ),
+        ),
     }
 
 
@@ -191,32 +222,10 @@ def test_opcheck(name, impl, monkeypatch):
         (LigerLlama4RopeFunction, "llama4_rope"),
         (LigerFusedAddRMSNormFunction, "fused_add_rms_norm"),
         (LigerFusedMoEFunction, "fused_moe"),
+        (LigerTiledGatedMLPFunction, "tiled_gated_mlp"),
     ],
 )
 def test_eager_calls_keep_the_functions(function, op):
     """Outside compile the modules and functionals call the Functions, not the custom ops."""
     assert op in library._TWINS
     assert library.apply_of(function, op) == function.apply
-
-
-@pytest.mark.parametrize("dynamic", [False, True])
-def test_tiled_mlp_under_compile_matches_eager(dynamic):
-    """The tiled MLP stays one graph break under compile (its Function calls autograd in its backward;
-    checkpointing each shard instead compiled, but crashed Dynamo with ``dynamic=True`` on torch 2.13:
-    "lift_tracked_freevar_to_input should not be called on root SubgraphTracer"): correct either way."""
-    torch.manual_seed(0)
-    mlp = LigerTiledSwiGLUMLP(types.SimpleNamespace(hidden_size=H, intermediate_size=24, hidden_act="silu"), 3)
-    for p in mlp.to(DEVICE).parameters():
-        p.data.normal_(std=0.3)
-
-    def fn(x):
-        return (mlp(x) * x.detach().cos()).sum()
-
-    x = randn(T, H, requires_grad=True)
-    eager = fn(x)
-    (eager_grad,) = torch.autograd.grad(eager, [x])
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, backend=BACKEND, dynamic=dynamic)(x)
-    (compiled_grad,) = torch.autograd.grad(compiled, [x])
-    torch.testing.assert_close(compiled, eager, **TOLERANCE)
-    torch.testing.assert_close(compiled_grad, eager_grad, **TOLERANCE)

@@ -1,8 +1,8 @@
 """More layer ops as ``torch.library`` custom ops, as ``ops/library.py`` registers the first ones
 (see there: fake implementations, autograd formulas, twins that ``apply_of`` routes to while
 Dynamo traces, the eager path untouched): Qwen2-VL's M-RoPE, Llama 4's RoPE, the fused residual
-add and RMSNorm, and the fused MoE experts. (The tiled MLP has no op of its own: under compile it
-is activation checkpointing per shard, in ``ops/tiled_mlp.py``.)
+add and RMSNorm, the fused MoE experts and the tiled gated MLP (the generic tiled MLP, around any
+module's forward, stays one graph break: it runs autograd inside its backward).
 
 The two RoPE variants are one op each, forward and backward alike: the backward of a rotation is
 the inverse rotation, so ``inverse`` flips and the op's own autograd formula serves both ways.
@@ -46,6 +46,8 @@ from liger_kernel.ops.norms import check_norm_inputs
 from liger_kernel.ops.qwen2vl_mrope import _check_shapes, qwen2vl_mrope_reference
 from liger_kernel.ops.rms_norm import casting_mode_name, rms_norm_reference
 from liger_kernel.ops.rope import _layout_order, check_rope_tensors, rope_launch
+from liger_kernel.ops.swiglu import gated_mlp_reference
+from liger_kernel.ops.tiled_mlp import check_tiled_gated, tiled_gated_backward, tiled_gated_forward
 from liger_kernel.ops.utils import cdiv
 
 # ----------------------------------------------------------------------------- M-RoPE and Llama 4 RoPE
@@ -339,10 +341,73 @@ def _fused_moe_twin(
     return fused_moe(*tensors, bool(is_transposed), bool(is_concatenated), alpha, limit)[0]
 
 
+# ----------------------------------------------------------------------------- tiled gated MLP
+
+
+@_custom_op("tiled_gated_mlp")
+def tiled_gated_mlp(
+    x: Tensor, gate_weight: Tensor, up_weight: Tensor, down_weight: Tensor, activation: str, shards: int, blocks: int
+) -> Tensor:
+    """The gated MLP of x's rows [N, H] -> [N, H_out], in ``shards`` token shards, nothing kept but
+    x (``blocks``: the backward's route, see ``LigerTiledGatedMLPFunction``)."""
+    if not _kernels(x):
+        return gated_mlp_reference(x, gate_weight, up_weight, down_weight, activation).contiguous()
+    return tiled_gated_forward(x, gate_weight, up_weight, down_weight, activation, shards)
+
+
+@tiled_gated_mlp.register_fake
+def _(x, gate_weight, up_weight, down_weight, activation, shards, blocks):
+    return x.new_empty(x.shape[0], down_weight.shape[0])
+
+
+@_custom_op("tiled_gated_mlp_backward")
+def tiled_gated_mlp_backward(
+    dy: Tensor, x: Tensor, gate_weight: Tensor, up_weight: Tensor, down_weight: Tensor, activation: str,
+    shards: int, blocks: int, need_x: bool, need_gate: bool, need_up: bool, need_down: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """``(dx, d_gate, d_up, d_down)``, each empty where not needed: the gate and up matmuls
+    recomputed, every gradient one fp32 sum rounded once."""
+    weights, needs = (gate_weight, up_weight, down_weight), (need_x, need_gate, need_up, need_down)
+    if not _kernels(x):
+        reference = lambda *t: gated_mlp_reference(*t, activation)  # noqa: E731
+        grads = _reference_grads(reference, (x, *weights), (dy,))
+    else:
+        grads = tiled_gated_backward(dy, x, *weights, activation, shards, blocks, needs)
+    return tuple(g.contiguous() if need else _empty(t) for g, need, t in zip(grads, needs, (x, *weights)))
+
+
+@tiled_gated_mlp_backward.register_fake
+def _(dy, x, gate_weight, up_weight, down_weight, activation, shards, blocks, *needs):
+    tensors = (x, gate_weight, up_weight, down_weight)
+    return tuple(t.new_empty(t.shape) if need else _empty(t) for t, need in zip(tensors, needs))
+
+
+def _tiled_gated_mlp_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:4])
+    ctx.settings = inputs[4:]
+
+
+def _tiled_gated_mlp_backward(ctx, dy):
+    x, *weights = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:4]
+    grads = tiled_gated_mlp_backward(dy, x, *weights, *ctx.settings, *needs)
+    return *(g if need else None for g, need in zip(grads, needs)), None, None, None
+
+
+tiled_gated_mlp.register_autograd(_tiled_gated_mlp_backward, setup_context=_tiled_gated_mlp_setup)
+
+
+def _tiled_gated_mlp_twin(x, gate_weight, up_weight, down_weight, activation, shards, blocks=None):
+    rows, blocks = check_tiled_gated(x, gate_weight, up_weight, down_weight, activation, shards, blocks)
+    y = tiled_gated_mlp(rows, gate_weight, up_weight, down_weight, activation, shards, blocks)
+    return y.view(*x.shape[:-1], down_weight.shape[0])
+
+
 if ENABLED:
     _TWINS.update(
         qwen2vl_mrope=_qwen2vl_mrope_twin,
         llama4_rope=_llama4_rope_twin,
         fused_add_rms_norm=_fused_add_rms_norm_twin,
         fused_moe=_fused_moe_twin,
+        tiled_gated_mlp=_tiled_gated_mlp_twin,
     )

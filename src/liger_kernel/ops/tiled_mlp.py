@@ -48,7 +48,7 @@ def default_num_shards(x: torch.Tensor) -> int:
     """Shards of about ``hidden_size`` tokens each (``ceil(tokens / hidden_size)``): a shard's
     intermediate is then about the size of one of the MLP's weight matrices."""
     tokens = x.numel() // max(x.shape[-1], 1)
-    return max(1, math.ceil(tokens / max(x.shape[-1], 1)))
+    return max(1, -(-tokens // max(x.shape[-1], 1)))  # integer ceil: SymInt-safe under dynamic shapes
 
 
 def _trainable(mlp_module, compute_params) -> tuple:
@@ -160,7 +160,7 @@ def _backward_blocks(tokens, hidden, intermediate, shards, element_size) -> int:
     1136; 64K: 1760 against 1520)."""
     blocks = default_num_blocks(hidden, intermediate)
     width = _block_width(intermediate, blocks)
-    shard = math.ceil(tokens / shards)
+    shard = -(-tokens // shards)
     by_blocks = 3 * intermediate * hidden * element_size + 4 * tokens * hidden
     by_blocks += (3 * tokens + 2 * hidden) * width * element_size
     by_tokens = tokens * hidden * element_size + 12 * intermediate * hidden + 3 * shard * intermediate * element_size
@@ -190,20 +190,8 @@ class LigerTiledGatedMLPFunction(LigerFunction):
 
     @staticmethod
     def forward(ctx, x, gate_weight, up_weight, down_weight, activation, shards, blocks=None):
-        _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation)
-        if up_weight is None:
-            raise ValueError("`up_weight` is required: the tiled gated MLP takes separate gate and up weights.")
-        if not isinstance(shards, int) or shards < 1:
-            raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
-        if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
-            raise ValueError(f"`blocks` must be None or an int >= 0 (0: the backward by token shards), got {blocks!r}.")
-        rows = x.reshape(-1, x.shape[-1])
-        y = rows.new_empty(rows.shape[0], down_weight.shape[0])
-        for shard, y_shard in zip(rows.tensor_split(shards), y.tensor_split(shards)):
-            c = gated_forward(shard @ gate_weight.T, shard @ up_weight.T, activation)
-            torch.matmul(c, down_weight.T, out=y_shard)
-        if blocks is None:
-            blocks = _backward_blocks(*rows.shape, gate_weight.shape[0], shards, x.element_size())
+        rows, blocks = check_tiled_gated(x, gate_weight, up_weight, down_weight, activation, shards, blocks)
+        y = tiled_gated_forward(rows, gate_weight, up_weight, down_weight, activation, shards)
         ctx.save_for_backward(x, gate_weight, up_weight, down_weight)
         ctx.activation, ctx.shards, ctx.blocks = activation, shards, blocks
         return y.view(*x.shape[:-1], down_weight.shape[0])
@@ -212,21 +200,55 @@ class LigerTiledGatedMLPFunction(LigerFunction):
     def backward(ctx, dy):
         x, *weights = ctx.saved_tensors
         rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        route = _backward_by_blocks if ctx.blocks else _backward_by_tokens
-        dx, *weight_grads = route(ctx, rows, dy_rows, *weights)
+        settings = (ctx.activation, ctx.shards, ctx.blocks, ctx.needs_input_grad[:4])
+        dx, *weight_grads = tiled_gated_backward(dy_rows, rows, *weights, *settings)
         return None if dx is None else dx.view(x.shape), *weight_grads, None, None, None
 
 
-def _backward_by_tokens(ctx, rows, dy_rows, gate_weight, up_weight, down_weight):
-    need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+def check_tiled_gated(x, gate_weight, up_weight, down_weight, activation, shards, blocks) -> tuple:
+    """``(x's rows, blocks)``, the backward's route resolved (None: ``_backward_blocks``), after
+    checking every argument (errors name it)."""
+    _check_mlp_inputs(x, gate_weight, up_weight, down_weight, activation)
+    if up_weight is None:
+        raise ValueError("`up_weight` is required: the tiled gated MLP takes separate gate and up weights.")
+    if not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"`shards` must be a positive int, got {shards!r}.")
+    if blocks is not None and (not isinstance(blocks, int) or blocks < 0):
+        raise ValueError(f"`blocks` must be None or an int >= 0 (0: the backward by token shards), got {blocks!r}.")
+    rows = x.reshape(-1, x.shape[-1])
+    if blocks is None:
+        blocks = _backward_blocks(*rows.shape, gate_weight.shape[0], shards, x.element_size())
+    return rows, blocks
+
+
+def tiled_gated_forward(rows, gate_weight, up_weight, down_weight, activation, shards):
+    """The gated MLP of x's rows [N, H] in ``shards`` shards, nothing kept: [N, H_out]."""
+    y = rows.new_empty(rows.shape[0], down_weight.shape[0])
+    for shard, y_shard in zip(rows.tensor_split(shards), y.tensor_split(shards)):
+        c = gated_forward(shard @ gate_weight.T, shard @ up_weight.T, activation)
+        torch.matmul(c, down_weight.T, out=y_shard)
+    return y
+
+
+def tiled_gated_backward(dy_rows, rows, gate_weight, up_weight, down_weight, activation, shards, blocks, needs):
+    """``(dx rows, d_gate, d_up, d_down)``, None where ``needs`` (x, gate, up, down) says no: by
+    ``blocks`` blocks of the intermediate, or (0) by the ``shards`` token shards."""
+    weights = (gate_weight, up_weight, down_weight)
+    if blocks:
+        return _backward_by_blocks(needs, activation, blocks, rows, dy_rows, *weights)
+    return _backward_by_tokens(needs, activation, shards, rows, dy_rows, *weights)
+
+
+def _backward_by_tokens(needs, activation, shards, rows, dy_rows, gate_weight, up_weight, down_weight):
+    need_x, need_gate, need_up, need_down = needs
     dx = empty_like_output(rows) if need_x else None
     sums = [None, None, None]  # gate, up, down
-    splits = (t.tensor_split(ctx.shards) for t in (rows, dy_rows))
-    dx_shards = dx.tensor_split(ctx.shards) if need_x else [None] * ctx.shards
+    splits = (t.tensor_split(shards) for t in (rows, dy_rows))
+    dx_shards = dx.tensor_split(shards) if need_x else [None] * shards
     for shard, dy_shard, dx_shard in zip(*splits, dx_shards):
         a, b = shard @ gate_weight.T, shard @ up_weight.T
         dc = dy_shard @ down_weight
-        gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da, db over a, b; c over dc
+        gated_backward(dc, a, b, activation, a, b, need_down)  # da, db over a, b; c over dc
         if need_down:
             sums[2] = _fp32_matmul_sum(sums[2], dy_shard.T, dc)
         dc = None  # before dx's fp32 shard ([rows, H], under c's [rows, I] bytes when I > 2H)
@@ -242,22 +264,20 @@ def _backward_by_tokens(ctx, rows, dy_rows, gate_weight, up_weight, down_weight)
     return dx, *sums
 
 
-def _backward_by_blocks(ctx, rows, dy_rows, gate_weight, up_weight, down_weight):
-    need_x, need_gate, need_up, need_down = ctx.needs_input_grad[:4]
+def _backward_by_blocks(needs, activation, blocks, rows, dy_rows, gate_weight, up_weight, down_weight):
+    need_x, need_gate, need_up, need_down = needs
     weights = (gate_weight, up_weight, down_weight)
-    d_gate, d_up, d_down = (
-        empty_like_output(w) if need else None for w, need in zip(weights, ctx.needs_input_grad[1:4])
-    )
+    d_gate, d_up, d_down = (empty_like_output(w) if need else None for w, need in zip(weights, needs[1:]))
     chunks = default_num_shards(rows)
     dx_sums = [None] * chunks  # fp32, one per chunk of rows
-    width = _block_width(gate_weight.shape[0], ctx.blocks)
+    width = _block_width(gate_weight.shape[0], blocks)
     for start in range(0, gate_weight.shape[0], width):
         cols = slice(start, start + width)
         gate_up = torch.cat((gate_weight[cols], up_weight[cols]))  # [2 x block, H]
         ab = rows @ gate_up.T  # a | b
         a, b = ab.chunk(2, dim=1)
         dc = dy_rows @ down_weight[:, cols]
-        gated_backward(dc, a, b, ctx.activation, a, b, need_down)  # da | db over a | b; c over dc
+        gated_backward(dc, a, b, activation, a, b, need_down)  # da | db over a | b; c over dc
         if need_down:
             torch.mm(dy_rows.T, dc, out=d_down[:, cols])
         if need_gate:
@@ -291,5 +311,8 @@ def apply_tiled_mlp(fn, mlp_module, x, num_shards=None, compute_params=None):
 def apply_tiled_gated_mlp(x, gate_weight, up_weight, down_weight, activation="silu", num_shards=None, num_blocks=None):
     """The gated MLP of these weights, its forward in ``num_shards`` token shards (default
     ``default_num_shards``), its backward as ``LigerTiledGatedMLPFunction``'s ``blocks`` says."""
+    from liger_kernel.ops.library import apply_of  # it imports the ops, this one's too
+
     shards = default_num_shards(x) if num_shards is None else num_shards
-    return LigerTiledGatedMLPFunction.apply(x, gate_weight, up_weight, down_weight, activation, shards, num_blocks)
+    tiled = apply_of(LigerTiledGatedMLPFunction, "tiled_gated_mlp")
+    return tiled(x, gate_weight, up_weight, down_weight, activation, shards, num_blocks)

@@ -6,7 +6,6 @@ as ``tiled(<its Liger MLP>)``."""
 from liger_kernel.ops.tiled_mlp import apply_tiled_gated_mlp, apply_tiled_mlp
 from liger_kernel.transformers.geglu import LigerGEGLUMLP
 from liger_kernel.transformers.swiglu import LigerSwiGLUMLP, fusable
-from liger_kernel.utils import use_triton
 
 
 class TiledForward:
@@ -22,7 +21,7 @@ class TiledForward:
 
     def forward(self, x):
         projections = (self.gate_proj, self.up_proj, self.down_proj)
-        if use_triton(x) and fusable(x, *projections):
+        if fusable(x, *projections):  # kernels, or under compile (the op picks the reference itself)
             weights = (p.weight for p in projections)
             return apply_tiled_gated_mlp(x, *weights, self.activation, self.num_shards)
         return apply_tiled_mlp(_untiled_forward, self, x, self.num_shards)
