@@ -12,3 +12,16 @@ flce() {
     --vocab "$4" --providers "$5" >"$L/flce_$1.log" 2>&1
   echo "flce $1 exit $?"; grep -E '^\{' "$L/flce_$1.log"
 }
+# Issue 13's Gemma 3 e2e table in one run (stock, ours, Liger 0.8.5; ours with tiled_mlp=True): gemma3_e2e
+gemma3_e2e() {
+  local G=gemma3-4b-2x2048
+  timeout 330 python3 benchmarks/e2e.py --cases $G,$G-tiled --providers hf,ours,liger085 --timeout-s 75 \
+    --skip "$G-tiled/hf,$G-tiled/liger085" --out "$L/e2e_gemma3" >"$L/e2e_gemma3.log" 2>&1
+  echo "e2e exit $?"; tail -8 "$L/e2e_gemma3.log"
+}
+# benchmarks/bench_tiled_mlp.py with CUDA-graph GPU times: tiled_mlp NAME PROVIDERS [CASES] [TIMEOUT_S]
+tiled_mlp() {
+  timeout "${4:-300}" python3 benchmarks/bench_tiled_mlp.py --graph --out "$L/$1" ${3:+--cases "$3"} \
+    --providers "$2" >"$L/$1.log" 2>&1
+  echo "bench exit $?"; tail -9 "$L/$1.log"
+}

@@ -7,8 +7,5 @@ bash benchmarks/setup_peers.sh >/dev/null
 timeout 150 python3 -m pytest tests/test_monkey_patch.py tests/test_convergence_vlm.py -k "tiled" \
   -p no:cacheprovider -o addopts="" -q -x -rfE >"$L/tests.log" 2>&1
 echo "tests exit $?"; tail -3 "$L/tests.log"
-G=gemma3-4b-2x2048
-timeout 330 python3 benchmarks/e2e.py --cases $G,$G-tiled --providers hf,ours,liger085 --timeout-s 75 \
-  --skip "$G-tiled/hf,$G-tiled/liger085" --out "$L/e2e_gemma3" >"$L/e2e_gemma3.log" 2>&1
-echo "e2e exit $?"; tail -8 "$L/e2e_gemma3.log"
+gemma3_e2e
 date -u +%H:%M:%S

@@ -10,10 +10,7 @@ timeout 240 python3 -m pytest tests/test_fused_linear_cross_entropy.py tests/tes
 echo "tests exit $?"; tail -3 "$L/tests.log"
 timeout 100 python3 scripts/gpu/mem12.py gemma3-4b-2x2048-tiled ours >"$L/mem_gemma3_tiled.log" 2>&1
 echo "mem exit $?"; grep -v "^Backend\|deprecated" "$L/mem_gemma3_tiled.log" | head -14
-G=gemma3-4b-2x2048
-timeout 330 python3 benchmarks/e2e.py --cases $G,$G-tiled --providers hf,ours,liger085 --timeout-s 75 \
-  --skip "$G-tiled/hf,$G-tiled/liger085" --out "$L/e2e_gemma3" >"$L/e2e_gemma3.log" 2>&1
-echo "e2e exit $?"; tail -8 "$L/e2e_gemma3.log"
+gemma3_e2e
 timeout 150 python3 benchmarks/e2e.py --cases llama-1b-8x2048 --providers ours,liger085 --timeout-s 70 \
   --out "$L/e2e_llama" >"$L/e2e_llama.log" 2>&1
 echo "e2e llama exit $?"; tail -6 "$L/e2e_llama.log"

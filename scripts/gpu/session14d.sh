@@ -6,8 +6,6 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" d
 bash benchmarks/setup_peers.sh >/dev/null
-timeout 420 python3 benchmarks/bench_tiled_mlp.py --graph --out "$L/tiled_blocks" \
-  --cases gemma3-4b_t4096,llama3.2-1b_t16384,llama3-8b_t16384 \
-  --providers ours,ours_blocks2,ours_blocks4,ours_blocks8,ours_untiled,liger085 >"$L/tiled_blocks.log" 2>&1
-echo "bench exit $?"; tail -8 "$L/tiled_blocks.log"
+tiled_mlp tiled_blocks ours,ours_blocks2,ours_blocks4,ours_blocks8,ours_untiled,liger085 \
+  gemma3-4b_t4096,llama3.2-1b_t16384,llama3-8b_t16384 420
 date -u +%H:%M:%S

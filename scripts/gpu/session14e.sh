@@ -5,7 +5,5 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" e
 bash benchmarks/setup_peers.sh >/dev/null
-timeout 520 python3 benchmarks/bench_tiled_mlp.py --graph --out "$L/tiled_mlp" \
-  --providers ours,liger085,liger085_grads,compile_untiled,compile_tiled,ours_untiled >"$L/tiled_mlp.log" 2>&1
-echo "bench exit $?"; tail -9 "$L/tiled_mlp.log"
+tiled_mlp tiled_mlp ours,liger085,liger085_grads,compile_untiled,compile_tiled,ours_untiled "" 520
 date -u +%H:%M:%S

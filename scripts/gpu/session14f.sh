@@ -5,11 +5,6 @@
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" f
 bash benchmarks/setup_peers.sh >/dev/null
-timeout 300 python3 benchmarks/bench_tiled_mlp.py --graph --out "$L/tiled_mlp" \
-  --providers ours,ours_blocks8,liger085,liger085_grads,compile_untiled,compile_tiled >"$L/tiled_mlp.log" 2>&1
-echo "bench exit $?"; tail -9 "$L/tiled_mlp.log"
-G=gemma3-4b-2x2048
-timeout 330 python3 benchmarks/e2e.py --cases $G,$G-tiled --providers hf,ours,liger085 --timeout-s 75 \
-  --skip "$G-tiled/hf,$G-tiled/liger085" --out "$L/e2e_gemma3" >"$L/e2e_gemma3.log" 2>&1
-echo "e2e exit $?"; tail -8 "$L/e2e_gemma3.log"
+tiled_mlp tiled_mlp ours,ours_blocks8,liger085,liger085_grads,compile_untiled,compile_tiled
+gemma3_e2e
 date -u +%H:%M:%S
