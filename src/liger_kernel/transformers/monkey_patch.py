@@ -403,6 +403,11 @@ def _decoder_flags(key, flags, others):
     return own | {"cross_entropy": False, "fused_linear_cross_entropy": False}
 
 
+def _tiled_mlp(part, flags) -> bool:
+    """Whether this part's MLPs run in token shards: ``tiled_mlp`` asked, and a kind that has them."""
+    return bool(flags.get("tiled_mlp")) and part.mlp_kind in TILEABLE_MLPS
+
+
 def _patch_classes(part, modeling, flags, undo):
     """Swap one part's symbols in its modeling module (those this transformers has: older ones
     lack some of a family's classes, which are listed and skipped)."""
@@ -422,7 +427,7 @@ def _patch_classes(part, modeling, flags, undo):
             _swap(modeling, name, swapped[_original(modeling, name)], undo)
     if flags.get(part.mlp_flag):
         for name in filter(present, part.mlps):
-            _swap(modeling, name, _mlp_adapter(part, modeling, name, bool(flags.get("tiled_mlp"))), undo)
+            _swap(modeling, name, _mlp_adapter(part, modeling, name, _tiled_mlp(part, flags)), undo)
         if part.mlp_kind == RELU2:
             _swap(modeling, "ACT2FN", _activations_with_relu_squared(modeling), undo)
         if part.fused_experts:
@@ -463,7 +468,7 @@ def _patch_family(spec, model, flags, others, undo):
         _patch_classes(part, modeling, flags, undo)
         if model is not None:
             rms_norm, mlp, layer_norm = flags.get("rms_norm"), flags.get(part.mlp_flag), flags.get("layer_norm")
-            tiled_mlp = bool(flags.get("tiled_mlp")) and part.mlp_kind in TILEABLE_MLPS
+            tiled_mlp = _tiled_mlp(part, flags)
             counts, left = _patch_instance(model, part, modeling, rms_norm, mlp, layer_norm, undo, tiled_mlp)
             done = {key: done.get(key, 0) + counts[key] for key in counts}
             kept += left
