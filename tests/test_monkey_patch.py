@@ -336,6 +336,28 @@ def test_tiled_mlp_flag_recomputes_the_mlp_and_matches_stock(model_type, path):
     assert count_converted(tiny_model(model_type), model_type)[1] == 0
 
 
+def test_tiled_mlp_flag_under_peft_lora():
+    """LoRA on the MLP's projections (not plain Linears): ``tiled_mlp=True`` runs the generic tiled
+    Function around the MLP's own forward (the adapters run per shard, and again in the recompute);
+    loss and every trainable gradient as the stock LoRA model's."""
+    peft = pytest.importorskip("peft")
+
+    def build():
+        config = peft.LoraConfig(r=2, target_modules=["q_proj", "up_proj", "down_proj"], init_lora_weights=False)
+        return peft.get_peft_model(tiny_model("llama").float(), config)
+
+    ids = torch.randint(3, 97, (2, 9))
+    expected = training_step(build(), ids)
+    model = build()
+    mp._apply_liger_kernel_to_instance(model, tiled_mlp=True)
+    assert sum(isinstance(m, TiledForward) for m in model.modules()) == 2
+    loss, grads = training_step(model, ids)
+    torch.testing.assert_close(loss, expected[0], rtol=1e-5, atol=1e-6)
+    assert grads.keys() == expected[1].keys() and any("lora_" in name for name in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_cross_entropy_flag_hooks_the_family_loss():
     model = tiny_model("llama")
     ids = torch.randint(3, 97, (2, 7))
