@@ -229,21 +229,20 @@ CASES["qwen2.5-vl-3b-4x2048-norope"] = (
     "Qwen2.5-VL-3B shape, rope=False",
     *CASES["qwen2.5-vl-3b-4x2048"][2:],
 )
-# The Gemma 3 case with our MLPs in token shards (``tiled_mlp=True``: gate and up recomputed in the
-# backward, 2 x tokens x intermediate fewer activations a layer kept); the peer has no such switch.
-CASES["gemma3-4b-2x2048-tiled"] = (
-    "gemma3",
-    "Gemma-3-4B shape, ours with tiled_mlp=True",
-    *CASES["gemma3-4b-2x2048"][2:],
-)
-VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048", "qwen2.5-vl-3b-4x2048-norope", "gemma3-4b-2x2048-tiled")
+# Cases with our MLPs in token shards (``tiled_mlp=True``: gate and up recomputed in the backward,
+# 2 x tokens x intermediate fewer activations a layer kept); the peer has no such switch.
+TILED_CASES = ("gemma3-4b-2x2048-tiled", "qwen2.5-vl-3b-4x2048-tiled", "llama-1b-4x8192-tiled")
+for _tiled in TILED_CASES:
+    _family, _label, *_shape = CASES[_tiled.removesuffix("-tiled")]
+    CASES[_tiled] = (_family, f"{_label.split(' (')[0]}, ours with tiled_mlp=True", *_shape)
+VLM_CASES = ("qwen2.5-vl-3b-4x2048", "gemma3-4b-2x2048", "qwen2.5-vl-3b-4x2048-norope")
 MOE_CASES = ("qwen3-moe-30b-a3b-4x2048", "gpt-oss-20b-4x2048")  # not in the default run either
 # Patch arguments beyond the defaults, per case and provider: GPT-OSS's experts are fused only with
 # swiglu=True (its default is False, as in Liger Kernel 0.8.5, whose experts module has neither the
 # biases nor the clamped gating: the peer runs its defaults there, experts stock).
 PATCH_KWARGS = {"gpt-oss-20b-4x2048": {"ours": {"swiglu": True}}, "gpt-oss-tiny": {"ours": {"swiglu": True}}}
 PATCH_KWARGS["qwen2.5-vl-3b-4x2048-norope"] = {p: {"rope": False} for p in ("ours", "liger085")}
-PATCH_KWARGS["gemma3-4b-2x2048-tiled"] = {"ours": {"tiled_mlp": True}}
+PATCH_KWARGS.update({case: {"ours": {"tiled_mlp": True}} for case in TILED_CASES})
 SMOKE_CASES = {
     "llama-tiny": ("llama", "Llama, tiny", _tiny(LLAMA_1B, 1000), 2, 64),
     "qwen2-tiny": ("qwen2", "Qwen2.5, tiny", _tiny(QWEN25_15B, 1200), 2, 64),
@@ -452,7 +451,7 @@ def run(device="cuda", level="default", cases=None, providers=None, warmup=None,
     JSON-able result (``markdown()`` renders it)."""
     smoke = level == "smoke" or device == "cpu"
     table = SMOKE_CASES if smoke else CASES
-    cases = cases or [c for c in table if c not in VLM_CASES + MOE_CASES]
+    cases = cases or [c for c in table if c not in VLM_CASES + MOE_CASES + TILED_CASES]
     # The peer's kernels need a GPU (they fail in Triton's CPU interpreter): on CPU only on request.
     providers = providers or [p for p in PROVIDERS if p != "liger085" or (LIBS["liger085"].is_dir() and not smoke)]
     warmup = warmup if warmup is not None else (1 if smoke else 3)
