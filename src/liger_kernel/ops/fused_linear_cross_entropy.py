@@ -548,10 +548,7 @@ def plain_on(t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> torch.Tensor:
     """A contiguous ``dtype`` tensor of ``shape`` on the memory of ``t``, which starts its storage
     (offset 0: the buffers here are fresh): no view (no ``_base``), and no Python storage object
     (``alias``), so that autograd can keep it as a gradient and sum another one into it in place."""
-    strides = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        strides[i] = strides[i + 1] * shape[i + 1]
-    return torch.empty(0, dtype=dtype, device=t.device).set_(t, 0, shape, strides)
+    return torch.empty(0, dtype=dtype, device=t.device).set_(t, 0, shape)  # no stride: contiguous
 
 
 class KeptDlogits(NamedTuple):
