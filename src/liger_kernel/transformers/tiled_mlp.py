@@ -14,8 +14,9 @@ class TiledForward:
     one would take the fused MLP (plain projections; its recompute skips the down projection),
     else on the generic tiled Function around the untiled forward. The backward recomputes gate
     and up: per layer 2 x tokens x intermediate fewer activations kept, for 4 x tokens x hidden x
-    intermediate more FLOPs. The activation is the MLP class's ``activation``."""
+    intermediate more FLOPs."""
 
+    activation = "silu"
     num_shards = None
 
     def forward(self, x):
@@ -30,10 +31,10 @@ def _untiled_forward(mlp, x):
     return super(TiledForward, mlp).forward(x)
 
 
-def tiled(mlp_class):
+def tiled(mlp_class, activation="silu"):
     """``mlp_class`` (gate_proj, up_proj, down_proj; ``activation(gate) * up``) under its own
     constructor, its forward ``TiledForward``'s."""
-    return type(f"Tiled{mlp_class.__name__}", (TiledForward, mlp_class), {})
+    return type(f"Tiled{mlp_class.__name__}", (TiledForward, mlp_class), {"activation": activation})
 
 
 class _Tiled(TiledForward):
@@ -48,3 +49,5 @@ class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
 
 class LigerTiledGEGLUMLP(_Tiled, LigerGEGLUMLP):
     """``LigerGEGLUMLP`` in token shards: ``(config, num_shards=None)``."""
+
+    activation = "gelu_tanh"
