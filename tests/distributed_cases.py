@@ -33,7 +33,9 @@ TINY_LLAMA = dict(
 
 
 def device_of(rank):
-    return torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+    """A GPU per rank where there are WORLD of them (NCCL), else the CPU (gloo): on a one-GPU machine
+    the cases run as in CI."""
+    return torch.device("cuda", rank) if torch.cuda.device_count() >= WORLD else torch.device("cpu")
 
 
 def tiny_llama(**overrides):
