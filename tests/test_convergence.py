@@ -216,8 +216,8 @@ def second_stock_run(stock, model64, inputs, moved_norms=None):
     (untrained) state: the batch rows reversed and the float64 run's attention (SDPA where the family
     has it, in place of eager: another softmax and reduction order).
 
-    ``moved_norms`` (a coin seed): also each RMSNorm's input moved by one rounding
-    (``with_norm_inputs_moved``), the further samples. A correct norm kernel differs from the stock
+    ``moved_norms`` (a coin seed): also each RMSNorm's input and the head input's gradient moved by
+    one rounding (``with_rounding_moved``), the further samples. A correct norm kernel differs from the stock
     module by about that much (the GPU's approximate rsqrt and division, another reduction order:
     1.0-1.1 fp32 ulps rms for both, measured on the H200, scripts/gpu/norm10_ulps.py); where a family
     amplifies it (the GPU-sized MoE families: Qwen3.5-MoE's embedding gradient 5.6x the
@@ -227,27 +227,39 @@ def second_stock_run(stock, model64, inputs, moved_norms=None):
     if model64.config._attn_implementation == "sdpa" and stock.config._attn_implementation != "sdpa":
         with_sdpa(model)
     if moved_norms is not None:
-        with_norm_inputs_moved(model, moved_norms)
+        with_rounding_moved(model, moved_norms)
     return model, train(model, inputs=reversed_rows(inputs))
 
 
-def with_norm_inputs_moved(model, seed=7):
+def with_rounding_moved(model, seed=7):
     """``model`` with every RMSNorm's input moved, element by element, to its next representable
-    value up or down (a fixed coin per element, from ``seed``)."""
+    value up or down (a fixed coin per element, from ``seed``), and so is the gradient arriving at the
+    output head's input: a fused loss computes it in another order (its chunks' sums: Qwen3.5-MoE's
+    trained layer-2 conv1d weight, fp32 on the H200, 1.25x over the bound with the fused loss and the
+    norms patched, within it with either alone, while stock samples among themselves differ up to
+    5.6x: scripts/gpu/q35_probe.py, moe11_samples.py)."""
     coins = {}
 
-    def move(module, args):
-        x = args[0]
+    def moved(x):
         if x.shape not in coins:
             generator = torch.Generator(x.device).manual_seed(seed)
             coins[x.shape] = torch.rand(x.shape, generator=generator, device=x.device)
         toward = torch.where(coins[x.shape] < 0.5, -torch.inf, torch.inf).to(x.dtype)
-        step = torch.nextafter(x.detach(), toward) - x.detach()  # one ulp, exact; no gradient of its own
-        return (x + step, *args[1:])
+        return x + (torch.nextafter(x.detach(), toward) - x.detach())  # one ulp, exact; no gradient of its own
+
+    def move(module, args):
+        return (moved(args[0]), *args[1:])
+
+    def move_gradient(module, args):
+        if args[0].requires_grad:
+            args[0].register_hook(moved)
 
     for module in model.modules():
         if type(module).__name__.endswith("RMSNorm"):
             module.register_forward_pre_hook(move)
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(move_gradient)
     return model
 
 
@@ -452,6 +464,17 @@ def test_extra_stock_samples_are_trained_runs():
             torch.testing.assert_close(
                 grads[name], stock_grads[name], rtol=0, atol=1e-3 * stock_grads[name].abs().max()
             )
+
+
+def test_moved_samples_move_the_head_input_gradient_by_one_rounding():
+    head = build("llama", torch.float32).get_output_embeddings()
+    hidden = torch.randn(5, head.in_features, device=DEVICE, requires_grad=True)
+    (plain,) = torch.autograd.grad(head(hidden).square().sum(), hidden)
+    model = with_rounding_moved(build("llama", torch.float32))
+    (moved,) = torch.autograd.grad(model.get_output_embeddings()(hidden).square().sum(), hidden)
+    ulp = (torch.nextafter(plain, torch.full_like(plain, torch.inf)) - plain).abs()
+    down = (plain - torch.nextafter(plain, torch.full_like(plain, -torch.inf))).abs()
+    assert torch.all(((moved - plain).abs() == ulp) | ((moved - plain).abs() == down))
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moe9_first_grads import DTYPES, OFF, first_grads  # noqa: E402 (conftest, tests/ on the path)
-from test_convergence import float64_copy, with_norm_inputs_moved, with_sdpa  # noqa: E402
+from test_convergence import float64_copy, with_rounding_moved, with_sdpa  # noqa: E402
 from test_convergence_moe import build_moe  # noqa: E402
 
 from liger_kernel.ops.backends.registry import set_impl  # noqa: E402
@@ -63,7 +63,7 @@ def report(model_type, dtype_name):
     cases["stock, norm inputs moved"] = None
     for label, kw in cases.items():
         if kw is None:
-            grads = first_grads(with_norm_inputs_moved(copy.deepcopy(stock)))
+            grads = first_grads(with_rounding_moved(copy.deepcopy(stock)))
         else:
             grads = patched_grads(stock, model_type, **kw)
         ratios = {k: (grads[k] - g64[k]).abs().max().item() / max(base[k], 1e-300) for k in g64}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from moe9_first_grads import DTYPES, first_grads  # noqa: E402 (conftest, tests/ on the path)
-from test_convergence import float64_copy, with_norm_inputs_moved, with_sdpa  # noqa: E402
+from test_convergence import float64_copy, with_rounding_moved, with_sdpa  # noqa: E402
 from test_convergence_moe import build_moe  # noqa: E402
 
 from liger_kernel.transformers import monkey_patch  # noqa: E402
@@ -49,7 +49,7 @@ def report(model_type, dtype_name):
     with_sdpa(sdpa)
     runs["sdpa reversed"] = first_grads(copy.deepcopy(sdpa), flip=True)
     for seed in range(7, 7 + SAMPLES):
-        runs[f"norms moved {seed}"] = first_grads(with_norm_inputs_moved(copy.deepcopy(sdpa), seed), flip=True)
+        runs[f"norms moved {seed}"] = first_grads(with_rounding_moved(copy.deepcopy(sdpa), seed), flip=True)
     ours = patched_grads(model_type, dtype, initial)
     errors = {name: {k: (g[k] - g64[k]).abs().max().item() for k in g64} for name, g in runs.items()}
     ours_errors = {k: (ours[k] - g64[k]).abs().max().item() for k in g64}
