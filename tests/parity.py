@@ -38,13 +38,19 @@ def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=Non
     assert torch.isfinite(act[finite]).all(), f"{name}: NaN/Inf where the reference is finite (unwritten output?)"
     if ref.numel() == 0:
         return
+    err, bound, scale = error_and_bound(actual, reference, finite, baseline, factor, floor, atol)
+    assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e}, {actual.dtype})"
+
+
+def error_and_bound(actual, reference, finite, baseline=None, factor=2.0, floor=None, atol=0.0):
+    """(largest error, bound, scale) of ``assert_matches`` over the ``finite`` reference elements."""
+    ref, act = reference.detach().double(), actual.detach().double()
     scale = ref[finite].abs().max().item() if finite.any() else 0.0
     floor = FLOOR[actual.dtype] if floor is None else floor
     bound = floor * max(scale, 1e-30) + atol
     if baseline is not None:
         bound += factor * (baseline.detach().double() - ref)[finite].abs().max().item()
-    err = (act - ref)[finite].abs().max().item()
-    assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e}, {actual.dtype})"
+    return (act - ref)[finite].abs().max().item(), bound, scale
 
 
 def check_rotation(apply, reference, q, k, args, args64):

@@ -5,10 +5,11 @@ yardstick, ``assert_matches``), in fp32 and bf16. Also: gradient checkpointing, 
 gradient accumulation through ``num_items_in_batch``, and the forward's logits options."""
 
 import copy
+import math
 
 import pytest
 import torch
-from parity import DEVICE, FLOOR, ON_GPU, assert_matches, sizes
+from parity import DEVICE, FLOOR, ON_GPU, assert_matches, error_and_bound, sizes
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
@@ -286,7 +287,7 @@ def zero_bias_weight(k, exact):
     return k.removesuffix("bias") + "weight" if zero else None
 
 
-def check_tensors(name, got, exact, stocks, factor, dtype):
+def tensor_excess(name, got, exact, stocks, factor, dtype):
     """``got[k]`` against ``exact[k]`` for every k (losses, first gradients, trained parameters), the
     yardstick the largest error of the stock runs ``stocks`` (dicts like ``got``). A TINY gradient
     or parameter's yardstick is at least the stock runs' median error relative to scale over the
@@ -295,7 +296,8 @@ def check_tensors(name, got, exact, stocks, factor, dtype):
     arithmetic (``zero_bias_weight``) is rounding alone, so it also gets factor * eps * its weight's
     scale: its gradient sums its weight gradient's per-token terms without the inputs (of order 1),
     at most 1.5 eps of that scale off in fp32 (measured); its trained value is then zero to eps of
-    the weight. Returns the failures."""
+    the weight. Per tensor: (its largest error over its bound, infinite for NaN or a wrong shape; the
+    failure's message or None)."""
 
     def kind(k):
         return "loss" if k.startswith("loss") else "first" if k.startswith("first") else "parameter"
@@ -311,17 +313,42 @@ def check_tensors(name, got, exact, stocks, factor, dtype):
             if kind(k) == group and exact[k].numel() > TINY
         ]
         typical[group] = float(torch.tensor(relative).median()) if relative else 0.0
-    failures = []
+    excess = {}
     for k, g in got.items():
         pooled = factor * typical[kind(k)] if kind(k) != "loss" and g.numel() <= TINY else 0.0
         worst = max(stocks, key=lambda s: error(s, k))
         weight = zero_bias_weight(k, exact)
         rounding = torch.finfo(dtype).eps * exact[weight].abs().max().item() if weight else 0.0
+        judged = (g, exact[k], worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
         try:
-            assert_matches(f"{name} {k}", g, exact[k], worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
+            assert_matches(f"{name} {k}", *judged)
+            excess[k] = (0.0, None)
         except AssertionError as failure:
-            failures.append(str(failure))
-    return failures
+            excess[k] = (math.inf, str(failure))
+        if g.shape == exact[k].shape and torch.isfinite(g.double()[torch.isfinite(exact[k].double())]).all():
+            err, bound, _ = error_and_bound(g, exact[k], torch.isfinite(exact[k].double()), *judged[2:])
+            excess[k] = (err / bound if bound else math.inf if err else 0.0, excess[k][1])
+    return excess
+
+
+def check_tensors(name, got, exact, stocks, factor, dtype):
+    """The failures of ``tensor_excess``."""
+    return [message for _, message in tensor_excess(name, got, exact, stocks, factor, dtype).values() if message]
+
+
+def as_far_as_a_stock_sample(name, got, exact, stocks, factor, dtype) -> bool:
+    """Whether some stock sample, judged against the other samples as the patched run is, lands at
+    least as far over its bounds as the patched run judged against those same samples: then the
+    patched run is within the stock runs' own spread. On the H200, Qwen3.5-MoE fp32 stock samples judged
+    so are up to 6.4x over (layer 2's in_proj_b gradient; scripts/gpu/q35_ratios.py): heavy tails that
+    no factor of 2 over a few samples bounds."""
+    for i, sample in enumerate(stocks):
+        others = stocks[:i] + stocks[i + 1 :]
+        ours = max(e for e, _ in tensor_excess(name, got, exact, others, factor, dtype).values())
+        theirs = max(e for e, _ in tensor_excess(name, sample, exact, others, factor, dtype).values())
+        if theirs >= ours:
+            return True
+    return False
 
 
 def assert_converges(name, model64, stock, make_patched, inputs=text_inputs, patches_norms=True):
@@ -345,8 +372,10 @@ def assert_converges(name, model64, stock, make_patched, inputs=text_inputs, pat
     reference both families pass at those seeds. ``inputs(seed, dtype)``: a batch for a model of
     that dtype. Where the patch replaces RMSNorms (``patches_norms``) and both stock runs leave
     failures, up to MOVED_NORMS_SAMPLES more samples move each norm's input by one rounding
-    (``second_stock_run``'s ``moved_norms``), until none is left. test_harness_fails_on_a_small_defect shows the bound
-    still catches a defect."""
+    (``second_stock_run``'s ``moved_norms``), until none is left; failures left after those pass only
+    if a stock sample, judged the same way against the others, is as far over
+    (``as_far_as_a_stock_sample``). test_harness_fails_on_a_small_defect shows the bound still
+    catches a defect."""
     untrained = copy.deepcopy(stock)
     runs64, runs_stock = train(model64, inputs=inputs), train(stock, inputs=inputs)
     patched = make_patched()
@@ -383,6 +412,8 @@ def assert_converges(name, model64, stock, make_patched, inputs=text_inputs, pat
             break
         stock_runs.append(second_stock_run(untrained, model64, inputs, moved_norms=seed))
         failures = check_tensors(name, *outcomes(stock_runs), factor, dtype)
+    if failures and len(stock_runs) > 2 and as_far_as_a_stock_sample(name, *outcomes(stock_runs), factor, dtype):
+        failures = []
     assert not failures, "\n".join(failures)
 
 
@@ -471,6 +502,18 @@ def test_extra_stock_samples_are_trained_runs():
             torch.testing.assert_close(
                 grads[name], stock_grads[name], rtol=0, atol=1e-3 * stock_grads[name].abs().max()
             )
+
+
+def test_a_run_passes_when_a_stock_sample_is_as_far_over():
+    exact = {"w": torch.zeros(32, dtype=torch.float64)}
+    stocks = [{"w": torch.full((32,), e, dtype=torch.float64)} for e in (1e-3, 1e-3, 1e-2)]
+
+    def judged(error):
+        return as_far_as_a_stock_sample("w", {"w": torch.full((32,), error)}, exact, stocks, 2.0, torch.float32)
+
+    # against the two 1e-3 samples the 1e-2 one is 5x over: a run 8e-3 off (4x) passes, 3e-2 (15x) fails
+    assert check_tensors("w", {"w": torch.full((32,), 8e-3)}, exact, stocks[:2], 2.0, torch.float32)
+    assert judged(8e-3) and not judged(3e-2)
 
 
 def test_moved_samples_move_the_head_input_gradient_by_one_rounding():
