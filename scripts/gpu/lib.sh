@@ -25,3 +25,15 @@ tiled_mlp() {
     --providers "$2" >"$L/$1.log" 2>&1
   echo "bench exit $?"; tail -9 "$L/$1.log"
 }
+# This checkout installed editable (the machine has no package index: no build isolation): install_here
+install_here() {
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+}
+# pytest's options for a session's test runs, and each log's summary line and failures: summarize NAME...
+PT="-p no:cacheprovider -o addopts= -q -rfEs --durations=5"
+summarize() {
+  for f in "$@"; do
+    echo "-- $f: $(grep -E '(passed|failed|error)' "$L/$f.log" | tail -1)"
+    grep -E "^(FAILED|ERROR)|^E +AssertionError" "$L/$f.log" | cut -c1-300 | head -25
+  done
+}

@@ -3,7 +3,7 @@
 # in six pytest processes side by side on the one device; logs under $OUT/a/.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" a
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+install_here
 export OMP_NUM_THREADS=2
 GROUPS_=(
   "tests/test_compile.py tests/test_compile_losses.py tests/test_compile_floor.py"
@@ -14,12 +14,8 @@ GROUPS_=(
   "tests/test_chunked_distillation.py tests/test_chunked_grpo.py tests/test_chunked_preference.py tests/test_fused_linear_distill_ops.py tests/test_fused_linear_logprobs.py tests/test_grpo_loss_op.py tests/test_jsd.py tests/test_kl_div.py tests/test_tvd.py tests/test_preference_syncs.py tests/test_distributed.py tests/test_fsdp.py tests/test_tensor_parallel.py tests/test_api_names.py tests/test_demo.py tests/test_env_report.py tests/test_clients_import.py tests/test_llamafactory.py tests/test_llamafactory_moe.py tests/test_axolotl.py tests/test_trl_trainers.py"
 )
 for i in "${!GROUPS_[@]}"; do
-  timeout 520 python3 -m pytest ${GROUPS_[$i]} -p no:cacheprovider -o addopts="" -q -rfEs --durations=8 \
-    >"$L/group$i.log" 2>&1 &
+  timeout 520 python3 -m pytest ${GROUPS_[$i]} $PT >"$L/group$i.log" 2>&1 &
 done
 wait
-for i in "${!GROUPS_[@]}"; do
-  echo "-- group $i: $(grep -E '(passed|failed|error)' "$L/group$i.log" | tail -1)"
-  grep -E "^(FAILED|ERROR)" "$L/group$i.log" | cut -c1-300 | head -25
-done
+summarize group0 group1 group2 group3 group4 group5
 date -u +%H:%M:%S

@@ -5,9 +5,8 @@
 # miss probed: alone, with cuDNN's TF32 off (its linear attention's conv1d), and on the references.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" b
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+install_here
 export OMP_NUM_THREADS=4
-PT="-p no:cacheprovider -o addopts= -q -rfEs"
 Q="tests/test_convergence_moe.py::test_moe_family_converges[qwen3_5_moe-dtype0]"
 timeout 280 python3 -m pytest tests/test_compile.py -k "no_graph_break and (glm4v_moe or hunyuan_v1_moe or llama4 or mixtral)" $PT >"$L/compile_moe.log" 2>&1 &
 timeout 280 python3 -m pytest tests/test_distributed.py tests/test_tensor_parallel.py tests/test_compile_floor.py $PT >"$L/dist.log" 2>&1 &
@@ -19,8 +18,5 @@ timeout 280 python3 -m pytest tests/test_fused_linear_distill_ops.py -k ce_tvd $
   timeout 90 python3 -m pytest "tests/test_convergence_moe.py" -k "qwen3_5_moe or qwen3_next" $PT >"$L/q35_family.log" 2>&1
 } &
 wait
-for f in compile_moe dist ce_tvd q35_alone q35_no_tf32 q35_torch q35_family; do
-  echo "-- $f: $(grep -E '(passed|failed|error)' "$L/$f.log" | tail -1)"
-  grep -E "^(FAILED|ERROR)|^E +AssertionError" "$L/$f.log" | cut -c1-300 | head -8
-done
+summarize compile_moe dist ce_tvd q35_alone q35_no_tf32 q35_torch q35_family
 date -u +%H:%M:%S

@@ -2,7 +2,7 @@
 # Session 15, ONE H200, ~3 min: scripts/gpu/q35_probe.py (qwen3_5_moe fp32 convergence, one op left stock at a time).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" c
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+install_here
 export OMP_NUM_THREADS=4
 for v in all no-rms_norm no-swiglu no-flce norm-only; do
   timeout 150 python3 scripts/gpu/q35_probe.py $v 2>&1 | grep -v "^\[transformers\]" >"$L/$v.log" &

@@ -3,14 +3,10 @@
 # after the stock-spread rule (as_far_as_a_stock_sample).
 set -uo pipefail
 source "$(dirname "$0")/lib.sh" g
-python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+install_here
 export OMP_NUM_THREADS=8
-PT="-p no:cacheprovider -o addopts= -q -rfEs --durations=5"
 timeout 200 python3 -m pytest tests/test_convergence_moe.py -k "qwen3_5_moe or qwen3_next" $PT >"$L/moe.log" 2>&1 &
 timeout 200 python3 -m pytest tests/test_convergence.py -k "stock_sample or moved or extra_stock or small_defect or attention" $PT >"$L/harness.log" 2>&1 &
 wait
-for f in moe harness; do
-  echo "-- $f: $(grep -E '(passed|failed|error)' "$L/$f.log" | tail -1)"
-  grep -E "^(FAILED|ERROR)|^E +AssertionError" "$L/$f.log" | cut -c1-300 | head -8
-done
+summarize moe harness
 date -u +%H:%M:%S
