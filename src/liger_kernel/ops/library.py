@@ -533,10 +533,6 @@ def _relu_squared_twin(X):
 # ----------------------------------------------------------------------------- cross-entropy
 
 
-def _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, *predictions):
-    return CEOptions(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, *predictions)
-
-
 @_custom_op("cross_entropy")
 def cross_entropy(
     logits: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, lse_square_scale: float,
@@ -545,8 +541,8 @@ def cross_entropy(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """``(loss, z_loss, token_accuracy, predicted_tokens, per-row fp32 log-sum-exp (zeros on the
     reference path))``, each of the middle three empty unless asked; the logits are left intact."""
-    opts = _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss,
-                       return_token_accuracy, return_predicted_tokens)  # fmt: skip
+    opts = CEOptions(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss,
+                     return_token_accuracy, return_predicted_tokens)  # fmt: skip
     lse = logits.new_empty(_rows(logits), dtype=torch.float32)
     if not _kernels(logits):
         outputs = cross_entropy_core(logits, target, weight, opts, out_dtype=logits.dtype)
@@ -575,7 +571,7 @@ def cross_entropy_backward(
     lse_square_scale: float, label_smoothing: float, reduction: str, softcap: float | None,
 ) -> Tensor:  # fmt: skip
     """d(loss)/d(logits) times ``grad_loss``, contiguous in the logits' shape and dtype."""
-    opts = _ce_options(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, False)
+    opts = CEOptions(ignore_index, lse_square_scale, label_smoothing, reduction, softcap, False)
     if not _kernels(logits):
 
         def reference(x):
@@ -616,7 +612,7 @@ def _cross_entropy_twin(
 ):  # fmt: skip
     args = (_input, target, weight, ignore_index, lse_square_scale, label_smoothing, reduction, softcap, return_z_loss)
     kept = (return_z_loss, bool(return_token_accuracy), bool(return_predicted_tokens))
-    check_ce_inputs(_input, target, weight, _ce_options(*args[3:], *kept[1:]).check())
+    check_ce_inputs(_input, target, weight, CEOptions(*args[3:], *kept[1:]).check())
     lse_square_scale, label_smoothing = float(lse_square_scale), float(label_smoothing)
     softcap = None if softcap is None else float(softcap)
     loss, *extras, _ = cross_entropy(*args[:4], lse_square_scale, label_smoothing, reduction, softcap, *kept)
