@@ -9,12 +9,15 @@ class LigerGEGLUMLP(nn.Module):
     """``down_proj(gelu_tanh(gate_proj(x)) * up_proj(x))``. Gemma configs name the activation
     ``gelu_pytorch_tanh``; the tanh approximation is used whatever the config says, as Gemma does."""
 
+    activation = "gelu_tanh"  # the gated kernels' name for it (the tiled forward reads it too)
+
     def __init__(self, config):
         super().__init__()
         init_projections(self, config)
 
     def forward(self, x):
-        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, "gelu_tanh")
+        # LigerGEGLUMLP's, not self's: the structural patcher runs this forward on stock MLPs too
+        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj, LigerGEGLUMLP.activation)
 
 
 def _gemma4_width(config, layer_idx) -> int:

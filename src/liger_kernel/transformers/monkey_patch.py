@@ -214,7 +214,7 @@ def _mlp_adapter(spec, modeling, name, tiled_mlp=False):
     (biased projections or another activation keep the stock MLP)."""
     base, what = _MLP_BASES[spec.mlp_kind], f"{spec.mlp_kind} MLP"
     if tiled_mlp:
-        base = tiled(base, "gelu_tanh" if spec.mlp_kind in (GEGLU, GEMMA4_GEGLU) else "silu")
+        base = tiled(base)
     return _config_adapter(spec, modeling, name, base, _mlp_supported, what, "Tiled" if tiled_mlp else "")
 
 

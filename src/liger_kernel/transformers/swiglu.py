@@ -82,6 +82,8 @@ def init_projections(mlp, config, intermediate_size=None, bias=False) -> None:
 class LigerSwiGLUMLP(nn.Module):
     """``down_proj(silu(gate_proj(x)) * up_proj(x))``, the Llama/Mistral/Qwen MLP."""
 
+    activation = "silu"  # the gated kernels' name for it (the tiled forward reads it too)
+
     def __init__(self, config, intermediate_size=None):
         super().__init__()
         _check_activation(config, self.activation_key(config))

@@ -14,9 +14,8 @@ class TiledForward:
     one would take the fused MLP (plain projections; its recompute skips the down projection),
     else on the generic tiled Function around the untiled forward. The backward recomputes gate
     and up: per layer 2 x tokens x intermediate fewer activations kept, for 4 x tokens x hidden x
-    intermediate more FLOPs."""
+    intermediate more FLOPs. The activation is the MLP class's ``activation``."""
 
-    activation = "silu"
     num_shards = None
 
     def forward(self, x):
@@ -31,10 +30,10 @@ def _untiled_forward(mlp, x):
     return super(TiledForward, mlp).forward(x)
 
 
-def tiled(mlp_class, activation="silu"):
+def tiled(mlp_class):
     """``mlp_class`` (gate_proj, up_proj, down_proj; ``activation(gate) * up``) under its own
     constructor, its forward ``TiledForward``'s."""
-    return type(f"Tiled{mlp_class.__name__}", (TiledForward, mlp_class), {"activation": activation})
+    return type(f"Tiled{mlp_class.__name__}", (TiledForward, mlp_class), {})
 
 
 class _Tiled(TiledForward):
@@ -49,5 +48,3 @@ class LigerTiledSwiGLUMLP(_Tiled, LigerSwiGLUMLP):
 
 class LigerTiledGEGLUMLP(_Tiled, LigerGEGLUMLP):
     """``LigerGEGLUMLP`` in token shards: ``(config, num_shards=None)``."""
-
-    activation = "gelu_tanh"
