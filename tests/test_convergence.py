@@ -319,15 +319,18 @@ def tensor_excess(name, got, exact, stocks, factor, dtype):
         worst = max(stocks, key=lambda s: error(s, k))
         weight = zero_bias_weight(k, exact)
         rounding = torch.finfo(dtype).eps * exact[weight].abs().max().item() if weight else 0.0
-        judged = (g, exact[k], worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
+        yardstick = (worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
         try:
-            assert_matches(f"{name} {k}", *judged)
-            excess[k] = (0.0, None)
+            assert_matches(f"{name} {k}", g, exact[k], *yardstick)
+            message = None
         except AssertionError as failure:
-            excess[k] = (math.inf, str(failure))
-        if g.shape == exact[k].shape and torch.isfinite(g.double()[torch.isfinite(exact[k].double())]).all():
-            err, bound, _ = error_and_bound(g, exact[k], torch.isfinite(exact[k].double()), *judged[2:])
-            excess[k] = (err / bound if bound else math.inf if err else 0.0, excess[k][1])
+            message = str(failure)
+        finite = torch.isfinite(exact[k].double())
+        if g.shape != exact[k].shape or not torch.isfinite(g.double()[finite]).all():
+            excess[k] = (math.inf, message)
+        elif exact[k].numel():
+            err, bound, _ = error_and_bound(g, exact[k], finite, *yardstick)
+            excess[k] = (err / bound if bound else math.inf if err else 0.0, message)
     return excess
 
 
