@@ -1,6 +1,8 @@
 """One parity harness for every op: compare a kernel's result with a float64 reference, using
 the error PyTorch itself makes in the same dtype as the yardstick."""
 
+import math
+
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -30,27 +32,34 @@ def assert_matches(name, actual, reference, baseline=None, factor=2.0, floor=Non
     """``actual`` against the float64 ``reference``: its largest error must be at most
     ``factor`` times the error of ``baseline`` (PyTorch in the same dtype) plus a floor of
     ``FLOOR[dtype] * max|reference|`` plus ``atol``. NaN or Inf where the reference is finite always fails."""
-    assert actual is not None, f"{name}: no result"
-    assert actual.shape == reference.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
+    failure = mismatch(name, actual, reference, baseline, factor, floor, atol)[1]
+    assert failure is None, failure
+
+
+def mismatch(name, actual, reference, baseline=None, factor=2.0, floor=None, atol=0.0) -> tuple:
+    """``assert_matches``'s judgement: (the largest error over its bound, infinite for no result, a
+    wrong shape or NaN where the reference is finite; the failure's message, None if it passes)."""
+    if actual is None:
+        return math.inf, f"{name}: no result"
+    if actual.shape != reference.shape:
+        return math.inf, f"{name}: shape {tuple(actual.shape)} != {tuple(reference.shape)}"
     ref = reference.detach().double()
     act = actual.detach().double()
     finite = torch.isfinite(ref)
-    assert torch.isfinite(act[finite]).all(), f"{name}: NaN/Inf where the reference is finite (unwritten output?)"
+    if not torch.isfinite(act[finite]).all():
+        return math.inf, f"{name}: NaN/Inf where the reference is finite (unwritten output?)"
     if ref.numel() == 0:
-        return
-    err, bound, scale = error_and_bound(actual, reference, finite, baseline, factor, floor, atol)
-    assert err <= bound, f"{name}: max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e}, {actual.dtype})"
-
-
-def error_and_bound(actual, reference, finite, baseline=None, factor=2.0, floor=None, atol=0.0):
-    """(largest error, bound, scale) of ``assert_matches`` over the ``finite`` reference elements."""
-    ref, act = reference.detach().double(), actual.detach().double()
+        return 0.0, None
     scale = ref[finite].abs().max().item() if finite.any() else 0.0
     floor = FLOOR[actual.dtype] if floor is None else floor
     bound = floor * max(scale, 1e-30) + atol
     if baseline is not None:
         bound += factor * (baseline.detach().double() - ref)[finite].abs().max().item()
-    return (act - ref)[finite].abs().max().item(), bound, scale
+    err = (act - ref)[finite].abs().max().item()
+    over = err / bound if bound else math.inf if err else 0.0
+    if err <= bound:
+        return over, None
+    return over, f"{name}: max error {err:.3e} > bound {bound:.3e} (scale {scale:.3e}, {actual.dtype})"
 
 
 def check_rotation(apply, reference, q, k, args, args64):

@@ -5,11 +5,10 @@ yardstick, ``assert_matches``), in fp32 and bf16. Also: gradient checkpointing, 
 gradient accumulation through ``num_items_in_batch``, and the forward's logits options."""
 
 import copy
-import math
 
 import pytest
 import torch
-from parity import DEVICE, FLOOR, ON_GPU, assert_matches, error_and_bound, sizes
+from parity import DEVICE, FLOOR, ON_GPU, assert_matches, mismatch, sizes
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
@@ -319,18 +318,7 @@ def tensor_excess(name, got, exact, stocks, factor, dtype):
         worst = max(stocks, key=lambda s: error(s, k))
         weight = zero_bias_weight(k, exact)
         rounding = torch.finfo(dtype).eps * exact[weight].abs().max().item() if weight else 0.0
-        yardstick = (worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
-        try:
-            assert_matches(f"{name} {k}", g, exact[k], *yardstick)
-            message = None
-        except AssertionError as failure:
-            message = str(failure)
-        finite = torch.isfinite(exact[k].double())
-        if g.shape != exact[k].shape or not torch.isfinite(g.double()[finite]).all():
-            excess[k] = (math.inf, message)
-        elif exact[k].numel():
-            err, bound, _ = error_and_bound(g, exact[k], finite, *yardstick)
-            excess[k] = (err / bound if bound else math.inf if err else 0.0, message)
+        excess[k] = mismatch(f"{name} {k}", g, exact[k], worst[k], factor, FLOOR[dtype] + pooled, factor * rounding)
     return excess
 
 
